@@ -1,0 +1,38 @@
+"""Layer Explorer: see which transformer layers repeat each other, merge or drop them, and measure
+what that does to the model.
+
+The package follows the pipeline, one module per stage:
+
+    load      -> explorer.load      load_model(spec)            a LoadedModel (model + tokenizer)
+    text      -> explorer.text      load_texts(source)          disjoint calibration / evaluation
+    probe     -> explorer.probe     probe(lm, text)             residual stream at every layer
+    measure   -> explorer.measure   similarity(probe, measure)  layer-by-layer matrices
+    plan      -> explorer.methods   compress(lm, method, ...)   which layers, with which method
+    apply     -> explorer.variant   Variant                     layer edits without reloading
+    evaluate  -> explorer.evaluate  perplexity(lm, text)        with the protocol stated
+    export    -> explorer.export    export(variant, folder)     a folder transformers loads
+
+Example:
+    >>> import explorer as ex
+    >>> lm = ex.load_model("smollm2-135m")
+    >>> texts = ex.load_texts("wiki")
+    >>> v = ex.Variant.identity(lm).drop([14])
+    >>> ex.perplexity(lm, texts.evaluation, variant=v).ppl
+"""
+
+from .errors import ExplorerError, LayerError, ModelLoadError, TextError
+from .evaluate import PPLResult, generate, perplexity
+from .export import export
+from .load import LoadedModel, load_model
+from .probe import ProbeResult, probe
+from .recipe import Recipe, replay
+from .text import Texts, load_texts
+from .variant import NewLayer, Variant
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExplorerError", "LayerError", "ModelLoadError", "TextError", "PPLResult", "generate",
+    "perplexity", "export", "LoadedModel", "load_model", "ProbeResult", "probe", "Recipe",
+    "replay", "Texts", "load_texts", "NewLayer", "Variant", "__version__",
+]

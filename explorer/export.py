@@ -1,0 +1,82 @@
+"""Stage 7, export: write a variant as an ordinary transformers folder, plus its recipe.
+
+The folder holds safetensors weights, config.json (with the new `num_hidden_layers` and
+`layer_types`), the tokenizer and `layer_explorer_recipe.json`; `AutoModelForCausalLM.from_pretrained`
+loads it with nothing from Layer Explorer installed.
+
+Writes are atomic: everything goes to a temporary folder beside the target, which is renamed into
+place only when complete. An existing folder of the same name is kept until the new one is in place,
+so a failed export never destroys an earlier result.
+
+Example:
+    >>> export(variant, "out/smollm2-drop14", recipe=Recipe.of(variant))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ExplorerError, LayerError
+from .recipe import Recipe
+from .variant import Variant
+
+RECIPE_FILE = "layer_explorer_recipe.json"
+
+
+def safe_output_path(name: str | os.PathLike, root: str | os.PathLike | None) -> Path:
+    """`name` resolved inside `root` (when given); refuses paths that escape it ("../x", "/etc")."""
+    if root is None:
+        return Path(name).expanduser().resolve()
+    base = Path(root).expanduser().resolve()
+    target = (base / Path(name)).resolve()
+    if target == base or base not in target.parents:
+        raise ExplorerError(f"export path '{name}' must be a sub-folder of the output folder {base}")
+    return target
+
+
+def _check_exportable(variant: Variant) -> None:
+    originals = variant.lm.arch.layer_list(variant.lm.model)
+    layer_type = type(originals[0])
+    for s in variant.new_layers():
+        if type(s.module) is not layer_type:
+            raise LayerError(f"layer '{s.label}' is a {type(s.module).__name__}, not a "
+                             f"{layer_type.__name__}: transformers could not load it. Choose a "
+                             "method variant that yields a standard decoder layer to export.")
+        shapes = {n: p.shape for n, p in originals[s.like].named_parameters()}
+        for n, p in s.module.named_parameters():
+            if shapes.get(n) != p.shape:
+                raise LayerError(f"layer '{s.label}' has parameter {n} of shape {tuple(p.shape)}, "
+                                 f"unlike the model's {tuple(shapes.get(n, ()))}: it cannot be saved "
+                                 "in this architecture's config")
+
+
+def export(variant: Variant, out: str | os.PathLike, *, recipe: Recipe | None = None,
+           root: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Save `variant` as a transformers model folder at `out` (inside `root` when given)."""
+    target = safe_output_path(out, root)
+    if target.exists() and not overwrite:
+        raise ExplorerError(f"'{target}' already exists; choose another name or allow overwrite")
+    _check_exportable(variant)
+    recipe = recipe or Recipe.of(variant)
+    lm = variant.lm
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        with variant.applied() as model:
+            model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+        (tmp / RECIPE_FILE).write_text(recipe.to_json(), encoding="utf-8")
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

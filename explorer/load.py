@@ -1,0 +1,237 @@
+"""Stage 1, load: a causal LM and its tokenizer from an embedded name, a hub id, a folder or a GGUF file.
+
+`load_model` picks the device and dtype (CUDA + bf16 when there is a GPU, CPU + fp32 otherwise),
+never runs remote code unless asked, and converts a GGUF file once into a cached safetensors folder
+so that later loads are fast and the model can be exported (transformers refuses to save a model
+still marked as GGUF-quantized).
+
+Example:
+    >>> lm = load_model("smollm2-135m")      # embedded default, no network
+    >>> lm.num_layers, lm.device, lm.dtype
+    (30, device(type='cpu'), torch.float32)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .arch import Architecture, adapter_for
+from .embedded import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_gguf, file_digest
+from .errors import ModelLoadError, one_line
+
+Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with everything the later stages need. Never modified in place by a stage:
+    layer edits go through `explorer.variant.Variant`, which swaps layers in and out under `lock`."""
+
+    model: nn.Module
+    tokenizer: Any
+    arch: Architecture
+    spec: str                    # what the user asked for ("smollm2-135m", "org/name", a path)
+    source: str                  # what was actually loaded (cached folder, hub id, path)
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.arch.layer_list(self.model))
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def info(self) -> dict:
+        """A JSON-ready summary for the CLI and the UI."""
+        return {
+            "model": self.spec,
+            "source": self.source,
+            "model_type": self.config.model_type,
+            "adapter": self.arch.family,
+            "num_layers": self.num_layers,
+            "hidden_size": getattr(self.config, "hidden_size", None),
+            "parameters": self.num_parameters,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters())
+                               / 2**20, 1),
+            "load_seconds": round(self.load_seconds, 2),
+        }
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """`device` as asked, else CUDA when available, else CPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"unknown device '{device}': {one_line(exc)}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but no CUDA GPU is available")
+    return dev
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`dtype` as asked, else bf16 on CUDA (fast and safe there) and fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}'; use one of: auto, " + ", ".join(_DTYPES))
+    return _DTYPES[dtype]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1] \
+        or spec.endswith((".gguf", ".safetensors", ".bin")) or spec.count("/") > 1
+
+
+def resolve(spec: str) -> tuple[str, str]:
+    """Classify a model spec: ("embedded", name), ("gguf", path), ("folder", path) or ("hub", id)."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ModelLoadError("no model given; try --model " + DEFAULT_MODEL)
+    if spec in EMBEDDED:
+        return "embedded", spec
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise ModelLoadError(f"'{spec}' is a file but not a .gguf file; give a GGUF file or "
+                                     "a model folder")
+            return "gguf", str(path.resolve())
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"folder '{spec}' has no config.json: it does not hold a "
+                                 "transformers model")
+        return "folder", str(path.resolve())
+    if _looks_like_path(spec):
+        raise ModelLoadError(f"path '{spec}' does not exist")
+    return "hub", spec
+
+
+def _gguf_to_folder(gguf: Path, progress: Progress | None) -> Path:
+    """Convert a GGUF file once into a safetensors folder in the cache; return that folder.
+
+    transformers dequantizes GGUF to torch tensors on every load (slow) and refuses to save such a
+    model; the converted folder loads in seconds and exports like any other.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_root() / "converted" / f"{gguf.stem}-{file_digest(gguf)}"
+    if (target / "config.json").exists():
+        return target
+    if progress:
+        progress(0.05, f"converting {gguf.name} to safetensors (once; cached in {target.parent})")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+    except Exception as exc:  # corrupt, truncated or unsupported GGUF
+        raise ModelLoadError(f"could not read GGUF file '{gguf}': {one_line(exc)}") from None
+    # The dequantized weights are plain fp32 tensors; drop the GGUF marking so it can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
+               dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
+               device_map: str | None = None, progress: Progress | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer.
+
+    spec: an embedded name (see `explorer.embedded.EMBEDDED`), a Hugging Face hub id, a local
+        folder with config.json, or a .gguf file.
+    device, dtype: "auto" (default) or explicit ("cpu", "cuda:0"; "float32", "bfloat16").
+    trust_remote_code: run the repository's own Python code; off unless the caller turns it on.
+    device_map: passed to transformers (e.g. "auto" to spread a large model over several GPUs).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    kind, where = resolve(spec)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    if progress:
+        progress(0.0, f"loading {spec}")
+    if kind == "embedded":
+        where = str(_gguf_to_folder(embedded_gguf(where), progress))
+    elif kind == "gguf":
+        where = str(_gguf_to_folder(Path(where), progress))
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(_explain_load_failure(spec, kind, exc)) from None
+    model_type = getattr(config, "model_type", "?")
+    if getattr(config, "is_encoder_decoder", False) or type(config) not in \
+            AutoModelForCausalLM._model_mapping and not trust_remote_code:
+        raise ModelLoadError(f"'{spec}' ({model_type}) is not a causal language model that "
+                             "transformers can load with AutoModelForCausalLM")
+    arch = adapter_for(model_type)  # fail before reading gigabytes of weights
+    if progress:
+        progress(0.3, f"reading weights of {spec}")
+    try:
+        kwargs: dict[str, Any] = dict(dtype=dt, trust_remote_code=trust_remote_code)
+        if device_map:
+            kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(_explain_load_failure(spec, kind, exc)) from None
+    if not device_map:
+        model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if progress:
+        progress(1.0, f"loaded {spec}")
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, spec=spec, source=where,
+                       device=next(model.parameters()).device, dtype=dt,
+                       load_seconds=time.perf_counter() - start)
+
+
+def _explain_load_failure(spec: str, kind: str, exc: Exception) -> str:
+    msg = one_line(exc)
+    if kind == "hub":
+        if "trust_remote_code" in msg:
+            return (f"'{spec}' needs its own Python code to load; allow it explicitly with "
+                    "--trust-remote-code (only for repositories you trust)")
+        return (f"could not load '{spec}' from the Hugging Face hub (unknown id, private, or no "
+                f"network): {msg}")
+    return f"could not load '{spec}': {msg}"

@@ -1,0 +1,147 @@
+"""Stage 2, probe: one batched forward pass that records the residual stream around every layer.
+
+Notation (../shared/METHODS.md): layer i maps x_i -> x_{i+1}; x_0 is the input of the first layer
+(the embeddings) and x_L the output of the last layer, *before* the final norm. Forward hooks on
+the decoder layers capture these directly; `output_hidden_states` is not used because its last
+entry comes after the final norm, which makes the last layer look unlike every other.
+
+Massive activations: many LLMs write a huge value into the first position of every window (norm
+~24k in SmolLM2 against ~140 elsewhere); left in, that one position dominates mean cosines and
+least-squares fits. `skip_first=True` (default) leaves it out of the recorded tokens.
+
+Example:
+    >>> pr = probe(lm, load_texts("wiki").calibration, seqlen=128, num_samples=16)
+    >>> pr.states.shape          # (L+1, N, H): N recorded tokens
+    torch.Size([31, 2032, 576])
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .errors import TextError
+from .load import LoadedModel, Progress
+from .tokens import tokenize, use_bos, windows
+
+
+@dataclass
+class ProbeResult:
+    """Residual-stream states of the calibration tokens, for every layer boundary."""
+
+    states: torch.Tensor      # (L+1, N, H) float32: x_0..x_L at the N recorded token positions
+    last: torch.Tensor        # (L+1, B, H) float32: x_0..x_L at each sample's last token
+    sample_of: torch.Tensor   # (N,) long: which sample (window) each recorded token came from
+    input_ids: torch.Tensor   # (B, T) the calibration windows (CPU)
+    skip_first: bool          # whether the first position of each window was left out
+    seconds: float            # wall time of the forward pass and recording
+
+    @property
+    def num_layers(self) -> int:
+        return self.states.shape[0] - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return self.states.shape[1]
+
+    @property
+    def num_samples(self) -> int:
+        return self.last.shape[1]
+
+    def pooled(self) -> torch.Tensor:
+        """(L+1, B, H) mean of the recorded tokens of each sample: one point per sample per layer."""
+        L1, N, H = self.states.shape
+        B = self.num_samples
+        out = torch.zeros(L1, B, H, dtype=self.states.dtype, device=self.states.device)
+        idx = self.sample_of.to(self.states.device)
+        out.index_add_(1, idx, self.states)
+        counts = torch.bincount(idx, minlength=B).clamp(min=1).to(out.dtype)
+        return out / counts[None, :, None]
+
+
+def calibration_windows(lm: LoadedModel, text: str, seqlen: int = 128, num_samples: int = 32,
+                        bos: str = "auto") -> torch.Tensor:
+    """(B, T) calibration windows: the first `num_samples` non-overlapping windows of the text."""
+    bos_id = lm.tokenizer.bos_token_id if use_bos(lm.tokenizer, bos, lm.arch.needs_bos) else None
+    ids = tokenize(lm.tokenizer, text, max_tokens=seqlen * num_samples)
+    return windows(ids, seqlen, bos_id=bos_id, max_windows=num_samples)
+
+
+@torch.no_grad()
+def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor | None = None,
+          seqlen: int = 128, num_samples: int = 32, batch_size: int = 8, skip_first: bool = True,
+          max_tokens: int | None = None, seed: int = 0, bos: str = "auto",
+          progress: Progress | None = None) -> ProbeResult:
+    """Run calibration text (or ready `input_ids` of shape (B, T)) through the model once.
+
+    max_tokens: keep a random subset of at most this many recorded tokens (same subset for every
+    layer, fixed by `seed`) so that long calibration text keeps memory bounded.
+    """
+    if input_ids is None:
+        if text is None:
+            raise TextError("probe needs calibration text or input_ids")
+        input_ids = calibration_windows(lm, text, seqlen, num_samples, bos)
+    B, T = input_ids.shape
+    first = 1 if skip_first else 0
+    if T - first < 1:
+        raise TextError(f"windows of {T} tokens leave nothing to record")
+    layers = lm.arch.layer_list(lm.model)
+    L = len(layers)
+    # Positions kept: all but the first of each window (padding-free windows, so no mask needed).
+    keep = torch.arange(first, T)
+    gen = torch.Generator().manual_seed(seed)
+    n_all = B * keep.numel()
+    chosen = None
+    if max_tokens and max_tokens < n_all:
+        chosen = torch.randperm(n_all, generator=gen)[:max_tokens].sort().values
+    dev = lm.device
+    N = chosen.numel() if chosen is not None else n_all
+    H = lm.config.hidden_size
+    states = torch.empty(L + 1, N, H, dtype=torch.float32, device=dev)
+    last = torch.empty(L + 1, B, H, dtype=torch.float32, device=dev)
+    sample_of = torch.arange(B).repeat_interleave(keep.numel())
+    if chosen is not None:
+        sample_of = sample_of[chosen]
+
+    start = time.perf_counter()
+    batch: dict = {}
+
+    def record(slot: int, hidden: torch.Tensor) -> None:
+        # hidden: (b, T, H) residual stream of the current batch at layer boundary `slot`
+        b0, b1 = batch["rows"]
+        flat = hidden[:, keep.to(hidden.device)].reshape(-1, H).float()  # (b*|keep|, H)
+        lo, hi = b0 * keep.numel(), b1 * keep.numel()
+        if chosen is None:
+            states[slot, lo:hi] = flat
+        else:
+            sel = chosen[(chosen >= lo) & (chosen < hi)]
+            states[slot, batch["offset"]:batch["offset"] + sel.numel()] = flat[(sel - lo).to(dev)]
+        last[slot, b0:b1] = hidden[:, -1].float()
+
+    def pre_hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        record(0, hidden)
+
+    hooks = [layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    for i, layer in enumerate(layers):
+        def post_hook(module, args, output, slot=i + 1):
+            record(slot, output[0] if isinstance(output, tuple) else output)
+        hooks.append(layer.register_forward_hook(post_hook))
+    base = lm.arch.base_model(lm.model)
+    try:
+        for b0 in range(0, B, batch_size):
+            b1 = min(B, b0 + batch_size)
+            lo = b0 * keep.numel()
+            batch["rows"] = (b0, b1)
+            batch["offset"] = int((chosen < lo).sum()) if chosen is not None else 0
+            base(input_ids=input_ids[b0:b1].to(dev), use_cache=False)
+            if progress:
+                progress(b1 / B, f"probing layers: {b1}/{B} windows")
+    finally:
+        for h in hooks:
+            h.remove()
+    return ProbeResult(states=states, last=last, sample_of=sample_of.to(dev),
+                       input_ids=input_ids.cpu(), skip_first=skip_first,
+                       seconds=time.perf_counter() - start)

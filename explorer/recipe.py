@@ -1,0 +1,128 @@
+"""Recipes: the JSON record of how a variant was made, and how to make it again.
+
+A recipe names the model, the method and its parameters, and the list of edit operations ("ops")
+applied to the original layer stack, each indexing the layers as they were at that step. Replaying
+the ops on the same model rebuilds the variant. Ops whose result was trained or chosen from data
+(e.g. LLM-Streamline's fitted network) register a handler that redoes that work deterministically.
+
+Example:
+    >>> r = Recipe(model="smollm2-135m", num_layers=30, ops=[{"op": "drop", "layers": [14]}])
+    >>> Recipe.from_json(r.to_json()) == r
+    True
+    >>> v = replay(lm, r.ops)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from .errors import LayerError
+from .load import LoadedModel
+from .variant import Variant
+
+FORMAT = "layer-explorer-recipe/1"
+MAX_RECIPE_BYTES = 1 << 20
+
+# op name -> handler(variant, op, lm) -> variant. Methods add their own with `register_op`.
+OPS: dict[str, Callable[[Variant, dict, LoadedModel], Variant]] = {}
+
+
+def register_op(name: str):
+    """Decorator: register a replay handler for recipe ops named `name`."""
+    def deco(fn):
+        OPS[name] = fn
+        return fn
+    return deco
+
+
+@register_op("drop")
+def _drop(v: Variant, op: dict, lm: LoadedModel) -> Variant:
+    return v.drop(_int_list(op, "layers"))
+
+
+@register_op("merge")
+def _merge(v: Variant, op: dict, lm: LoadedModel) -> Variant:
+    weights = op.get("weights")
+    if not isinstance(weights, list) or not all(isinstance(w, (int, float)) and not
+                                                isinstance(w, bool) for w in weights):
+        raise LayerError("merge op needs 'weights': a list of numbers")
+    return v.merge(_int_list(op, "layers"), weights, label=op.get("summary"),
+                   extra={k: op[k] for k in op if k not in ("op", "layers", "weights", "summary")})
+
+
+def _int_list(op: dict, key: str) -> list[int]:
+    val = op.get(key)
+    if not isinstance(val, list) or not val or not all(isinstance(i, int) and not
+                                                       isinstance(i, bool) for i in val):
+        raise LayerError(f"{op.get('op')} op needs '{key}': a non-empty list of layer indices")
+    return val
+
+
+def replay(lm: LoadedModel, ops: list[dict]) -> Variant:
+    """Rebuild a variant by applying `ops` in order to the original model."""
+    v = Variant.identity(lm)
+    for k, op in enumerate(ops):
+        if not isinstance(op, dict) or op.get("op") not in OPS:
+            name = op.get("op") if isinstance(op, dict) else op
+            raise LayerError(f"recipe step {k}: unknown op {name!r}; known: {', '.join(sorted(OPS))}")
+        v = OPS[op["op"]](v, op, lm)
+    return v
+
+
+@dataclass
+class Recipe:
+    """What was done to which model; JSON-serialisable and replayable."""
+
+    model: str
+    num_layers: int                        # layers of the original model
+    ops: list[dict] = field(default_factory=list)
+    method: str = "manual"
+    params: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)   # e.g. ppl before/after, protocol
+    format: str = FORMAT
+
+    @staticmethod
+    def of(variant: Variant, method: str = "manual", params: dict | None = None,
+           results: dict | None = None) -> "Recipe":
+        return Recipe(model=variant.lm.spec, num_layers=variant.lm.num_layers,
+                      ops=[dict(s) for s in variant.steps], method=method,
+                      params=dict(params or {}), results=dict(results or {}))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str | bytes) -> "Recipe":
+        """Parse and validate a recipe; any malformed input raises LayerError with one line."""
+        if len(text) > MAX_RECIPE_BYTES:
+            raise LayerError(f"recipe is larger than {MAX_RECIPE_BYTES} bytes")
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LayerError(f"recipe is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise LayerError("recipe must be a JSON object")
+        if data.get("format") != FORMAT:
+            raise LayerError(f"recipe format must be '{FORMAT}' (got {data.get('format')!r})")
+        model, n, ops = data.get("model"), data.get("num_layers"), data.get("ops", [])
+        if not isinstance(model, str) or not model:
+            raise LayerError("recipe needs 'model': a model name")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise LayerError("recipe needs 'num_layers': a positive integer")
+        if not isinstance(ops, list) or not all(isinstance(o, dict) and isinstance(o.get("op"), str)
+                                                for o in ops):
+            raise LayerError("recipe 'ops' must be a list of objects with an 'op' name")
+        for key in ("params", "results"):
+            if not isinstance(data.get(key, {}), dict):
+                raise LayerError(f"recipe '{key}' must be an object")
+        return Recipe(model=model, num_layers=n, ops=ops, method=str(data.get("method", "manual")),
+                      params=data.get("params", {}), results=data.get("results", {}))
+
+    def build(self, lm: LoadedModel) -> Variant:
+        """Replay this recipe on `lm`, which must be the model it was made for."""
+        if lm.num_layers != self.num_layers:
+            raise LayerError(f"recipe was made for a model with {self.num_layers} layers; this "
+                             f"one has {lm.num_layers}")
+        return replay(lm, self.ops)

@@ -1,0 +1,232 @@
+"""Stage 5, apply: variants of a loaded model, made of its original layers plus new ones.
+
+A `Variant` is an ordered list of slots. A slot is either the index of an original layer (shared,
+never copied) or a `NewLayer` (a module built by a merge method). Applying a variant swaps the
+model's layer list for one built from the slots, renumbers every `layer_idx` (the KV cache is indexed
+by it), and sets `config.num_hidden_layers` and `config.layer_types`; leaving the context restores
+all of it. The original weights are never written, so the model is bit-identical afterwards, and
+applying costs microseconds instead of a reload.
+
+The loaded model is shared (by the web app's sessions, by threads), so `applied()` holds the
+model's lock for as long as the variant is in place.
+
+Example:
+    >>> v = Variant.identity(lm).drop([14])           # 29 layers, original layer 14 removed
+    >>> with v.applied() as model:
+    ...     out = model(input_ids)
+    >>> v.describe()
+    'drop 14'
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from .errors import LayerError
+from .load import LoadedModel
+
+
+@dataclass(eq=False)
+class NewLayer:
+    """A layer that is not in the original model: a merge result or a trained replacement."""
+
+    module: nn.Module
+    like: int        # original layer whose attention type (sliding/full) and position it takes
+    label: str       # short description, e.g. "merge(12,13; a=0.62)"
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+Slot = int | NewLayer
+
+
+@dataclass(frozen=True, eq=False)
+class Variant:
+    """An edited layer stack over a `LoadedModel`; immutable, every edit returns a new variant.
+
+    `steps` records each edit as a JSON-ready dict (the recipe's history); edits index the
+    variant's *current* slots, as a user sees them.
+    """
+
+    lm: LoadedModel
+    slots: tuple[Slot, ...]
+    steps: tuple[dict, ...] = field(default=())
+
+    @staticmethod
+    def identity(lm: LoadedModel) -> "Variant":
+        return Variant(lm, tuple(range(lm.num_layers)))
+
+    # -- queries -----------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.slots)
+
+    def is_identity(self) -> bool:
+        return self.slots == tuple(range(self.lm.num_layers))
+
+    def layer(self, i: int) -> nn.Module:
+        """The module in slot i (original or new)."""
+        s = self.slots[self.check_index(i)]
+        return s.module if isinstance(s, NewLayer) else self.lm.arch.layer_list(self.lm.model)[s]
+
+    def origin(self, i: int) -> int:
+        """The original layer index that slot i stands for (for NewLayer: its `like`)."""
+        s = self.slots[self.check_index(i)]
+        return s.like if isinstance(s, NewLayer) else s
+
+    def new_layers(self) -> list[NewLayer]:
+        return [s for s in self.slots if isinstance(s, NewLayer)]
+
+    def num_parameters(self) -> int:
+        """Parameters of the model as this variant would have them."""
+        orig = self.lm.arch.layer_list(self.lm.model)
+        per_layer = [sum(p.numel() for p in layer.parameters()) for layer in orig]
+        total_layers = sum(per_layer)
+        kept = sum(s.num_parameters() if isinstance(s, NewLayer) else per_layer[s]
+                   for s in self.slots)
+        return self.lm.num_parameters - total_layers + kept
+
+    def extra_bytes(self) -> int:
+        """Memory this variant adds on top of the loaded model: its new layers only."""
+        return sum(p.numel() * p.element_size() for s in self.new_layers()
+                   for p in s.module.parameters())
+
+    def describe(self) -> str:
+        return "; ".join(s.get("summary", s["op"]) for s in self.steps) or "original"
+
+    def layer_labels(self) -> list[str]:
+        """One label per slot: the original index, or the new layer's label."""
+        return [s.label if isinstance(s, NewLayer) else str(s) for s in self.slots]
+
+    def check_index(self, i: int) -> int:
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(self.slots):
+            raise LayerError(f"layer index {i!r} is out of range: this model has "
+                             f"{len(self.slots)} layers (0..{len(self.slots) - 1})")
+        return i
+
+    def check_indices(self, indices: Sequence[int], what: str = "layers") -> list[int]:
+        idx = [self.check_index(i) for i in indices]
+        if len(set(idx)) != len(idx):
+            raise LayerError(f"{what} {list(indices)} name the same layer twice")
+        return idx
+
+    # -- edits (each returns a new Variant) ---------------------------------------------------
+    def drop(self, indices: Sequence[int]) -> "Variant":
+        """Delete the layers at these slot indices."""
+        idx = set(self.check_indices(indices))
+        if len(idx) >= len(self.slots):
+            raise LayerError(f"dropping {len(idx)} of {len(self.slots)} layers would leave none")
+        slots = tuple(s for i, s in enumerate(self.slots) if i not in idx)
+        step = {"op": "drop", "layers": sorted(idx),
+                "summary": "drop " + ",".join(map(str, sorted(idx)))}
+        return Variant(self.lm, slots, self.steps + (step,))
+
+    def replace(self, indices: Sequence[int], module: nn.Module, label: str,
+                step: dict | None = None) -> "Variant":
+        """Replace the layers at these slot indices by one new module, placed at the first index.
+
+        step: the recipe entry for this edit (default: {"op": "replace", "layers": ...}).
+        """
+        idx = sorted(self.check_indices(indices))
+        new = NewLayer(module=module, like=self.origin(idx[0]), label=label)
+        slots = list(self.slots)
+        slots[idx[0]] = new
+        slots = tuple(s for i, s in enumerate(slots) if i not in idx[1:])
+        step = dict(step or {"op": "replace", "layers": idx})
+        step.setdefault("summary", label)
+        return Variant(self.lm, slots, self.steps + (step,))
+
+    def insert(self, position: int, module: nn.Module, like: int, label: str) -> "Variant":
+        """Insert a new module before slot `position` (== num_layers appends)."""
+        if not 0 <= position <= len(self.slots):
+            raise LayerError(f"insert position {position} is out of range 0..{len(self.slots)}")
+        slots = self.slots[:position] + (NewLayer(module, like, label),) + self.slots[position:]
+        step = {"op": "insert", "position": position, "summary": label}
+        return Variant(self.lm, slots, self.steps + (step,))
+
+    def merge(self, indices: Sequence[int], weights: Sequence[float], label: str | None = None,
+              extra: dict | None = None) -> "Variant":
+        """Replace the layers at `indices` by one layer whose linear weights are sum_k w_k theta_k.
+
+        Norm weights are taken from the first layer unchanged (../shared/METHODS.md: norms are never
+        averaged unless a method says so). Used by MKA (w = a, 1-a) and LaCo (w = 1-m, 1, ..., 1).
+        """
+        idx = self.check_indices(indices, "merge layers")
+        if len(idx) < 2:
+            raise LayerError("a merge needs at least two layers")
+        if len(weights) != len(idx):
+            raise LayerError(f"{len(idx)} layers but {len(weights)} weights")
+        module = combine_layers([self.layer(i) for i in idx], [float(w) for w in weights])
+        label = label or "merge(" + ",".join(map(str, idx)) + ")"
+        step = {"op": "merge", "layers": idx, "weights": [float(w) for w in weights],
+                "summary": label, **(extra or {})}
+        return Variant(self.lm, self.slots, self.steps).replace(idx, module, label, step)
+
+    # -- applying ------------------------------------------------------------------------------
+    @contextmanager
+    def applied(self) -> Iterator[nn.Module]:
+        """Put this variant in place for the duration of the block; yields the model."""
+        lm = self.lm
+        arch, model, cfg = lm.arch, lm.model, lm.model.config
+        with lm.lock:
+            original = arch.layer_list(model)
+            saved_n = cfg.num_hidden_layers
+            saved_types = getattr(cfg, "layer_types", None)
+            modules = [self.layer(i) for i in range(len(self.slots))]
+            saved_idx = [(m, m.layer_idx) for layer in modules for m in layer.modules()
+                         if isinstance(getattr(m, "layer_idx", None), int)]
+            try:
+                arch.set_layer_list(model, nn.ModuleList(modules))
+                for new_idx, layer in enumerate(modules):
+                    _set_layer_idx(layer, new_idx)
+                cfg.num_hidden_layers = len(modules)
+                if saved_types is not None:
+                    cfg.layer_types = [saved_types[self.origin(i)] for i in range(len(modules))]
+                yield model
+            finally:
+                arch.set_layer_list(model, original)
+                for m, idx in saved_idx:
+                    m.layer_idx = idx
+                cfg.num_hidden_layers = saved_n
+                if saved_types is not None:
+                    cfg.layer_types = saved_types
+
+
+def _set_layer_idx(layer: nn.Module, idx: int) -> None:
+    for m in layer.modules():
+        if isinstance(getattr(m, "layer_idx", None), int):
+            m.layer_idx = idx
+
+
+def _is_linear(module: nn.Module) -> bool:
+    # nn.Linear, and transformers' Conv1D (GPT-2) which stores a transposed weight.
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+@torch.no_grad()
+def combine_layers(layers: Sequence[nn.Module], weights: Sequence[float]) -> nn.Module:
+    """A deep copy of layers[0] whose linear weights and biases are sum_k weights[k] * layers[k]'s.
+
+    Everything that is not a linear projection (norms, rotary buffers) is kept from layers[0].
+    """
+    out = copy.deepcopy(layers[0])
+    named = [dict(layer.named_modules()) for layer in layers]
+    for name, module in out.named_modules():
+        if not _is_linear(module):
+            continue
+        for pname in ("weight", "bias"):
+            p = getattr(module, pname, None)
+            if p is None:
+                continue
+            acc = torch.zeros_like(p, dtype=torch.float32)
+            for w, mods in zip(weights, named):
+                acc += w * getattr(mods[name], pname).float()
+            p.copy_(acc.to(p.dtype))
+    return out
