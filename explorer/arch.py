@@ -93,7 +93,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                  mlp_down="mlp.c_proj", attn_q=None, attn_k=None, attn_v=None,
                  attn_o="attn.c_proj", norms=("ln_1", "ln_2")),
     Architecture("gpt_neox", ("gpt_neox",), base="gpt_neox", layers="gpt_neox.layers",
-                 final_norm="gpt_neox.final_layer_norm", head="embed_out", mlp_gate=None,
+                 final_norm="gpt_neox.final_layer_norm", mlp_gate=None,
                  mlp_up="mlp.dense_h_to_4h", mlp_down="mlp.dense_4h_to_h", attn_q=None,
                  attn_k=None, attn_v=None, attn_o="attention.dense",
                  norms=("input_layernorm", "post_attention_layernorm")),

@@ -1,0 +1,168 @@
+"""Command line over the same API as the web app: `python -m explorer COMMAND ...` or `layer-explorer`.
+
+Every command takes --json and then prints exactly one JSON object on stdout. Errors caused by input
+print one line, "error: ...", on stderr and exit with status 2.
+
+Adding a command: write `def cmd_NAME(args) -> dict` (the JSON object; `_print_text` renders it for
+humans) and `def add_NAME(sub)` that declares its arguments, then list it in `COMMANDS`.
+
+Examples:
+    python -m explorer eval --model smollm2-135m --text wiki --json
+    python -m explorer eval --model smollm2-135m --drop 14,15 --seqlen 256 --max-tokens 4096
+    python -m explorer export --model smollm2-135m --drop 14 --out exports/smol-drop14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from .errors import ExplorerError, LayerError
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="embedded name, Hugging Face id, model folder or .gguf file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model repository's own Python code to run (off by default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", default="wiki", help="wiki, news, wikitext2 or a .txt path")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per perplexity window")
+    p.add_argument("--max-tokens", type=int, default=16384,
+                   help="evaluate at most this many tokens (0: all)")
+    p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
+                   help="BOS token in front of each window")
+
+
+def parse_layers(spec: str | None) -> list[int]:
+    """'3,7,10-12' -> [3, 7, 10, 11, 12]; a clear error for anything else."""
+    if not spec:
+        return []
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise LayerError(f"cannot read layer list '{spec}': use numbers like 3,7,10-12") from None
+    return out
+
+
+def _load(args):
+    from .load import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype,
+                      trust_remote_code=args.trust_remote_code)
+
+
+def _ppl(lm, args, variant=None):
+    from .evaluate import perplexity
+    from .text import load_texts
+
+    texts = load_texts(args.text)
+    return perplexity(lm, texts.evaluation, variant=variant, seqlen=args.seqlen,
+                      max_tokens=args.max_tokens or None, bos=args.bos, source=texts.source)
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity of a model, optionally with layers dropped")
+    _model_args(p)
+    _text_args(p)
+    p.add_argument("--drop", default="", help="layers to drop, e.g. 3,7 or 10-12")
+
+
+def cmd_eval(args) -> dict:
+    from .variant import Variant
+
+    lm = _load(args)
+    variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop else None
+    r = _ppl(lm, args, variant)
+    return {"model": args.model, "num_layers": variant.num_layers if variant else lm.num_layers,
+            "dropped": parse_layers(args.drop), **r.to_dict()}
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="save a model with layers dropped as a transformers folder")
+    _model_args(p)
+    p.add_argument("--drop", default="", help="layers to drop, e.g. 3,7 or 10-12")
+    p.add_argument("--recipe", default=None, help="a recipe JSON file to replay instead of --drop")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def cmd_export(args) -> dict:
+    from pathlib import Path
+
+    from .export import export
+    from .recipe import Recipe
+    from .variant import Variant
+
+    lm = _load(args)
+    if args.recipe:
+        path = Path(args.recipe)
+        if not path.is_file():
+            raise ExplorerError(f"recipe file '{args.recipe}' does not exist")
+        recipe = Recipe.from_json(path.read_bytes())
+        variant = recipe.build(lm)
+    else:
+        variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop \
+            else Variant.identity(lm)
+        recipe = Recipe.of(variant)
+    out = export(variant, args.out, recipe=recipe, overwrite=args.overwrite)
+    return {"model": args.model, "num_layers": variant.num_layers, "out": str(out),
+            "ops": recipe.ops}
+
+
+COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "eval": (add_eval, cmd_eval),
+    "export": (add_export, cmd_export),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layer-explorer",
+                                     description="Explore, merge and drop transformer layers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def _print_text(result: dict) -> None:
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, (list, dict)) and len(json.dumps(value)) > 200:
+            value = json.dumps(value)[:200] + " ..."
+        print(f"{key:>18}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command][1](args)
+    except ExplorerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_text(result)
+    return 0
