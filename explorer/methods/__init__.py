@@ -1,0 +1,17 @@
+"""Stage 4, plan: merge and prune methods of the field behind one registry.
+
+Each method lives in its own module and registers itself; importing this package registers all of
+them. See `registry` for the API and docs/methods.md for what each method computes.
+
+Example:
+    >>> from explorer.methods import compress, list_methods
+    >>> plan = compress(lm, "laco", remove=6)
+    >>> perplexity(lm, texts.evaluation, variant=plan.variant)
+"""
+
+from .registry import (METHODS, Method, Plan, PlanContext, compress, get_method, layers_for_ratio,
+                       list_methods, register)
+from . import drop, tail, shortgpt, angular, mka, laco, streamline  # noqa: F401,E402  (register)
+
+__all__ = ["METHODS", "Method", "Plan", "PlanContext", "compress", "get_method",
+           "layers_for_ratio", "list_methods", "register"]

@@ -1,0 +1,52 @@
+"""`angular`: drop the contiguous block whose input and output point the same way
+(Gromov et al., "The Unreasonable Ineffectiveness of the Deeper Layers", arXiv 2403.17887).
+
+d(i, i+n) = arccos(cos(x_i[T], x_{i+n}[T])) / pi on each sample's last token T, averaged over
+samples; the block [i*, i*+n) with i* = argmin_i d(i, i+n) is removed. The paper then heals the
+model with QLoRA; we do not (compare the un-healed numbers with the other methods).
+
+Example:
+    >>> plan = compress(lm, "angular", remove=6)
+    >>> plan.removed            # six consecutive original layers
+"""
+
+from __future__ import annotations
+
+from ..variant import Variant
+from .layout import Layout
+from .registry import Method, Plan, PlanContext, register
+
+
+@register
+class Angular(Method):
+    """Parameters:
+        measure: block measure; "angular" (the paper's, default). A distance measure is minimised,
+            a similarity measure (cosine, cka, npib) maximised.
+    """
+
+    name = "angular"
+    title = "Angular distance block (Gromov et al.)"
+    paper = "The Unreasonable Ineffectiveness of the Deeper Layers, arXiv 2403.17887"
+    description = ("Looks for the run of n consecutive layers whose input and output are closest in "
+                   "angle, measured on the last token of each calibration sample, and deletes that "
+                   "whole block. The idea: if a block hardly changes the direction of the residual "
+                   "stream, the layers after it can do without it. The paper finds such blocks deep "
+                   "in the network and repairs the damage with a little fine-tuning, which we skip.")
+    defaults = {"measure": "angular"}
+    needs_probe = True
+
+    def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
+        from ..measure import MEASURES, similarity  # imported late: optional at import time
+
+        L, n = ctx.lm.num_layers, remove
+        ctx.report(0.05, "probing the calibration text")
+        sim = similarity(ctx.probe(), params["measure"]).float().cpu()   # (L+1, L+1)
+        d = [float(sim[i, i + n]) for i in range(L - n + 1)]               # block [i, i+n)
+        sign = -1.0 if MEASURES[params["measure"]].higher_is_similar else 1.0
+        start = min(range(len(d)), key=lambda i: (sign * d[i], i))
+        layers = list(range(start, start + n))
+        v = Variant.identity(ctx.lm).drop(layers)
+        lay = Layout.identity(L).drop(layers)
+        return Plan(self.name, params, v, lay.removed(L), [], {params["measure"]: d},
+                    f"Dropped the block {start}-{start + n - 1}: {params['measure']} "
+                    f"d({start}, {start + n}) = {d[start]:.3f} is the best of {len(d)} blocks.")

@@ -1,0 +1,246 @@
+"""The plan stage: one registry of merge and prune methods, each producing a `Variant` and a recipe.
+
+A method is a small `Method` subclass in its own module under `explorer/methods/`, registered with
+`@register`. It declares its name, paper, a paragraph for the app, and its parameters with defaults;
+`plan(ctx, remove, **params)` returns a `Plan`: the variant (the loaded model's weights are never
+written), what was removed or merged (in original layer indices), and the scores it ranked by.
+
+`remove` is always the number of layers by which the layer count shrinks.
+
+Example:
+    >>> from explorer.methods import compress, get_method, list_methods
+    >>> [m.name for m in list_methods()]
+    ['drop', 'tail', 'shortgpt', 'angular', 'mka', 'laco', 'streamline', 'come']
+    >>> plan = compress(lm, "shortgpt", remove=6)          # calibration defaults to "wiki"
+    >>> plan.removed, plan.variant.num_layers
+    >>> plan.recipe().to_json()
+
+Adding a method:
+    @register
+    class MyMethod(Method):
+        name = "mine"; title = "Mine"; paper = "arXiv ..."; description = "..."
+        defaults = {"alpha": 0.5}
+        def run(self, ctx, remove, params): ...           # -> Plan
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ExplorerError, LayerError
+from ..load import LoadedModel, Progress
+from ..probe import ProbeResult, calibration_windows, probe
+from ..recipe import Recipe
+from ..variant import Variant
+
+
+@dataclass
+class Plan:
+    """The result of a method: a variant ready for perplexity/export, and what it did."""
+
+    method: str
+    params: dict                       # the full parameter set used (defaults filled in)
+    variant: Variant                   # the result; the loaded model itself is untouched
+    removed: list[int]                 # original layer indices dropped or merged away
+    merged: list[list[int]]            # groups of original indices merged into one layer
+    scores: dict[str, list[float]]     # what the method ranked by, for display; may be empty
+    notes: str                         # one or two sentences for the UI
+
+    def recipe(self) -> Recipe:
+        return Recipe.of(self.variant, self.method, self.params)
+
+    @property
+    def num_layers(self) -> int:
+        return self.variant.num_layers
+
+
+@dataclass
+class PlanContext:
+    """What a method may use: the model, calibration text, and a cached probe of it."""
+
+    lm: LoadedModel
+    calibration: str                   # calibration text (disjoint from evaluation text)
+    seqlen: int = 128
+    num_samples: int = 32
+    seed: int = 0
+    progress: Progress | None = None
+    calibration_source: str | None = None   # builtin source name ("wiki") when known: replay uses it
+    _ids: torch.Tensor | None = field(default=None, repr=False)
+    _probe: ProbeResult | None = field(default=None, repr=False)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """(B, T) calibration windows, cut once."""
+        if self._ids is None:
+            self._ids = calibration_windows(self.lm, self.calibration, self.seqlen,
+                                            self.num_samples)
+        return self._ids
+
+    def probe(self, variant: Variant | None = None) -> ProbeResult:
+        """Residual stream of the calibration windows through `variant` (cached for identity)."""
+        if variant is None or variant.is_identity():
+            if self._probe is None:
+                self._probe = probe(self.lm, input_ids=self.input_ids, seed=self.seed)
+            return self._probe
+        with variant.applied():
+            return probe(self.lm, input_ids=self.input_ids, seed=self.seed)
+
+    def report(self, fraction: float, message: str) -> None:
+        if self.progress:
+            self.progress(max(0.0, min(1.0, fraction)), message)
+
+    def calibration_ref(self) -> dict:
+        """How a replay can find this calibration text again (source name + fingerprint)."""
+        return {"source": self.calibration_source, "sha256": remember_text(self.calibration),
+                "seqlen": self.seqlen, "num_samples": self.num_samples, "seed": self.seed}
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# Calibration texts seen in this process, by digest (the last few), so that recipes whose ops refit
+# weights from calibration text (streamline, come with recovery) replay within the same session
+# even when the text was the user's own. Across processes only builtin sources can be reloaded.
+_TEXTS: dict[str, str] = {}
+
+
+def remember_text(text: str, keep: int = 8) -> str:
+    key = text_digest(text)
+    _TEXTS.pop(key, None)
+    _TEXTS[key] = text
+    while len(_TEXTS) > keep:
+        _TEXTS.pop(next(iter(_TEXTS)))
+    return key
+
+
+def find_calibration(ref: dict) -> str:
+    """The calibration text a recipe op was fitted on: from this session, or a builtin source."""
+    key, source = ref.get("sha256"), ref.get("source")
+    if key in _TEXTS:
+        return _TEXTS[key]
+    if source:
+        from ..text import load_texts
+
+        text = load_texts(source).calibration
+        if text_digest(text) == key:
+            return text
+        raise LayerError(f"the calibration text '{source}' has changed since this recipe was made "
+                         "(fingerprint differs): its fitted layer cannot be rebuilt exactly")
+    raise LayerError("this recipe step was fitted on calibration text that is not available in "
+                     "this session (user-supplied text); run the method again with that text "
+                     "instead of replaying the recipe")
+
+
+class Method:
+    """Base class of the methods. Subclasses set the class attributes and implement `run`.
+
+    Each parameter in `defaults` is documented in the subclass docstring.
+    """
+
+    name: str = ""
+    title: str = ""
+    paper: str = ""
+    description: str = ""
+    defaults: dict[str, Any] = {}
+    needs_probe: bool = False
+
+    def resolve(self, params: dict) -> dict:
+        """The full parameter set: defaults overridden by `params`; unknown names are refused."""
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ExplorerError(f"method '{self.name}' has no parameter {', '.join(unknown)}; "
+                                f"its parameters: {known}")
+        return {**self.defaults, **params}
+
+    def implied_remove(self, params: dict) -> int | None:
+        """The layer count implied by the parameters (e.g. drop's layer list), if any."""
+        return None
+
+    def plan(self, ctx: PlanContext, remove: int, **params) -> Plan:
+        p = self.resolve(params)
+        check_remove(remove, ctx.lm.num_layers)
+        return self.run(ctx, remove, p)
+
+    def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        return {"name": self.name, "title": self.title, "paper": self.paper,
+                "description": self.description, "defaults": dict(self.defaults),
+                "needs_probe": self.needs_probe}
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add one instance of a `Method` subclass to `METHODS` under its name."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ExplorerError(f"unknown method '{name}'; known methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def list_methods() -> list[Method]:
+    return list(METHODS.values())
+
+
+def check_remove(remove: Any, num_layers: int) -> int:
+    if not isinstance(remove, int) or isinstance(remove, bool) or not 1 <= remove < num_layers:
+        raise LayerError(f"the number of layers to remove must be an integer from 1 to "
+                         f"{num_layers - 1} for this {num_layers}-layer model (got {remove!r})")
+    return remove
+
+
+def layers_for_ratio(lm: LoadedModel, ratio: float) -> int:
+    """Layers to remove so that about `ratio` of the model's parameters go (embeddings included,
+    as LaCo and LLM-Streamline count it): round(ratio * total / mean parameters per layer)."""
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio < 1:
+        raise LayerError(f"compression ratio must be between 0 and 1 (got {ratio!r})")
+    layers = lm.arch.layer_list(lm.model)
+    per_layer = sum(p.numel() for p in layers.parameters()) / len(layers)
+    k = round(ratio * lm.num_parameters / per_layer)
+    return max(1, min(len(layers) - 1, k))
+
+
+def compress(lm: LoadedModel, method: str, *, remove: int | None = None,
+             ratio: float | None = None, calibration: str | None = None, seqlen: int = 128,
+             num_samples: int = 32, seed: int = 0, progress: Progress | None = None,
+             **params) -> Plan:
+    """Plan `method` on `lm`: give `remove` (layers) or `ratio` (parameters), not both.
+
+    calibration: text to measure and fit on; None = the bundled "wiki" calibration half (disjoint
+    from its evaluation half). Extra keyword arguments are the method's parameters.
+    """
+    m = get_method(method)
+    if remove is not None and ratio is not None:
+        raise LayerError("give either remove (layers) or ratio (parameters), not both")
+    if ratio is not None:
+        remove = layers_for_ratio(lm, ratio)
+    if remove is None:
+        remove = m.implied_remove(m.resolve(params))
+        if remove is None:
+            raise LayerError(f"method '{method}' needs remove (layers) or ratio (parameters)")
+    source = None
+    if calibration is None:
+        from ..text import load_texts
+
+        calibration, source = load_texts("wiki").calibration, "wiki"
+    torch.manual_seed(seed)
+    ctx = PlanContext(lm, calibration, seqlen=seqlen, num_samples=num_samples, seed=seed,
+                      progress=progress, calibration_source=source)
+    plan = m.plan(ctx, remove, **params)
+    ctx.report(1.0, plan.notes)
+    return plan
