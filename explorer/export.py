@@ -19,26 +19,35 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ExplorerError, LayerError
+from .errors import ExplorerError, LayerError, one_line
 from .recipe import Recipe
 from .variant import Variant
 
 RECIPE_FILE = "layer_explorer_recipe.json"
+OUTPUT_DIR_ENV = "LAYER_EXPLORER_OUTPUT_DIR"   # when set, every export must stay inside it
+
+
+def output_root(root: str | os.PathLike | None = None) -> str | os.PathLike | None:
+    """The folder exports are confined to: `root`, else $LAYER_EXPLORER_OUTPUT_DIR, else None."""
+    return root if root is not None else (os.environ.get(OUTPUT_DIR_ENV) or None)
 
 
 def safe_output_path(name: str | os.PathLike, root: str | os.PathLike | None) -> Path:
-    """`name` resolved inside `root` (when given); refuses paths that escape it ("../x", "/etc")."""
+    """`name` resolved inside `root` (when given); refuses paths that escape it ("../x", "/etc",
+    a symlink pointing outside), the root itself, and names that are not valid paths."""
+    if not str(name).strip() or "\x00" in str(name):
+        raise ExplorerError(f"export path {str(name)!r} is not a valid folder name")
     if root is None:
         return Path(name).expanduser().resolve()
     base = Path(root).expanduser().resolve()
-    target = (base / Path(name)).resolve()
+    target = (base / Path(name)).resolve()   # resolves "..", and symlinks to where they point
     if target == base or base not in target.parents:
         raise ExplorerError(f"export path '{name}' must be a sub-folder of the output folder {base}")
     return target
 
 
 def _check_exportable(variant: Variant) -> None:
-    originals = variant.lm.arch.layer_list(variant.lm.model)
+    originals = variant.lm.original_layers
     layer_type = type(originals[0])
     for s in variant.new_layers():
         if type(s.module) is not layer_type:
@@ -56,7 +65,7 @@ def _check_exportable(variant: Variant) -> None:
 def export(variant: Variant, out: str | os.PathLike, *, recipe: Recipe | None = None,
            root: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Save `variant` as a transformers model folder at `out` (inside `root` when given)."""
-    target = safe_output_path(out, root)
+    target = safe_output_path(out, output_root(root))
     if target.exists() and not overwrite:
         raise ExplorerError(f"'{target}' already exists; choose another name or allow overwrite")
     _check_exportable(variant)
@@ -71,11 +80,20 @@ def export(variant: Variant, out: str | os.PathLike, *, recipe: Recipe | None = 
         (tmp / RECIPE_FILE).write_text(recipe.to_json(), encoding="utf-8")
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-        tmp.rename(target)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            target.rename(old / target.name)
+        try:
+            tmp.rename(target)
+        except BaseException:
+            if old is not None:  # put the previous result back where it was
+                (old / target.name).rename(target)
+                old.rmdir()
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:  # disk full, permissions: the user's problem, said in one line
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExplorerError(f"could not write '{target}': {one_line(exc)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -74,7 +74,7 @@ class Variant:
     def layer(self, i: int) -> nn.Module:
         """The module in slot i (original or new)."""
         s = self.slots[self.check_index(i)]
-        return s.module if isinstance(s, NewLayer) else self.lm.arch.layer_list(self.lm.model)[s]
+        return s.module if isinstance(s, NewLayer) else self.lm.original_layers[s]
 
     def origin(self, i: int) -> int:
         """The original layer index that slot i stands for (for NewLayer: its `like`)."""
@@ -86,7 +86,7 @@ class Variant:
 
     def num_parameters(self) -> int:
         """Parameters of the model as this variant would have them."""
-        orig = self.lm.arch.layer_list(self.lm.model)
+        orig = self.lm.original_layers
         per_layer = [sum(p.numel() for p in layer.parameters()) for layer in orig]
         total_layers = sum(per_layer)
         kept = sum(s.num_parameters() if isinstance(s, NewLayer) else per_layer[s]
