@@ -6,6 +6,9 @@ The CLI prints that line and exits with status 2; the web app shows it in a toas
 Anything else that escapes is a bug in Layer Explorer, not a user error.
 """
 
+import os
+import re
+
 
 class ExplorerError(Exception):
     """A problem with what the user asked for; `str(e)` is a one-line message."""
@@ -23,8 +26,23 @@ class LayerError(ExplorerError):
     """A layer index, pair or plan does not fit the model."""
 
 
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "HF_API_TOKEN")
+_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
+
+
+def redact(text: str) -> str:
+    """`text` with Hugging Face tokens (the values of HF_TOKEN & co., and anything shaped like
+    hf_XXXX) replaced by "***", so that no message, log line or CLI output can leak one."""
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name, "").strip()
+        if len(value) >= 8:
+            text = text.replace(value, "***")
+    return _TOKEN_RE.sub("hf_***", text)
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message, shortened to `limit` characters."""
-    text = str(exc).strip() or type(exc).__name__
+    """The first non-empty line of an exception's message, secrets redacted, shortened to
+    `limit` characters."""
+    text = redact(str(exc)).strip() or type(exc).__name__
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
     return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -15,10 +15,11 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from .errors import LayerError
+from .errors import LayerError, one_line
 from .load import LoadedModel
 from .variant import Variant
 
@@ -48,7 +49,14 @@ def _merge(v: Variant, op: dict, lm: LoadedModel) -> Variant:
     if not isinstance(weights, list) or not all(isinstance(w, (int, float)) and not
                                                 isinstance(w, bool) for w in weights):
         raise LayerError("merge op needs 'weights': a list of numbers")
-    return v.merge(_int_list(op, "layers"), weights, label=op.get("summary"),
+    try:
+        weights = [float(w) for w in weights]
+    except OverflowError:
+        weights = [math.inf]
+    if not all(math.isfinite(w) for w in weights):
+        raise LayerError("merge op 'weights' must be finite numbers")
+    label = op.get("summary")
+    return v.merge(_int_list(op, "layers"), weights, label=label if isinstance(label, str) else None,
                    extra={k: op[k] for k in op if k not in ("op", "layers", "weights", "summary")})
 
 
@@ -58,6 +66,39 @@ def _int_list(op: dict, key: str) -> list[int]:
                                                        isinstance(i, bool) for i in val):
         raise LayerError(f"{op.get('op')} op needs '{key}': a non-empty list of layer indices")
     return val
+
+
+def merge_pairs(variant: Variant, pairs: list[tuple[int, int]] | list[list[int]],
+                weights: list[tuple[float, float]] | None = None) -> Variant:
+    """Merge several pairs of layers at once; indices are the variant's current slots.
+
+    Pairs must be two different in-range layers each and must not share a layer ((3, 4) and
+    (4, 5) overlap: merge them in two steps instead). Each pair becomes one layer at its lower
+    index; weights default to (0.5, 0.5). Raises LayerError with one line otherwise.
+    """
+    if not isinstance(pairs, (list, tuple)) or not pairs:
+        raise LayerError("no merge pairs given")
+    weights = list(weights) if weights is not None else [(0.5, 0.5)] * len(pairs)
+    if len(weights) != len(pairs):
+        raise LayerError(f"{len(pairs)} merge pairs but {len(weights)} weight pairs")
+    owner: dict[int, tuple[int, ...]] = {}
+    checked = []
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise LayerError(f"merge pair {pair!r} must be two layer indices")
+        a, b = variant.check_indices(list(pair), "merge pair")
+        for i in (a, b):
+            if i in owner:
+                raise LayerError(f"merge pairs {owner[i]} and {(a, b)} overlap on layer {i}; "
+                                 "merge them in separate steps")
+            owner[i] = (a, b)
+        checked.append((a, b))
+    # Highest pair first: merging removes the pair's higher slot, so the lower pairs keep their
+    # indices (pairs do not overlap, hence every remaining index is below the removed one).
+    order = sorted(range(len(checked)), key=lambda k: max(checked[k]), reverse=True)
+    for k in order:
+        variant = variant.merge(list(checked[k]), list(weights[k]))
+    return variant
 
 
 def replay(lm: LoadedModel, ops: list[dict]) -> Variant:
@@ -96,12 +137,16 @@ class Recipe:
     @staticmethod
     def from_json(text: str | bytes) -> "Recipe":
         """Parse and validate a recipe; any malformed input raises LayerError with one line."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise LayerError("recipe must be JSON text")
         if len(text) > MAX_RECIPE_BYTES:
             raise LayerError(f"recipe is larger than {MAX_RECIPE_BYTES} bytes")
         try:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise LayerError(f"recipe is not valid JSON: {exc}") from None
+            raise LayerError(f"recipe is not valid JSON: {one_line(exc)}") from None
+        except RecursionError:
+            raise LayerError("recipe is not valid JSON: nested too deeply") from None
         if not isinstance(data, dict):
             raise LayerError("recipe must be a JSON object")
         if data.get("format") != FORMAT:

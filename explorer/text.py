@@ -117,14 +117,21 @@ def wikitext2_documents(split: str) -> list[str]:
 def read_text_file(path: str | Path, max_bytes: int = MAX_TEXT_BYTES) -> str:
     """A user's UTF-8 text file, refused before reading when larger than `max_bytes`."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise TextError(f"text file '{path}' does not exist")
+    if not p.is_file():  # a folder, a FIFO or a device (/dev/zero) would never end or hang
+        raise TextError(f"'{path}' is not a regular text file")
     size = p.stat().st_size
     if size > max_bytes:
         raise TextError(f"text file '{p.name}' is {size / 2**20:.1f} MiB; the limit is "
                         f"{max_bytes / 2**20:.0f} MiB")
     try:
-        return p.read_bytes().decode("utf-8")
+        with open(p, "rb") as f:  # never more than the limit, even if the file grows meanwhile
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise TextError(f"text file '{p.name}' is larger than the {max_bytes / 2**20:.0f} MiB "
+                            "limit")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TextError(f"text file '{p.name}' is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
@@ -133,8 +140,16 @@ def read_text_file(path: str | Path, max_bytes: int = MAX_TEXT_BYTES) -> str:
 
 def user_texts(text: str, name: str = "user", max_bytes: int = MAX_TEXT_BYTES) -> Texts:
     """Texts from a user's own string: documents are separated by blank lines."""
-    if len(text.encode("utf-8", errors="ignore")) > max_bytes:
+    if not isinstance(text, str):
+        raise TextError("the text must be a string")
+    # len(text) <= UTF-8 bytes <= 4 * len(text): encode only when the cheap bounds do not decide.
+    if len(text) > max_bytes or (4 * len(text) > max_bytes
+                                 and len(text.encode("utf-8", errors="replace")) > max_bytes):
         raise TextError(f"the text is larger than the {max_bytes / 2**20:.0f} MiB limit")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates from a broken upload or clipboard
+        raise TextError(f"the text is not valid Unicode (character {exc.start})") from None
     if not text.strip():
         raise TextError("the text is empty")
     docs = [d for d in re.split(r"\n\s*\n", text) if d.strip()]

@@ -32,10 +32,16 @@ def tokenize(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tenso
     """1-D LongTensor of the text's tokens (no special tokens), cut to `max_tokens`."""
     if not text or not text.strip():
         raise TextError("the text is empty")
+    if max_tokens is not None and max_tokens < 0:
+        raise TextError(f"max_tokens must be positive (got {max_tokens})")
     # Tokenize a prefix large enough for max_tokens (about 4 characters per token in English,
     # x4 for margin) so that a 20 MiB text is not tokenized to keep 4k tokens.
     if max_tokens:
         text = text[: max_tokens * 16]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: the tokenizer would raise a TypeError
+        raise TextError(f"the text is not valid Unicode (character {exc.start})") from None
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     ids = torch.tensor(ids, dtype=torch.long)
     return ids[:max_tokens] if max_tokens else ids
