@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from typing import Callable
 
-from .errors import ExplorerError, LayerError
+from .errors import ExplorerError, LayerError, one_line
+
+MAX_LAYER_RANGE = 10_000   # "0-99999999" must not build a list of a hundred million ints
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +58,9 @@ def parse_layers(spec: str | None) -> list[int]:
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise ValueError
+                if hi - lo >= MAX_LAYER_RANGE:
+                    raise LayerError(f"layer range '{part}' is too long (more than "
+                                     f"{MAX_LAYER_RANGE} layers)")
                 out.extend(range(lo, hi + 1))
             else:
                 out.append(int(part))
@@ -151,12 +158,42 @@ def _print_text(result: dict) -> None:
         print(f"{key:>18}: {value}")
 
 
+def quiet_libraries() -> None:
+    """Silence the libraries' own logging, warnings and progress bars (huggingface_hub's retry
+    lines, transformers' "Loading weights" bars): a failing command then prints exactly one line,
+    ours. `--verbose` or LAYER_EXPLORER_VERBOSE=1 keeps them."""
+    import logging
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore")
+    for name in ("huggingface_hub", "transformers", "accelerate", "datasets", "gguf", "urllib3",
+                 "httpx", "filelock"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        import huggingface_hub.utils as hub_utils
+        import transformers.utils.logging as tf_logging
+
+        hub_utils.disable_progress_bars()
+        hub_utils.logging.set_verbosity(logging.CRITICAL)
+        tf_logging.set_verbosity(logging.CRITICAL)
+        tf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="keep the libraries' logs, warnings and progress bars")
+    args = parser.parse_args(argv)
+    if not (args.verbose or os.environ.get("LAYER_EXPLORER_VERBOSE") == "1"):
+        quiet_libraries()
     try:
         result = COMMANDS[args.command][1](args)
     except ExplorerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line, secrets (HF tokens) redacted, whatever the message was built from.
+        print(f"error: {one_line(exc, limit=1000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
