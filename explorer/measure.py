@@ -1,0 +1,276 @@
+"""Stage 3, measure: layer-by-layer similarity matrices over the residual stream.
+
+Convention (the whole project relies on it): every matrix is (L+1) x (L+1) over the layer
+*boundaries* x_0..x_L of a `ProbeResult` (x_k is the input of layer k and the output of layer k-1;
+x_L is taken before the final norm). Cell (a, b) with a < b compares the input of layer a with the
+output of layer b-1, so it says how much the block of layers a..b-1 changes the representation.
+The adjacent profile of layer i is cell (i, i+1) (length L). Matrices are symmetric, float32, CPU.
+
+Measures (see docs/measures.md for formulas and how to read each heatmap):
+
+    cosine   mean over tokens of cos(x_a[t], x_b[t])                  similarity, 1 on the diagonal
+    bi       1 - cosine: ShortGPT's Block Influence                    distance, 0 on the diagonal
+    angular  arccos(cos) / pi on each sample's last token, averaged    distance (Gromov et al.)
+    cka      linear CKA over tokens (Kornblith et al. 2019)            similarity in [0, 1]
+    npib     MKA's normalised mutual information of manifold embeddings (explorer.npib)
+
+Computation happens on the device of `pr.states` (the GPU when the probe ran there); results come
+back on the CPU. Token-level measures accept `max_tokens` (a seeded random subset of the recorded
+tokens, the same for every layer) to bound time and memory on long calibration text.
+
+Example:
+    >>> from explorer.measure import MEASURES, similarity, adjacent
+    >>> m = similarity(pr, "cosine")          # (L+1, L+1)
+    >>> adjacent(pr, "bi")                    # (L,) ShortGPT's BI_i for every layer i
+    >>> MEASURES["cka"].higher_is_similar
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from .errors import ExplorerError
+from .probe import ProbeResult
+
+
+@dataclass(frozen=True)
+class MeasureInfo:
+    """What a measure is, for the UI, the CLI and the docs."""
+
+    name: str                 # registry key: "cosine", "bi", "angular", "cka", "npib"
+    title: str                # short human title
+    higher_is_similar: bool   # True for similarities, False for distances
+    paper: str                # where it comes from
+    description: str          # one paragraph: what it computes and how to read the heatmap
+    params: tuple[str, ...] = ()   # keyword parameters `similarity` accepts for this measure
+
+
+MEASURES: dict[str, MeasureInfo] = {
+    "cosine": MeasureInfo(
+        "cosine", "Mean token cosine", True,
+        "Men et al. 2024, ShortGPT, arXiv:2403.03853 (the cosine inside Block Influence)",
+        "For every recorded token, the cosine between its residual-stream vector at boundary a and "
+        "at boundary b, averaged over tokens. Cell (a, b) near 1 means the layers a..b-1 barely "
+        "turn the direction of the representation: that block is a candidate for removal. A bright "
+        "band along the diagonal over the middle layers is the usual sign of redundancy.",
+        ("max_tokens", "seed")),
+    "bi": MeasureInfo(
+        "bi", "Block Influence (1 - cosine)", False,
+        "Men et al. 2024, ShortGPT, arXiv:2403.03853",
+        "One minus the mean token cosine. Its adjacent profile, cell (i, i+1), is ShortGPT's Block "
+        "Influence BI_i: how much layer i changes the tokens' direction. Low values (dark cells) "
+        "mark layers that do little; ShortGPT deletes the layers with the lowest BI.",
+        ("max_tokens", "seed")),
+    "angular": MeasureInfo(
+        "angular", "Angular distance (last token)", False,
+        "Gromov et al. 2024, The Unreasonable Ineffectiveness of the Deeper Layers, "
+        "arXiv:2403.17887",
+        "The angle between the last token's vectors at boundaries a and b, divided by pi (0 = same "
+        "direction, 1 = opposite), averaged over calibration samples. Cell (i, i+n) is the distance "
+        "Gromov et al. minimise to find the block of n consecutive layers to remove: look for the "
+        "darkest cell on the n-th off-diagonal.",
+        ()),
+    "cka": MeasureInfo(
+        "cka", "Linear CKA", True,
+        "Kornblith et al. 2019, Similarity of Neural Network Representations Revisited, "
+        "arXiv:1905.00414",
+        "Centred Kernel Alignment with a linear kernel between the token representations at two "
+        "boundaries: 1 when one is a rotation and uniform scaling of the other, near 0 when they "
+        "share no linear structure. Unlike cosine it ignores a shared offset and compares the "
+        "geometry of the whole token cloud. Bright blocks show groups of layers that keep the "
+        "same representation.",
+        ("max_tokens", "seed")),
+    "npib": MeasureInfo(
+        "npib", "NPIB (MKA manifold information)", True,
+        "Liu et al. 2024, Pruning via Merging: Compressing LLMs via Manifold Alignment Based "
+        "Layer Merging (MKA), arXiv:2406.16330",
+        "Each boundary's calibration points are embedded with diffusion maps (2 coordinates); "
+        "the cell is the k-nearest-neighbour mutual information between two boundaries' "
+        "embeddings, normalised so that a boundary with itself scores 1 and unrelated clouds "
+        "score about 0. High values mean the two layers arrange the same points the same way. "
+        "Estimates are noisier than cosine or CKA (a few hundred points, k neighbours).",
+        ("points", "num_points", "sigma", "alpha", "d", "k", "seed")),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def _subsample(states: torch.Tensor, max_tokens: int | None, seed: int) -> torch.Tensor:
+    """(L+1, N, H) -> (L+1, n, H): a seeded random subset of tokens, the same for every layer."""
+    N = states.shape[1]
+    if not max_tokens or max_tokens >= N:
+        return states
+    if max_tokens < 2:
+        raise ExplorerError(f"max_tokens must be at least 2, got {max_tokens}")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(N, generator=gen)[:max_tokens].sort().values
+    return states[:, idx.to(states.device)]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm; an all-zero row stays zero (its cosine with anything is 0)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _chunk(L1: int, width: int, budget: int = 2 ** 23) -> int:
+    """How many tokens to process at once so that an (L1, n, width) float32 block stays small."""
+    return max(1, budget // max(1, L1 * width))
+
+
+def _symmetric(m: torch.Tensor) -> torch.Tensor:
+    return ((m + m.T) / 2).float().cpu()
+
+
+# ----------------------------------------------------------------------------------------------
+# the measures; each returns the (L+1, L+1) matrix
+
+def cosine_matrix(states: torch.Tensor) -> torch.Tensor:
+    """(L+1, N, H) -> (L+1, L+1): mean over tokens of cos(x_a[t], x_b[t]).
+
+    sum_t <u_a[t], u_b[t]> is the dot product of the flattened unit-norm states, so the whole
+    matrix is one Gram product per chunk of tokens (no loop over layer pairs).
+    """
+    L1, N, H = states.shape
+    acc = torch.zeros(L1, L1, dtype=torch.float64, device=states.device)
+    step = _chunk(L1, H)
+    for lo in range(0, N, step):
+        u = _unit(states[:, lo:lo + step].float()).reshape(L1, -1)   # (L+1, n*H)
+        acc += (u @ u.T).double()
+    m = acc / N
+    m.fill_diagonal_(1.0)
+    return _symmetric(m)
+
+
+def angular_matrix(last: torch.Tensor) -> torch.Tensor:
+    """(L+1, B, H) last-token states -> (L+1, L+1): mean over samples of arccos(cos) / pi."""
+    # float64: arccos is steep near 1, float32 rounding would read as an angle of ~1e-4
+    u = _unit(last.double())                                  # (L+1, B, H)
+    cos = torch.einsum("asd,bsd->sab", u, u).clamp(-1.0, 1.0)  # (B, L+1, L+1)
+    m = (torch.arccos(cos) / torch.pi).mean(0)
+    m.fill_diagonal_(0.0)
+    return _symmetric(m)
+
+
+def cka_matrix(states: torch.Tensor) -> torch.Tensor:
+    """(L+1, N, H) -> (L+1, L+1) linear CKA between the centred token clouds of every pair.
+
+    CKA(X, Y) = ||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F) with X, Y centred over tokens. The
+    cross term ||X^T Y||_F^2 equals <X X^T, Y Y^T>_F, so it can be computed two ways:
+      features: one (H, H) product per pair,         cost ~ (L+1)(L+2)/2 * N * H^2
+      Grams:    the rows of every (N, N) Gram, chunked, cost ~ (L+1) * N^2 * H
+    We take the cheaper; the Gram path keeps only an (L+1, m, N) block of rows in memory.
+    """
+    L1, N, H = states.shape
+    x = states.float()
+    x = x - x.mean(dim=1, keepdim=True)                        # centre every layer over tokens
+    hsic = torch.zeros(L1, L1, dtype=torch.float64, device=x.device)
+    if (L1 + 1) / 2 * H <= N:      # feature cross-covariances are cheaper
+        for a in range(L1):
+            c = torch.einsum("nh,bng->bhg", x[a], x[a:])       # (L+1-a, H, H)
+            row = c.double().pow(2).sum(dim=(1, 2))                # (L+1-a,)
+            hsic[a, a:] = row
+            hsic[a:, a] = row
+    else:                            # row blocks of the Gram matrices
+        step = _chunk(L1, N)
+        for lo in range(0, N, step):
+            rows = torch.matmul(x[:, lo:lo + step], x.transpose(1, 2))   # (L+1, m, N)
+            flat = rows.reshape(L1, -1)
+            hsic += (flat @ flat.T).double()
+    norm = hsic.diagonal().clamp_min(1e-300).sqrt()           # (L+1,) ||X_a^T X_a||_F
+    m = hsic / (norm[:, None] * norm[None, :])
+    m.fill_diagonal_(1.0)
+    return _symmetric(m.clamp(0.0, 1.0))
+
+
+def _cosine(pr: ProbeResult, max_tokens: int | None = None, seed: int = 0) -> torch.Tensor:
+    return cosine_matrix(_subsample(pr.states, max_tokens, seed))
+
+
+def _bi(pr: ProbeResult, max_tokens: int | None = None, seed: int = 0) -> torch.Tensor:
+    return 1.0 - _cosine(pr, max_tokens, seed)
+
+
+def _angular(pr: ProbeResult) -> torch.Tensor:
+    return angular_matrix(pr.last)
+
+
+def _cka(pr: ProbeResult, max_tokens: int | None = 2048, seed: int = 0) -> torch.Tensor:
+    return cka_matrix(_subsample(pr.states, max_tokens, seed))
+
+
+def _npib(pr: ProbeResult, **params) -> torch.Tensor:
+    from .npib import npib_matrix
+
+    return npib_matrix(pr, **params)
+
+
+def _npib_adjacent(pr: ProbeResult, **params) -> torch.Tensor:
+    from .npib import npib_matrix
+
+    L = pr.num_layers
+    m = npib_matrix(pr, pairs=[(i, i + 1) for i in range(L)], **params)
+    return m.diagonal(offset=1).clone()
+
+
+_MATRIX: dict[str, Callable[..., torch.Tensor]] = {
+    "cosine": _cosine, "bi": _bi, "angular": _angular, "cka": _cka, "npib": _npib,
+}
+# Measures whose adjacent profile is much cheaper than the full matrix get their own routine.
+_ADJACENT: dict[str, Callable[..., torch.Tensor]] = {"npib": _npib_adjacent}
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+def _check(pr: ProbeResult, measure: str, params: dict) -> None:
+    if measure not in MEASURES:
+        raise ExplorerError(f"unknown measure '{measure}'; known: {', '.join(MEASURES)}")
+    unknown = sorted(set(params) - set(MEASURES[measure].params))
+    if unknown:
+        allowed = ", ".join(MEASURES[measure].params) or "none"
+        raise ExplorerError(f"measure '{measure}' takes no parameter {', '.join(unknown)}; "
+                            f"it takes: {allowed}")
+    if pr.num_layers < 1 or pr.num_tokens < 2:
+        raise ExplorerError("the probe recorded too few layers or tokens to compare")
+
+
+@torch.no_grad()
+def similarity(pr: ProbeResult, measure: str, **params) -> torch.Tensor:
+    """(L+1, L+1) float32 CPU matrix of `measure` between every pair of layer boundaries."""
+    _check(pr, measure, params)
+    return _MATRIX[measure](pr, **params)
+
+
+@torch.no_grad()
+def adjacent(pr: ProbeResult, measure: str, **params) -> torch.Tensor:
+    """(L,) the cell (i, i+1) of `measure` for every layer i: what layer i alone does."""
+    _check(pr, measure, params)
+    if measure in _ADJACENT:
+        return _ADJACENT[measure](pr, **params)
+    return _MATRIX[measure](pr, **params).diagonal(offset=1).clone()
+
+
+def all_similarities(pr: ProbeResult, measures: Iterable[str] | None = None,
+                     **params) -> dict[str, torch.Tensor]:
+    """{name: (L+1, L+1) matrix} for several measures; each gets only the parameters it takes."""
+    names = list(MEASURES) if measures is None else list(measures)
+    for name in names:
+        if name not in MEASURES:
+            raise ExplorerError(f"unknown measure '{name}'; known: {', '.join(MEASURES)}")
+    taken = set().union(*(MEASURES[n].params for n in names)) if names else set()
+    unused = sorted(set(params) - taken)
+    if unused:
+        raise ExplorerError(f"no selected measure takes the parameter(s) {', '.join(unused)}")
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        own = {k: v for k, v in params.items() if k in MEASURES[name].params}
+        if name == "bi" and "cosine" in out:
+            out[name] = 1.0 - out["cosine"]       # same parameters, no second pass over tokens
+        else:
+            out[name] = similarity(pr, name, **own)
+    return out
