@@ -12,10 +12,10 @@ seeded subset of recorded tokens; or each sample's mean state, or its last token
    each standardised to mean 0, variance 1 (so both coordinates weigh the same in the k-NN
    max-norm and the result does not depend on the diffusion time), sign fixed for reproducibility;
 2. estimate I(Y_a; Y_b) between two boundaries' embeddings with the KSG k-nearest-neighbour
-   estimator (Kraskov, Stoegbauer, Grassberger 2004, algorithm 1, max-norm):
-       I = psi(k) + psi(n) - < psi(n_a(i) + 1) + psi(n_b(i) + 1) >_i
-   where eps_i is the joint-space distance from point i to its k-th neighbour and n_a(i) counts
-   the points closer than eps_i in Y_a alone;
+   estimator (Kraskov, Stoegbauer, Grassberger 2004, algorithm 2, max-norm):
+       I = psi(k) - 1/k + psi(n) - < psi(n_a(i)) + psi(n_b(i)) >_i
+   where the k nearest joint neighbours of point i span eps_a(i) in Y_a and n_a(i) counts the
+   points within eps_a(i) in Y_a alone;
 3. normalise: NPIB_ab = I(Y_a; Y_b) / sqrt(H(Y_a) H(Y_b)).
 
 The normaliser, and why. The paper's H is a differential entropy. The Kozachenko-Leonenko k-NN
@@ -24,14 +24,14 @@ estimator (`knn_entropy`, with its digamma and volume terms)
 can be negative (any tightly clustered cloud), so I / sqrt(H_a H_b) is then undefined or
 unbounded; MKA's published code even drops the volume and digamma terms, which gives negative
 entropies and a diagonal of ~3.5. The true I(Y; Y) of a continuous variable is infinite, but the
-estimator only resolves Y down to its k-NN cells: the KSG estimate of I(Y; Y) is exactly
-       I_KSG(Y; Y) = psi(n) - psi(k) = H_KL(Y) - < log V_k(i) >_i,
-the k-NN entropy of Y measured in units of its own k-NN cell volume, i.e. the entropy of Y at
-the resolution the estimator can see. We use that as H: it is positive (n > k), computed by
-the very estimator used for the cross terms, so NPIB_aa = 1 exactly and the KSG bound
-n_a(i) >= k - 1 gives NPIB_ab <= 1; small negative estimates (independent clouds) are clipped to
-0. NPIB is then "the share of the information the estimator can measure that the two layers
-share" (for n = 256 points and k = 3 the scale is psi(256) - psi(3) = 4.6 nats).
+estimator only resolves Y down to its k-NN cells: the KSG estimate of I(Y; Y) is the constant
+       I_KSG(Y; Y) = psi(n) - psi(k) - 1/k = H_KL(Y) - < log V_k(i) >_i - 1/k,
+the k-NN entropy of Y measured in units of its own k-NN cell volume (the entropy of Y at the
+resolution the estimator can see), less KSG's finite-sample 1/k. We use that as H: it is
+positive (n > k + 1), computed by the very estimator used for the cross terms, so NPIB_aa = 1
+exactly, and n_a(i) >= k gives NPIB_ab <= 1; small negative estimates (independent clouds) are
+clipped to 0. NPIB is then "the share of the information the estimator can measure that the two
+layers share" (for n = 256 points and k = 3 the scale is psi(256) - psi(3) - 1/3 = 4.3 nats).
 
 Everything is vectorised torch on the device of the probe; the loop over layer pairs runs in
 chunks of pairs on (pairs, n, n) distance blocks, so memory is O(n^2) per chunk.
@@ -166,16 +166,25 @@ def _check_k(n: int, k: int) -> None:
 
 
 def ksg_from_distances(dx: torch.Tensor, dy: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """KSG estimate (nats) from marginal max-norm distances (..., n, n) (+inf diagonal) -> (...,)."""
+    """KSG estimate (nats) from marginal max-norm distances (..., n, n) (+inf diagonal) -> (...,).
+
+    Algorithm 2 of Kraskov et al.: the k nearest neighbours of point i in the joint space span
+    eps_x(i) in X and eps_y(i) in Y; n_x(i) counts the points within eps_x(i) in X (boundary
+    included), and I = psi(k) - 1/k + psi(n) - < psi(n_x(i)) + psi(n_y(i)) >_i.
+    We use algorithm 2 rather than 1 because it is continuous at identity: a copy of a variable
+    plus rounding noise scores the same as the exact copy (algorithm 1 drops by ~1/k there).
+    """
     n = dx.shape[-1]
     _check_k(n, k)
     joint = torch.maximum(dx, dy)                                      # max-norm in (X, Y)
-    eps = joint.topk(k, dim=-1, largest=False).values[..., -1:]        # (..., n, 1)
-    nx = (dx < eps).sum(-1)                                            # (..., n)
-    ny = (dy < eps).sum(-1)
+    near = joint.topk(k, dim=-1, largest=False).indices                # (..., n, k)
+    eps_x = dx.gather(-1, near).amax(-1, keepdim=True)                 # (..., n, 1)
+    eps_y = dy.gather(-1, near).amax(-1, keepdim=True)
+    nx = (dx <= eps_x).sum(-1)                                         # (..., n), >= k
+    ny = (dy <= eps_y).sum(-1)
     dig = torch.special.digamma
-    const = float(dig(torch.tensor(float(k))) + dig(torch.tensor(float(n))))
-    return const - (dig(nx.double() + 1) + dig(ny.double() + 1)).mean(-1)
+    const = float(dig(torch.tensor([float(k), float(n)], dtype=torch.float64)).sum()) - 1.0 / k
+    return const - (dig(nx.double()) + dig(ny.double())).mean(-1)
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
