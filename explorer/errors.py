@@ -11,7 +11,15 @@ import re
 
 
 class ExplorerError(Exception):
-    """A problem with what the user asked for; `str(e)` is a one-line message."""
+    """A problem with what the user asked for; `str(e)` is a one-line message.
+
+    The message is kept one line and secret-free whatever it quotes: line breaks in echoed input
+    are shown as \\n, and Hugging Face tokens are redacted (the web app shows `str(e)` as is).
+    """
+
+    def __str__(self) -> str:
+        text = redact(super().__str__())
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class ModelLoadError(ExplorerError):
