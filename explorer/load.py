@@ -273,7 +273,11 @@ def _explain_load_failure(spec: str, kind: str, exc: Exception) -> str:
     if "trust_remote_code" in msg or "custom code" in msg:
         return (f"'{spec}' needs its own Python code to load; allow it explicitly with "
                 "--trust-remote-code (only for repositories you trust)")
-    if "deserializ" in msg.lower() or "safetensor" in msg.lower():
+    low = msg.lower()
+    if "no file named" in low and kind != "hub":
+        return (f"could not load '{spec}': the folder has no weights file (model.safetensors or "
+                "pytorch_model.bin)")
+    if "deserializ" in low or "incomplete metadata" in low or "header too" in low:
         return f"could not load '{spec}': a weights file is corrupt or truncated ({msg})"
     if kind == "hub":
         return (f"could not load '{spec}' from the Hugging Face hub (unknown id, private, or no "

@@ -123,7 +123,8 @@ def read_text_file(path: str | Path, max_bytes: int = MAX_TEXT_BYTES) -> str:
         raise TextError(f"'{path}' is not a regular text file")
     size = p.stat().st_size
     if size > max_bytes:
-        raise TextError(f"text file '{p.name}' is {size / 2**20:.1f} MiB; the limit is "
+        shown = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+        raise TextError(f"text file '{p.name}' is {shown}; the limit is "
                         f"{max_bytes / 2**20:.0f} MiB")
     try:
         with open(p, "rb") as f:  # never more than the limit, even if the file grows meanwhile

@@ -122,13 +122,24 @@ def _private_cache(tmp_path, monkeypatch):
 
 
 def cli_error(capsys, *argv: str) -> str:
-    """Run the CLI in-process; assert status 2, one stderr line 'error: ...', empty stdout."""
+    """Run the CLI in-process; assert status 2, one stderr line 'error: ...', empty stdout.
+
+    With LAYER_EXPLORER_RECORD_ERRORS=file set, each (command, message) is appended to that file
+    as a JSON line: docs/reliability.md's table is copied from such a run.
+    """
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, (rc, out, err)
     assert out == ""
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    record = os.environ.get("LAYER_EXPLORER_RECORD_ERRORS")
+    if record:
+        import json
+
+        with open(record, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""),
+                                "argv": [str(a) for a in argv], "line": lines[0]}) + "\n")
     return lines[0]
 
 
@@ -139,7 +150,7 @@ MODEL_CASES = [
     ("path does not exist", "/nonexistent/models/tiny", "does not exist"),
     ("relative path does not exist", "./missing-model-folder", "does not exist"),
     ("folder without a model", "empty", "has no config.json"),
-    ("config.json but no weights", "no_weights", "could not load"),
+    ("config.json but no weights", "no_weights", "the folder has no weights file"),
     ("non-causal model (BERT encoder)", "bert", "is not a causal (decoder-only) language model"),
     ("unsupported architecture (OPT)", "opt", "architecture 'opt' is not supported"),
     ("truncated safetensors", "trunc_st", "is corrupt or truncated"),
