@@ -126,7 +126,10 @@ def find_calibration(ref: dict) -> str:
     if source:
         from ..text import load_texts
 
-        text = load_texts(source).calibration
+        try:
+            text = load_texts(source).calibration
+        except ExplorerError:
+            text = ""
         if text_digest(text) == key:
             return text
         raise LayerError(f"the calibration text '{source}' has changed since this recipe was made "
@@ -218,11 +221,13 @@ def layers_for_ratio(lm: LoadedModel, ratio: float) -> int:
 def compress(lm: LoadedModel, method: str, *, remove: int | None = None,
              ratio: float | None = None, calibration: str | None = None, seqlen: int = 128,
              num_samples: int = 32, seed: int = 0, progress: Progress | None = None,
-             **params) -> Plan:
+             calibration_source: str | None = None, **params) -> Plan:
     """Plan `method` on `lm`: give `remove` (layers) or `ratio` (parameters), not both.
 
     calibration: text to measure and fit on; None = the bundled "wiki" calibration half (disjoint
     from its evaluation half). Extra keyword arguments are the method's parameters.
+    calibration_source: the builtin source the text came from ("wiki", "news"), if any: recipes of
+    methods that fit weights can then be replayed in a later session.
     """
     m = get_method(method)
     if remove is not None and ratio is not None:
@@ -233,7 +238,7 @@ def compress(lm: LoadedModel, method: str, *, remove: int | None = None,
         remove = m.implied_remove(m.resolve(params))
         if remove is None:
             raise LayerError(f"method '{method}' needs remove (layers) or ratio (parameters)")
-    source = None
+    source = calibration_source
     if calibration is None:
         from ..text import load_texts
 

@@ -1,0 +1,74 @@
+"""LLM-Streamline: block choice, the closed-form linear fit, the trained replacements, export rule."""
+
+import pytest
+import torch
+
+from explorer import ExplorerError, LayerError, export, load_model
+from explorer.measure import similarity
+from explorer.methods import PlanContext, compress, get_method
+from explorer.methods.fitting import Pair
+from explorer.methods.streamline import FFNReplacement, LinearReplacement, fit_linear
+
+KW = dict(seqlen=32, num_samples=4)
+
+
+def test_linear_fit_recovers_an_exactly_linear_map():
+    g = torch.Generator().manual_seed(1)
+    H = 16
+    A = torch.randn(H, H, generator=g)
+    c = torch.randn(H, generator=g)
+    pairs = []
+    for _ in range(3):                                   # streamed over three batches
+        x = torch.randn(2, 20, H, generator=g)
+        y = x @ A.T + c
+        y[:, 0] = 1e4                                    # first position: left out of the fit
+        pairs.append(Pair(x, y, (), {}))
+    mod = fit_linear(pairs, skip_first=True, ridge=0.0)
+    torch.testing.assert_close(mod.proj.weight, A, rtol=0, atol=1e-4)
+    torch.testing.assert_close(mod.proj.bias, c, rtol=0, atol=1e-4)
+    x = torch.randn(1, 5, H, generator=g)
+    torch.testing.assert_close(mod(x, None, foo=1), x @ A.T + c, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["linear", "ffn", "layer"])
+def test_streamline_replaces_the_most_similar_block(tiny_lm, sample_text, kind):
+    ctx = PlanContext(tiny_lm, sample_text, **KW)
+    plan = get_method("streamline").plan(ctx, 2, replacement=kind, steps=8)
+    sim = similarity(ctx.probe(), "cosine")
+    j = max(range(4), key=lambda i: float(sim[i, i + 3]))        # blocks of remove + 1 = 3 layers
+    assert plan.merged == [[j, j + 1, j + 2]] and plan.variant.num_layers == 4
+    new = plan.variant.layer(j)
+    expected = {"linear": LinearReplacement, "ffn": FFNReplacement,
+                "layer": type(tiny_lm.arch.layer_list(tiny_lm.model)[0])}[kind]
+    assert type(new) is expected
+    assert "MSE" in plan.notes and plan.recipe().ops[0]["op"] == "streamline"
+
+
+def test_trained_layer_gets_closer_to_the_block_output(tiny_lm, sample_text):
+    from explorer.methods.fitting import block_mse, capture_block
+
+    ctx = PlanContext(tiny_lm, sample_text, **KW)
+    plan = get_method("streamline").plan(ctx, 2, replacement="layer", steps=30, lr=1e-3)
+    j = plan.merged[0][0]
+    pairs = capture_block(tiny_lm, plan.variant.__class__.identity(tiny_lm), ctx.input_ids, j, j + 3)
+    start = block_mse(tiny_lm.arch.layer_list(tiny_lm.model)[j], pairs)   # the initialisation
+    assert block_mse(plan.variant.layer(j), pairs) < 0.9 * start
+
+
+def test_only_the_layer_replacement_exports(tiny_lm, sample_text, tmp_path):
+    kw = dict(calibration=sample_text, **KW)
+    lin = compress(tiny_lm, "streamline", remove=1, replacement="linear", **kw)
+    with pytest.raises(LayerError, match="LinearReplacement"):
+        export(lin.variant, tmp_path / "lin")
+    layer = compress(tiny_lm, "streamline", remove=1, steps=2, **kw)
+    out = export(layer.variant, tmp_path / "layer", recipe=layer.recipe())
+    assert load_model(str(out)).num_layers == 5
+
+
+def test_ffn_replacement_needs_separate_projections(tiny_factory, sample_text):
+    lm = load_model(str(tiny_factory("gpt2", num_layers=3)))
+    with pytest.raises(ExplorerError, match="gate/up/down"):
+        compress(lm, "streamline", remove=1, replacement="ffn", calibration=sample_text, **KW)
+    plan = compress(lm, "streamline", remove=1, replacement="layer", steps=2,
+                    calibration=sample_text, **KW)
+    assert plan.variant.num_layers == 2
