@@ -134,9 +134,50 @@ def cmd_export(args) -> dict:
             "ops": recipe.ops}
 
 
+def add_similarity(sub) -> None:
+    p = sub.add_parser("similarity", help="layer-by-layer similarity matrix of the residual "
+                       "stream (explorer.measure)")
+    _model_args(p)
+    p.add_argument("--measure", default="cosine", help="cosine, bi, angular, cka or npib")
+    p.add_argument("--text", default="wiki", help="wiki, news, wikitext2 or a .txt path")
+    p.add_argument("--seqlen", type=int, default=128, help="tokens per calibration window")
+    p.add_argument("--samples", type=int, default=32, help="calibration windows")
+    p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
+                   help="BOS token in front of each window")
+    p.add_argument("--keep-first", action="store_true",
+                   help="also use the first position of each window (massive activations)")
+
+
+def cmd_similarity(args) -> dict:
+    import time
+
+    from .measure import MEASURES, similarity
+    from .probe import probe
+    from .text import load_texts
+
+    if args.measure not in MEASURES:
+        raise ExplorerError(f"unknown measure '{args.measure}'; known: {', '.join(MEASURES)}")
+    lm = _load(args)
+    texts = load_texts(args.text)
+    pr = probe(lm, texts.calibration, seqlen=args.seqlen, num_samples=args.samples,
+               bos=args.bos, skip_first=not args.keep_first)
+    start = time.perf_counter()
+    matrix = similarity(pr, args.measure)
+    info = MEASURES[args.measure]
+    return {"model": args.model, "measure": info.name, "title": info.title,
+            "higher_is_similar": info.higher_is_similar, "paper": info.paper,
+            "num_layers": pr.num_layers, "num_tokens": pr.num_tokens,
+            "skip_first": pr.skip_first, "text": texts.source,
+            "matrix": [[round(v, 6) for v in row] for row in matrix.tolist()],
+            "adjacent": [round(v, 6) for v in matrix.diagonal(1).tolist()],
+            "probe_seconds": round(pr.seconds, 2),
+            "measure_seconds": round(time.perf_counter() - start, 2)}
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "eval": (add_eval, cmd_eval),
     "export": (add_export, cmd_export),
+    "similarity": (add_similarity, cmd_similarity),
 }
 
 

@@ -180,3 +180,21 @@ def test_real_model_redundancy_and_pre_norm_last_layer(smol, wiki):
     # NPIB sees the same structure: neighbours in the middle share more than the two ends
     npib = M.similarity(pr, "npib")
     assert npib.diagonal(1)[10:20].mean() > npib[0, L] + 0.2
+
+
+def test_cli_similarity_prints_the_matrix(tiny_factory, sample_text, tmp_path, capsys):
+    from explorer.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    rc = main(["similarity", "--model", str(tiny_factory("llama", num_layers=4)), "--text",
+               str(text), "--measure", "bi", "--seqlen", "32", "--samples", "4", "--json"])
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["measure"] == "bi" and out["num_layers"] == 4
+    m = np.array(out["matrix"])
+    assert m.shape == (5, 5) and np.allclose(m, m.T) and np.allclose(np.diag(m), 0)
+    assert out["adjacent"] == [out["matrix"][i][i + 1] for i in range(4)]
+    assert main(["similarity", "--measure", "euclid", "--json"]) == 2
+    assert "known: cosine" in capsys.readouterr().err
