@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -92,6 +93,18 @@ class LoadedModel:
             "memory_mb": round(self._parameter_bytes / 2**20, 1),
             "load_seconds": round(self.load_seconds, 2),
         }
+
+
+def holds_model_lock(fn: Callable) -> Callable:
+    """Decorator for functions whose first argument is a `LoadedModel`: run them under its lock,
+    so that no other thread's variant is swapped in while they read the model's layers (a probe
+    would otherwise record someone else's edit). Re-entrant: a variant applied by the same thread
+    stays in place, on purpose."""
+    @functools.wraps(fn)
+    def locked(lm: "LoadedModel", *args: Any, **kwargs: Any) -> Any:
+        with lm.lock:
+            return fn(lm, *args, **kwargs)
+    return locked
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import TextError
-from .load import LoadedModel, Progress
+from .load import LoadedModel, Progress, holds_model_lock
 from .tokens import tokenize, use_bos, windows
 
 
@@ -69,6 +69,7 @@ def calibration_windows(lm: LoadedModel, text: str, seqlen: int = 128, num_sampl
     return windows(ids, seqlen, bos_id=bos_id, max_windows=num_samples)
 
 
+@holds_model_lock
 @torch.no_grad()
 def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor | None = None,
           seqlen: int = 128, num_samples: int = 32, batch_size: int = 8, skip_first: bool = True,

@@ -174,3 +174,28 @@ def test_thread_failing_mid_forward_leaves_others_unaffected(shared_lm, sample_t
     assert after["ids"] == before["ids"] and after["layer_idx"] == before["layer_idx"]
     assert after["n"] == before["n"] and after["types"] == before["types"]
     assert checksum(lm.model) == before_sum
+
+
+def test_probe_while_another_thread_has_a_variant_applied(shared_lm, sample_text):
+    """A probe must record the original model even when another request is evaluating a
+    variant at that moment: it waits for the model instead of probing someone else's edit."""
+    from explorer import probe
+
+    lm = shared_lm
+    alone = probe(lm, sample_text, seqlen=SEQLEN, num_samples=2)
+    entered = threading.Event()
+
+    def hold() -> None:
+        with Variant.identity(lm).drop([0, 1, 2]).applied():
+            entered.set()
+            threading.Event().wait(1.0)   # the probe below starts while this variant is in place
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(30)
+    try:
+        during = probe(lm, sample_text, seqlen=SEQLEN, num_samples=2)
+    finally:
+        holder.join()
+    assert during.num_layers == 6
+    assert torch.equal(during.states, alone.states)
