@@ -174,10 +174,76 @@ def cmd_similarity(args) -> dict:
             "measure_seconds": round(time.perf_counter() - start, 2)}
 
 
+def add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="merge or prune layers with a method of the field "
+                       "(explorer.methods), then compare perplexity")
+    _model_args(p)
+    _text_args(p)
+    p.add_argument("--method", required=True,
+                   help="drop, tail, shortgpt, angular, mka, laco, streamline or come")
+    p.add_argument("--remove", type=int, default=None, help="layers by which the model shrinks")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="fraction of parameters to remove instead of --remove")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="method parameter (VALUE read as JSON, else as text), e.g. T=0.3 or "
+                        "replacement=linear; repeatable")
+    p.add_argument("--calib-seqlen", type=int, default=128, help="calibration window length")
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration windows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="export the result (and its recipe) to this folder")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def parse_params(items: list[str]) -> dict:
+    """["T=0.3", "replacement=linear", "layers=[3,4]"] -> {"T": 0.3, ...}."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ExplorerError(f"--param '{item}' must look like NAME=VALUE")
+        try:
+            out[name.strip()] = json.loads(value)
+        except ValueError:
+            out[name.strip()] = value
+    return out
+
+
+def cmd_compress(args) -> dict:
+    import time
+
+    from .export import export
+    from .methods import compress
+    from .recipe import Recipe
+    from .text import load_texts
+
+    lm = _load(args)
+    texts = load_texts(args.text)
+    start = time.perf_counter()
+    plan = compress(lm, args.method, remove=args.remove, ratio=args.ratio,
+                    calibration=texts.calibration, calibration_source=texts.source,
+                    seqlen=args.calib_seqlen, num_samples=args.calib_samples, seed=args.seed,
+                    **parse_params(args.param))
+    plan_seconds = time.perf_counter() - start
+    before = _ppl(lm, args)
+    after = _ppl(lm, args, plan.variant)
+    result = {"model": args.model, "method": plan.method, "ppl_before": before.ppl,
+              "ppl_after": after.ppl, "removed": plan.removed, "merged": plan.merged,
+              "num_layers": plan.variant.num_layers, "params": plan.params,
+              "protocol": after.protocol(), "notes": plan.notes,
+              "plan_seconds": round(plan_seconds, 2)}
+    if args.out:
+        recipe = Recipe.of(plan.variant, plan.method, plan.params,
+                           results={k: result[k] for k in ("ppl_before", "ppl_after", "protocol")})
+        result["out"] = str(export(plan.variant, args.out, recipe=recipe,
+                                   overwrite=args.overwrite))
+    return result
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "eval": (add_eval, cmd_eval),
     "export": (add_export, cmd_export),
     "similarity": (add_similarity, cmd_similarity),
+    "compress": (add_compress, cmd_compress),
 }
 
 
