@@ -1,0 +1,41 @@
+"""`python -m explorer compress` on a tiny model folder prints one JSON object and exports."""
+
+import json
+
+from explorer import cli, load_model
+from explorer.export import RECIPE_FILE
+
+
+def test_compress_json_and_export(tiny_factory, sample_text, tmp_path, capsys):
+    folder = tiny_factory("llama", num_layers=6)
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    common = ["--model", str(folder), "--text", str(text), "--seqlen", "32", "--max-tokens",
+              "256", "--calib-seqlen", "32", "--calib-samples", "4", "--json"]
+    assert cli.main(["compress", "--method", "laco", "--remove", "2", "--param", "C=3",
+                     "--param", "T=-1", "--param", "rule=code", *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("method", "ppl_before", "ppl_after", "removed", "merged", "num_layers", "params",
+                "protocol"):
+        assert key in out
+    assert out["method"] == "laco" and out["num_layers"] == 4 and len(out["removed"]) == 2
+    assert out["params"]["C"] == 3 and out["params"]["T"] == -1 and out["params"]["rule"] == "code"
+    assert out["ppl_after"] > 1 and "windows of 32 tokens" in out["protocol"]
+
+    dest = tmp_path / "exported"
+    assert cli.main(["compress", "--method", "come", "--remove", "1", "--out", str(dest),
+                     *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["out"] == str(dest) and load_model(str(dest)).num_layers == 5
+    recipe = json.loads((dest / RECIPE_FILE).read_text())
+    assert recipe["method"] == "come" and recipe["results"]["ppl_after"] == out["ppl_after"]
+
+
+def test_compress_errors_are_one_line(tiny_factory, sample_text, tmp_path, capsys):
+    folder = tiny_factory("llama", num_layers=6)
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    code = cli.main(["compress", "--model", str(folder), "--text", str(text), "--method", "nope",
+                     "--remove", "1", "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: unknown method 'nope'") and err.count("\n") == 1
