@@ -86,6 +86,8 @@ def merge_pairs(variant: Variant, pairs: list[tuple[int, int]] | list[list[int]]
     for pair in pairs:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise LayerError(f"merge pair {pair!r} must be two layer indices")
+        if pair[0] == pair[1]:
+            raise LayerError(f"merge pair {tuple(pair)} joins layer {pair[0]} with itself")
         a, b = variant.check_indices(list(pair), "merge pair")
         for i in (a, b):
             if i in owner:
