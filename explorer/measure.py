@@ -162,25 +162,28 @@ def cka_matrix(states: torch.Tensor) -> torch.Tensor:
     CKA(X, Y) = ||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F) with X, Y centred over tokens. The
     cross term ||X^T Y||_F^2 equals <X X^T, Y Y^T>_F, so it can be computed two ways:
       features: one (H, H) product per pair,         cost ~ (L+1)(L+2)/2 * N * H^2
-      Grams:    the rows of every (N, N) Gram, chunked, cost ~ (L+1) * N^2 * H
-    We take the cheaper; the Gram path keeps only an (L+1, m, N) block of rows in memory.
+      Grams:    the rows of every (N, N) Gram, chunked, cost ~ (L+1) * N^2 * H / 2
+    (a Gram is symmetric: only the blocks on and right of the diagonal are formed). We take the
+    cheaper; the Gram path keeps only an (L+1, m, N) block of rows in memory.
     """
     L1, N, H = states.shape
     x = states.float()
     x = x - x.mean(dim=1, keepdim=True)                        # centre every layer over tokens
     hsic = torch.zeros(L1, L1, dtype=torch.float64, device=x.device)
-    if (L1 + 1) / 2 * H <= N:      # feature cross-covariances are cheaper
+    if (L1 + 1) * H <= N:          # feature cross-covariances are cheaper
         for a in range(L1):
             c = torch.einsum("nh,bng->bhg", x[a], x[a:])       # (L+1-a, H, H)
             row = c.double().pow(2).sum(dim=(1, 2))                # (L+1-a,)
             hsic[a, a:] = row
             hsic[a:, a] = row
-    else:                            # row blocks of the Gram matrices
+    else:                            # row blocks of the Gram matrices, upper triangle only
         step = _chunk(L1, N)
         for lo in range(0, N, step):
-            rows = torch.matmul(x[:, lo:lo + step], x.transpose(1, 2))   # (L+1, m, N)
-            flat = rows.reshape(L1, -1)
-            hsic += (flat @ flat.T).double()
+            hi = min(N, lo + step)
+            rows = torch.matmul(x[:, lo:hi], x[:, lo:].transpose(1, 2))  # (L+1, m, N-lo)
+            diag = rows[:, :, :hi - lo].reshape(L1, -1)                  # block on the diagonal
+            upper = rows[:, :, hi - lo:].reshape(L1, -1)                 # right of it: counts twice
+            hsic += (diag @ diag.T).double() + 2 * (upper @ upper.T).double()
     norm = hsic.diagonal().clamp_min(1e-300).sqrt()           # (L+1,) ||X_a^T X_a||_F
     m = hsic / (norm[:, None] * norm[None, :])
     m.fill_diagonal_(1.0)
