@@ -1,0 +1,127 @@
+"""The heavy steps behind the buttons, each a plain function of names, sizes and recipe ops.
+
+Every job takes only picklable values (a model spec, a text key, recipe ops, numbers), fetches the
+resident model from the registry, rebuilds the variant from its ops, and returns CPU values, so the
+same code runs in-process or inside a ZeroGPU worker (`gpu.gpu`). `progress` is a `gr.Progress` (or
+None); jobs turn it into the `(fraction, message)` callback the explorer API takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..evaluate import PPLResult, generate, perplexity
+from ..probe import ProbeResult, probe
+from . import features
+from .gpu import ZERO_GPU, gpu
+from .registry import REGISTRY
+
+
+def callback(progress: Any):
+    """A `(fraction, message)` callback that drives a gr.Progress bar, or None."""
+    if progress is None:
+        return None
+
+    def report(fraction: float, message: str) -> None:
+        progress(max(0.0, min(1.0, float(fraction))), desc=message)
+    return report
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def _cpu_probe(pr: ProbeResult) -> ProbeResult:
+    return dataclasses.replace(pr, states=pr.states.cpu(), last=pr.last.cpu(),
+                               sample_of=pr.sample_of.cpu())
+
+
+@gpu(duration=120)
+def analyse_job(spec: str, text_key: str, seqlen: int, samples: int, max_tokens: int,
+                progress: Any = None) -> dict:
+    """Probe the calibration text and compute every adjacent-layer profile.
+
+    Returns {"probe": ProbeResult, "adjacent": {measure: (L,) array}, "seconds": float}.
+    """
+    cb = callback(progress)
+    lm = REGISTRY.ensure_model(spec, cb)
+    texts = REGISTRY.get_texts(text_key)
+    pr = probe(lm, texts.calibration, seqlen=seqlen, num_samples=samples, max_tokens=max_tokens,
+               progress=cb)
+    measure = features.module("measure")
+    adjacent = {}
+    names = list(measure.MEASURES)
+    for k, name in enumerate(names):
+        if cb:
+            cb(k / max(1, len(names)), f"adjacent-layer profile: {name}")
+        adjacent[name] = to_numpy(measure.adjacent(pr, name))
+    return {"probe": _cpu_probe(pr) if ZERO_GPU else pr, "adjacent": adjacent,
+            "seconds": pr.seconds}
+
+
+@gpu(duration=120)
+def similarity_job(pr: ProbeResult, name: str, progress: Any = None) -> np.ndarray:
+    """The (L+1, L+1) matrix of one measure over the layer boundaries."""
+    cb = callback(progress)
+    if cb:
+        cb(0.0, f"computing {name} between every pair of layer boundaries")
+    return to_numpy(features.module("measure").similarity(pr, name))
+
+
+@gpu(duration=120)
+def ppl_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_tokens: int,
+            progress: Any = None) -> PPLResult:
+    """Perplexity of the variant built from `ops` (the original model for no ops)."""
+    cb = callback(progress)
+    lm = REGISTRY.ensure_model(spec, cb)
+    texts = REGISTRY.get_texts(text_key)
+    variant = REGISTRY.variant(lm, ops)
+    return perplexity(lm, texts.evaluation, variant=variant, seqlen=seqlen, max_tokens=max_tokens,
+                      source=texts.source, progress=cb)
+
+
+@gpu(duration=60)
+def generate_job(spec: str, ops: list[dict], prompts: list[str], max_new_tokens: int) -> list[str]:
+    lm = REGISTRY.ensure_model(spec)
+    return generate(lm, prompts, variant=REGISTRY.variant(lm, ops), max_new_tokens=max_new_tokens)
+
+
+def _plain(x: Any) -> Any:
+    """JSON-ready copy of a plan field (tensors and arrays become lists)."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return to_numpy(x).tolist()
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+@gpu(duration=300)
+def compress_job(spec: str, text_key: str, method: str, remove: int | None, ratio: float | None,
+                 seqlen: int, samples: int, params: dict, progress: Any = None) -> dict:
+    """Ask a method for a plan; returns its recipe ops and what it removes or merges."""
+    cb = callback(progress)
+    lm = REGISTRY.ensure_model(spec, cb)
+    texts = REGISTRY.get_texts(text_key)
+    methods = features.module("methods")
+    size = {"remove": int(remove)} if remove else {"ratio": float(ratio)}
+    plan = methods.compress(lm, method, calibration=texts.calibration, seqlen=seqlen,
+                            num_samples=samples, progress=cb, **size, **params)
+    recipe = plan.recipe()
+    ops = [dict(op) for op in (recipe.ops if hasattr(recipe, "ops") else plan.variant.steps)]
+    if not ZERO_GPU:  # same process: keep the built variant so applying it costs nothing
+        REGISTRY.remember_variant(plan.variant, ops)
+    return {"method": plan.method, "params": _plain(dict(plan.params or {})), "ops": _plain(ops),
+            "removed": [int(i) for i in (plan.removed or [])],
+            "merged": [[int(i) for i in g] for g in (plan.merged or [])],
+            "scores": _plain(plan.scores), "notes": _plain(plan.notes),
+            "layers_after": int(plan.variant.num_layers)}

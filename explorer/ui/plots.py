@@ -1,0 +1,144 @@
+"""Plotly figures for the app. Display only: every number comes from the explorer API.
+
+Heatmaps are over layer boundaries x_0..x_L (x_0 = embeddings, x_k = output of layer k-1 = input of
+layer k, x_L = output of the last layer, before the final norm). Cell (a, b) compares x_a with x_b,
+i.e. says how much the block of layers a..b-1 changes the residual stream; the y axis runs downwards
+like a matrix's rows, and a click on (row a, column b) selects that block.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+_MARGIN = dict(l=60, r=20, t=50, b=50)
+
+
+def boundary_label(k: int, num_layers: int) -> str:
+    if k == 0:
+        return "x0 = embeddings (input of layer 0)"
+    if k == num_layers:
+        return f"x{k} = output of the last layer {k - 1} (before the final norm)"
+    return f"x{k} = after layer {k - 1} = input of layer {k}"
+
+
+def block_label(a: int, b: int) -> str:
+    a, b = min(a, b), max(a, b)
+    if a == b:
+        return "same boundary"
+    return f"layer {a}" if b == a + 1 else f"layers {a}..{b - 1} ({b - a} layers)"
+
+
+def _cell(a: int, b: int, color: str, dash: str = "solid", width: int = 3,
+          pad: float = 0.5) -> list[dict]:
+    """Rectangles around cell (a, b) and its mirror (b, a)."""
+    out = []
+    for x, y in {(b, a), (a, b)}:
+        out.append(dict(type="rect", x0=x - pad, x1=x + pad, y0=y - pad, y1=y + pad,
+                        line=dict(color=color, width=width, dash=dash)))
+    return out
+
+
+def heatmap(matrix: np.ndarray, title: str, higher_is_similar: bool = True,
+            removed: Iterable[int] = (), merged: Iterable[Iterable[int]] = (),
+            selected: tuple[int, int] | None = None) -> go.Figure:
+    """A clickable similarity heatmap with the plan drawn on it.
+
+    removed: original layers to drop (cell (k, k+1), red); merged: groups of original layers merged
+    into one (cell (first, last+1), orange); selected: the last clicked cell (dashed).
+    """
+    m = np.asarray(matrix, dtype=float)
+    n = m.shape[0]
+    L = n - 1
+    idx = list(range(n))
+    kind = "similarity" if higher_is_similar else "distance"
+    hover = [[f"{block_label(a, b)}<br>x{a} vs x{b}: {kind} {m[a, b]:.4f}" for b in idx]
+             for a in idx]
+    fig = go.Figure(go.Heatmap(
+        z=m, x=idx, y=idx, text=hover, hoverinfo="text", colorscale="Viridis",
+        reversescale=not higher_is_similar, colorbar=dict(title=kind)))
+    shapes = []
+    for k in removed:
+        shapes += _cell(k, k + 1, "#e4572e")
+    for g in merged:
+        g = list(g)
+        if g:
+            shapes += _cell(min(g), max(g) + 1, "#f3a712")
+    if selected is not None and selected[0] != selected[1]:
+        shapes += _cell(*selected, color="white", dash="dot", width=2, pad=0.9)
+    ticks = [k for k in idx if k % 5 == 0 or k == L]
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=15)), shapes=shapes, height=560, margin=_MARGIN,
+        xaxis=dict(title="boundary b (0 = embeddings, k = after layer k-1)", tickvals=ticks,
+                   constrain="domain"),
+        yaxis=dict(title="boundary a", tickvals=ticks, autorange="reversed", scaleanchor="x"))
+    return fig
+
+
+def profiles(adjacent: dict[str, np.ndarray], titles: dict[str, str],
+             higher: dict[str, bool]) -> go.Figure:
+    """Adjacent-layer profiles: for each layer k, how much x_k -> x_{k+1} changes, per measure."""
+    fig = go.Figure()
+    for name, values in adjacent.items():
+        v = np.asarray(values, dtype=float)
+        kind = "similarity" if higher.get(name, True) else "distance"
+        fig.add_trace(go.Scatter(
+            x=list(range(len(v))), y=v, mode="lines+markers", name=f"{titles.get(name, name)} "
+            f"({kind})", hovertemplate="layer %{x}: %{y:.4f}<extra>" + name + "</extra>"))
+    fig.update_layout(title="Adjacent layers: input vs output of each layer", height=380,
+                      margin=_MARGIN, xaxis_title="layer k (compares x_k with x_k+1)",
+                      yaxis_title="value", legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def layer_map(coords: np.ndarray, title: str) -> go.Figure:
+    """2-D map of the layer boundaries, joined in depth order."""
+    c = np.asarray(coords, dtype=float)
+    n = c.shape[0]
+    fig = go.Figure(go.Scatter(
+        x=c[:, 0], y=c[:, 1], mode="lines+markers+text", text=[str(k) for k in range(n)],
+        textposition="top center", line=dict(color="rgba(120,120,120,0.4)"),
+        marker=dict(size=10, color=list(range(n)), colorscale="Viridis", showscale=True,
+                    colorbar=dict(title="boundary")),
+        hovertext=[boundary_label(k, n - 1) for k in range(n)], hoverinfo="text"))
+    fig.update_layout(title=title, height=460, margin=_MARGIN, xaxis_title="map axis 1",
+                      yaxis_title="map axis 2")
+    return fig
+
+
+def token_clouds(panels: list[tuple[int, np.ndarray, np.ndarray]], method: str,
+                 num_layers: int) -> go.Figure:
+    """One scatter per chosen boundary: tokens embedded in 2-D, coloured by calibration window."""
+    cols = max(1, len(panels))
+    fig = make_subplots(rows=1, cols=cols, subplot_titles=[
+        f"x{k}" + (" (embeddings)" if k == 0 else f" (after layer {k - 1})") for k, _, _ in panels])
+    for j, (k, coords, sample) in enumerate(panels, start=1):
+        c = np.asarray(coords, dtype=float)
+        fig.add_trace(go.Scattergl(
+            x=c[:, 0], y=c[:, 1], mode="markers", showlegend=False,
+            marker=dict(size=4, color=np.asarray(sample), colorscale="Turbo", opacity=0.7),
+            hovertemplate="window %{marker.color}<extra>x" + str(k) + "</extra>"), row=1, col=j)
+    fig.update_layout(title=f"Token clouds ({method}), colour = calibration window", height=420,
+                      margin=_MARGIN)
+    return fig
+
+
+def history(entries: list[dict]) -> go.Figure:
+    """Perplexity against the number of layers removed, one line per method."""
+    fig = go.Figure()
+    by_method: dict[str, list[dict]] = {}
+    for e in entries:
+        by_method.setdefault(e["method"], []).append(e)
+    for method, es in by_method.items():
+        pts = sorted([(0, es[0]["ppl_before"])] + [(e["removed"], e["ppl"]) for e in es])
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
+                                 mode="lines+markers", name=method,
+                                 hovertemplate="%{x} layers removed: ppl %{y:.2f}<extra>"
+                                 + method + "</extra>"))
+    fig.update_layout(title="Perplexity against layers removed (this session)", height=380,
+                      margin=_MARGIN, xaxis_title="layers removed", yaxis_title="perplexity",
+                      yaxis_type="log")
+    return fig
