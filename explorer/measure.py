@@ -82,8 +82,9 @@ MEASURES: dict[str, MeasureInfo] = {
         "boundaries: 1 when one is a rotation and uniform scaling of the other, near 0 when they "
         "share no linear structure. Unlike cosine it ignores a shared offset and compares the "
         "geometry of the whole token cloud. Bright blocks show groups of layers that keep the "
-        "same representation.",
-        ("max_tokens", "seed")),
+        "same representation. Tokens with massive activations (norm over 20x the median) are "
+        "left out: one of them would outweigh thousands of ordinary tokens.",
+        ("max_tokens", "seed", "max_norm_ratio")),
     "npib": MeasureInfo(
         "npib", "NPIB (MKA manifold information)", True,
         "Liu et al. 2024, Pruning via Merging: Compressing LLMs via Manifold Alignment Based "
@@ -93,7 +94,7 @@ MEASURES: dict[str, MeasureInfo] = {
         "embeddings, normalised so that a boundary with itself scores 1 and unrelated clouds "
         "score about 0. High values mean the two layers arrange the same points the same way. "
         "Estimates are noisier than cosine or CKA (a few hundred points, k neighbours).",
-        ("points", "num_points", "sigma", "alpha", "d", "k", "seed")),
+        ("points", "num_points", "sigma", "alpha", "d", "k", "seed", "max_norm_ratio")),
 }
 
 
@@ -110,6 +111,23 @@ def _subsample(states: torch.Tensor, max_tokens: int | None, seed: int) -> torch
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(N, generator=gen)[:max_tokens].sort().values
     return states[:, idx.to(states.device)]
+
+
+def massive_tokens(states: torch.Tensor, ratio: float | None = 20.0) -> torch.Tensor:
+    """(L+1, N, H) -> (N,) bool: tokens whose norm at some boundary exceeds `ratio` times that
+    boundary's median token norm (massive activations outside the first window position, e.g.
+    SmolLM2 writes a norm of ~24,000 after some "\\n\\n", against a median of ~155)."""
+    if ratio is None:
+        return torch.zeros(states.shape[1], dtype=torch.bool, device=states.device)
+    norms = states.float().norm(dim=-1)                                # (L+1, N)
+    med = norms.median(dim=1, keepdim=True).values
+    return (norms > ratio * med).any(dim=0)
+
+
+def _drop_massive(states: torch.Tensor, ratio: float | None) -> torch.Tensor:
+    """(L+1, N, H) without the massive tokens (unchanged if that would leave fewer than 2)."""
+    keep = ~massive_tokens(states, ratio)
+    return states if int(keep.sum()) < 2 or bool(keep.all()) else states[:, keep]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -202,8 +220,10 @@ def _angular(pr: ProbeResult) -> torch.Tensor:
     return angular_matrix(pr.last)
 
 
-def _cka(pr: ProbeResult, max_tokens: int | None = 2048, seed: int = 0) -> torch.Tensor:
-    return cka_matrix(_subsample(pr.states, max_tokens, seed))
+def _cka(pr: ProbeResult, max_tokens: int | None = 2048, seed: int = 0,
+         max_norm_ratio: float | None = 20.0) -> torch.Tensor:
+    # one massive token outweighs thousands of ordinary ones in a covariance: leave them out
+    return cka_matrix(_subsample(_drop_massive(pr.states, max_norm_ratio), max_tokens, seed))
 
 
 def _npib(pr: ProbeResult, **params) -> torch.Tensor:

@@ -50,6 +50,7 @@ import math
 import torch
 
 from .errors import ExplorerError
+from .measure import _drop_massive, massive_tokens
 from .probe import ProbeResult
 
 POINTS = ("tokens", "pooled", "last")
@@ -217,18 +218,27 @@ def knn_entropy(x: torch.Tensor, k: int = 3) -> float:
 # NPIB over a probe
 
 def calibration_points(pr: ProbeResult, points: str = "tokens", num_points: int = 256,
-                       seed: int = 0) -> torch.Tensor:
+                       seed: int = 0, max_norm_ratio: float | None = 20.0) -> torch.Tensor:
     """(L+1, n, H) the same n calibration points at every boundary.
 
     points: "tokens" a seeded subset of num_points recorded tokens; "pooled" each sample's mean
     state; "last" each sample's last token (both capped at num_points samples).
+    max_norm_ratio: tokens (or samples) with a massive activation, a norm above this many times
+    the median at some boundary, are left out (None keeps them): a single such point is far from
+    all others and takes a diffusion coordinate to itself.
     """
     if points == "tokens":
-        cloud = pr.states
+        cloud = _drop_massive(pr.states, max_norm_ratio)
     elif points == "pooled":
-        cloud = pr.pooled()
+        keep = ~massive_tokens(pr.states, max_norm_ratio)              # (N,)
+        idx = pr.sample_of.to(pr.states.device)[keep]
+        sums = torch.zeros(pr.states.shape[0], pr.num_samples, pr.states.shape[2],
+                           dtype=pr.states.dtype, device=pr.states.device)
+        sums.index_add_(1, idx, pr.states[:, keep])
+        counts = torch.bincount(idx, minlength=pr.num_samples)
+        cloud = sums[:, counts > 0] / counts[counts > 0].to(sums.dtype)[None, :, None]
     elif points == "last":
-        cloud = pr.last
+        cloud = _drop_massive(pr.last, max_norm_ratio)
     else:
         raise ExplorerError(f"unknown points '{points}'; known: {', '.join(POINTS)}")
     n = cloud.shape[1]
@@ -242,14 +252,15 @@ def calibration_points(pr: ProbeResult, points: str = "tokens", num_points: int 
 @torch.no_grad()
 def npib_matrix(pr: ProbeResult, *, points: str = "tokens", num_points: int = 256,
                 sigma: float | str | None = "median", alpha: float = 0.5, d: int = 2, k: int = 3,
-                seed: int = 0, pairs: list[tuple[int, int]] | None = None) -> torch.Tensor:
+                seed: int = 0, max_norm_ratio: float | None = 20.0,
+                pairs: list[tuple[int, int]] | None = None) -> torch.Tensor:
     """(L+1, L+1) float32 CPU NPIB matrix (see the module docstring for the definition).
 
-    points / num_points / seed: which calibration points (`calibration_points`);
+    points / num_points / seed / max_norm_ratio: which calibration points (`calibration_points`);
     sigma, alpha, d: the diffusion map; k: neighbours of the KSG estimator.
     pairs: only these cells (a, b) are estimated (the others are NaN); default all.
     """
-    cloud = calibration_points(pr, points, num_points, seed)            # (L+1, n, H)
+    cloud = calibration_points(pr, points, num_points, seed, max_norm_ratio)   # (L+1, n, H)
     L1, n, _ = cloud.shape
     _check_k(n, k)
     emb = diffusion_map(cloud, d=d, sigma=sigma, alpha=alpha)           # (L+1, n, d)
@@ -268,10 +279,11 @@ def npib_matrix(pr: ProbeResult, *, points: str = "tokens", num_points: int = 25
         ia = torch.tensor([c[0] for c in chunk], device=dist.device)
         ib = torch.tensor([c[1] for c in chunk], device=dist.device)
         mi[lo:lo + len(chunk)] = ksg_from_distances(dist[ia], dist[ib], k)
-    self_info = mi[:L1].clamp_min(1e-12)                                  # (L+1,)
+    mi = mi.cpu()
+    self_info = mi[:L1].clamp_min(1e-12).tolist()                        # (L+1,) I(Y_a; Y_a)
     out = torch.full((L1, L1), math.nan, dtype=torch.float64)
-    for (a, b), value in zip(cells[L1:], mi[L1:].cpu().tolist()):
-        v = value / math.sqrt(float(self_info[a]) * float(self_info[b]))
+    for (a, b), value in zip(cells[L1:], mi[L1:].tolist()):
+        v = value / math.sqrt(self_info[a] * self_info[b])
         out[a, b] = out[b, a] = min(1.0, max(0.0, v))
     out.fill_diagonal_(1.0)
     return out.float()

@@ -198,3 +198,20 @@ def test_cli_similarity_prints_the_matrix(tiny_factory, sample_text, tmp_path, c
     assert out["adjacent"] == [out["matrix"][i][i + 1] for i in range(4)]
     assert main(["similarity", "--measure", "euclid", "--json"]) == 2
     assert "known: cosine" in capsys.readouterr().err
+
+
+def test_massive_tokens_are_left_out_of_cka_and_npib_points():
+    from explorer.npib import calibration_points
+
+    s = rand(4, 120, 8, seed=12)
+    s[2:, 17] *= 1000.0                        # one token with a massive activation from layer 2
+    pr = fake_probe(s)
+    assert M.massive_tokens(s).nonzero().flatten().tolist() == [17]
+    keep = torch.arange(120) != 17
+    clean = M.similarity(fake_probe(s[:, keep].clone()), "cka")
+    torch.testing.assert_close(M.similarity(pr, "cka"), clean)
+    raw = M.similarity(pr, "cka", max_norm_ratio=None)
+    assert raw[2, 3] > 0.99 and clean[2, 3] < 0.5    # left in, the one token is all CKA sees
+    pts = calibration_points(pr, "tokens", num_points=500)
+    assert pts.shape == (4, 119, 8) and pts.abs().max() < 100
+    assert calibration_points(pr, "tokens", num_points=500, max_norm_ratio=None).shape[1] == 120
