@@ -239,11 +239,68 @@ def cmd_compress(args) -> dict:
     return result
 
 
+BENCHES = ("perplexity", "probe", "variant", "measures", "gpu")   # bench/bench_NAME.py
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="speed benchmarks against the naive way (bench/), as a table")
+    p.add_argument("--model", default="smollm2-135m", help="model the CPU benchmarks use")
+    p.add_argument("--only", default="", help="comma list of: " + ", ".join(BENCHES))
+    p.add_argument("--full", action="store_true", help="more tokens and repetitions (slower)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_bench(args) -> dict:
+    """Run bench/bench_NAME.run(quick) for each benchmark; one model load shared where possible."""
+    import importlib
+    import inspect
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "common.py").is_file():
+        raise ExplorerError(f"the benchmarks live in the source tree ({root / 'bench'} is "
+                            "missing): run from a git checkout of Layer Explorer")
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHES)
+    unknown = sorted(set(names) - set(BENCHES))
+    if unknown:
+        raise ExplorerError(f"unknown benchmark(s) {', '.join(unknown)}; known: "
+                            + ", ".join(BENCHES))
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    common = importlib.import_module("bench.common")
+    start = time.perf_counter()
+    lm = None
+    rows: list[dict] = []
+    for name in names:
+        if not (root / "bench" / f"bench_{name}.py").is_file():
+            rows.append(common.row(name, "not benched", None, None, "-", higher_is_better=True,
+                                   note=f"bench/bench_{name}.py is not there yet"))
+            continue
+        module = importlib.import_module(f"bench.bench_{name}")
+        kwargs = {}
+        if name != "gpu" and "lm" in inspect.signature(module.run).parameters:
+            if lm is None:
+                lm = _load(argparse.Namespace(model=args.model, device="cpu", dtype="auto",
+                                              trust_remote_code=False))
+            kwargs["lm"] = lm
+        for r in module.run(not args.full, **kwargs):
+            common.check_row(r)
+            rows.append(r)
+    m = common.machine()
+    machine = (f"{m['cpu']}, {m['nproc']} cores ({m['torch_threads']} torch threads), "
+               f"{m.get('gpu') or 'no GPU'}, torch {m['torch']}, transformers {m['transformers']}"
+               f", {m['date']}")
+    return {"machine": machine, "seconds": round(time.perf_counter() - start, 1),
+            "table": "\n" + common.format_table(rows), "rows": rows}
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "eval": (add_eval, cmd_eval),
     "export": (add_export, cmd_export),
     "similarity": (add_similarity, cmd_similarity),
     "compress": (add_compress, cmd_compress),
+    "bench": (add_bench, cmd_bench),
 }
 
 

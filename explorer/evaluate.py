@@ -6,9 +6,18 @@ tokens (a BOS token in front of each when the BOS rule says so), and
     PPL = exp( mean over every predicted token of -log p(token | window prefix) ).
 A window of T text tokens predicts T-1 of them (T with BOS in front).
 
-Speed: windows run in batches through the backbone only; the vocabulary projection and the
-cross-entropy run on chunks of positions, so the (batch x seqlen x vocab) logits tensor is never
-materialised whole (49k vocab x 8 x 512 in fp32 would be 800 MB).
+Speed: windows run in batches through the backbone only (no hidden states kept, no KV cache,
+torch.inference_mode); the vocabulary projection and the cross-entropy run on chunks of positions,
+so the (batch x seqlen x vocab) logits tensor is never materialised whole (49k vocab x 8 x 512 in
+fp32 would be 800 MB). `compute_dtype="bfloat16"` runs the layers' matrix products under bf16
+autocast (residual stream, norms, head and loss stay in fp32); the perplexity moves by ~1e-3
+relative on SmolLM2. It only pays on CPUs with native bf16 (AVX512-BF16, AMX): on an AVX2-only
+CPU it was ~3x *slower* than fp32 (bench/RESULTS.md), so the default keeps the model's own dtype,
+the exact figure. On CUDA the model is already loaded in bf16 (`load_model`).
+
+Cost: FLOPs per predicted token ~ 2 x N, N = the parameters a token passes through (every weight
+matrix once, vocabulary head included; Kaplan et al. 2020, arXiv 2001.08361, eq. 2.1), plus
+attention scores 2 x n_layers x seqlen x d_attn, small at seqlen 512.
 
 Example:
     >>> r = perplexity(lm, load_texts("wiki").evaluation, seqlen=512, max_tokens=4096)
@@ -62,36 +71,74 @@ class NonFiniteError(ExplorerError):
     """The model produced NaN or inf (e.g. after an aggressive merge)."""
 
 
+# Positions per chunk of the vocabulary projection + cross-entropy: 1024 x 49k fp32 logits is 200 MB;
+# on CPU chunks of 512-2048 ran at the same speed (the head is one GEMM per chunk either way), and
+# smaller chunks keep the peak memory of a batch low.
+LOGIT_CHUNK = 1024
+
+_COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+                   "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+
+
 def _final_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """Vocabulary logits from final-norm hidden states, with the family's soft-capping if any."""
-    logits = lm.arch.lm_head(lm.model)(hidden).float()
+    """Vocabulary logits from final-norm hidden states, with the family's soft-capping if any.
+
+    hidden: (n, H) -> (n, V) float32. Runs outside autocast: a bf16 head would round logits of
+    size ~20 to steps of ~0.1, which shows in the NLL.
+    """
+    head = lm.arch.lm_head(lm.model)
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = head(hidden.to(head.weight.dtype)).float()
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
 
 
-@torch.no_grad()
+def _autocast(device: torch.device, model_dtype: torch.dtype,
+              compute_dtype: str | torch.dtype | None):
+    """An autocast context for `compute_dtype`, or a disabled one when it is the model's dtype."""
+    if compute_dtype in (None, "", "auto"):
+        dt = model_dtype
+    elif isinstance(compute_dtype, torch.dtype):
+        dt = compute_dtype
+    elif compute_dtype in _COMPUTE_DTYPES:
+        dt = _COMPUTE_DTYPES[compute_dtype]
+    else:
+        raise ExplorerError(f"unknown compute_dtype '{compute_dtype}'; use one of: auto, "
+                            + ", ".join(_COMPUTE_DTYPES))
+    if dt == torch.float32 and model_dtype != torch.float32:
+        raise ExplorerError(f"compute_dtype float32 needs a float32 model (this one is "
+                            f"{str(model_dtype).replace('torch.', '')}): load it with dtype float32")
+    enabled = dt != model_dtype
+    return torch.autocast(device.type, dtype=dt if enabled else torch.bfloat16, enabled=enabled)
+
+
+@torch.inference_mode()
 def window_nll(lm: LoadedModel, model: torch.nn.Module, batch: torch.Tensor,
-               chunk_tokens: int = 2048) -> tuple[float, int]:
+               chunk_tokens: int = LOGIT_CHUNK) -> tuple[float, int]:
     """Sum of token NLL and count of predicted tokens for a (b, T) batch of windows."""
     base = lm.arch.base_model(model)
     hidden = base(input_ids=batch, use_cache=False).last_hidden_state  # (b, T, H), after final norm
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])                    # (b*(T-1), H)
-    targets = batch[:, 1:].reshape(-1)
-    total = 0.0
+    targets = batch[:, 1:].reshape(-1)                                  # (b*(T-1),)
+    total = torch.zeros((), dtype=torch.float64, device=h.device)
     for s in range(0, h.shape[0], chunk_tokens):
-        logits = _final_logits(lm, h[s:s + chunk_tokens])
-        total += F.cross_entropy(logits, targets[s:s + chunk_tokens], reduction="sum").item()
-    return total, targets.numel()
+        logits = _final_logits(lm, h[s:s + chunk_tokens])               # (chunk, V) fp32
+        total += F.cross_entropy(logits, targets[s:s + chunk_tokens], reduction="sum")
+    return total.item(), targets.numel()
 
 
 def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, seqlen: int = 512,
                max_tokens: int | None = 16384, batch_size: int = 4, bos: str = "auto",
-               source: str = "text", progress: Progress | None = None) -> PPLResult:
+               source: str = "text", progress: Progress | None = None,
+               compute_dtype: str | torch.dtype | None = None) -> PPLResult:
     """Perplexity of the model (or of `variant`) on `text` under the protocol above.
 
     max_tokens: evaluate at most this many text tokens (None: the whole text).
+    compute_dtype: None/"auto" (default) runs in the model's dtype, the exact figure;
+        "bfloat16" runs the decoder layers under bf16 autocast (faster on CPU, the value moves
+        by ~1e-3 relative; the head and the loss stay in fp32).
     """
     ctx = getattr(lm.config, "max_position_embeddings", None)
     with_bos = use_bos(lm.tokenizer, bos, lm.arch.needs_bos)
@@ -100,9 +147,10 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
     ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
     w = windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
     variant = variant or Variant.identity(lm)
+    cast = _autocast(lm.device, lm.dtype, compute_dtype)
     start = time.perf_counter()
     total, count = 0.0, 0
-    with variant.applied() as model:
+    with variant.applied() as model, cast:
         for b0 in range(0, w.shape[0], batch_size):
             nll, n = window_nll(lm, model, w[b0:b0 + batch_size].to(lm.device))
             total += nll

@@ -1,0 +1,1 @@
+"""Benchmarks of Layer Explorer against the naive way; see bench/README.md."""

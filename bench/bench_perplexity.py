@@ -1,0 +1,126 @@
+"""Perplexity: `explorer.evaluate.perplexity` against the plain loop of the Hugging Face guide.
+
+Baseline: "Perplexity of fixed-length models" (huggingface.co/docs/transformers/perplexity), with
+stride = seqlen (non-overlapping windows): one window at a time through the whole model in the
+model's own dtype (fp32 on CPU), `model(input_ids, labels=input_ids)`, so transformers builds the
+full (1, T, V) fp32 logits and computes the loss itself; NLL sum = loss x (T - 1).
+
+Ours: the same windows (same text, seqlen and BOS rule), batched through the backbone only, with the
+vocabulary projection and cross-entropy on chunks of positions, under inference_mode; once in the
+model's dtype (the default, exact path) and once with `compute_dtype="bfloat16"` (autocast: the
+big matrix products in bf16, the residual stream, norms, head and loss in fp32).
+
+Both report tokens/s = predicted tokens / wall seconds, and the two perplexities must agree to
+1e-3 relative (the row's note says how far apart they are).
+
+FLOPs per predicted token ~ 2 x N (N = parameters touched per token: every weight matrix once,
+Kaplan et al. 2020, arXiv 2001.08361, eq. 2.1 without the attention term), so tok/s x 2N is the
+achieved FLOP/s; bench_gpu.py turns that into model FLOP utilisation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+try:
+    from . import common
+except ImportError:  # run as a script
+    import common  # type: ignore[no-redef]
+
+BENCH = "perplexity"
+
+
+@torch.no_grad()
+def guide_loop(model: torch.nn.Module, windows: torch.Tensor) -> tuple[float, int]:
+    """(mean NLL, predicted tokens) the way the Hugging Face guide computes it, stride = seqlen.
+
+    windows: (W, T) token ids; each row goes through the model alone with labels = input_ids.
+    """
+    device = next(model.parameters()).device
+    nll_sum, count = 0.0, 0
+    for i in range(windows.shape[0]):
+        input_ids = windows[i:i + 1].to(device)            # (1, T)
+        loss = model(input_ids, labels=input_ids.clone()).loss  # mean over T-1 shifted targets
+        n = input_ids.shape[1] - 1
+        nll_sum += loss.item() * n
+        count += n
+    return nll_sum / count, count
+
+
+def compare(lm, text: str, *, seqlen: int, max_tokens: int, reps: int, source: str,
+            label: str, quick: bool = True) -> list[dict]:
+    """Rows for one model: tokens/s of ours (exact and bf16) against the guide loop."""
+    from explorer.evaluate import perplexity
+    from explorer.tokens import tokenize, use_bos, windows
+
+    with_bos = use_bos(lm.tokenizer, "auto", lm.arch.needs_bos)
+    ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
+    w = windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
+
+    def ours(dtype=None):
+        return perplexity(lm, text, seqlen=seqlen, max_tokens=max_tokens, source=source,
+                          compute_dtype=dtype)
+
+    # Warm-up on one window each (allocator, oneDNN kernels), then full runs, interleaved.
+    # bf16 autocast can be slow on CPUs without native bf16 (AVX2 only): in quick mode it is
+    # timed once after the interleaved rounds instead of in every round.
+    guide_loop(lm.model, w[:1])
+    perplexity(lm, text, seqlen=seqlen, max_tokens=seqlen, compute_dtype="bfloat16")
+    fns = {"guide": lambda: guide_loop(lm.model, w), "ours": ours}
+    bf16 = lambda: ours("bfloat16")  # noqa: E731
+    if not quick:
+        fns["ours_bf16"] = bf16
+    times, res = common.interleaved(fns, reps=reps, warmup=0, device=lm.device)
+    if quick:
+        dt, res["ours_bf16"] = common.time_once(bf16, lm.device)
+        times["ours_bf16"] = [dt]
+    g_nll, g_tokens = res["guide"]
+    exact, fast = res["ours"], res["ours_bf16"]
+    assert exact.tokens == g_tokens, (exact.tokens, g_tokens)
+    g_ppl = math.exp(g_nll)
+    tps = {k: g_tokens / common.median(v) for k, v in times.items()}
+    rel = abs(exact.ppl - g_ppl) / g_ppl
+    rel16 = abs(fast.ppl - g_ppl) / g_ppl
+    spreads = {k: common.spread([g_tokens / t for t in v]) for k, v in times.items()}
+    prot = f"{w.shape[0]} windows x {seqlen}, {g_tokens} predicted tokens, median of {reps}"
+    n16 = len(times["ours_bf16"])
+    return [
+        common.row(BENCH, f"{label} tok/s, exact ({lm.dtype})".replace("torch.", ""),
+                   tps["ours"], tps["guide"], "tok/s", higher_is_better=True,
+                   note=f"{prot}; ppl {exact.ppl:.4f} vs guide {g_ppl:.4f} (rel diff {rel:.1e}); "
+                        f"spread ours {spreads['ours']}, guide {spreads['guide']}"),
+        common.row(BENCH, f"{label} tok/s, compute_dtype=bf16", tps["ours_bf16"], tps["guide"],
+                   "tok/s", higher_is_better=True,
+                   note=f"ppl {fast.ppl:.4f} vs guide {g_ppl:.4f} (rel diff {rel16:.1e}, "
+                        f"{'within' if rel16 <= 1e-3 else 'OUTSIDE'} 1e-3); "
+                        f"{n16} run(s), spread {spreads['ours_bf16']}"),
+    ]
+
+
+def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None, text: str | None = None,
+        seqlen: int | None = None) -> list[dict]:
+    """Perplexity rows for `model` (or a ready `lm` with `text`, as the smoke test passes)."""
+    from explorer import load_model, load_texts
+
+    source = "text"
+    if lm is None:
+        lm = load_model(model)
+    if text is None:
+        texts = load_texts("wiki")
+        text, source = texts.evaluation, texts.source
+    seqlen = seqlen or 512
+    max_tokens = seqlen * (2 if quick else 16)
+    rows = compare(lm, text, seqlen=seqlen, max_tokens=max_tokens, reps=3 if quick else 5,
+                   source=source, label=lm.spec if len(lm.spec) < 30 else "model", quick=quick)
+    rows.append(common.row(BENCH, f"{lm.spec} load time", lm.load_seconds, None, "s",
+                           higher_is_better=False,
+                           note=f"load_model (converted safetensors cache); peak RSS of the "
+                                f"bench process {common.peak_rss_mb():.0f} MiB"))
+    return rows
+
+
+if __name__ == "__main__":
+    common.main(run)
