@@ -200,7 +200,8 @@ def _gguf_to_folder(gguf: Path, progress: Progress | None) -> Path:
 
 def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
                dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
-               device_map: str | None = None, progress: Progress | None = None) -> LoadedModel:
+               device_map: str | None = None, progress: Progress | None = None,
+               before_weights: Callable[[], None] | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     spec: an embedded name (see `explorer.embedded.EMBEDDED`), a Hugging Face hub id, a local
@@ -208,6 +209,10 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     device, dtype: "auto" (default) or explicit ("cpu", "cuda:0"; "float32", "bfloat16").
     trust_remote_code: run the repository's own Python code; off unless the caller turns it on.
     device_map: passed to transformers (e.g. "auto" to spread a large model over several GPUs).
+    before_weights: called once every check that needs no weights has passed (the spec resolves,
+        the config loads, it is a supported causal LM), just before the memory check and the
+        weights: `explorer.session` releases the previous model there, so that a typo or an
+        unknown hub id never unloads the working model.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -250,6 +255,8 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         raise ModelLoadError(f"'{spec}' ({what}) is not a causal (decoder-only) language model; "
                              "Layer Explorer needs one that AutoModelForCausalLM loads")
     arch = adapter_for(model_type)  # fail before reading gigabytes of weights
+    if before_weights is not None:
+        before_weights()
     if not device_map:  # metadata only: refuse a model that cannot fit before reading it
         check_fits(estimate_model_bytes(where, config, dt), dev, spec, dt)
     if progress:

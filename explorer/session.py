@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -59,12 +59,18 @@ def _release_locked() -> None:
 
 
 def get_model(spec: str, *, device: str | None = None, dtype: str | torch.dtype | None = None,
-              trust_remote_code: bool = False, progress: Progress | None = None) -> LoadedModel:
+              trust_remote_code: bool = False, progress: Progress | None = None,
+              on_release: Callable[[], None] | None = None) -> LoadedModel:
     """The resident model for these arguments, loading it (after releasing the old one) if needed.
 
-    A spec that cannot even be resolved (a path that does not exist, an empty name) is refused
-    before the resident model is released. Concurrent callers are serialised: a second caller
-    asking for the same model waits for the first load and reuses it.
+    The old model is released only once the new one has passed every check that needs no
+    weights (`load_model(before_weights=...)`): a path that does not exist, an unknown hub id, an
+    unsupported or non-causal model is refused with the resident model still in place. Concurrent
+    callers are serialised: a second caller asking for the same model waits and reuses it.
+
+    on_release: called just before the old model is released (only when the new one passed its
+    checks): a caller that keeps its own references or caches of the old model (the web app's
+    registry) drops them there, so the memory really goes.
     """
     global _resident, _key
     key = _model_key(spec, device, dtype, trust_remote_code)
@@ -72,8 +78,14 @@ def get_model(spec: str, *, device: str | None = None, dtype: str | torch.dtype 
         if _resident is not None and _key == key:
             return _resident
         resolve(spec)            # cheap checks first: a typo must not unload the working model
-        _release_locked()        # free the old model before the new one needs the memory
+        # The old model goes just before the new weights are read (and before the memory check,
+        # so that the memory it frees counts): the peak is one model, not two.
+        def release() -> None:
+            if on_release is not None:
+                on_release()
+            _release_locked()
+
         lm = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                        progress=progress)
+                        progress=progress, before_weights=release)
         _resident, _key = lm, key
         return lm

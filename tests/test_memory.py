@@ -125,13 +125,18 @@ def test_get_model_keeps_one_model_resident(tiny_factory):
         gc.collect()
         assert gone() is None                      # the first model was freed, not kept
         assert session.current_model() is b
-        # a spec that cannot be resolved does not unload the working model
-        with pytest.raises(ModelLoadError, match="does not exist"):
-            session.get_model("/nonexistent/model")
-        assert session.current_model() is b
-        # another dtype is another model: it replaces the resident one
-        c = session.get_model(str(b_path), dtype="bfloat16")
+        # inputs refused before any weight is read do not unload the working model
+        released = []
+        for bad, fragment in (("/nonexistent/model", "does not exist"),
+                              ("no-such-org/no-such-model-4259", "from the Hugging Face hub"),
+                              (str(tiny_factory("gpt2", num_layers=2).parent), "no config.json")):
+            with pytest.raises(ModelLoadError, match=fragment):
+                session.get_model(bad, on_release=lambda: released.append(1))
+            assert session.current_model() is b and released == []
+        # another dtype is another model: it replaces the resident one, telling the caller first
+        c = session.get_model(str(b_path), dtype="bfloat16", on_release=lambda: released.append(1))
         assert c is not b and c.dtype == torch.bfloat16 and session.current_model() is c
+        assert released == [1]
     finally:
         session.release_model()
     assert session.current_model() is None

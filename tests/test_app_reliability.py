@@ -1,0 +1,194 @@
+"""The web app under bad input, concurrent clients and a client that goes away, through
+gradio_client against the real launched app (explorer.ui.launch) serving a tiny model.
+
+- bad inputs (paths, hub ids, texts, uploads, layer plans) come back as errors with our one-line
+  message, and the app keeps serving correct results afterwards;
+- 8 concurrent clients, each applying a different plan, get exactly the perplexities that the
+  same plans give one by one, and the shared model's weights are bit-identical afterwards;
+- a client that disconnects while its request is running leaves the server clean: lock free,
+  original layers in place, weights unchanged, the next client's result exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+gradio_client = pytest.importorskip("gradio_client")
+ui = pytest.importorskip("explorer.ui")
+
+from gradio_client import Client, handle_file  # noqa: E402
+
+from explorer import perplexity  # noqa: E402
+from explorer import session as session_registry  # noqa: E402
+from explorer.recipe import replay  # noqa: E402
+from explorer.text import MAX_TEXT_BYTES, user_texts  # noqa: E402
+from explorer.ui.registry import REGISTRY  # noqa: E402
+from explorer.ui.settings import UISettings  # noqa: E402
+from explorer.ui.state import manual_plan, parse_groups  # noqa: E402
+from tiny import SAMPLE_TEXT  # noqa: E402
+
+PPL_SEQLEN, PPL_TOKENS = 32, 512
+# (drops, merges, rule): eight different plans on a 6-layer model
+PLANS = [("1", "", "average"), ("2", "", "average"), ("0,5", "", "average"),
+         ("3-4", "", "average"), ("", "1-2", "average"), ("", "3-5", "average"),
+         ("0", "2-3", "average"), ("", "4-5", "laco")]
+
+
+def checksum(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_factory):
+    """The real app, launched as `python app.py` launches it, with small sizes; yields
+    (url, tiny model path)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = UISettings(ppl_seqlen=PPL_SEQLEN, ppl_max_tokens=PPL_TOKENS, gen_tokens=0,
+                          probe_seqlen=32, probe_samples=4, probe_max_tokens=256,
+                          method_seqlen=32, method_samples=4,
+                          output_dir=tmp_path_factory.mktemp("app-exports"))
+    demo = ui.launch(settings, server_name="127.0.0.1", server_port=port,
+                     prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", str(tiny_factory("llama", num_layers=6))
+    finally:
+        demo.close()
+
+
+def session(url: str, model: str) -> Client:
+    """A client with the tiny model loaded and the sample text chosen (a fresh browser tab)."""
+    c = Client(url, verbose=False)
+    c.predict("smollm2-135m", model, api_name="/load_model")
+    c.predict("own", SAMPLE_TEXT, None, api_name="/set_text")
+    return c
+
+
+def apply(c: Client, drops: str, merges: str, rule: str) -> dict:
+    c.predict(drops, merges, rule, api_name="/update_plan")
+    return c.predict(api_name="/apply")[1]      # (summary, details, history, plot)
+
+
+def expected_ppl(lm, drops: str, merges: str, rule: str) -> float:
+    """The same plan computed directly with the library (no app, no threads)."""
+    from explorer.cli import parse_layers
+
+    plan = manual_plan(lm.num_layers, sorted(set(parse_layers(drops))), parse_groups(merges), rule)
+    texts = user_texts(SAMPLE_TEXT, name="pasted text")
+    return perplexity(lm, texts.evaluation, variant=replay(lm, plan["ops"]), seqlen=PPL_SEQLEN,
+                      max_tokens=PPL_TOKENS, source=texts.source).ppl
+
+
+def error_of(c: Client, *args, api_name: str) -> str:
+    with pytest.raises(Exception) as info:
+        c.predict(*args, api_name=api_name)
+    return str(info.value)
+
+
+def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, tmp_path):
+    url, model = app
+    c = session(url, model)
+    lm = REGISTRY.lm
+    assert "does not exist" in error_of(c, "smollm2-135m", "/nonexistent/model",
+                                        api_name="/load_model")
+    assert "from the Hugging Face hub" in error_of(c, "smollm2-135m", "no-such-org/no-such-model",
+                                                   api_name="/load_model")
+    assert session_registry.current_model() is lm  # a refused load keeps the resident model
+    assert "paste some text" in error_of(c, "own", "", None, api_name="/set_text")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\xe9 na\xefve. ".encode("latin-1") * 50)
+    assert "is not UTF-8 text" in error_of(c, "own", "", handle_file(str(latin1)),
+                                           api_name="/set_text")
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_TEXT_BYTES + 1024)
+    error_of(c, "own", "", handle_file(str(huge)), api_name="/set_text")   # refused upload
+    assert "out of range" in error_of(c, "99", "", "average", api_name="/update_plan")
+    assert "named twice" in error_of(c, "", "1-2; 2-3", "average", api_name="/update_plan")
+    assert "would leave no layer" in error_of(c, "0-5", "", "average", api_name="/update_plan")
+    assert "cannot read layer list" in error_of(c, "x", "", "average", api_name="/update_plan")
+    c.predict("", "", "average", api_name="/update_plan")
+    assert "the plan is empty" in error_of(c, api_name="/apply")
+    # still serving, and right
+    got = apply(c, "1", "", "average")
+    assert got["ppl_after"] == expected_ppl(REGISTRY.lm, "1", "", "average")
+    assert got["layers_after"] == 5
+    assert REGISTRY.lm is lm                        # the same model object: nothing was reloaded
+
+
+def test_eight_concurrent_clients_match_one_by_one(app):
+    url, model = app
+    first = session(url, model)
+    lm = REGISTRY.lm
+    before = checksum(lm.model)
+    serial = [apply(first, *plan)["ppl_after"] for plan in PLANS]
+    assert serial == [expected_ppl(lm, *plan) for plan in PLANS]
+    assert len(set(serial)) == len(PLANS)
+    clients = [session(url, model) for _ in PLANS]
+    barrier = threading.Barrier(len(PLANS))
+
+    def run(k: int) -> float:
+        barrier.wait()
+        return apply(clients[k], *PLANS[k])["ppl_after"]
+
+    with ThreadPoolExecutor(len(PLANS)) as pool:
+        parallel = list(pool.map(run, range(len(PLANS))))     # any failed request raises here
+    assert parallel == serial
+    assert REGISTRY.lm is lm and checksum(lm.model) == before
+    assert lm.arch.layer_list(lm.model) is lm.original_layers
+    assert lm.config.num_hidden_layers == 6
+
+
+def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
+    url, model = app
+    c = session(url, model)
+    lm = REGISTRY.lm
+    before = checksum(lm.model)
+    running, slow_calls = threading.Event(), []
+
+    def slow(module, args):          # injected delay so that the disconnect lands mid-run
+        running.set()
+        slow_calls.append(1)
+        time.sleep(0.2)
+
+    hook = lm.original_layers[3].register_forward_pre_hook(slow)
+    try:
+        c.predict("2", "", "average", api_name="/update_plan")     # drop 2: layer 3 still runs
+        job = c.submit(api_name="/apply")
+        assert running.wait(60)
+        job.cancel()
+        c.close()
+        # the server finishes (or abandons) the request; the model must come back clean
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if lm.lock.acquire(blocking=False):
+                lm.lock.release()
+                n = len(slow_calls)
+                time.sleep(1.0)
+                if len(slow_calls) == n:
+                    break
+            time.sleep(0.2)
+    finally:
+        hook.remove()
+    assert lm.lock.acquire(timeout=5)
+    lm.lock.release()
+    assert lm.arch.layer_list(lm.model) is lm.original_layers
+    assert [layer.self_attn.layer_idx for layer in lm.original_layers] == list(range(6))
+    assert lm.config.num_hidden_layers == 6
+    assert checksum(lm.model) == before
+    other = session(url, model)
+    assert apply(other, "2", "", "average")["ppl_after"] == expected_ppl(lm, "2", "", "average")
