@@ -212,7 +212,7 @@ def layers_for_ratio(lm: LoadedModel, ratio: float) -> int:
     as LaCo and LLM-Streamline count it): round(ratio * total / mean parameters per layer)."""
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio < 1:
         raise LayerError(f"compression ratio must be between 0 and 1 (got {ratio!r})")
-    layers = lm.arch.layer_list(lm.model)
+    layers = lm.original_layers  # not the live list: another thread may have a variant applied
     per_layer = sum(p.numel() for p in layers.parameters()) / len(layers)
     k = round(ratio * lm.num_parameters / per_layer)
     return max(1, min(len(layers) - 1, k))
