@@ -58,14 +58,14 @@ def app(tmp_path_factory, tiny_factory):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    exports = tmp_path_factory.mktemp("app") / "exports"
     settings = UISettings(ppl_seqlen=PPL_SEQLEN, ppl_max_tokens=PPL_TOKENS, gen_tokens=0,
                           probe_seqlen=32, probe_samples=4, probe_max_tokens=256,
-                          method_seqlen=32, method_samples=4,
-                          output_dir=tmp_path_factory.mktemp("app-exports"))
+                          method_seqlen=32, method_samples=4, output_dir=exports)
     demo = ui.launch(settings, server_name="127.0.0.1", server_port=port,
                      prevent_thread_lock=True, quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}/", str(tiny_factory("llama", num_layers=6))
+        yield f"http://127.0.0.1:{port}/", str(tiny_factory("llama", num_layers=6)), exports
     finally:
         demo.close()
 
@@ -100,7 +100,7 @@ def error_of(c: Client, *args, api_name: str) -> str:
 
 
 def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, tmp_path):
-    url, model = app
+    url, model, exports = app
     c = session(url, model)
     lm = REGISTRY.lm
     assert "does not exist" in error_of(c, "smollm2-135m", "/nonexistent/model",
@@ -123,6 +123,15 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, tmp_path):
     assert "cannot read layer list" in error_of(c, "x", "", "average", api_name="/update_plan")
     c.predict("", "", "average", api_name="/update_plan")
     assert "the plan is empty" in error_of(c, api_name="/apply")
+    # exports stay inside the output folder
+    c.predict("1", "", "average", api_name="/update_plan")
+    for name in ("../escape", "/tmp/absolute-escape-4259", "a/../../escape"):
+        assert "must be a sub-folder of the output folder" in error_of(
+            c, name, True, api_name="/save_folder")
+    assert not (exports.parent / "escape").exists()
+    assert not Path("/tmp/absolute-escape-4259").exists()
+    assert "Saved" in c.predict("mine/drop1", False, api_name="/save_folder")
+    assert (exports / "mine" / "drop1" / "config.json").is_file()
     # still serving, and right
     got = apply(c, "1", "", "average")
     assert got["ppl_after"] == expected_ppl(REGISTRY.lm, "1", "", "average")
@@ -131,7 +140,7 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, tmp_path):
 
 
 def test_eight_concurrent_clients_match_one_by_one(app):
-    url, model = app
+    url, model, _ = app
     first = session(url, model)
     lm = REGISTRY.lm
     before = checksum(lm.model)
@@ -154,7 +163,7 @@ def test_eight_concurrent_clients_match_one_by_one(app):
 
 
 def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
-    url, model = app
+    url, model, _ = app
     c = session(url, model)
     lm = REGISTRY.lm
     before = checksum(lm.model)
