@@ -170,6 +170,9 @@ def _gguf_to_folder(gguf: Path, progress: Progress | None) -> Path:
     target = cache_root() / "converted" / f"{gguf.stem}-{file_digest(gguf)}"
     if (target / "config.json").exists():
         return target
+    # Dequantizing to fp32 takes up to ~8x the file size (4-bit weights): refuse early, on CPU,
+    # where the conversion runs. Only when converting: a cached folder is checked like any other.
+    check_fits(gguf.stat().st_size * 8, torch.device("cpu"), gguf.name, torch.float32)
     if progress:
         progress(0.05, f"converting {gguf.name} to safetensors (once; cached in {target.parent})")
     try:
@@ -235,8 +238,6 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         else:
             where = str(_gguf_to_folder(embedded_gguf(where), progress))
     elif kind == "gguf":
-        # Dequantizing to fp32 takes up to ~8x the file size (4-bit weights); refuse early.
-        check_fits(Path(where).stat().st_size * 8, torch.device("cpu"), spec)
         where = str(_gguf_to_folder(Path(where), progress))
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)

@@ -170,3 +170,14 @@ def test_session_state_is_small(tiny_lm):
     assert len(text.encode()) < 2048
     again = Recipe.from_json(text).build(tiny_lm)
     assert again.layer_labels() == v.layer_labels()
+
+
+def test_gguf_conversion_is_refused_when_it_cannot_fit(tmp_path, monkeypatch):
+    """Converting a GGUF dequantizes it to fp32 on CPU (up to ~8x the file): checked first."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64 * 1024))
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAYER_EXPLORER_MAX_MEMORY_MB", "0.25")
+    with pytest.raises(ModelLoadError, match=r"'model.gguf' needs about 614 KiB in float32 but "
+                                             r"only 256 KiB is free on cpu"):
+        load_model(str(gguf))
