@@ -22,7 +22,7 @@ from explorer.cli import parse_layers
 from explorer.errors import ExplorerError, LayerError
 from explorer.recipe import FORMAT, Recipe, replay
 
-FUZZ = settings(max_examples=200, deadline=None,
+FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30),
