@@ -101,18 +101,6 @@ MEASURES: dict[str, MeasureInfo] = {
 # ----------------------------------------------------------------------------------------------
 # helpers
 
-def _subsample(states: torch.Tensor, max_tokens: int | None, seed: int) -> torch.Tensor:
-    """(L+1, N, H) -> (L+1, n, H): a seeded random subset of tokens, the same for every layer."""
-    N = states.shape[1]
-    if not max_tokens or max_tokens >= N:
-        return states
-    if max_tokens < 2:
-        raise ExplorerError(f"max_tokens must be at least 2, got {max_tokens}")
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(N, generator=gen)[:max_tokens].sort().values
-    return states[:, idx.to(states.device)]
-
-
 def massive_tokens(states: torch.Tensor, ratio: float | None = 20.0) -> torch.Tensor:
     """(L+1, N, H) -> (N,) bool: tokens whose norm at some boundary exceeds `ratio` times that
     boundary's median token norm (massive activations outside the first window position, e.g.
@@ -124,10 +112,21 @@ def massive_tokens(states: torch.Tensor, ratio: float | None = 20.0) -> torch.Te
     return (norms > ratio * med).any(dim=0)
 
 
-def _drop_massive(states: torch.Tensor, ratio: float | None) -> torch.Tensor:
-    """(L+1, N, H) without the massive tokens (unchanged if that would leave fewer than 2)."""
-    keep = ~massive_tokens(states, ratio)
-    return states if int(keep.sum()) < 2 or bool(keep.all()) else states[:, keep]
+def select_tokens(states: torch.Tensor, max_tokens: int | None = None, seed: int = 0,
+                  max_norm_ratio: float | None = None) -> torch.Tensor:
+    """(L+1, N, H) -> (L+1, n, H): the same tokens at every boundary, without the massive ones
+    (when `max_norm_ratio` is set) and at most `max_tokens` of them, a seeded random subset.
+    Copies only the selected tokens (one gather)."""
+    N = states.shape[1]
+    idx = (~massive_tokens(states, max_norm_ratio)).nonzero().flatten().cpu()   # kept tokens
+    if idx.numel() < 2:                      # everything "massive": nothing sensible to drop
+        idx = torch.arange(N)
+    if max_tokens and max_tokens < idx.numel():
+        if max_tokens < 2:
+            raise ExplorerError(f"max_tokens must be at least 2, got {max_tokens}")
+        gen = torch.Generator().manual_seed(seed)
+        idx = idx[torch.randperm(idx.numel(), generator=gen)[:max_tokens].sort().values]
+    return states if idx.numel() == N else states[:, idx.to(states.device)]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +208,7 @@ def cka_matrix(states: torch.Tensor) -> torch.Tensor:
 
 
 def _cosine(pr: ProbeResult, max_tokens: int | None = None, seed: int = 0) -> torch.Tensor:
-    return cosine_matrix(_subsample(pr.states, max_tokens, seed))
+    return cosine_matrix(select_tokens(pr.states, max_tokens, seed))
 
 
 def _bi(pr: ProbeResult, max_tokens: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -223,7 +222,7 @@ def _angular(pr: ProbeResult) -> torch.Tensor:
 def _cka(pr: ProbeResult, max_tokens: int | None = 2048, seed: int = 0,
          max_norm_ratio: float | None = 20.0) -> torch.Tensor:
     # one massive token outweighs thousands of ordinary ones in a covariance: leave them out
-    return cka_matrix(_subsample(_drop_massive(pr.states, max_norm_ratio), max_tokens, seed))
+    return cka_matrix(select_tokens(pr.states, max_tokens, seed, max_norm_ratio))
 
 
 def _npib(pr: ProbeResult, **params) -> torch.Tensor:

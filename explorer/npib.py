@@ -50,7 +50,7 @@ import math
 import torch
 
 from .errors import ExplorerError
-from .measure import _drop_massive, massive_tokens
+from .measure import massive_tokens, select_tokens
 from .probe import ProbeResult
 
 POINTS = ("tokens", "pooled", "last")
@@ -228,25 +228,19 @@ def calibration_points(pr: ProbeResult, points: str = "tokens", num_points: int 
     all others and takes a diffusion coordinate to itself.
     """
     if points == "tokens":
-        cloud = _drop_massive(pr.states, max_norm_ratio)
-    elif points == "pooled":
-        keep = ~massive_tokens(pr.states, max_norm_ratio)              # (N,)
-        idx = pr.sample_of.to(pr.states.device)[keep]
-        sums = torch.zeros(pr.states.shape[0], pr.num_samples, pr.states.shape[2],
-                           dtype=pr.states.dtype, device=pr.states.device)
-        sums.index_add_(1, idx, pr.states[:, keep])
-        counts = torch.bincount(idx, minlength=pr.num_samples)
-        cloud = sums[:, counts > 0] / counts[counts > 0].to(sums.dtype)[None, :, None]
-    elif points == "last":
-        cloud = _drop_massive(pr.last, max_norm_ratio)
-    else:
+        return select_tokens(pr.states, num_points, seed, max_norm_ratio)
+    if points == "last":
+        return select_tokens(pr.last, num_points, seed, max_norm_ratio)
+    if points != "pooled":
         raise ExplorerError(f"unknown points '{points}'; known: {', '.join(POINTS)}")
-    n = cloud.shape[1]
-    if num_points and num_points < n:
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=gen)[:num_points].sort().values
-        cloud = cloud[:, idx.to(cloud.device)]
-    return cloud
+    keep = ~massive_tokens(pr.states, max_norm_ratio)                  # (N,)
+    idx = pr.sample_of.to(pr.states.device)[keep]
+    sums = torch.zeros(pr.states.shape[0], pr.num_samples, pr.states.shape[2],
+                       dtype=pr.states.dtype, device=pr.states.device)
+    sums.index_add_(1, idx, pr.states[:, keep])                        # (L+1, B, H)
+    counts = torch.bincount(idx, minlength=pr.num_samples)
+    cloud = sums[:, counts > 0] / counts[counts > 0].to(sums.dtype)[None, :, None]
+    return select_tokens(cloud, num_points, seed)
 
 
 @torch.no_grad()
