@@ -1,7 +1,8 @@
 """NPIB, the layer similarity of MKA (Liu et al. 2024, arXiv:2406.16330), as the paper intends it.
 
 For every layer boundary x_0..x_L we take a cloud of the SAME n calibration points (by default a
-seeded subset of recorded tokens; or each sample's mean state, or its last token), and:
+seeded subset of recorded tokens; or each sample's mean state, or its last token; tokens with a
+massive activation are left out, see `calibration_points`), and:
 
 1. embed each cloud with diffusion maps (Coifman & Lafon 2006):
        K_ij  = exp(-(||p_i - p_j|| / sigma)^(1/2))        MKA's kernel; sigma = median distance
