@@ -28,7 +28,8 @@ from explorer.recipe import replay  # noqa: E402
 from explorer.methods.layout import Layout  # noqa: E402
 
 PREFIX_METHODS = ("mka", "come")      # greedy and progressive: plan k = prefix of plan max(k)
-ORDER = ("tail", "shortgpt", "angular", "laco", "streamline", "mka", "come", "streamline:replacement=linear")
+ORDER = ("tail", "shortgpt", "angular", "laco", "streamline", "mka", "come",
+         "streamline:replacement=linear")
 
 
 def merged_of(ops: list[dict], n: int) -> tuple[list[int], list[list[int]]]:

@@ -11,7 +11,8 @@ Example:
 
 from .registry import (METHODS, Method, Plan, PlanContext, compress, get_method, layers_for_ratio,
                        list_methods, register)
-from . import drop, tail, shortgpt, angular, mka, laco, streamline, come  # noqa: F401,E402  (register)
+# importing the modules registers the methods, in this order
+from . import drop, tail, shortgpt, angular, mka, laco, streamline, come  # noqa: F401,E402
 
 __all__ = ["METHODS", "Method", "Plan", "PlanContext", "compress", "get_method",
            "layers_for_ratio", "list_methods", "register"]

@@ -6,7 +6,8 @@ Two adjacent Llama-style layers l, l+1 become one layer of the same shape that r
 parts side by side: the attention heads of both read the same input, the FFN channels of both read
 the same input, and their outputs add, i.e. with all parts kept it would compute
 
-    h = x + Attn_l(n_l(x)) + Attn_{l+1}(n_{l+1}(x)),   y = h + FFN_l(n'_l(h)) + FFN_{l+1}(n'_{l+1}(h)).
+    h = x + Attn_l(n_l(x)) + Attn_{l+1}(n_{l+1}(x)),
+    y = h + FFN_l(n'_l(h)) + FFN_{l+1}(n'_{l+1}(h)).
 
 To fit one layer's width we keep the most sensitive parts (sensitivity = activation intensity x
 weight norm, on calibration tokens, first position of each window left out):
@@ -162,7 +163,8 @@ def concat_merge(lm: LoadedModel, first: nn.Module, second: nn.Module,
     po = layer_parts(lm, out)
 
     def q_rows(gs):   # query rows of the heads in these KV groups, group by group
-        return [r for g in gs for h in range(g * G, (g + 1) * G) for r in range(h * hd, (h + 1) * hd)]
+        heads = [h for g in gs for h in range(g * G, (g + 1) * G)]
+        return [r for h in heads for r in range(h * hd, (h + 1) * hd)]
 
     def kv_rows(gs):
         return [r for g in gs for r in range(g * hd, (g + 1) * hd)]
@@ -267,7 +269,8 @@ class CoMe(Method):
             if step == 0:
                 scores[f"{params['measure']}(x_l, x_l+2)"] = cells
             lo = max(range(n - 1), key=lambda i: (sign * cells[i], -i))
-            ctx.report((step + 0.5) / remove, f"CoMe merge {step + 1}/{remove}: slots {lo}, {lo + 1}")
+            ctx.report((step + 0.5) / remove,
+                       f"CoMe merge {step + 1}/{remove}: slots {lo}, {lo + 1}")
             v, _ = merge_pair(ctx, v, lo, params)
             lay = lay.merge([lo, lo + 1])
         return Plan(self.name, params, v, lay.removed(L), lay.merged(), scores,

@@ -65,7 +65,8 @@ class MKA(Method):
 
     name = "mka"
     title = "MKA (manifold similarity, weighted merge)"
-    paper = "Pruning via Merging: Compressing LLMs via Manifold Alignment Based Layer Merging, arXiv 2406.16330"
+    paper = ("Pruning via Merging: Compressing LLMs via Manifold Alignment Based Layer Merging, "
+             "arXiv 2406.16330")
     description = ("Finds the two layers whose outputs carry the most similar information (by "
                    "default the normalised mutual information of their manifold embeddings, NPIB) "
                    "and fuses them into one layer whose weights are a weighted average, "

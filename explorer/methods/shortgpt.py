@@ -32,7 +32,8 @@ class ShortGPT(Method):
 
     name = "shortgpt"
     title = "ShortGPT (Block Influence)"
-    paper = "ShortGPT: Layers in Large Language Models are More Redundant Than You Expect, arXiv 2403.03853"
+    paper = ("ShortGPT: Layers in Large Language Models are More Redundant Than You Expect, "
+             "arXiv 2403.03853")
     description = ("Scores every layer by its Block Influence: one minus the average cosine between "
                    "the hidden state entering the layer and the one leaving it. A layer that barely "
                    "rotates the residual stream has low influence; the layers with the lowest "

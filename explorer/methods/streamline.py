@@ -68,7 +68,8 @@ class FFNReplacement(nn.Module):
 
 
 @torch.no_grad()
-def fit_linear(pairs: list[Pair], skip_first: bool = True, ridge: float = 1e-6) -> LinearReplacement:
+def fit_linear(pairs: list[Pair], skip_first: bool = True,
+               ridge: float = 1e-6) -> LinearReplacement:
     """Closed-form least squares y ~ x W^T + b, accumulated batch by batch in float64.
 
     ridge: relative Tikhonov term (times the mean diagonal of X^T X) for numerical safety.
@@ -98,8 +99,9 @@ def ffn_from_layer(lm: LoadedModel, layer: nn.Module) -> FFNReplacement:
     arch = lm.arch
     gate, up, down = (arch.part(layer, p) for p in (arch.mlp_gate, arch.mlp_up, arch.mlp_down))
     if not all(isinstance(m, nn.Linear) for m in (gate, up, down)):
-        raise ExplorerError(f"streamline replacement 'ffn' needs separate gate/up/down projections; "
-                            f"the {arch.family} family has none (use 'layer' or 'linear')")
+        raise ExplorerError("streamline replacement 'ffn' needs separate gate/up/down "
+                            f"projections; the {arch.family} family has none (use 'layer' or "
+                            "'linear')")
     H, inner = gate.in_features, gate.out_features
     ffn = FFNReplacement(H, inner, eps=getattr(lm.config, "rms_norm_eps", 1e-6))
     g = torch.ones(H)
@@ -147,7 +149,8 @@ class Streamline(Method):
 
     name = "streamline"
     title = "LLM-Streamline (replace a block by a trained layer)"
-    paper = "LLM-Streamline: Streamlining Redundant Layers to Compress Large Language Models, arXiv 2403.19135"
+    paper = ("LLM-Streamline: Streamlining Redundant Layers to Compress Large Language Models, "
+             "arXiv 2403.19135")
     description = ("Finds the run of consecutive layers whose input and output are most alike "
                    "(mean token cosine), removes it, and puts one small network in its place, "
                    "trained on calibration text to turn the block's input into its output. By "
