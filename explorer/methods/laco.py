@@ -121,6 +121,8 @@ class LaCo(Method):
                 l -= 1
         got = n0 - v.num_layers
         note = f"LaCo accepted {accepted} of {len(tried)} merges at T={T}"
+        if tried:
+            note += f" (cosines {min(tried):.3f}..{max(tried):.3f})"
         note += f", removing {got} layers." if got == remove else \
             f"; the walk ended after removing only {got} of {remove} layers (lower T or C)."
         return Plan(self.name, params, v, lay.removed(n0), lay.merged(),
