@@ -201,3 +201,41 @@ def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
     assert checksum(lm.model) == before
     other = session(url, model)
     assert apply(other, "2", "", "average")["ppl_after"] == expected_ppl(lm, "2", "", "average")
+
+
+def _call(url: str, api_name: str, data: list) -> str:
+    """One call through the raw REST protocol (what any script can send): the SSE answer."""
+    import httpx
+
+    r = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": data}, timeout=30)
+    r.raise_for_status()
+    return httpx.get(f"{url}gradio_api/call/{api_name}/{r.json()['event_id']}", timeout=120).text
+
+
+def test_uploads_are_size_limited_and_server_files_unreachable(app, tmp_path):
+    """The server itself (not only the client) refuses an upload over 20 MiB, and a request that
+    names a file on the server instead of an uploaded one cannot make the app read it."""
+    import httpx
+
+    url, _, _ = app
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_TEXT_BYTES + 1024)
+    with open(huge, "rb") as f:
+        r = httpx.post(f"{url}gradio_api/upload", timeout=120,
+                       files={"files": ("huge.txt", f, "text/plain")})
+    assert r.status_code == 413
+    secret = tmp_path / "server-secret.txt"
+    secret.write_text("The server's private notes. " * 20)
+    for ref in ({"path": str(secret), "meta": {"_type": "gradio.FileData"}}, str(secret)):
+        answer = _call(url, "set_text", ["own", "", ref])
+        assert answer.startswith("event: error") and "private notes" not in answer
+    assert not any("private notes" in t.evaluation + t.calibration
+                   for t in REGISTRY.user_texts.values())
+    # the control: the same file, uploaded first, is accepted
+    with open(secret, "rb") as f:
+        uploaded = httpx.post(f"{url}gradio_api/upload", timeout=60,
+                              files={"files": ("notes.txt", f, "text/plain")}).json()[0]
+    answer = _call(url, "set_text", ["own", "", {"path": uploaded,
+                                                 "meta": {"_type": "gradio.FileData"}}])
+    assert answer.startswith("event: complete") and "notes.txt" in answer
