@@ -127,6 +127,7 @@ def cli_error(capsys, *argv: str) -> str:
     With LAYER_EXPLORER_RECORD_ERRORS=file set, each (command, message) is appended to that file
     as a JSON line: docs/reliability.md's table is copied from such a run.
     """
+    capsys.readouterr()          # drop what the API calls before printed (progress bars)
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -373,3 +374,27 @@ def test_cli_error_is_one_line_in_a_real_process(bad):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "error: layer index 9 is out of range: this model has 4 layers (0..3)"]
+
+
+# -- method targets -------------------------------------------------------------------------------
+METHOD_CASES = [
+    ("target removes every layer", "drop", {"remove": 4}, ["--remove", "4"],
+     "the number of layers to remove must be an integer from 1 to 3 for this 4-layer model"),
+    ("ratio of 100%", "shortgpt", {"ratio": 1.0}, ["--ratio", "1.0"],
+     "compression ratio must be between 0 and 1 (got 1.0)"),
+    ("unknown method", "nope", {"remove": 1}, ["--remove", "1"], "unknown method 'nope'"),
+]
+
+
+@pytest.mark.parametrize("case,method,size,flags,fragment", METHOD_CASES,
+                         ids=[c[0] for c in METHOD_CASES])
+def test_bad_method_targets_api_and_cli(bad, capsys, case, method, size, flags, fragment):
+    from explorer.methods import compress
+
+    lm = load_model(str(bad["good"]))
+    with pytest.raises(ExplorerError) as info:
+        compress(lm, method, calibration=SAMPLE_TEXT, seqlen=16, num_samples=2, **size)
+    assert fragment in str(info.value)
+    line = cli_error(capsys, "compress", "--model", bad["good"], "--text", bad["text"],
+                     "--method", method, *flags, "--calib-seqlen", "16", "--calib-samples", "2")
+    assert line == f"error: {info.value}"
