@@ -175,6 +175,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table (for RESULTS.md)."""
+    out = ["| bench | name | ours | baseline | unit | ratio | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
+        out.append(f"| {r['bench']} | {r['name']} | {_fmt(r['ours'])} | {_fmt(r['baseline'])} | "
+                   f"{r['unit']} | {ratio} | {r['note'].replace('|', '/')} |")
+    return "\n".join(out)
+
+
 def quiet() -> None:
     """Silence transformers' logging and progress bars so the table stays readable."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

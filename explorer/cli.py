@@ -277,6 +277,7 @@ def cmd_bench(args) -> dict:
             rows.append(common.row(name, "not benched", None, None, "-", higher_is_better=True,
                                    note=f"bench/bench_{name}.py is not there yet"))
             continue
+        print(f"bench: running {name} ...", file=sys.stderr, flush=True)  # stdout keeps the result
         module = importlib.import_module(f"bench.bench_{name}")
         kwargs = {}
         if name != "gpu" and "lm" in inspect.signature(module.run).parameters:
