@@ -43,13 +43,14 @@ def current_model() -> LoadedModel | None:
 
 
 def release_model() -> None:
-    """Drop the resident model and give its memory back (RAM, and the CUDA cache on a GPU)."""
-    global _resident, _key
+    """Drop the resident model and give its memory back (RAM, and the CUDA cache on a GPU).
+    Memory held by other references to it (a request still running) goes when they end."""
     with _lock:
         _release_locked()
 
 
 def _release_locked() -> None:
+    """Release with `_lock` held."""
     global _resident, _key
     had_cuda = _resident is not None and _resident.device.type == "cuda"
     _resident, _key = None, None
