@@ -239,3 +239,12 @@ def test_uploads_are_size_limited_and_server_files_unreachable(app, tmp_path):
     answer = _call(url, "set_text", ["own", "", {"path": uploaded,
                                                  "meta": {"_type": "gradio.FileData"}}])
     assert answer.startswith("event: complete") and "notes.txt" in answer
+
+
+def test_app_errors_never_show_the_server_token(app, monkeypatch):
+    url, model, _ = app
+    token = "hf_" + "ZyXwVuT9876543210aBcDeFgHiJkLmN"
+    monkeypatch.setenv("HF_TOKEN", token)
+    c = Client(url, verbose=False)
+    msg = error_of(c, "smollm2-135m", f"/nonexistent/{token}/model", api_name="/load_model")
+    assert token not in msg and "path '/nonexistent/***/model' does not exist" in msg
