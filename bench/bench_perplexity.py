@@ -94,7 +94,7 @@ def compare(lm, text: str, *, seqlen: int, max_tokens: int, reps: int, source: s
                         f"spread ours {spreads['ours']}, guide {spreads['guide']}"),
         common.row(BENCH, f"{label} tok/s, compute_dtype=bf16", tps["ours_bf16"], tps["guide"],
                    "tok/s", higher_is_better=True,
-                   note=f"ppl {fast.ppl:.4f} vs guide {g_ppl:.4f} (rel diff {rel16:.1e}, "
+                   note=f"ppl {fast.ppl:.4f} vs guide {g_ppl:.4f} (rel diff {rel16:.2e}, "
                         f"{'within' if rel16 <= 1e-3 else 'OUTSIDE'} 1e-3); "
                         f"{n16} run(s), spread {spreads['ours_bf16']}"),
     ]
