@@ -114,3 +114,16 @@ def test_bad_input_shows_error_and_app_keeps_running(page):
     pg.click("#lx-update-plan")
     pg.wait_for_function("document.querySelector('#lx-plan-status').innerText.includes('28 layers')",
                          timeout=30_000)
+
+
+def test_export_and_learn_tabs(page):
+    pg = page
+    tab(pg, "5 · Export")
+    pg.wait_for_function("document.body.innerText.includes('python -m explorer')", timeout=30_000)
+    assert "--recipe recipe.json" in pg.inner_text("body")   # plan left: drop 20, merge 14-15
+    shot(pg, "6-export")
+    tab(pg, "6 · Learn")
+    pg.locator("#lx-learn").get_by_text("How to read the heatmaps").wait_for(timeout=30_000)
+    text = pg.inner_text("#lx-learn")
+    assert "arXiv" in text and "block of layers" in text
+    shot(pg, "7-learn")

@@ -1,6 +1,7 @@
 """Tab 5, Export: the recipe as JSON, the variant as a transformers folder (confined to the output
 folder), an optional push to the Hugging Face hub, and the equivalent command line."""
 
+import json
 import os
 import re
 import shlex
@@ -72,6 +73,14 @@ def command_line(settings, state: dict, name: str) -> str:
         drop = format_layers(plan["removed"])
         return (f"python -m explorer eval --model {model} --text {text} --drop {drop} {sizes}\n"
                 f"python -m explorer export --model {model} --drop {drop} --out {out}")
+    if plan.get("method") != "manual" and plan.get("request"):
+        size = "".join(f" --{k} {v}" for k, v in plan["request"].items())
+        params = "".join(f" --param {shlex.quote(f'{k}={json.dumps(v)}')}"
+                         for k, v in (plan.get("params") or {}).items())
+        seqlen, samples = plan.get("calib", [settings.method_seqlen, settings.method_samples])
+        return (f"python -m explorer compress --model {model} --text {text} --method "
+                f"{plan['method']}{size}{params} --calib-seqlen {seqlen} --calib-samples "
+                f"{samples} {sizes} --out {out}")
     return ("# save the recipe with 'Download recipe' as recipe.json, then:\n"
             f"python -m explorer export --model {model} --recipe recipe.json --out {out}")
 

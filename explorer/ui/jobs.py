@@ -9,6 +9,7 @@ None); jobs turn it into the `(fraction, message)` callback the explorer API tak
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,10 @@ def compress_job(spec: str, text_key: str, method: str, remove: int | None, rati
     texts = REGISTRY.get_texts(text_key)
     methods = features.module("methods")
     size = {"remove": int(remove)} if remove else {"ratio": float(ratio)}
+    if "calibration_source" in inspect.signature(methods.compress).parameters:
+        # a builtin source lets recipes with fitted layers be replayed in another process
+        builtin = texts.source if text_key == texts.source else None
+        size["calibration_source"] = builtin
     plan = methods.compress(lm, method, calibration=texts.calibration, seqlen=seqlen,
                             num_samples=samples, progress=cb, **size, **params)
     recipe = plan.recipe()

@@ -20,12 +20,14 @@ TABLE_HEADERS = ["change", "original layers", "detail"]
 def plan_table(plan: dict) -> list[list[str]]:
     rows = [["drop", format_layers([k]), "removed"] for k in plan.get("removed", [])]
     weights = {}
-    for op in plan.get("ops", []):
+    manual = plan.get("method") == "manual"
+    for op in plan.get("ops", []) if manual else []:
         if op.get("op") == "merge":
             weights[len(weights)] = op.get("weights")
     for n, g in enumerate(plan.get("merged", [])):
         w = weights.get(n)
-        detail = "weights " + ", ".join(f"{x:.2f}" for x in w) if w else "merged into one layer"
+        detail = "weights " + ", ".join(f"{x:.2f}" for x in w) if w else \
+            "merged or replaced by one new layer (see the method's notes)"
         rows.append(["merge", format_layers(g), detail])
     if not rows and plan.get("ops"):
         rows = [[op.get("op", "?"), "", op.get("summary", "")] for op in plan["ops"]]
@@ -36,13 +38,15 @@ def plan_status(state: dict) -> str:
     plan = state["plan"]
     L = state.get("num_layers", 0)
     k = layers_removed(plan, L)
-    if not plan.get("ops"):
-        return "No changes planned yet: click heatmap cells or type layers, or ask a method."
-    who = "manual plan" if plan["method"] == "manual" else f"plan from **{plan['method']}**"
     notes = plan.get("notes")
     notes = f"\n\n{notes}" if isinstance(notes, str) and notes else ""
+    who = "Manual plan" if plan["method"] == "manual" else f"Plan from {plan['method']}"
+    if not plan.get("ops"):
+        if plan["method"] != "manual":
+            return f"**{who}: no change.**{notes}"
+        return "No changes planned yet: click heatmap cells or type layers, or ask a method."
     return (f"**{who}**: {L} → {L - k} layers ({k} removed). Red boxes: dropped layers; orange: "
-            f"merged blocks. Press **Apply and compare** to measure it.{notes}")
+            f"merged or replaced blocks. Press **Apply and compare** to measure it.{notes}")
 
 
 def _views(state: dict):
@@ -112,6 +116,8 @@ def ask_method(settings, state: dict, method: str, remove: int, ratio: float, pa
     state["plan"] = {"method": out["method"], "params": out["params"], "ops": out["ops"],
                      "removed": [i for i in out["removed"] if i not in in_merges],
                      "merged": out["merged"], "layers_after": out["layers_after"],
+                     "request": {"remove": remove} if remove else {"ratio": float(ratio) / 100.0},
+                     "calib": [settings.method_seqlen, settings.method_samples],
                      "notes": notes if isinstance(notes, str) else (json.dumps(notes) if notes
                                                                      else "")}
     return _views(state)
@@ -151,16 +157,17 @@ def build(ctx: Ctx) -> None:
         with gr.Row():
             with gr.Column(scale=2):
                 names = [(m.title, m.name) for m in methods]
-                method = gr.Dropdown(names, value=names[0][1] if names else None, label="Method")
+                first = next((n for _, n in names if n == "shortgpt"), names[0][1] if names else None)
+                method = gr.Dropdown(names, value=first, label="Method")
                 with gr.Row():
                     remove = gr.Number(4, label="Layers to remove", precision=0, minimum=0)
                     ratio = gr.Slider(0, 90, value=0, step=1,
                                       label="…or % of parameters (used when 'remove' is 0)")
-                params = gr.Code(method_defaults(names[0][1]) if names else "{}",
+                params = gr.Code(method_defaults(first) if names else "{}",
                                  language="json", label="Parameters (JSON)")
                 method_btn = gr.Button("Plan with this method", elem_id="lx-method-plan")
             with gr.Column(scale=2):
-                method_md = gr.Markdown(method_help(names[0][1]) if names else "")
+                method_md = gr.Markdown(method_help(first) if names else "")
     status = gr.Markdown("No changes planned yet.", elem_id="lx-plan-status")
     table = gr.Dataframe(headers=TABLE_HEADERS, value=[], label="Plan", interactive=False)
     with gr.Accordion("Recipe ops (what will be replayed on the model)", open=False):
