@@ -5,14 +5,14 @@ import json
 
 import gradio as gr
 
+from ..cli import parse_layers
 from ..errors import ExplorerError, LayerError
 from . import analysis, features, jobs
 from .clickplot import ClickPlot
 from .common import Ctx, need_model, user_errors
 from .learn_tab import method_help
-from .state import MERGE_RULES, format_groups, format_layers, layers_removed, manual_plan, \
-    parse_groups, toggle_block
-from ..cli import parse_layers
+from .state import MERGE_RULES, format_layers, layers_removed, manual_plan, parse_groups, \
+    toggle_block
 
 TABLE_HEADERS = ["change", "original layers", "detail"]
 
