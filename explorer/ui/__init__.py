@@ -79,7 +79,7 @@ def build_app(settings: UISettings | None = None, warm_up: bool = True) -> gr.Bl
                 export_tab.build(ctx)
             with gr.Tab("6 · Learn", id="learn"):
                 learn_tab.build(ctx)
-        for tab in (analyse_tab, plan_tab, compare_tab, export_tab):
+        for tab in (model_tab, analyse_tab, plan_tab, compare_tab, export_tab):
             tab.wire(ctx)
     if warm_up:
         _background(_warm_up)

@@ -35,10 +35,12 @@ def load(state: dict, choice: str, custom: str, progress=gr.Progress()):
     progress(0.0, desc=f"loading {spec}")
     lm = REGISTRY.ensure_model(spec, lambda f, m: progress(f, desc=m))
     state = dict(state)
+    heat = gr.update()
     if state.get("model") != lm.spec:
         state.update(model=lm.spec, num_layers=lm.num_layers, analysis=None, plan=empty_plan(),
                      history=[])
-    return state, info_markdown(lm.info())
+        heat = None   # the old model's heatmaps no longer apply
+    return state, info_markdown(lm.info()), heat, heat
 
 
 @user_errors
@@ -95,7 +97,15 @@ def build(ctx: Ctx) -> None:
             text_btn = gr.Button("Use this text", elem_id="lx-use-text")
         with gr.Column(scale=1):
             text_info = gr.Markdown(f"**Text:** {s.default_text} (default).")
-    load_btn.click(load, [ctx.state, model, custom], [ctx.state, info], api_name="load_model")
-    text_btn.click(set_text, [ctx.state, source, pasted, upload], [ctx.state, text_info],
-                   api_name="set_text")
-    ctx.c.update(model_info=info, text_info=text_info)
+    ctx.c.update(model_info=info, text_info=text_info, model_choice=model, model_custom=custom,
+                 load_btn=load_btn, text_source=source, pasted=pasted, upload=upload,
+                 text_btn=text_btn)
+
+
+def wire(ctx: Ctx) -> None:
+    c = ctx.c
+    c["load_btn"].click(load, [ctx.state, c["model_choice"], c["model_custom"]],
+                        [ctx.state, c["model_info"], c["analyse_heat"], c["plan_heat"]],
+                        api_name="load_model")
+    c["text_btn"].click(set_text, [ctx.state, c["text_source"], c["pasted"], c["upload"]],
+                        [ctx.state, c["text_info"]], api_name="set_text")

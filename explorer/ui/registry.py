@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ..errors import ExplorerError, TextError
+from ..errors import ExplorerError, ModelLoadError, TextError, one_line
 from ..load import LoadedModel, load_model, resolve
 from ..recipe import replay
 from ..text import Texts, load_texts, user_texts
@@ -59,6 +59,23 @@ class _LRU(OrderedDict):
         return None
 
 
+def _check_before_unloading(spec: str) -> None:
+    """Cheap checks that fail before the resident model is released: the spec resolves, and a hub
+    id's config can be fetched (no network or an unknown id fail here, not after unloading)."""
+    kind, where = resolve(spec)
+    if kind != "hub":
+        return
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(where)
+    except Exception as exc:
+        if "trust_remote_code" in str(exc):
+            return   # load_model explains this case itself
+        raise ModelLoadError(f"could not load '{spec}' from the Hugging Face hub (unknown id, "
+                             f"private, or no network): {one_line(exc)}") from None
+
+
 class Registry:
     """Process-wide state; use the module-level `REGISTRY`."""
 
@@ -92,7 +109,7 @@ class Registry:
         with self._load_lock:  # one load at a time; a second caller waits and then reuses it
             if self.lm is not None and self.lm.spec == spec:
                 return self.lm
-            resolve(spec)      # a typo must not unload the working model
+            _check_before_unloading(spec)   # a typo must not unload the working model
             self._clear()      # drop our references so the old model's memory can go
             new = _get_model(spec, progress)
             with self._lock:
