@@ -17,6 +17,7 @@ never modifies the model outside `Variant.applied()`, which holds the model's lo
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import threading
 from collections import OrderedDict
@@ -31,13 +32,18 @@ from ..variant import Variant
 Progress = Callable[[float, str], None]
 
 
-def _get_model(spec: str, progress: Progress | None) -> LoadedModel:
+def _get_model(spec: str, progress: Progress | None, on_release: Callable[[], None]) -> LoadedModel:
     """Load through the library's one-model-per-process registry (explorer.session) when present,
-    so that the CLI, notebooks and the app in one process share it; else load directly."""
+    so that the CLI, notebooks and the app in one process share it; else load directly.
+    `on_release` runs just before the old model is let go (after the new one passed its checks)."""
     try:
         from ..session import get_model
     except ImportError:
+        on_release()
         return load_model(spec, progress=progress)
+    if "on_release" in inspect.signature(get_model).parameters:
+        return get_model(spec, progress=progress, on_release=on_release)
+    on_release()
     return get_model(spec, progress=progress)
 
 
@@ -110,8 +116,8 @@ class Registry:
             if self.lm is not None and self.lm.spec == spec:
                 return self.lm
             _check_before_unloading(spec)   # a typo must not unload the working model
-            self._clear()      # drop our references so the old model's memory can go
-            new = _get_model(spec, progress)
+            # our caches reference the old model: drop them when it is released
+            new = _get_model(spec, progress, on_release=self._clear)
             with self._lock:
                 self.lm = new
             return new
