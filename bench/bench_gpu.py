@@ -97,7 +97,7 @@ def _ids_tokenizer():
 def _mfu_rows(lm, text: str, label: str, seqlen: int, max_tokens: int, reps: int) -> list[dict]:
     """Tokens/s and MFU of ours (batched, bf16) against the guide loop (one window, labels)."""
     from explorer.evaluate import perplexity
-    from explorer.tokens import tokenize, windows
+    from explorer.tokens import tokenize, use_bos, windows
 
     try:
         from . import bench_perplexity as bp
@@ -107,7 +107,8 @@ def _mfu_rows(lm, text: str, label: str, seqlen: int, max_tokens: int, reps: int
     name = torch.cuda.get_device_name(0)
     peak = peak_flops(name)
     ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
-    w = windows(ids, seqlen)
+    bos = lm.tokenizer.bos_token_id if use_bos(lm.tokenizer, "auto", lm.arch.needs_bos) else None
+    w = windows(ids, seqlen, bos_id=bos)                  # the same windows `perplexity` builds
     bp.guide_loop(lm.model, w[:1])
     perplexity(lm, text, seqlen=seqlen, max_tokens=seqlen * 8, batch_size=8)
     times, res = common.interleaved(

@@ -10,7 +10,8 @@ vocabulary projection and cross-entropy on chunks of positions, under inference_
 model's dtype (the default, exact path) and once with `compute_dtype="bfloat16"` (autocast: the
 big matrix products in bf16, the residual stream, norms, head and loss in fp32).
 
-Both report tokens/s = predicted tokens / wall seconds, and the two perplexities must agree to
+Our timing includes tokenizing the text (`perplexity` does it on every call); the guide loop gets
+ready windows. Both report tokens/s = predicted tokens / wall seconds, and the two perplexities must agree to
 1e-3 relative (the row's note says how far apart they are).
 
 FLOPs per predicted token ~ 2 x N (N = parameters touched per token: every weight matrix once,
@@ -21,7 +22,6 @@ achieved FLOP/s; bench_gpu.py turns that into model FLOP utilisation.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
@@ -112,7 +112,7 @@ def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None, text: st
         texts = load_texts("wiki")
         text, source = texts.evaluation, texts.source
     seqlen = seqlen or 512
-    max_tokens = seqlen * (2 if quick else 16)
+    max_tokens = seqlen * (4 if quick else 16)      # 4 windows = one batch of `perplexity`
     rows = compare(lm, text, seqlen=seqlen, max_tokens=max_tokens, reps=3 if quick else 5,
                    source=source, label=lm.spec if len(lm.spec) < 30 else "model", quick=quick)
     rows.append(common.row(BENCH, f"{lm.spec} load time", lm.load_seconds, None, "s",

@@ -12,7 +12,7 @@ so the (batch x seqlen x vocab) logits tensor is never materialised whole (49k v
 fp32 would be 800 MB). `compute_dtype="bfloat16"` runs the layers' matrix products under bf16
 autocast (residual stream, norms, head and loss stay in fp32); the perplexity moves by ~1e-3
 relative on SmolLM2. It only pays on CPUs with native bf16 (AVX512-BF16, AMX): on an AVX2-only
-CPU it was ~3x *slower* than fp32 (bench/RESULTS.md), so the default keeps the model's own dtype,
+CPU it was 2.5-4x *slower* than fp32 (bench/RESULTS.md), so the default keeps the model's own dtype,
 the exact figure. On CUDA the model is already loaded in bf16 (`load_model`).
 
 Cost: FLOPs per predicted token ~ 2 x N, N = the parameters a token passes through (every weight
