@@ -11,8 +11,8 @@ model's dtype (the default, exact path) and once with `compute_dtype="bfloat16"`
 big matrix products in bf16, the residual stream, norms, head and loss in fp32).
 
 Our timing includes tokenizing the text (`perplexity` does it on every call); the guide loop gets
-ready windows. Both report tokens/s = predicted tokens / wall seconds, and the two perplexities must agree to
-1e-3 relative (the row's note says how far apart they are).
+ready windows. Both report tokens/s = predicted tokens / wall seconds, and the two perplexities
+must agree to 1e-3 relative (the row's note says how far apart they are).
 
 FLOPs per predicted token ~ 2 x N (N = parameters touched per token: every weight matrix once,
 Kaplan et al. 2020, arXiv 2001.08361, eq. 2.1 without the attention term), so tok/s x 2N is the

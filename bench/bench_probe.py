@@ -53,7 +53,7 @@ def mka_passes(model: torch.nn.Module, input_ids: torch.Tensor,
 
 @torch.no_grad()
 def loop_cosine(states: torch.Tensor) -> torch.Tensor:
-    """(L+1, L+1) mean token cosine, one Python iteration per pair of layers. states: (L+1, N, H)."""
+    """(L+1, L+1) mean token cosine, one Python iteration per layer pair; states (L+1, N, H)."""
     L1 = states.shape[0]
     out = torch.empty(L1, L1)
     for a in range(L1):

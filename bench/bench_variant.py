@@ -1,9 +1,9 @@
 """Variants: applying / reverting a layer edit against reloading the model, and their memory.
 
-Ours: `Variant.merge` / `Variant.drop` build an edited layer list once; `with v.applied():` swaps the
-model's `nn.ModuleList` for it (renumbering `layer_idx`, fixing the config) and the exit puts the
-original back. No weight is copied or written, so both directions should take well under a
-millisecond for any model size (targets: apply or revert < 100 ms).
+Ours: `Variant.merge` / `Variant.drop` build an edited layer list once; `with v.applied():` swaps
+the model's `nn.ModuleList` for it (renumbering `layer_idx`, fixing the config) and the exit puts
+the original back. No weight is copied or written, so both directions take milliseconds at most,
+whatever the model size (targets: apply or revert < 100 ms).
 
 Baseline: the naive way to get the original model back after an in-place edit, reloading it
 (`load_model` of the converted safetensors folder already in the cache, the fastest reload there

@@ -177,7 +177,8 @@ def format_table(rows: list[dict]) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a Markdown table (for RESULTS.md)."""
-    out = ["| bench | name | ours | baseline | unit | ratio | note |", "|---|---|---|---|---|---|---|"]
+    out = ["| bench | name | ours | baseline | unit | ratio | note |",
+           "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
         out.append(f"| {r['bench']} | {r['name']} | {_fmt(r['ours'])} | {_fmt(r['baseline'])} | "

@@ -12,8 +12,8 @@ so the (batch x seqlen x vocab) logits tensor is never materialised whole (49k v
 fp32 would be 800 MB). `compute_dtype="bfloat16"` runs the layers' matrix products under bf16
 autocast (residual stream, norms, head and loss stay in fp32); the perplexity moves by ~1e-3
 relative on SmolLM2. It only pays on CPUs with native bf16 (AVX512-BF16, AMX): on an AVX2-only
-CPU it was 2.5-4x *slower* than fp32 (bench/RESULTS.md), so the default keeps the model's own dtype,
-the exact figure. On CUDA the model is already loaded in bf16 (`load_model`).
+CPU it was 2.5-4x *slower* than fp32 (bench/RESULTS.md), so the default keeps the model's own
+dtype, the exact figure. On CUDA the model is already loaded in bf16 (`load_model`).
 
 Cost: FLOPs per predicted token ~ 2 x N, N = the parameters a token passes through (every weight
 matrix once, vocabulary head included; Kaplan et al. 2020, arXiv 2001.08361, eq. 2.1), plus
@@ -71,7 +71,7 @@ class NonFiniteError(ExplorerError):
     """The model produced NaN or inf (e.g. after an aggressive merge)."""
 
 
-# Positions per chunk of the vocabulary projection + cross-entropy: 1024 x 49k fp32 logits is 200 MB;
+# Positions per chunk of the vocabulary projection + cross-entropy (1024 x 49k fp32 logits: 200 MB);
 # on CPU chunks of 512-2048 ran at the same speed (the head is one GEMM per chunk either way), and
 # smaller chunks keep the peak memory of a batch low.
 LOGIT_CHUNK = 1024
@@ -109,7 +109,7 @@ def _autocast(device: torch.device, model_dtype: torch.dtype,
                             + ", ".join(_COMPUTE_DTYPES))
     if dt == torch.float32 and model_dtype != torch.float32:
         raise ExplorerError(f"compute_dtype float32 needs a float32 model (this one is "
-                            f"{str(model_dtype).replace('torch.', '')}): load it with dtype float32")
+                            f"{str(model_dtype).replace('torch.', '')}): load it in float32")
     enabled = dt != model_dtype
     return torch.autocast(device.type, dtype=dt if enabled else torch.bfloat16, enabled=enabled)
 
