@@ -107,7 +107,8 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, tmp_path):
                                         api_name="/load_model")
     assert "from the Hugging Face hub" in error_of(c, "smollm2-135m", "no-such-org/no-such-model",
                                                    api_name="/load_model")
-    assert session_registry.current_model() is lm  # a refused load keeps the resident model
+    # a refused load keeps the resident model, in the library and in the app's registry
+    assert session_registry.current_model() is lm and REGISTRY.lm is lm
     assert "paste some text" in error_of(c, "own", "", None, api_name="/set_text")
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("Caf\xe9 na\xefve. ".encode("latin-1") * 50)
