@@ -40,3 +40,27 @@ def test_click_toggles_blocks():
     assert toggle_block("", "10-12", 10, 13, "merge") == ("", "")
     with pytest.raises(LayerError, match="at least two"):
         toggle_block("", "", 4, 5, "merge")
+
+
+def test_push_needs_the_operators_opt_in_besides_a_token(monkeypatch):
+    """On a public Space an HF_TOKEN alone must not let every visitor push with it."""
+    from explorer.ui.export_tab import hub_token, push
+
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
+    monkeypatch.delenv("LAYER_EXPLORER_ALLOW_PUSH", raising=False)
+    assert hub_token() is None
+    assert "not enabled" in push({"model": "m"}, "me/repo", False)
+    monkeypatch.setenv("LAYER_EXPLORER_ALLOW_PUSH", "1")
+    assert hub_token() == "hf_" + "x" * 30
+
+
+def test_session_history_is_capped():
+    from explorer.ui.compare_tab import HISTORY_LIMIT, add_to_history
+
+    keys = ("method", "change", "layers_after", "removed", "params_after", "ppl_before",
+            "ppl_after", "ops", "params", "protocol")
+    history: list[dict] = []
+    for k in range(HISTORY_LIMIT + 5):
+        history = add_to_history(history, {key: k for key in keys})
+    assert len(history) == HISTORY_LIMIT
+    assert history[0]["ppl"] == 5 and history[-1]["ppl"] == HISTORY_LIMIT + 4

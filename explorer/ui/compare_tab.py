@@ -11,6 +11,8 @@ from .registry import REGISTRY
 HISTORY_HEADERS = ["#", "method", "change", "layers", "removed", "parameters", "ppl before",
                    "ppl after"]
 
+HISTORY_LIMIT = 100  # variants kept per session: session state must stay small
+
 
 def baseline(settings, state: dict, progress=None):
     """Perplexity of the unmodified model (computed once per model, text and protocol)."""
@@ -45,11 +47,15 @@ def apply_plan(settings, state: dict, progress=None) -> tuple[dict, dict]:
         "ppl_seconds": round(after.seconds, 2),
     }
     state = dict(state)
-    state["history"] = list(state.get("history", [])) + [
-        {k: result[k] for k in ("method", "change", "layers_after", "removed", "params_after",
-                                "ppl_before", "ppl_after", "ops", "params", "protocol")}
-        | {"ppl": result["ppl_after"]}]
+    state["history"] = add_to_history(state.get("history", []), result)
     return state, result
+
+
+def add_to_history(history: list[dict], result: dict) -> list[dict]:
+    """The session's history with `result` appended, keeping the last HISTORY_LIMIT entries."""
+    entry = {k: result[k] for k in ("method", "change", "layers_after", "removed", "params_after",
+                                    "ppl_before", "ppl_after", "ops", "params", "protocol")}
+    return (list(history) + [entry | {"ppl": result["ppl_after"]}])[-HISTORY_LIMIT:]
 
 
 def summary_markdown(r: dict) -> str:

@@ -22,6 +22,11 @@ HUB_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
 def hub_token() -> str | None:
+    """The server's hub token, only when the operator allowed pushing with
+    LAYER_EXPLORER_ALLOW_PUSH=1: on a public Space every visitor would otherwise push with the
+    owner's token (a Space often has HF_TOKEN set for other reasons)."""
+    if os.environ.get("LAYER_EXPLORER_ALLOW_PUSH") != "1":
+        return None
     return next((os.environ[v] for v in HUB_TOKEN_VARS if os.environ.get(v)), None)
 
 
@@ -105,7 +110,8 @@ def save_folder(settings, state: dict, name: str, overwrite: bool) -> tuple[dict
 def push(state: dict, repo_id: str, private: bool) -> str:
     token = hub_token()
     if not token:
-        return ("Pushing to the hub is not configured on this server (no HF_TOKEN); download "
+        return ("Pushing to the hub is not enabled on this server (it needs HF_TOKEN and "
+                "LAYER_EXPLORER_ALLOW_PUSH=1); download "
                 "the recipe or save the folder and upload it yourself.")
     folder = state.get("exported")
     if not folder or not Path(folder).is_dir():
@@ -139,7 +145,7 @@ def build(ctx: Ctx) -> None:
     with gr.Row():
         repo = gr.Textbox(label="Hub repository (owner/name)",
                           placeholder="me/smollm2-pruned" if hub_token() else
-                          "not configured: set HF_TOKEN on the server")
+                          "not enabled: set HF_TOKEN and LAYER_EXPLORER_ALLOW_PUSH=1 on the server")
         private = gr.Checkbox(True, label="Private")
         push_btn = gr.Button("Push to the hub", interactive=bool(hub_token()))
     push_md = gr.Markdown()
