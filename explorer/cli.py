@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Callable
+from typing import Callable, TextIO
 
 from .errors import ExplorerError, LayerError, one_line
 
@@ -347,7 +347,10 @@ def quiet_libraries() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stderr: TextIO | None = None) -> int:
+    """Run one command; returns the exit status. `stderr`: where the error line goes (default
+    sys.stderr; in-process tests pass their own stream so no other thread's redirect can take it)."""
+    stderr = stderr or sys.stderr
     parser = build_parser()
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="keep the libraries' logs, warnings and progress bars")
@@ -358,10 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         result = COMMANDS[args.command][1](args)
     except ExplorerError as exc:
         # One line, secrets (HF tokens) redacted, whatever the message was built from.
-        print(f"error: {one_line(exc, limit=1000)}", file=sys.stderr)
+        print(f"error: {one_line(exc, limit=1000)}", file=stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted", file=stderr)
         return 130
     if args.json:
         print(json.dumps(result))

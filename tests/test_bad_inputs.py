@@ -11,6 +11,7 @@ docs/reliability.md lists every case with the message it produces (copied from t
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -128,8 +129,10 @@ def cli_error(capsys, *argv: str) -> str:
     as a JSON line: docs/reliability.md's table is copied from such a run.
     """
     capsys.readouterr()          # drop what the API calls before printed (progress bars)
-    rc = main([str(a) for a in argv])
+    errors = io.StringIO()       # main's own stream: immune to other threads swapping sys.stderr
+    rc = main([str(a) for a in argv], stderr=errors)
     out, err = capsys.readouterr()
+    err = errors.getvalue() + err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, (rc, out, err)
     assert out == ""

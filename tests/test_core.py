@@ -3,6 +3,7 @@ leave the model untouched, export that reloads, and one-line errors for bad inpu
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -156,8 +157,9 @@ def test_bad_input_gives_one_clear_line(argv, needle, tiny_factory, tmp_path, ca
     binary.write_bytes(b"\xff\xfe\x00bad" * 10)
     subst = {"TINY": str(tiny_factory("llama", num_layers=6)), "EMPTY": str(empty),
              "BINARY": str(binary)}
-    code = cli_main([subst.get(a, a) for a in argv])
-    err = capsys.readouterr().err.strip().splitlines()
+    errors = io.StringIO()
+    code = cli_main([subst.get(a, a) for a in argv], stderr=errors)
+    err = (errors.getvalue() + capsys.readouterr().err).strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: ") and needle in err[-1]
     assert "Traceback" not in "\n".join(err)

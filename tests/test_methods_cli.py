@@ -1,5 +1,6 @@
 """`python -m explorer compress` on a tiny model folder prints one JSON object and exports."""
 
+import io
 import json
 
 from explorer import cli, load_model
@@ -36,6 +37,6 @@ def test_compress_errors_are_one_line(tiny_factory, sample_text, tmp_path, capsy
     text = tmp_path / "text.txt"
     text.write_text(sample_text)
     code = cli.main(["compress", "--model", str(folder), "--text", str(text), "--method", "nope",
-                     "--remove", "1", "--json"])
-    err = capsys.readouterr().err
+                     "--remove", "1", "--json"], stderr=(errors := io.StringIO()))
+    err = errors.getvalue()
     assert code == 2 and err.startswith("error: unknown method 'nope'") and err.count("\n") == 1

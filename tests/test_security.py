@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -64,8 +65,9 @@ def test_remote_code_does_not_run_unless_allowed(remote_code_folder, monkeypatch
     with pytest.raises(ModelLoadError, match="needs its own Python code to load; allow it"):
         load_model(str(remote_code_folder))
     assert not marker.exists()
-    assert main(["eval", "--model", str(remote_code_folder)]) == 2
-    assert "needs its own Python code" in capsys.readouterr().err
+    errors = io.StringIO()
+    assert main(["eval", "--model", str(remote_code_folder)], stderr=errors) == 2
+    assert "needs its own Python code" in errors.getvalue()
     assert not marker.exists()
 
 
@@ -75,8 +77,10 @@ def test_operator_switch_refuses_remote_code(remote_code_folder, monkeypatch, ca
     with pytest.raises(ModelLoadError, match=r"remote code is disabled here "
                                              r"\(LAYER_EXPLORER_ALLOW_REMOTE_CODE=0\)"):
         load_model(str(remote_code_folder), trust_remote_code=True)
-    assert main(["eval", "--model", str(remote_code_folder), "--trust-remote-code"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    errors = io.StringIO()
+    assert main(["eval", "--model", str(remote_code_folder), "--trust-remote-code"],
+                stderr=errors) == 2
+    err = errors.getvalue().strip().splitlines()
     assert len(err) == 1 and "remote code is disabled here" in err[0]
     assert not marker.exists()
 
@@ -121,8 +125,10 @@ def test_output_folder_from_environment_confines_the_cli(out_root, tmp_path, mon
                                                          tiny_factory):
     monkeypatch.setenv("LAYER_EXPLORER_OUTPUT_DIR", str(out_root))
     model = tiny_factory("llama", num_layers=4)
-    assert main(["export", "--model", str(model), "--drop", "1", "--out", "../escaped"]) == 2
-    err = capsys.readouterr().err
+    errors = io.StringIO()
+    assert main(["export", "--model", str(model), "--drop", "1", "--out", "../escaped"],
+                stderr=errors) == 2
+    err = errors.getvalue()
     assert "must be a sub-folder of the output folder" in err
     assert not (tmp_path / "escaped").exists()
     assert main(["export", "--model", str(model), "--drop", "1", "--out", "ok/model",
