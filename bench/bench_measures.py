@@ -32,18 +32,14 @@ BENCH = "measures"
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None,
         text: str | None = None) -> list[dict]:
     """One row per measure: seconds for its matrix against seconds of the probe forward pass."""
-    from explorer import load_model, load_texts
     from explorer.measure import MEASURES, adjacent, similarity
     from explorer.probe import probe
 
-    if lm is None:
-        lm = load_model(model)
-    if text is None:
-        text = load_texts("wiki").calibration
+    lm, text = common.model_and_calibration(model, lm, text)
     samples = 16 if quick else 32
     reps = 1 if quick else 3
     pr = probe(lm, text, seqlen=128, num_samples=samples)
-    L, B, T = pr.num_layers, *pr.input_ids.shape
+    B, T = pr.input_ids.shape
     forward_s = pr.seconds
     base_note = (f"baseline: the probe forward pass that produced the states ({B}x{T} tokens, "
                  f"{forward_s:.2f} s); N={pr.num_tokens} recorded tokens")

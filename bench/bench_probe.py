@@ -82,13 +82,9 @@ def loop_cka(states: torch.Tensor) -> torch.Tensor:
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None,
         text: str | None = None) -> list[dict]:
     """Probe (and measure) rows for `model` (or a ready `lm` with `text`)."""
-    from explorer import load_model, load_texts
     from explorer.probe import calibration_windows, probe
 
-    if lm is None:
-        lm = load_model(model)
-    if text is None:
-        text = load_texts("wiki").calibration
+    lm, text = common.model_and_calibration(model, lm, text)
     seqlen, samples = (64, 4) if quick else (128, 32)
     ids = calibration_windows(lm, text, seqlen=seqlen, num_samples=samples)   # (B, T)
     B, T = ids.shape

@@ -66,6 +66,15 @@ def check_row(r: dict) -> None:
 
 # -- timing -------------------------------------------------------------------------------------
 
+def model_and_calibration(model: str, lm: Any = None, text: str | None = None) -> tuple[Any, str]:
+    """The loaded model and calibration text a benchmark runs on: those given, else `model`
+    loaded and the bundled wiki calibration half."""
+    from explorer import load_model, load_texts
+
+    return (lm if lm is not None else load_model(model),
+            text if text is not None else load_texts("wiki").calibration)
+
+
 def sync(device: torch.device | str | None = None) -> None:
     """Wait for queued GPU work (no-op on CPU), so that a timer measures finished work."""
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):

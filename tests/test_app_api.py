@@ -5,25 +5,18 @@ bit-identical."""
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 from app_server import launch, small_settings
+from tiny import state_checksum as checksum
 
 gradio_client = pytest.importorskip("gradio_client")
 
 PLANS = [("5", ""), ("", "20-22")]   # session A drops layer 5; session B merges layers 20..22
 
 
-def checksum(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

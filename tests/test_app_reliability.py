@@ -11,14 +11,12 @@ gradio_client against the real launched app (explorer.ui.launch) serving a tiny 
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
 gradio_client = pytest.importorskip("gradio_client")
 ui = pytest.importorskip("explorer.ui")
@@ -32,7 +30,7 @@ from explorer.text import MAX_TEXT_BYTES, user_texts  # noqa: E402
 from explorer.ui.registry import REGISTRY  # noqa: E402
 from explorer.ui.settings import UISettings  # noqa: E402
 from explorer.ui.state import manual_plan, parse_groups  # noqa: E402
-from tiny import SAMPLE_TEXT  # noqa: E402
+from tiny import SAMPLE_TEXT, state_checksum as checksum  # noqa: E402
 
 PPL_SEQLEN, PPL_TOKENS = 32, 512
 # (drops, merges, rule): eight different plans on a 6-layer model
@@ -41,12 +39,6 @@ PLANS = [("1", "", "average"), ("2", "", "average"), ("0,5", "", "average"),
          ("0", "2-3", "average"), ("", "4-5", "laco")]
 
 
-def checksum(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ exactly as it was (layer list, layer_idx, config.num_hidden_layers, config.layer
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,17 +17,11 @@ import torch
 
 from explorer import Variant, load_model, perplexity
 from explorer.recipe import merge_pairs
+from tiny import state_checksum as checksum
 
 SEQLEN, MAX_TOKENS = 32, 192
 
 
-def checksum(model: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer, by name (bit-exact)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def snapshot(lm) -> dict:

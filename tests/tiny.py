@@ -50,6 +50,17 @@ CONFIGS = {
 }
 
 
+def state_checksum(model) -> str:
+    """sha256 over every parameter and buffer, by name (bit-exact): 'the weights did not change'."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def make_tiny_model(folder: Path, model_type: str = "llama", num_layers: int = 4,
                     seed: int = 0, **overrides) -> Path:
     """Write a random `model_type` causal LM with `num_layers` layers to `folder`; return it."""
