@@ -17,34 +17,19 @@ never modifies the model outside `Variant.applied()`, which holds the model's lo
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ..errors import ExplorerError, ModelLoadError, TextError, one_line
-from ..load import LoadedModel, load_model, resolve
+from ..errors import ExplorerError, TextError
+from ..load import LoadedModel
 from ..recipe import replay
+from ..session import get_model
 from ..text import Texts, load_texts, user_texts
 from ..variant import Variant
 
 Progress = Callable[[float, str], None]
-
-
-def _get_model(spec: str, progress: Progress | None, on_release: Callable[[], None]) -> LoadedModel:
-    """Load through the library's one-model-per-process registry (explorer.session) when present,
-    so that the CLI, notebooks and the app in one process share it; else load directly.
-    `on_release` runs just before the old model is let go (after the new one passed its checks)."""
-    try:
-        from ..session import get_model
-    except ImportError:
-        on_release()
-        return load_model(spec, progress=progress)
-    if "on_release" in inspect.signature(get_model).parameters:
-        return get_model(spec, progress=progress, on_release=on_release)
-    on_release()
-    return get_model(spec, progress=progress)
 
 
 class _LRU(OrderedDict):
@@ -63,23 +48,6 @@ class _LRU(OrderedDict):
             self.move_to_end(key)
             return self[key]
         return None
-
-
-def _check_before_unloading(spec: str) -> None:
-    """Cheap checks that fail before the resident model is released: the spec resolves, and a hub
-    id's config can be fetched (no network or an unknown id fail here, not after unloading)."""
-    kind, where = resolve(spec)
-    if kind != "hub":
-        return
-    try:
-        from transformers import AutoConfig
-
-        AutoConfig.from_pretrained(where)
-    except Exception as exc:
-        if "trust_remote_code" in str(exc):
-            return   # load_model explains this case itself
-        raise ModelLoadError(f"could not load '{spec}' from the Hugging Face hub (unknown id, "
-                             f"private, or no network): {one_line(exc)}") from None
 
 
 class Registry:
@@ -115,9 +83,10 @@ class Registry:
         with self._load_lock:  # one load at a time; a second caller waits and then reuses it
             if self.lm is not None and self.lm.spec == spec:
                 return self.lm
-            _check_before_unloading(spec)   # a typo must not unload the working model
-            # our caches reference the old model: drop them when it is released
-            new = _get_model(spec, progress, on_release=self._clear)
+            # session.get_model releases the old model only after the new one passed every
+            # weight-free check (a typo or an unknown hub id keeps the working model); our caches
+            # reference the old model, so they are dropped at that moment.
+            new = get_model(spec, progress=progress, on_release=self._clear)
             with self._lock:
                 self.lm = new
             return new
