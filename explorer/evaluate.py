@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ExplorerError, TextError
-from .load import LoadedModel, Progress
+from .load import DTYPES, LoadedModel, Progress
 from .tokens import tokenize, use_bos, windows
 from .variant import Variant
 
@@ -76,9 +76,6 @@ class NonFiniteError(ExplorerError):
 # smaller chunks keep the peak memory of a batch low.
 LOGIT_CHUNK = 1024
 
-_COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                   "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
-
 
 def _final_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     """Vocabulary logits from final-norm hidden states, with the family's soft-capping if any.
@@ -102,11 +99,11 @@ def _autocast(device: torch.device, model_dtype: torch.dtype,
         dt = model_dtype
     elif isinstance(compute_dtype, torch.dtype):
         dt = compute_dtype
-    elif compute_dtype in _COMPUTE_DTYPES:
-        dt = _COMPUTE_DTYPES[compute_dtype]
+    elif compute_dtype in DTYPES:
+        dt = DTYPES[compute_dtype]
     else:
         raise ExplorerError(f"unknown compute_dtype '{compute_dtype}'; use one of: auto, "
-                            + ", ".join(_COMPUTE_DTYPES))
+                            + ", ".join(DTYPES))
     if dt == torch.float32 and model_dtype != torch.float32:
         raise ExplorerError(f"compute_dtype float32 needs a float32 model (this one is "
                             f"{str(model_dtype).replace('torch.', '')}): load it in float32")

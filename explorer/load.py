@@ -34,8 +34,9 @@ from .memory import check_fits, estimate_model_bytes
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
 
 REMOTE_CODE_ENV = "LAYER_EXPLORER_ALLOW_REMOTE_CODE"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+# Names users may give for a dtype (CLI --dtype, load_model, perplexity's compute_dtype).
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass
@@ -126,9 +127,9 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
         return dtype
     if dtype in (None, "", "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ModelLoadError(f"unknown dtype '{dtype}'; use one of: auto, " + ", ".join(_DTYPES))
-    return _DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}'; use one of: auto, " + ", ".join(DTYPES))
+    return DTYPES[dtype]
 
 
 def _looks_like_path(spec: str) -> bool:
