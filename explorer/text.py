@@ -143,14 +143,15 @@ def user_texts(text: str, name: str = "user", max_bytes: int = MAX_TEXT_BYTES) -
     """Texts from a user's own string: documents are separated by blank lines."""
     if not isinstance(text, str):
         raise TextError("the text must be a string")
-    # len(text) <= UTF-8 bytes <= 4 * len(text): encode only when the cheap bounds do not decide.
-    if len(text) > max_bytes or (4 * len(text) > max_bytes
-                                 and len(text.encode("utf-8", errors="replace")) > max_bytes):
-        raise TextError(f"the text is larger than the {max_bytes / 2**20:.0f} MiB limit")
+    too_large = f"the text is larger than the {max_bytes / 2**20:.0f} MiB limit"
+    if len(text) > max_bytes:  # at least one UTF-8 byte per character: refused without encoding
+        raise TextError(too_large)
     try:
-        text.encode("utf-8")
+        size = len(text.encode("utf-8"))  # one encode checks validity and measures the size
     except UnicodeEncodeError as exc:  # lone surrogates from a broken upload or clipboard
         raise TextError(f"the text is not valid Unicode (character {exc.start})") from None
+    if size > max_bytes:
+        raise TextError(too_large)
     if not text.strip():
         raise TextError("the text is empty")
     docs = [d for d in re.split(r"\n\s*\n", text) if d.strip()]
