@@ -51,35 +51,48 @@ def peak_flops(device_name: str) -> float | None:
 
 
 def flops_per_token(model: torch.nn.Module, seqlen: int) -> float:
-    """2 N + 2 L T d: forward FLOPs per predicted token (see the module docstring)."""
+    """2 N + 2 L T d: forward FLOPs per predicted token (see the module docstring).
+
+    d is the attention width, heads x head_dim (the hidden size, except in e.g. Gemma)."""
     cfg = model.config
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+    # Weight matrices only: norm scales and biases are element-wise work, not 2 FLOPs per weight
+    # (tests/test_bench_gpu_math.py checks this against torch's FLOP counter).
+    n = sum(p.numel() for name, p in model.named_parameters()
+            if p.dim() >= 2 and "embed_tokens" not in name)
     if getattr(cfg, "tie_word_embeddings", False):
         n += model.get_output_embeddings().weight.numel()   # the head reuses the embeddings
-    return 2.0 * n + 2.0 * cfg.num_hidden_layers * seqlen * cfg.hidden_size
+    heads = cfg.num_attention_heads
+    d_attn = heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)  # Gemma: != d
+    return 2.0 * n + 2.0 * cfg.num_hidden_layers * seqlen * d_attn
 
 
-def random_llama_1b(device: str = "cuda"):
-    """A LoadedModel around a random 1B-class Llama (bf16) and a byte tokenizer; no download."""
+LLAMA_1B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096)
+
+
+def random_llama(device: str = "cuda", **shape):
+    """A LoadedModel around a random Llama (bf16) and a byte tokenizer; no download.
+
+    shape: LlamaConfig fields over LLAMA_1B and SDPA attention (the tests build a tiny one on
+    the CPU, with eager attention where they count FLOPs).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from explorer.arch import adapter_for
     from explorer.load import LoadedModel
 
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192,
-                      num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                      max_position_embeddings=4096, tie_word_embeddings=True,
-                      attn_implementation="sdpa")
+    cfg = LlamaConfig(**{**LLAMA_1B, "attn_implementation": "sdpa", **shape},
+                      tie_word_embeddings=True)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.eval().requires_grad_(False)
-    tok = _ids_tokenizer()
-    kwargs = dict(model=model, tokenizer=tok, arch=adapter_for("llama"), spec="random-llama-1b",
-                  source="random init", device=torch.device(device), dtype=torch.bfloat16,
-                  load_seconds=time.perf_counter() - t0)
-    return LoadedModel(**kwargs)
+    layers = cfg.num_hidden_layers
+    return LoadedModel(model=model, tokenizer=_ids_tokenizer(), arch=adapter_for("llama"),
+                       spec=f"random-llama-{layers}L" if shape else "random-llama-1b",
+                       source="random init", device=torch.device(device), dtype=torch.bfloat16,
+                       load_seconds=time.perf_counter() - t0)
 
 
 def _ids_tokenizer():
@@ -95,9 +108,14 @@ def _ids_tokenizer():
                                    eos_token="</s>")
 
 
-def _mfu_rows(lm, text: str, label: str, seqlen: int, max_tokens: int, reps: int) -> list[dict]:
-    """Tokens/s and MFU of ours (batched, bf16) against the guide loop (one window, labels)."""
-    from explorer.evaluate import perplexity
+def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: int,
+             batch_size: int | None, device_name: str, peak: float | None) -> list[dict]:
+    """Tokens/s and MFU of ours (batched, the model's dtype) against the guide loop.
+
+    device_name, peak: the accelerator and its dense bf16 FLOP/s (None: no MFU row). The tests
+    run this on the CPU with a tiny model and a made-up peak, to check the arithmetic.
+    """
+    from explorer.evaluate import auto_batch_size, perplexity
     from explorer.tokens import tokenize, use_bos, windows
 
     try:
@@ -105,34 +123,38 @@ def _mfu_rows(lm, text: str, label: str, seqlen: int, max_tokens: int, reps: int
     except ImportError:
         import bench_perplexity as bp  # type: ignore[no-redef]
 
-    name = torch.cuda.get_device_name(0)
-    peak = peak_flops(name)
     ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
     bos = lm.tokenizer.bos_token_id if use_bos(lm.tokenizer, "auto", lm.arch.needs_bos) else None
     w = windows(ids, seqlen, bos_id=bos)                  # the same windows `perplexity` builds
+
+    batch_size = batch_size or auto_batch_size(lm.device, w.shape[1])
+
+    def ours():
+        return perplexity(lm, text, seqlen=seqlen, max_tokens=max_tokens, batch_size=batch_size)
+
     bp.guide_loop(lm.model, w[:1])
-    perplexity(lm, text, seqlen=seqlen, max_tokens=seqlen * 8, batch_size=8)
-    times, res = common.interleaved(
-        {"guide": lambda: bp.guide_loop(lm.model, w),
-         "ours": lambda: perplexity(lm, text, seqlen=seqlen, max_tokens=max_tokens,
-                                    batch_size=8)},
-        reps=reps, warmup=0, device=lm.device)
+    perplexity(lm, text, seqlen=seqlen, max_tokens=seqlen * batch_size, batch_size=batch_size)
+    times, res = common.interleaved({"guide": lambda: bp.guide_loop(lm.model, w), "ours": ours},
+                                    reps=reps, warmup=0, device=lm.device)
     tokens = res["ours"].tokens
     tps = {k: tokens / common.median(v) for k, v in times.items()}
     fpt = flops_per_token(lm.model, seqlen)
-    rows = [common.row(BENCH, f"{label} perplexity tok/s (bf16)", tps["ours"], tps["guide"],
+    dtype = str(lm.dtype).replace("torch.", "")
+    rows = [common.row(BENCH, f"{label} perplexity tok/s ({dtype})", tps["ours"], tps["guide"],
                        "tok/s", higher_is_better=True,
-                       note=f"{name}; {w.shape[0]} windows x {seqlen}; batch 8; ppl "
-                            f"{res['ours'].ppl:.4f} vs guide {math.exp(res['guide'][0]):.4f}")]
+                       note=f"{device_name}; {w.shape[0]} windows x {seqlen}; batch "
+                            f"{batch_size}; ppl {res['ours'].ppl:.4f} vs guide "
+                            f"{math.exp(res['guide'][0]):.4f}; median of {reps}")]
     if peak:
         rows.append(common.row(BENCH, f"{label} MFU of the perplexity pass",
                                100 * fpt * tps["ours"] / peak, 100 * fpt * tps["guide"] / peak,
                                "%", higher_is_better=True,
                                note=f"(2N + 2 L T d) = {fpt / 1e9:.2f} GFLOP/token, peak "
-                                    f"{peak / 1e12:.0f} TFLOP/s bf16 dense ({name})"))
+                                    f"{peak / 1e12:.0f} TFLOP/s bf16 dense ({device_name})"))
     else:
         rows.append(common.row(BENCH, f"{label} MFU", None, None, "%", higher_is_better=True,
-                               note=f"no known bf16 peak for '{name}': add it to PEAK_BF16"))
+                               note=f"no known bf16 peak for '{device_name}': add it to "
+                                    "PEAK_BF16"))
     return rows
 
 
@@ -153,8 +175,10 @@ def run(quick: bool = True) -> list[dict]:
 
     texts = load_texts("wiki")
     seqlen = 1024 if quick else 2048
-    max_tokens = seqlen * (16 if quick else 64)
-    reps = 3 if quick else 5
+    max_tokens = seqlen * (64 if quick else 128)      # 4 (8) batches of the 16k-token budget
+    name = torch.cuda.get_device_name(0)
+    sizes = dict(seqlen=seqlen, max_tokens=max_tokens, reps=3 if quick else 5, batch_size=None,
+                 device_name=name, peak=peak_flops(name))
     rows: list[dict] = []
     try:
         lm = load_model(LARGEST_EMBEDDED, device="cuda")
@@ -162,14 +186,14 @@ def run(quick: bool = True) -> list[dict]:
         rows.append(common.row(BENCH, f"{LARGEST_EMBEDDED} not loaded", None, None, "-",
                                higher_is_better=True, note=str(exc)[:200]))
     else:
-        rows += _mfu_rows(lm, texts.evaluation, LARGEST_EMBEDDED, seqlen, max_tokens, reps)
+        rows += mfu_rows(lm, texts.evaluation, LARGEST_EMBEDDED, **sizes)
         rows += [dict(r, bench=BENCH) for r in bench_probe.run(quick, lm=lm,
                                                                 text=texts.calibration)]
         rows += [dict(r, bench=BENCH) for r in bench_variant.run(quick, lm=lm)]
         del lm
         torch.cuda.empty_cache()
-    big = random_llama_1b()
-    rows += _mfu_rows(big, texts.evaluation, "random-llama-1b", seqlen, max_tokens, reps)
+    big = random_llama()
+    rows += mfu_rows(big, texts.evaluation, big.spec, **sizes)
     rows.append(common.row(BENCH, "peak GPU memory", torch.cuda.max_memory_allocated() / 2**30,
                            None, "GiB", higher_is_better=False,
                            note=torch.cuda.get_device_name(0)))

@@ -51,8 +51,12 @@ def guide_loop(model: torch.nn.Module, windows: torch.Tensor) -> tuple[float, in
 
 
 def compare(lm, text: str, *, seqlen: int, max_tokens: int, reps: int, source: str,
-            label: str, quick: bool = True) -> list[dict]:
-    """Rows for one model: tokens/s of ours (exact and bf16) against the guide loop."""
+            label: str, bf16: bool) -> list[dict]:
+    """Rows for one model and window length: tokens/s of ours against the guide loop.
+
+    bf16: also time `compute_dtype="bfloat16"` once (after the interleaved rounds: on CPUs
+    without native bf16 it is slow, so it is not repeated).
+    """
     from explorer.evaluate import perplexity
     from explorer.tokens import tokenize, use_bos, windows
 
@@ -64,45 +68,44 @@ def compare(lm, text: str, *, seqlen: int, max_tokens: int, reps: int, source: s
         return perplexity(lm, text, seqlen=seqlen, max_tokens=max_tokens, source=source,
                           compute_dtype=dtype)
 
-    # Warm-up on one window each (allocator, oneDNN kernels), then full runs, interleaved.
-    # bf16 autocast can be slow on CPUs without native bf16 (AVX2 only): in quick mode it is
-    # timed once after the interleaved rounds instead of in every round.
+    # Warm-up on one window each (allocator, oneDNN kernels for this shape), then full runs,
+    # interleaved so that a neighbour's burst of load hits both sides.
     guide_loop(lm.model, w[:1])
-    perplexity(lm, text, seqlen=seqlen, max_tokens=seqlen, compute_dtype="bfloat16")
-    fns = {"guide": lambda: guide_loop(lm.model, w), "ours": ours}
-    bf16 = lambda: ours("bfloat16")  # noqa: E731
-    if not quick:
-        fns["ours_bf16"] = bf16
-    times, res = common.interleaved(fns, reps=reps, warmup=0, device=lm.device)
-    if quick:
-        dt, res["ours_bf16"] = common.time_once(bf16, lm.device)
-        times["ours_bf16"] = [dt]
+    perplexity(lm, text, seqlen=seqlen, max_tokens=seqlen)
+    times, res = common.interleaved({"guide": lambda: guide_loop(lm.model, w), "ours": ours},
+                                    reps=reps, warmup=0, device=lm.device)
     g_nll, g_tokens = res["guide"]
-    exact, fast = res["ours"], res["ours_bf16"]
+    exact = res["ours"]
     assert exact.tokens == g_tokens, (exact.tokens, g_tokens)
     g_ppl = math.exp(g_nll)
     tps = {k: g_tokens / common.median(v) for k, v in times.items()}
-    rel = abs(exact.ppl - g_ppl) / g_ppl
-    rel16 = abs(fast.ppl - g_ppl) / g_ppl
     spreads = {k: common.spread([g_tokens / t for t in v]) for k, v in times.items()}
+    rel = abs(exact.ppl - g_ppl) / g_ppl
     prot = f"{w.shape[0]} windows x {seqlen}, {g_tokens} predicted tokens, median of {reps}"
-    n16 = len(times["ours_bf16"])
-    return [
-        common.row(BENCH, f"{label} tok/s, exact ({lm.dtype})".replace("torch.", ""),
-                   tps["ours"], tps["guide"], "tok/s", higher_is_better=True,
-                   note=f"{prot}; ppl {exact.ppl:.4f} vs guide {g_ppl:.4f} (rel diff {rel:.1e}); "
-                        f"spread ours {spreads['ours']}, guide {spreads['guide']}"),
-        common.row(BENCH, f"{label} tok/s, compute_dtype=bf16", tps["ours_bf16"], tps["guide"],
-                   "tok/s", higher_is_better=True,
-                   note=f"ppl {fast.ppl:.4f} vs guide {g_ppl:.4f} (rel diff {rel16:.2e}, "
-                        f"{'within' if rel16 <= 1e-3 else 'OUTSIDE'} 1e-3); "
-                        f"{n16} run(s), spread {spreads['ours_bf16']}"),
-    ]
+    rows = [common.row(BENCH, f"{label} tok/s, seqlen {seqlen}, exact "
+                              f"({str(lm.dtype).replace('torch.', '')})",
+                       tps["ours"], tps["guide"], "tok/s", higher_is_better=True,
+                       note=f"{prot}; ppl {exact.ppl:.4f} vs guide {g_ppl:.4f} (rel diff "
+                            f"{rel:.1e}); spread ours {spreads['ours']}, guide {spreads['guide']}")]
+    if bf16:
+        ours("bfloat16")                                   # warm-up of the bf16 kernels
+        dt, fast = common.time_once(lambda: ours("bfloat16"), lm.device)
+        rel16 = abs(fast.ppl - g_ppl) / g_ppl
+        rows.append(common.row(
+            BENCH, f"{label} tok/s, seqlen {seqlen}, compute_dtype=bf16", g_tokens / dt,
+            tps["guide"], "tok/s", higher_is_better=True,
+            note=f"one run; ppl {fast.ppl:.4f} vs guide {g_ppl:.4f} (rel diff {rel16:.2e}, "
+                 f"{'within' if rel16 <= 1e-3 else 'OUTSIDE'} 1e-3)"))
+    return rows
 
 
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None, text: str | None = None,
-        seqlen: int | None = None) -> list[dict]:
-    """Perplexity rows for `model` (or a ready `lm` with `text`, as the smoke test passes)."""
+        seqlens: tuple[int, ...] | None = None) -> list[dict]:
+    """Perplexity rows for `model` (or a ready `lm` with `text`, as the smoke test passes).
+
+    Several window lengths, because batching pays most on short windows: a (1, 128) window
+    gives the matrix products only 128 rows, a batch of 4 gives them 512.
+    """
     from explorer import load_model, load_texts
 
     source = "text"
@@ -111,10 +114,14 @@ def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None, text: st
     if text is None:
         texts = load_texts("wiki")
         text, source = texts.evaluation, texts.source
-    seqlen = seqlen or 512
-    max_tokens = seqlen * (4 if quick else 16)      # 4 windows = one batch of `perplexity`
-    rows = compare(lm, text, seqlen=seqlen, max_tokens=max_tokens, reps=3 if quick else 5,
-                   source=source, label=lm.spec if len(lm.spec) < 30 else "model", quick=quick)
+    seqlens = seqlens or ((128, 512) if quick else (128, 256, 512, 1024))
+    max_tokens = 2048 if quick else 8192
+    label = lm.spec if len(lm.spec) < 30 else "model"
+    rows = []
+    for seqlen in seqlens:
+        rows += compare(lm, text, seqlen=seqlen, max_tokens=max(max_tokens, 2 * seqlen),
+                        reps=3 if quick else 5, source=source, label=label,
+                        bf16=seqlen == max(seqlens))
     rows.append(common.row(BENCH, f"{lm.spec} load time", lm.load_seconds, None, "s",
                            higher_is_better=False,
                            note=f"load_model (converted safetensors cache); peak RSS of the "

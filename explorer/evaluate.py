@@ -7,9 +7,9 @@ tokens (a BOS token in front of each when the BOS rule says so), and
 A window of T text tokens predicts T-1 of them (T with BOS in front).
 
 Speed: windows run in batches through the backbone only (no hidden states kept, no KV cache,
-torch.inference_mode); the vocabulary projection and the cross-entropy run on chunks of positions,
-so the (batch x seqlen x vocab) logits tensor is never materialised whole (49k vocab x 8 x 512 in
-fp32 would be 800 MB). `compute_dtype="bfloat16"` runs the layers' matrix products under bf16
+torch.inference_mode), sized by a token budget per forward pass (BATCH_TOKENS); the vocabulary
+projection and the cross-entropy run on chunks of positions, so the (batch x seqlen x vocab)
+logits tensor is never materialised whole (49k vocab x 8 x 512 in fp32 would be 800 MB). `compute_dtype="bfloat16"` runs the layers' matrix products under bf16
 autocast (residual stream, norms, head and loss stay in fp32); the perplexity moves by ~1e-3
 relative on SmolLM2. It only pays on CPUs with native bf16 (AVX512-BF16, AMX): on an AVX2-only
 CPU it was 2.5-4x *slower* than fp32 (bench/RESULTS.md), so the default keeps the model's own
@@ -76,6 +76,17 @@ class NonFiniteError(ExplorerError):
 # smaller chunks keep the peak memory of a batch low.
 LOGIT_CHUNK = 1024
 
+# Tokens per forward pass when `perplexity` picks the batch size. On the 2-core AVX2 CPU
+# (bench/RESULTS.md) 512-1024 tokens per pass ran fastest at every seqlen from 128 to 1024: 4 x 128
+# beat both 1 x 128 (GEMMs of 128 rows) and 16 x 128 (activations that leave the cache), and
+# 4 x 512 was ~10% slower than 1 x 512. A GPU needs large batches to fill its tensor cores.
+BATCH_TOKENS = {"cpu": 512, "cuda": 16384}
+
+
+def auto_batch_size(device: torch.device, seqlen: int) -> int:
+    """Windows per forward pass: the device's token budget over the window length (at least 1)."""
+    return max(1, BATCH_TOKENS.get(device.type, 4096) // seqlen)
+
 
 def _final_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     """Vocabulary logits from final-norm hidden states, with the family's soft-capping if any.
@@ -127,12 +138,13 @@ def window_nll(lm: LoadedModel, model: torch.nn.Module, batch: torch.Tensor,
 
 
 def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, seqlen: int = 512,
-               max_tokens: int | None = 16384, batch_size: int = 4, bos: str = "auto",
+               max_tokens: int | None = 16384, batch_size: int | None = None, bos: str = "auto",
                source: str = "text", progress: Progress | None = None,
                compute_dtype: str | torch.dtype | None = None) -> PPLResult:
     """Perplexity of the model (or of `variant`) on `text` under the protocol above.
 
     max_tokens: evaluate at most this many text tokens (None: the whole text).
+    batch_size: windows per forward pass (None: `auto_batch_size`, from the device's budget).
     compute_dtype: None/"auto" (default) runs in the model's dtype, the exact figure;
         "bfloat16" runs the decoder layers under bf16 autocast (faster on CPU, the value moves
         by ~1e-3 relative; the head and the loss stay in fp32).
@@ -143,6 +155,7 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
         raise TextError(f"seqlen {seqlen} is longer than the model's context of {ctx} tokens")
     ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
     w = windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
+    batch_size = batch_size or auto_batch_size(lm.device, w.shape[1])
     variant = variant or Variant.identity(lm)
     cast = _autocast(lm.device, lm.dtype, compute_dtype)
     start = time.perf_counter()

@@ -20,7 +20,7 @@ def _check_rows(rows: list[dict]) -> None:
 
 
 def test_perplexity_bench_rows_on_tiny(tiny_lm, sample_text):
-    _check_rows(bench_perplexity.run(True, lm=tiny_lm, text=sample_text, seqlen=32))
+    _check_rows(bench_perplexity.run(True, lm=tiny_lm, text=sample_text, seqlens=(16, 32)))
 
 
 def test_probe_bench_rows_on_tiny(tiny_lm, sample_text):
