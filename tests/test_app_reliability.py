@@ -11,6 +11,7 @@ gradio_client against the real launched app (explorer.ui.launch) serving a tiny 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -124,7 +125,19 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, tmp_path):
     assert not (exports.parent / "escape").exists()
     assert not Path("/tmp/absolute-escape-4259").exists()
     assert "Saved" in c.predict("mine/drop1", False, api_name="/save_folder")
-    assert (exports / "mine" / "drop1" / "config.json").is_file()
+    config = exports / "mine" / "drop1" / "config.json"
+    assert config.is_file()
+    # another visitor cannot overwrite it, even with the box ticked; its owner can
+    other = session(url, model)
+    other.predict("1-2", "", "average", api_name="/update_plan")
+    assert "already exists" in error_of(other, "mine/drop1", False, api_name="/save_folder")
+    assert "not saved in this session" in error_of(other, "mine/drop1", True,
+                                                   api_name="/save_folder")
+    assert json.loads(config.read_text())["num_hidden_layers"] == 5
+    c.predict("1-2", "", "average", api_name="/update_plan")
+    assert "Saved **4-layer**" in c.predict("mine/drop1", True, api_name="/save_folder")
+    assert json.loads(config.read_text())["num_hidden_layers"] == 4
+    c.predict("1", "", "average", api_name="/update_plan")
     # still serving, and right
     got = apply(c, "1", "", "average")
     assert got["ppl_after"] == expected_ppl(REGISTRY.lm, "1", "", "average")

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import ExplorerError
-from ..export import export
+from ..export import export, safe_output_path
 from ..recipe import Recipe
 from .common import Ctx, need_model, user_errors
 from .registry import REGISTRY
@@ -100,10 +100,20 @@ def recipe_file(state: dict) -> str:
 
 
 def save_folder(settings, state: dict, name: str, overwrite: bool) -> tuple[dict, str]:
+    """Export the plan's variant into the output folder.
+
+    Overwrite replaces only a folder this browser session saved (listed in state["exports"]):
+    on a shared server another visitor's export of the same name is never touched.
+    """
     name = (name or "").strip() or default_name(state)
     variant, recipe = _variant_and_recipe(state)
+    own = state.get("exports", [])
+    target = safe_output_path(name, settings.output_dir)
+    if overwrite and target.exists() and str(target) not in own:
+        raise ExplorerError(f"'{name}' exists and was not saved in this session: overwrite only "
+                            "replaces your own exports; choose another name")
     path = export(variant, name, root=settings.output_dir, recipe=recipe, overwrite=overwrite)
-    state = dict(state, exported=str(path))
+    state = dict(state, exported=str(path), exports=[*own, str(path)][-100:])
     return state, f"Saved **{variant.num_layers}-layer** model to `{path}`."
 
 
@@ -139,7 +149,7 @@ def build(ctx: Ctx) -> None:
             recipe_out = gr.File(label="Recipe", interactive=False)
         with gr.Column():
             name = gr.Textbox(label="Folder name (inside the output folder)", elem_id="lx-name")
-            overwrite = gr.Checkbox(False, label="Overwrite an existing folder")
+            overwrite = gr.Checkbox(False, label="Overwrite a folder saved in this session")
             save_btn = gr.Button("Save model folder", elem_id="lx-save")
             save_md = gr.Markdown()
     with gr.Row():
