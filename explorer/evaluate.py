@@ -165,9 +165,11 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
             nll, n = window_nll(lm, model, w[b0:b0 + batch_size].to(lm.device))
             total += nll
             count += n
-            if progress:
-                progress(min(1.0, (b0 + batch_size) / w.shape[0]),
-                         f"perplexity: {min(b0 + batch_size, w.shape[0])}/{w.shape[0]} windows")
+            if progress:   # the running figure: the user watches it settle as windows come in
+                done = min(b0 + batch_size, w.shape[0])
+                running = math.exp(min(total / count, 700.0))
+                progress(done / w.shape[0],
+                         f"perplexity: {done}/{w.shape[0]} windows, {running:.4g} so far")
     mean = total / count
     if not math.isfinite(mean):
         raise NonFiniteError("the model produced NaN or inf on the evaluation text: this "

@@ -176,3 +176,16 @@ def test_api_errors_are_typed(tiny_lm):
         perplexity(tiny_lm, "short text", seqlen=64)
     with pytest.raises(ExplorerError):
         perplexity(tiny_lm, "x " * 5000, seqlen=100000)
+
+
+def test_perplexity_progress_reports_the_running_figure(tiny_lm, sample_text):
+    """Each batch reports its fraction and the perplexity so far; the last one is the result."""
+    from explorer import perplexity
+
+    seen: list[tuple[float, str]] = []
+    r = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=320, batch_size=3,
+                   progress=lambda f, m: seen.append((f, m)))
+    assert [f for f, _ in seen] == pytest.approx([0.3, 0.6, 0.9, 1.0])
+    assert seen[-1][1] == f"perplexity: 10/10 windows, {r.ppl:.4g} so far"
+    first = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=96, batch_size=3).ppl
+    assert seen[0][1].endswith(f"{first:.4g} so far")
