@@ -110,6 +110,7 @@ def test_bad_input_shows_error_and_app_keeps_running(page):
     pg.click("#lx-update-plan")
     pg.wait_for_selector("text=out of range", timeout=30_000)
     shot(pg, "5-error")
+    pg.click("#lx-stop")          # Stop with nothing running: harmless, the next step still runs
     pg.fill("#lx-drops textarea, #lx-drops input", "20")
     pg.click("#lx-update-plan")
     pg.wait_for_function("document.querySelector('#lx-plan-status').innerText.includes('28 layers')",

@@ -209,6 +209,47 @@ def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
     assert apply(other, "2", "", "average")["ppl_after"] == expected_ppl(lm, "2", "", "average")
 
 
+def test_stop_button_ends_the_running_job_and_frees_the_model(app):
+    """Stop (the /stop endpoint the button calls) makes the session's running Apply raise at its
+    next progress report: the 'after' perplexity never runs, and the model comes back clean."""
+    url, model, _ = app
+    c = session(url, model)
+    c.predict("own", SAMPLE_TEXT.upper(), None, api_name="/set_text")   # no cached baseline
+    lm = REGISTRY.lm
+    before = checksum(lm.model)
+    inside, release, calls = threading.Event(), threading.Event(), []
+
+    def hold(module, args):          # the first forward waits here until Stop was pressed
+        calls.append(1)
+        inside.set()
+        release.wait(60)
+
+    hook = lm.original_layers[3].register_forward_pre_hook(hold)
+    try:
+        c.predict("2", "", "average", api_name="/update_plan")     # drop 2: layer 3 still runs
+        job = c.submit(api_name="/apply")
+        assert inside.wait(60)
+        other = session(url, model)            # another visitor's Stop must not stop this job
+        other.predict(api_name="/stop")
+        c.predict(api_name="/stop")
+        release.set()
+        with pytest.raises(Exception):
+            job.result(timeout=120)                       # stopped, or cancelled on the page
+        deadline = time.time() + 60
+        while not lm.lock.acquire(blocking=False) and time.time() < deadline:
+            time.sleep(0.1)
+        lm.lock.release()
+    finally:
+        release.set()
+        hook.remove()
+    assert len(calls) == 1      # the baseline's forward ran; the variant's never started
+    assert lm.arch.layer_list(lm.model) is lm.original_layers
+    assert lm.config.num_hidden_layers == 6
+    assert checksum(lm.model) == before
+    # the next job of the same session runs to the end (an old Stop does not linger)
+    assert apply(c, "2", "", "average")["layers_after"] == 5
+
+
 def _call(url: str, api_name: str, data: list) -> str:
     """One call through the raw REST protocol (what any script can send): the SSE answer."""
     import httpx

@@ -64,3 +64,26 @@ def test_session_history_is_capped():
         history = add_to_history(history, {key: k for key in keys})
     assert len(history) == HISTORY_LIMIT
     assert history[0]["ppl"] == 5 and history[-1]["ppl"] == HISTORY_LIMIT + 4
+
+
+def test_stop_flags_are_per_session_and_cleared_by_the_next_job():
+    from types import SimpleNamespace
+
+    from explorer.ui import stop
+
+    a, b = SimpleNamespace(session_hash="sess-a"), SimpleNamespace(session_hash="sess-b")
+    seen: list = []
+    report_a = stop.watch(lambda f, desc="": seen.append((f, desc)), a)
+    report_b = stop.watch(None, b)
+    report_a(0.5, desc="half")
+    stop.stop(b)                                  # b's Stop leaves a's job running
+    report_a(0.75, desc="more")
+    with pytest.raises(stop.Stopped):
+        report_b(0.1)
+    stop.stop(a)
+    with pytest.raises(stop.Stopped, match="you pressed Stop"):
+        report_a(0.9, desc="late")
+    assert seen == [(0.5, "half"), (0.75, "more")]
+    stop.watch(None, a)(0.1)                      # a new job of a: the old Stop is cleared
+    assert stop.watch("progress", None) == "progress"     # no session: nothing to watch
+    stop.forget(a), stop.forget(b)

@@ -9,6 +9,7 @@
 
 Shared plumbing: `registry` (the process's one resident model and caches), `state` (what a
 session keeps: names and recipe ops), `jobs` (the heavy steps, ZeroGPU-ready through `gpu`),
+`stop` (the Stop button's per-session flag, checked at every progress report),
 `clickplot` (a Plotly heatmap whose clicks reach Python), `plots` (figures), `settings`.
 
 Example:
@@ -23,7 +24,7 @@ import threading
 import gradio as gr
 
 from ..text import MAX_TEXT_BYTES
-from . import analyse_tab, compare_tab, export_tab, features, learn_tab, model_tab, plan_tab
+from . import analyse_tab, compare_tab, export_tab, features, learn_tab, model_tab, plan_tab, stop
 from .clickplot import enable_static_plotly
 from .common import Ctx
 from .registry import REGISTRY
@@ -63,7 +64,11 @@ def build_app(settings: UISettings | None = None, warm_up: bool = True) -> gr.Bl
     with gr.Blocks(title=TITLE) as demo:
         state = gr.State(new_state(s.default_text))
         ctx = Ctx(settings=s, state=state)
-        gr.Markdown(HEADER)
+        ctx.c["long_events"] = []     # the events the Stop button stops (see stop.py)
+        with gr.Row(equal_height=False):
+            gr.Markdown(HEADER)
+            stop_btn = gr.Button("■ Stop the running step", variant="stop", size="sm", scale=0,
+                                 min_width=190, elem_id="lx-stop")
         with gr.Tabs(elem_id="lx-tabs") as tabs:
             ctx.c["tabs"] = tabs
             with gr.Tab("1 · Model", id="model"):
@@ -81,6 +86,16 @@ def build_app(settings: UISettings | None = None, warm_up: bool = True) -> gr.Bl
                 learn_tab.build(ctx)
         for tab in (model_tab, analyse_tab, plan_tab, compare_tab, export_tab):
             tab.wire(ctx)
+
+        def stop_running(request: gr.Request) -> None:
+            stop.stop(request)
+
+        def page_closed(request: gr.Request) -> None:
+            stop.forget(request)
+
+        stop_btn.click(stop_running, None, None, cancels=ctx.c["long_events"], api_name="stop",
+                       queue=False)
+        demo.unload(page_closed)
     if warm_up:
         _background(_warm_up)
     if s.preload:

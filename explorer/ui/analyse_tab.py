@@ -3,7 +3,7 @@ profiles, a 2-D map of the layers and token clouds of chosen layers."""
 
 import gradio as gr
 
-from . import analysis, features
+from . import analysis, features, stop
 from .clickplot import ClickPlot
 from .common import Ctx, user_errors
 from .learn_tab import CONVENTION, measure_help
@@ -58,13 +58,15 @@ def build(ctx: Ctx) -> None:
 
     @user_errors
     def run_analysis(state: dict, seqlen: int, samples: int, map_method: str,
-                     progress=gr.Progress()):
-        return analyse(s, state, seqlen, samples, map_method, progress)
+                     request: gr.Request, progress=gr.Progress()):
+        return analyse(s, state, seqlen, samples, map_method, stop.watch(progress, request))
 
     @user_errors
-    def token_cloud(state: dict, layers: list, method: str, progress=gr.Progress()):
+    def token_cloud(state: dict, layers: list, method: str, request: gr.Request,
+                    progress=gr.Progress()):
         """2-D embeddings of the calibration tokens at the chosen layer boundaries."""
-        return analysis.token_figure(state, layers or [], method, s.token_points, progress)
+        return analysis.token_figure(state, layers or [], method, s.token_points,
+                                     stop.watch(progress, request))
 
     names = list(features.measures())
     with gr.Row():
@@ -110,13 +112,14 @@ def build(ctx: Ctx) -> None:
 def wire(ctx: Ctx) -> None:
     c = ctx.c
     heats = [c["analyse_heat"], c["plan_heat"]]
-    c["run_btn"].click(c["run_analysis"], [ctx.state, c["seqlen"], c["samples"], c["map_method"]],
+    ctx.c["long_events"] += [c["run_btn"].click(c["run_analysis"], [ctx.state, c["seqlen"], c["samples"], c["map_method"]],
                        [ctx.state, c["analysis_status"]] + heats
-                       + [c["profiles"], c["layer_map"], c["token_layers"]], api_name="analyse")
+                       + [c["profiles"], c["layer_map"], c["token_layers"]], api_name="analyse")]
     c["measure"].change(show_measure, [ctx.state, c["measure"], c["map_method"]],
                         [ctx.state] + heats + [c["layer_map"], c["measure_help"]],
                         api_name="show_measure")
     c["map_method"].change(remap, [ctx.state, c["map_method"]], [c["layer_map"]],
                            api_name="layer_map")
-    c["token_btn"].click(c["token_cloud"], [ctx.state, c["token_layers"], c["token_method"]],
-                         [c["tokens"]], api_name="token_cloud")
+    ctx.c["long_events"].append(
+        c["token_btn"].click(c["token_cloud"], [ctx.state, c["token_layers"], c["token_method"]],
+                             [c["tokens"]], api_name="token_cloud"))

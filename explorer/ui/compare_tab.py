@@ -4,7 +4,7 @@ protocol), parameters, greedy generations side by side, and the session's histor
 import gradio as gr
 
 from ..errors import ExplorerError
-from . import jobs, plots
+from . import jobs, plots, stop
 from .common import Ctx, need_model, user_errors
 from .registry import REGISTRY
 
@@ -109,8 +109,8 @@ def wire(ctx: Ctx) -> None:
     c, s = ctx.c, ctx.settings
 
     @user_errors
-    def apply(state: dict, progress=gr.Progress()):
-        state, result = apply_plan(s, state, progress)
+    def apply(state: dict, request: gr.Request, progress=gr.Progress()):
+        state, result = apply_plan(s, state, stop.watch(progress, request))
         return (state, summary_markdown(result), result, history_rows(state["history"]),
                 plots.history(state["history"]), gr.Tabs(selected="compare"))
 
@@ -122,10 +122,12 @@ def wire(ctx: Ctx) -> None:
         state = dict(state, history=[])
         return state, [], None
 
-    c["apply_btn"].click(
+    applied = c["apply_btn"].click(
         apply, [ctx.state],
         [ctx.state, c["summary"], c["details"], c["hist"], c["hist_plot"], c["tabs"]],
         api_name="apply",
-    ).success(generate, [ctx.state], [c["gens"]], api_name="generate")
+    )
+    generated = applied.success(generate, [ctx.state], [c["gens"]], api_name="generate")
+    ctx.c["long_events"] += [applied, generated]
     c["clear_hist"].click(clear, [ctx.state], [ctx.state, c["hist"], c["hist_plot"]],
                           api_name="clear_history")

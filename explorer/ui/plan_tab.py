@@ -7,7 +7,7 @@ import gradio as gr
 
 from ..cli import parse_layers
 from ..errors import ExplorerError, LayerError
-from . import analysis, features, jobs
+from . import analysis, features, jobs, stop
 from .clickplot import ClickPlot
 from .common import Ctx, need_model, user_errors
 from .learn_tab import method_help
@@ -196,10 +196,11 @@ def wire(ctx: Ctx) -> None:
 
     @user_errors
     def plan_with_method(state: dict, method: str, remove: int, ratio: float, params: str,
-                         progress=gr.Progress()):
-        return ask_method(s, state, method, remove, ratio, params, progress)
+                         request: gr.Request, progress=gr.Progress()):
+        return ask_method(s, state, method, remove, ratio, params, stop.watch(progress, request))
 
-    c["method_btn"].click(plan_with_method, [ctx.state, c["method"], c["remove"], c["ratio"],
-                                             c["params"]], views, api_name="plan_method")
+    ctx.c["long_events"].append(
+        c["method_btn"].click(plan_with_method, [ctx.state, c["method"], c["remove"], c["ratio"],
+                                                 c["params"]], views, api_name="plan_method"))
     c["method"].change(lambda m: (method_help(m), method_defaults(m)), [c["method"]],
                        [c["method_md"], c["params"]], api_name=False)
