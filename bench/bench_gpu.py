@@ -4,17 +4,24 @@ Needs CUDA; without it `run` returns one row saying so (and `python bench/bench_
 so the CPU benchmark set and the tests never fail on a machine without a GPU. No GPU figure in
 RESULTS.md comes from anywhere but a run of this file.
 
-Models:
-  - the largest embedded model (Qwen2.5-Coder-0.5B, loaded in bf16 on the GPU by `load_model`);
-  - a random-initialised 1B-class Llama built here from a config (no download): 16 layers,
-    hidden 2048, MLP 8192, 32 heads / 8 KV heads, vocab 32000 (Llama-3.2-1B's shape with a
-    smaller vocabulary), bf16. Random weights give a meaningless perplexity but the same speed.
+Models (each a folder loaded by `load_model`, in bf16 on the GPU):
+  - the largest embedded model, Qwen2.5-Coder-0.5B, when its package is installed; otherwise
+    (the lent GPU machines reach no package registry and its weights are too big to carry there)
+    random weights in its exact shape (`QWEN25_05B`), labelled as such: same FLOPs, same speed;
+  - a random-initialised 1B-class Llama (`LLAMA_1B`: 16 layers, hidden 2048, MLP 8192, 32 heads /
+    8 KV heads, vocab 32000: Llama-3.2-1B's shape with a smaller vocabulary).
+Random models are written by tests/tiny.py's `make_tiny_model` (the builder of the tests' tiny
+models, here with full-size shapes) with its byte tokenizer, so no download is needed anywhere.
+Random weights give a meaningless perplexity but the same speed.
+
+Text: the bundled wiki text; where gensim is missing (the GPU machines) its cached JSON can be
+carried with LAYER_EXPLORER_CACHE, else the repository's own Markdown files stand in (`bench_text`).
 
 MFU of the perplexity pass, as in nanoGPT's `estimate_mfu` (which follows the PaLM paper,
 arXiv 2204.02311, appendix B):
     FLOPs per token  = 2 N  (forward only; N = parameters a token passes through, i.e. every
                        matrix including the vocabulary head, embeddings lookup excluded)
-                     + 2 x n_layers x seqlen x d_model  (attention scores and weighted sum, on
+                     + 2 x n_layers x seqlen x d_attn  (attention scores and weighted sum, on
                        average over positions with causal masking: 4 x L x T x d / 2)
     MFU              = FLOPs per token x tokens/s / peak bf16 dense FLOP/s of the GPU.
 Peaks (dense bf16, no sparsity) come from the vendors' data sheets; unknown GPUs get no MFU.
@@ -23,7 +30,9 @@ Peaks (dense bf16, no sparsity) come from the vendors' data sheets; unknown GPUs
 from __future__ import annotations
 
 import math
-import time
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -67,45 +76,45 @@ def flops_per_token(model: torch.nn.Module, seqlen: int) -> float:
 
 
 LLAMA_1B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096)
+                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+                tie_word_embeddings=True)
+# Qwen2.5-0.5B's config (Qwen2.5-Coder-0.5B has the same shape).
+QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                  tie_word_embeddings=True, rope_theta=1e6)
 
 
-def random_llama(device: str = "cuda", **shape):
-    """A LoadedModel around a random Llama (bf16) and a byte tokenizer; no download.
+def random_model(folder: Path, model_type: str, device: str = "cuda", **shape):
+    """A random `model_type` model of the given config `shape`, written to `folder` in bf16 and
+    loaded back with `load_model` like any user's folder (so reloading it is possible too)."""
+    from explorer import load_model
 
-    shape: LlamaConfig fields over LLAMA_1B and SDPA attention (the tests build a tiny one on
-    the CPU, with eager attention where they count FLOPs).
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    tests = str(common.ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from tiny import make_tiny_model
 
-    from explorer.arch import adapter_for
-    from explorer.load import LoadedModel
-
-    cfg = LlamaConfig(**{**LLAMA_1B, "attn_implementation": "sdpa", **shape},
-                      tie_word_embeddings=True)
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.eval().requires_grad_(False)
-    layers = cfg.num_hidden_layers
-    return LoadedModel(model=model, tokenizer=_ids_tokenizer(), arch=adapter_for("llama"),
-                       spec=f"random-llama-{layers}L" if shape else "random-llama-1b",
-                       source="random init", device=torch.device(device), dtype=torch.bfloat16,
-                       load_seconds=time.perf_counter() - t0)
+    shape = dict(shape)
+    layers = shape.pop("num_hidden_layers")
+    make_tiny_model(Path(folder), model_type, num_layers=layers, dtype=torch.bfloat16,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=0, **shape)
+    return load_model(str(folder), device=device)
 
 
-def _ids_tokenizer():
-    """A byte-level tokenizer (ids < 259 < vocab) built offline, as in tests/tiny.py."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+def bench_text() -> tuple[str, str, str]:
+    """(evaluation, calibration, source): the wiki text, or the repo's Markdown without gensim."""
+    from explorer import load_texts
+    from explorer.errors import TextError
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>"] + sorted(alphabet))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+    try:
+        t = load_texts("wiki")
+        return t.evaluation, t.calibration, t.source
+    except TextError:
+        docs = sorted(common.ROOT.glob("*.md")) + sorted(common.ROOT.glob("*/*.md"))
+        halves = ["\n\n".join(f.read_text(encoding="utf-8") for f in docs[k::2]) for k in (0, 1)]
+        # repeated up to ~300k characters: enough for the largest run (256k byte tokens)
+        ev, cal = (h * (1 + 300_000 // max(1, len(h))) for h in halves)
+        return ev, cal, "the repository's Markdown files, repeated (gensim not installed)"
 
 
 def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: int,
@@ -158,14 +167,20 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
     return rows
 
 
-def run(quick: bool = True) -> list[dict]:
-    """GPU rows, or one row saying that there is no CUDA device."""
-    if not torch.cuda.is_available():
+def run(quick: bool = True, *, device: str = "cuda", embedded: str = LARGEST_EMBEDDED,
+        shapes: tuple[dict, dict] = (QWEN25_05B, LLAMA_1B), seqlen: int | None = None
+        ) -> list[dict]:
+    """GPU rows, or one row saying that there is no CUDA device.
+
+    The keywords exist for tests/test_bench_gpu_math.py, which runs this whole flow on the CPU
+    with tiny shapes: the embedded model (else a random model of shapes[0]) and shapes[1].
+    """
+    if device == "cuda" and not torch.cuda.is_available():
         return [common.row(BENCH, "GPU benchmarks skipped", None, None, "-",
                            higher_is_better=True,
                            note="no CUDA device on this machine: run `python -m explorer bench "
                                 "--only gpu` on a GPU machine to fill bench/RESULTS.md")]
-    from explorer import load_model, load_texts
+    from explorer import load_model
 
     try:
         from . import bench_probe, bench_variant
@@ -173,30 +188,34 @@ def run(quick: bool = True) -> list[dict]:
         import bench_probe  # type: ignore[no-redef]
         import bench_variant  # type: ignore[no-redef]
 
-    texts = load_texts("wiki")
-    seqlen = 1024 if quick else 2048
+    evaluation, calibration, source = bench_text()
+    seqlen = seqlen or (1024 if quick else 2048)
     max_tokens = seqlen * (64 if quick else 128)      # 4 (8) batches of the 16k-token budget
-    name = torch.cuda.get_device_name(0)
+    name = torch.cuda.get_device_name(0) if device == "cuda" else device
     sizes = dict(seqlen=seqlen, max_tokens=max_tokens, reps=3 if quick else 5, batch_size=None,
                  device_name=name, peak=peak_flops(name))
-    rows: list[dict] = []
-    try:
-        lm = load_model(LARGEST_EMBEDDED, device="cuda")
-    except Exception as exc:  # noqa: BLE001 - the package may not be installed
-        rows.append(common.row(BENCH, f"{LARGEST_EMBEDDED} not loaded", None, None, "-",
-                               higher_is_better=True, note=str(exc)[:200]))
-    else:
-        rows += mfu_rows(lm, texts.evaluation, LARGEST_EMBEDDED, **sizes)
-        rows += [dict(r, bench=BENCH) for r in bench_probe.run(quick, lm=lm,
-                                                                text=texts.calibration)]
+    rows: list[dict] = [common.row(BENCH, "text", None, None, "-", higher_is_better=True,
+                                   note=source)]
+    with tempfile.TemporaryDirectory(prefix="lx-bench-gpu-") as tmp:
+        try:
+            lm, label = load_model(embedded, device=device), embedded
+        except Exception as exc:  # noqa: BLE001 - the package is not installed here
+            lm = random_model(Path(tmp) / "qwen", "qwen2", device, **shapes[0])
+            label = "random Qwen2.5-0.5B shape"
+            rows.append(common.row(BENCH, f"{embedded} not loaded", None, None, "-",
+                                   higher_is_better=True,
+                                   note=f"{str(exc)[:150]}; random weights in its shape instead"))
+        rows += mfu_rows(lm, evaluation, label, **sizes)
+        rows += [dict(r, bench=BENCH) for r in bench_probe.run(quick, lm=lm, text=calibration)]
         rows += [dict(r, bench=BENCH) for r in bench_variant.run(quick, lm=lm)]
         del lm
-        torch.cuda.empty_cache()
-    big = random_llama()
-    rows += mfu_rows(big, texts.evaluation, big.spec, **sizes)
-    rows.append(common.row(BENCH, "peak GPU memory", torch.cuda.max_memory_allocated() / 2**30,
-                           None, "GiB", higher_is_better=False,
-                           note=torch.cuda.get_device_name(0)))
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        big = random_model(Path(tmp) / "llama", "llama", device, **shapes[1])
+        rows += mfu_rows(big, evaluation, "random-llama-1b", **sizes)
+    if device == "cuda":
+        rows.append(common.row(BENCH, "peak GPU memory", torch.cuda.max_memory_allocated() / 2**30,
+                               None, "GiB", higher_is_better=False, note=name))
     return rows
 
 

@@ -77,10 +77,11 @@ def wiki_documents() -> list[str]:
     cached = cache_root() / "text" / "enwiki-gensim-v2.json"
     if cached.exists():
         return json.loads(cached.read_text(encoding="utf-8"))
+    # first the file (a clear TextError when gensim is missing), then gensim's wiki parser
+    src = _gensim_file("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
     docs = []
-    src = _gensim_file("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
     with bz2.open(src, "rb") as f:
         for title, markup, _pageid in extract_pages(f):
             if markup.lstrip().lower().startswith("#redirect"):

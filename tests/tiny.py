@@ -62,8 +62,12 @@ def state_checksum(model) -> str:
 
 
 def make_tiny_model(folder: Path, model_type: str = "llama", num_layers: int = 4,
-                    seed: int = 0, **overrides) -> Path:
-    """Write a random `model_type` causal LM with `num_layers` layers to `folder`; return it."""
+                    seed: int = 0, dtype: torch.dtype | None = None, **overrides) -> Path:
+    """Write a random `model_type` causal LM with `num_layers` layers to `folder`; return it.
+
+    overrides: config fields over CONFIGS[model_type] (bench/bench_gpu.py builds a 1B-class model
+    this way); dtype: the weights' dtype (default float32).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs = dict(CONFIGS[model_type], **overrides)
@@ -71,7 +75,7 @@ def make_tiny_model(folder: Path, model_type: str = "llama", num_layers: int = 4
     kwargs[key] = num_layers
     config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype else {}))
     folder = Path(folder)
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
