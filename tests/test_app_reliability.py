@@ -11,6 +11,7 @@ gradio_client against the real launched app (explorer.ui.launch) serving a tiny 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -168,6 +169,29 @@ def test_eight_concurrent_clients_match_one_by_one(app):
     assert lm.config.num_hidden_layers == 6
 
 
+@contextlib.contextmanager
+def apply_with_hook(c: Client, lm, hook_fn):
+    """Submit an Apply of 'drop 2' (layer 3 still runs) with `hook_fn` as a forward pre-hook on
+    layer 3; yields the job, removes the hook on the way out."""
+    hook = lm.original_layers[3].register_forward_pre_hook(hook_fn)
+    try:
+        c.predict("2", "", "average", api_name="/update_plan")
+        yield c.submit(api_name="/apply")
+    finally:
+        hook.remove()
+
+
+def assert_model_clean(lm, before: str) -> None:
+    """The shared model after an interrupted job: lock free, original layers, indices, config and
+    weights as before."""
+    assert lm.lock.acquire(timeout=5)
+    lm.lock.release()
+    assert lm.arch.layer_list(lm.model) is lm.original_layers
+    assert [layer.self_attn.layer_idx for layer in lm.original_layers] == list(range(6))
+    assert lm.config.num_hidden_layers == 6
+    assert checksum(lm.model) == before
+
+
 def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
     url, model, _ = app
     c = session(url, model)
@@ -180,10 +204,7 @@ def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
         slow_calls.append(1)
         time.sleep(0.2)
 
-    hook = lm.original_layers[3].register_forward_pre_hook(slow)
-    try:
-        c.predict("2", "", "average", api_name="/update_plan")     # drop 2: layer 3 still runs
-        job = c.submit(api_name="/apply")
+    with apply_with_hook(c, lm, slow) as job:
         assert running.wait(60)
         job.cancel()
         c.close()
@@ -197,14 +218,7 @@ def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
                 if len(slow_calls) == n:
                     break
             time.sleep(0.2)
-    finally:
-        hook.remove()
-    assert lm.lock.acquire(timeout=5)
-    lm.lock.release()
-    assert lm.arch.layer_list(lm.model) is lm.original_layers
-    assert [layer.self_attn.layer_idx for layer in lm.original_layers] == list(range(6))
-    assert lm.config.num_hidden_layers == 6
-    assert checksum(lm.model) == before
+    assert_model_clean(lm, before)
     other = session(url, model)
     assert apply(other, "2", "", "average")["ppl_after"] == expected_ppl(lm, "2", "", "average")
 
@@ -224,28 +238,19 @@ def test_stop_button_ends_the_running_job_and_frees_the_model(app):
         inside.set()
         release.wait(60)
 
-    hook = lm.original_layers[3].register_forward_pre_hook(hold)
     try:
-        c.predict("2", "", "average", api_name="/update_plan")     # drop 2: layer 3 still runs
-        job = c.submit(api_name="/apply")
-        assert inside.wait(60)
-        other = session(url, model)            # another visitor's Stop must not stop this job
-        other.predict(api_name="/stop")
-        c.predict(api_name="/stop")
-        release.set()
-        with pytest.raises(Exception):
-            job.result(timeout=120)                       # stopped, or cancelled on the page
-        deadline = time.time() + 60
-        while not lm.lock.acquire(blocking=False) and time.time() < deadline:
-            time.sleep(0.1)
-        lm.lock.release()
+        with apply_with_hook(c, lm, hold) as job:
+            assert inside.wait(60)
+            other = session(url, model)        # another visitor's Stop must not stop this job
+            other.predict(api_name="/stop")
+            c.predict(api_name="/stop")
+            release.set()
+            with pytest.raises(Exception):
+                job.result(timeout=120)                   # stopped, or cancelled on the page
     finally:
         release.set()
-        hook.remove()
     assert len(calls) == 1      # the baseline's forward ran; the variant's never started
-    assert lm.arch.layer_list(lm.model) is lm.original_layers
-    assert lm.config.num_hidden_layers == 6
-    assert checksum(lm.model) == before
+    assert_model_clean(lm, before)
     # the next job of the same session runs to the end (an old Stop does not linger)
     assert apply(c, "2", "", "average")["layers_after"] == 5
 

@@ -72,3 +72,29 @@ def test_ffn_replacement_needs_separate_projections(tiny_factory, sample_text):
     plan = compress(lm, "streamline", remove=1, replacement="layer", steps=2,
                     calibration=sample_text, **KW)
     assert plan.variant.num_layers == 2
+
+
+@pytest.mark.parametrize("slot", [0, 2])
+def test_generation_with_a_stand_in_uses_the_kv_cache_correctly(tiny_lm, slot):
+    """A linear stand-in has no attention and never fills its KV-cache slot (slot 0 is the one
+    transformers asks for the cached length): greedy generation with the cache must still give
+    the tokens of a plain greedy loop without any cache."""
+    from explorer import Variant
+
+    H = tiny_lm.config.hidden_size
+    rep = LinearReplacement(H)
+    with torch.no_grad():      # near the identity, so that the tokens depend on the context
+        rep.proj.weight.copy_(torch.eye(H) + 0.05 * torch.randn(H, H, generator=torch.Generator()
+                                                                  .manual_seed(1)))
+        rep.proj.bias.zero_()
+    variant = Variant.identity(tiny_lm).replace([slot, slot + 1], rep, "linear")
+    ids = tiny_lm.tokenizer("Hello world, this", return_tensors="pt").input_ids
+    with variant.applied() as model:
+        cached = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+        loop = ids
+        for _ in range(12):
+            nxt = model(loop, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            loop = torch.cat([loop, nxt], dim=1)
+    assert cached.tolist() == loop[0, ids.shape[1]:].tolist()
+    assert len(set(cached.tolist())) > 1          # not a degenerate constant continuation
