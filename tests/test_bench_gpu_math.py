@@ -45,9 +45,13 @@ def test_flops_per_token_matches_torch_flop_counter(tiny_llama):
     a = c1 / t1 - b * t1
     L, d = TINY["num_hidden_layers"], TINY["hidden_size"]
     assert b == pytest.approx(4 * L * d)            # QK^T and AV over the full T x T square
+    head_dim = d // TINY["num_attention_heads"]
     for T in (t1, t2, 100):
-        # ours: the weights in full, the attention square halved by the causal mask
-        assert bench_gpu.flops_per_token(model, T) == pytest.approx(a + b * T / 2)
+        # ours: the weights in full, the attention square halved by the causal mask. Up to
+        # head_dim FLOPs apart: transformers 5.17 computes the rotary angles as a (hd/2 x 1)
+        # matmul per token, which the counter counts (5.23 does not); the norm scales, which
+        # are no matrix work, would be 2 x (2 L + 1) x d = 448 apart here.
+        assert abs(bench_gpu.flops_per_token(model, T) - (a + b * T / 2)) <= head_dim
 
 
 def test_peak_lookup_prefers_the_longest_name():
