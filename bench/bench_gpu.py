@@ -17,6 +17,9 @@ Random weights give a meaningless perplexity but the same speed.
 Text: the bundled wiki text; where gensim is missing (the GPU machines) its cached JSON can be
 carried with LAYER_EXPLORER_CACHE, else the repository's own Markdown files stand in (`bench_text`).
 
+Ours is timed through `perplexity(lm, text)`, whose token ids are cached after the warm-up call
+(tokenizing 65k tokens took 0.1-0.4 s, as long as the GPU's forward pass; see explorer/tokens.py).
+
 MFU of the perplexity pass, as in nanoGPT's `estimate_mfu` (which follows the PaLM paper,
 arXiv 2204.02311, appendix B):
     FLOPs per token  = 2 N  (forward only; N = parameters a token passes through, i.e. every

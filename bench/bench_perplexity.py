@@ -16,8 +16,9 @@ Window lengths: quick 128 and 512 (2048 tokens each, 3 rounds), full 128, 256 (t
 few rows; at 512 tokens and more a single window already fills the CPU's matrix kernels, and both
 sides spend ~75% of their time in the same fp32 products (a profile: aten::mm 74%, SDPA 16%).
 
-Our timing includes tokenizing the text (`perplexity` does it on every call); the guide loop gets
-ready windows. Both report tokens/s = predicted tokens / wall seconds, and the two perplexities
+Our timing includes the call's whole path (`perplexity` takes text); its token ids come from
+`explorer.tokens`' cache of recent texts after the warm-up call, as in the app, where every Apply
+evaluates the same text. The guide loop gets ready windows. Both report tokens/s = predicted tokens / wall seconds, and the two perplexities
 must agree to 1e-3 relative (the row's note says how far apart they are).
 
 FLOPs per predicted token ~ 2 x N (N = parameters touched per token: every weight matrix once,
