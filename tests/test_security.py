@@ -177,21 +177,57 @@ def test_token_is_redacted_from_errors(monkeypatch, capsys):
     assert FAKE_TOKEN not in out + err and "error: path '/nonexistent/***/model'" in err
 
 
-def test_unknown_hub_id_online_path_prints_one_line_and_no_token(tmp_path):
-    """The real CLI, with the hub 'reachable' as far as the libraries know (no offline switch):
-    huggingface_hub retries and logs "... thrown while requesting HEAD ..." lines; the user sees
-    only our line, and the token in the environment appears nowhere. Slow (~30 s: the hub
-    client's own retries on a machine without network)."""
+def _online_env(tmp_path: Path) -> dict:
+    """The environment of a user's shell: no offline switch, a token, fresh caches."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE",
                                                                     "TRANSFORMERS_OFFLINE"))}
     env.update(PYTHONPATH=str(ROOT), HF_TOKEN=FAKE_TOKEN, HF_HOME=str(tmp_path / "hf"),
                LAYER_EXPLORER_CACHE=str(tmp_path / "cache"))
+    return env
+
+
+def test_unknown_hub_id_online_path_prints_one_line_and_no_token(tmp_path, monkeypatch):
+    """The real CLI, with no offline switch set: the user sees only our line, and the token in
+    the environment appears nowhere. Without network (CI) the hub's host does not resolve, so
+    the local cache alone is asked and the answer comes at once, saying why; with network,
+    huggingface_hub answers (its retry lines must not leak either)."""
+    from explorer.load import unreachable_hub_host
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)      # as in the child's environment
     proc = subprocess.run([sys.executable, "-m", "explorer", "eval", "--model",
                            "no-such-org/no-such-model-4259", "--json"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=_online_env(tmp_path), timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: could not load 'no-such-org/no-such-model-4259' from the "
                                "Hugging Face hub")
+    if unreachable_hub_host():
+        assert "cannot be reached from this machine" in lines[0]
+        assert "not in the local Hugging Face cache" in lines[0]
     assert FAKE_TOKEN not in proc.stderr + proc.stdout
+
+
+def test_hub_model_in_the_local_cache_loads_without_network(tmp_path, tiny_factory,
+                                                            monkeypatch):
+    """A hub id downloaded earlier (here: written into the hub cache's layout by hand) loads
+    on a machine whose hub host does not resolve, with no offline switch set."""
+    import shutil
+
+    from explorer.load import unreachable_hub_host
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)      # as in the child's environment
+    if not unreachable_hub_host():
+        pytest.skip("the hub is reachable here: the offline path is not taken")
+    repo = tmp_path / "hf" / "hub" / "models--some-org--tiny-cached"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_factory("llama", num_layers=4), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    proc = subprocess.run([sys.executable, "-m", "explorer", "eval", "--model",
+                           "some-org/tiny-cached", "--text", "news", "--seqlen", "32",
+                           "--max-tokens", "128", "--json"],
+                          capture_output=True, text=True, env=_online_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["num_layers"] == 4 and result["ppl"] > 1
