@@ -32,6 +32,7 @@ Peaks (dense bf16, no sparsity) come from the vendors' data sheets; unknown GPUs
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import tempfile
@@ -124,6 +125,9 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
              batch_size: int | None, device_name: str, peak: float | None) -> list[dict]:
     """Tokens/s and MFU of ours (batched, the model's dtype) against the guide loop.
 
+    Two baselines when the model is not fp32 (bf16 on a GPU): the guide loop on the same bf16
+    model (the stronger one: MFU rows compare with it) and on an fp32 copy, as the guide is
+    written and the issue defines it ("one window at a time, fp32").
     device_name, peak: the accelerator and its dense bf16 FLOP/s (None: no MFU row). The tests
     run this on the CPU with a tiny model and a made-up peak, to check the arithmetic.
     """
@@ -144,10 +148,16 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
     def ours():
         return perplexity(lm, text, seqlen=seqlen, max_tokens=max_tokens, batch_size=batch_size)
 
+    fns = {"guide": lambda: bp.guide_loop(lm.model, w), "ours": ours}
+    fp32 = None
+    if lm.dtype != torch.float32:
+        fp32 = copy.deepcopy(lm.model).float()
+        fns["guide_fp32"] = lambda: bp.guide_loop(fp32, w)
+        bp.guide_loop(fp32, w[:1])
     bp.guide_loop(lm.model, w[:1])
     perplexity(lm, text, seqlen=seqlen, max_tokens=seqlen * batch_size, batch_size=batch_size)
-    times, res = common.interleaved({"guide": lambda: bp.guide_loop(lm.model, w), "ours": ours},
-                                    reps=reps, warmup=0, device=lm.device)
+    times, res = common.interleaved(fns, reps=reps, warmup=0, device=lm.device)
+    del fp32
     tokens = res["ours"].tokens
     tps = {k: tokens / common.median(v) for k, v in times.items()}
     fpt = flops_per_token(lm.model, seqlen)
@@ -157,6 +167,14 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
                        note=f"{device_name}; {w.shape[0]} windows x {seqlen}; batch "
                             f"{batch_size}; ppl {res['ours'].ppl:.4f} vs guide "
                             f"{math.exp(res['guide'][0]):.4f}; median of {reps}")]
+    if "guide_fp32" in tps:
+        rel = abs(res["ours"].ppl - math.exp(res["guide_fp32"][0])) / math.exp(res["guide_fp32"][0])
+        rows.append(common.row(
+            BENCH, f"{label} perplexity tok/s, vs the guide loop in fp32", tps["ours"],
+            tps["guide_fp32"], "tok/s", higher_is_better=True,
+            note=f"the HF guide as written (fp32 copy of the model); ppl {res['ours'].ppl:.4f} "
+                 f"({dtype}) vs {math.exp(res['guide_fp32'][0]):.4f} (fp32): rel diff "
+                 f"{rel:.1e}, {'within' if rel <= 1e-3 else 'OUTSIDE'} 1e-3"))
     if peak:
         rows.append(common.row(BENCH, f"{label} MFU of the perplexity pass",
                                100 * fpt * tps["ours"] / peak, 100 * fpt * tps["guide"] / peak,

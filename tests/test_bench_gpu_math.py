@@ -135,3 +135,17 @@ def test_the_whole_gpu_flow_runs_on_the_cpu_with_tiny_shapes(tmp_path):
     assert all(r["ours"] > 0 and r["baseline"] > 0 for r in speed)
     assert any(r["name"].startswith("probe") and "states match: True" in r["note"] for r in rows)
     assert any(r["name"].startswith("apply merge") for r in rows)
+
+
+def test_a_bf16_model_is_also_timed_against_the_fp32_guide_loop(tiny_llama, sample_text):
+    """On a GPU the model is bf16: the issue's baseline (the guide loop in fp32) gets its row."""
+    from explorer import load_model
+
+    lm = load_model(tiny_llama.source, device="cpu", dtype="bfloat16")
+    rows = bench_gpu.mfu_rows(lm, sample_text, "tiny", seqlen=32, max_tokens=256, reps=1,
+                              batch_size=4, device_name="cpu", peak=None)
+    for r in rows:
+        common.check_row(r)
+    fp32 = [r for r in rows if "vs the guide loop in fp32" in r["name"]]
+    assert len(fp32) == 1 and fp32[0]["baseline"] > 0 and "rel diff" in fp32[0]["note"]
+    assert next(p for p in lm.model.parameters()).dtype is torch.bfloat16   # copy, not in place
