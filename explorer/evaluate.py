@@ -9,11 +9,12 @@ A window of T text tokens predicts T-1 of them (T with BOS in front).
 Speed: windows run in batches through the backbone only (no hidden states kept, no KV cache,
 torch.inference_mode), sized by a token budget per forward pass (BATCH_TOKENS); the vocabulary
 projection and the cross-entropy run on chunks of positions, so the (batch x seqlen x vocab)
-logits tensor is never materialised whole (49k vocab x 8 x 512 in fp32 would be 800 MB). `compute_dtype="bfloat16"` runs the layers' matrix products under bf16
-autocast (residual stream, norms, head and loss stay in fp32); the perplexity moves by ~1e-3
-relative on SmolLM2. It only pays on CPUs with native bf16 (AVX512-BF16, AMX): on an AVX2-only
-CPU it was 2.5-4x *slower* than fp32 (bench/RESULTS.md), so the default keeps the model's own
-dtype, the exact figure. On CUDA the model is already loaded in bf16 (`load_model`).
+logits tensor is never materialised whole (49k vocab x 8 x 512 in fp32 would be 800 MB).
+`compute_dtype="bfloat16"` runs the layers' matrix products under bf16 autocast (residual stream,
+norms, head and loss stay in fp32); the perplexity moves by ~1e-3 relative on SmolLM2. It only
+pays on CPUs with native bf16 (AVX512-BF16, AMX): on an AVX2-only CPU it was 2.5-5x *slower* than
+fp32 (bench/RESULTS.md), so the default keeps the model's own dtype, the exact figure. On CUDA
+the model is already loaded in bf16 (`load_model`).
 
 Cost: FLOPs per predicted token ~ 2 x N, N = the parameters a token passes through (every weight
 matrix once, vocabulary head included; Kaplan et al. 2020, arXiv 2001.08361, eq. 2.1), plus
