@@ -131,8 +131,8 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
     device_name, peak: the accelerator and its dense bf16 FLOP/s (None: no MFU row). The tests
     run this on the CPU with a tiny model and a made-up peak, to check the arithmetic.
     """
-    from explorer.evaluate import auto_batch_size, perplexity
-    from explorer.tokens import tokenize, use_bos, windows
+    from explorer.evaluate import perplexity
+    from explorer.tokens import auto_batch_size, tokenize, use_bos, windows
 
     try:
         from . import bench_perplexity as bp
@@ -157,7 +157,6 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
     bp.guide_loop(lm.model, w[:1])
     perplexity(lm, text, seqlen=seqlen, max_tokens=seqlen * batch_size, batch_size=batch_size)
     times, res = common.interleaved(fns, reps=reps, warmup=0, device=lm.device)
-    del fp32
     tokens = res["ours"].tokens
     tps = {k: tokens / common.median(v) for k, v in times.items()}
     fpt = flops_per_token(lm.model, seqlen)

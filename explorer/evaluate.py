@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .errors import ExplorerError, TextError
 from .load import DTYPES, LoadedModel, Progress
-from .tokens import tokenize, use_bos, windows
+from .tokens import auto_batch_size, tokenize, use_bos, windows
 from .variant import Variant
 
 
@@ -76,18 +76,6 @@ class NonFiniteError(ExplorerError):
 # on CPU chunks of 512-2048 ran at the same speed (the head is one GEMM per chunk either way), and
 # smaller chunks keep the peak memory of a batch low.
 LOGIT_CHUNK = 1024
-
-# Tokens per forward pass when `perplexity` picks the batch size. On the 2-core AVX2 CPU
-# (bench/RESULTS.md) 512-1024 tokens per pass ran fastest at every seqlen from 128 to 1024: 4 x 128
-# beat both 1 x 128 (GEMMs of 128 rows) and 16 x 128 (activations that leave the cache), and
-# 4 x 512 was ~10% slower than 1 x 512. A GPU needs large batches to fill its tensor cores.
-BATCH_TOKENS = {"cpu": 512, "cuda": 16384}
-
-
-def auto_batch_size(device: torch.device, seqlen: int) -> int:
-    """Windows per forward pass: the device's token budget over the window length (at least 1)."""
-    return max(1, BATCH_TOKENS.get(device.type, 4096) // seqlen)
-
 
 def _final_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     """Vocabulary logits from final-norm hidden states, with the family's soft-capping if any.

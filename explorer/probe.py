@@ -24,7 +24,7 @@ import torch
 
 from .errors import TextError
 from .load import LoadedModel, Progress, holds_model_lock
-from .tokens import tokenize, use_bos, windows
+from .tokens import auto_batch_size, tokenize, use_bos, windows
 
 
 @dataclass
@@ -72,11 +72,12 @@ def calibration_windows(lm: LoadedModel, text: str, seqlen: int = 128, num_sampl
 @holds_model_lock
 @torch.no_grad()
 def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor | None = None,
-          seqlen: int = 128, num_samples: int = 32, batch_size: int = 8, skip_first: bool = True,
-          max_tokens: int | None = None, seed: int = 0, bos: str = "auto",
+          seqlen: int = 128, num_samples: int = 32, batch_size: int | None = None,
+          skip_first: bool = True, max_tokens: int | None = None, seed: int = 0, bos: str = "auto",
           progress: Progress | None = None) -> ProbeResult:
     """Run calibration text (or ready `input_ids` of shape (B, T)) through the model once.
 
+    batch_size: windows per forward pass (None: `tokens.auto_batch_size`, from the device).
     max_tokens: keep a random subset of at most this many recorded tokens (same subset for every
     layer, fixed by `seed`) so that long calibration text keeps memory bounded.
     """
@@ -85,6 +86,7 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
             raise TextError("probe needs calibration text or input_ids")
         input_ids = calibration_windows(lm, text, seqlen, num_samples, bos)
     B, T = input_ids.shape
+    batch_size = batch_size or auto_batch_size(lm.device, T)
     first = 1 if skip_first else 0
     if T - first < 1:
         raise TextError(f"windows of {T} tokens leave nothing to record")

@@ -89,6 +89,19 @@ def _encode_prefix(tokenizer, text: str, max_tokens: int | None) -> list[int]:
         chars = int(chars * 1.5)
 
 
+# Tokens per forward pass when the probe or `perplexity` picks the batch size. On the 2-core AVX2
+# CPU (bench/RESULTS.md) 512-1024 tokens per pass ran fastest at every seqlen from 128 to 1024:
+# 4 x 128 beat both 1 x 128 (GEMMs of 128 rows) and 16 x 128 (activations that leave the cache),
+# 4 x 512 was ~10% slower than 1 x 512, and the probe of 32 x 128 took 11.5 s in batches of 4,
+# 11.5-12.9 s in 8 and 12.1-13.9 s in 16. A GPU needs large batches to fill its tensor cores.
+BATCH_TOKENS = {"cpu": 512, "cuda": 16384}
+
+
+def auto_batch_size(device: torch.device, seqlen: int) -> int:
+    """Windows per forward pass: the device's token budget over the window length (at least 1)."""
+    return max(1, BATCH_TOKENS.get(device.type, 4096) // seqlen)
+
+
 def windows(ids: torch.Tensor, seqlen: int, bos_id: int | None = None,
             max_windows: int | None = None) -> torch.Tensor:
     """(W, seqlen [+1 with BOS]) non-overlapping windows; a shorter tail is dropped."""
