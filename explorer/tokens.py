@@ -7,6 +7,7 @@ only when the BOS rule says so. The rule is explicit and reported with every res
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 
@@ -37,6 +38,7 @@ def use_bos(tokenizer, rule: str, needs_bos: bool) -> bool:
 # same address can never hit them) and checked against the text itself, not only its hash.
 _CACHE: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
 _CACHE_PER_TOKENIZER = 4
+_CACHE_LOCK = threading.Lock()
 _CUT_MARGIN = 64      # tokens past max_tokens that a prefix must give (see _encode_prefix)
 
 
@@ -46,23 +48,25 @@ def tokenize(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tenso
         raise TextError("the text is empty")
     if max_tokens is not None and max_tokens < 0:
         raise TextError(f"max_tokens must be positive (got {max_tokens})")
-    try:
-        entries = _CACHE.setdefault(tokenizer, OrderedDict())
-    except TypeError:                  # not weak-referenceable: no cache
-        entries = OrderedDict()
     key = (hash(text), len(text), max_tokens)
-    hit = entries.get(key)
-    if hit is not None and (hit[0] is text or hit[0] == text):
-        entries.move_to_end(key)
-        return hit[1].clone()
+    with _CACHE_LOCK:                  # app sessions tokenize from several threads
+        try:
+            entries = _CACHE.setdefault(tokenizer, OrderedDict())
+        except TypeError:              # not weak-referenceable: no cache
+            entries = OrderedDict()
+        hit = entries.get(key)
+        if hit is not None and (hit[0] is text or hit[0] == text):
+            entries.move_to_end(key)
+            return hit[1].clone()
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates: the tokenizer would raise a TypeError
         raise TextError(f"the text is not valid Unicode (character {exc.start})") from None
     ids = torch.tensor(_encode_prefix(tokenizer, text, max_tokens), dtype=torch.long)
-    entries[key] = (text, ids)
-    while len(entries) > _CACHE_PER_TOKENIZER:
-        entries.popitem(last=False)
+    with _CACHE_LOCK:
+        entries[key] = (text, ids)
+        while len(entries) > _CACHE_PER_TOKENIZER:
+            entries.popitem(last=False)
     return ids.clone()
 
 
