@@ -131,25 +131,21 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
     device_name, peak: the accelerator and its dense bf16 FLOP/s (None: no MFU row). The tests
     run this on the CPU with a tiny model and a made-up peak, to check the arithmetic.
     """
-    from explorer.evaluate import perplexity
-    from explorer.tokens import auto_batch_size, tokenize, use_bos, windows
+    from explorer.evaluate import evaluation_windows, perplexity
+    from explorer.tokens import auto_batch_size
 
     try:
         from . import bench_perplexity as bp
     except ImportError:
         import bench_perplexity as bp  # type: ignore[no-redef]
 
-    ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
-    bos = lm.tokenizer.bos_token_id if use_bos(lm.tokenizer, "auto", lm.arch.needs_bos) else None
-    w = windows(ids, seqlen, bos_id=bos)                  # the same windows `perplexity` builds
-
+    w = evaluation_windows(lm, text, seqlen, max_tokens)   # the windows `perplexity` evaluates
     batch_size = batch_size or auto_batch_size(lm.device, w.shape[1])
 
     def ours():
         return perplexity(lm, text, seqlen=seqlen, max_tokens=max_tokens, batch_size=batch_size)
 
     fns = {"guide": lambda: bp.guide_loop(lm.model, w), "ours": ours}
-    fp32 = None
     if lm.dtype != torch.float32:
         fp32 = copy.deepcopy(lm.model).float()
         fns["guide_fp32"] = lambda: bp.guide_loop(fp32, w)

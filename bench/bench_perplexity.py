@@ -64,12 +64,9 @@ def compare(lm, text: str, *, seqlen: int, max_tokens: int, reps: int, source: s
     bf16: also time `compute_dtype="bfloat16"` once (after the interleaved rounds: on CPUs
     without native bf16 it is slow, so it is not repeated).
     """
-    from explorer.evaluate import perplexity
-    from explorer.tokens import tokenize, use_bos, windows
+    from explorer.evaluate import evaluation_windows, perplexity
 
-    with_bos = use_bos(lm.tokenizer, "auto", lm.arch.needs_bos)
-    ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
-    w = windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
+    w = evaluation_windows(lm, text, seqlen, max_tokens)
 
     def ours(dtype=None):
         return perplexity(lm, text, seqlen=seqlen, max_tokens=max_tokens, source=source,

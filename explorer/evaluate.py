@@ -126,6 +126,18 @@ def window_nll(lm: LoadedModel, model: torch.nn.Module, batch: torch.Tensor,
     return total.item(), targets.numel()
 
 
+def evaluation_windows(lm: LoadedModel, text: str, seqlen: int, max_tokens: int | None,
+                       bos: str = "auto") -> torch.Tensor:
+    """(W, seqlen [+1 with BOS]) windows of `text` under the protocol above: what `perplexity`
+    evaluates (the benchmarks give the same windows to their baselines)."""
+    ctx = getattr(lm.config, "max_position_embeddings", None)
+    with_bos = use_bos(lm.tokenizer, bos, lm.arch.needs_bos)
+    if ctx and seqlen + int(with_bos) > ctx:
+        raise TextError(f"seqlen {seqlen} is longer than the model's context of {ctx} tokens")
+    ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
+    return windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
+
+
 def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, seqlen: int = 512,
                max_tokens: int | None = 16384, batch_size: int | None = None, bos: str = "auto",
                source: str = "text", progress: Progress | None = None,
@@ -138,12 +150,7 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
         "bfloat16" runs the decoder layers under bf16 autocast (faster on CPU, the value moves
         by ~1e-3 relative; the head and the loss stay in fp32).
     """
-    ctx = getattr(lm.config, "max_position_embeddings", None)
-    with_bos = use_bos(lm.tokenizer, bos, lm.arch.needs_bos)
-    if ctx and seqlen + int(with_bos) > ctx:
-        raise TextError(f"seqlen {seqlen} is longer than the model's context of {ctx} tokens")
-    ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
-    w = windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
+    w = evaluation_windows(lm, text, seqlen, max_tokens, bos)
     batch_size = batch_size or auto_batch_size(lm.device, w.shape[1])
     variant = variant or Variant.identity(lm)
     cast = _autocast(lm.device, lm.dtype, compute_dtype)
@@ -164,7 +171,7 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
         raise NonFiniteError("the model produced NaN or inf on the evaluation text: this "
                              "variant is broken (try merging fewer or other layers)")
     return PPLResult(ppl=math.exp(mean), nll=mean, tokens=count, windows=w.shape[0],
-                     seqlen=seqlen, bos=with_bos, source=source,
+                     seqlen=seqlen, bos=w.shape[1] > seqlen, source=source,
                      seconds=time.perf_counter() - start)
 
 

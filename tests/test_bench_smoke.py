@@ -64,11 +64,9 @@ def test_common_ratio_means_better():
 
 
 def _guide_ppl(lm, text: str, seqlen: int, max_tokens: int) -> float:
-    from explorer.tokens import tokenize, use_bos, windows
+    from explorer.evaluate import evaluation_windows
 
-    bos = lm.tokenizer.bos_token_id if use_bos(lm.tokenizer, "auto", lm.arch.needs_bos) else None
-    w = windows(tokenize(lm.tokenizer, text, max_tokens=max_tokens), seqlen, bos_id=bos)
-    nll, _ = bench_perplexity.guide_loop(lm.model, w)
+    nll, _ = bench_perplexity.guide_loop(lm.model, evaluation_windows(lm, text, seqlen, max_tokens))
     return math.exp(nll)
 
 
