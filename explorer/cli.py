@@ -21,9 +21,8 @@ import sys
 import warnings
 from typing import Callable, TextIO
 
-from .errors import ExplorerError, LayerError, one_line
-
-MAX_LAYER_RANGE = 10_000   # "0-99999999" must not build a list of a hundred million ints
+from .errors import ExplorerError, one_line
+from .layer_lists import parse_layers  # noqa: F401  (tests and older callers import it from here)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -43,30 +42,6 @@ def _text_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate at most this many tokens (0: all)")
     p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
                    help="BOS token in front of each window")
-
-
-def parse_layers(spec: str | None) -> list[int]:
-    """'3,7,10-12' -> [3, 7, 10, 11, 12]; a clear error for anything else."""
-    if not spec:
-        return []
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                if hi - lo >= MAX_LAYER_RANGE:
-                    raise LayerError(f"layer range '{part}' is too long (more than "
-                                     f"{MAX_LAYER_RANGE} layers)")
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise LayerError(f"cannot read layer list '{spec}': use numbers like 3,7,10-12") from None
-    return out
 
 
 def _load(args):

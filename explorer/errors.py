@@ -54,3 +54,7 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     text = redact(str(exc)).strip() or type(exc).__name__
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class ParamError(ExplorerError):
+    """A parameter of a method, measure or healing mode has a wrong name, type or value."""
