@@ -75,7 +75,7 @@ def test_layer_lists_round_trip():
     assert parse_layers("3,7,10-12") == [3, 7, 10, 11, 12]
     assert format_layers([12, 3, 10, 11, 7]) == "3,7,10-12"
     assert parse_groups("10-12; 20,21") == [[10, 11, 12], [20, 21]]
-    assert format_groups([[10, 11, 12], [20, 21]]) == "10-12; 20,21"
+    assert format_groups([[10, 11, 12], [20, 22]]) == "10-12; 20,22"
     with pytest.raises(LayerError, match="use numbers like 3,7,10-12"):
         parse_layers("3-")
     with pytest.raises(LayerError, match="too long"):
