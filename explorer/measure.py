@@ -18,6 +18,18 @@ Computation happens on the device of `pr.states` (the GPU when the probe ran the
 back on the CPU. Token-level measures accept `max_tokens` (a seeded random subset of the recorded
 tokens, the same for every layer) to bound time and memory on long calibration text.
 
+One registry, `MEASURES` (name -> `Measure`), holds what the CLI, the app, the methods and the docs
+need: title, direction (`higher_is_similar`), paper, description, the function and its declared
+parameters (`explorer.params.Param`), validated centrally by `similarity` and `adjacent`.
+
+Adding a measure: one function and one `register_measure` call (here or in a module imported
+below), plus its test. Its name, parameters and help then appear in the CLI, the app, the methods'
+`measure` choices and the docs table (`python -m explorer.doc_tables`):
+
+    >>> def _euclid(pr, max_tokens=None, seed=0): ...            # -> (L+1, L+1)
+    >>> register_measure(Measure("euclid", "Mean token distance", False, "ours", "...", _euclid,
+    ...                          params=(MAX_TOKENS, SEED)))
+
 Example:
     >>> from explorer.measure import MEASURES, similarity, adjacent
     >>> m = similarity(pr, "cosine")          # (L+1, L+1)
@@ -29,105 +41,97 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from .errors import ExplorerError
+from .npib import POINTS, npib_matrix
+from .params import Param, resolve
 from .probe import ProbeResult
+from .token_select import select_tokens
 
 
 @dataclass(frozen=True)
-class MeasureInfo:
-    """What a measure is, for the UI, the CLI and the docs."""
+class Measure:
+    """One measure: what it is (for the UI, the CLI and the docs) and how to compute it."""
 
     name: str                 # registry key: "cosine", "bi", "angular", "cka", "npib"
     title: str                # short human title
     higher_is_similar: bool   # True for similarities, False for distances
     paper: str                # where it comes from
     description: str          # one paragraph: what it computes and how to read the heatmap
-    params: tuple[str, ...] = ()   # keyword parameters `similarity` accepts for this measure
+    matrix: Callable[..., torch.Tensor]    # (pr, **params) -> (L+1, L+1)
+    params: tuple[Param, ...] = ()         # keyword parameters, declared once
+    adjacent: Callable[..., torch.Tensor] | None = None   # (pr, **params) -> (L,), when cheaper
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    def resolve(self, given: dict) -> dict:
+        """Every parameter, from `given` or its default; ParamError for a bad name or value."""
+        return resolve(self.params, given, self.name)
 
 
-MEASURES: dict[str, MeasureInfo] = {
-    "cosine": MeasureInfo(
-        "cosine", "Mean token cosine", True,
-        "Men et al. 2024, ShortGPT, arXiv:2403.03853 (the cosine inside Block Influence)",
-        "For every recorded token, the cosine between its residual-stream vector at boundary a and "
-        "at boundary b, averaged over tokens. Cell (a, b) near 1 means the layers a..b-1 barely "
-        "turn the direction of the representation: that block is a candidate for removal. A bright "
-        "band along the diagonal over the middle layers is the usual sign of redundancy.",
-        ("max_tokens", "seed")),
-    "bi": MeasureInfo(
-        "bi", "Block Influence (1 - cosine)", False,
-        "Men et al. 2024, ShortGPT, arXiv:2403.03853",
-        "One minus the mean token cosine. Its adjacent profile, cell (i, i+1), is ShortGPT's Block "
-        "Influence BI_i: how much layer i changes the tokens' direction. Low values (dark cells) "
-        "mark layers that do little; ShortGPT deletes the layers with the lowest BI.",
-        ("max_tokens", "seed")),
-    "angular": MeasureInfo(
-        "angular", "Angular distance (last token)", False,
-        "Gromov et al. 2024, The Unreasonable Ineffectiveness of the Deeper Layers, "
-        "arXiv:2403.17887",
-        "The angle between the last token's vectors at boundaries a and b, divided by pi (0 = same "
-        "direction, 1 = opposite), averaged over calibration samples. Cell (i, i+n) is the distance "
-        "Gromov et al. minimise to find the block of n consecutive layers to remove: look for the "
-        "darkest cell on the n-th off-diagonal.",
-        ()),
-    "cka": MeasureInfo(
-        "cka", "Linear CKA", True,
-        "Kornblith et al. 2019, Similarity of Neural Network Representations Revisited, "
-        "arXiv:1905.00414",
-        "Centred Kernel Alignment with a linear kernel between the token representations at two "
-        "boundaries: 1 when one is a rotation and uniform scaling of the other, near 0 when they "
-        "share no linear structure. Unlike cosine it ignores a shared offset and compares the "
-        "geometry of the whole token cloud. Bright blocks show groups of layers that keep the "
-        "same representation. Tokens with massive activations (norm over 20x the median) are "
-        "left out: one of them would outweigh thousands of ordinary tokens.",
-        ("max_tokens", "seed", "max_norm_ratio")),
-    "npib": MeasureInfo(
-        "npib", "NPIB (MKA manifold information)", True,
-        "Liu et al. 2024, Pruning via Merging: Compressing LLMs via Manifold Alignment Based "
-        "Layer Merging (MKA), arXiv:2406.16330",
-        "Each boundary's calibration points are embedded with diffusion maps (2 coordinates); "
-        "the cell is the k-nearest-neighbour mutual information between two boundaries' "
-        "embeddings, normalised so that a boundary with itself scores 1 and unrelated clouds "
-        "score about 0. High values mean the two layers arrange the same points the same way. "
-        "Estimates are noisier than cosine or CKA (a few hundred points, k neighbours).",
-        ("points", "num_points", "sigma", "alpha", "d", "k", "seed", "max_norm_ratio")),
-}
+MEASURES: dict[str, Measure] = {}
+
+
+def register_measure(m: Measure) -> Measure:
+    """Add `m` to `MEASURES` under its name (a second registration under a name replaces it)."""
+    if not m.name:
+        raise ValueError("a measure needs a name")
+    MEASURES[m.name] = m
+    return m
+
+
+def unregister_measure(name: str) -> None:
+    MEASURES.pop(name, None)
+
+
+def get_measure(name: str) -> Measure:
+    if name not in MEASURES:
+        raise ExplorerError(f"unknown measure '{name}'; known: {', '.join(MEASURES)}")
+    return MEASURES[name]
+
+
+class _MeasureNames(Sequence):
+    """The registered measure names, read at each use: a `Param`'s choices that follow the
+    registry, so a measure registered later is accepted and offered by every method."""
+
+    def __getitem__(self, i):
+        return list(MEASURES)[i]
+
+    def __len__(self) -> int:
+        return len(MEASURES)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(MEASURES))
+
+    def __contains__(self, name) -> bool:
+        return name in MEASURES
+
+    def __repr__(self) -> str:
+        return repr(tuple(MEASURES))
+
+
+MEASURE_NAMES: Sequence[str] = _MeasureNames()
+
+
+def measure_param(default: str, help: str) -> Param:
+    """The `measure` parameter of a method: one of the registered measures."""
+    return Param("measure", str, default, help, choices=MEASURE_NAMES)
+
+
+def most_similar(values: Sequence[float], measure: str) -> list[int]:
+    """Indices of `values` (scores of `measure`), most similar first, ties lower index first:
+    the highest values of a similarity, the lowest of a distance."""
+    sign = 1.0 if get_measure(measure).higher_is_similar else -1.0
+    return sorted(range(len(values)), key=lambda i: (-sign * values[i], i))
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-def massive_tokens(states: torch.Tensor, ratio: float | None = 20.0) -> torch.Tensor:
-    """(L+1, N, H) -> (N,) bool: tokens whose norm at some boundary exceeds `ratio` times that
-    boundary's median token norm (massive activations outside the first window position, e.g.
-    SmolLM2 writes a norm of ~24,000 after some "\\n\\n", against a median of ~155)."""
-    if ratio is None:
-        return torch.zeros(states.shape[1], dtype=torch.bool, device=states.device)
-    norms = states.float().norm(dim=-1)                                # (L+1, N)
-    med = norms.median(dim=1, keepdim=True).values
-    return (norms > ratio * med).any(dim=0)
-
-
-def select_tokens(states: torch.Tensor, max_tokens: int | None = None, seed: int = 0,
-                  max_norm_ratio: float | None = None) -> torch.Tensor:
-    """(L+1, N, H) -> (L+1, n, H): the same tokens at every boundary, without the massive ones
-    (when `max_norm_ratio` is set) and at most `max_tokens` of them, a seeded random subset.
-    Copies only the selected tokens (one gather)."""
-    N = states.shape[1]
-    idx = (~massive_tokens(states, max_norm_ratio)).nonzero().flatten().cpu()   # kept tokens
-    if idx.numel() < 2:                      # everything "massive": nothing sensible to drop
-        idx = torch.arange(N)
-    if max_tokens and max_tokens < idx.numel():
-        if max_tokens < 2:
-            raise ExplorerError(f"max_tokens must be at least 2, got {max_tokens}")
-        gen = torch.Generator().manual_seed(seed)
-        idx = idx[torch.randperm(idx.numel(), generator=gen)[:max_tokens].sort().values]
-    return states if idx.numel() == N else states[:, idx.to(states.device)]
-
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit norm; an all-zero row stays zero (its cosine with anything is 0)."""
@@ -207,6 +211,17 @@ def cka_matrix(states: torch.Tensor) -> torch.Tensor:
     return _symmetric(m.clamp(0.0, 1.0))
 
 
+# ----------------------------------------------------------------------------------------------
+# the registered measures: parameters, functions, descriptions
+
+MAX_TOKENS = Param("max_tokens", int, None, "use at most this many recorded tokens, a seeded "
+                   "random subset (none: all)", min=0, optional=True)
+SEED = Param("seed", int, 0, "seed of the token subset")
+MAX_NORM_RATIO = Param("max_norm_ratio", float, 20.0, "leave out tokens whose norm exceeds this "
+                       "many times the median at some boundary (massive activations); none keeps "
+                       "them", min=0, optional=True)
+
+
 def _cosine(pr: ProbeResult, max_tokens: int | None = None, seed: int = 0) -> torch.Tensor:
     return cosine_matrix(select_tokens(pr.states, max_tokens, seed))
 
@@ -225,74 +240,110 @@ def _cka(pr: ProbeResult, max_tokens: int | None = 2048, seed: int = 0,
     return cka_matrix(select_tokens(pr.states, max_tokens, seed, max_norm_ratio))
 
 
-def _npib(pr: ProbeResult, **params) -> torch.Tensor:
-    from .npib import npib_matrix
-
-    return npib_matrix(pr, **params)
-
-
 def _npib_adjacent(pr: ProbeResult, **params) -> torch.Tensor:
-    from .npib import npib_matrix
-
     L = pr.num_layers
     m = npib_matrix(pr, pairs=[(i, i + 1) for i in range(L)], **params)
     return m.diagonal(offset=1).clone()
 
 
-_MATRIX: dict[str, Callable[..., torch.Tensor]] = {
-    "cosine": _cosine, "bi": _bi, "angular": _angular, "cka": _cka, "npib": _npib,
-}
-# Measures whose adjacent profile is much cheaper than the full matrix get their own routine.
-_ADJACENT: dict[str, Callable[..., torch.Tensor]] = {"npib": _npib_adjacent}
+register_measure(Measure(
+    "cosine", "Mean token cosine", True,
+    "Men et al. 2024, ShortGPT, arXiv:2403.03853 (the cosine inside Block Influence)",
+    "For every recorded token, the cosine between its residual-stream vector at boundary a and "
+    "at boundary b, averaged over tokens. Cell (a, b) near 1 means the layers a..b-1 barely "
+    "turn the direction of the representation: that block is a candidate for removal. A bright "
+    "band along the diagonal over the middle layers is the usual sign of redundancy.",
+    _cosine, (MAX_TOKENS, SEED)))
+register_measure(Measure(
+    "bi", "Block Influence (1 - cosine)", False,
+    "Men et al. 2024, ShortGPT, arXiv:2403.03853",
+    "One minus the mean token cosine. Its adjacent profile, cell (i, i+1), is ShortGPT's Block "
+    "Influence BI_i: how much layer i changes the tokens' direction. Low values (dark cells) "
+    "mark layers that do little; ShortGPT deletes the layers with the lowest BI.",
+    _bi, (MAX_TOKENS, SEED)))
+register_measure(Measure(
+    "angular", "Angular distance (last token)", False,
+    "Gromov et al. 2024, The Unreasonable Ineffectiveness of the Deeper Layers, "
+    "arXiv:2403.17887",
+    "The angle between the last token's vectors at boundaries a and b, divided by pi (0 = same "
+    "direction, 1 = opposite), averaged over calibration samples. Cell (i, i+n) is the distance "
+    "Gromov et al. minimise to find the block of n consecutive layers to remove: look for the "
+    "darkest cell on the n-th off-diagonal.",
+    _angular))
+register_measure(Measure(
+    "cka", "Linear CKA", True,
+    "Kornblith et al. 2019, Similarity of Neural Network Representations Revisited, "
+    "arXiv:1905.00414",
+    "Centred Kernel Alignment with a linear kernel between the token representations at two "
+    "boundaries: 1 when one is a rotation and uniform scaling of the other, near 0 when they "
+    "share no linear structure. Unlike cosine it ignores a shared offset and compares the "
+    "geometry of the whole token cloud. Bright blocks show groups of layers that keep the "
+    "same representation. Tokens with massive activations (norm over 20x the median) are "
+    "left out: one of them would outweigh thousands of ordinary tokens.",
+    _cka, (Param("max_tokens", int, 2048, "use at most this many recorded tokens, a seeded "
+                 "random subset (none: all)", min=0, optional=True), SEED, MAX_NORM_RATIO)))
+register_measure(Measure(
+    "npib", "NPIB (MKA manifold information)", True,
+    "Liu et al. 2024, Pruning via Merging: Compressing LLMs via Manifold Alignment Based "
+    "Layer Merging (MKA), arXiv:2406.16330",
+    "Each boundary's calibration points are embedded with diffusion maps (2 coordinates); "
+    "the cell is the k-nearest-neighbour mutual information between two boundaries' "
+    "embeddings, normalised so that a boundary with itself scores 1 and unrelated clouds "
+    "score about 0. High values mean the two layers arrange the same points the same way. "
+    "Estimates are noisier than cosine or CKA (a few hundred points, k neighbours).",
+    npib_matrix,
+    (Param("points", str, "tokens", "which calibration points: recorded tokens, each sample's "
+           "mean state (pooled) or its last token", choices=POINTS),
+     Param("num_points", int, 256, "number of calibration points", min=2),
+     Param("sigma", float, None, "diffusion kernel scale (none: each cloud's median pairwise "
+           "distance)", min=0, optional=True),
+     Param("alpha", float, 0.5, "density normalisation of the diffusion kernel", min=0, max=1),
+     Param("d", int, 2, "diffusion-map coordinates kept", min=1),
+     Param("k", int, 3, "neighbours of the KSG mutual-information estimator", min=1),
+     SEED, MAX_NORM_RATIO),
+    adjacent=_npib_adjacent))
 
 
 # ----------------------------------------------------------------------------------------------
 # public API
 
-def _check(pr: ProbeResult, measure: str, params: dict) -> None:
-    if measure not in MEASURES:
-        raise ExplorerError(f"unknown measure '{measure}'; known: {', '.join(MEASURES)}")
-    unknown = sorted(set(params) - set(MEASURES[measure].params))
-    if unknown:
-        allowed = ", ".join(MEASURES[measure].params) or "none"
-        raise ExplorerError(f"measure '{measure}' takes no parameter {', '.join(unknown)}; "
-                            f"it takes: {allowed}")
+def _check(pr: ProbeResult, measure: str, params: dict) -> tuple[Measure, dict]:
+    m = get_measure(measure)
+    full = m.resolve(params)
     if pr.num_layers < 1 or pr.num_tokens < 2:
         raise ExplorerError("the probe recorded too few layers or tokens to compare")
+    return m, full
 
 
 @torch.no_grad()
 def similarity(pr: ProbeResult, measure: str, **params) -> torch.Tensor:
     """(L+1, L+1) float32 CPU matrix of `measure` between every pair of layer boundaries."""
-    _check(pr, measure, params)
-    return _MATRIX[measure](pr, **params)
+    m, full = _check(pr, measure, params)
+    return m.matrix(pr, **full)
 
 
 @torch.no_grad()
 def adjacent(pr: ProbeResult, measure: str, **params) -> torch.Tensor:
     """(L,) the cell (i, i+1) of `measure` for every layer i: what layer i alone does."""
-    _check(pr, measure, params)
-    if measure in _ADJACENT:
-        return _ADJACENT[measure](pr, **params)
-    return _MATRIX[measure](pr, **params).diagonal(offset=1).clone()
+    m, full = _check(pr, measure, params)
+    if m.adjacent is not None:
+        return m.adjacent(pr, **full)
+    return m.matrix(pr, **full).diagonal(offset=1).clone()
 
 
 def all_similarities(pr: ProbeResult, measures: Iterable[str] | None = None,
                      **params) -> dict[str, torch.Tensor]:
     """{name: (L+1, L+1) matrix} for several measures; each gets only the parameters it takes."""
-    names = list(MEASURES) if measures is None else list(measures)
-    for name in names:
-        if name not in MEASURES:
-            raise ExplorerError(f"unknown measure '{name}'; known: {', '.join(MEASURES)}")
-    taken = set().union(*(MEASURES[n].params for n in names)) if names else set()
+    chosen = [get_measure(n) for n in (list(MEASURES) if measures is None else measures)]
+    taken = {name for m in chosen for name in m.param_names}
     unused = sorted(set(params) - taken)
     if unused:
         raise ExplorerError(f"no selected measure takes the parameter(s) {', '.join(unused)}")
     out: dict[str, torch.Tensor] = {}
-    for name in names:
-        own = {k: v for k, v in params.items() if k in MEASURES[name].params}
-        if name == "bi" and "cosine" in out:
-            out[name] = 1.0 - out["cosine"]       # same parameters, no second pass over tokens
+    for m in chosen:
+        own = {k: v for k, v in params.items() if k in m.param_names}
+        if m.name == "bi" and "cosine" in out:
+            out[m.name] = 1.0 - out["cosine"]     # same parameters, no second pass over tokens
         else:
-            out[name] = similarity(pr, name, **own)
+            out[m.name] = similarity(pr, m.name, **own)
     return out

@@ -51,7 +51,7 @@ import math
 import torch
 
 from .errors import ExplorerError
-from .measure import massive_tokens, select_tokens
+from .token_select import massive_tokens, select_tokens
 from .probe import ProbeResult
 
 POINTS = ("tokens", "pooled", "last")

@@ -208,7 +208,8 @@ def test_massive_tokens_are_left_out_of_cka_and_npib_points():
     s = rand(4, 120, 8, seed=12)
     s[2:, 17] *= 1000.0                        # one token with a massive activation from layer 2
     pr = fake_probe(s)
-    assert M.massive_tokens(s).nonzero().flatten().tolist() == [17]
+    from explorer.token_select import massive_tokens
+    assert massive_tokens(s).nonzero().flatten().tolist() == [17]
     keep = torch.arange(120) != 17
     clean = M.similarity(fake_probe(s[:, keep].clone()), "cka")
     torch.testing.assert_close(M.similarity(pr, "cka"), clean)
