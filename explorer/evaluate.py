@@ -6,8 +6,8 @@ tokens (a BOS token in front of each when the BOS rule says so), and
     PPL = exp( mean over every predicted token of -log p(token | window prefix) ).
 A window of T text tokens predicts T-1 of them (T with BOS in front).
 
-Speed: windows run in batches through the backbone only (no hidden states kept, no KV cache,
-torch.inference_mode), sized by a token budget per forward pass (BATCH_TOKENS); the vocabulary
+Speed: windows run in batches through the backbone only (`backbone.run_backbone`: no hidden
+states kept, no KV cache, torch.no_grad), sized by a token budget per forward pass (BATCH_TOKENS); the vocabulary
 projection and the cross-entropy run on chunks of positions, so the (batch x seqlen x vocab)
 logits tensor is never materialised whole (49k vocab x 8 x 512 in fp32 would be 800 MB).
 `compute_dtype="bfloat16"` runs the layers' matrix products under bf16 autocast (residual stream,
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .errors import ExplorerError, TextError
 from .load import DTYPES, LoadedModel, Progress
+from .backbone import run_backbone
 from .tokens import auto_batch_size, tokenize, use_bos, windows
 from .variant import Variant
 
@@ -111,14 +112,14 @@ def _autocast(device: torch.device, model_dtype: torch.dtype,
     return torch.autocast(device.type, dtype=dt if enabled else torch.bfloat16, enabled=enabled)
 
 
-@torch.inference_mode()
-def window_nll(lm: LoadedModel, model: torch.nn.Module, batch: torch.Tensor,
-               chunk_tokens: int = LOGIT_CHUNK) -> tuple[float, int]:
-    """Sum of token NLL and count of predicted tokens for a (b, T) batch of windows."""
-    base = lm.arch.base_model(model)
-    hidden = base(input_ids=batch, use_cache=False).last_hidden_state  # (b, T, H), after final norm
+def token_nll(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
+              chunk_tokens: int = LOGIT_CHUNK) -> tuple[float, int]:
+    """Sum of token NLL and count of predicted tokens for a batch of windows.
+
+    hidden: (b, T, H) final-norm states of the windows `ids` (b, T); position t predicts t+1.
+    """
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])                    # (b*(T-1), H)
-    targets = batch[:, 1:].reshape(-1)                                  # (b*(T-1),)
+    targets = ids[:, 1:].reshape(-1)                                    # (b*(T-1),)
     total = torch.zeros((), dtype=torch.float64, device=h.device)
     for s in range(0, h.shape[0], chunk_tokens):
         logits = _final_logits(lm, h[s:s + chunk_tokens])               # (chunk, V) fp32
@@ -156,13 +157,14 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
     cast = _autocast(lm.device, lm.dtype, compute_dtype)
     start = time.perf_counter()
     total, count = 0.0, 0
-    with variant.applied() as model, cast:
-        for b0 in range(0, w.shape[0], batch_size):
-            nll, n = window_nll(lm, model, w[b0:b0 + batch_size].to(lm.device))
+    with cast:
+        for batch in run_backbone(lm, w, variant=variant, final_norm=True,
+                                  batch_size=batch_size):
+            nll, n = token_nll(lm, batch.hidden, batch.ids)
             total += nll
             count += n
             if progress:   # the running figure: the user watches it settle as windows come in
-                done = min(b0 + batch_size, w.shape[0])
+                done = batch.rows.stop
                 running = math.exp(min(total / count, 700.0))
                 progress(done / w.shape[0],
                          f"perplexity: {done}/{w.shape[0]} windows, {running:.4g} so far")

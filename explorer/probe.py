@@ -1,8 +1,10 @@
 """Stage 2, probe: one batched forward pass that records the residual stream around every layer.
 
+The pass is `backbone.run_backbone` with every boundary recorded.
+
 Notation (../shared/METHODS.md): layer i maps x_i -> x_{i+1}; x_0 is the input of the first layer
 (the embeddings) and x_L the output of the last layer, *before* the final norm. Forward hooks on
-the decoder layers capture these directly; `output_hidden_states` is not used because its last
+the decoder layers (in run_backbone) capture these directly; `output_hidden_states` is not used because its last
 entry comes after the final norm, which makes the last layer look unlike every other.
 
 Massive activations: many LLMs write a huge value into the first position of every window (norm
@@ -24,6 +26,7 @@ import torch
 
 from .errors import TextError
 from .load import LoadedModel, Progress, holds_model_lock
+from .backbone import run_backbone
 from .tokens import auto_batch_size, tokenize, use_bos, windows
 
 
@@ -109,42 +112,22 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
         sample_of = sample_of[chosen]
 
     start = time.perf_counter()
-    batch: dict = {}
-
-    def record(slot: int, hidden: torch.Tensor) -> None:
-        # hidden: (b, T, H) residual stream of the current batch at layer boundary `slot`
-        b0, b1 = batch["rows"]
-        flat = hidden[:, keep.to(hidden.device)].reshape(-1, H).float()  # (b*|keep|, H)
+    kept = keep.to(dev)
+    for batch in run_backbone(lm, input_ids, record=range(L + 1), batch_size=batch_size,
+                              progress=progress, label="probing layers"):
+        b0, b1 = batch.rows.start, batch.rows.stop
         lo, hi = b0 * keep.numel(), b1 * keep.numel()
-        if chosen is None:
-            states[slot, lo:hi] = flat
-        else:
+        sel = None
+        if chosen is not None:
             sel = chosen[(chosen >= lo) & (chosen < hi)]
-            states[slot, batch["offset"]:batch["offset"] + sel.numel()] = flat[(sel - lo).to(dev)]
-        last[slot, b0:b1] = hidden[:, -1].float()
-
-    def pre_hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        record(0, hidden)
-
-    hooks = [layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
-    for i, layer in enumerate(layers):
-        def post_hook(module, args, output, slot=i + 1):
-            record(slot, output[0] if isinstance(output, tuple) else output)
-        hooks.append(layer.register_forward_hook(post_hook))
-    base = lm.arch.base_model(lm.model)
-    try:
-        for b0 in range(0, B, batch_size):
-            b1 = min(B, b0 + batch_size)
-            lo = b0 * keep.numel()
-            batch["rows"] = (b0, b1)
-            batch["offset"] = int((chosen < lo).sum()) if chosen is not None else 0
-            base(input_ids=input_ids[b0:b1].to(dev), use_cache=False)
-            if progress:
-                progress(b1 / B, f"probing layers: {b1}/{B} windows")
-    finally:
-        for h in hooks:
-            h.remove()
+            offset = int((chosen < lo).sum())
+        for slot, hidden in batch.states.items():     # hidden: (b, T, H) at boundary `slot`
+            flat = hidden[:, kept].reshape(-1, H).float()                  # (b*|keep|, H)
+            if sel is None:
+                states[slot, lo:hi] = flat
+            else:
+                states[slot, offset:offset + sel.numel()] = flat[(sel - lo).to(dev)]
+            last[slot, b0:b1] = hidden[:, -1].float()
     return ProbeResult(states=states, last=last, sample_of=sample_of.to(dev),
                        input_ids=input_ids.cpu(), skip_first=skip_first,
                        seconds=time.perf_counter() - start)
