@@ -1,11 +1,13 @@
 """One resident model per process: `get_model(spec)` loads once and replaces the previous model.
 
-The library-level model registry. A model costs hundreds of MB to many GB; a web server or a
-notebook that keeps every model it ever loaded runs out of memory after a few switches. Here the
-process holds at most one `LoadedModel`: asking for the resident one returns it at once, asking for
-another one releases the resident model first (dropped, garbage-collected, CUDA cache emptied) and
-then loads the new one, so the peak is one model, not two. Callers that keep their own reference to
-an old `LoadedModel` keep it alive: hold the spec (a string) or a recipe, not the model.
+The one home of the resident model, for the library, the CLI and the web app alike. A model costs
+hundreds of MB to many GB; a web server or a notebook that keeps every model it ever loaded runs out
+of memory after a few switches. Here the process holds at most one `LoadedModel`: asking for the
+resident one returns it at once, asking for another one releases the resident model first
+(dropped, garbage-collected, CUDA cache emptied) and then loads the new one, so the peak is one
+model, not two. Callers that keep their own reference to an old `LoadedModel` keep it alive: hold
+the spec (a string) or a recipe, not the model, and keep caches of model-derived values behind
+`on_release(...)`, which empties them at the moment the model goes.
 
 Everything a session (a browser tab, a CLI call) needs to come back to its work is small: the model
 spec and a `Recipe` (JSON, a few hundred bytes); variants are rebuilt from it on demand and share the
@@ -15,7 +17,8 @@ Example:
     >>> lm = get_model("smollm2-135m")          # loads
     >>> get_model("smollm2-135m") is lm          # resident: no reload
     True
-    >>> lm2 = get_model("/models/other")         # releases SmolLM2 first, then loads
+    >>> on_release(my_cache.clear)               # emptied whenever the resident model goes
+    >>> lm2 = get_model("/models/other")         # releases SmolLM2 (and my_cache) first, then loads
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import torch
 from .load import LoadedModel, Progress, load_model, resolve
 
 _lock = threading.Lock()
-_resident: LoadedModel | None = None
-_key: tuple | None = None
+# (key, model) of the resident model, or None; one tuple so that a lock-free read sees a pair
+# that belongs together.
+_current: tuple[tuple, LoadedModel] | None = None
+_listeners: list[Callable[[], None]] = []
 
 
 def _model_key(spec: str, device: str | None, dtype: Any, trust_remote_code: bool) -> tuple:
@@ -39,7 +44,17 @@ def _model_key(spec: str, device: str | None, dtype: Any, trust_remote_code: boo
 
 def current_model() -> LoadedModel | None:
     """The resident model, or None."""
-    return _resident
+    found = _current
+    return found[1] if found is not None else None
+
+
+def on_release(fn: Callable[[], None]) -> None:
+    """Call `fn` (no arguments) every time the resident model is released, just before it goes:
+    a cache of values computed from the model (probes, variants, perplexities) empties itself
+    there, so the model's memory really goes. Registered once per process per function."""
+    with _lock:
+        if fn not in _listeners:
+            _listeners.append(fn)
 
 
 def release_model() -> None:
@@ -49,11 +64,13 @@ def release_model() -> None:
         _release_locked()
 
 
-def _release_locked() -> None:
-    """Release with `_lock` held."""
-    global _resident, _key
-    had_cuda = _resident is not None and _resident.device.type == "cuda"
-    _resident, _key = None, None
+def _release_locked(extra: Callable[[], None] | None = None) -> None:
+    """Release with `_lock` held: listeners first (they drop their references), then the model."""
+    global _current
+    for fn in [*_listeners, *([extra] if extra else [])]:
+        fn()
+    had_cuda = _current is not None and _current[1].device.type == "cuda"
+    _current = None
     gc.collect()
     if had_cuda:
         torch.cuda.empty_cache()
@@ -67,26 +84,24 @@ def get_model(spec: str, *, device: str | None = None, dtype: str | torch.dtype 
     The old model is released only once the new one has passed every check that needs no
     weights (`load_model(before_weights=...)`): a path that does not exist, an unknown hub id, an
     unsupported or non-causal model is refused with the resident model still in place. Concurrent
-    callers are serialised: a second caller asking for the same model waits and reuses it.
+    callers are serialised: a second caller asking for the same model waits and reuses it; a
+    caller asking for the resident model while nothing loads gets it without waiting.
 
-    on_release: called just before the old model is released (only when the new one passed its
-    checks): a caller that keeps its own references or caches of the old model (the web app's
-    registry) drops them there, so the memory really goes.
+    on_release: called (besides the listeners registered with the module's `on_release`) just
+    before the old model is released, only when the new one passed its checks.
     """
-    global _resident, _key
+    global _current
     key = _model_key(spec, device, dtype, trust_remote_code)
+    found = _current
+    if found is not None and found[0] == key:
+        return found[1]
     with _lock:
-        if _resident is not None and _key == key:
-            return _resident
+        if _current is not None and _current[0] == key:
+            return _current[1]
         resolve(spec)            # cheap checks first: a typo must not unload the working model
         # The old model goes just before the new weights are read (and before the memory check,
         # so that the memory it frees counts): the peak is one model, not two.
-        def release() -> None:
-            if on_release is not None:
-                on_release()
-            _release_locked()
-
         lm = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                        progress=progress, before_weights=release)
-        _resident, _key = lm, key
+                        progress=progress, before_weights=lambda: _release_locked(on_release))
+        _current = (key, lm)
         return lm

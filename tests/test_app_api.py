@@ -17,8 +17,6 @@ gradio_client = pytest.importorskip("gradio_client")
 PLANS = [("5", ""), ("", "20-22")]   # session A drops layer 5; session B merges layers 20..22
 
 
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app-api")
@@ -39,8 +37,8 @@ def run_session(url: str, drops: str, merges: str) -> tuple[dict, list]:
 def test_two_sessions_at_once_do_not_interfere(app):
     from explorer import load_texts, perplexity
     from explorer.ui.registry import REGISTRY
-    from explorer.ui.state import manual_plan, parse_groups
-    from explorer.cli import parse_layers
+    from explorer.layer_lists import parse_groups, parse_layers
+    from explorer.ui.state import manual_plan
     from explorer.recipe import replay
 
     url, s = app
@@ -55,7 +53,7 @@ def test_two_sessions_at_once_do_not_interfere(app):
     base = perplexity(lm, evaluation, seqlen=s.ppl_seqlen, max_tokens=s.ppl_max_tokens)
     for (drops, merges), (details, history) in zip(PLANS, results):
         plan = manual_plan(30, parse_layers(drops), parse_groups(merges), "average")
-        expect = perplexity(lm, evaluation, variant=replay(lm, plan["ops"]), seqlen=s.ppl_seqlen,
+        expect = perplexity(lm, evaluation, variant=replay(lm, plan.ops), seqlen=s.ppl_seqlen,
                             max_tokens=s.ppl_max_tokens)
         assert details["ppl_after"] == pytest.approx(expect.ppl, rel=1e-5), (drops, merges)
         assert details["ppl_before"] == pytest.approx(base.ppl, rel=1e-5)

@@ -1,5 +1,5 @@
 """The UI's bookkeeping without a browser: picks in original numbering become the right recipe ops,
-and clicks toggle blocks."""
+clicks toggle blocks, session state stays small and its caches bounded."""
 
 from __future__ import annotations
 
@@ -7,22 +7,29 @@ import pytest
 
 from explorer.errors import LayerError
 from explorer.recipe import replay
-from explorer.ui.state import format_layers, manual_plan, parse_groups, toggle_block
-
-
-def test_format_and_parse_round_trip():
-    assert format_layers([12, 3, 10, 11, 7]) == "3,7,10-12"
-    assert parse_groups("10-12; 20,21") == [[10, 11, 12], [20, 21]]
+from explorer.ui.state import Plan, manual_plan, plan_fields, plan_from_text, toggle_block
 
 
 def test_manual_plan_keeps_original_numbering(tiny_lm):
     # merge original 1-2, drop original 4: after the merge, original 4 sits in slot 3
     plan = manual_plan(6, [4], [[1, 2]], "average")
-    v = replay(tiny_lm, plan["ops"])
+    v = replay(tiny_lm, plan.ops)
     assert v.num_layers == 4
     assert [v.origin(i) for i in range(4)] == [0, 1, 3, 5]
-    assert plan["ops"][-1] == {"op": "drop", "layers": [3]}
-    assert plan["ops"][0]["weights"] == [0.5, 0.5]
+    assert plan.ops[-1] == {"op": "drop", "layers": [3]}
+    assert plan.ops[0]["weights"] == [0.5, 0.5]
+    assert plan.layers_removed(6) == 2
+    # the manual fields show the plan, and reading them back gives the same plan
+    assert plan_fields(plan) == ("4", "1-2")
+    assert plan_from_text(6, *plan_fields(plan)) == plan
+
+
+def test_a_method_plan_fills_the_manual_fields():
+    """After a method planned, the fields hold its layers (a merge block shows as a block)."""
+    plan = Plan(method="laco", ops=[{"op": "merge", "layers": [2, 3, 4]}], removed=[7, 9],
+                merged=[[2, 3, 4]], layers_after=8)
+    assert plan_fields(plan) == ("7,9", "2-4")
+    assert plan.layers_removed(12) == 4
 
 
 @pytest.mark.parametrize("drops, merges, message", [
@@ -54,16 +61,51 @@ def test_push_needs_the_operators_opt_in_besides_a_token(monkeypatch):
     assert hub_token() == "hf_" + "x" * 30
 
 
-def test_session_history_is_capped():
-    from explorer.ui.compare_tab import HISTORY_LIMIT, add_to_history
+def test_session_history_is_capped_and_state_is_small():
+    import pickle
 
-    keys = ("method", "change", "layers_after", "removed", "params_after", "ppl_before",
-            "ppl_after", "ops", "params", "protocol")
-    history: list[dict] = []
+    from explorer.ui.state import HISTORY_LIMIT, Session, Tried
+
+    state = Session(model="smollm2-135m", num_layers=30)
     for k in range(HISTORY_LIMIT + 5):
-        history = add_to_history(history, {key: k for key in keys})
-    assert len(history) == HISTORY_LIMIT
-    assert history[0]["ppl"] == 5 and history[-1]["ppl"] == HISTORY_LIMIT + 4
+        state = state.tried(Tried("manual", f"drop {k}", 29, 1, 10**8, 20.0, 20.0 + k,
+                                  [{"op": "drop", "layers": [k % 30]}], {}, "wiki: ..."))
+    assert len(state.history) == HISTORY_LIMIT
+    assert state.history[0].ppl_after == 25.0 and state.history[-1].ppl_after == HISTORY_LIMIT + 24
+    assert len(pickle.dumps(state)) < 64_000          # a full history stays a few tens of kB
+    # loading another model drops what belonged to the old one; the same model keeps it
+    assert state.with_model("smollm2-135m", 30) is state
+    other = state.with_model("gemma3-270m", 18)
+    assert other.history == () and other.plan == Plan() and other.num_layers == 18
+
+
+def test_caches_are_bounded_computed_once_and_dropped_with_the_model():
+    import threading
+
+    from explorer import session
+    from explorer.ui.registry import Registry
+
+    reg = Registry()
+    calls, gate = [], threading.Event()
+
+    def slow():
+        calls.append(1)
+        gate.wait(10)
+        return len(calls)
+
+    threads = [threading.Thread(target=reg.cached, args=(reg.baselines, "k", slow))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert calls == [1] and reg.baselines["k"] == 1          # four askers, one computation
+    for k in range(reg.baselines.size + 3):
+        reg.cached(reg.baselines, ("model", k), lambda k=k: k)
+    assert len(reg.baselines) == reg.baselines.size            # bounded
+    session.release_model()                                    # the model goes: so do its caches
+    assert len(reg.baselines) == 0
 
 
 def test_stop_flags_are_per_session_and_cleared_by_the_next_job():

@@ -7,10 +7,12 @@
     export_tab   recipe, model folder, hub, command line    (explorer.recipe, explorer.export)
     learn_tab    what each measure and method does          (MEASURES / Method descriptions)
 
-Shared plumbing: `registry` (the process's one resident model and caches), `state` (what a
-session keeps: names and recipe ops), `jobs` (the heavy steps, ZeroGPU-ready through `gpu`),
-`stop` (the Stop button's per-session flag, checked at every progress report),
-`clickplot` (a Plotly heatmap whose clicks reach Python), `plots` (figures), `settings`.
+Shared plumbing: `state` (what a session keeps: `Session`, `Plan`, ... all declared there),
+`common` (the build context `Ctx` with each tab's components, declared there, and the error
+wrapper), `registry` (the app's bounded caches; the resident model itself is `explorer.session`'s),
+`jobs` (the heavy steps, ZeroGPU-ready through `gpu`), `stop` (the Stop button's per-session
+flag, checked at every progress report), `clickplot` (a Plotly heatmap whose clicks reach
+Python), `plots` (figures), `settings`.
 
 Example:
     >>> from explorer.ui import build_app
@@ -23,11 +25,11 @@ import threading
 
 import gradio as gr
 
+from .. import manifold, session
 from ..text import MAX_TEXT_BYTES
-from . import analyse_tab, compare_tab, export_tab, features, learn_tab, model_tab, plan_tab, stop
+from . import analyse_tab, compare_tab, export_tab, learn_tab, model_tab, plan_tab, stop
 from .clickplot import enable_static_plotly
-from .common import Ctx
-from .registry import REGISTRY
+from .common import Ctx, log
 from .settings import UISettings
 from .state import new_state
 
@@ -36,7 +38,11 @@ HEADER = ("# Layer Explorer\nSee which transformer layers repeat each other, dro
           "them, and measure what that costs. **1** load a model → **2** analyse → **3** plan "
           "(click the heatmap) → **4** apply and compare → **5** export. New to this? Start with "
           "**Learn**.")
-CSS = ".lx-clickplot .modebar { opacity: .6 }"
+CSS = """.lx-clickplot .modebar { opacity: .6 }
+.lx-gens { table-layout: fixed; width: 100%; border-collapse: collapse }
+.lx-gens td, .lx-gens th { overflow-wrap: anywhere; vertical-align: top; padding: 4px 8px;
+                           border-bottom: 1px solid var(--border-color-primary); text-align: left }
+"""
 
 
 def _background(fn, *args) -> None:
@@ -45,16 +51,16 @@ def _background(fn, *args) -> None:
 
 def _warm_up() -> None:
     try:
-        features.module("manifold").warm_up()
-    except Exception:  # optional: UMAP only becomes slower on its first use
-        pass
+        manifold.warm_up()
+    except Exception as exc:  # UMAP only becomes slower on its first use
+        log.warning("UMAP warm-up failed: %s", exc)
 
 
 def _preload(spec: str) -> None:
     try:
-        REGISTRY.ensure_model(spec)
-    except Exception:  # the user sees the real error when pressing Load
-        pass
+        session.get_model(spec)
+    except Exception as exc:  # the user sees the real error when pressing Load
+        log.warning("preloading %s failed: %s", spec, exc)
 
 
 def build_app(settings: UISettings | None = None, warm_up: bool = True) -> gr.Blocks:
@@ -62,39 +68,39 @@ def build_app(settings: UISettings | None = None, warm_up: bool = True) -> gr.Bl
     s = settings or UISettings.from_env()
     enable_static_plotly()
     with gr.Blocks(title=TITLE) as demo:
-        state = gr.State(new_state(s.default_text))
-        ctx = Ctx(settings=s, state=state)
-        ctx.c["long_events"] = []     # the events the Stop button stops (see stop.py)
+        ctx = Ctx(settings=s, state=gr.State(new_state(s.default_text)))
         with gr.Row(equal_height=False):
             gr.Markdown(HEADER)
-            stop_btn = gr.Button("■ Stop the running step", variant="stop", size="sm", scale=0,
-                                 min_width=190, elem_id="lx-stop")
-        with gr.Tabs(elem_id="lx-tabs") as tabs:
-            ctx.c["tabs"] = tabs
+            ctx.stop_btn = gr.Button("■ Stop the running step", variant="secondary", size="sm",
+                                     scale=0, min_width=190, interactive=False, elem_id="lx-stop")
+        with gr.Tabs(elem_id="lx-tabs") as ctx.tabs:
             with gr.Tab("1 · Model", id="model"):
-                model_tab.build(ctx)
+                ctx.model = model_tab.build(ctx)
             with gr.Tab("2 · Analyse", id="analyse"):
-                analyse_tab.build(ctx)
+                ctx.analyse = analyse_tab.build(ctx)
             with gr.Tab("3 · Plan", id="plan"):
-                plan_tab.build(ctx)
+                ctx.plan = plan_tab.build(ctx)
             with gr.Tab("4 · Compare", id="compare"):
-                compare_tab.build(ctx)
+                ctx.compare = compare_tab.build(ctx)
             with gr.Tab("5 · Export", id="export") as export:
-                ctx.c["export_tab"] = export
-                export_tab.build(ctx)
+                ctx.export = export_tab.build(ctx)
+                ctx.export.tab = export
             with gr.Tab("6 · Learn", id="learn"):
                 learn_tab.build(ctx)
         for tab in (model_tab, analyse_tab, plan_tab, compare_tab, export_tab):
             tab.wire(ctx)
 
-        def stop_running(request: gr.Request) -> None:
+        def stop_running(request: gr.Request):
             stop.stop(request)
+            gr.Info("Stopped: the running step ends at its next progress report, and the shared "
+                    "model is put back as it was.")
+            return gr.Button(interactive=False, variant="secondary")
 
         def page_closed(request: gr.Request) -> None:
             stop.forget(request)
 
-        stop_btn.click(stop_running, None, None, cancels=ctx.c["long_events"], api_name="stop",
-                       queue=False)
+        ctx.stop_btn.click(stop_running, None, [ctx.stop_btn], cancels=ctx.long_events,
+                           api_name="stop", queue=False)
         demo.unload(page_closed)
     if warm_up:
         _background(_warm_up)

@@ -1,4 +1,11 @@
-"""Shared pieces of the tabs: the build context and the error wrapper every handler uses."""
+"""What the tabs share: the build context with every tab's components, and the error wrapper.
+
+Each tab module's `build(ctx)` creates its components and returns them as one small dataclass
+(declared here, so that every component another tab wires to is listed in one place); `wire(ctx)`
+then connects events, reaching other tabs' components through `ctx.model`, `ctx.analyse`, ... A
+long step (analysis, method plan, apply, generation) shows its progress on one *step line* next
+to its button (`show_progress_on`), so one bar runs per step and an error marks only that line.
+"""
 
 from __future__ import annotations
 
@@ -11,27 +18,130 @@ import gradio as gr
 
 from ..errors import ExplorerError, one_line
 from .settings import UISettings
+from .state import Analysis, Session
+from .stop import Stopped
 
 log = logging.getLogger("explorer.ui")
 
 
 @dataclass
+class ModelParts:
+    choice: gr.Dropdown          # embedded model
+    custom: gr.Textbox           # ...or a hub id, folder or .gguf
+    load_btn: gr.Button
+    info: gr.Markdown            # the loaded model's facts
+    source: gr.Radio             # text source
+    own: gr.Group                # paste box and upload, shown for "own" only
+    pasted: gr.Textbox
+    upload: gr.File
+    text_btn: gr.Button
+    text_info: gr.Markdown
+
+
+@dataclass
+class AnalyseParts:
+    seqlen: gr.Number
+    samples: gr.Number
+    run_btn: gr.Button
+    status: gr.Markdown          # the analysis' step line
+    heat: gr.HTML                # ClickPlot
+    measure: gr.Dropdown
+    measure_help: gr.Markdown
+    profiles: gr.Plot
+    layer_map: gr.Plot
+    map_method: gr.Radio
+    tokens: gr.Plot
+    token_layers: gr.Dropdown
+    token_method: gr.Radio
+    token_btn: gr.Button
+
+
+@dataclass
+class PlanParts:
+    heat: gr.HTML                # ClickPlot
+    action: gr.Radio             # a click drops or merges
+    rule: gr.Radio               # merge rule
+    drops: gr.Textbox
+    merges: gr.Textbox
+    update_btn: gr.Button
+    clear_btn: gr.Button
+    method: gr.Dropdown
+    remove: gr.Number
+    ratio: gr.Slider
+    param_groups: dict[str, gr.Group]                  # method -> its parameter controls' group
+    param_controls: list[tuple[str, Any, gr.Component]]  # (method, Param, control), all methods
+    params_json: gr.Code         # the method's parameters as JSON
+    method_btn: gr.Button
+    method_line: gr.Markdown     # the method's step line
+    method_md: gr.Markdown       # what the chosen method does
+    status: gr.Markdown          # what the plan does
+    table: gr.Dataframe
+    ops: gr.JSON
+    apply_btn: gr.Button
+    apply_line: gr.Markdown      # Apply's step line (the result shows on Compare)
+
+
+@dataclass
+class CompareParts:
+    summary: gr.Markdown         # Apply's step line and its result
+    details: gr.JSON
+    gens_line: gr.Markdown       # the generations' step line
+    gens: gr.HTML
+    hist_plot: gr.Plot
+    hist: gr.Dataframe
+    clear_btn: gr.Button
+
+
+@dataclass
+class ExportParts:
+    tab: gr.Tab
+    recipe: gr.DownloadButton
+    name: gr.Textbox
+    overwrite: gr.Checkbox
+    save_btn: gr.Button
+    save_md: gr.Markdown
+    repo: gr.Textbox
+    private: gr.Checkbox
+    push_btn: gr.Button
+    push_md: gr.Markdown
+    cli: gr.Code
+
+
+@dataclass
 class Ctx:
-    """What the tab builders share: settings, the session state, and components by name."""
+    """What the tab builders share: settings, the session state, and each tab's components."""
 
     settings: UISettings
-    state: gr.State
-    c: dict[str, Any] = field(default_factory=dict)   # components other tabs wire to
+    state: gr.State                       # holds a `state.Session`
+    tabs: gr.Tabs | None = None
+    stop_btn: gr.Button | None = None
+    long_events: list = field(default_factory=list)   # the events the Stop button cancels
+    model: ModelParts | None = None
+    analyse: AnalyseParts | None = None
+    plan: PlanParts | None = None
+    compare: CompareParts | None = None
+    export: ExportParts | None = None
 
-    def __getitem__(self, name: str) -> Any:
-        return self.c[name]
+    def long_step(self, trigger: Callable, fn: Callable, inputs: Any, outputs: Any,
+                  **kwargs: Any) -> Any:
+        """Wire `fn` to `trigger` (a bound event method such as `button.click` or `event.then`)
+        as a step the Stop button can end: Stop turns active while it runs, and idle after.
+        Returns the step's event for chaining."""
+        trigger(lambda: gr.Button(interactive=True, variant="stop"), None, [self.stop_btn],
+                queue=False, api_name=False, show_progress="hidden")
+        event = trigger(fn, inputs, outputs, **kwargs)
+        self.long_events.append(event)
+        event.then(lambda: gr.Button(interactive=False, variant="secondary"), None,
+                   [self.stop_btn], queue=False, api_name=False, show_progress="hidden")
+        return event
 
 
 def user_errors(fn: Callable) -> Callable:
     """Show input problems as a visible error (gr.Error) and keep the app running.
 
-    An ExplorerError's message is shown as it is; anything else is logged with its traceback and
-    shown as one line, marked as unexpected.
+    An ExplorerError's message is shown as it is and logged as one line (no traceback: it is the
+    user's input, not a bug); anything else is logged with its traceback and shown as one line,
+    marked as unexpected.
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -39,20 +149,25 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except Stopped as exc:
+            raise gr.Error(str(exc), title="Stopped", print_exception=False) from None
         except ExplorerError as exc:
-            raise gr.Error(str(exc)) from None
+            log.warning("refused in %s: %s", fn.__name__, one_line(exc))
+            raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:  # a bug: keep serving, say what happened
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"unexpected error ({type(exc).__name__}): {one_line(exc)}") from None
+            raise gr.Error(f"unexpected error ({type(exc).__name__}): {one_line(exc)}",
+                           print_exception=False) from None
     return wrapper
 
 
-def need_model(state: dict) -> None:
-    if not state.get("model"):
+def need_model(state: Session) -> str:
+    if not state.model:
         raise ExplorerError("no model loaded yet: pick one in the Model tab and press Load")
+    return state.model
 
 
-def need_analysis(state: dict) -> dict:
-    if not state.get("analysis"):
+def need_analysis(state: Session) -> Analysis:
+    if state.analysis is None:
         raise ExplorerError("no analysis yet: run it in the Analyse tab first")
-    return state["analysis"]
+    return state.analysis

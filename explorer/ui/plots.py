@@ -47,6 +47,9 @@ def heatmap(matrix: np.ndarray, title: str, higher_is_similar: bool = True,
             selected: tuple[int, int] | None = None) -> go.Figure:
     """A clickable similarity heatmap with the plan drawn on it.
 
+    One colour convention for every measure: bright (yellow) = alike. A distance's scale is
+    reversed so that its low values, the alike ones, are bright too.
+
     removed: original layers to drop (cell (k, k+1), red); merged: groups of original layers merged
     into one (cell (first, last+1), orange); selected: the last clicked cell (dashed).
     """
@@ -59,7 +62,8 @@ def heatmap(matrix: np.ndarray, title: str, higher_is_similar: bool = True,
              for a in idx]
     fig = go.Figure(go.Heatmap(
         z=m, x=idx, y=idx, text=hover, hoverinfo="text", colorscale="Viridis",
-        reversescale=not higher_is_similar, colorbar=dict(title=kind)))
+        reversescale=not higher_is_similar,
+        colorbar=dict(title=f"{kind}<br>(bright = alike)")))
     shapes = []
     for k in removed:
         shapes += _cell(k, k + 1, "#e4572e")
@@ -98,8 +102,11 @@ def layer_map(coords: np.ndarray, title: str) -> go.Figure:
     """2-D map of the layer boundaries, joined in depth order."""
     c = np.asarray(coords, dtype=float)
     n = c.shape[0]
+    # boundaries that barely change sit on top of each other: label every fifth and the ends,
+    # the rest say who they are on hover
+    labels = [str(k) if k % 5 == 0 or k == n - 1 else "" for k in range(n)]
     fig = go.Figure(go.Scatter(
-        x=c[:, 0], y=c[:, 1], mode="lines+markers+text", text=[str(k) for k in range(n)],
+        x=c[:, 0], y=c[:, 1], mode="lines+markers+text", text=labels,
         textposition="top center", line=dict(color="rgba(120,120,120,0.4)"),
         marker=dict(size=10, color=list(range(n)), colorscale="Viridis", showscale=True,
                     colorbar=dict(title="boundary")),
@@ -126,19 +133,40 @@ def token_clouds(panels: list[tuple[int, np.ndarray, np.ndarray]], method: str,
     return fig
 
 
-def history(entries: list[dict]) -> go.Figure:
-    """Perplexity against the number of layers removed, one line per method."""
+def history(entries: Iterable) -> go.Figure:
+    """Perplexity against the number of layers removed, for the variants of this session.
+
+    A method's plans at several sizes form one line (one curve per method, from the original
+    model at 0); manual plans are unrelated picks, so each is its own point, labelled with what
+    it changed. `entries` are `state.Tried` records.
+    """
     fig = go.Figure()
-    by_method: dict[str, list[dict]] = {}
+    entries = list(entries)
+    by_method: dict[str, list] = {}
     for e in entries:
-        by_method.setdefault(e["method"], []).append(e)
+        if e.method != "manual":
+            by_method.setdefault(e.method, []).append(e)
     for method, es in by_method.items():
-        pts = sorted([(0, es[0]["ppl_before"])] + [(e["removed"], e["ppl"]) for e in es])
+        pts = sorted({(0, es[0].ppl_before)} | {(e.removed, e.ppl_after) for e in es})
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
                                  mode="lines+markers", name=method,
                                  hovertemplate="%{x} layers removed: ppl %{y:.2f}<extra>"
                                  + method + "</extra>"))
+    manual = [e for e in entries if e.method == "manual"]
+    if manual:
+        fig.add_trace(go.Scatter(
+            x=[e.removed for e in manual], y=[e.ppl_after for e in manual], mode="markers",
+            name="manual plans", marker=dict(size=10, symbol="diamond"),
+            text=[e.change for e in manual],
+            hovertemplate="%{text}<br>%{x} layers removed: ppl %{y:.2f}<extra>manual</extra>"))
+    if entries:
+        fig.add_trace(go.Scatter(x=[0], y=[entries[-1].ppl_before], mode="markers",
+                                 name="original", marker=dict(size=10, color="black"),
+                                 hovertemplate="original model: ppl %{y:.2f}<extra></extra>"))
+    top = max([e.removed for e in entries] + [1])
     fig.update_layout(title="Perplexity against layers removed (this session)", height=380,
-                      margin=_MARGIN, xaxis_title="layers removed", yaxis_title="perplexity",
-                      yaxis_type="log")
+                      margin=_MARGIN, xaxis=dict(title="layers removed", tickmode="linear",
+                                                 tick0=0, dtick=max(1, round(top / 10)),
+                                                 range=[-0.5, top + 0.5]),
+                      yaxis_title="perplexity (log scale)", yaxis_type="log")
     return fig

@@ -1,17 +1,21 @@
-"""The process-level registry: one resident model shared by every session, and small caches.
+"""The app's shared caches: what every session may reuse, bounded, behind methods that take the lock.
 
-A model takes hundreds of MB to GBs, so the process keeps exactly one: `ensure_model(spec)` returns it,
-loading it first when another one (or none) is resident; loading a different model replaces it and
-empties every cache that belonged to the old one. Sessions hold only names and keys (see
-`state.py`); everything heavy lives here:
+The resident model itself lives in `explorer.session` (one per process, for the library, the CLI
+and the app alike); this registry only keeps values computed from it and empties them when that
+model is released (`session.on_release`). Sessions hold only names and keys (see `state.py`);
+everything heavy lives here, each cache a small LRU:
 
-- texts: built-in sources by name, users' own texts by a hash of their content (a few, LRU);
-- probes: probe results (CPU tensors) with their similarity matrices, by (model, text, sizes);
-- baselines: perplexity of the unmodified model, by (model, text, protocol sizes);
-- variants: variants rebuilt from recipe ops, by (model, ops) (LRU; a merged layer costs memory).
+    texts       built-in sources by name ("wiki", "news", "wikitext2")
+    user_texts  users' own texts by a hash of their content                "user:<sha256[:16]>"
+    probes      a probe of the calibration text with its adjacent-layer profiles and the similarity
+                matrices asked so far (`ProbeEntry`), by `ProbeKey`
+    baselines   perplexity of the unmodified model, by (model, text, seqlen, max_tokens)
+    variants    variants rebuilt from recipe ops, by (model, ops) (a merged layer costs memory)
 
-Sharing these caches is safe: their entries are fixed functions of their keys, and a `Variant`
-never modifies the model outside `Variant.applied()`, which holds the model's lock.
+`cached(...)` computes a missing entry once even when several sessions ask for it at the same
+moment (the others wait for it), outside the registry's lock, and drops a result that belongs to a
+model released meanwhile. Sharing is safe: entries are fixed functions of their keys, and a
+`Variant` never modifies the model outside `Variant.applied()`, which holds the model's lock.
 """
 
 from __future__ import annotations
@@ -20,30 +24,52 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, TypeVar
 
+import numpy as np
+
+from .. import session
 from ..errors import ExplorerError, TextError
-from ..load import LoadedModel
+from ..evaluate import PPLResult
+from ..load import LoadedModel, Progress
+from ..probe import ProbeResult
 from ..recipe import replay
-from ..session import get_model
 from ..text import Texts, load_texts, user_texts
 from ..variant import Variant
+from .state import ProbeKey, Session
 
-Progress = Callable[[float, str], None]
+T = TypeVar("T")
+
+# Entries each cache keeps (least recently used go first).
+SIZES = {"texts": 4, "user_texts": 8, "probes": 4, "baselines": 16, "variants": 8}
 
 
-class _LRU(OrderedDict):
+@dataclass
+class ProbeEntry:
+    """A probe and what the Analyse tab draws from it (CPU values)."""
+
+    probe: ProbeResult
+    adjacent: dict[str, np.ndarray]           # measure -> (L,) adjacent-layer profile
+    seconds: float                            # the probe's own time
+    sims: dict[str, np.ndarray] = field(default_factory=dict)   # measure -> (L+1, L+1) matrix
+
+
+class LRU(OrderedDict):
+    """A dict that forgets its least recently used entries beyond `size`. Not locked: the
+    registry's methods take its lock around every use."""
+
     def __init__(self, size: int):
         super().__init__()
         self.size = size
 
-    def put(self, key, value) -> None:
+    def put(self, key: Hashable, value: Any) -> None:
         self[key] = value
         self.move_to_end(key)
         while len(self) > self.size:
             self.popitem(last=False)
 
-    def get_fresh(self, key):
+    def get_fresh(self, key: Hashable) -> Any:
         if key in self:
             self.move_to_end(key)
             return self[key]
@@ -51,52 +77,86 @@ class _LRU(OrderedDict):
 
 
 class Registry:
-    """Process-wide state; use the module-level `REGISTRY`."""
+    """The app's caches; use the module-level `REGISTRY`."""
 
     def __init__(self) -> None:
-        self._load_lock = threading.Lock()
         self._lock = threading.RLock()
-        self.lm: LoadedModel | None = None
-        self.texts: dict[str, Texts] = {}
-        self.user_texts: _LRU = _LRU(8)
-        self.probes: _LRU = _LRU(4)          # key -> dict(probe=ProbeResult, sims=..., adj=...)
-        self.baselines: dict[tuple, Any] = {}
-        self.variants: _LRU = _LRU(8)
+        self._inflight: dict[tuple, threading.Lock] = {}
+        self._generation = 0       # bumped when the model goes: late results of the old one are dropped
+        self.texts = LRU(SIZES["texts"])
+        self.user_texts = LRU(SIZES["user_texts"])
+        self.probes = LRU(SIZES["probes"])
+        self.baselines = LRU(SIZES["baselines"])
+        self.variants = LRU(SIZES["variants"])
+        session.on_release(self.clear_model_caches)
 
     # -- model ------------------------------------------------------------------------------
-    def resident(self) -> str | None:
-        return self.lm.spec if self.lm is not None else None
+    @property
+    def lm(self) -> LoadedModel | None:
+        """The resident model (`explorer.session.current_model()`), or None."""
+        return session.current_model()
 
-    def _clear(self) -> None:
+    def clear_model_caches(self) -> None:
+        """Forget everything computed from the resident model (called when it is released)."""
         with self._lock:
-            self.lm = None
+            self._generation += 1
             self.probes.clear()
             self.baselines.clear()
             self.variants.clear()
 
-    def ensure_model(self, spec: str, progress: Progress | None = None) -> LoadedModel:
+    @staticmethod
+    def ensure_model(spec: str, progress: Progress | None = None) -> LoadedModel:
         """The resident model for `spec`, loading it (and replacing the old one) when needed."""
-        spec = (spec or "").strip()
-        lm = self.lm
-        if lm is not None and lm.spec == spec:
-            return lm
-        with self._load_lock:  # one load at a time; a second caller waits and then reuses it
-            if self.lm is not None and self.lm.spec == spec:
-                return self.lm
-            # session.get_model releases the old model only after the new one passed every
-            # weight-free check (a typo or an unknown hub id keeps the working model); our caches
-            # reference the old model, so they are dropped at that moment.
-            new = get_model(spec, progress=progress, on_release=self._clear)
-            with self._lock:
-                self.lm = new
-            return new
+        return session.get_model((spec or "").strip(), progress=progress)
 
-    def model_for(self, state: dict, progress: Progress | None = None) -> LoadedModel:
+    def model_for(self, state: Session, progress: Progress | None = None) -> LoadedModel:
         """The model a session works on (reloaded if another session replaced it meanwhile)."""
-        spec = state.get("model")
-        if not spec:
+        if not state.model:
             raise ExplorerError("no model loaded yet: pick one in the Model tab and press Load")
-        return self.ensure_model(spec, progress)
+        return self.ensure_model(state.model, progress)
+
+    # -- caches -----------------------------------------------------------------------------
+    def cached(self, cache: LRU, key: Hashable, compute: Callable[[], T]) -> T:
+        """`cache[key]`, computing it with `compute()` when missing. Concurrent callers with the
+        same key wait for the first one's result; `compute` runs outside the registry's lock."""
+        with self._lock:
+            found = cache.get_fresh(key)
+            if found is not None:
+                return found
+            gate = self._inflight.setdefault((id(cache), key), threading.Lock())
+        with gate:
+            with self._lock:
+                found = cache.get_fresh(key)
+                generation = self._generation
+            if found is not None:
+                return found
+            try:
+                value = compute()
+                with self._lock:
+                    if generation == self._generation:
+                        cache.put(key, value)
+                return value
+            finally:
+                with self._lock:
+                    self._inflight.pop((id(cache), key), None)
+
+    def probe(self, key: ProbeKey, compute: Callable[[], ProbeEntry]) -> ProbeEntry:
+        return self.cached(self.probes, key, compute)
+
+    def similarity(self, entry: ProbeEntry, measure: str,
+                   compute: Callable[[ProbeResult], np.ndarray]) -> np.ndarray:
+        """One measure's matrix for a probe entry (`compute(entry.probe)` the first time)."""
+        with self._lock:
+            found = entry.sims.get(measure)
+        if found is not None:
+            return found
+        matrix = compute(entry.probe)
+        with self._lock:
+            return entry.sims.setdefault(measure, matrix)
+
+    def baseline(self, key: tuple, compute: Callable[[], PPLResult]) -> PPLResult:
+        """Perplexity of the unmodified model for `key` = (model, text, seqlen, max_tokens)."""
+        return self.cached(self.baselines, key, compute)
 
     # -- texts ------------------------------------------------------------------------------
     def add_user_text(self, text: str, name: str = "user") -> str:
@@ -108,16 +168,14 @@ class Registry:
         return key
 
     def get_texts(self, key: str) -> Texts:
-        with self._lock:
-            if key.startswith("user:"):
+        if key.startswith("user:"):
+            with self._lock:
                 found = self.user_texts.get_fresh(key)
-                if found is None:
-                    raise TextError("your text is no longer in memory (the server keeps a few); "
-                                    "paste or upload it again")
-                return found
-            if key not in self.texts:
-                self.texts[key] = load_texts(key)
-            return self.texts[key]
+            if found is None:
+                raise TextError("your text is no longer in memory (the server keeps a few); "
+                                "paste or upload it again")
+            return found
+        return self.cached(self.texts, key, lambda: load_texts(key))
 
     # -- variants ---------------------------------------------------------------------------
     @staticmethod
@@ -128,15 +186,8 @@ class Registry:
         """The variant described by recipe `ops` (cached: merges and fits are not redone)."""
         if not ops:
             return Variant.identity(lm)
-        key = (lm.spec, self.ops_key(ops))
-        with self._lock:
-            found = self.variants.get_fresh(key)
-        if found is not None and found.lm is lm:
-            return found
-        v = replay(lm, ops)
-        with self._lock:
-            self.variants.put(key, v)
-        return v
+        found = self.cached(self.variants, (lm.spec, self.ops_key(ops)), lambda: replay(lm, ops))
+        return found if found.lm is lm else replay(lm, ops)
 
     def remember_variant(self, v: Variant, ops: list[dict]) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..embedded import DEFAULT_MODEL
+from ..export import OUTPUT_DIR_ENV
 
 
 def _env_int(name: str, default: int) -> int:
@@ -43,7 +44,7 @@ class UISettings:
     gen_tokens: int = 24                   # new tokens per greedy generation (0: no generations)
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     token_points: int = 800                # points in a token-cloud plot
-    output_dir: Path = field(default_factory=lambda: Path("exports"))
+    output_dir: Path = field(default_factory=lambda: Path("exports"))   # $LAYER_EXPLORER_OUTPUT_DIR
     preload: bool = False                  # load the default model in the background at start
 
     @staticmethod
@@ -61,6 +62,6 @@ class UISettings:
         s.method_samples = _env_int("LAYER_EXPLORER_METHOD_SAMPLES", s.method_samples)
         s.gen_tokens = _env_int("LAYER_EXPLORER_GEN_TOKENS", s.gen_tokens)
         s.token_points = _env_int("LAYER_EXPLORER_TOKEN_POINTS", s.token_points)
-        s.output_dir = Path(os.environ.get("LAYER_EXPLORER_OUTPUT", str(s.output_dir)))
+        s.output_dir = Path(os.environ.get(OUTPUT_DIR_ENV) or s.output_dir)
         s.preload = os.environ.get("LAYER_EXPLORER_PRELOAD", "") not in ("", "0", "false")
         return s

@@ -1,13 +1,21 @@
-"""What one browser session keeps (in `gr.State`): names, small lists and numbers, never tensors.
+"""What one browser session keeps (its `gr.State`): names, small lists and numbers, never tensors.
 
-    {"model": "smollm2-135m", "num_layers": 30, "text": "wiki", "text_label": "...",
-     "analysis": {"key": [...], "measure": "cosine"} | None,
-     "plan": {"method": "manual", "params": {}, "ops": [...], "removed": [...], "merged": [[...]],
-              "notes": ""},
-     "history": [{"label": ..., "method": ..., "removed": 2, "ppl": 27.1, ...}, ...]}
+Every field of a session's state is declared here, and nowhere else:
 
-The plan is a list of recipe ops (`explorer.recipe`), which rebuild the variant on the shared model
-whenever it is needed; `removed` and `merged` name *original* layers, for display.
+    Session            the whole state of one browser tab (frozen: handlers return a changed copy
+                       made with `dataclasses.replace`, so one session never edits another's)
+      model, num_layers    the model spec the tab works on ("smollm2-135m", a path, a hub id)
+      text, text_label     the text key in the registry ("wiki" or "user:<hash>") and its name
+      analysis: Analysis   which probe the heatmaps come from (`ProbeKey`), the chosen measure,
+                           and the last clicked cell; None before the first analysis
+      plan: Plan           what Apply measures and Export saves: recipe ops plus, for display,
+                           the *original* layers removed or merged
+      history: Tried, ...  the variants applied in this tab (the last HISTORY_LIMIT)
+      exports, exported    folders this tab saved (Overwrite may replace only these), the last one
+
+The heavy values (probes, matrices, perplexities, variants) live in the process's caches
+(`registry.py`), found again from these keys; the plan's ops rebuild the variant on the shared
+model whenever it is needed.
 
 Also here: turning the user's picks (layers to drop, blocks to merge, in original numbering) into
 recipe ops, whose indices refer to the layer stack as it is at each step.
@@ -15,47 +23,108 @@ recipe ops, whose indices refer to the layer stack as it is at each step.
 
 from __future__ import annotations
 
-from ..cli import parse_layers
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
 from ..errors import LayerError
+from ..layer_lists import format_groups, format_layers, parse_groups, parse_layers
 
 MERGE_RULES = {
     "average": "average: each linear weight becomes the mean of the block's weights",
     "laco": "LaCo (RDSC): first layer + the sum of the other layers' differences from it",
 }
+HISTORY_LIMIT = 100  # variants kept per session: session state must stay small
+EXPORTS_LIMIT = 100  # folders remembered per session
 
 
-def new_state(text: str = "wiki") -> dict:
-    return {"model": None, "num_layers": 0, "text": text, "text_label": text, "analysis": None,
-            "plan": empty_plan(), "history": []}
+class ProbeKey(NamedTuple):
+    """What a probe is a function of: the registry caches probes under this key."""
+
+    model: str
+    text: str
+    seqlen: int          # tokens per calibration window
+    samples: int         # calibration windows
+    max_tokens: int      # recorded tokens kept per boundary
 
 
-def empty_plan() -> dict:
-    return {"method": "manual", "params": {}, "ops": [], "removed": [], "merged": [], "notes": ""}
+@dataclass(frozen=True)
+class Analysis:
+    key: ProbeKey
+    measure: str                                  # the measure the heatmaps show
+    selected: tuple[int, int] | None = None       # the last clicked cell (a, b), a < b
 
 
-def format_layers(layers: list[int]) -> str:
-    """[3, 7, 10, 11, 12] -> '3,7,10-12' (the syntax `parse_layers` reads)."""
-    out, run = [], []
-    for i in sorted(set(layers)):
-        if run and i == run[-1] + 1:
-            run.append(i)
-            continue
-        if run:
-            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-        run = [i]
-    if run:
-        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-    return ",".join(out)
+@dataclass(frozen=True)
+class Plan:
+    """A plan: recipe ops (what is replayed) and what they do in original layer numbering."""
+
+    method: str = "manual"
+    params: dict[str, Any] = field(default_factory=dict)   # the method's full parameter set
+    ops: list[dict] = field(default_factory=list)          # recipe ops (`explorer.recipe`)
+    removed: list[int] = field(default_factory=list)       # original layers dropped
+    merged: list[list[int]] = field(default_factory=list)  # original layers merged (or replaced)
+    notes: str = ""                                        # the method's own remarks
+    layers_after: int | None = None        # a method's plan states its resulting size
+    request: dict[str, Any] | None = None  # the size asked of a method: {"remove": n}/{"ratio": r}
+    calib: tuple[int, int] | None = None   # (seqlen, samples) of the method's calibration windows
+
+    @property
+    def manual(self) -> bool:
+        return self.method == "manual"
+
+    def layers_removed(self, num_layers: int = 0) -> int:
+        """Layers the plan takes away: drops, plus all but one layer of each merged block (a
+        method's plan states its resulting size, which also covers replacements)."""
+        if self.layers_after is not None and num_layers:
+            return num_layers - int(self.layers_after)
+        return len(self.removed) + sum(len(g) - 1 for g in self.merged)
 
 
-def parse_groups(text: str | None) -> list[list[int]]:
-    """'10-12; 20,21' -> [[10, 11, 12], [20, 21]]: blocks of layers to merge, ';'-separated."""
-    groups = [sorted(set(parse_layers(part))) for part in (text or "").split(";") if part.strip()]
-    return [g for g in groups if g]
+@dataclass(frozen=True)
+class Tried:
+    """One variant applied in this session: a row of the history table and a point of its plot."""
+
+    method: str
+    change: str                  # the variant's own description
+    layers_after: int
+    removed: int                 # layers removed
+    params_after: int            # parameters of the variant
+    ppl_before: float
+    ppl_after: float
+    ops: list[dict]
+    params: dict[str, Any]
+    protocol: str
+    drops: tuple[int, ...] = ()  # the original layers a manual plan dropped (to join like plans)
 
 
-def format_groups(groups: list[list[int]]) -> str:
-    return "; ".join(format_layers(g) for g in groups)
+@dataclass(frozen=True)
+class Session:
+    model: str | None = None
+    num_layers: int = 0
+    text: str = "wiki"
+    text_label: str = "wiki"
+    analysis: Analysis | None = None
+    plan: Plan = field(default_factory=Plan)
+    history: tuple[Tried, ...] = ()
+    exports: tuple[str, ...] = ()
+    exported: str | None = None
+
+    def with_model(self, spec: str, num_layers: int) -> "Session":
+        """The state after loading `spec`: what belonged to another model is dropped."""
+        if spec == self.model:
+            return self
+        return replace(self, model=spec, num_layers=num_layers, analysis=None, plan=Plan(),
+                       history=())
+
+    def tried(self, entry: Tried) -> "Session":
+        return replace(self, history=(*self.history, entry)[-HISTORY_LIMIT:])
+
+    def saved(self, path: str) -> "Session":
+        return replace(self, exported=path, exports=(*self.exports, path)[-EXPORTS_LIMIT:])
+
+
+def new_state(text: str = "wiki") -> Session:
+    return Session(text=text, text_label=text)
 
 
 def merge_weights(n: int, rule: str) -> list[float]:
@@ -68,8 +137,8 @@ def merge_weights(n: int, rule: str) -> list[float]:
 
 
 def manual_plan(num_layers: int, drops: list[int], merges: list[list[int]],
-                rule: str = "average") -> dict:
-    """A plan (see module docstring) that merges each block, then drops the given layers.
+                rule: str = "average") -> Plan:
+    """A plan that merges each block, then drops the given layers.
 
     All indices are original layer indices; they are translated into the slot indices each recipe
     op expects (a merge removes slots, which shifts the layers after it).
@@ -95,16 +164,20 @@ def manual_plan(num_layers: int, drops: list[int], merges: list[list[int]],
         current = [i for i in current if i not in g[1:]]
     if drops:
         ops.append({"op": "drop", "layers": sorted(current.index(i) for i in drops)})
-    return {"method": "manual", "params": {"merge_rule": rule} if merges else {}, "ops": ops,
-            "removed": sorted(drops), "merged": sorted(merges), "notes": ""}
+    return Plan(params={"merge_rule": rule} if merges else {}, ops=ops, removed=sorted(drops),
+                merged=sorted(merges))
 
 
-def layers_removed(plan: dict, num_layers: int = 0) -> int:
-    """Layers the plan takes away: drops, plus all but one layer of each merged block (a method's
-    plan states its resulting size, which also covers replacements)."""
-    if "layers_after" in plan and num_layers:
-        return num_layers - int(plan["layers_after"])
-    return len(plan.get("removed", [])) + sum(len(g) - 1 for g in plan.get("merged", []))
+def plan_from_text(num_layers: int, drops: str | None, merges: str | None,
+                   rule: str = "average") -> Plan:
+    """`manual_plan` from the typed fields ('3,7,10-12' and '10-12; 20,21')."""
+    return manual_plan(num_layers, sorted(set(parse_layers(drops))), parse_groups(merges), rule)
+
+
+def plan_fields(plan: Plan) -> tuple[str, str]:
+    """The manual fields (layers to drop, blocks to merge) that show `plan`: after a method
+    planned, they hold its layers, so that editing them starts from what is on screen."""
+    return format_layers(plan.removed), format_groups(plan.merged)
 
 
 def toggle_block(drops_text: str, merges_text: str, start: int, stop: int,
