@@ -1,9 +1,15 @@
-"""Launch the web app in-process on a free 127.0.0.1 port for the app tests (small sizes)."""
+"""The web app for the tests: launched in-process on 127.0.0.1 with small sizes, once per session
+(the `live_app` fixture in conftest.py).
+
+The app runs in the test process, so a test can reach its registry (`explorer.ui.registry.REGISTRY`)
+and check the shared model directly.
+"""
 
 from __future__ import annotations
 
-import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -13,15 +19,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def small_settings(tmp: Path):
     """Settings that keep every step to seconds on a CPU: 4 windows x 32 tokens of probe, a
-    perplexity on 128 tokens, 4 generated tokens for one prompt."""
+    perplexity on 128 tokens (2 windows of 64), 4 generated tokens for one prompt."""
     from explorer.ui.settings import UISettings
 
     return UISettings(probe_seqlen=32, probe_samples=4, probe_max_tokens=256, ppl_seqlen=64,
@@ -30,13 +30,45 @@ def small_settings(tmp: Path):
                       output_dir=tmp / "exports")
 
 
-def launch(tmp: Path):
-    """Build and launch the app; returns (demo, url). Close with demo.close()."""
-    from explorer.ui import CSS, build_app
+@dataclass
+class LiveApp:
+    """A launched app: its address, the settings it runs with, and the Blocks to close."""
 
-    demo = build_app(small_settings(tmp), warm_up=False)
-    demo.queue(default_concurrency_limit=4)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                quiet=True, css=CSS)
-    return demo, f"http://127.0.0.1:{port}/"
+    url: str                    # "http://127.0.0.1:<port>/"
+    settings: Any               # explorer.ui.settings.UISettings
+    demo: Any                   # gradio.Blocks
+
+    @property
+    def exports(self) -> Path:
+        """The app's output folder (exports are confined to it)."""
+        return Path(self.settings.output_dir)
+
+    def client(self):
+        """A new gradio_client session (a fresh browser tab)."""
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+    def close(self) -> None:
+        self.demo.close()
+
+
+def start(tmp: Path) -> LiveApp:
+    """Launch the app as `python app.py` does (explorer.ui.launch), with `small_settings(tmp)`.
+
+    No port is chosen here: with server_port=None gradio tries 7860, 7861, ... and takes the first
+    port its server really binds (a port taken in between makes the bind fail and the search go
+    on), so two test runs on one machine cannot race for the same port."""
+    from explorer import ui
+
+    settings = small_settings(tmp)
+    demo = ui.launch(settings, server_name="127.0.0.1", server_port=None,
+                     prevent_thread_lock=True, quiet=True)
+    return LiveApp(url=demo.local_url, settings=settings, demo=demo)
+
+
+def launch(tmp: Path):
+    """(demo, url) of a launched app: the older form, kept until every app test uses `live_app`."""
+    app = start(tmp)
+    return app.demo, app.url
+

@@ -1,16 +1,17 @@
-"""Shared fixtures: tiny random models (fast logic tests) and the real default model (loaded once)."""
+"""Shared fixtures: tiny random models (fast logic tests), the real default model (loaded once),
+the web app (launched once) and a clean slate of resident models for the modules that need one.
+
+`tiny` and `app_server` are importable because pyproject.toml's pytest options put tests/ on the
+path (`pythonpath`); `explorer` is the installed package (`pip install -e .`).
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # no test may need the network
 
@@ -58,3 +59,38 @@ def wiki():
     from explorer import load_texts
 
     return load_texts("wiki")
+
+
+@pytest.fixture(scope="session")
+def live_app(tmp_path_factory):
+    """The web app, launched once per session on 127.0.0.1 with small sizes (app_server.start):
+    `.url`, `.settings`, `.exports` and `.client()` (a new gradio_client session). It serves
+    whichever model each session loads; pair it with `clean_registry` for a known start."""
+    from app_server import start
+
+    app = start(tmp_path_factory.mktemp("app"))
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(live_app) -> str:
+    """The launched app's address (the browser tests' name for it)."""
+    return live_app.url
+
+
+@pytest.fixture(scope="module")
+def clean_registry():
+    """No resident model when the module starts, and none left behind when it ends.
+
+    The process keeps one resident model (`explorer.session`), and the web app's caches
+    (`explorer.ui.registry.REGISTRY`) empty themselves when it is released, so releasing it
+    gives a module the state of a fresh process without leaking another module's model (or its
+    memory) into it. Use with `pytestmark = pytest.mark.usefixtures("clean_registry")`."""
+    from explorer import session
+
+    session.release_model()
+    yield
+    session.release_model()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
-ui = pytest.importorskip("explorer.ui")
+pytest.importorskip("gradio")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
@@ -30,38 +30,29 @@ from explorer import session as session_registry  # noqa: E402
 from explorer.recipe import replay  # noqa: E402
 from explorer.text import MAX_TEXT_BYTES, user_texts  # noqa: E402
 from explorer.ui.registry import REGISTRY  # noqa: E402
-from explorer.ui.settings import UISettings  # noqa: E402
-from explorer.ui.state import manual_plan, parse_groups  # noqa: E402
+from explorer.layer_lists import parse_groups, parse_layers  # noqa: E402
+from explorer.ui.state import manual_plan  # noqa: E402
 from tiny import SAMPLE_TEXT, state_checksum as checksum  # noqa: E402
 
-PPL_SEQLEN, PPL_TOKENS = 32, 512
 # (drops, merges, rule): eight different plans on a 6-layer model
 PLANS = [("1", "", "average"), ("2", "", "average"), ("0,5", "", "average"),
          ("3-4", "", "average"), ("", "1-2", "average"), ("", "3-5", "average"),
          ("0", "2-3", "average"), ("", "4-5", "laco")]
 
-
+pytestmark = pytest.mark.usefixtures("clean_registry")    # no model resident at the start
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, tiny_factory):
-    """The real app, launched as `python app.py` launches it, with small sizes; yields
-    (url, tiny model path)."""
-    import socket
+def app(live_app, tiny_factory):
+    """The app of the session (conftest's `live_app`, launched as `python app.py` launches it,
+    with small sizes) and the tiny model this module loads into it: (url, model path, exports)."""
+    return live_app.url, str(tiny_factory("llama", num_layers=6)), live_app.exports
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    exports = tmp_path_factory.mktemp("app") / "exports"
-    settings = UISettings(ppl_seqlen=PPL_SEQLEN, ppl_max_tokens=PPL_TOKENS, gen_tokens=0,
-                          probe_seqlen=32, probe_samples=4, probe_max_tokens=256,
-                          method_seqlen=32, method_samples=4, output_dir=exports)
-    demo = ui.launch(settings, server_name="127.0.0.1", server_port=port,
-                     prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", str(tiny_factory("llama", num_layers=6)), exports
-    finally:
-        demo.close()
+
+@pytest.fixture(scope="module")
+def sizes(live_app) -> tuple[int, int]:
+    """(seqlen, max_tokens) of the app's perplexity runs."""
+    return live_app.settings.ppl_seqlen, live_app.settings.ppl_max_tokens
 
 
 def session(url: str, model: str) -> Client:
@@ -77,14 +68,13 @@ def apply(c: Client, drops: str, merges: str, rule: str) -> dict:
     return c.predict(api_name="/apply")[1]      # (summary, details, history, plot)
 
 
-def expected_ppl(lm, drops: str, merges: str, rule: str) -> float:
+def expected_ppl(lm, sizes: tuple[int, int], drops: str, merges: str, rule: str) -> float:
     """The same plan computed directly with the library (no app, no threads)."""
-    from explorer.cli import parse_layers
-
     plan = manual_plan(lm.num_layers, sorted(set(parse_layers(drops))), parse_groups(merges), rule)
     texts = user_texts(SAMPLE_TEXT, name="pasted text")
-    return perplexity(lm, texts.evaluation, variant=replay(lm, plan["ops"]), seqlen=PPL_SEQLEN,
-                      max_tokens=PPL_TOKENS, source=texts.source).ppl
+    seqlen, max_tokens = sizes
+    return perplexity(lm, texts.evaluation, variant=replay(lm, plan.ops), seqlen=seqlen,
+                      max_tokens=max_tokens, source=texts.source).ppl
 
 
 def error_of(c: Client, *args, api_name: str) -> str:
@@ -93,7 +83,7 @@ def error_of(c: Client, *args, api_name: str) -> str:
     return str(info.value)
 
 
-def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, tmp_path):
+def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, sizes, tmp_path):
     url, model, exports = app
     c = session(url, model)
     lm = REGISTRY.lm
@@ -141,18 +131,18 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, tmp_path):
     c.predict("1", "", "average", api_name="/update_plan")
     # still serving, and right
     got = apply(c, "1", "", "average")
-    assert got["ppl_after"] == expected_ppl(REGISTRY.lm, "1", "", "average")
+    assert got["ppl_after"] == expected_ppl(REGISTRY.lm, sizes, "1", "", "average")
     assert got["layers_after"] == 5
     assert REGISTRY.lm is lm                        # the same model object: nothing was reloaded
 
 
-def test_eight_concurrent_clients_match_one_by_one(app):
+def test_eight_concurrent_clients_match_one_by_one(app, sizes):
     url, model, _ = app
     first = session(url, model)
     lm = REGISTRY.lm
     before = checksum(lm.model)
     serial = [apply(first, *plan)["ppl_after"] for plan in PLANS]
-    assert serial == [expected_ppl(lm, *plan) for plan in PLANS]
+    assert serial == [expected_ppl(lm, sizes, *plan) for plan in PLANS]
     assert len(set(serial)) == len(PLANS)
     clients = [session(url, model) for _ in PLANS]
     barrier = threading.Barrier(len(PLANS))
@@ -192,7 +182,7 @@ def assert_model_clean(lm, before: str) -> None:
     assert checksum(lm.model) == before
 
 
-def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
+def test_client_disconnecting_mid_run_leaves_the_server_clean(app, sizes):
     url, model, _ = app
     c = session(url, model)
     lm = REGISTRY.lm
@@ -220,7 +210,7 @@ def test_client_disconnecting_mid_run_leaves_the_server_clean(app):
             time.sleep(0.2)
     assert_model_clean(lm, before)
     other = session(url, model)
-    assert apply(other, "2", "", "average")["ppl_after"] == expected_ppl(lm, "2", "", "average")
+    assert apply(other, "2", "", "average")["ppl_after"] == expected_ppl(lm, sizes, "2", "", "average")
 
 
 def test_stop_button_ends_the_running_job_and_frees_the_model(app):
