@@ -1,24 +1,28 @@
-"""Fuzzing the parsers users feed directly: recipe files (Recipe.from_json + replay) and the CLI's
-layer lists (parse_layers).
+"""Fuzzing the parsers users feed directly: recipe files (Recipe.from_json + replay) and layer
+lists (parse_layers, the syntax of the CLI and the app).
 
 Whatever the input, the only exceptions allowed are ExplorerError subclasses (one-line messages);
-anything else (TypeError, RecursionError, OverflowError, MemoryError ...) is a bug. When a recipe
-is accepted, replaying it on a real tiny model gives a valid Variant: applying it runs a forward
-pass and leaves the model exactly as it was.
+anything else (TypeError, RecursionError, OverflowError, MemoryError ...) is a bug. What is
+accepted is checked too: a parsed recipe holds exactly what its JSON said, typed as promised, and
+survives a round trip through to_json; replaying it on a real tiny model gives a valid Variant
+(applying it runs a forward pass and leaves the model exactly as it was); a parsed layer list is
+what an independent reading of the text gives, and survives a round trip through format_layers.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from explorer import Variant
-from explorer.cli import parse_layers
 from explorer.errors import ExplorerError, LayerError
+from explorer.layer_lists import MAX_LAYER_RANGE, format_layers, parse_layers
 from explorer.recipe import FORMAT, Recipe, replay
 
 FUZZ = settings(max_examples=200, deadline=None, database=None,
@@ -35,25 +39,72 @@ def _is_one_line(exc: Exception) -> bool:
     return "\n" not in str(exc) and len(str(exc)) > 0
 
 
-@FUZZ
-@given(st.binary(max_size=600))
-def test_from_json_on_arbitrary_bytes(data):
+def _same(a, b) -> bool:
+    """Equal as JSON (NaN equals NaN here, unlike ==)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _assert_faithful(r: Recipe, text: str | bytes) -> None:
+    """An accepted recipe holds what its JSON said, with the promised types, and a round trip
+    through to_json gives it back unchanged."""
+    raw = json.loads(text)
+    assert isinstance(r, Recipe) and r.format == raw["format"] == FORMAT
+    assert isinstance(r.model, str) and r.model and r.model == raw["model"]
+    assert type(r.num_layers) is int and r.num_layers >= 1 and r.num_layers == raw["num_layers"]
+    assert all(type(o) is dict and isinstance(o["op"], str) for o in r.ops)
+    assert _same(r.ops, raw.get("ops", []))
+    assert r.method == str(raw.get("method", "manual"))
+    assert type(r.params) is dict and _same(r.params, raw.get("params", {}))
+    assert type(r.results) is dict and _same(r.results, raw.get("results", {}))
+    again = Recipe.from_json(r.to_json())
+    assert again.to_json() == r.to_json()
+
+
+def _parse_and_check(text: str | bytes) -> None:
+    """Refused with one line, or accepted faithfully."""
     try:
-        r = Recipe.from_json(data)
+        r = Recipe.from_json(text)
     except LayerError as exc:
         assert _is_one_line(exc)
     else:
-        assert isinstance(r, Recipe)
+        _assert_faithful(r, text)
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_from_json_on_arbitrary_bytes(data):
+    _parse_and_check(data)
+
+
+def right_or_wrong(right: st.SearchStrategy) -> st.SearchStrategy:
+    """Half the time a valid field, half the time any JSON value."""
+    return st.booleans().flatmap(lambda ok: right if ok else json_values)
+
+
+# Objects shaped like recipes, each field right or wrong: about one in fifteen is accepted.
+recipe_like = st.fixed_dictionaries(
+    {"format": right_or_wrong(st.just(FORMAT)),
+     "model": right_or_wrong(st.text(min_size=1, max_size=8)),
+     "num_layers": right_or_wrong(st.integers(-2, 40))},
+    optional={"ops": right_or_wrong(st.lists(st.fixed_dictionaries(
+                  {"op": st.text(max_size=6)}, optional={"layers": json_values}), max_size=3)),
+              "method": json_values,
+              "params": right_or_wrong(st.dictionaries(st.text(max_size=6), json_values,
+                                                       max_size=3)),
+              "results": right_or_wrong(st.dictionaries(st.text(max_size=6), json_values,
+                                                        max_size=3))})
 
 
 @FUZZ
 @given(json_values)
 def test_from_json_on_arbitrary_json(value):
-    text = json.dumps(value)
-    try:
-        Recipe.from_json(text)
-    except LayerError as exc:
-        assert _is_one_line(exc)
+    _parse_and_check(json.dumps(value))
+
+
+@FUZZ
+@given(recipe_like)
+def test_from_json_on_recipe_like_json(value):
+    _parse_and_check(json.dumps(value))
 
 
 layer_ints = st.integers(-3, 9)
@@ -128,25 +179,63 @@ def test_well_formed_random_ops_give_a_variant_or_a_layer_error(tiny_lm, op_list
 
 
 @FUZZ
-@given(st.text(max_size=40))
+@given(st.one_of(st.text(max_size=40),
+                 # what int() reads besides ASCII digits: signs, underscores, tabs, other scripts' digits
+                 st.text(alphabet="0123456789-,+_ \t\u0663\u00b2", max_size=20)))
 def test_parse_layers_on_arbitrary_text(spec):
     try:
         out = parse_layers(spec)
     except LayerError as exc:
         assert _is_one_line(exc)
-    else:
-        assert all(isinstance(i, int) for i in out)
+        return
+    assert all(type(i) is int for i in out)
+    if not spec:
+        assert out == []
+        return
+    # comma by comma: each part is one layer or an ascending run of at most MAX_LAYER_RANGE
+    pieces = [parse_layers(part) for part in spec.split(",")]
+    assert out == [i for piece in pieces for i in piece]
+    for piece in pieces:
+        assert 1 <= len(piece) <= MAX_LAYER_RANGE
+        assert piece == list(range(piece[0], piece[0] + len(piece)))
+    if min(out, default=0) >= 0:            # format_layers writes runs of layers (never negative)
+        assert parse_layers(format_layers(out)) == sorted(set(out))
+
+
+SINGLE = re.compile(r"-?[0-9]+")
+RANGE = re.compile(r"([0-9]+) *- *(-?[0-9]+)")
+
+
+def read_layers(spec: str) -> list[int] | None:
+    """An independent reading of a layer list made of digits, '-', ',' and spaces: the layers,
+    or None where the text is not a layer list."""
+    if not spec:
+        return []
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip(" ")
+        if SINGLE.fullmatch(part):
+            out.append(int(part))
+        elif m := RANGE.fullmatch(part):
+            lo, hi = int(m[1]), int(m[2])
+            if hi < lo or hi - lo >= MAX_LAYER_RANGE:
+                return None
+            out.extend(range(lo, hi + 1))
+        else:
+            return None
+    return out
 
 
 @FUZZ
 @given(st.text(alphabet="0123456789-, ", max_size=30))
 def test_parse_layers_on_number_like_text(spec):
-    try:
-        out = parse_layers(spec)
-    except LayerError as exc:
-        assert _is_one_line(exc)
+    expected = read_layers(spec)
+    if expected is None:
+        with pytest.raises(LayerError) as info:
+            parse_layers(spec)
+        assert _is_one_line(info.value)
     else:
-        assert len(out) <= 10_000 * (spec.count(",") + 1)
+        assert parse_layers(spec) == expected
 
 
 @FUZZ
