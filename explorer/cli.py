@@ -4,7 +4,9 @@ Every command takes --json and then prints exactly one JSON object on stdout. Er
 print one line, "error: ...", on stderr and exit with status 2.
 
 Adding a command: write `def cmd_NAME(args) -> dict` (the JSON object; `_print_text` renders it for
-humans) and `def add_NAME(sub)` that declares its arguments, then list it in `COMMANDS`.
+humans; a `str` is printed as it is) and `def add_NAME(sub)` that declares its arguments, then list
+it in `COMMANDS`. Method and measure lists and their parameters come from the registries
+(`compress --help`, `compress --method laco --help-params`, `similarity --help`).
 
 Examples:
     python -m explorer eval --model smollm2-135m --text wiki --json
@@ -110,10 +112,17 @@ def cmd_export(args) -> dict:
 
 
 def add_similarity(sub) -> None:
+    from .measure import MEASURES, measures_help
+
     p = sub.add_parser("similarity", help="layer-by-layer similarity matrix of the residual "
-                       "stream (explorer.measure)")
+                       "stream (explorer.measure)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="measures and their parameters (--param NAME=VALUE):\n"
+                       + measures_help())
     _model_args(p)
-    p.add_argument("--measure", default="cosine", help="cosine, bi, angular, cka or npib")
+    p.add_argument("--measure", default="cosine", help=", ".join(MEASURES))
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="measure parameter, e.g. max_tokens=4096 (see below); repeatable")
     p.add_argument("--text", default="wiki", help="wiki, news, wikitext2 or a .txt path")
     p.add_argument("--seqlen", type=int, default=128, help="tokens per calibration window")
     p.add_argument("--samples", type=int, default=32, help="calibration windows")
@@ -126,19 +135,18 @@ def add_similarity(sub) -> None:
 def cmd_similarity(args) -> dict:
     import time
 
-    from .measure import MEASURES, similarity
+    from .measure import get_measure, similarity
     from .probe import probe
     from .text import load_texts
 
-    if args.measure not in MEASURES:
-        raise ExplorerError(f"unknown measure '{args.measure}'; known: {', '.join(MEASURES)}")
+    info = get_measure(args.measure)
+    params = info.resolve(parse_params(args.param))        # refused before the model loads
     lm = _load(args)
     texts = load_texts(args.text)
     pr = probe(lm, texts.calibration, seqlen=args.seqlen, num_samples=args.samples,
                bos=args.bos, skip_first=not args.keep_first)
     start = time.perf_counter()
-    matrix = similarity(pr, args.measure)
-    info = MEASURES[args.measure]
+    matrix = similarity(pr, args.measure, **params)
     return {"model": args.model, "measure": info.name, "title": info.title,
             "higher_is_similar": info.higher_is_similar, "paper": info.paper,
             "num_layers": pr.num_layers, "num_tokens": pr.num_tokens,
@@ -150,18 +158,24 @@ def cmd_similarity(args) -> dict:
 
 
 def add_compress(sub) -> None:
+    from .methods import METHODS, methods_help
+
     p = sub.add_parser("compress", help="merge or prune layers with a method of the field "
-                       "(explorer.methods), then compare perplexity")
+                       "(explorer.methods), then compare perplexity",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="methods and their parameters (--param NAME=VALUE):\n"
+                       + methods_help())
     _model_args(p)
     _text_args(p)
-    p.add_argument("--method", required=True,
-                   help="drop, tail, shortgpt, angular, mka, laco, streamline or come")
+    p.add_argument("--method", default=None, help=", ".join(METHODS) + " (required)")
+    p.add_argument("--help-params", action="store_true",
+                   help="print the parameters of --method (or of every method) and exit")
     p.add_argument("--remove", type=int, default=None, help="layers by which the model shrinks")
     p.add_argument("--ratio", type=float, default=None,
                    help="fraction of parameters to remove instead of --remove")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="method parameter (VALUE read as JSON, else as text), e.g. T=0.3 or "
-                        "replacement=linear; repeatable")
+                   help="method parameter, e.g. T=0.3, replacement=linear or pairs=[[3,4]] (read "
+                        "as the parameter's declared type); repeatable")
     p.add_argument("--calib-seqlen", type=int, default=128, help="calibration window length")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration windows")
     p.add_argument("--seed", type=int, default=0)
@@ -169,35 +183,51 @@ def add_compress(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
-def parse_params(items: list[str]) -> dict:
-    """["T=0.3", "replacement=linear", "layers=[3,4]"] -> {"T": 0.3, ...}."""
+def parse_params(items: list[str]) -> dict[str, str]:
+    """["T=0.3", "replacement=linear"] -> {"T": "0.3", ...}: text, which the declared parameters
+    (explorer.params) read as their own types."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise ExplorerError(f"--param '{item}' must look like NAME=VALUE")
-        try:
-            out[name.strip()] = json.loads(value)
-        except ValueError:
-            out[name.strip()] = value
+        out[name.strip()] = value
     return out
 
 
-def cmd_compress(args) -> dict:
+def _params_help(args) -> dict | str:
+    """--help-params: the declared parameters of one method, or of all (text, or JSON rows)."""
+    from .methods import get_method, list_methods
+    from .params import describe, help_text
+
+    methods = [get_method(args.method)] if args.method else list_methods()
+    if not args.json:
+        return help_text([(m.name, m.title, m.params) for m in methods])
+    return {"methods": {m.name: [{**row, "choices": list(row["choices"] or []) or None}
+                                 for row in describe(m.params)] for m in methods}}
+
+
+def cmd_compress(args) -> dict | str:
     import time
 
     from .export import export
-    from .methods import compress
+    from .methods import METHODS, compress, get_method
     from .recipe import Recipe
     from .text import load_texts
 
+    if args.help_params:
+        return _params_help(args)
+    if not args.method:
+        raise ExplorerError("compress needs --method; one of: " + ", ".join(METHODS))
+    method = get_method(args.method)
+    params = method.resolve(parse_params(args.param))      # refused before the model loads
     lm = _load(args)
     texts = load_texts(args.text)
     start = time.perf_counter()
     plan = compress(lm, args.method, remove=args.remove, ratio=args.ratio,
                     calibration=texts.calibration, calibration_source=texts.source,
                     seqlen=args.calib_seqlen, num_samples=args.calib_samples, seed=args.seed,
-                    **parse_params(args.param))
+                    **params)
     plan_seconds = time.perf_counter() - start
     before = _ppl(lm, args)
     after = _ppl(lm, args, plan.variant)
@@ -341,7 +371,9 @@ def main(argv: list[str] | None = None, stderr: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=stderr)
         return 130
-    if args.json:
+    if isinstance(result, str):       # a command's own text (e.g. compress --help-params)
+        print(result)
+    elif args.json:
         print(json.dumps(result))
     else:
         _print_text(result)

@@ -47,7 +47,7 @@ import torch
 
 from .errors import ExplorerError
 from .npib import POINTS, npib_matrix
-from .params import Param, resolve
+from .params import Param, help_text, markdown_table, resolve
 from .probe import ProbeResult
 from .token_select import select_tokens
 
@@ -121,6 +121,16 @@ MEASURE_NAMES: Sequence[str] = _MeasureNames()
 def measure_param(default: str, help: str) -> Param:
     """The `measure` parameter of a method: one of the registered measures."""
     return Param("measure", str, default, help, choices=MEASURE_NAMES)
+
+
+def measures_help() -> str:
+    """Every registered measure with its parameters, for the CLI's help."""
+    return help_text([(m.name, m.title, m.params) for m in MEASURES.values()])
+
+
+def measures_table() -> str:
+    """The Markdown table of every registered measure's parameters (docs/measures.md)."""
+    return markdown_table([(m.name, m.params) for m in MEASURES.values()], "measure")
 
 
 def most_similar(values: Sequence[float], measure: str) -> list[int]:

@@ -188,3 +188,39 @@ def describe(params: Sequence[Param]) -> list[dict]:
     return [{"name": p.name, "type": p.type.__name__, "default": p.default,
              "allowed": p.allowed(), "help": p.help, "choices": p.choices, "min": p.min,
              "max": p.max, "optional": p.optional} for p in params]
+
+
+def _show(value: Any) -> str:
+    """A default as the user would type it: none, true, 0.45, [3, 7], "paper"."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def help_text(owners: Sequence[tuple[str, str, Sequence[Param]]], width: int = 100) -> str:
+    """Plain-text help for the CLI: per owner (name, title, params), one line per parameter."""
+    lines = []
+    for name, title, params in owners:
+        lines.append(f"  {name}: {title}")
+        if not params:
+            lines.append("      (no parameters)")
+        for p in params:
+            lines.append(f"      {p.name}={_show(p.default)}  {p.allowed()}: {p.help}")
+    return "\n".join(lines)
+
+
+def markdown_table(owners: Sequence[tuple[str, Sequence[Param]]], what: str = "method") -> str:
+    """A Markdown table of every owner's parameters (name, default, allowed values, help), for the
+    docs; `explorer.doc_tables` writes it between markers in docs/*.md."""
+    rows = [f"| {what} | parameter | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for owner, params in owners:
+        if not params:
+            rows.append(f"| {owner} | (none) | | | |")
+        for p in params:
+            rows.append(f"| {owner} | `{p.name}` | `{_show(p.default)}` | {p.allowed()} | "
+                        f"{p.help.replace('|', '/')} |")
+    return "\n".join(rows)

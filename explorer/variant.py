@@ -143,14 +143,6 @@ class Variant:
         step.setdefault("summary", label)
         return Variant(self.lm, slots, self.steps + (step,))
 
-    def insert(self, position: int, module: nn.Module, like: int, label: str) -> "Variant":
-        """Insert a new module before slot `position` (== num_layers appends)."""
-        if not 0 <= position <= len(self.slots):
-            raise LayerError(f"insert position {position} is out of range 0..{len(self.slots)}")
-        slots = self.slots[:position] + (NewLayer(module, like, label),) + self.slots[position:]
-        step = {"op": "insert", "position": position, "summary": label}
-        return Variant(self.lm, slots, self.steps + (step,))
-
     def merge(self, indices: Sequence[int], weights: Sequence[float], label: str | None = None,
               extra: dict | None = None) -> "Variant":
         """Replace the layers at `indices` by one layer whose linear weights are sum_k w_k theta_k.

@@ -88,10 +88,33 @@ def test_laco_rdsc_rule_on_layers_with_weights_1_2_4(constant_layers, sample_tex
 
 
 def test_laco_threshold_and_walk(tiny_lm, sample_text):
-    none = compress(tiny_lm, "laco", remove=2, C=3, T=1.01, calibration=sample_text, **KW)
-    assert none.variant.is_identity() and "only 0 of 2" in none.notes
-    assert len(none.scores["cosine of tried merges"]) == 3          # l = H-C = 2, 1, 0 rejected
-    plan = compress(tiny_lm, "laco", remove=3, C=2, T=-1.0, calibration=sample_text, **KW)
+    # the paper's walk: l = H-C = 2, 1, 0 all rejected -> it cannot reach the size and says why
+    with pytest.raises(LayerError, match=r"laco: the paper's walk \(C=3\) ended after removing 0 "
+                       r"of 2 layers: accepted 0 of 3 merges at T=1.0 .*use mode=target"):
+        compress(tiny_lm, "laco", remove=2, C=3, T=1.0, mode="walk", calibration=sample_text, **KW)
+    plan = compress(tiny_lm, "laco", remove=3, C=2, T=-1.0, mode="walk", calibration=sample_text,
+                    **KW)
     # C=2 merges one pair at a time from l = H-C = 3 down by I=1: (3,4), (2,3+4), (1,2+3+4)
     assert plan.merged == [[1, 2, 3, 4]] and plan.variant.num_layers == 3
     assert "accepted 3 of 3" in plan.notes
+
+
+def test_laco_target_mode_accepts_the_best_candidate_when_none_passes(tiny_lm, sample_text):
+    """Nothing passes T=1: each pass accepts its highest-cosine candidate, recomputed here."""
+    from explorer import Variant
+    from explorer.methods.laco import final_states, mean_cosine, rdsc_weights
+
+    plan = compress(tiny_lm, "laco", remove=2, C=3, T=1.0, calibration=sample_text, **KW)
+    assert plan.variant.num_layers == 4 and "1 pass(es) had no merge above T" in plan.notes
+    ctx = PlanContext(tiny_lm, sample_text, **KW)
+    ids = ctx.input_ids[:8]
+    ref = final_states(ctx, Variant.identity(tiny_lm), ids)
+    # C=3 on 6 layers: blocks of 3 starting at l = H-C = 2, 1, 0
+    cos = {l: mean_cosine(final_states(ctx, Variant.identity(tiny_lm).merge(
+        [l, l + 1, l + 2], rdsc_weights(2)), ids), ref) for l in (2, 1, 0)}
+    best = max(cos, key=cos.get)
+    assert plan.merged == [[best, best + 1, best + 2]]
+    assert plan.scores["cosine of tried merges"] == pytest.approx([cos[2], cos[1], cos[0]])
+    # default C in target mode is scaled to the depth: max(2, round(7 * 6 / 40)) = 2
+    auto = compress(tiny_lm, "laco", remove=2, calibration=sample_text, **KW)
+    assert auto.variant.num_layers == 4 and "C=2" in auto.notes

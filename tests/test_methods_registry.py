@@ -19,8 +19,9 @@ def test_registry_lists_every_method_with_its_documentation():
     assert [m.name for m in list_methods()] == EXPECTED
     for m in list_methods():
         assert m.title and m.paper and len(m.description) > 100
-        for param in m.defaults:                      # each default documented in the docstring
-            assert f"{param}:" in (type(m).__doc__ or ""), (m.name, param)
+        for p in m.params:                            # each parameter declared with its help
+            assert p.help and p.type in (int, float, str, bool, list, dict), (m.name, p.name)
+            assert m.resolve({})[p.name] == p.default
     with pytest.raises(ExplorerError, match="known methods: drop, tail"):
         get_method("nope")
     assert get_method("laco") is METHODS["laco"]

@@ -12,17 +12,12 @@ Example:
 
 from __future__ import annotations
 
-from ..variant import Variant
-from .layout import Layout
+from ..measure import measure_param, most_similar, similarity
 from .registry import Method, Plan, PlanContext, register
 
 
 @register
 class Angular(Method):
-    """Parameters:
-        measure: block measure; "angular" (the paper's, default). A distance measure is minimised,
-            a similarity measure (cosine, cka, npib) maximised.
-    """
 
     name = "angular"
     title = "Angular distance block (Gromov et al.)"
@@ -32,21 +27,16 @@ class Angular(Method):
                    "whole block. The idea: if a block hardly changes the direction of the residual "
                    "stream, the layers after it can do without it. The paper finds such blocks deep "
                    "in the network and repairs the damage with a little fine-tuning, which we skip.")
-    defaults = {"measure": "angular"}
-    needs_probe = True
+    params = (measure_param("angular", "block measure between a block's input and output (the "
+                            "paper's angular distance); the most similar block is dropped"),)
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
-        from ..measure import MEASURES, similarity  # imported late: optional at import time
-
-        L, n = ctx.lm.num_layers, remove
+        L, n, measure = ctx.lm.num_layers, remove, params["measure"]
         ctx.report(0.05, "probing the calibration text")
-        sim = similarity(ctx.probe(), params["measure"]).float().cpu()   # (L+1, L+1)
+        sim = similarity(ctx.probe(), measure).float().cpu()             # (L+1, L+1)
         d = [float(sim[i, i + n]) for i in range(L - n + 1)]               # block [i, i+n)
-        sign = -1.0 if MEASURES[params["measure"]].higher_is_similar else 1.0
-        start = min(range(len(d)), key=lambda i: (sign * d[i], i))
-        layers = list(range(start, start + n))
-        v = Variant.identity(ctx.lm).drop(layers)
-        lay = Layout.identity(L).drop(layers)
-        return Plan(self.name, params, v, lay.removed(L), [], {params["measure"]: d},
-                    f"Dropped the block {start}-{start + n - 1}: {params['measure']} "
-                    f"d({start}, {start + n}) = {d[start]:.3f} is the best of {len(d)} blocks.")
+        start = most_similar(d, measure)[0]
+        return self.drop_plan(ctx, params, range(start, start + n), {measure: d},
+                              f"Dropped the block {start}-{start + n - 1}: {measure} "
+                              f"d({start}, {start + n}) = {d[start]:.3f} is the best of {len(d)} "
+                              "blocks.")

@@ -44,6 +44,8 @@ import torch.nn as nn
 
 from ..errors import ExplorerError, LayerError
 from ..load import LoadedModel
+from ..measure import measure_param, most_similar, similarity
+from ..params import Param
 from ..recipe import register_op
 from ..variant import Variant
 from .fitting import _Stop, capture_block, fit_module
@@ -233,13 +235,6 @@ def merge_pair(ctx: PlanContext, v: Variant, lo: int, params: dict) -> tuple[Var
 
 @register
 class CoMe(Method):
-    """Parameters:
-        measure: how the pair to merge is chosen: cell (l, l+2) of this measure on the current
-            variant, i.e. how little the pair changes the residual stream (default "cosine").
-        recover_steps: layer-wise distillation steps after each merge (default 0: off).
-        recover_lr: Adam learning rate for recovery (default 1e-4).
-    """
-
     name = "come"
     title = "CoMe (concatenation merge by sensitivity)"
     paper = "CoMe, arXiv 2510.15304 (our reading; official code unavailable)"
@@ -250,15 +245,17 @@ class CoMe(Method):
                    "a single layer of the usual size, so the model stays a standard model. Merges "
                    "repeat one pair at a time. The paper prunes 30% of LLaMA-2-7B while keeping 83% "
                    "of its average accuracy. Our implementation is a reading of the paper.")
-    defaults = {"measure": "cosine", "recover_steps": 0, "recover_lr": 1e-4}
-    needs_probe = True
+    params = (
+        measure_param("cosine", "how the pair is chosen: cell (l, l+2) on the current variant, "
+                      "how little the pair changes the residual stream"),
+        Param("recover_steps", int, 0, "layer-wise distillation steps after each merge (0: off)",
+              min=0),
+        Param("recover_lr", float, 1e-4, "Adam learning rate for recovery", min=0),
+    )
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
-        from ..measure import MEASURES, similarity
-
         L = ctx.lm.num_layers
         layer_parts(ctx.lm, Variant.identity(ctx.lm).layer(0))      # refuse early
-        sign = 1.0 if MEASURES[params["measure"]].higher_is_similar else -1.0
         v, lay = Variant.identity(ctx.lm), Layout.identity(L)
         scores: dict[str, list[float]] = {}
         for step in range(remove):
@@ -268,7 +265,7 @@ class CoMe(Method):
             cells = [float(sim[i, i + 2]) for i in range(n - 1)]
             if step == 0:
                 scores[f"{params['measure']}(x_l, x_l+2)"] = cells
-            lo = max(range(n - 1), key=lambda i: (sign * cells[i], -i))
+            lo = most_similar(cells, params["measure"])[0]
             ctx.report((step + 0.5) / remove,
                        f"CoMe merge {step + 1}/{remove}: slots {lo}, {lo + 1}")
             v, _ = merge_pair(ctx, v, lo, params)

@@ -11,7 +11,7 @@ code's a = sigmoid(s_l / (s_l + s_m)) with s = mean of the layer's similarity ro
 "code"`), which is ~0.62 for any pair. For distance measures (bi, angular) S = 1 - distance.
 Similarities are clipped to [0, 1] before use as a weight.
 
-Pitfall of the released code (../shared/METHODS.md): its merge writes into `model.state_dict()[k]`,
+Pitfall of the released code (docs/methods.md): its merge writes into `model.state_dict()[k]`,
 which changes nothing, and the pair merged is always the last two layers, so it really performs
 tail pruning; use the `tail` method to compare with that.
 
@@ -28,6 +28,8 @@ import math
 import torch
 
 from ..errors import LayerError
+from ..measure import adjacent, get_measure, measure_param, similarity
+from ..params import Param
 from ..variant import Variant
 from .layout import Layout
 from .registry import Method, Plan, PlanContext, register
@@ -53,16 +55,6 @@ def code_weight(sim: torch.Tensor, l: int, m: int, higher_is_similar: bool) -> f
 
 @register
 class MKA(Method):
-    """Parameters:
-        measure: similarity measure for S_lm and for choosing pairs ("npib", the paper's; any of
-            explorer.measure.MEASURES).
-        adjacent: only adjacent pairs are candidates (True, default) or every pair (False).
-        weight_rule: "paper" (a = S_lm, default) or "code" (a = sigmoid(s_l / (s_l + s_m))).
-        pairs: user-chosen pairs [[l, m], ...] of ORIGINAL layer indices merged in this order,
-            adjacent or not (None: choose by similarity). Its length is the number of merges.
-        measure_params: extra keyword arguments for the measure (e.g. {"k": 5} for npib).
-    """
-
     name = "mka"
     title = "MKA (manifold similarity, weighted merge)"
     paper = ("Pruning via Merging: Compressing LLMs via Manifold Alignment Based Layer Merging, "
@@ -74,22 +66,26 @@ class MKA(Method):
                    "smaller model again and repeats. The paper reports Llama3-8B keeping MMLU within "
                    "2.82% at 43.75% compression; its released code, though, only drops the last "
                    "layers (see the tail method).")
-    defaults = {"measure": "npib", "adjacent": True, "weight_rule": "paper", "pairs": None,
-                "measure_params": {}}
-    needs_probe = True
+    params = (
+        measure_param("npib", "similarity S_lm of two layers' outputs, for choosing pairs and as "
+                      "the weight (a distance d is used as 1 - d)"),
+        Param("adjacent", bool, True, "only adjacent pairs are candidates (false: every pair)"),
+        Param("weight_rule", str, "paper", "a = S_lm (paper) or the released code's "
+              "a = sigmoid(s_l / (s_l + s_m))", choices=("paper", "code")),
+        Param("pairs", list, None, "pairs [[l, m], ...] of original layers to merge in this "
+              "order (none: choose by similarity); their number is the layers removed",
+              optional=True),
+        Param("measure_params", dict, {}, 'extra parameters of the measure, e.g. {"k": 5} for '
+              "npib"),
+    )
 
     def implied_remove(self, params: dict) -> int | None:
         return len(params["pairs"]) if params["pairs"] else None
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
-        from ..measure import MEASURES, adjacent, similarity
-
-        if params["weight_rule"] not in ("paper", "code"):
-            raise LayerError("mka weight_rule must be 'paper' or 'code'")
-        measure, mp = params["measure"], dict(params["measure_params"] or {})
-        if measure not in MEASURES:
-            raise LayerError(f"unknown measure '{measure}'; known: {', '.join(MEASURES)}")
-        higher = MEASURES[measure].higher_is_similar
+        measure, mp = params["measure"], params["measure_params"]
+        get_measure(measure).resolve(mp)                              # refuse before probing
+        higher = get_measure(measure).higher_is_similar
         pairs = params["pairs"]
         if pairs is not None and len(pairs) != remove:
             raise LayerError(f"mka: {len(pairs)} pairs given but remove={remove}")

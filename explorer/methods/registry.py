@@ -1,11 +1,14 @@
 """The plan stage: one registry of merge and prune methods, each producing a `Variant` and a recipe.
 
 A method is a small `Method` subclass in its own module under `explorer/methods/`, registered with
-`@register`. It declares its name, paper, a paragraph for the app, and its parameters with defaults;
+`@register`. It declares its name, paper, a paragraph for the app, and its parameters once, as
+`params: tuple[Param, ...]` (`explorer.params`): the CLI help, the app's controls and the docs table
+are generated from that declaration, and `Method.plan` validates every value through it.
 `plan(ctx, remove, **params)` returns a `Plan`: the variant (the loaded model's weights are never
 written), what was removed or merged (in original layer indices), and the scores it ranked by.
 
-`remove` is always the number of layers by which the layer count shrinks.
+`remove` is always the number of layers by which the layer count shrinks; a method asked for K
+removes exactly K or raises an ExplorerError that says why (`Method.plan` checks it).
 
 Example:
     >>> from explorer.methods import compress, get_method, list_methods
@@ -15,27 +18,30 @@ Example:
     >>> plan.removed, plan.variant.num_layers
     >>> plan.recipe().to_json()
 
-Adding a method:
+Adding a method (one file under explorer/methods/, imported in `explorer/methods/__init__.py`,
+plus its test; see docs/architecture.md):
     @register
     class MyMethod(Method):
         name = "mine"; title = "Mine"; paper = "arXiv ..."; description = "..."
-        defaults = {"alpha": 0.5}
-        def run(self, ctx, remove, params): ...           # -> Plan
+        params = (Param("alpha", float, 0.5, "mixing weight", min=0, max=1),)
+        def run(self, ctx, remove, params): ...           # -> Plan, e.g. self.drop_plan(...)
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from ..errors import ExplorerError, LayerError
 from ..load import LoadedModel, Progress
+from ..params import Param, help_text, markdown_table, resolve
 from ..probe import ProbeResult, calibration_windows, probe
 from ..recipe import Recipe
 from ..variant import Variant
+from .layout import Layout
 
 
 @dataclass
@@ -142,24 +148,24 @@ def find_calibration(ref: dict) -> str:
 class Method:
     """Base class of the methods. Subclasses set the class attributes and implement `run`.
 
-    Each parameter in `defaults` is documented in the subclass docstring.
+    params: the declared parameters (name, type, default, allowed values, one line of help).
     """
 
     name: str = ""
     title: str = ""
     paper: str = ""
     description: str = ""
-    defaults: dict[str, Any] = {}
-    needs_probe: bool = False
+    params: tuple[Param, ...] = ()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """{name: default} of the declared parameters."""
+        return {p.name: p.default for p in self.params}
 
     def resolve(self, params: dict) -> dict:
-        """The full parameter set: defaults overridden by `params`; unknown names are refused."""
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ExplorerError(f"method '{self.name}' has no parameter {', '.join(unknown)}; "
-                                f"its parameters: {known}")
-        return {**self.defaults, **params}
+        """The full parameter set: declared defaults overridden by `params`, each value parsed and
+        checked; a one-line ParamError for an unknown name or a bad value."""
+        return resolve(self.params, params, self.name)
 
     def implied_remove(self, params: dict) -> int | None:
         """The layer count implied by the parameters (e.g. drop's layer list), if any."""
@@ -168,15 +174,23 @@ class Method:
     def plan(self, ctx: PlanContext, remove: int, **params) -> Plan:
         p = self.resolve(params)
         check_remove(remove, ctx.lm.num_layers)
-        return self.run(ctx, remove, p)
+        plan = self.run(ctx, remove, p)
+        got = ctx.lm.num_layers - plan.variant.num_layers
+        if got != remove:   # each method raises its own reason first; this is the backstop
+            raise LayerError(f"{self.name} removed {got} layers instead of the {remove} asked "
+                             f"for: {plan.notes}")
+        return plan
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         raise NotImplementedError
 
-    def info(self) -> dict:
-        return {"name": self.name, "title": self.title, "paper": self.paper,
-                "description": self.description, "defaults": dict(self.defaults),
-                "needs_probe": self.needs_probe}
+    def drop_plan(self, ctx: PlanContext, params: dict, layers: Sequence[int],
+                  scores: dict[str, list[float]], notes: str) -> Plan:
+        """The plan of a method that only deletes `layers` (original indices) of the model."""
+        layers = sorted(layers)
+        L = ctx.lm.num_layers
+        return Plan(self.name, params, Variant.identity(ctx.lm).drop(layers),
+                    Layout.identity(L).drop(layers).removed(L), [], scores, notes)
 
 
 METHODS: dict[str, Method] = {}
@@ -190,6 +204,11 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove a method from the registry (tests that register an example method)."""
+    METHODS.pop(name, None)
+
+
 def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ExplorerError(f"unknown method '{name}'; known methods: {', '.join(METHODS)}")
@@ -198,6 +217,16 @@ def get_method(name: str) -> Method:
 
 def list_methods() -> list[Method]:
     return list(METHODS.values())
+
+
+def methods_help() -> str:
+    """Every registered method with its parameters, for the CLI's help."""
+    return help_text([(m.name, m.title, m.params) for m in METHODS.values()])
+
+
+def methods_table() -> str:
+    """The Markdown table of every registered method's parameters (docs/methods.md)."""
+    return markdown_table([(m.name, m.params) for m in METHODS.values()], "method")
 
 
 def check_remove(remove: Any, num_layers: int) -> int:

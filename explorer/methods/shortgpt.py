@@ -11,24 +11,12 @@ Example:
 
 from __future__ import annotations
 
-from ..variant import Variant
-from .layout import Layout
+from ..measure import adjacent, measure_param, most_similar
 from .registry import Method, Plan, PlanContext, register
-
-
-def lowest(values: list[float], n: int) -> list[int]:
-    """Indices of the n smallest values (ties: lower index first), sorted."""
-    order = sorted(range(len(values)), key=lambda i: (values[i], i))
-    return sorted(order[:n])
 
 
 @register
 class ShortGPT(Method):
-    """Parameters:
-        measure: adjacent measure to rank by; "bi" (ShortGPT's Block Influence, default). Any
-            distance measure of `explorer.measure` works (lowest = most redundant); for a similarity
-            measure (cosine, cka, npib) the highest values are dropped.
-    """
 
     name = "shortgpt"
     title = "ShortGPT (Block Influence)"
@@ -39,21 +27,14 @@ class ShortGPT(Method):
                    "rotates the residual stream has low influence; the layers with the lowest "
                    "scores are deleted together, wherever they are. The paper removes about a "
                    "quarter of Llama-2's layers this way with modest losses on benchmarks.")
-    defaults = {"measure": "bi"}
-    needs_probe = True
+    params = (measure_param("bi", "adjacent measure to rank layers by (ShortGPT's Block Influence); "
+                            "the layers that change the stream least are dropped"),)
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
-        from ..measure import MEASURES, adjacent  # imported late: optional at import time
-
-        L = ctx.lm.num_layers
         ctx.report(0.05, "probing the calibration text")
-        pr = ctx.probe()
-        scores = adjacent(pr, params["measure"]).float().cpu().tolist()   # (L,)
-        higher_similar = MEASURES[params["measure"]].higher_is_similar
-        key = [-s for s in scores] if higher_similar else scores
-        layers = lowest(key, remove)
-        v = Variant.identity(ctx.lm).drop(layers)
-        lay = Layout.identity(L).drop(layers)
-        return Plan(self.name, params, v, lay.removed(L), [], {params["measure"]: scores},
-                    f"Dropped the {remove} layers with the lowest {params['measure']} "
-                    f"scores: {layers}.")
+        measure = params["measure"]
+        scores = adjacent(ctx.probe(), measure).float().cpu().tolist()   # (L,)
+        layers = sorted(most_similar(scores, measure)[:remove])
+        return self.drop_plan(ctx, params, layers, {measure: scores},
+                              f"Dropped the {remove} layers with the lowest {measure} "
+                              f"scores: {layers}.")

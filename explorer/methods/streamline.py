@@ -32,6 +32,8 @@ import torch.nn.functional as F
 
 from ..errors import ExplorerError, LayerError
 from ..load import LoadedModel
+from ..measure import measure_param, most_similar, similarity
+from ..params import Param
 from ..recipe import register_op
 from ..variant import Variant
 from .fitting import Pair, block_mse, capture_block, fit_module
@@ -138,15 +140,6 @@ def build_replacement(ctx: PlanContext, v: Variant, start: int, n: int, params: 
 
 @register
 class Streamline(Method):
-    """Parameters:
-        replacement: "layer" (default: exportable, decoder layer j trained), "linear" (closed-form
-            least squares) or "ffn" (SwiGLU block trained).
-        steps: optimiser steps for "layer" and "ffn" (default 60: < 1 min on CPU for SmolLM2).
-        lr: Adam learning rate (default 3e-4, cosine-decayed).
-        skip_first: leave each window's first position out of the fit (default True).
-        measure: block selection measure (default "cosine", maximised; a distance is minimised).
-    """
-
     name = "streamline"
     title = "LLM-Streamline (replace a block by a trained layer)"
     paper = ("LLM-Streamline: Streamlining Redundant Layers to Compress Large Language Models, "
@@ -158,23 +151,26 @@ class Streamline(Method):
                    "dozen steps, so the result is still an ordinary model; a linear map is the "
                    "training-free option. The paper keeps 91% of Llama-2-7B's accuracy at 25% "
                    "pruning, well above LaCo.")
-    defaults = {"replacement": "layer", "steps": 60, "lr": 3e-4, "skip_first": True,
-                "measure": "cosine"}
-    needs_probe = True
+    params = (
+        Param("replacement", str, "layer", "stand-in for the block: a copy of its first decoder "
+              "layer, trained (exportable); a closed-form linear map; or a trained SwiGLU block",
+              choices=REPLACEMENTS),
+        Param("steps", int, 60, "optimiser steps for layer and ffn (60: < 1 min on CPU for "
+              "SmolLM2)", min=0),
+        Param("lr", float, 3e-4, "Adam learning rate, cosine-decayed", min=0),
+        Param("skip_first", bool, True, "leave each window's first position out of the fit"),
+        measure_param("cosine", "block selection: the block whose input and output are most "
+                      "similar is replaced"),
+    )
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
-        from ..measure import MEASURES, similarity
-
-        if params["replacement"] not in REPLACEMENTS:
-            raise LayerError(f"streamline replacement must be one of {', '.join(REPLACEMENTS)}")
         L, n = ctx.lm.num_layers, remove + 1
         if n > L:
             raise LayerError(f"streamline replaces remove + 1 = {n} layers; the model has {L}")
         ctx.report(0.05, "streamline: probing the calibration text")
         sim = similarity(ctx.probe(), params["measure"]).float().cpu()     # (L+1, L+1)
-        sign = 1.0 if MEASURES[params["measure"]].higher_is_similar else -1.0
         cells = [float(sim[j, j + n]) for j in range(L - n + 1)]
-        j = max(range(len(cells)), key=lambda i: (sign * cells[i], -i))
+        j = most_similar(cells, params["measure"])[0]
         v0 = Variant.identity(ctx.lm)
         module, mse = build_replacement(ctx, v0, j, n, params)
         layers = list(range(j, j + n))

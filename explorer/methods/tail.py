@@ -10,15 +10,11 @@ Example:
 
 from __future__ import annotations
 
-from ..variant import Variant
-from .layout import Layout
 from .registry import Method, Plan, PlanContext, register
 
 
 @register
 class Tail(Method):
-    """No parameters."""
-
     name = "tail"
     title = "Tail pruning (keep the final layer)"
     paper = "Reassessing Layer Pruning in LLMs, arXiv 2411.15558"
@@ -26,12 +22,8 @@ class Tail(Method):
                    "data. Late layers change the residual stream the least in many models, and the "
                    "final layer is kept because it prepares the output. Surprisingly hard to beat: "
                    "compare every data-driven method against it.")
-    defaults: dict = {}
-
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         L = ctx.lm.num_layers
         layers = list(range(L - 1 - remove, L - 1))
-        v = Variant.identity(ctx.lm).drop(layers)
-        lay = Layout.identity(L).drop(layers)
-        return Plan(self.name, params, v, lay.removed(L), [], {},
-                    f"Dropped the {remove} layers before the final one ({layers[0]}-{layers[-1]}).")
+        return self.drop_plan(ctx, params, layers, {}, f"Dropped the {remove} layers before the "
+                              f"final one ({layers[0]}-{layers[-1]}).")
