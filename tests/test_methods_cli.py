@@ -3,6 +3,8 @@
 import io
 import json
 
+import torch
+
 from explorer import cli, load_model
 from explorer.export import RECIPE_FILE
 
@@ -40,3 +42,29 @@ def test_compress_errors_are_one_line(tiny_factory, sample_text, tmp_path, capsy
                      "--remove", "1", "--json"], stderr=(errors := io.StringIO()))
     err = errors.getvalue()
     assert code == 2 and err.startswith("error: unknown method 'nope'") and err.count("\n") == 1
+
+
+def test_recipe_with_a_fitted_op_exports_in_a_fresh_process(tiny_factory, tmp_path):
+    """`export --recipe` replays streamline's op although that process never imported the methods
+    itself (its replay handler used to be registered only by importing explorer.methods)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    folder = str(tiny_factory("llama", num_layers=6))
+    d, e = tmp_path / "d", tmp_path / "e"
+    run = dict(capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "explorer", "compress", "--model", folder,
+                           "--method", "streamline", "--remove", "2", "--param", "steps=3",
+                           "--text", "wiki", "--calib-seqlen", "32", "--calib-samples", "4",
+                           "--seqlen", "32", "--max-tokens", "64", "--out", str(d), "--json"],
+                          **run)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "explorer", "export", "--model", folder,
+                           "--recipe", str(d / RECIPE_FILE), "--out", str(e), "--json"], **run)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["num_layers"] == 4
+    # the replayed fit is the planned one: same weights, tensor for tensor
+    a, b = load_file(str(d / "model.safetensors")), load_file(str(e / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
