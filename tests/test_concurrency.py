@@ -169,26 +169,53 @@ def test_thread_failing_mid_forward_leaves_others_unaffected(shared_lm, sample_t
     assert checksum(lm.model) == before_sum
 
 
-def test_probe_while_another_thread_has_a_variant_applied(shared_lm, sample_text):
+class WatchedLock:
+    """Stands in for `lm.lock`: the same RLock, plus an event set when the thread `watched`
+    asks for it, so that a test knows that thread has reached the lock (no sleeps)."""
+
+    def __init__(self, inner, watched: int):
+        self.inner, self.watched, self.asked = inner, watched, threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if threading.get_ident() == self.watched:
+            self.asked.set()
+        return self.inner.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def test_probe_while_another_thread_has_a_variant_applied(shared_lm, sample_text, monkeypatch):
     """A probe must record the original model even when another request is evaluating a
-    variant at that moment: it waits for the model instead of probing someone else's edit."""
+    variant at that moment: it waits for the model instead of probing someone else's edit.
+    The variant stays in place until the probe has asked for the model's lock."""
     from explorer import probe
 
     lm = shared_lm
     alone = probe(lm, sample_text, seqlen=SEQLEN, num_samples=2)
-    entered = threading.Event()
+    watch = WatchedLock(lm.lock, watched=threading.get_ident())
+    monkeypatch.setattr(lm, "lock", watch)
+    entered, probe_waited = threading.Event(), []
 
     def hold() -> None:
         with Variant.identity(lm).drop([0, 1, 2]).applied():
             entered.set()
-            threading.Event().wait(1.0)   # the probe below starts while this variant is in place
+            probe_waited.append(watch.asked.wait(30))   # the probe below reached the lock
 
     holder = threading.Thread(target=hold)
     holder.start()
-    assert entered.wait(30)
     try:
+        assert entered.wait(30)
         during = probe(lm, sample_text, seqlen=SEQLEN, num_samples=2)
     finally:
+        watch.asked.set()          # never leave the holder waiting
         holder.join()
+    assert probe_waited == [True]
     assert during.num_layers == 6
     assert torch.equal(during.states, alone.states)
