@@ -100,7 +100,12 @@ def cmd_export(args) -> dict:
         path = Path(args.recipe)
         if not path.is_file():
             raise ExplorerError(f"recipe file '{args.recipe}' does not exist")
-        recipe = Recipe.from_json(path.read_bytes())
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ExplorerError(f"cannot read recipe file '{args.recipe}': "
+                                f"{exc.strerror or one_line(exc)}") from None
+        recipe = Recipe.from_json(data)
         variant = recipe.build(lm)
     else:
         variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop \

@@ -64,37 +64,59 @@ def _check_exportable(variant: Variant) -> None:
 
 def export(variant: Variant, out: str | os.PathLike, *, recipe: Recipe | None = None,
            root: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
-    """Save `variant` as a transformers model folder at `out` (inside `root` when given)."""
+    """Save `variant` as a transformers model folder at `out` (inside `root` when given).
+
+    Every failure to write (a folder that cannot be created or written, a full disk) is an
+    ExplorerError whose one line names the folder and the system's reason.
+    """
     target = safe_output_path(out, output_root(root))
-    if target.exists() and not overwrite:
+    try:
+        exists = target.exists()
+    except OSError as exc:
+        raise ExplorerError(f"cannot use the export path '{target}': {_reason(exc)}") from None
+    if exists and not overwrite:
         raise ExplorerError(f"'{target}' already exists; choose another name or allow overwrite")
     _check_exportable(variant)
     recipe = recipe or Recipe.of(variant)
-    lm = variant.lm
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        with variant.applied() as model:
-            model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
-        (tmp / RECIPE_FILE).write_text(recipe.to_json(), encoding="utf-8")
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            target.rename(old / target.name)
-        try:
-            tmp.rename(target)
-        except BaseException:
-            if old is not None:  # put the previous result back where it was
-                (old / target.name).rename(target)
-                old.rmdir()
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise ExplorerError(f"cannot write into the folder '{target.parent}' ({_reason(exc)}): "
+                            "choose a writable output folder") from None
+    try:
+        _write(variant, recipe, tmp, target)
     except OSError as exc:  # disk full, permissions: the user's problem, said in one line
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ExplorerError(f"could not write '{target}': {one_line(exc)}") from None
+        raise ExplorerError(f"could not write '{target}': {_reason(exc)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _reason(exc: OSError) -> str:
+    """The system's reason without the temporary file names: "Permission denied"."""
+    return exc.strerror or one_line(exc)
+
+
+def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
+    """Write the model into `tmp`, then move it to `target`, keeping an earlier `target` until the
+    new one is in place."""
+    with variant.applied() as model:
+        model.save_pretrained(tmp)
+    variant.lm.tokenizer.save_pretrained(tmp)
+    (tmp / RECIPE_FILE).write_text(recipe.to_json(), encoding="utf-8")
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        target.rename(old / target.name)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        if old is not None:  # put the previous result back where it was
+            (old / target.name).rename(target)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

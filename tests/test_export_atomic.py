@@ -141,3 +141,25 @@ def test_export_reloads_with_plain_transformers_and_same_perplexity(tmp_path, ti
     # and the recipe stored beside it rebuilds the same variant on the original model
     again = Recipe.from_json((out / RECIPE_FILE).read_bytes()).build(tiny_lm)
     assert again.layer_labels() == v.layer_labels()
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, tiny_factory):
+    """/proc cannot hold a folder; the CLI says so in one line, naming the folder and the reason."""
+    import io
+
+    from explorer.cli import main
+
+    folder = str(tiny_factory("llama", num_layers=4))
+    err = io.StringIO()
+    assert main(["export", "--model", folder, "--drop", "3", "--out", "/proc/x"], stderr=err) == 2
+    line = err.getvalue()
+    assert line.count("\n") == 1 and ".tmp-" not in line
+    assert line.startswith("error: cannot write into the folder '/proc' (")
+    assert line.rstrip().endswith("choose a writable output folder")
+    # a file where a parent folder should be: the same kind of line
+    (tmp_path / "file").write_text("not a folder")
+    err = io.StringIO()
+    assert main(["export", "--model", folder, "--drop", "3", "--out",
+                 str(tmp_path / "file" / "out")], stderr=err) == 2
+    assert err.getvalue().startswith(f"error: cannot write into the folder '{tmp_path / 'file'}'")
+    assert err.getvalue().count("\n") == 1
