@@ -38,7 +38,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _text_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text", default="wiki", help="wiki, news, wikitext2 or a .txt path")
+    p.add_argument("--text", default="wiki",
+                   help="wiki, news, wikitext2 (their evaluation half) or a .txt path (evaluated "
+                        "whole; compress calibrates on one half and evaluates on the other)")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per perplexity window")
     p.add_argument("--max-tokens", type=int, default=16384,
                    help="evaluate at most this many tokens (0: all)")
@@ -53,13 +55,15 @@ def _load(args):
                       trust_remote_code=args.trust_remote_code)
 
 
-def _ppl(lm, args, variant=None):
+def _ppl(lm, args, variant=None, texts=None, calibrated: bool = False):
+    """Perplexity on --text: a user's file whole, or only its evaluation half when the command
+    also calibrates on it (`calibrated`; the protocol line then says so)."""
     from .evaluate import perplexity
     from .text import load_texts
 
-    texts = load_texts(args.text)
-    return perplexity(lm, texts.evaluation, variant=variant, seqlen=args.seqlen,
-                      max_tokens=args.max_tokens or None, bos=args.bos, source=texts.source)
+    text, source = (texts or load_texts(args.text)).for_evaluation(calibrated)
+    return perplexity(lm, text, variant=variant, seqlen=args.seqlen,
+                      max_tokens=args.max_tokens or None, bos=args.bos, source=source)
 
 
 def add_eval(sub) -> None:
@@ -234,8 +238,8 @@ def cmd_compress(args) -> dict | str:
                     seqlen=args.calib_seqlen, num_samples=args.calib_samples, seed=args.seed,
                     **params)
     plan_seconds = time.perf_counter() - start
-    before = _ppl(lm, args)
-    after = _ppl(lm, args, plan.variant)
+    before = _ppl(lm, args, texts=texts, calibrated=True)
+    after = _ppl(lm, args, plan.variant, texts=texts, calibrated=True)
     result = {"model": args.model, "method": plan.method, "ppl_before": before.ppl,
               "ppl_after": after.ppl, "removed": plan.removed, "merged": plan.merged,
               "num_layers": plan.variant.num_layers, "params": plan.params,

@@ -8,6 +8,11 @@ Calibration and evaluation text are disjoint by construction: a source is a list
 `split_documents` gives the odd-numbered documents to calibration and the even-numbered ones to
 evaluation (a single document is cut in two halves at a paragraph boundary).
 
+The split is used only where one command needs both from the same source (compress calibrates and
+evaluates; its protocol line says "evaluation half"). A user's own text that is only evaluated is
+evaluated whole (`Texts.for_evaluation`); a builtin source always evaluates on its evaluation half,
+the documented protocol of the measured tables.
+
 Example:
     >>> texts = load_texts("wiki")
     >>> len(texts.evaluation) > len(texts.calibration) > 0
@@ -19,7 +24,7 @@ from __future__ import annotations
 import bz2
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .embedded import cache_root
@@ -37,6 +42,19 @@ class Texts:
     source: str         # "wiki", "news", "wikitext2", "user", or a file name
     calibration: str    # documents joined with "\n\n"
     evaluation: str
+    whole: str | None = None   # a user's text in full (None for the builtin sources)
+
+    def for_evaluation(self, calibrated: bool = False) -> tuple[str, str]:
+        """(text, source label) to evaluate on.
+
+        calibrated: the same command also calibrates on this source, so it evaluates on the
+        evaluation half only and the label says so. Otherwise a user's text is evaluated whole.
+        """
+        if calibrated:
+            return self.evaluation, f"{self.source}, evaluation half (the other half calibrates)"
+        if self.whole is not None:
+            return self.whole, self.source
+        return self.evaluation, self.source
 
 
 def split_documents(docs: list[str]) -> tuple[list[str], list[str]]:
@@ -157,7 +175,7 @@ def user_texts(text: str, name: str = "user", max_bytes: int = MAX_TEXT_BYTES) -
         raise TextError("the text is empty")
     docs = [d for d in re.split(r"\n\s*\n", text) if d.strip()]
     # Many short paragraphs alternate well; a single long one is halved.
-    return _texts(name, docs)
+    return replace(_texts(name, docs), whole=text.strip())
 
 
 def load_texts(source: str = "wiki") -> Texts:

@@ -189,3 +189,35 @@ def test_perplexity_progress_reports_the_running_figure(tiny_lm, sample_text):
     assert seen[-1][1] == f"perplexity: 10/10 windows, {r.ppl:.4g} so far"
     first = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=96, batch_size=3).ppl
     assert seen[0][1].endswith(f"{first:.4g} so far")
+
+
+def test_eval_on_a_file_reads_the_whole_file_up_to_max_tokens(tiny_factory, tmp_path, capsys):
+    """`eval --text FILE` evaluates the file, not its even paragraphs; compress, which also
+    calibrates on it, evaluates its evaluation half and says so."""
+    folder = str(tiny_factory("llama", num_layers=4))
+    lm = load_model(folder)
+    paragraphs = [f"Paragraph {i} says something about number {i * 37 % 101}." for i in range(60)]
+    text = "\n\n".join(paragraphs)
+    path = tmp_path / "doc.txt"
+    path.write_text(text)
+    n = tokenize(lm.tokenizer, text).numel()          # the byte tokenizer: one token per byte
+    assert n > 2048
+    for max_tokens in (2048, 0):
+        code = cli_main(["eval", "--model", folder, "--text", str(path), "--seqlen", "64",
+                         "--max-tokens", str(max_tokens), "--bos", "never", "--json"])
+        out = json.loads(capsys.readouterr().out)
+        assert code == 0
+        expect = (2048 if max_tokens else n) // 64                 # whole windows of the file
+        assert out["windows"] == expect and out["tokens"] == expect * 63
+        ids = tokenize(lm.tokenizer, text, max_tokens=expect * 64)
+        with torch.no_grad():
+            assert out["ppl"] == pytest.approx(reference_ppl(lm.model, ids, 64), rel=1e-4)
+        assert out["protocol"].startswith("doc.txt: ")
+    code = cli_main(["compress", "--model", folder, "--text", str(path), "--method", "tail",
+                     "--remove", "1", "--seqlen", "64", "--max-tokens", "0", "--bos", "never",
+                     "--calib-seqlen", "32", "--calib-samples", "2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    half = tokenize(lm.tokenizer, user_texts(text, "doc.txt").evaluation).numel()
+    assert code == 0 and half < n * 0.6
+    assert out["protocol"].startswith("doc.txt, evaluation half (the other half calibrates): "
+                                      f"{half // 64} non-overlapping windows")
