@@ -68,3 +68,24 @@ def test_recipe_with_a_fitted_op_exports_in_a_fresh_process(tiny_factory, tmp_pa
     # the replayed fit is the planned one: same weights, tensor for tensor
     a, b = load_file(str(d / "model.safetensors")), load_file(str(e / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_laco_asked_for_six_removes_six_or_says_why(tiny_factory, sample_text, tmp_path, capsys):
+    folder = tiny_factory("llama", num_layers=8)
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    common = ["--model", str(folder), "--text", str(text), "--seqlen", "32", "--max-tokens",
+              "128", "--calib-seqlen", "32", "--calib-samples", "4", "--method", "laco",
+              "--remove", "6", "--json"]
+    assert cli.main(["compress", *common]) == 0                      # target mode (default)
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_layers"] == 2 and len(out["removed"]) == 6
+    assert out["params"]["mode"] == "target" and "removing 6 layers" in out["notes"]
+    # the paper's walk with a threshold nothing passes: non-zero exit and the reason in one line
+    errors = io.StringIO()
+    code = cli.main(["compress", *common, "--param", "mode=walk", "--param", "T=1"],
+                    stderr=errors)
+    err = errors.getvalue()
+    assert code == 2 and err.count("\n") == 1 and capsys.readouterr().out == ""
+    assert err.startswith("error: laco: the paper's walk (C=7) ended after removing 0 of 6 "
+                          "layers: accepted 0 of ")

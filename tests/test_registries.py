@@ -129,3 +129,20 @@ def test_come_with_an_unknown_measure_is_refused_before_probing(tiny_lm):
     with pytest.raises(ParamError, match=r"come: measure must be one of 'cosine', .* \(got 'nope'\)"):
         get_method("come").plan(ctx, 1, measure="nope")
     assert ctx._probe is None and ctx._ids is None
+
+
+def test_a_method_that_removes_fewer_layers_than_asked_is_an_error(tiny_lm):
+    @register
+    class Short(Method):
+        name = "exshort"
+        title = paper = description = "example"
+
+        def run(self, ctx, remove, params):
+            return self.drop_plan(ctx, params, [0], {}, "only layer 0 could go")
+
+    try:
+        with pytest.raises(ExplorerError, match="exshort removed 1 layers instead of the 2 asked "
+                                                "for: only layer 0 could go"):
+            get_method("exshort").plan(PlanContext(tiny_lm, "unused"), 2)
+    finally:
+        unregister("exshort")
