@@ -24,6 +24,7 @@ gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")
 
 from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
 
 from explorer import perplexity  # noqa: E402
 from explorer import session as session_registry  # noqa: E402
@@ -78,7 +79,8 @@ def expected_ppl(lm, sizes: tuple[int, int], drops: str, merges: str, rule: str)
 
 
 def error_of(c: Client, *args, api_name: str) -> str:
-    with pytest.raises(Exception) as info:
+    """The message of the error the app answers (a gr.Error: AppError on the client side)."""
+    with pytest.raises(AppError) as info:
         c.predict(*args, api_name=api_name)
     return str(info.value)
 
@@ -101,7 +103,10 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, sizes, tmp_path):
     huge = tmp_path / "huge.txt"
     with open(huge, "wb") as f:
         f.truncate(MAX_TEXT_BYTES + 1024)
-    error_of(c, "own", "", handle_file(str(huge)), api_name="/set_text")   # refused upload
+    # the app declares its upload limit, so the client refuses the file before sending it
+    with pytest.raises(ValueError, match=f"exceeds the maximum file size of {MAX_TEXT_BYTES} "
+                                         "bytes"):
+        c.predict("own", "", handle_file(str(huge)), api_name="/set_text")
     assert "out of range" in error_of(c, "99", "", "average", api_name="/update_plan")
     assert "named twice" in error_of(c, "", "1-2; 2-3", "average", api_name="/update_plan")
     assert "would leave no layer" in error_of(c, "0-5", "", "average", api_name="/update_plan")
@@ -182,35 +187,45 @@ def assert_model_clean(lm, before: str) -> None:
     assert checksum(lm.model) == before
 
 
+def wait_until_idle(lm, calls: list, quiet: float = 1.0, limit: float = 120) -> None:
+    """Until the model's lock is free and no forward pass ran for `quiet` seconds: a request whose
+    client went away is finished or abandoned by the server, and neither is signalled."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if lm.lock.acquire(timeout=1):
+            lm.lock.release()
+            n = len(calls)
+            time.sleep(quiet)
+            if len(calls) == n:
+                return
+    raise AssertionError(f"the server was still busy after {limit} s")
+
+
 def test_client_disconnecting_mid_run_leaves_the_server_clean(app, sizes):
     url, model, _ = app
     c = session(url, model)
     lm = REGISTRY.lm
     before = checksum(lm.model)
-    running, slow_calls = threading.Event(), []
+    inside, release, calls = threading.Event(), threading.Event(), []
 
-    def slow(module, args):          # injected delay so that the disconnect lands mid-run
-        running.set()
-        slow_calls.append(1)
-        time.sleep(0.2)
+    def hold(module, args):          # the first forward waits here until the client has gone
+        calls.append(1)
+        inside.set()
+        release.wait(60)
 
-    with apply_with_hook(c, lm, slow) as job:
-        assert running.wait(60)
-        job.cancel()
-        c.close()
-        # the server finishes (or abandons) the request; the model must come back clean
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if lm.lock.acquire(blocking=False):
-                lm.lock.release()
-                n = len(slow_calls)
-                time.sleep(1.0)
-                if len(slow_calls) == n:
-                    break
-            time.sleep(0.2)
+    try:
+        with apply_with_hook(c, lm, hold) as job:
+            assert inside.wait(60)
+            job.cancel()
+            c.close()                # the client goes away while its request is mid-run
+            release.set()
+            wait_until_idle(lm, calls)
+    finally:
+        release.set()
     assert_model_clean(lm, before)
     other = session(url, model)
-    assert apply(other, "2", "", "average")["ppl_after"] == expected_ppl(lm, sizes, "2", "", "average")
+    expected = expected_ppl(lm, sizes, "2", "", "average")
+    assert apply(other, "2", "", "average")["ppl_after"] == expected
 
 
 def test_stop_button_ends_the_running_job_and_frees_the_model(app):
@@ -235,8 +250,9 @@ def test_stop_button_ends_the_running_job_and_frees_the_model(app):
             other.predict(api_name="/stop")
             c.predict(api_name="/stop")
             release.set()
-            with pytest.raises(Exception):
-                job.result(timeout=120)                   # stopped, or cancelled on the page
+            with pytest.raises(AppError, match=r"^stopped: you pressed Stop \(the model is back "
+                                               r"as it was\)$"):
+                job.result(timeout=120)
     finally:
         release.set()
     assert len(calls) == 1      # the baseline's forward ran; the variant's never started

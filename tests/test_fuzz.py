@@ -180,7 +180,7 @@ def test_well_formed_random_ops_give_a_variant_or_a_layer_error(tiny_lm, op_list
 
 @FUZZ
 @given(st.one_of(st.text(max_size=40),
-                 # what int() reads besides ASCII digits: signs, underscores, tabs, other scripts' digits
+                 # what int() reads besides ASCII digits: signs, '_', tabs, other scripts' digits
                  st.text(alphabet="0123456789-,+_ \t\u0663\u00b2", max_size=20)))
 def test_parse_layers_on_arbitrary_text(spec):
     try:
