@@ -39,6 +39,7 @@ HEADER = ("# Layer Explorer\nSee which transformer layers repeat each other, dro
           "(click the heatmap) → **4** apply and compare → **5** export. New to this? Start with "
           "**Learn**.")
 CSS = """.lx-clickplot .modebar { opacity: .6 }
+.lx-step { min-height: 3.2em }
 .lx-gens { table-layout: fixed; width: 100%; border-collapse: collapse }
 .lx-gens td, .lx-gens th { overflow-wrap: anywhere; vertical-align: top; padding: 4px 8px;
                            border-bottom: 1px solid var(--border-color-primary); text-align: left }

@@ -64,7 +64,7 @@ def build(ctx: Ctx) -> AnalyseParts:
         samples = gr.Number(s.probe_samples, label="Calibration windows", precision=0,
                             minimum=1, maximum=1024)
         run_btn = gr.Button("Run analysis", variant="primary", elem_id="lx-analyse")
-    status = gr.Markdown(WAITING, elem_id="lx-analysis-status")
+    status = gr.Markdown(WAITING, elem_id="lx-analysis-status", elem_classes=["lx-step"])
     with gr.Row():
         with gr.Column(scale=3):
             heat = ClickPlot(elem_id="lx-heatmap-analyse",

@@ -1,10 +1,14 @@
 """A Plotly figure whose clicks reach Python: `ClickPlot(...).select(fn)` gets `gr.SelectData`.
 
 Gradio 6.31's `gr.Plot` has no click event, so the figure is drawn by plotly.js inside a `gr.HTML`
-component (see ../shared/UI-NOTES.md). The component's value is the figure as JSON (a string from
-`fig.to_json()`); `js_on_load` draws it and redraws when the value changes, and a `plotly_click`
-listener sends the clicked cell back as `trigger('select', {index: [row, col], value: z})`, so a
-Python `.select` handler receives `evt.index == [y, x]` in the figure's own coordinates.
+component. The component's value is the figure as JSON (a string from `fig.to_json()`);
+`js_on_load` draws it and redraws when the value changes, and a `plotly_click` listener sends the
+clicked cell back as `trigger('select', {index: [row, col], value: z})`, so a Python `.select`
+handler receives `evt.index == [y, x]` in the figure's own coordinates.
+
+The cell is read from the click's own pointer position (converted with the axes' pixel-to-data
+maps and rounded to the nearest cell), not from plotly's hover point: after a fast jump of the
+pointer, or a tap on a touch screen, the hover point is still the previously hovered cell.
 
 plotly.js is served from the plotly Python package's own copy (no CDN: users may be offline), made
 reachable with `gr.set_static_paths` and loaded once through the component's `head`.
@@ -37,6 +41,24 @@ _TEMPLATE = '<div class="lx-clickplot" style="width:100%;min-height:{h}px"></div
 # `element`, `props`, `trigger` and `watch` are provided by gr.HTML. The template may be re-rendered
 # when the value changes, so the target div is looked up again on every draw.
 _JS = """
+// The clicked cell {index: [row, col], value: z}: from the pointer's position when the event has
+// one (the hover point may be stale), else from plotly's point.
+const pointed = (target, ev) => {
+  const p = ev.points && ev.points[0];
+  const e = ev.event, fl = target._fullLayout;
+  const area = target.querySelector('.nsewdrag');
+  if (e && e.clientX !== undefined && fl && fl.xaxis && fl.yaxis && area) {
+    const r = area.getBoundingClientRect();
+    const x = Math.round(fl.xaxis.p2d(e.clientX - r.left));
+    const y = Math.round(fl.yaxis.p2d(e.clientY - r.top));
+    const z = (((target.data || [])[0] || {}).z || [])[y];
+    if (isFinite(x) && isFinite(y)) {
+      return {index: [y, x], value: (z && z[x] !== undefined ? z[x] : null)};
+    }
+  }
+  if (!p) { return null; }
+  return {index: [p.y, p.x], value: (p.z === undefined ? null : p.z)};
+};
 const draw = () => {
   const target = element.querySelector('.lx-clickplot');
   if (!target || typeof Plotly === 'undefined') { return; }
@@ -67,9 +89,8 @@ const draw = () => {
       if (!target.lxBound) {
         target.lxBound = true;
         target.on('plotly_click', (ev) => {
-          const p = ev.points && ev.points[0];
-          if (!p) { return; }
-          trigger('select', {index: [p.y, p.x], value: (p.z === undefined ? null : p.z)});
+          const cell = pointed(target, ev);
+          if (cell) { trigger('select', cell); }
         });
       }
       draw();  // the value may have changed while drawing

@@ -70,7 +70,6 @@ class PlanParts:
     ratio: gr.Slider
     param_groups: dict[str, gr.Group]                  # method -> its parameter controls' group
     param_controls: list[tuple[str, Any, gr.Component]]  # (method, Param, control), all methods
-    params_json: gr.Code         # the method's parameters as JSON
     method_btn: gr.Button
     method_line: gr.Markdown     # the method's step line
     method_md: gr.Markdown       # what the chosen method does
@@ -78,7 +77,6 @@ class PlanParts:
     table: gr.Dataframe
     ops: gr.JSON
     apply_btn: gr.Button
-    apply_line: gr.Markdown      # Apply's step line (the result shows on Compare)
 
 
 @dataclass

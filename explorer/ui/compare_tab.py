@@ -108,12 +108,12 @@ def generations_html(rows: list[list[str]]) -> str:
 
 def build(ctx: Ctx) -> CompareParts:
     s = ctx.settings
-    summary = gr.Markdown(WAITING, elem_id="lx-summary")
+    summary = gr.Markdown(WAITING, elem_id="lx-summary", elem_classes=["lx-step"])
     with gr.Accordion("Details (JSON)", open=False):
         details = gr.JSON(label="result")
     gr.Markdown(f"#### Greedy generations ({s.gen_tokens} new tokens per prompt): the original "
                 "model, then the variant")
-    gens_line = gr.Markdown("", elem_id="lx-gens-line")
+    gens_line = gr.Markdown("", elem_id="lx-gens-line", elem_classes=["lx-step"])
     gens = gr.HTML("", elem_id="lx-gens")
     hist_plot = gr.Plot(label="Perplexity against layers removed")
     hist = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Variants tried in this session",

@@ -108,7 +108,7 @@ def compress_job(spec: str, text_key: str, method: str, remove: int | None, rati
     cb = callback(progress)
     lm = REGISTRY.ensure_model(spec, cb)
     texts = REGISTRY.get_texts(text_key)
-    size = {"remove": int(remove)} if remove else {"ratio": float(ratio)}
+    size = {"remove": int(remove) if remove else None, "ratio": float(ratio) if ratio else None}
     # a builtin source lets recipes with fitted layers be replayed in another process
     builtin = texts.source if text_key == texts.source else None
     plan = methods.compress(lm, method, calibration=texts.calibration, seqlen=seqlen,

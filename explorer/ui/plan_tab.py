@@ -12,8 +12,8 @@ import gradio as gr
 
 from ..errors import ExplorerError, LayerError
 from ..layer_lists import format_layers
-from ..methods import list_methods
-from . import analysis, jobs, stop
+from ..methods import get_method, list_methods
+from . import analysis, controls, jobs, stop
 from .clickplot import ClickPlot
 from .common import Ctx, PlanParts, need_model, user_errors
 from .learn_tab import method_help
@@ -97,43 +97,35 @@ def clear_plan(state: Session):
     return views(state)
 
 
-def ask_method(settings, state: Session, method: str, remove: int, ratio: float, params: str,
+def ask_method(settings, state: Session, method: str, remove: int, ratio: float, raw: list,
                progress=None):
-    """Ask a compression method for a plan of the chosen size."""
+    """Ask a compression method for a plan of the chosen size.
+
+    raw: the values of the method's generated parameter controls, in its declaration order; they
+    are validated first, so a bad value is refused before any probing."""
     need_model(state)
     if not method:
         raise ExplorerError("choose a method first")
-    try:
-        extra = json.loads(params) if params and params.strip() else {}
-    except ValueError as exc:
-        raise ExplorerError(f"method parameters are not valid JSON: {exc}") from None
-    if not isinstance(extra, dict):
-        raise ExplorerError("method parameters must be a JSON object, e.g. {\"alpha\": 0.5}")
+    m = get_method(method)
+    params = controls.read(m.params, raw, m.name)
     remove = int(remove or 0)
-    if remove <= 0 and not ratio:
+    if remove <= 0 and not ratio and m.implied_remove(params) is None:
         raise ExplorerError("set how many layers to remove (or a ratio)")
-    out = jobs.compress_job(state.model, state.text, method, remove or None,
-                            None if remove else float(ratio) / 100.0, settings.method_seqlen,
-                            settings.method_samples, extra, progress)
+    size = {"remove": remove} if remove > 0 else {"ratio": float(ratio) / 100.0} if ratio else {}
+    out = jobs.compress_job(state.model, state.text, method, size.get("remove"),
+                            size.get("ratio"), settings.method_seqlen, settings.method_samples,
+                            params, progress)
     notes = out.get("notes")
     in_merges = {i for g in out["merged"] for i in g}
     plan = Plan(method=out["method"], params=out["params"], ops=out["ops"],
                 removed=[i for i in out["removed"] if i not in in_merges], merged=out["merged"],
-                layers_after=out["layers_after"],
-                request={"remove": remove} if remove else {"ratio": float(ratio) / 100.0},
+                layers_after=out["layers_after"], request=size,
                 calib=(settings.method_seqlen, settings.method_samples),
                 notes=notes if isinstance(notes, str) else (json.dumps(notes) if notes else ""))
     state = replace(state, plan=plan)
     if state.analysis is not None:
         state = replace(state, analysis=replace(state.analysis, selected=None))
     return views(state)
-
-
-def method_defaults(name: str) -> str:
-    for m in list_methods():
-        if m.name == name:
-            return json.dumps(dict(m.defaults or {}), indent=1)
-    return "{}"
 
 
 def build(ctx: Ctx) -> PlanParts:
@@ -168,11 +160,15 @@ def build(ctx: Ctx) -> PlanParts:
                                        elem_id="lx-remove")
                     ratio = gr.Slider(0, 90, value=0, step=1,
                                       label="…or % of parameters (used when 'remove' is 0)")
-                params = gr.Code(method_defaults(first), language="json",
-                                 label="Parameters (JSON)")
+                groups, slots = {}, []
+                for m in methods:     # every method's controls, generated; the chosen one shows
+                    with gr.Group(visible=m.name == first) as groups[m.name]:
+                        for p in m.params:
+                            slots.append((m.name, p, controls.control(
+                                p, elem_id=f"lx-param-{m.name}-{p.name}")))
                 with gr.Row(equal_height=True):
                     method_btn = gr.Button("Plan with this method", elem_id="lx-method-plan")
-                    method_line = gr.Markdown("", elem_id="lx-method-line")
+                    method_line = gr.Markdown("", elem_id="lx-method-line", elem_classes=["lx-step"])
             with gr.Column(scale=2):
                 method_md = gr.Markdown(method_help(first))
     status = gr.Markdown("No changes planned yet.", elem_id="lx-plan-status")
@@ -180,15 +176,13 @@ def build(ctx: Ctx) -> PlanParts:
                          elem_id="lx-plan-table")
     with gr.Accordion("Recipe ops (what will be replayed on the model)", open=False):
         ops = gr.JSON(label="ops")
-    with gr.Row(equal_height=True):
-        apply_btn = gr.Button("Apply and compare", variant="primary", elem_id="lx-apply")
-        apply_line = gr.Markdown("", elem_id="lx-apply-line")
+    apply_btn = gr.Button("Apply and compare (opens the Compare tab)", variant="primary",
+                          elem_id="lx-apply")
     return PlanParts(heat=heat, action=action, rule=rule, drops=drops, merges=merges,
                      update_btn=update_btn, clear_btn=clear_btn, method=method, remove=remove,
-                     ratio=ratio, param_groups={}, param_controls=[], params_json=params,
+                     ratio=ratio, param_groups=groups, param_controls=slots,
                      method_btn=method_btn, method_line=method_line, method_md=method_md,
-                     status=status, table=table, ops=ops, apply_btn=apply_btn,
-                     apply_line=apply_line)
+                     status=status, table=table, ops=ops, apply_btn=apply_btn)
 
 
 def wire(ctx: Ctx) -> None:
@@ -206,14 +200,21 @@ def wire(ctx: Ctx) -> None:
     p.clear_btn.click(clear_plan, [ctx.state], outputs, api_name="clear_plan",
                       show_progress_on=[p.status])
 
+    names = [name for name, _, _ in p.param_controls]
+
     @user_errors
-    def plan_with_method(state: Session, method: str, remove: int, ratio: float, params: str,
+    def plan_with_method(state: Session, method: str, remove: int, ratio: float, *raw,
                          request: gr.Request, progress=gr.Progress()):
-        return ask_method(s, state, method, remove, ratio, params, stop.watch(progress, request))
+        mine = [value for name, value in zip(names, raw) if name == method]
+        return ask_method(s, state, method, remove, ratio, mine, stop.watch(progress, request))
 
     # progress and errors show on the line by the button: a refused plan leaves the old one
     ctx.long_step(p.method_btn.click, plan_with_method,
-                  [ctx.state, p.method, p.remove, p.ratio, p.params_json], outputs,
-                  api_name="plan_method", show_progress_on=[p.method_line])
-    p.method.change(lambda m: (method_help(m), method_defaults(m)), [p.method],
-                    [p.method_md, p.params_json], api_name=False)
+                  [ctx.state, p.method, p.remove, p.ratio] + [c for _, _, c in p.param_controls],
+                  outputs, api_name="plan_method", show_progress_on=[p.method_line])
+
+    def show_method(name: str):
+        return [method_help(name)] + [gr.Group(visible=k == name) for k in p.param_groups]
+
+    p.method.change(show_method, [p.method], [p.method_md] + list(p.param_groups.values()),
+                    api_name=False, queue=False)

@@ -1,0 +1,59 @@
+"""Controls generated from declared parameters (`explorer.params.Param`): no control is written by
+hand for a method, a measure or a healing mode, so a new parameter appears in the app by itself.
+
+    bool            checkbox
+    str + choices   dropdown of the allowed values
+    int, float      number box (the allowed range is in its help line; `Param.parse` checks it)
+    str, list, dict text box (a list as "3,7,10-12" or JSON, a dict as JSON)
+
+`read(params, raw, owner)` turns the controls' values back into a validated parameter dict through
+`params.resolve`, the same check the CLI and the API use, so a bad value is refused with its
+one-line message before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import gradio as gr
+
+from ..layer_lists import format_layers
+from ..params import Param, resolve
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(isinstance(x, int) for x in value):
+        return format_layers(value)
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def control(p: Param, elem_id: str | None = None) -> gr.Component:
+    """One control for `p`, showing its default, its help and what it allows."""
+    info = f"{p.help} ({p.allowed()})"
+    common = dict(label=p.name, info=info, elem_id=elem_id)
+    if p.type is bool:
+        return gr.Checkbox(value=bool(p.default), **common)
+    if p.choices:
+        choices = [c for c in p.choices]
+        return gr.Dropdown(choices + ([None] if p.optional else []), value=p.default, **common)
+    if p.type in (int, float):
+        return gr.Number(value=p.default, precision=0 if p.type is int else None, **common)
+    return gr.Textbox(value=_as_text(p.default), lines=1, **common)
+
+
+def read(params: Sequence[Param], raw: Sequence[Any], owner: str) -> dict:
+    """The validated parameters from the controls' values (in `params` order).
+
+    Empty boxes mean "the default" for a parameter that cannot be None; a ParamError names the
+    parameter, what is allowed and what was given."""
+    given = {}
+    for p, value in zip(params, raw):
+        if value is None or (isinstance(value, str) and not value.strip() and p.type is not str):
+            if not p.optional:
+                continue          # left empty: the default
+            value = None
+        given[p.name] = value
+    return resolve(params, given, owner)
