@@ -25,6 +25,8 @@ from explorer.memory import available_bytes, config_numel, estimate_model_bytes
 from explorer.recipe import merge_pairs
 from explorer import session
 
+pytestmark = pytest.mark.usefixtures("clean_registry")   # no other module's model stays resident
+
 
 def param_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -116,6 +118,7 @@ def test_gpu_free_memory_is_read_from_the_device():
 # -- one resident model ---------------------------------------------------------------------------
 def test_get_model_keeps_one_model_resident(tiny_factory):
     a_path, b_path = tiny_factory("llama", num_layers=4), tiny_factory("qwen2", num_layers=4)
+    assert session.current_model() is None          # clean_registry: nothing left by other modules
     try:
         a = session.get_model(str(a_path))
         assert session.get_model(str(a_path)) is a and session.current_model() is a
