@@ -9,20 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app_server import launch, small_settings
 from tiny import state_checksum as checksum
 
 gradio_client = pytest.importorskip("gradio_client")
 
 PLANS = [("5", ""), ("", "20-22")]   # session A drops layer 5; session B merges layers 20..22
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app-api")
-    demo, url = launch(tmp)
-    yield url, small_settings(tmp)
-    demo.close()
+pytestmark = pytest.mark.usefixtures("clean_registry")    # no model resident at the start
 
 
 def run_session(url: str, drops: str, merges: str) -> tuple[dict, list]:
@@ -34,15 +26,15 @@ def run_session(url: str, drops: str, merges: str) -> tuple[dict, list]:
     return out[1], out[2]          # (details JSON, this session's history table)
 
 
-def test_two_sessions_at_once_do_not_interfere(app):
+def test_two_sessions_at_once_do_not_interfere(live_app):
     from explorer import load_texts, perplexity
-    from explorer.ui.registry import REGISTRY
+    from explorer import session
     from explorer.layer_lists import parse_groups, parse_layers
     from explorer.ui.state import manual_plan
     from explorer.recipe import replay
 
-    url, s = app
-    lm = REGISTRY.ensure_model("smollm2-135m")   # the app runs in this process: same object
+    url, s = live_app.url, live_app.settings
+    lm = session.get_model("smollm2-135m")      # the app runs in this process: same object
     weights = checksum(lm.model)
     layers = list(lm.arch.layer_list(lm.model))
 
