@@ -6,6 +6,7 @@ import torch
 from explorer import ExplorerError, LayerError, export, load_model
 from explorer.measure import similarity
 from explorer.methods import PlanContext, compress, get_method
+from explorer.backbone import LayerCall
 from explorer.methods.fitting import Pair
 from explorer.methods.streamline import FFNReplacement, LinearReplacement, fit_linear
 
@@ -22,7 +23,7 @@ def test_linear_fit_recovers_an_exactly_linear_map():
         x = torch.randn(2, 20, H, generator=g)
         y = x @ A.T + c
         y[:, 0] = 1e4                                    # first position: left out of the fit
-        pairs.append(Pair(x, y, (), {}))
+        pairs.append(Pair(x, y, LayerCall((), {})))
     mod = fit_linear(pairs, skip_first=True, ridge=0.0)
     torch.testing.assert_close(mod.proj.weight, A, rtol=0, atol=1e-4)
     torch.testing.assert_close(mod.proj.bias, c, rtol=0, atol=1e-4)
@@ -98,3 +99,23 @@ def test_generation_with_a_stand_in_uses_the_kv_cache_correctly(tiny_lm, slot):
             loop = torch.cat([loop, nxt], dim=1)
     assert cached.tolist() == loop[0, ids.shape[1]:].tolist()
     assert len(set(cached.tolist())) > 1          # not a degenerate constant continuation
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_capture_block_replays_each_slot_exactly(tiny_factory, sample_text, family):
+    """A layer run standalone with the captured call reproduces the block output exactly: the call
+    is the one the model made to that slot (gemma3 gives sliding and full layers different masks
+    and rotary embeddings)."""
+    from explorer import Variant
+    from explorer.methods.fitting import block_mse, capture_block
+
+    lm = load_model(str(tiny_factory(family, num_layers=6)))
+    types = getattr(lm.config, "layer_types", None) or ["full_attention"] * 6
+    ctx = PlanContext(lm, sample_text, seqlen=40, num_samples=5)
+    v = Variant.identity(lm)
+    for j in range(6):
+        pairs = capture_block(lm, v, ctx.input_ids, j, j + 1, batch_size=2)
+        assert [p.x.shape[0] for p in pairs] == [2, 2, 1]
+        assert block_mse(v.layer(j), pairs, skip_first=False) == 0.0, (j, types[j])
+    if family == "gemma3_text":
+        assert len(set(types)) == 2          # both kinds of layer were checked

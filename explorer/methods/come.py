@@ -42,13 +42,14 @@ import copy
 import torch
 import torch.nn as nn
 
+from ..backbone import hooks, run_backbone
 from ..errors import ExplorerError, LayerError
 from ..load import LoadedModel
 from ..measure import measure_param, most_similar, similarity
 from ..params import Param
 from ..recipe import register_op
 from ..variant import Variant
-from .fitting import _Stop, capture_block, fit_module
+from .fitting import capture_block, fit_module
 from .layout import Layout
 from .registry import Method, Plan, PlanContext, find_calibration, register
 
@@ -89,40 +90,30 @@ def head_layout(lm: LoadedModel, parts: dict) -> tuple[int, int, int]:
     return nh, nkv, parts["attn_q"].out_features // nh
 
 
-@torch.no_grad()
 def sensitivities(lm: LoadedModel, v: Variant, ids: torch.Tensor, slots: list[int],
                   skip_first: bool = True) -> list[dict[str, torch.Tensor]]:
-    """Per slot: {"groups": (nkv,) KV-group scores, "channels": (I,) FFN channel scores}."""
+    """Per slot: {"groups": (nkv,) KV-group scores, "channels": (I,) FFN channel scores}.
+
+    One pass of the windows that stops after the last of `slots`; hooks on the slots' output
+    projections sum the squares of their inputs over tokens.
+    """
     first = 1 if skip_first else 0
     sq: dict[tuple[int, str], torch.Tensor] = {}
     parts = [layer_parts(lm, v.layer(s)) for s in slots]
 
     def hook(key):
-        def fn(module, args):
-            a = args[0][:, first:].float()                            # (b, T', D)
+        def fn(module, args, output):
+            a = args[0][:, first:].float()                            # (b, T', D) projection input
             s = a.pow(2).sum(dim=(0, 1))                               # (D,)
             sq[key] = sq.get(key, 0) + s
         return fn
 
-    def stop(module, args, output):
-        raise _Stop
-
-    with v.applied() as model:
-        hooks = []
-        for k, p in enumerate(parts):
-            hooks.append(p["attn_o"].register_forward_pre_hook(hook((k, "o"))))
-            hooks.append(p["mlp_down"].register_forward_pre_hook(hook((k, "down"))))
-        hooks.append(lm.arch.layer_list(model)[max(slots)].register_forward_hook(stop))
-        base = lm.arch.base_model(model)
-        try:
-            for b0 in range(0, ids.shape[0], 8):
-                try:
-                    base(input_ids=ids[b0:b0 + 8].to(lm.device), use_cache=False)
-                except _Stop:
-                    pass
-        finally:
-            for h in hooks:
-                h.remove()
+    watched = [(p[name], hook((k, short))) for k, p in enumerate(parts)
+               for name, short in (("attn_o", "o"), ("mlp_down", "down"))]
+    # the model's lock is held while the hooks are on: no other run passes through these layers
+    with lm.lock, hooks(*watched):
+        for _ in run_backbone(lm, ids, variant=v, stop=max(slots) + 1, label="CoMe sensitivity"):
+            pass
     out = []
     for k, p in enumerate(parts):
         nh, nkv, hd = head_layout(lm, p)

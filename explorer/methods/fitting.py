@@ -1,11 +1,13 @@
 """Helpers for methods that fit new weights: capture a block's input/output pairs, train by MSE.
 
-`capture_block` runs the calibration windows through a variant once and keeps, per batch, the input
-of slot `start` and the output of slot `stop - 1` (both (b, T, H)), plus the exact arguments the
-model passed to the first layer (attention mask, rotary embeddings, ...), so a replacement layer can
-be trained standalone with what it will see in the model. The forward pass stops after the block.
-Memory is bounded: only these two boundaries are kept (LLM-Streamline's code kept every layer's
-states in RAM), i.e. 2 x num_samples x seqlen x hidden floats.
+`capture_block` gives, per batch of calibration windows, the input of slot `start` and the output of
+slot `stop - 1` of a variant (both (b, T, H)), plus the exact arguments the model passed to slot
+`start` (attention mask, rotary embeddings, ...: `backbone.LayerCall`), so a replacement layer can
+be trained standalone with what it will see in the model. Both passes go through
+`backbone.run_backbone`: the first stops at boundary `start`, the second starts there from those
+states and stops after the block, so together they cost one pass to `stop`. Memory is bounded:
+only these two boundaries are kept (LLM-Streamline's code kept every layer's states in RAM), i.e.
+2 x num_samples x seqlen x hidden floats.
 
 Example:
     >>> batches = capture_block(lm, variant, ids, start=10, stop=14)
@@ -16,65 +18,41 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from ..backbone import LayerCall, run_backbone
 from ..load import LoadedModel, Progress
 from ..variant import Variant
 
-
-class _Stop(Exception):
-    """Raised inside a hook to end the forward pass once the block's output is recorded."""
+# Windows per training batch: each fitting step sees one batch of `capture_block`, so this is part
+# of the fit's definition (the results in docs/methods.md were measured with it), not a speed knob.
+FIT_BATCH = 8
 
 
 @dataclass
 class Pair:
     x: torch.Tensor           # (b, T, H) input of the block
     y: torch.Tensor           # (b, T, H) output of the block
-    args: tuple               # positional arguments after hidden_states, as the model passed them
-    kwargs: dict[str, Any]    # keyword arguments (attention_mask, position_embeddings, ...)
+    call: LayerCall           # how the model called the block's first slot (masks, rotary, ...)
+
+    def run(self, module: nn.Module | Callable, x: torch.Tensor | None = None) -> torch.Tensor:
+        """module(x) as the model would call it in the block's place: (b, T, H) -> (b, T, H)."""
+        return self.call.run(module, self.x if x is None else x)
 
 
-@torch.no_grad()
 def capture_block(lm: LoadedModel, variant: Variant, ids: torch.Tensor, start: int, stop: int,
-                  batch_size: int = 8) -> list[Pair]:
+                  batch_size: int = FIT_BATCH) -> list[Pair]:
     """Input of slot `start` and output of slot `stop - 1` of `variant`, per batch of windows."""
-    out: list[Pair] = []
-    with variant.applied() as model:
-        layers = lm.arch.layer_list(model)
-        cur: dict = {}
-
-        def pre(module, args, kwargs):
-            h = args[0] if args else kwargs["hidden_states"]
-            kw = {k: val for k, val in kwargs.items() if k != "hidden_states"}
-            cur.update(x=h.detach(), args=tuple(args[1:]), kwargs=kw)
-
-        def post(module, args, output):
-            h = output[0] if isinstance(output, tuple) else output
-            out.append(Pair(cur["x"], h.detach(), cur["args"], cur["kwargs"]))
-            raise _Stop
-
-        hooks = [layers[start].register_forward_pre_hook(pre, with_kwargs=True),
-                 layers[stop - 1].register_forward_hook(post)]
-        base = lm.arch.base_model(model)
-        try:
-            for b0 in range(0, ids.shape[0], batch_size):
-                try:
-                    base(input_ids=ids[b0:b0 + batch_size].to(lm.device), use_cache=False)
-                except _Stop:
-                    pass
-        finally:
-            for h in hooks:
-                h.remove()
-    return out
-
-
-def call_layer(module: nn.Module, p: Pair, x: torch.Tensor | None = None) -> torch.Tensor:
-    """Run a layer-like module as the model would, returning the hidden states tensor."""
-    y = module(p.x if x is None else x, *p.args, **p.kwargs)
-    return y[0] if isinstance(y, tuple) else y
+    xs = [b.hidden for b in run_backbone(lm, ids, variant=variant, stop=start,
+                                         batch_size=batch_size, label="block input")]
+    x = torch.cat(xs)                                                  # (B, T, H) at `start`
+    return [Pair(x[b.rows], b.hidden, b.call)
+            for b in run_backbone(lm, ids, variant=variant, start=start, start_states=x,
+                                  stop=stop, capture_call=True, batch_size=batch_size,
+                                  label="block output")]
 
 
 def fit_module(module: nn.Module, pairs: list[Pair], *, steps: int, lr: float,
@@ -100,7 +78,7 @@ def fit_module(module: nn.Module, pairs: list[Pair], *, steps: int, lr: float,
         with torch.enable_grad():
             for step in range(steps):
                 p = pairs[step % len(pairs)]
-                pred = call_layer(module, p)                              # (b, T, H)
+                pred = p.run(module)                                      # (b, T, H)
                 loss = (pred[:, first:].float() - p.y[:, first:].float()).pow(2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -123,7 +101,7 @@ def block_mse(module: nn.Module | Callable, pairs: list[Pair], skip_first: bool 
     first = 1 if skip_first else 0
     tot, n = 0.0, 0
     for p in pairs:
-        d = call_layer(module, p)[:, first:].float() - p.y[:, first:].float()
+        d = p.run(module)[:, first:].float() - p.y[:, first:].float()
         tot += float(d.pow(2).sum())
         n += d.numel()
     return tot / max(1, n)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..backbone import run_backbone
 from ..errors import LayerError
 from ..params import Param
 from ..variant import Variant
@@ -53,17 +54,10 @@ def rdsc_weights(m: int, rule: str = "paper") -> list[float]:
     raise LayerError(f"laco rule must be 'paper' or 'code' (got {rule!r})")
 
 
-@torch.no_grad()
 def final_states(ctx: PlanContext, variant: Variant, ids: torch.Tensor) -> torch.Tensor:
     """(B, T-1, H) final-norm hidden states of `ids` through `variant` (first position dropped)."""
-    lm = ctx.lm
-    outs = []
-    with variant.applied() as model:
-        base = lm.arch.base_model(model)
-        for b0 in range(0, ids.shape[0], 8):
-            h = base(input_ids=ids[b0:b0 + 8].to(lm.device), use_cache=False).last_hidden_state
-            outs.append(h[:, 1:].float())
-    return torch.cat(outs)
+    return torch.cat([b.hidden[:, 1:].float() for b in
+                      run_backbone(ctx.lm, ids, variant=variant, final_norm=True, label="LaCo")])
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
