@@ -120,14 +120,17 @@ def cmd_export(args) -> dict:
             "ops": recipe.ops}
 
 
+def _listing_parser(sub, name: str, help: str, what: str, listing: str):
+    """A subcommand whose help ends with a registry's components and their parameters."""
+    return sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog=f"{what} and their parameters (--param NAME=VALUE):\n{listing}")
+
+
 def add_similarity(sub) -> None:
     from .measure import MEASURES, measures_help
 
-    p = sub.add_parser("similarity", help="layer-by-layer similarity matrix of the residual "
-                       "stream (explorer.measure)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="measures and their parameters (--param NAME=VALUE):\n"
-                       + measures_help())
+    p = _listing_parser(sub, "similarity", "layer-by-layer similarity matrix of the residual "
+                        "stream (explorer.measure)", "measures", measures_help())
     _model_args(p)
     p.add_argument("--measure", default="cosine", help=", ".join(MEASURES))
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -169,11 +172,8 @@ def cmd_similarity(args) -> dict:
 def add_compress(sub) -> None:
     from .methods import METHODS, methods_help
 
-    p = sub.add_parser("compress", help="merge or prune layers with a method of the field "
-                       "(explorer.methods), then compare perplexity",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="methods and their parameters (--param NAME=VALUE):\n"
-                       + methods_help())
+    p = _listing_parser(sub, "compress", "merge or prune layers with a method of the field "
+                        "(explorer.methods), then compare perplexity", "methods", methods_help())
     _model_args(p)
     _text_args(p)
     p.add_argument("--method", default=None, help=", ".join(METHODS) + " (required)")

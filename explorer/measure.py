@@ -41,10 +41,11 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .components import Registry
 from .errors import ExplorerError
 from .npib import POINTS, npib_matrix
 from .params import Param, help_text, markdown_table, resolve
@@ -74,48 +75,25 @@ class Measure:
         return resolve(self.params, given, self.name)
 
 
-MEASURES: dict[str, Measure] = {}
+MEASURES: Registry[Measure] = Registry("measure")
 
 
 def register_measure(m: Measure) -> Measure:
     """Add `m` to `MEASURES` under its name (a second registration under a name replaces it)."""
-    if not m.name:
-        raise ValueError("a measure needs a name")
-    MEASURES[m.name] = m
-    return m
+    return MEASURES.add(m.name, m)
 
 
 def unregister_measure(name: str) -> None:
-    MEASURES.pop(name, None)
+    MEASURES.remove(name)
 
 
 def get_measure(name: str) -> Measure:
-    if name not in MEASURES:
-        raise ExplorerError(f"unknown measure '{name}'; known: {', '.join(MEASURES)}")
-    return MEASURES[name]
+    return MEASURES.get_one(name)
 
 
-class _MeasureNames(Sequence):
-    """The registered measure names, read at each use: a `Param`'s choices that follow the
-    registry, so a measure registered later is accepted and offered by every method."""
-
-    def __getitem__(self, i):
-        return list(MEASURES)[i]
-
-    def __len__(self) -> int:
-        return len(MEASURES)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(MEASURES))
-
-    def __contains__(self, name) -> bool:
-        return name in MEASURES
-
-    def __repr__(self) -> str:
-        return repr(tuple(MEASURES))
-
-
-MEASURE_NAMES: Sequence[str] = _MeasureNames()
+# The registered names, read at each use: a `Param`'s choices that follow the registry, so a
+# measure registered later is accepted and offered by every method.
+MEASURE_NAMES: Sequence[str] = MEASURES.names()
 
 
 def measure_param(default: str, help: str) -> Param:

@@ -138,11 +138,7 @@ class Param:
             else:
                 raise bad()
         else:   # dict
-            if isinstance(value, str):
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    raise bad() from None
+            value = _json(value, bad) if isinstance(value, str) else value
             if not isinstance(value, Mapping):
                 raise bad()
             out = dict(value)
@@ -154,10 +150,7 @@ class Param:
     def _list_from_text(text: str, bad) -> list:
         text = text.strip()
         if text.startswith("["):
-            try:
-                out = json.loads(text)
-            except ValueError:
-                raise bad() from None
+            out = _json(text, bad)
             if not isinstance(out, list):
                 raise bad()
             return out
@@ -165,6 +158,14 @@ class Param:
             return parse_layers(text)
         except LayerError:
             raise bad() from None
+
+
+def _json(text: str, bad) -> Any:
+    """`text` read as JSON; `bad()` raised when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise bad() from None
 
 
 def resolve(params: Sequence[Param], given: Mapping[str, Any], owner: str) -> dict:

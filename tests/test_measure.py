@@ -127,7 +127,7 @@ def test_registry_and_errors():
     assert [n for n, i in M.MEASURES.items() if i.higher_is_similar] == ["cosine", "cka", "npib"]
     assert all(i.name == n and i.paper and len(i.description) > 80 for n, i in M.MEASURES.items())
     pr = fake_probe(rand(3, 10, 4))
-    with pytest.raises(ExplorerError, match="known: cosine, bi, angular, cka, npib"):
+    with pytest.raises(ExplorerError, match="known measures: cosine, bi, angular, cka, npib"):
         M.similarity(pr, "euclid")
     with pytest.raises(ExplorerError, match="sigma"):
         M.similarity(pr, "cosine", sigma=3.0)
@@ -199,7 +199,7 @@ def test_cli_similarity_prints_the_matrix(tiny_factory, sample_text, tmp_path, c
     assert out["adjacent"] == [out["matrix"][i][i + 1] for i in range(4)]
     errors = io.StringIO()
     assert main(["similarity", "--measure", "euclid", "--json"], stderr=errors) == 2
-    assert "known: cosine" in errors.getvalue()
+    assert "known measures: cosine" in errors.getvalue()
 
 
 def test_massive_tokens_are_left_out_of_cka_and_npib_points():

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..components import Registry
 from ..errors import ExplorerError, LayerError
 from ..load import LoadedModel, Progress
 from ..params import Param, help_text, markdown_table, resolve
@@ -193,26 +194,22 @@ class Method:
                     Layout.identity(L).drop(layers).removed(L), [], scores, notes)
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: add one instance of a `Method` subclass to `METHODS` under its name."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    METHODS[cls.name] = cls()
+    METHODS.add(cls.name, cls())
     return cls
 
 
 def unregister(name: str) -> None:
     """Remove a method from the registry (tests that register an example method)."""
-    METHODS.pop(name, None)
+    METHODS.remove(name)
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ExplorerError(f"unknown method '{name}'; known methods: {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.get_one(name)
 
 
 def list_methods() -> list[Method]:
