@@ -121,7 +121,7 @@ def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None,
         if name not in measure.MEASURES:
             continue
         # Same work on both sides: every recorded token (measure.py's CKA subsamples by default).
-        params = {"max_tokens": None} if "max_tokens" in measure.MEASURES[name].params else {}
+        params = {"max_tokens": None} if "max_tokens" in measure.MEASURES[name].param_names else {}
         t, r = common.interleaved({"ours": lambda n=name, p=params: measure.similarity(pr, n, **p),
                                    "loop": lambda f=loop: f(states)},
                                   reps=reps, warmup=1, device=lm.device)
