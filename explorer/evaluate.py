@@ -6,8 +6,8 @@ tokens (a BOS token in front of each when the BOS rule says so), and
     PPL = exp( mean over every predicted token of -log p(token | window prefix) ).
 A window of T text tokens predicts T-1 of them (T with BOS in front).
 
-Speed: windows run in batches through the backbone only (`backbone.run_backbone`: no hidden
-states kept, no KV cache, torch.no_grad), sized by a token budget per forward pass (BATCH_TOKENS); the vocabulary
+Speed: windows run in batches through the backbone only (`backbone.run_backbone`: no KV cache,
+torch.no_grad), sized by a token budget per forward pass (BATCH_TOKENS); the vocabulary
 projection and the cross-entropy run on chunks of positions, so the (batch x seqlen x vocab)
 logits tensor is never materialised whole (49k vocab x 8 x 512 in fp32 would be 800 MB).
 `compute_dtype="bfloat16"` runs the layers' matrix products under bf16 autocast (residual stream,
@@ -15,6 +15,17 @@ norms, head and loss stay in fp32); the perplexity moves by ~1e-3 relative on Sm
 pays on CPUs with native bf16 (AVX512-BF16, AMX): on an AVX2-only CPU it was 2.5-5x *slower* than
 fp32 (bench/RESULTS.md), so the default keeps the model's own dtype, the exact figure. On CUDA
 the model is already loaded in bf16 (`load_model`).
+
+Cache (explorer/dense_cache.py, docs/search.md): the dense figure is computed once per model
+weights, windows and dtype (then read from memory or disk), and its pass keeps the residual
+stream at layer boundaries; a variant whose first change is at slot k then runs from the stored
+boundary at or below k, not from the embeddings. Same figure, to float rounding.
+
+Live figure: windows are evaluated in an order spread over the text (`spread_order`), so the
+running figure is an estimate of the final one from the first batch on; progress messages carry
+it with a 95% band from the spread of the per-window NLL (finite-population corrected, so it
+closes on the final figure). The result keeps each window's NLL (`PPLResult.window_nll`) and gives
+the band of the figure over the text's windows (`PPLResult.interval`).
 
 Cost: FLOPs per predicted token ~ 2 x N, N = the parameters a token passes through (every weight
 matrix once, vocabulary head included; Kaplan et al. 2020, arXiv 2001.08361, eq. 2.1), plus
@@ -29,7 +40,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +49,8 @@ import torch.nn.functional as F
 from .errors import ExplorerError, TextError
 from .load import DTYPES, LoadedModel, Progress
 from .backbone import run_backbone
-from .tokens import auto_batch_size, tokenize, use_bos, windows
+from .dense_cache import CACHE, PrefixStates, checkpoints, dense_key, first_change
+from .tokens import tokenize, use_bos, windows
 from .variant import Variant
 
 
@@ -53,6 +66,16 @@ class PPLResult:
     bos: bool            # whether each window started with BOS
     source: str          # name of the text source
     seconds: float
+    window_nll: tuple[float, ...] = ()   # mean NLL of each window, in text order
+    start: int = 0       # the boundary the pass started from (0: a full pass; dense_cache)
+    cached: bool = False  # the dense figure was read from the cache: no pass was run
+
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        """(low, high) band of the perplexity over the text's windows: exp(mean NLL +- z x the
+        standard error of the per-window means). (ppl, ppl) with fewer than two windows."""
+        if len(self.window_nll) < 2:
+            return self.ppl, self.ppl
+        return nll_band(self.window_nll, len(self.window_nll), z, finite=False)
 
     @property
     def tokens_per_second(self) -> float:
@@ -65,8 +88,17 @@ class PPLResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["window_nll"] = list(self.window_nll)
+        d["ppl_low"], d["ppl_high"] = self.interval()
         d["protocol"] = self.protocol()
         return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "PPLResult":
+        """The result `to_dict` wrote (its derived keys ignored)."""
+        kw = {k: v for k, v in d.items() if k in PPLResult.__dataclass_fields__}
+        kw["window_nll"] = tuple(kw.get("window_nll", ()))
+        return PPLResult(**kw)
 
 
 class NonFiniteError(ExplorerError):
@@ -93,9 +125,9 @@ def _final_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _autocast(device: torch.device, model_dtype: torch.dtype,
-              compute_dtype: str | torch.dtype | None):
-    """An autocast context for `compute_dtype`, or a disabled one when it is the model's dtype."""
+def compute_dtype_of(model_dtype: torch.dtype,
+                     compute_dtype: str | torch.dtype | None) -> torch.dtype:
+    """The dtype the layers compute in: `compute_dtype`, or the model's own for None/"auto"."""
     if compute_dtype in (None, "", "auto"):
         dt = model_dtype
     elif isinstance(compute_dtype, torch.dtype):
@@ -108,23 +140,38 @@ def _autocast(device: torch.device, model_dtype: torch.dtype,
     if dt == torch.float32 and model_dtype != torch.float32:
         raise ExplorerError(f"compute_dtype float32 needs a float32 model (this one is "
                             f"{str(model_dtype).replace('torch.', '')}): load it in float32")
+    return dt
+
+
+def _autocast(device: torch.device, model_dtype: torch.dtype, dt: torch.dtype):
+    """An autocast context for compute dtype `dt`, or a disabled one when it is the model's."""
     enabled = dt != model_dtype
     return torch.autocast(device.type, dtype=dt if enabled else torch.bfloat16, enabled=enabled)
 
 
-def token_nll(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
-              chunk_tokens: int = LOGIT_CHUNK) -> tuple[float, int]:
-    """Sum of token NLL and count of predicted tokens for a batch of windows.
+def window_nll_sums(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
+                    chunk_tokens: int = LOGIT_CHUNK) -> torch.Tensor:
+    """Sum of token NLL of each window: (b,) float64.
 
     hidden: (b, T, H) final-norm states of the windows `ids` (b, T); position t predicts t+1.
     """
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])                    # (b*(T-1), H)
-    targets = ids[:, 1:].reshape(-1)                                    # (b*(T-1),)
-    total = torch.zeros((), dtype=torch.float64, device=h.device)
+    b, T, H = hidden.shape
+    h = hidden[:, :-1].reshape(-1, H)                                    # (b*(T-1), H)
+    targets = ids[:, 1:].reshape(-1)                                     # (b*(T-1),)
+    per_token = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
     for s in range(0, h.shape[0], chunk_tokens):
-        logits = _final_logits(lm, h[s:s + chunk_tokens])               # (chunk, V) fp32
-        total += F.cross_entropy(logits, targets[s:s + chunk_tokens], reduction="sum")
-    return total.item(), targets.numel()
+        logits = _final_logits(lm, h[s:s + chunk_tokens])                # (chunk, V) fp32
+        per_token[s:s + chunk_tokens] = F.cross_entropy(
+            logits, targets[s:s + chunk_tokens], reduction="none")
+    return per_token.view(b, T - 1).sum(dim=1)
+
+
+def token_nll(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
+              chunk_tokens: int = LOGIT_CHUNK) -> tuple[float, int]:
+    """Sum of token NLL and count of predicted tokens for a batch of windows (see
+    `window_nll_sums`)."""
+    sums = window_nll_sums(lm, hidden, ids, chunk_tokens)
+    return sums.sum().item(), ids.shape[0] * (ids.shape[1] - 1)
 
 
 def evaluation_windows(lm: LoadedModel, text: str, seqlen: int, max_tokens: int | None,
@@ -139,10 +186,167 @@ def evaluation_windows(lm: LoadedModel, text: str, seqlen: int, max_tokens: int 
     return windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
 
 
+# -- the live figure --------------------------------------------------------------------------------
+
+def spread_order(n: int) -> list[int]:
+    """0..n-1 in an order that covers the range evenly from the start: the van der Corput
+    sequence 0, 1/2, 1/4, 3/4, 1/8, ... scaled to n, repeats skipped (8 -> [0, 4, 2, 6, 1, 5, 3,
+    7]). After m windows no gap between evaluated ones exceeds about 2n/m, so a running mean
+    settles early instead of following the text from its start."""
+    def radical_inverse(k: int) -> float:          # k's binary digits mirrored after the point
+        x, f = 0.0, 0.5
+        while k:
+            x += f * (k & 1)
+            k >>= 1
+            f /= 2
+        return x
+    order: list[int] = []
+    seen: set[int] = set()
+    k = 0
+    while len(order) < n:      # ends within 2n steps: 2^m >= n hits every 1/n-wide cell
+        i = int(radical_inverse(k) * n)
+        if i not in seen:
+            seen.add(i)
+            order.append(i)
+        k += 1
+    return order
+
+
+def nll_band(window_nll: Sequence[float], total: int, z: float = 1.96,
+             finite: bool = True) -> tuple[float, float]:
+    """(low, high) perplexity band from the mean NLL of k evaluated windows out of `total`:
+    exp(mean +- z x s / sqrt(k)), s the windows' standard deviation. finite=True multiplies the
+    standard error by sqrt((total - k) / (total - 1)) (sampling without replacement): the band is
+    then about the final figure over all `total` windows and closes on it. (nan, nan) for k < 2."""
+    k = len(window_nll)
+    if k < 2:
+        return math.nan, math.nan
+    mean = sum(window_nll) / k
+    var = sum((y - mean) ** 2 for y in window_nll) / (k - 1)
+    se = math.sqrt(var / k)
+    if finite and total > 1:
+        se *= math.sqrt(max(0.0, (total - k) / (total - 1)))
+    return math.exp(min(mean - z * se, 700.0)), math.exp(min(mean + z * se, 700.0))
+
+
+def running_message(window_nll: Sequence[float], total: int, label: str = "perplexity") -> str:
+    """'perplexity: 8/32 windows, 23.41 so far (95% band 22.8-24.1)': the figure so far and its
+    band (none after one window, nor at the end, where the band has closed on the figure)."""
+    k = len(window_nll)
+    ppl = math.exp(min(sum(window_nll) / max(1, k), 700.0))
+    text = f"{label}: {k}/{total} windows, {ppl:.4g} so far"
+    if 2 <= k < total:
+        lo, hi = nll_band(window_nll, total)
+        text += f" (95% band {lo:.4g}-{hi:.4g})"
+    return text
+
+
+# -- one pass over the windows ----------------------------------------------------------------------
+
+@dataclass
+class WindowPass:
+    """The NLL of each window after one (possibly partial) pass of a variant over windows (W, T)."""
+
+    nll: torch.Tensor                 # (W,) float64 NLL sum per window
+    evaluated: torch.Tensor           # (W,) bool: the windows run (all unless abandoned)
+    predicted: int                    # predicted tokens per window (T - 1)
+    start: int                        # the boundary the pass started from
+    seconds: float
+    states: dict[int, torch.Tensor] = field(default_factory=dict)  # recorded: (W, T, H)
+    abandoned: bool = False           # stopped once the running total passed `abandon_above`
+
+    @property
+    def done(self) -> int:
+        return int(self.evaluated.sum())
+
+    @property
+    def total(self) -> float:
+        """Sum of the NLL of every evaluated token (a lower bound of the full total when
+        abandoned: every token's NLL is >= 0). NaN or inf when the model produced them."""
+        return float(self.nll[self.evaluated].sum())
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(1, self.done * self.predicted)
+
+
+def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None = None,
+                reference: PrefixStates | None = None, record: Sequence[int] = (),
+                order: Sequence[int] | None = None, batch_size: int | None = None,
+                compute_dtype: str | torch.dtype | None = None,
+                abandon_above: float | None = None, progress: Progress | None = None,
+                label: str = "perplexity") -> WindowPass:
+    """Per-window NLL of `variant` on windows `ids` (W, T): the one evaluation loop.
+
+    reference: stored states of a variant that shares a prefix with this one (dense_cache): the
+        pass starts at the stored boundary at or below the first slot where they differ.
+    record: boundaries (from the start on) to keep for every window, as (W, T, H) tensors.
+    order: the order windows are run in (default `spread_order`: the running figure reported
+        through `progress` is an estimate of the final one from the first batch on).
+    abandon_above: stop once the NLL summed so far exceeds this; since every token's NLL is
+        >= 0 the full total would too (a search uses it to drop a candidate that cannot win).
+    """
+    variant = variant or Variant.identity(lm)
+    W, T = ids.shape
+    perm = torch.as_tensor(spread_order(W) if order is None else list(order), dtype=torch.long)
+    start, ref_states = 0, None
+    if reference is not None and reference.ids.shape == ids.shape and torch.equal(reference.ids,
+                                                                                   ids.cpu()):
+        start, ref_states = reference.start_for(variant)
+    starts = None
+    if ref_states is not None:
+        perm_dev = perm.to(ref_states.device)
+
+        def starts(rows: slice) -> torch.Tensor:        # (b, T, H) for the batch's windows
+            return ref_states.index_select(0, perm_dev[rows])
+    record = sorted(b for b in set(record) if start <= b <= variant.num_layers)
+    dt = compute_dtype_of(lm.dtype, compute_dtype)
+    nll = torch.zeros(W, dtype=torch.float64)
+    evaluated = torch.zeros(W, dtype=torch.bool)
+    kept: dict[int, torch.Tensor] = {}
+    means: list[float] = []
+    total, abandoned = 0.0, False
+    t0 = time.perf_counter()
+    batches = run_backbone(lm, ids[perm], variant=variant, start=start, start_states=starts,
+                           final_norm=True, record=record, batch_size=batch_size)
+    try:
+        with _autocast(lm.device, lm.dtype, dt):
+            for batch in batches:
+                rows = perm[batch.rows]                               # window indices (b,)
+                sums = window_nll_sums(lm, batch.hidden, batch.ids).cpu()
+                nll[rows] = sums
+                evaluated[rows] = True
+                for b, h in batch.states.items():                     # h: (b, T, H)
+                    if b not in kept:
+                        kept[b] = torch.empty((W,) + tuple(h.shape[1:]), dtype=h.dtype,
+                                              device=h.device)
+                    kept[b][rows.to(h.device)] = h
+                total += float(sums.sum())
+                means += (sums / (T - 1)).tolist()
+                if progress:
+                    progress(batch.rows.stop / W, running_message(means, W, label))
+                if abandon_above is not None and total > abandon_above and batch.rows.stop < W:
+                    abandoned = True
+                    break
+    finally:
+        batches.close()          # restores the model's layers at once, also after a break
+    return WindowPass(nll=nll, evaluated=evaluated, predicted=T - 1, start=start, seconds=time.perf_counter() - t0,
+                      states=kept, abandoned=abandoned)
+
+
+# -- perplexity -------------------------------------------------------------------------------------
+
+def dense_checkpoints(lm: LoadedModel, ids: torch.Tensor) -> list[int]:
+    """The boundaries the dense cache keeps for windows `ids` (W, T) within its budget."""
+    W, T = ids.shape
+    per_boundary = W * T * lm.config.hidden_size * torch.finfo(lm.dtype).bits // 8
+    return checkpoints(lm.num_layers, per_boundary, CACHE.budget(lm.device))
+
+
 def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, seqlen: int = 512,
                max_tokens: int | None = 16384, batch_size: int | None = None, bos: str = "auto",
                source: str = "text", progress: Progress | None = None,
-               compute_dtype: str | torch.dtype | None = None) -> PPLResult:
+               compute_dtype: str | torch.dtype | None = None, cache: bool = True) -> PPLResult:
     """Perplexity of the model (or of `variant`) on `text` under the protocol above.
 
     max_tokens: evaluate at most this many text tokens (None: the whole text).
@@ -150,31 +354,63 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
     compute_dtype: None/"auto" (default) runs in the model's dtype, the exact figure;
         "bfloat16" runs the decoder layers under bf16 autocast (faster on CPU, the value moves
         by ~1e-3 relative; the head and the loss stay in fp32).
+    cache: use the dense cache (explorer/dense_cache.py): the dense figure is computed once per
+        weights, windows and dtype, and a variant runs from the stored states before its first
+        change. False runs every layer (for a model whose forward pass is patched by hooks, which
+        the cache's key cannot see).
     """
     w = evaluation_windows(lm, text, seqlen, max_tokens, bos)
-    batch_size = batch_size or auto_batch_size(lm.device, w.shape[1])
     variant = variant or Variant.identity(lm)
-    cast = _autocast(lm.device, lm.dtype, compute_dtype)
-    start = time.perf_counter()
-    total, count = 0.0, 0
-    with cast:
-        for batch in run_backbone(lm, w, variant=variant, final_norm=True,
-                                  batch_size=batch_size):
-            nll, n = token_nll(lm, batch.hidden, batch.ids)
-            total += nll
-            count += n
-            if progress:   # the running figure: the user watches it settle as windows come in
-                done = batch.rows.stop
-                running = math.exp(min(total / count, 700.0))
-                progress(done / w.shape[0],
-                         f"perplexity: {done}/{w.shape[0]} windows, {running:.4g} so far")
-    mean = total / count
-    if not math.isfinite(mean):
-        raise NonFiniteError("the model produced NaN or inf on the evaluation text: this "
-                             "variant is broken (try merging fewer or other layers)")
-    return PPLResult(ppl=math.exp(mean), nll=mean, tokens=count, windows=w.shape[0],
-                     seqlen=seqlen, bos=w.shape[1] > seqlen, source=source,
-                     seconds=time.perf_counter() - start)
+    dt = compute_dtype_of(lm.dtype, compute_dtype)
+    t0 = time.perf_counter()
+    kw = dict(variant=variant, batch_size=batch_size, compute_dtype=dt, progress=progress)
+
+    def result(p: WindowPass) -> PPLResult:
+        W = w.shape[0]
+        count = p.predicted * W
+        mean = p.total / count
+        if not math.isfinite(mean):
+            raise NonFiniteError("the model produced NaN or inf on the evaluation text: this "
+                                 "variant is broken (try merging fewer or other layers)")
+        return PPLResult(ppl=math.exp(mean), nll=mean, tokens=count, windows=W, seqlen=seqlen,
+                         bos=w.shape[1] > seqlen, source=source,
+                         seconds=time.perf_counter() - t0,
+                         window_nll=tuple((p.nll / p.predicted).tolist()), start=p.start)
+
+    if not cache:
+        return result(run_windows(lm, w, **kw))
+    key = dense_key(lm, w, dt)
+    marks = dense_checkpoints(lm, w)
+    dense = Variant.identity(lm)
+    if variant.is_identity():
+        with CACHE.building(key):          # a second session waits, then finds the figure
+            fig = CACHE.figure(key)
+            if fig is not None:
+                r = replace(PPLResult.from_dict(fig), source=source, cached=True,
+                            seconds=time.perf_counter() - t0)
+                if progress:
+                    progress(1.0, f"perplexity {r.ppl:.4g} (the dense figure, cached)")
+                return r
+            p = run_windows(lm, w, record=marks, **kw)
+            r = result(p)
+            CACHE.store_figure(key, r.to_dict())
+            CACHE.store_states(key, PrefixStates(dense, w, p.states))
+            return r
+    ref = CACHE.states(key)
+    p = run_windows(lm, w, reference=ref, record=_missing(ref, marks, variant, dense), **kw)
+    if p.states:   # the pass went through unchanged layers: keep their states for later variants
+        CACHE.store_states(key, PrefixStates(dense, w, {**(ref.states if ref else {}),
+                                                        **p.states}))
+    return result(p)
+
+
+def _missing(ref: PrefixStates | None, marks: list[int], variant: Variant,
+             dense: Variant) -> list[int]:
+    """Checkpoints the cache lacks that a pass of `variant` computes as the dense model would:
+    boundaries up to its first change (a pass after a restart fills the cache this way)."""
+    k = first_change(dense, variant)
+    have = set(ref.states) if ref is not None else set()
+    return [b for b in marks if b <= k and b not in have]
 
 
 @torch.no_grad()

@@ -60,6 +60,16 @@ def _merge(v: Variant, op: dict, lm: LoadedModel) -> Variant:
                    extra={k: op[k] for k in op if k not in ("op", "layers", "weights", "summary")})
 
 
+@register_op("drop_part")
+def _drop_part(v: Variant, op: dict, lm: LoadedModel) -> Variant:
+    layer, part = op.get("layer"), op.get("part")
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise LayerError("drop_part op needs 'layer': a layer index")
+    if not isinstance(part, str):
+        raise LayerError("drop_part op needs 'part': 'attn' or 'mlp'")
+    return v.drop_part(layer, part)
+
+
 def _int_list(op: dict, key: str) -> list[int]:
     val = op.get(key)
     if not isinstance(val, list) or not val or not all(isinstance(i, int) and not

@@ -39,12 +39,17 @@ class NewLayer:
     module: nn.Module
     like: int        # original layer whose attention type (sliding/full) and position it takes
     label: str       # short description, e.g. "merge(12,13; a=0.62)"
+    parts_dropped: tuple[str, ...] = ()   # sub-blocks zeroed by `Variant.drop_part` ("attn", "mlp")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
 
 Slot = int | NewLayer
+
+# The sub-blocks of a decoder layer that `Variant.drop_part` can drop, and the adapter field naming
+# each one's output projection (explorer/arch.py).
+PARTS = {"attn": "attn_o", "mlp": "mlp_down"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,9 +99,12 @@ class Variant:
         return self.lm.num_parameters - total_layers + kept
 
     def extra_bytes(self) -> int:
-        """Memory this variant adds on top of the loaded model: its new layers only."""
-        return sum(p.numel() * p.element_size() for s in self.new_layers()
-                   for p in s.module.parameters())
+        """Memory this variant adds on top of the loaded model: its new layers' own tensors (the
+        weights a sub-block drop shares with the original layer cost nothing)."""
+        shared = {id(p) for p in self.lm.original_layers.parameters()}
+        own = {id(p): p for s in self.new_layers() for p in s.module.parameters()
+               if id(p) not in shared}
+        return sum(p.numel() * p.element_size() for p in own.values())
 
     def describe(self) -> str:
         return "; ".join(s.get("summary", s["op"]) for s in self.steps) or "original"
@@ -161,6 +169,38 @@ class Variant:
                 "summary": label, **(extra or {})}
         return Variant(self.lm, self.slots, self.steps).replace(idx, module, label, step)
 
+    def drop_part(self, index: int, part: str) -> "Variant":
+        """Drop the attention ("attn") or the MLP ("mlp") sub-block of the layer at slot `index`.
+
+        The slot becomes a NewLayer that shares every weight with the layer except the part's
+        output projection, a zeroed copy (weight and bias): the part then adds nothing to the
+        residual stream, and the variant still exports as a plain transformers model. It keeps
+        that part's FLOPs (docs/search.md). Dropping the second part of a layer drops the slot.
+        """
+        i = self.check_index(index)
+        if part not in PARTS:
+            raise LayerError(f"unknown sub-block '{part}'; use one of: {', '.join(PARTS)}")
+        slot = self.slots[i]
+        gone = slot.parts_dropped if isinstance(slot, NewLayer) else ()
+        if part in gone:
+            raise LayerError(f"the {part} sub-block of layer {i} is already dropped")
+        step = {"op": "drop_part", "layer": i, "part": part,
+                "summary": f"drop {part} of layer {i}"}
+        if gone:   # the other part went before: nothing is left of this layer
+            step["summary"] += " (nothing left: layer dropped)"
+            slots = self.slots[:i] + self.slots[i + 1:]
+            return Variant(self.lm, slots, self.steps + (step,))
+        path = getattr(self.lm.arch, PARTS[part])
+        if path is None or self.lm.arch.part(self.layer(i), path) is None:
+            raise LayerError(f"the {self.lm.arch.family} adapter names no {part} output "
+                             "projection: its sub-blocks cannot be dropped")
+        with self.lm.lock:   # no run's hooks are on the layer while it is copied
+            module = without_part(self.layer(i), path)
+        new = NewLayer(module, like=self.origin(i), label=f"{self.layer_labels()[i]}-{part}",
+                       parts_dropped=(part,))
+        slots = self.slots[:i] + (new,) + self.slots[i + 1:]
+        return Variant(self.lm, slots, self.steps + (step,))
+
     # -- applying ------------------------------------------------------------------------------
     @contextmanager
     def applied(self) -> Iterator[nn.Module]:
@@ -195,6 +235,21 @@ def _set_layer_idx(layer: nn.Module, idx: int) -> None:
     for m in layer.modules():
         if isinstance(getattr(m, "layer_idx", None), int):
             m.layer_idx = idx
+
+
+def without_part(layer: nn.Module, proj_path: str) -> nn.Module:
+    """A copy of `layer` sharing its weights, except the projection at `proj_path` (dotted, e.g.
+    "mlp.down_proj"), which is a zeroed copy: the sub-block it closes outputs zeros."""
+    shared = {id(t): t for t in list(layer.parameters()) + list(layer.buffers())}
+    out = copy.deepcopy(layer, memo=shared)        # new modules, the same weight tensors
+    parent_path, _, name = proj_path.rpartition(".")
+    parent = out.get_submodule(parent_path) if parent_path else out
+    zero = copy.deepcopy(layer.get_submodule(proj_path))   # own tensors: the original stays intact
+    with torch.no_grad():
+        for p in zero.parameters():
+            p.zero_()
+    setattr(parent, name, zero)
+    return out
 
 
 def _is_linear(module: nn.Module) -> bool:

@@ -1,0 +1,342 @@
+"""Cached residual-stream states and dense perplexity figures, so that measuring a variant only
+pays for the layers it changed.
+
+Two things are cached, both keyed by what determines them: the model's weights (a fingerprint),
+the evaluation windows (their token ids, which fix the text, the window length, the BOS rule and
+the token cap), the dtypes and the device.
+
+- The dense "before" figure: a small dict (a `PPLResult`'s fields), kept in this process for every
+  caller (CLI, API, every app session) and on disk under the cache folder, so that a second
+  `compress` in a new process does not recompute it either.
+- `PrefixStates`: the residual stream of a reference variant (the dense model, or a search's
+  current model) at some of its layer boundaries, for every window. A variant whose slots 0..k-1
+  are the reference's starts its pass at the largest stored boundary b <= k with the stored
+  states: slots before b are not run. Slots b..k-1 are the reference's own layers, so the result
+  is the full pass's, to floating-point rounding (docs/search.md).
+
+Memory: one boundary of W windows of T tokens holds W x T x H values of the model's dtype (16k
+tokens x 576 x 4 bytes = 38 MB for SmolLM2). `checkpoints` keeps every boundary when they fit in
+the budget and evenly spaced ones otherwise (a variant then re-runs a few unchanged layers from
+the checkpoint below its first change). The process-wide `CACHE` holds states of several
+(model, text) pairs within one budget (LAYER_EXPLORER_STATE_CACHE_MB, default 512 MB on CPU and
+2 GB on CUDA), dropping the least recently used; figures are a few hundred bytes each.
+
+Example:
+    >>> key = dense_key(lm, windows)                 # weights fingerprint + windows + dtypes
+    >>> CACHE.figure(key)                            # the dense figure, if measured before
+    >>> ref = CACHE.states(key)                      # PrefixStates of the dense model, or None
+    >>> start, states = ref.start_for(variant)       # run the variant from boundary `start`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .load import LoadedModel
+from .variant import Variant
+
+BUDGET_ENV = "LAYER_EXPLORER_STATE_CACHE_MB"
+DEFAULT_BUDGET_MB = {"cpu": 512, "cuda": 2048}
+DISK_ENV = "LAYER_EXPLORER_DENSE_DISK"      # "0": keep dense figures in this process only
+MAX_FIGURES = 256                            # figures kept in memory (a few hundred bytes each)
+SAMPLE_PER_TENSOR = 4096                     # values per weight tensor that enter the fingerprint
+
+
+def default_budget(device: torch.device | str) -> int:
+    """Bytes of cached states allowed on this device type: $LAYER_EXPLORER_STATE_CACHE_MB, else
+    512 MB on CPU and 2 GB on CUDA."""
+    env = os.environ.get(BUDGET_ENV, "").strip()
+    if env:
+        try:
+            return max(0, int(float(env) * 2**20))
+        except ValueError:
+            pass
+    kind = torch.device(device).type
+    return DEFAULT_BUDGET_MB.get(kind, DEFAULT_BUDGET_MB["cpu"]) * 2**20
+
+
+# -- keys -------------------------------------------------------------------------------------------
+
+def weights_fingerprint(lm: LoadedModel) -> str:
+    """A digest of the model's weights and configuration, cheap enough to take on every call.
+
+    Each weight tensor enters with its name, shape, dtype and a strided sample of 4096 of its
+    values (20 ms for SmolLM2; hashing all 540 MB took 1-3 s on the 2-core CPU), the configuration
+    as JSON. Another model, another checkpoint or any training changes it; a single edited value
+    outside the sample does not (the loaded model is never edited in place, by design).
+    The original layers are read (`lm.original_layers`), never the live list, which may hold
+    another thread's variant; for the same reason the config's layer count and types are left out.
+    """
+    h = hashlib.sha256()
+    layers_prefix = lm.arch.layers + "."
+    named = [(f"layer{i}.{n}", p) for i, layer in enumerate(lm.original_layers)
+             for n, p in layer.named_parameters()]
+    named += [(n, p) for n, p in lm.model.named_parameters() if not n.startswith(layers_prefix)]
+    for name, p in named:
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // SAMPLE_PER_TENSOR)
+        sample = flat[::step].to("cpu", copy=True).contiguous()
+        h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+        h.update(sample.view(torch.uint8).numpy().tobytes())
+    cfg = lm.config.to_dict()
+    for key in ("num_hidden_layers", "n_layer", "layer_types"):
+        cfg.pop(key, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    h.update(str(lm.num_layers).encode())
+    return h.hexdigest()[:32]
+
+
+def windows_digest(ids: torch.Tensor) -> str:
+    """A digest of evaluation windows (W, T): they fix the text, the window length, BOS and cap."""
+    ids = ids.detach().to("cpu", torch.int64).contiguous()
+    h = hashlib.sha256(str(tuple(ids.shape)).encode())
+    h.update(ids.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class DenseKey:
+    """What a dense figure and dense states depend on."""
+
+    weights: str          # weights_fingerprint
+    windows: str          # windows_digest
+    dtype: str            # the model's dtype
+    compute: str          # the compute dtype (autocast), or the model's own
+    device: str           # device type: numerics differ between CPU and CUDA kernels
+
+    def digest(self) -> str:
+        """A file name for the on-disk figure (library versions included: their numerics)."""
+        import transformers
+
+        text = "|".join((self.weights, self.windows, self.dtype, self.compute, self.device,
+                         torch.__version__, transformers.__version__))
+        return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def dense_key(lm: LoadedModel, ids: torch.Tensor, compute_dtype: torch.dtype | None = None) -> DenseKey:
+    """The cache key of the dense model evaluated on windows `ids` (W, T)."""
+    compute = compute_dtype or lm.dtype
+    return DenseKey(weights_fingerprint(lm), windows_digest(ids), str(lm.dtype).replace("torch.", ""),
+                    str(compute).replace("torch.", ""), lm.device.type)
+
+
+# -- prefix states ----------------------------------------------------------------------------------
+
+def first_change(reference: Variant, variant: Variant) -> int:
+    """The first slot where `variant` differs from `reference`: slots 0..k-1 are the same modules.
+
+    Original layers compare by index, new layers (merges, trained layers, sub-block drops) by
+    identity, so a variant built from the reference's edits shares the reference's prefix."""
+    if reference.lm is not variant.lm:
+        return 0
+    k = 0
+    for a, b in zip(reference.slots, variant.slots):
+        if a is b or (isinstance(a, int) and isinstance(b, int) and a == b):
+            k += 1
+        else:
+            break
+    return k
+
+
+def checkpoints(num_layers: int, boundary_bytes: int, budget_bytes: int) -> list[int]:
+    """Boundaries to store for a reference of `num_layers` slots within `budget_bytes`.
+
+    Boundary 0 (the embeddings) costs nothing to recompute and boundary L serves no variant that
+    changes a layer, so the candidates are 1..L-1: all of them when they fit, else n evenly spaced
+    ones, n = budget // boundary_bytes (none when one does not fit)."""
+    inner = list(range(1, num_layers))
+    n = budget_bytes // boundary_bytes if boundary_bytes > 0 else len(inner)
+    if n >= len(inner):
+        return inner
+    if n <= 0:
+        return []
+    return sorted({round(k * num_layers / (n + 1)) for k in range(1, n + 1)} & set(inner))
+
+
+@dataclass
+class PrefixStates:
+    """The residual stream of `variant` at some boundaries, for every window of `ids`.
+
+    states: boundary -> (W, T, H) in the model's dtype, on the model's device, rows in window order.
+    """
+
+    variant: Variant
+    ids: torch.Tensor                     # (W, T) the windows these states belong to (CPU)
+    states: dict[int, torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.states.values())
+
+    def start_for(self, variant: Variant) -> tuple[int, torch.Tensor | None]:
+        """(boundary, states there) from which `variant` can be run: the largest stored boundary
+        at or before its first change; (0, None) when there is none (a full pass)."""
+        k = first_change(self.variant, variant)
+        usable = [b for b in self.states if b <= k and b <= variant.num_layers]
+        if not usable:
+            return 0, None
+        b = max(usable)
+        return b, self.states[b]
+
+
+# -- the process-wide cache -------------------------------------------------------------------------
+
+class DenseCache:
+    """Dense figures and dense states, shared by every caller in the process (thread-safe).
+
+    `building(key)` serialises the work for one key: a second session that asks for the same dense
+    figure waits for the first and then finds it cached instead of computing it again.
+    """
+
+    def __init__(self, budget_bytes: int | None = None, disk: bool | None = None) -> None:
+        self._lock = threading.RLock()
+        self._figures: OrderedDict[DenseKey, dict] = OrderedDict()
+        self._states: OrderedDict[DenseKey, PrefixStates] = OrderedDict()
+        self._building: dict[DenseKey, threading.Lock] = {}
+        self._budget = budget_bytes
+        self._disk = disk
+
+    # budget and disk are read late so that tests and the app can set the environment first
+    def budget(self, device: torch.device | str = "cpu") -> int:
+        return self._budget if self._budget is not None else default_budget(device)
+
+    def set_budget(self, budget_bytes: int | None) -> None:
+        """Set the states budget in bytes (None: back to the default); evicts down to it."""
+        with self._lock:
+            self._budget = budget_bytes
+            self._evict(self.budget())
+
+    @property
+    def disk(self) -> bool:
+        if self._disk is not None:
+            return self._disk
+        return os.environ.get(DISK_ENV, "1").strip() != "0"
+
+    @contextmanager
+    def building(self, key: DenseKey) -> Iterator[None]:
+        with self._lock:
+            lock = self._building.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+    # figures
+    def figure(self, key: DenseKey) -> dict | None:
+        """The dense figure for `key`: from memory, else from disk (then kept in memory)."""
+        with self._lock:
+            if key in self._figures:
+                self._figures.move_to_end(key)
+                return dict(self._figures[key])
+        if not self.disk:
+            return None
+        path = _figure_path(key)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("key") != key.digest():
+            return None
+        fig = data.get("figure")
+        if not isinstance(fig, dict):
+            return None
+        self._remember(key, fig)
+        return dict(fig)
+
+    def store_figure(self, key: DenseKey, figure: dict) -> None:
+        """Keep a dense figure (JSON-ready dict) in memory and, unless disabled, on disk."""
+        self._remember(key, figure)
+        if self.disk:
+            _write_atomic(_figure_path(key), json.dumps({"key": key.digest(), "figure": figure}))
+
+    def _remember(self, key: DenseKey, figure: dict) -> None:
+        with self._lock:
+            self._figures[key] = dict(figure)
+            self._figures.move_to_end(key)
+            while len(self._figures) > MAX_FIGURES:
+                self._figures.popitem(last=False)
+
+    # states
+    def states(self, key: DenseKey) -> PrefixStates | None:
+        with self._lock:
+            ref = self._states.get(key)
+            if ref is not None:
+                self._states.move_to_end(key)
+            return ref
+
+    def store_states(self, key: DenseKey, ref: PrefixStates) -> bool:
+        """Keep `ref`, evicting the least recently used states to stay within the budget; states
+        larger than the whole budget are not kept (returns False)."""
+        budget = self.budget(ref.variant.lm.device)
+        with self._lock:
+            self._states.pop(key, None)
+            if ref.nbytes > budget or not ref.states:
+                return False
+            self._evict(budget - ref.nbytes)
+            self._states[key] = ref
+            return True
+
+    def _evict(self, allowed: int) -> None:
+        while self._states and self.nbytes > allowed:
+            self._states.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of states held now."""
+        with self._lock:
+            return sum(ref.nbytes for ref in self._states.values())
+
+    def clear(self, disk: bool = False) -> None:
+        """Forget everything in memory (and the figures on disk when `disk`)."""
+        with self._lock:
+            self._figures.clear()
+            self._states.clear()
+        if disk:
+            folder = _figure_dir()
+            for f in folder.glob("*.json"):
+                f.unlink(missing_ok=True)
+
+    def forget_model(self, lm: LoadedModel) -> None:
+        """Drop the states that hold `lm`'s tensors (the app calls this when it unloads a model)."""
+        with self._lock:
+            for key in [k for k, ref in self._states.items() if ref.variant.lm is lm]:
+                del self._states[key]
+
+
+def _figure_dir() -> Path:
+    from .embedded import cache_root
+
+    folder = cache_root() / "dense-ppl"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _figure_path(key: DenseKey) -> Path:
+    return _figure_dir() / f"{key.digest()}.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: a reader sees all or nothing.
+    A cache that cannot be written (read-only disk) is not an error."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except (OSError, UnboundLocalError):
+            pass
+
+
+CACHE = DenseCache()

@@ -1,0 +1,206 @@
+"""The dense cache (explorer/dense_cache.py) and the live perplexity figure, on tiny models.
+
+A variant evaluated from stored dense states must give the full pass's figure; the dense figure is
+reused until the text, the protocol, the dtype or the weights change; states stay within their
+budget; concurrent sessions share the cache safely.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+from explorer import Variant, load_model, perplexity
+from explorer.dense_cache import CACHE, checkpoints, first_change
+from explorer.evaluate import evaluation_windows, run_windows, spread_order
+
+KW = dict(seqlen=64, max_tokens=1024)     # 16 windows of 64 tokens
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Each test starts from an empty cache, with its on-disk figures in a temporary folder."""
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))
+    CACHE.clear()
+    CACHE.set_budget(None)
+    yield
+    CACHE.clear()
+    CACHE.set_budget(None)
+
+
+def _variants(lm):
+    v = Variant.identity(lm)
+    return {"layer 0": (v.drop([0]), 0), "middle": (v.drop([3]), 3), "last": (v.drop([5]), 5),
+            "merge": (v.merge([2, 3], [0.5, 0.5]), 2), "sub-block": (v.drop_part(4, "mlp"), 4)}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "gpt2"])
+def test_cached_states_give_the_full_pass_figure(tiny_factory, sample_text, family):
+    lm = load_model(str(tiny_factory(family, num_layers=6)))
+    dense = perplexity(lm, sample_text, **KW)          # records the dense states
+    assert dense.start == 0 and not dense.cached
+    for name, (v, first) in _variants(lm).items():
+        cached = perplexity(lm, sample_text, variant=v, **KW)
+        full = perplexity(lm, sample_text, variant=v, cache=False, **KW)
+        assert cached.start == first and full.start == 0, name
+        assert cached.ppl == pytest.approx(full.ppl, rel=1e-6), name
+        assert cached.ppl != pytest.approx(dense.ppl, rel=1e-4), name   # the edit mattered
+
+    # and the full pass itself against transformers' own loss on the variant applied
+    v, _ = _variants(lm)["middle"]
+    w = evaluation_windows(lm, sample_text, **KW)
+    with v.applied() as model, torch.no_grad():
+        loss = model(input_ids=w, labels=w).loss.item()
+    assert perplexity(lm, sample_text, variant=v, **KW).ppl == pytest.approx(math.exp(loss),
+                                                                             rel=1e-5)
+
+
+def test_dense_figure_reused_until_text_protocol_dtype_or_weights_change(tiny_factory,
+                                                                         sample_text):
+    folder = tiny_factory("llama", num_layers=4)
+    lm = load_model(str(folder))
+    first = perplexity(lm, sample_text, **KW)
+    again = perplexity(lm, sample_text, **KW)
+    assert again.cached and again.ppl == first.ppl and again.window_nll == first.window_nll
+    changed = {
+        "text": perplexity(lm, sample_text[::-1], **KW),
+        "seqlen": perplexity(lm, sample_text, seqlen=32, max_tokens=2048),
+        "max_tokens": perplexity(lm, sample_text, seqlen=64, max_tokens=1024),
+        "bos": perplexity(lm, sample_text, bos="always", **KW),
+        "compute dtype": perplexity(lm, sample_text, compute_dtype="bfloat16", **KW),
+        "model dtype": perplexity(load_model(str(folder), dtype="bfloat16"), sample_text, **KW),
+        "weights": perplexity(load_model(str(tiny_factory("llama", num_layers=4, seed=1))),
+                              sample_text, **KW),
+    }
+    for what, r in changed.items():
+        assert not r.cached, what
+    # the same weights loaded again (another session, or a second CLI call) reuse the figure,
+    # from memory or, after the process forgot it, from disk
+    assert perplexity(load_model(str(folder)), sample_text, **KW).cached
+    CACHE.clear()
+    from_disk = perplexity(lm, sample_text, **KW)
+    assert from_disk.cached and from_disk.ppl == first.ppl
+
+
+def test_weights_edited_in_place_miss_the_cache(tiny_factory, sample_text):
+    lm = load_model(str(tiny_factory("qwen2", num_layers=4)))
+    perplexity(lm, sample_text, **KW)
+    w = lm.original_layers[1].mlp.up_proj.weight
+    with torch.no_grad():
+        w.mul_(1.5)
+    r = perplexity(lm, sample_text, **KW)
+    assert not r.cached
+    assert r.ppl == pytest.approx(perplexity(lm, sample_text, cache=False, **KW).ppl, rel=1e-9)
+
+
+def test_states_stay_within_a_small_budget(tiny_factory, sample_text):
+    lm = load_model(str(tiny_factory("llama", num_layers=6)))
+    w = evaluation_windows(lm, sample_text, **KW)
+    boundary = w.numel() * lm.config.hidden_size * 4          # bytes of one boundary, fp32
+    assert checkpoints(6, boundary, 10 * boundary) == [1, 2, 3, 4, 5]
+    assert checkpoints(6, boundary, 2 * boundary) == [2, 4]
+    assert checkpoints(6, boundary, boundary - 1) == []
+
+    CACHE.set_budget(2 * boundary + 100)
+    perplexity(lm, sample_text, **KW)
+    assert 0 < CACHE.nbytes <= 2 * boundary + 100
+    v = Variant.identity(lm).drop([3])                       # first change 3: start from 2
+    r = perplexity(lm, sample_text, variant=v, **KW)
+    assert r.start == 2
+    assert r.ppl == pytest.approx(perplexity(lm, sample_text, variant=v, cache=False,
+                                             **KW).ppl, rel=1e-6)
+    other = perplexity(lm, sample_text[::-1], **KW)          # a second text evicts the first
+    assert not other.cached and CACHE.nbytes <= 2 * boundary + 100
+
+    CACHE.clear()
+    CACHE.set_budget(boundary - 1)                            # not even one boundary fits
+    perplexity(lm, sample_text, **KW)
+    assert CACHE.nbytes == 0
+    assert perplexity(lm, sample_text, variant=v, **KW).start == 0
+
+
+def test_a_variant_pass_fills_the_states_a_restart_lost(tiny_lm, sample_text):
+    perplexity(tiny_lm, sample_text, **KW)
+    CACHE.clear()
+    assert perplexity(tiny_lm, sample_text, **KW).cached
+    late = Variant.identity(tiny_lm).drop([4])
+    assert perplexity(tiny_lm, sample_text, variant=late, **KW).start == 0   # fills 1..4
+    early = Variant.identity(tiny_lm).drop_part(3, "attn")
+    assert perplexity(tiny_lm, sample_text, variant=early, **KW).start == 3
+
+
+def test_concurrent_sessions_share_one_dense_pass(tiny_factory, sample_text):
+    lm = load_model(str(tiny_factory("llama", num_layers=6)))
+    variants = [None, None, None, Variant.identity(lm).drop([2]), Variant.identity(lm).drop([4])]
+    results: list = [None] * len(variants)
+    barrier = threading.Barrier(len(variants))
+
+    def session(k: int) -> None:
+        barrier.wait()
+        results[k] = perplexity(lm, sample_text, variant=variants[k], **KW)
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(len(variants))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dense = results[:3]
+    assert sum(not r.cached for r in dense) == 1             # one pass, two waited and reused
+    assert len({r.ppl for r in dense}) == 1
+    for k in (3, 4):
+        assert results[k].ppl == pytest.approx(
+            perplexity(lm, sample_text, variant=variants[k], cache=False, **KW).ppl, rel=1e-6)
+
+
+def test_first_change_compares_slots():
+    class Fake:       # first_change needs only .lm and .slots
+        def __init__(self, lm, slots):
+            self.lm, self.slots = lm, tuple(slots)
+
+    lm = object()
+    assert first_change(Fake(lm, range(6)), Fake(lm, [0, 1, 2, 4, 5])) == 3
+    assert first_change(Fake(lm, range(6)), Fake(lm, range(6))) == 6
+    assert first_change(Fake(lm, range(6)), Fake(object(), range(6))) == 0
+
+
+# -- the live figure ------------------------------------------------------------------------------
+
+def test_spread_order_covers_the_text_early():
+    assert spread_order(8) == [0, 4, 2, 6, 1, 5, 3, 7]
+    for n in (1, 7, 10, 33, 100):
+        order = spread_order(n)
+        assert sorted(order) == list(range(n))
+        for m in range(1, n + 1):    # after m windows, no stretch of text longer than ~2n/m
+            edges = sorted(order[:m]) + [n]
+            assert max(b - a for a, b in zip(edges, edges[1:])) <= math.ceil(2 * n / m), (n, m)
+
+
+def test_running_figure_has_a_band_that_closes_on_the_result(tiny_lm, sample_text):
+    seen: list[tuple[float, str]] = []
+    r = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=320, batch_size=3, cache=False,
+                   progress=lambda f, m: seen.append((f, m)))
+    assert [f for f, _ in seen] == pytest.approx([0.3, 0.6, 0.9, 1.0])
+    assert seen[-1][1] == f"perplexity: 10/10 windows, {r.ppl:.4g} so far"
+    # the first report is the mean over the first three windows of the spread order
+    nll = torch.tensor(r.window_nll)
+    first = math.exp(nll[spread_order(10)[:3]].mean().item())
+    assert seen[0][1].startswith(f"perplexity: 3/10 windows, {first:.4g} so far (95% band ")
+    lo, hi = (float(x) for x in seen[0][1].split("band ")[1].rstrip(")").split("-"))
+    assert lo < first < hi
+    # the result: per-window NLL in text order, their mean is the figure, and a band around it
+    assert len(r.window_nll) == 10 and math.exp(nll.mean().item()) == pytest.approx(r.ppl)
+    lo, hi = r.interval()
+    assert lo < r.ppl < hi
+    d = r.to_dict()
+    assert d["ppl_low"] == lo and d["window_nll"] == list(r.window_nll)
+
+
+def test_abandoned_pass_is_a_lower_bound(tiny_lm, sample_text):
+    w = evaluation_windows(tiny_lm, sample_text, **KW)
+    full = run_windows(tiny_lm, w)
+    part = run_windows(tiny_lm, w, abandon_above=full.total / 4)
+    assert part.abandoned and 0 < part.done < w.shape[0]
+    assert full.total / 4 < part.total < full.total
