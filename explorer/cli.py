@@ -24,7 +24,7 @@ import warnings
 from typing import Callable, TextIO
 
 from .errors import ExplorerError, one_line
-from .layer_lists import parse_layers  # noqa: F401  (tests and older callers import it from here)
+from .layer_lists import parse_layers
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:

@@ -158,11 +158,6 @@ class Method:
     description: str = ""
     params: tuple[Param, ...] = ()
 
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """{name: default} of the declared parameters."""
-        return {p.name: p.default for p in self.params}
-
     def resolve(self, params: dict) -> dict:
         """The full parameter set: declared defaults overridden by `params`, each value parsed and
         checked; a one-line ParamError for an unknown name or a bad value."""
