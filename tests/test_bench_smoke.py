@@ -19,6 +19,7 @@ def _check_rows(rows: list[dict]) -> None:
         common.check_row(r)
 
 
+@pytest.mark.slow
 def test_perplexity_bench_rows_on_tiny(tiny_lm, sample_text):
     _check_rows(bench_perplexity.run(True, lm=tiny_lm, text=sample_text, seqlens=(16, 32)))
 
@@ -79,6 +80,7 @@ def test_perplexity_equals_guide_loop_on_tiny(tiny_lm, sample_text):
     assert ours == pytest.approx(guide, rel=1e-5)     # fp32 both ways: in fact far closer
 
 
+@pytest.mark.slow
 def test_perplexity_equals_guide_loop_on_default_model(smol, wiki):
     """The default (exact) path on SmolLM2, ~1.5k tokens: same value as the HF guide's loop."""
     from explorer import perplexity

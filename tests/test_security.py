@@ -208,6 +208,7 @@ def test_unknown_hub_id_online_path_prints_one_line_and_no_token(tmp_path, monke
     assert FAKE_TOKEN not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_hub_model_in_the_local_cache_loads_without_network(tmp_path, tiny_factory,
                                                             monkeypatch):
     """A hub id downloaded earlier (here: written into the hub cache's layout by hand) loads
