@@ -30,9 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:          # `python bench/bench_x.py` from anywhere finds `explorer`
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]   # the checkout; `explorer` is the installed package
 
 ROW_KEYS = ("bench", "name", "ours", "baseline", "unit", "ratio", "note")
 

@@ -105,8 +105,7 @@ class Block:
         if name.split(".")[0] in {blocked!r}:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
-sys.path.insert(0, {str(common.ROOT)!r})
-from bench import bench_gpu, bench_probe, bench_variant
+from bench import bench_gpu, bench_probe, bench_variant     # `python -c` in the root finds bench/
 import explorer.measure, explorer.cli, explorer.methods
 print(bench_gpu.bench_text()[2])
 """

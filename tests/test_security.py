@@ -28,7 +28,6 @@ from explorer.export import safe_output_path
 from explorer.recipe import Recipe
 from explorer.text import read_text_file
 
-ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_" + "QwErTy0123456789AbCdEfGhIjKlMnOpQ"
 
 # transformers copies the module into its modules cache before importing it: use an absolute path.
@@ -181,7 +180,7 @@ def _online_env(tmp_path: Path) -> dict:
     """The environment of a user's shell: no offline switch, a token, fresh caches."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE",
                                                                     "TRANSFORMERS_OFFLINE"))}
-    env.update(PYTHONPATH=str(ROOT), HF_TOKEN=FAKE_TOKEN, HF_HOME=str(tmp_path / "hf"),
+    env.update(HF_TOKEN=FAKE_TOKEN, HF_HOME=str(tmp_path / "hf"),
                LAYER_EXPLORER_CACHE=str(tmp_path / "cache"))
     return env
 
