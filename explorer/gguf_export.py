@@ -1,0 +1,420 @@
+"""Export a variant as one GGUF file (llama.cpp, Ollama, LM Studio), written with the `gguf` package.
+
+What goes in (docs/evaluation.md, "GGUF export"):
+* tensors under llama.cpp's names (`blk.N.attn_q.weight`, ...; gguf's own name map), renumbered
+  0..L-1 for the variant's L layers; 2-D weights as F16 or Q8_0 (blocks of 32 values with one f16
+  scale; a matrix whose rows are not a multiple of 32 stays F16, as llama.cpp does), norms and
+  biases as F32;
+* the two conventions that differ from transformers, undone by every GGUF reader: llama's q/k rows
+  are permuted per head into llama.cpp's rotary layout, and Gemma's RMSNorm weights are stored as
+  1 + w (Gemma computes x * (1 + w));
+* the architecture's hyperparameters with the new `block_count`, and the recipe as
+  `layer_explorer.recipe` (JSON);
+* the tokenizer: copied key by key from the source GGUF when the model came from one (embedded
+  models, .gguf files), else built from a byte-level BPE tokenizer.json (tokens, merges, token
+  types, special ids, chat template).
+
+Before anything is written the file's header is checked against the variant: what transformers
+would rebuild from it (layer count, sizes, rotary bases, Gemma's local/global layer pattern, ...)
+must be what the variant runs; anything the format cannot carry is refused in one line that says
+to export a transformers folder instead. Writes are atomic (a temporary file renamed into place).
+
+Example:
+    >>> export_gguf(variant, "exports/smol-drop14.gguf", quant="q8_0")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .embedded import EMBEDDED, embedded_gguf
+from .errors import ExplorerError, LayerError, one_line
+from .export import _check_exportable, output_root, safe_output_path
+from .load import LoadedModel, Progress, resolve
+from .recipe import Recipe
+from .variant import Variant
+
+QUANTS = ("f16", "q8_0")
+# transformers model_type -> GGUF architecture name (llama.cpp's)
+ARCHES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
+_GEMMA = ("gemma3",)
+RECIPE_KEY = "layer_explorer.recipe"
+
+
+class GGUFExportError(ExplorerError):
+    """The variant cannot be written as GGUF (architecture, module or setting the format lacks)."""
+
+
+@dataclass(frozen=True)
+class GGUFResult:
+    path: str
+    arch: str
+    quant: str
+    num_layers: int
+    tensors: int
+    bytes: int
+    tokenizer: str               # "copied from <file>" or "built from tokenizer.json (<pre>)"
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"out": self.path, "format": "gguf", "arch": self.arch, "quant": self.quant,
+                "num_layers": self.num_layers, "tensors": self.tensors,
+                "size_mb": round(self.bytes / 2**20, 2), "tokenizer": self.tokenizer,
+                "notes": list(self.notes)}
+
+
+def source_gguf(lm: LoadedModel) -> Path | None:
+    """The GGUF file the model was loaded from (embedded model or .gguf path), or None."""
+    try:
+        kind, where = resolve(lm.spec)
+    except ExplorerError:
+        return None
+    if kind == "embedded" and EMBEDDED[where].locate() is not None:
+        return embedded_gguf(where)
+    return Path(where) if kind == "gguf" else None
+
+
+def gguf_arch(lm: LoadedModel) -> str:
+    """The GGUF architecture name for this model, or a one-line refusal."""
+    mt = lm.config.model_type
+    if mt not in ARCHES:
+        raise GGUFExportError(f"GGUF export supports {', '.join(sorted(ARCHES))} models; this one "
+                              f"is '{mt}': export a transformers folder instead (--format folder) "
+                              "and convert it with llama.cpp's convert_hf_to_gguf.py")
+    return ARCHES[mt]
+
+
+def _check_standard_layers(variant: Variant) -> None:
+    try:
+        _check_exportable(variant)
+    except LayerError as exc:
+        raise GGUFExportError(f"GGUF cannot hold this variant: {exc}") from None
+
+
+# -- tensors ---------------------------------------------------------------------------------
+
+def _llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """transformers' q/k rows (per head: all first halves of the rotary pairs, then the second
+    halves) -> llama.cpp's (per head: pairs interleaved). w: (n_head * head_dim, in)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _tensors(variant: Variant, arch: str) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array) for every weight of the variant, in the model's order."""
+    import gguf
+
+    cfg = variant.lm.config
+    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_enum, variant.num_layers)
+    out = []
+    with variant.applied() as model:
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        for hf_name, t in model.state_dict().items():
+            if tied and hf_name == "lm_head.weight":
+                continue
+            base, _, suffix = hf_name.rpartition(".")
+            name = names.get_name(base)
+            if name is None:
+                raise GGUFExportError(f"weight '{hf_name}' has no GGUF name for '{arch}': GGUF "
+                                      "cannot hold it; export a transformers folder instead")
+            w = t.detach().to(torch.float32).cpu().numpy()
+            if arch == "llama" and name.endswith(("attn_q", "attn_k")) and suffix == "weight":
+                heads = cfg.num_attention_heads if name.endswith("attn_q") \
+                    else cfg.num_key_value_heads
+                w = _llama_permute(w, heads)
+            if arch in _GEMMA and name.endswith("norm") and suffix == "weight":
+                w = w + 1.0
+            out.append((f"{name}.{suffix}", np.ascontiguousarray(w)))
+    return out
+
+
+def _encode(w: np.ndarray, quant: str) -> tuple[np.ndarray, Any]:
+    """(data, GGML type): 1-D tensors F32; matrices F16 or Q8_0 (rows of 32k values)."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    if w.ndim < 2:
+        return w.astype(np.float32), Q.F32
+    if quant == "q8_0" and w.shape[-1] % 32 == 0:
+        return quantize(w, Q.Q8_0), Q.Q8_0
+    return w.astype(np.float16), Q.F16
+
+
+# -- metadata --------------------------------------------------------------------------------
+
+def _rope_theta(cfg: Any, layer_type: str = "full_attention") -> float | None:
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    if layer_type in rp and isinstance(rp[layer_type], dict):
+        rp = rp[layer_type]
+    theta = rp.get("rope_theta") if isinstance(rp, dict) else None
+    return float(theta) if theta is not None else getattr(cfg, "rope_theta", None)
+
+
+def _check_rope(cfg: Any) -> None:
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    for params in (rp.values() if all(isinstance(v, dict) for v in rp.values()) and rp
+                   else [rp]):
+        kind = params.get("rope_type", "default") if isinstance(params, dict) else "default"
+        if kind not in ("default", None):
+            raise GGUFExportError(f"rotary scaling '{kind}' is not read back from GGUF by "
+                                  "transformers: export a transformers folder instead")
+
+
+def _hyperparameters(w: Any, cfg: Any, arch: str, num_layers: int) -> None:
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    w.add_context_length(int(cfg.max_position_embeddings))
+    w.add_embedding_length(int(cfg.hidden_size))
+    w.add_block_count(num_layers)
+    w.add_feed_forward_length(int(cfg.intermediate_size))
+    w.add_head_count(int(cfg.num_attention_heads))
+    w.add_head_count_kv(int(cfg.num_key_value_heads))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_key_length(int(head_dim))
+    w.add_value_length(int(head_dim))
+    w.add_rope_dimension_count(int(head_dim))
+    w.add_vocab_size(int(cfg.vocab_size))
+    theta = _rope_theta(cfg)
+    if theta is not None:
+        w.add_rope_freq_base(theta)
+    if arch in _GEMMA:
+        local = _rope_theta(cfg, "sliding_attention")
+        if local is not None:
+            w.add_rope_freq_base_swa(local)
+        if getattr(cfg, "sliding_window", None):
+            w.add_sliding_window(int(cfg.sliding_window))
+        types = getattr(cfg, "layer_types", None) or []
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in types])
+
+
+def _copy_tokenizer(w: Any, path: Path) -> int:
+    """Every tokenizer.* key of the source GGUF, value and type as they are; returns the count."""
+    from gguf import GGUFReader, GGUFValueType
+
+    reader = GGUFReader(str(path))
+    n = 0
+    for key, f in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
+        w.add_key_value(key, f.contents(), f.types[0], sub_type=sub)
+        n += 1
+    return n
+
+
+def _pre_tokenizer(state: dict) -> str:
+    """llama.cpp's pre-tokenizer name for a tokenizer.json's splitting rule (best match)."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    text = json.dumps(state.get("pre_tokenizer") or {})
+    for name in ("qwen2", "llama-bpe", "gpt-4o", "tekken"):
+        if json.dumps(GGUF_PRE_TOKENIZER_SPLITS[name])[1:-1] in text:
+            return name
+    return "default"        # GPT-2's split, the byte-level default
+
+
+def _build_tokenizer(w: Any, tok: Any) -> str:
+    """A byte-level BPE tokenizer.json as GGUF "gpt2" tokenizer metadata; returns its pre name."""
+    from gguf import TokenType
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    state = json.loads(backend.to_str()) if backend is not None else {}
+    model = state.get("model") or {}
+    pre = json.dumps(state.get("pre_tokenizer") or {})
+    if model.get("type") != "BPE" or "ByteLevel" not in pre:
+        raise GGUFExportError("GGUF export can build byte-level BPE tokenizers only; this one is "
+                              f"{model.get('type', type(tok).__name__)}: load the model from its "
+                              ".gguf file (its tokenizer is then copied) or export a folder")
+    vocab = dict(model["vocab"])
+    added = {a["content"]: a for a in state.get("added_tokens", [])}
+    for content, a in added.items():
+        vocab[content] = a["id"]
+    size = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    types = [int(TokenType.UNUSED)] * size
+    for t, i in vocab.items():
+        tokens[i] = t
+        a = added.get(t)
+        types[i] = int(TokenType.NORMAL if a is None else
+                       TokenType.CONTROL if a.get("special") else TokenType.USER_DEFINED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    name = _pre_tokenizer(state)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(name)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    if merges:
+        w.add_token_merges(merges)
+    else:   # a vocabulary of single bytes: readers then derive (no) merges from the scores
+        w.add_token_scores([0.0] * size)
+    for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
+                      ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
+        value = getattr(tok, attr, None)
+        if isinstance(value, int):
+            add(value)
+    w.add_add_bos_token(bool(getattr(tok, "add_bos_token", False)))
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, str) and template:
+        w.add_chat_template(template)
+    return name
+
+
+# -- checking what a reader rebuilds -----------------------------------------------------------
+
+# Config fields that must come back from the GGUF header as the variant has them.
+# (tie_word_embeddings is not among them: a reader infers it from the absence of output.weight,
+# which the writer leaves out exactly when the model ties its head.)
+_CHECKED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+            "num_key_value_heads", "vocab_size", "max_position_embeddings",
+            "layer_types", "sliding_window", "query_pre_attn_scalar", "final_logit_softcapping",
+            "attn_logit_softcapping", "head_dim", "attention_bias")
+
+
+def _check_header(path: Path, variant: Variant) -> None:
+    """Refuse when transformers' GGUF reader would rebuild a config unlike the variant's."""
+    from transformers import AutoConfig
+
+    got = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    with variant.applied() as model:
+        want = model.config
+        pairs = [(k, getattr(want, k, None), getattr(got, k, None)) for k in _CHECKED]
+        pairs.append(("rope_theta", _rope_theta(want), _rope_theta(got)))
+        if getattr(want, "layer_types", None) and "sliding_attention" in want.layer_types:
+            pairs.append(("local rope_theta", _rope_theta(want, "sliding_attention"),
+                          _rope_theta(got, "sliding_attention")))
+        for name, a, b in pairs:
+            if a is None or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))
+                             and list(a) == list(b)) or a == b:
+                continue
+            if name == "layer_types":
+                raise GGUFExportError(
+                    "GGUF readers rebuild this model's local/global attention pattern from the "
+                    f"layer count ({_pattern(b)}), but this variant has {_pattern(a)}: keep the "
+                    "global layers in place or export a transformers folder instead")
+            raise GGUFExportError(f"the GGUF format as transformers reads it cannot carry this "
+                                  f"model's {name} ({a!r}; it would load as {b!r}): export a "
+                                  "transformers folder instead")
+
+
+def _pattern(types: Any) -> str:
+    types = list(types or [])
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    return f"global layers {full} of {len(types)}"
+
+
+# -- the export --------------------------------------------------------------------------------
+
+def _gguf_target(out: str | os.PathLike, root: str | os.PathLike | None) -> Path:
+    name = str(out)
+    if not name.lower().endswith(".gguf"):
+        name += ".gguf"
+    return safe_output_path(name, output_root(root))
+
+
+def _write_metadata(w: Any, variant: Variant, arch: str, quant: str, recipe: Recipe,
+                    source: Path | None) -> tuple[str, list[str]]:
+    """Every key-value pair of the file; returns (tokenizer note, notes)."""
+    import gguf
+
+    lm = variant.lm
+    notes: list[str] = []
+    w.add_name(f"{lm.spec} ({variant.describe()})"[:200])
+    w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16"
+                        else gguf.LlamaFileType.MOSTLY_Q8_0))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    with variant.applied() as model:
+        _hyperparameters(w, model.config, arch, variant.num_layers)
+    if source is not None:
+        tok_note = f"copied from {source.name} ({_copy_tokenizer(w, source)} keys)"
+    else:
+        pre = _build_tokenizer(w, lm.tokenizer)
+        tok_note = f"built from tokenizer.json (pre-tokenizer '{pre}')"
+        if pre == "default":
+            notes.append("pre-tokenizer written as 'default' (GPT-2's split): llama.cpp may "
+                          "split text unlike the original tokenizer")
+    w.add_string(RECIPE_KEY, recipe.to_json())
+    return tok_note, notes
+
+
+def _temp_file(target: Path) -> Path:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".gguf", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise ExplorerError(f"could not write '{target}': {one_line(exc)}") from None
+    return Path(name)
+
+
+def export_gguf(variant: Variant, out: str | os.PathLike, *, quant: str = "f16",
+                recipe: Recipe | None = None, root: str | os.PathLike | None = None,
+                overwrite: bool = False, progress: Progress | None = None) -> GGUFResult:
+    """Write `variant` as one GGUF file at `out` (".gguf" added when missing).
+
+    quant: "f16" (matrices in half precision, the reference) or "q8_0" (8-bit blocks, about half
+        the size; see docs/evaluation.md for the perplexity it costs).
+    root: confine the output to this folder (default $LAYER_EXPLORER_OUTPUT_DIR, if set).
+    """
+    import gguf
+
+    if quant not in QUANTS:
+        raise GGUFExportError(f"unknown GGUF quantization '{quant}'; use one of: "
+                              + ", ".join(QUANTS))
+    lm = variant.lm
+    arch = gguf_arch(lm)
+    _check_standard_layers(variant)
+    _check_rope(lm.config)
+    target = _gguf_target(out, root)
+    if target.is_dir():
+        raise ExplorerError(f"'{target}' is a folder; give a file name ending in .gguf")
+    if target.exists() and not overwrite:
+        raise ExplorerError(f"'{target}' already exists; choose another name or allow overwrite")
+    recipe = recipe or Recipe.of(variant)
+    source = source_gguf(lm)
+    if progress:
+        progress(0.0, f"checking what a GGUF reader rebuilds of {variant.num_layers} layers")
+    tmp = _temp_file(target)
+    try:
+        # 1. The header alone (no tensors): what would a reader make of it? Refuse before the
+        #    weights are converted if that is not the variant.
+        w = gguf.GGUFWriter(str(tmp), arch)
+        tok_note, notes = _write_metadata(w, variant, arch, quant, recipe, source)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        _check_header(tmp, variant)
+        # 2. The file itself.
+        tensors = _tensors(variant, arch)
+        w = gguf.GGUFWriter(str(tmp), arch)
+        _write_metadata(w, variant, arch, quant, recipe, source)
+        for k, (name, arr) in enumerate(tensors):
+            data, qtype = _encode(arr, quant)
+            w.add_tensor(name, data, raw_dtype=qtype)
+            if progress:
+                progress(0.1 + 0.8 * (k + 1) / len(tensors),
+                         f"GGUF: {k + 1}/{len(tensors)} tensors")
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExplorerError(f"could not write '{target}': {one_line(exc)}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if progress:
+        progress(1.0, f"wrote {target.name}")
+    return GGUFResult(path=str(target), arch=arch, quant=quant, num_layers=variant.num_layers,
+                      tensors=len(tensors), bytes=target.stat().st_size, tokenizer=tok_note,
+                      notes=notes)
