@@ -71,16 +71,20 @@ def add_eval(sub) -> None:
     _model_args(p)
     _text_args(p)
     p.add_argument("--drop", default="", help="layers to drop, e.g. 3,7 or 10-12")
+    from .tasks import add_task_args
+    add_task_args(p)
 
 
 def cmd_eval(args) -> dict:
+    from .tasks import check_task_args, cli_extras
     from .variant import Variant
 
+    check_task_args(args)                                   # refused before the model loads
     lm = _load(args)
     variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop else None
     r = _ppl(lm, args, variant)
     return {"model": args.model, "num_layers": variant.num_layers if variant else lm.num_layers,
-            "dropped": parse_layers(args.drop), **r.to_dict()}
+            "dropped": parse_layers(args.drop), **r.to_dict(), **cli_extras(lm, args, variant)}
 
 
 def add_export(sub) -> None:
@@ -90,6 +94,10 @@ def add_export(sub) -> None:
     p.add_argument("--recipe", default=None, help="a recipe JSON file to replay instead of --drop")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--format", default="folder", choices=["folder", "gguf"],
+                   help="a transformers folder, or one GGUF file for llama.cpp (--out x.gguf)")
+    p.add_argument("--quant", default=None, choices=["f16", "q8_0"],
+                   help="GGUF weight type (default f16)")
 
 
 def cmd_export(args) -> dict:
@@ -115,6 +123,13 @@ def cmd_export(args) -> dict:
         variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop \
             else Variant.identity(lm)
         recipe = Recipe.of(variant)
+    if args.format == "gguf":
+        from .gguf_export import export_gguf
+        return {"model": args.model, "ops": recipe.ops, **export_gguf(
+            variant, args.out, quant=args.quant or "f16", recipe=recipe,
+            overwrite=args.overwrite).to_dict()}
+    if args.quant:
+        raise ExplorerError("--quant is for --format gguf")
     out = export(variant, args.out, recipe=recipe, overwrite=args.overwrite)
     return {"model": args.model, "num_layers": variant.num_layers, "out": str(out),
             "ops": recipe.ops}
@@ -142,6 +157,8 @@ def add_similarity(sub) -> None:
                    help="BOS token in front of each window")
     p.add_argument("--keep-first", action="store_true",
                    help="also use the first position of each window (massive activations)")
+    p.add_argument("--models", default="", help="several models side by side (a,b,c): one "
+                   "adjacent-layer profile each on relative depth 0..1, instead of --model's matrix")
 
 
 def cmd_similarity(args) -> dict:
@@ -153,6 +170,9 @@ def cmd_similarity(args) -> dict:
 
     info = get_measure(args.measure)
     params = info.resolve(parse_params(args.param))        # refused before the model loads
+    if args.models:
+        from .profiles import cli_profiles
+        return cli_profiles(args, params)
     lm = _load(args)
     texts = load_texts(args.text)
     pr = probe(lm, texts.calibration, seqlen=args.seqlen, num_samples=args.samples,
@@ -190,6 +210,8 @@ def add_compress(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="export the result (and its recipe) to this folder")
     p.add_argument("--overwrite", action="store_true")
+    from .tasks import add_task_args
+    add_task_args(p)
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -230,6 +252,8 @@ def cmd_compress(args) -> dict | str:
         raise ExplorerError("compress needs --method; one of: " + ", ".join(METHODS))
     method = get_method(args.method)
     params = method.resolve(parse_params(args.param))      # refused before the model loads
+    from .tasks import check_task_args, cli_extras
+    check_task_args(args)
     lm = _load(args)
     texts = load_texts(args.text)
     start = time.perf_counter()
@@ -245,9 +269,11 @@ def cmd_compress(args) -> dict | str:
               "num_layers": plan.variant.num_layers, "params": plan.params,
               "protocol": after.protocol(), "notes": plan.notes,
               "plan_seconds": round(plan_seconds, 2)}
+    result.update(cli_extras(lm, args, plan.variant, calibrated=True))
     if args.out:
         recipe = Recipe.of(plan.variant, plan.method, plan.params,
-                           results={k: result[k] for k in ("ppl_before", "ppl_after", "protocol")})
+                           results={k: result[k] for k in ("ppl_before", "ppl_after", "protocol",
+                                                          "tasks", "capability") if k in result})
         result["out"] = str(export(plan.variant, args.out, recipe=recipe,
                                    overwrite=args.overwrite))
     return result
@@ -347,7 +373,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
     for name in ("huggingface_hub", "transformers", "accelerate", "datasets", "gguf", "urllib3",
-                 "httpx", "filelock"):
+                 "httpx", "filelock", "lm_eval"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         import huggingface_hub.utils as hub_utils
