@@ -27,6 +27,7 @@ def reference_ppl(model, ids: torch.Tensor, seqlen: int) -> float:
     return math.exp(total / count)
 
 
+@pytest.mark.slow
 def test_cli_eval_json_matches_models_own_loss(smol, wiki, capsys):
     code = cli_main(["eval", "--model", "smollm2-135m", "--text", "wiki", "--seqlen", "256",
                      "--max-tokens", "1024", "--json"])
@@ -41,6 +42,7 @@ def test_cli_eval_json_matches_models_own_loss(smol, wiki, capsys):
     assert 5 < out["ppl"] < 60  # a real English text on a real model
 
 
+@pytest.mark.slow
 def test_dropping_a_middle_layer_raises_perplexity_and_leaves_model_bit_identical(smol, wiki):
     before = {k: t.clone() for k, t in smol.model.state_dict().items()}
     base = perplexity(smol, wiki.evaluation, seqlen=256, max_tokens=1024)

@@ -162,6 +162,7 @@ def test_tiny_model_probe_to_matrices(tiny_lm, sample_text):
         assert M.adjacent(pr, name, **params).shape == (6,)
 
 
+@pytest.mark.slow
 def test_real_model_redundancy_and_pre_norm_last_layer(smol, wiki):
     """SmolLM2: middle layers barely change the stream; the last boundary is taken pre-norm."""
     from explorer import probe

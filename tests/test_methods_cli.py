@@ -3,6 +3,7 @@
 import io
 import json
 
+import pytest
 import torch
 
 from explorer import cli, load_model
@@ -44,6 +45,7 @@ def test_compress_errors_are_one_line(tiny_factory, sample_text, tmp_path, capsy
     assert code == 2 and err.startswith("error: unknown method 'nope'") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_recipe_with_a_fitted_op_exports_in_a_fresh_process(tiny_factory, tmp_path):
     """`export --recipe` replays streamline's op although that process never imported the methods
     itself (its replay handler used to be registered only by importing explorer.methods)."""

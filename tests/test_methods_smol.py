@@ -3,10 +3,13 @@ middle layers and the result stays a usable model."""
 
 import math
 
+import pytest
+
 from explorer import generate, perplexity
 from explorer.methods import compress
 
 
+@pytest.mark.slow
 def test_shortgpt_and_linear_streamline_on_smollm2(smol, wiki):
     kw = dict(calibration=wiki.calibration, seqlen=128, num_samples=8)
     ppl = lambda v=None: perplexity(smol, wiki.evaluation, variant=v, seqlen=256,
