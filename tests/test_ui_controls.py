@@ -54,17 +54,19 @@ def test_a_new_methods_parameters_become_controls(example_method, tmp_path):
     assert [c[1] for c in get["measure"].choices] == ["cosine", "bi"]
     assert isinstance(get["keep_first"], gr.Checkbox) and get["keep_first"].value is True
     assert isinstance(get["layers"], gr.Textbox) and get["layers"].value == ""
-    assert isinstance(get["budget"], gr.Number) and get["budget"].value is None
+    # a number that may be none: a text box, empty (a number box would show 0)
+    assert isinstance(get["budget"], gr.Textbox) and get["budget"].value == ""
     # the method is offered in the dropdown, from the registry
     method = found["lx-method"]
     assert ("Example (test only)", "example-ui") in [tuple(c) for c in method.choices]
 
 
 def test_controls_read_back_through_the_declaration():
-    got = controls.read(PARAMS, [0.25, "bi", False, "3,7,10-12", None], "example")
+    got = controls.read(PARAMS, [0.25, "bi", False, "3,7,10-12", ""], "example")
     assert got == {"alpha": 0.25, "measure": "bi", "keep_first": False, "layers": [3, 7, 10, 11, 12],
                    "budget": None}
     # empty boxes: the defaults
+    assert controls.read(PARAMS, [None, "cosine", True, "", " 7 "], "example")["budget"] == 7
     assert controls.read(PARAMS, [None, "cosine", True, "", ""], "example")["alpha"] == 0.5
     with pytest.raises(ParamError, match=r"example: alpha must be a number in \[0, 1\] \(got 2\)"):
         controls.read(PARAMS, [2, "bi", True, "", None], "example")

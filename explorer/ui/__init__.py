@@ -29,7 +29,8 @@ from .. import manifold, session
 from ..text import MAX_TEXT_BYTES
 from . import analyse_tab, compare_tab, export_tab, learn_tab, model_tab, plan_tab, stop
 from .clickplot import enable_static_plotly
-from .common import Ctx, log
+from .common import STOP_LABEL, Ctx, log
+from .gpu import ZERO_GPU
 from .settings import UISettings
 from .state import new_state
 
@@ -72,7 +73,7 @@ def build_app(settings: UISettings | None = None, warm_up: bool = True) -> gr.Bl
         ctx = Ctx(settings=s, state=gr.State(new_state(s.default_text)))
         with gr.Row(equal_height=False):
             gr.Markdown(HEADER)
-            ctx.stop_btn = gr.Button("■ Stop the running step", variant="secondary", size="sm",
+            ctx.stop_btn = gr.Button(STOP_LABEL, variant="secondary", size="sm",
                                      scale=0, min_width=190, interactive=False, elem_id="lx-stop")
         with gr.Tabs(elem_id="lx-tabs") as ctx.tabs:
             with gr.Tab("1 · Model", id="model"):
@@ -92,16 +93,16 @@ def build_app(settings: UISettings | None = None, warm_up: bool = True) -> gr.Bl
             tab.wire(ctx)
 
         def stop_running(request: gr.Request):
-            stop.stop(request)
-            gr.Info("Stopped: the running step ends at its next progress report, and the shared "
-                    "model is put back as it was.")
-            return gr.Button(interactive=False, variant="secondary")
+            stop.stop(request)   # the step raises Stopped at its next report: a "Stopped" toast
+            return gr.Button("■ Stopping at the next progress report…", interactive=False)
 
         def page_closed(request: gr.Request) -> None:
             stop.forget(request)
 
-        ctx.stop_btn.click(stop_running, None, [ctx.stop_btn], cancels=ctx.long_events,
-                           api_name="stop", queue=False)
+        # The flag ends a step here; under ZeroGPU the step runs in another process that cannot
+        # see it, so there Stop also abandons the events on the page.
+        ctx.stop_btn.click(stop_running, None, [ctx.stop_btn], api_name="stop", queue=False,
+                           cancels=ctx.long_events if ZERO_GPU else None)
         demo.unload(page_closed)
     if warm_up:
         _background(_warm_up)

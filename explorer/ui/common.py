@@ -19,9 +19,9 @@ import gradio as gr
 from ..errors import ExplorerError, one_line
 from .settings import UISettings
 from .state import Analysis, Session
-from .stop import Stopped
 
 log = logging.getLogger("explorer.ui")
+STOP_LABEL = "■ Stop the running step"
 
 
 @dataclass
@@ -120,17 +120,25 @@ class Ctx:
     compare: CompareParts | None = None
     export: ExportParts | None = None
 
-    def long_step(self, trigger: Callable, fn: Callable, inputs: Any, outputs: Any,
-                  **kwargs: Any) -> Any:
+    def long_step(self, trigger: Callable, fn: Callable, inputs: Any, outputs: Any, *,
+                  continues: bool = False, last: bool = True, **kwargs: Any) -> Any:
         """Wire `fn` to `trigger` (a bound event method such as `button.click` or `event.then`)
-        as a step the Stop button can end: Stop turns active while it runs, and idle after.
-        Returns the step's event for chaining."""
-        trigger(lambda: gr.Button(interactive=True, variant="stop"), None, [self.stop_btn],
-                queue=False, api_name=False, show_progress="hidden")
+        as a step the Stop button can end: Stop turns active before it starts and idle after it.
+
+        Steps chained into one run (Apply, then the generations) keep Stop active in between:
+        the first is wired with `last=False` (Stop goes idle only if it fails), the next with
+        `continues=True` (it was active already). The enabling and the step are chained, never
+        concurrent, so a quick failure cannot leave Stop active. Returns the step's event."""
+        if not continues:
+            trigger = trigger(lambda: gr.Button(interactive=True, variant="stop"), None,
+                              [self.stop_btn], queue=False, api_name=False,
+                              show_progress="hidden").then
         event = trigger(fn, inputs, outputs, **kwargs)
         self.long_events.append(event)
-        event.then(lambda: gr.Button(interactive=False, variant="secondary"), None,
-                   [self.stop_btn], queue=False, api_name=False, show_progress="hidden")
+        (event.then if last else event.failure)(
+            lambda: gr.Button(STOP_LABEL, interactive=False, variant="secondary"), None,
+            [self.stop_btn],
+            queue=False, api_name=False, show_progress="hidden")
         return event
 
 
@@ -147,8 +155,6 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except Stopped as exc:
-            raise gr.Error(str(exc), title="Stopped", print_exception=False) from None
         except ExplorerError as exc:
             log.warning("refused in %s: %s", fn.__name__, one_line(exc))
             raise gr.Error(str(exc), print_exception=False) from None

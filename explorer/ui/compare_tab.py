@@ -18,6 +18,9 @@ from .state import Session, Tried
 
 HISTORY_HEADERS = ["#", "change", "layers", "parameters", "ppl before", "ppl after"]
 WAITING = "Apply a plan (Plan tab) to compare it with the original model."
+GENS_TITLE = ("#### Greedy generations ({n} new tokens per prompt)\nAfter the figures, the original "
+              "model and the variant continue each prompt (no sampling): perplexity alone can "
+              "hide what removing layers changes.")
 
 
 def baseline(settings, state: Session, progress=None):
@@ -111,11 +114,10 @@ def build(ctx: Ctx) -> CompareParts:
     summary = gr.Markdown(WAITING, elem_id="lx-summary", elem_classes=["lx-step"])
     with gr.Accordion("Details (JSON)", open=False):
         details = gr.JSON(label="result")
-    gr.Markdown(f"#### Greedy generations ({s.gen_tokens} new tokens per prompt): the original "
-                "model, then the variant")
-    gens_line = gr.Markdown("", elem_id="lx-gens-line", elem_classes=["lx-step"])
+    gens_line = gr.Markdown(GENS_TITLE.format(n=s.gen_tokens), elem_id="lx-gens-line",
+                            elem_classes=["lx-step"])
     gens = gr.HTML("", elem_id="lx-gens")
-    hist_plot = gr.Plot(label="Perplexity against layers removed")
+    hist_plot = gr.Plot(label="Perplexity against layers removed", elem_id="lx-history-plot")
     hist = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Variants tried in this session",
                         interactive=False, wrap=True, elem_id="lx-history")
     clear_btn = gr.Button("Clear history")
@@ -147,8 +149,8 @@ def wire(ctx: Ctx) -> None:
                                      api_name=False)
     applied = ctx.long_step(shown.then, apply, [ctx.state],
                             [ctx.state, c.summary, c.details, c.hist, c.hist_plot],
-                            api_name="apply", show_progress_on=[c.summary])
+                            api_name="apply", show_progress_on=[c.summary], last=False)
     ctx.long_step(applied.success, generate, [ctx.state], [c.gens], api_name="generate",
-                  show_progress_on=[c.gens_line])
+                  show_progress_on=[c.gens_line], continues=True)
     c.clear_btn.click(clear, [ctx.state], [ctx.state, c.hist, c.hist_plot],
                       api_name="clear_history")

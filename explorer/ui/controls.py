@@ -3,7 +3,8 @@ hand for a method, a measure or a healing mode, so a new parameter appears in th
 
     bool            checkbox
     str + choices   dropdown of the allowed values
-    int, float      number box (the allowed range is in its help line; `Param.parse` checks it)
+    int, float      number box (the allowed range is in its help line; `Param.parse` checks it);
+                    a text box when the number may be none (empty = none)
     str, list, dict text box (a list as "3,7,10-12" or JSON, a dict as JSON)
 
 `read(params, raw, owner)` turns the controls' values back into a validated parameter dict through
@@ -39,9 +40,11 @@ def control(p: Param, elem_id: str | None = None) -> gr.Component:
     if p.choices:
         choices = [c for c in p.choices]
         return gr.Dropdown(choices + ([None] if p.optional else []), value=p.default, **common)
-    if p.type in (int, float):
+    if p.type in (int, float) and not p.optional:
         return gr.Number(value=p.default, precision=0 if p.type is int else None, **common)
-    return gr.Textbox(value=_as_text(p.default), lines=1, **common)
+    # text, lists, dicts, and numbers that may be none (a number box cannot be empty: it shows 0)
+    return gr.Textbox(value=_as_text(p.default), lines=1, placeholder="none" if p.optional
+                      else None, **common)
 
 
 def read(params: Sequence[Param], raw: Sequence[Any], owner: str) -> dict:

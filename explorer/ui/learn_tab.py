@@ -1,7 +1,7 @@
 """Tab 6, Learn: what each measure and method does, for students, with the papers linked.
 
 The explanations come from the pipeline itself (`MEASURES[...].description`, `Method.description`,
-the declared parameters), so the app, the CLI and the docs say the same thing; this module only
+the declared parameters' table), so the app, the CLI and the docs say the same thing; this module only
 lays them out. The text about how to read the heatmaps is the UI's own.
 """
 
@@ -12,6 +12,7 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..measure import MEASURES
 from ..methods import get_method, list_methods
+from ..params import markdown_table
 
 CONVENTION = """**How to read the heatmaps.** A model with L layers has L+1 *boundaries*: x0 is the
 input of layer 0 (the token embeddings), xk is the output of layer k-1 and the input of layer k, and
@@ -41,16 +42,21 @@ def _paper(x) -> str:
     return f"\n\n*Paper:* {link_papers(paper)}" if paper else ""
 
 
+def _kind(m) -> str:
+    return "similarity (higher = more alike)" if m.higher_is_similar else \
+        "distance (lower = more alike; drawn with the scale reversed, so bright = alike)"
+
+
 def measure_help(name: str) -> str:
+    """A measure's title, direction, description and paper (the Analyse tab's help)."""
     m = MEASURES.get(name)
     if m is None:
         return ""
-    kind = "similarity (higher = more alike)" if m.higher_is_similar else \
-        "distance (lower = more alike; drawn with the scale reversed, so bright = alike)"
-    return f"**{m.title}** — a {kind}.\n\n{m.description}{_paper(m)}"
+    return f"**{m.title}** — a {_kind(m)}.\n\n{m.description}{_paper(m)}"
 
 
 def method_help(name: str) -> str:
+    """A method's title, description and paper (the Plan tab's help)."""
     try:
         m = get_method(name)
     except ExplorerError:  # an unknown name from the page: nothing to explain
@@ -61,10 +67,13 @@ def method_help(name: str) -> str:
 def learn_markdown() -> str:
     parts = ["## What this is\n", INTRO, "\n\n", CONVENTION, "\n\n## Measures\n"]
     for name, m in MEASURES.items():
-        parts.append(f"\n### {m.title} <small>(`{name}`)</small>\n{measure_help(name)}\n")
+        parts.append(f"\n### {m.title} <small>(`{name}`)</small>\nA {_kind(m)}.\n\n"
+                     f"{m.description}{_paper(m)}\n")
     parts.append("\n## Methods\n")
     for m in list_methods():
-        parts.append(f"\n### {m.title} <small>(`{m.name}`)</small>\n{method_help(m.name)}\n")
+        params = markdown_table([(m.name, m.params)]) if m.params else ""
+        parts.append(f"\n### {m.title} <small>(`{m.name}`)</small>\n{m.description}{_paper(m)}"
+                     f"\n\n{params}\n")
     parts.append("\n## Manual merges\nA manual merge replaces a block of layers by one layer whose "
                  "linear weights combine the block's weights: *average* takes their mean, *LaCo* "
                  "keeps the first layer and adds the other layers' differences from it (Yang et "

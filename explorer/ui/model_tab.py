@@ -1,10 +1,11 @@
 """Tab 1, Model: choose and load a model, and choose the calibration / evaluation text."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import gradio as gr
 
-from ..embedded import EMBEDDED
+from ..embedded import EMBEDDED, cache_root
 from ..errors import ExplorerError, TextError
 from ..text import MAX_TEXT_BYTES, read_text_file
 from .common import Ctx, ModelParts, user_errors
@@ -32,9 +33,9 @@ def info_markdown(info: dict) -> str:
         f'{info["model_type"]} (read as {info["adapter"]})'
     source = str(info["source"])
     weights = info["dtype"]
-    if source.endswith(".gguf") or "gguf" in source.lower():
-        weights += " (de-quantised from the GGUF file on load: the first load converts it, "\
-                   "later loads read the converted copy in seconds)"
+    if Path(source).parent == cache_root() / "converted":    # loaded from a GGUF file
+        weights += (" (de-quantised from the GGUF file: the first load converts it, later "
+                    "loads read the converted copy in seconds)")
     rows = [
         ("Model", model_title(info["model"])), ("Architecture", arch),
         ("Layers", info["num_layers"]), ("Hidden size", info["hidden_size"]),

@@ -202,9 +202,10 @@ def wire(ctx: Ctx) -> None:
 
     names = [name for name, _, _ in p.param_controls]
 
+    # request and progress come before *raw: Gradio fills only positional parameters
     @user_errors
-    def plan_with_method(state: Session, method: str, remove: int, ratio: float, *raw,
-                         request: gr.Request, progress=gr.Progress()):
+    def plan_with_method(state: Session, method: str, remove: int, ratio: float,
+                         request: gr.Request, progress=gr.Progress(), *raw):
         mine = [value for name, value in zip(names, raw) if name == method]
         return ask_method(s, state, method, remove, ratio, mine, stop.watch(progress, request))
 

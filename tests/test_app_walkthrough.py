@@ -1,0 +1,351 @@
+"""The teacher's path through the app in a real headless Chromium, on the default model
+(SmolLM2-135M, 30 layers) with the test sizes: load, analyse, pick layers on the heatmap, ask a
+method, apply and compare, export, learn. Each step asserts what the page shows for the points of
+issue 14 (numbers in brackets) and takes a screenshot into test-artifacts/; with
+LAYER_EXPLORER_SCREENSHOTS=1 they also refresh assets/ (the README's pictures).
+
+The steps share one page and run in file order: each starts where the previous one left off.
+Long steps are held open where a check needs them running: a forward pre-hook on one layer of the
+resident model (the app runs in this process) waits on an event until the check is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import threading
+
+import pytest
+
+from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
+
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium"),
+              pytest.mark.usefixtures("clean_registry")]
+
+TIMEOUT = 150_000          # ms for a long step: the machine may be shared
+QUICK = 30_000
+VIEW = {"width": 1400, "height": 1000}
+N = 31                     # SmolLM2: 30 layers, 31 boundaries
+ASSETS = ROOT / "assets"
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport=VIEW, accept_downloads=True)
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(app_url)
+        pg.js_errors = errors
+        yield pg
+        browser.close()
+    assert not errors, errors
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def shot(pg, name: str, full: bool = True) -> None:
+    """Screenshot into test-artifacts/ (and assets/ on request), without leftover toasts."""
+    pg.evaluate("() => document.querySelectorAll('[data-testid=toast-close]')"
+                ".forEach(b => b.click())")
+    pg.wait_for_timeout(400)          # the toasts' closing transition
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=full)
+    if os.environ.get("LAYER_EXPLORER_SCREENSHOTS") == "1":
+        ASSETS.mkdir(exist_ok=True)
+        shutil.copyfile(path, ASSETS / f"{name}.png")
+
+
+def tab(pg, label: str) -> None:
+    pg.get_by_role("tab", name=label).click()
+
+
+def selected_tab(pg) -> str:
+    return pg.locator("[role=tab][aria-selected=true]").inner_text().strip()
+
+
+def text(pg, selector: str) -> str:
+    return pg.inner_text(selector)
+
+
+def field(pg, elem_id: str) -> str:
+    return pg.input_value(f"#{elem_id} textarea, #{elem_id} input")
+
+
+def wait_text(pg, selector: str, fragment: str, timeout: int = QUICK) -> None:
+    pg.wait_for_function(
+        "([s, f]) => (document.querySelector(s)?.innerText || '').includes(f)",
+        arg=[selector, fragment], timeout=timeout)
+
+
+def wait_field(pg, elem_id: str, value: str, timeout: int = QUICK) -> None:
+    pg.wait_for_function(
+        "([id, v]) => document.querySelector(`#${id} textarea, #${id} input`).value === v",
+        arg=[elem_id, value], timeout=timeout)
+
+
+def toast(pg, fragment: str) -> None:
+    try:
+        pg.get_by_text(fragment).first.wait_for(timeout=QUICK)
+    except Exception:
+        shot(pg, "failed-toast")
+        raise
+
+
+def plot(pg, elem_id: str) -> dict:
+    """The data and layout plotly drew in element `elem_id`."""
+    return pg.evaluate("""(id) => { const p = document.querySelector(`#${id} .js-plotly-plot`);
+        return {data: p.data, layout: p.layout}; }""", elem_id)
+
+
+def cell_point(pg, plot_id: str, row: int, col: int) -> tuple[float, float]:
+    """Page coordinates of the centre of heatmap cell (row, col); row 0 is at the top."""
+    box = pg.locator(f"#{plot_id} .nsewdrag").first.bounding_box()
+    return (box["x"] + box["width"] * (col + 0.5) / N, box["y"] + box["height"] * (row + 0.5) / N)
+
+
+def click_cell(pg, plot_id: str, row: int, col: int) -> None:
+    pg.mouse.click(*cell_point(pg, plot_id, row, col))
+
+
+def table_rows(pg, elem_id: str) -> list[str]:
+    """The body rows of a gr.Dataframe, as text (its first row is the header)."""
+    return pg.locator(f"#{elem_id} [role=row]").all_inner_texts()[1:]
+
+
+def running_bars(pg) -> int:
+    """Progress indicators visible now (one per running step)."""
+    return pg.evaluate("""() => Array.from(document.querySelectorAll(
+        '[data-testid=status-tracker] .progress-text')).filter(e => e.offsetParent !== null).length""")
+
+
+@contextlib.contextmanager
+def held(layer: int = 3):
+    """Every forward through `layer` of the resident model waits until the block ends (or 60 s):
+    a long step stays running while the page is checked."""
+    from explorer import session
+
+    release = threading.Event()
+    inside = threading.Event()
+
+    def wait(module, args):
+        inside.set()
+        release.wait(60)
+
+    hook = session.current_model().original_layers[layer].register_forward_pre_hook(wait)
+    try:
+        yield inside
+    finally:
+        release.set()
+        hook.remove()
+
+
+# -- the path ----------------------------------------------------------------------------------
+def test_1_model_tab(page):
+    pg = page
+    assert pg.is_disabled("#lx-stop")                                      # [7] idle: inactive
+    paste = pg.locator("#lx-own-text textarea").first
+    assert paste.is_hidden()                                               # [16] Wikipedia chosen
+    pg.get_by_label("My own text (paste or upload)").check()
+    paste.wait_for(state="visible", timeout=QUICK)
+    pg.get_by_label("Wikipedia (107 articles, offline)").check()
+    paste.wait_for(state="hidden", timeout=QUICK)
+
+    pg.click("#lx-load")
+    wait_text(pg, "#lx-model-info", "134,515,008", TIMEOUT)
+    info = text(pg, "#lx-model-info")
+    header = pg.locator("#lx-model-info th").all_inner_texts()
+    assert [h.strip() for h in header] == ["Property", "Value"]           # [12] no empty header
+    assert "llama (llama)" not in info
+    assert "SmolLM2-135M-Instruct" in info and "Q4_1" in info and "de-quantised" in info
+    shot(pg, "walkthrough-1-model")
+
+
+def test_2_analyse_tab(page):
+    pg = page
+    tab(pg, "2 · Analyse")
+    wait_text(pg, "#lx-analysis-status", "Model loaded")                    # [9]
+    with held() as inside:
+        pg.click("#lx-analyse")
+        assert inside.wait(60)
+        pg.wait_for_selector("#lx-stop:not([disabled])", timeout=QUICK)   # [7] running: active
+        assert running_bars(pg) == 1                                       # [8] one bar
+    wait_text(pg, "#lx-analysis-status", "Probed", TIMEOUT)
+    pg.wait_for_selector("#lx-heatmap-analyse .js-plotly-plot .nsewdrag", timeout=QUICK)
+    pg.wait_for_selector("#lx-stop[disabled]", timeout=QUICK)
+
+    # [4] words and colours agree for every measure: bright = alike
+    from explorer.measure import MEASURES
+
+    for name in ("bi", "angular", "cosine"):
+        m = MEASURES[name]
+        pg.locator("#lx-measure input").click()
+        pg.get_by_role("option", name=m.title).click()
+        pg.wait_for_function("(t) => document.querySelector('#lx-heatmap-analyse .js-plotly-plot')"
+                             "?.layout.title.text.startsWith(t)", arg=m.title, timeout=TIMEOUT)
+        helptext = text(pg, "#lx-measure-help")
+        assert not re.search(r"\bdark", helptext, re.I), (name, helptext)
+        trace = plot(pg, "lx-heatmap-analyse")["data"][0]
+        assert trace["colorscale"] == "Viridis" or trace["colorscale"][-1][1].lower() in (
+            "#fde725", "rgb(253, 231, 37)")                                # Viridis: bright top
+        assert bool(trace.get("reversescale")) == (not m.higher_is_similar), name
+        assert "bright = alike" in trace["colorbar"]["title"]["text"]
+    # [11] the layer map labels a few boundaries, not 31 on top of each other
+    pg.wait_for_selector("#lx-layer-map .js-plotly-plot", timeout=TIMEOUT)
+    labels = [t for t in plot(pg, "lx-layer-map")["data"][0]["text"] if t]
+    assert labels == ["0", "5", "10", "15", "20", "25", "30"]
+    shot(pg, "walkthrough-2-analyse")
+
+
+def test_3_plan_by_clicking(page):
+    pg = page
+    tab(pg, "3 · Plan")
+    pg.wait_for_selector("#lx-heatmap-plan .js-plotly-plot .nsewdrag", timeout=QUICK)
+    # [3] the pointer jumps from a hovered cell to another one and clicks at once (a tap): the
+    # click's own position counts, not the cell hovered before
+    pg.mouse.move(*cell_point(pg, "lx-heatmap-plan", 5, 6))
+    x, y = cell_point(pg, "lx-heatmap-plan", 12, 13)
+    pg.evaluate("""([x, y]) => {
+        const area = document.querySelector('#lx-heatmap-plan .nsewdrag');
+        const o = {clientX: x, clientY: y, bubbles: true, cancelable: true, button: 0, view: window};
+        area.dispatchEvent(new MouseEvent('mousedown', o));
+        document.dispatchEvent(new MouseEvent('mouseup', o));
+        area.dispatchEvent(new MouseEvent('click', o)); }""", [x, y])
+    wait_field(pg, "lx-drops", "12")
+    # [6] toggling the block off removes its dotted "last click" box too
+    click_cell(pg, "lx-heatmap-plan", 12, 13)
+    wait_field(pg, "lx-drops", "")
+    pg.wait_for_function("() => !document.querySelector('#lx-heatmap-plan .js-plotly-plot')"
+                         ".layout.shapes?.some(s => s.line.dash === 'dot')", timeout=QUICK)
+    click_cell(pg, "lx-heatmap-plan", 12, 13)
+    wait_field(pg, "lx-drops", "12")
+    pg.get_by_label("merge the block into one layer").check()
+    click_cell(pg, "lx-heatmap-plan", 16, 14)          # below the diagonal: layers 14..15
+    wait_field(pg, "lx-merges", "14-15")
+    wait_text(pg, "#lx-plan-status", "28 layers")
+    shot(pg, "walkthrough-3-plan")
+    shot(pg, "screenshot", full=False)                     # the README's picture: one screen
+
+
+def test_4_plan_with_a_method(page, live_app, caplog, capfd):
+    from explorer import session
+    from explorer.layer_lists import format_layers
+    from explorer.methods import compress
+    from explorer.text import load_texts
+
+    pg, s = page, live_app.settings
+    pg.locator("#lx-remove input").fill("4")
+    pg.click("#lx-method-plan")                        # ShortGPT, the default method
+    wait_text(pg, "#lx-plan-status", "Plan from shortgpt", TIMEOUT)
+    # [6] the manual fields now show the method's layers: the same ones, computed directly
+    expect = compress(session.current_model(), "shortgpt", remove=4,
+                      calibration=load_texts("wiki").calibration, seqlen=s.method_seqlen,
+                      num_samples=s.method_samples)
+    wait_field(pg, "lx-drops", format_layers(expect.removed))
+    assert field(pg, "lx-merges") == ""
+    rows_before = table_rows(pg, "lx-plan-table")
+    assert len(rows_before) == 4
+
+    # [5] [13] a bad parameter is refused at once with one message; the plan stays on screen
+    pg.locator("#lx-method input").click()
+    pg.get_by_role("option", name=re.compile("^LaCo")).click()
+    pg.locator("#lx-param-laco-T input").fill("5")
+    capfd.readouterr()
+    pg.click("#lx-method-plan")
+    toast(pg, "laco: T must be a number in [-1, 1] (got 5")
+    assert "Plan from shortgpt" in text(pg, "#lx-plan-status")
+    assert table_rows(pg, "lx-plan-table") == rows_before
+    assert pg.locator("#lx-plan-table").get_by_text("Error").count() == 0
+    assert pg.locator("#lx-plan-status").get_by_text("Error").count() == 0
+    # [17] the server logs one line for it, no traceback
+    assert "Traceback" not in capfd.readouterr().err
+    assert any("laco: T must be" in r.getMessage() for r in caplog.records)
+
+    # [6] "Update plan" now edits the method's plan instead of bringing back the old manual one
+    pg.click("#lx-update-plan")
+    wait_text(pg, "#lx-plan-status", "Manual plan")
+    assert "30 → 26 layers" in text(pg, "#lx-plan-status")
+    shot(pg, "walkthrough-4-method")
+    # back to the clicked plan for the next steps
+    pg.locator("#lx-drops textarea, #lx-drops input").fill("12")
+    pg.locator("#lx-merges textarea, #lx-merges input").fill("14-15")
+    pg.click("#lx-update-plan")
+    wait_text(pg, "#lx-plan-status", "28 layers")
+
+
+def test_5_stop_and_apply(page):
+    pg = page
+    with held() as inside:
+        pg.click("#lx-apply")
+        assert inside.wait(60)
+        assert selected_tab(pg) == "4 · Compare"                           # [1] where it runs
+        assert "Measuring" in text(pg, "#lx-summary")
+        pg.wait_for_selector("#lx-stop:not([disabled])", timeout=QUICK)
+        assert running_bars(pg) == 1                                       # [8]
+        pg.click("#lx-stop")
+        wait_text(pg, "#lx-stop", "Stopping")                              # [7] confirmed...
+    toast(pg, "stopped: you pressed Stop (the model is back as it was)")   # ...and done
+    pg.wait_for_selector("#lx-stop[disabled]", timeout=QUICK)
+    wait_text(pg, "#lx-stop", "Stop the running step")
+
+    tab(pg, "3 · Plan")
+    pg.click("#lx-apply")
+    assert selected_tab(pg) == "4 · Compare"
+    wait_text(pg, "#lx-summary", "Protocol", TIMEOUT)
+    summary = text(pg, "#lx-summary")
+    m = re.search(r"perplexity\s+([\d.]+)\s+([\d.]+)", summary)
+    assert m, summary
+    before, after = float(m.group(1)), float(m.group(2))
+    assert 1.0 < before < after, summary          # removing 2 of 30 layers costs perplexity
+    assert "non-overlapping windows" in summary and "512" in summary      # [12] protocol, why
+    pg.wait_for_selector(".lx-gens td", timeout=TIMEOUT)
+    # [2] the variant column and the history's perplexities are on screen, not past its edge
+    width = pg.viewport_size["width"]
+    variant = pg.locator(".lx-gens th").nth(2)
+    assert variant.inner_text() == "variant"
+    assert variant.bounding_box()["x"] + variant.bounding_box()["width"] <= width
+    ppl_after = pg.locator("#lx-history th").filter(has_text="ppl after").first
+    box = ppl_after.bounding_box()
+    assert box and box["x"] + box["width"] <= width
+    assert "Greedy generations" in pg.inner_text("body")
+    # [10] manual plans are points, not a line; whole layers on the x axis
+    pg.wait_for_selector("#lx-history-plot .js-plotly-plot", timeout=QUICK)
+    hist = plot(pg, "lx-history-plot")
+    manual = [t for t in hist["data"] if t["name"] == "manual plans"]
+    assert manual and manual[0]["mode"] == "markers" and manual[0]["x"] == [2]
+    assert hist["layout"]["xaxis"]["dtick"] >= 1 and float(hist["layout"]["xaxis"]["dtick"]) \
+        .is_integer()
+    shot(pg, "walkthrough-5-compare")
+
+
+def test_6_export(page):
+    pg = page
+    tab(pg, "5 · Export")
+    pg.wait_for_selector("#lx-recipe:not([disabled])", timeout=QUICK)
+    wait_text(pg, "#lx-cli", "python -m explorer export")
+    cli = text(pg, "#lx-cli")
+    lines = [line for line in cli.splitlines() if line.strip()]
+    assert len(lines) > 3 and max(len(line) for line in lines) <= 100    # [14] not one long line
+    assert "--recipe recipe.json" in cli
+    with pg.expect_download(timeout=QUICK) as download:                  # [14] one click
+        pg.click("#lx-recipe")
+    recipe = json.loads(open(download.value.path(), encoding="utf-8").read())
+    assert [op["op"] for op in recipe["ops"]] == ["merge", "drop"]
+    shot(pg, "walkthrough-6-export")
+
+
+def test_7_learn(page):
+    pg = page
+    tab(pg, "6 · Learn")
+    pg.locator("#lx-learn").get_by_text("How to read the heatmaps").wait_for(timeout=QUICK)
+    links = pg.locator("#lx-learn a[href^='https://arxiv.org/abs/']")
+    assert links.count() >= 8                                              # [15] papers linked
+    headings = pg.locator("#lx-learn h3").all_inner_texts()
+    assert any(h.startswith("Mean token cosine") for h in headings)        # [15] titles, not ids
+    assert "bi" not in headings and "cka" not in headings
+    shot(pg, "walkthrough-7-learn")
