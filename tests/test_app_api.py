@@ -14,7 +14,8 @@ from tiny import state_checksum as checksum
 gradio_client = pytest.importorskip("gradio_client")
 
 PLANS = [("5", ""), ("", "20-22")]   # session A drops layer 5; session B merges layers 20..22
-pytestmark = pytest.mark.usefixtures("clean_registry")    # no model resident at the start
+# no model resident at the start; the real model makes it slow
+pytestmark = [pytest.mark.usefixtures("clean_registry"), pytest.mark.slow]
 
 
 def run_session(url: str, drops: str, merges: str) -> tuple[dict, list]:

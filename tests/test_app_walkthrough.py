@@ -24,7 +24,7 @@ from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium"),
-              pytest.mark.usefixtures("clean_registry")]
+              pytest.mark.usefixtures("clean_registry"), pytest.mark.slow]
 
 TIMEOUT = 150_000          # ms for a long step: the machine may be shared
 QUICK = 30_000
