@@ -1,0 +1,240 @@
+"""`closed-form`: ReplaceMe (Shopkhoev et al., arXiv 2505.02819), a linear map fitted in closed form
+at each cut and folded into the weights, so the healed model keeps its architecture.
+
+For a cut after slot k whose output should be the dense state D = x_b (b = dense boundary after the
+removed layers), split slot k's output O into the MLP's contribution M and the rest Y = O - M
+(attention and residual). Over calibration tokens (each window's first position left out: its
+massive activation would dominate) solve
+
+    T = argmin ||M T + Y - D||^2 + lam ||T||^2  =  (M^T M + lam I)^-1 M^T (D - Y)      (H x H)
+
+with the normal equations accumulated batch by batch in float64 (lam = ridge x mean diag(M^T M)).
+Folding: M comes out of the down projection, M = m W^T, so M T = m (T^T W)^T and the layer's
+down_proj.weight becomes T^T W (bias b -> T^T b; GPT-2's transposed Conv1D: W T, b T). The result
+is an ordinary decoder layer: the model exports as a plain transformers folder.
+
+Families with a norm after the MLP (Gemma: residual + n(mlp(.)) with n(z) = g z / rms(z)): M is the
+norm's output, and the map is folded as z -> z diag(g) T diag(g)^-1, exact up to a per-token scale
+rms(z) / rms(z'), so the fold is approximate there (the result says so).
+
+objective="cosine" (ReplaceMe's second variant) starts from the least-squares T and minimises the
+mean of 1 - cos(M T + Y, D) over the tokens with Adam.
+
+Cuts are healed in slot order, each fitted on the states of the variant healed so far. A cut
+before the first slot has no layer in front of it and is left as it is.
+
+Example:
+    >>> r = heal(compress(lm, "angular", remove=6).variant, "closed-form")
+    >>> r.variant.num_layers, r.cuts
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..backbone import hooks, run_backbone
+from ..errors import LayerError
+from ..load import LoadedModel
+from ..params import Param
+from ..variant import Variant
+from .cuts import Cut, find_cuts, trainable_copy, with_slot
+from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
+
+
+def mlp_output(lm: LoadedModel, layer: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """(module whose output is the MLP's contribution to the residual stream, the norm applied
+    after the down projection or None when the down projection's output is added directly)."""
+    arch = lm.arch
+    down = arch.part(layer, arch.mlp_down)
+    if down is None:
+        raise LayerError(f"closed-form needs the layer's MLP down projection; the {arch.family} "
+                         "family has none where expected (use layerwise or distill)")
+    post = arch.part(layer, "post_feedforward_layernorm")
+    return (post, post) if post is not None else (down, None)
+
+
+def _norm_scale(norm: nn.Module, H: int, like: torch.Tensor) -> torch.Tensor:
+    """The per-channel scale g of an RMS-style norm, n(z) = g z / rms(z): n applied to a vector of
+    ones (rms 1; the eps changes all channels by the same factor, which cancels in the fold)."""
+    with torch.no_grad():
+        return norm(torch.ones(1, H, dtype=like.dtype, device=like.device)).reshape(H).double()
+
+
+@torch.no_grad()
+def fold_map(lm: LoadedModel, layer: nn.Module, T: torch.Tensor) -> tuple[nn.Module, bool]:
+    """A copy of `layer` whose MLP output is followed by the (H, H) map T, folded into its down
+    projection; the copy owns only the down projection's tensors. Returns (layer, exact)."""
+    arch = lm.arch
+    down = arch.part(layer, arch.mlp_down)
+    _, post = mlp_output(lm, layer)
+    A = T.double()
+    if post is not None:                      # z -> z diag(g) T diag(1/g): see the module docstring
+        g = _norm_scale(post, T.shape[0], down.weight)
+        A = g[:, None] * A / g[None, :]
+    prefix = arch.mlp_down + "."
+    new = trainable_copy(layer, lambda name: name.startswith(prefix))
+    nd = arch.part(new, arch.mlp_down)
+    A = A.to(nd.weight.device)
+    conv = type(nd).__name__ == "Conv1D"      # GPT-2: y = x W + b with W (inner, H)
+    w = nd.weight.double()
+    nd.weight.copy_((w @ A if conv else A.T @ w).to(nd.weight.dtype))
+    if getattr(nd, "bias", None) is not None:
+        b = nd.bias.double()
+        nd.bias.copy_((b @ A).to(nd.bias.dtype))      # as a row: b T, i.e. T^T b as a column
+    return new, post is None
+
+
+class NormalEquations:
+    """Running sums over tokens for min ||M T - R||^2: M^T M, M^T R, ||R||^2 and the token count."""
+
+    def __init__(self, H: int, device: torch.device):
+        self.mtm = torch.zeros(H, H, dtype=torch.float64, device=device)
+        self.mtr = torch.zeros(H, H, dtype=torch.float64, device=device)
+        self.rr = 0.0
+        self.n = 0
+
+    def add(self, M: torch.Tensor, R: torch.Tensor) -> None:
+        """M, R: (n, H) rows of one batch."""
+        M, R = M.double(), R.double()
+        self.mtm += M.T @ M
+        self.mtr += M.T @ R
+        self.rr += float((R * R).sum())
+        self.n += M.shape[0]
+
+    def solve(self, ridge: float) -> torch.Tensor:
+        """T (H, H) float64: (M^T M + lam I)^-1 M^T R with lam = ridge x mean diag(M^T M)."""
+        H = self.mtm.shape[0]
+        lam = ridge * float(self.mtm.diagonal().mean())
+        a = self.mtm + lam * torch.eye(H, dtype=self.mtm.dtype, device=self.mtm.device)
+        return torch.linalg.solve(a, self.mtr)
+
+    def error(self, T: torch.Tensor) -> float:
+        """Mean squared error per token of M T - R (from the sums: no second pass)."""
+        T = T.to(self.mtm)
+        sq = float((T * (self.mtm @ T)).sum()) - 2 * float((T * self.mtr).sum()) + self.rr
+        return max(sq, 0.0) / max(1, self.n)
+
+
+def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
+    """Run the calibration windows through `v` up to slot `cut.slot` and accumulate the normal
+    equations of its cut; with keep=True also return the token rows (M, Y, D) (N, H) float32."""
+    lm, k = ctx.lm, cut.slot
+    data = ctx.data
+    D_all = data.dense_states([cut.dense_out])[cut.dense_out]          # (W, T, H) CPU
+    out_mod, _ = mlp_output(lm, v.layer(k))
+    H = D_all.shape[-1]
+    eq = NormalEquations(H, lm.device)
+    kept: list[tuple[torch.Tensor, ...]] = []
+    cur: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, output):
+        cur["M"] = output[0] if isinstance(output, tuple) else output
+
+    first = ctx.first
+    W = data.num_windows
+    with lm.lock, hooks((out_mod, grab)):
+        for b in run_backbone(lm, data.ids, variant=v, stop=k + 1):
+            M = cur.pop("M")[:, first:].reshape(-1, H).float()               # (n, H)
+            O = b.hidden[:, first:].reshape(-1, H).float()
+            D = D_all[b.rows, first:].reshape(-1, H).to(O.device)
+            Y = O - M
+            eq.add(M, D - Y)
+            if keep:
+                kept.append((M.cpu(), Y.cpu(), D.cpu()))
+            ctx.report(b.rows.stop / W, f"closed-form: slot {k}, {b.rows.stop}/{W} windows")
+    rows = tuple(torch.cat(parts) for parts in zip(*kept)) if keep else None
+    return eq, rows
+
+
+def cosine_refine(T: torch.Tensor, rows: tuple[torch.Tensor, ...], steps: int, lr: float,
+                  seed: int, batch: int = 4096) -> torch.Tensor:
+    """Minimise mean(1 - cos(M T + Y, D)) over T by Adam from the least-squares solution."""
+    M, Y, D = rows
+    g = torch.Generator().manual_seed(seed)
+    T = T.float().clone().requires_grad_(True)
+    opt = torch.optim.Adam([T], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            pick = torch.randint(0, M.shape[0], (min(batch, M.shape[0]),), generator=g)
+            pred = M[pick] @ T + Y[pick]
+            loss = (1 - F.cosine_similarity(pred, D[pick], dim=-1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return T.detach().double()
+
+
+def heal_cut(ctx: HealContext, v: Variant, cut: Cut, params: dict
+             ) -> tuple[nn.Module | None, dict]:
+    """The folded layer for one cut and what the fit achieved (calibration MSE before/after);
+    None when there is nothing to fold into (the layer's MLP was dropped)."""
+    cosine = params["objective"] == "cosine"
+    eq, rows = capture(ctx, v, cut, keep=cosine)
+    if not float(eq.mtm.diagonal().sum()) > 0:
+        return None, {"slot": cut.slot, "skipped": "the layer's MLP outputs nothing to map"}
+    T = eq.solve(params["ridge"])
+    if cosine:
+        T = cosine_refine(T, rows, params["cosine_steps"], params["cosine_lr"], ctx.seed)
+    I = torch.eye(T.shape[0], dtype=T.dtype)
+    module, exact = fold_map(ctx.lm, v.layer(cut.slot), T)
+    return module, {"slot": cut.slot, "mse_before": eq.error(I), "mse_after": eq.error(T),
+                    "exact_fold": exact}
+
+
+def apply_closed_form(ctx: HealContext, v: Variant, params: dict, label: str
+                      ) -> tuple[Variant, list[dict]]:
+    """Fold a fitted map at every cut of `v` that has a layer in front of it, in slot order."""
+    fits = []
+    for cut in find_cuts(v):
+        if cut.slot < 0:
+            continue
+        module, info = heal_cut(ctx, v, cut, params)
+        fits.append(info)
+        if module is not None:
+            v = with_slot(v, cut.slot, module, label)
+    return v, fits
+
+
+@register_mode
+class ClosedForm(HealMode):
+    name = "closed-form"
+    title = "Closed-form linear map folded into the weights (ReplaceMe)"
+    paper = "ReplaceMe: Network Simplification via Depth Pruning and Transformer Block Linearization, arXiv 2505.02819"
+    description = ("At each cut, fits one linear map on calibration text so that the last kept "
+                   "layer's output lands where the dense model's would after the removed layers, "
+                   "and folds it into that layer's MLP: no training, seconds, and the model keeps "
+                   "its architecture (it exports as an ordinary transformers folder).")
+    trains = False
+    params = COMMON_PARAMS + (
+        Param("objective", str, "lstsq", "lstsq: least squares (closed form); cosine: then "
+              "minimise the cosine distance by Adam (ReplaceMe's second variant)",
+              choices=("lstsq", "cosine")),
+        Param("ridge", float, 1e-4, "ridge term, relative to the mean diagonal of M^T M",
+              min=0, max=1),
+        Param("cosine_steps", int, 300, "Adam steps of the cosine objective", min=1,
+              max=100_000),
+        Param("cosine_lr", float, 1e-4, "Adam learning rate of the cosine objective", min=0,
+              max=1),
+    )
+
+    def run(self, ctx: HealContext, params: dict) -> HealOutcome:
+        t0 = time.perf_counter()
+        v, fits = apply_closed_form(ctx, ctx.variant, params, "cf")
+        if not any("skipped" not in f for f in fits):
+            raise LayerError("closed-form has nothing to fold into: no cut has a layer with an "
+                             "MLP in front of it (use layerwise or distill)")
+        return HealOutcome(v, steps=0, seconds=time.perf_counter() - t0, history=[],
+                           details={"fits": fits}, notes=fit_notes(fits))
+
+
+def fit_notes(fits: list[dict]) -> str:
+    """One sentence per fitted cut: its calibration MSE before and after the map."""
+    return "; ".join(f"slot {f['slot']}: skipped, {f['skipped']}" if "skipped" in f else
+                     f"slot {f['slot']}: cut MSE {f['mse_before']:.4g} -> {f['mse_after']:.4g}"
+                     + ("" if f["exact_fold"] else " (fold approximate: norm after the MLP)")
+                     for f in fits)
+

@@ -1,0 +1,215 @@
+"""`distill`: end-to-end distillation, KL divergence to the dense model's next-token distribution.
+
+The dense model's top-k next-token log-probabilities on the calibration windows are computed once
+(`HealData.dense_topk`); the loss at each position is the KL divergence between the dense and the
+healed model's distributions coarsened to those k tokens plus one bin for the rest (a true KL
+between the coarsened distributions; exact when the dense tail is empty; docs/healing.md).
+
+What is trained (`train`):
+  - "layers": full copies of the layers next to each cut (`before`/`after`, as in layerwise);
+  - "norms": the norm weights of the trained slots (copies own nothing else);
+  - "lora": low-rank adapters W + B A (rank `rank`, B starts at zero) on every linear projection
+    of the trained slots, merged into the weights at the end, so the result is a plain model.
+`span` = "cuts" trains the slots around the cuts, "all" every slot. The slots in front of the first
+trained one do not change, so their output is computed once and each step runs only from there to
+the head.
+
+By default the cuts are first healed by `init` ("layerwise": closed form, then a short layer-wise
+fit using `init_share` of the budget; "closed-form"; or "none").
+
+Example:
+    >>> r = heal(plan.variant, "distill", seconds=240, progress=print)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+
+from ..backbone import hooks, run_backbone
+from ..errors import ParamError
+from ..evaluate import _final_logits as final_logits
+from ..params import Param
+from ..variant import Variant
+from .closed_form import ClosedForm, apply_closed_form, fit_notes
+from .cuts import trainable_copy, with_slot
+from .data import topk_kl, variant_states
+from .layerwise import Layerwise, batches, train_groups, trained_groups
+from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
+    with_defaults
+from .train import train
+
+LR = {"layers": 5e-5, "norms": 1e-3, "lora": 5e-4}
+CF = {p.name: p.default for p in ClosedForm.params}
+LW = {p.name: p.default for p in Layerwise.params}
+
+
+class LoRA:
+    """Low-rank adapters on the linear projections of some modules, as forward hooks:
+    y = x W^T (+ b) + (x A^T) B^T, A (r, in), B (out, r); `merge` folds B A into W."""
+
+    def __init__(self, modules: list[nn.Module], rank: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.linears = [m for mod in modules for m in mod.modules() if isinstance(m, nn.Linear)]
+        self.ab: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for lin in self.linears:
+            w = lin.weight
+            a = torch.randn(rank, lin.in_features, generator=g) / math.sqrt(lin.in_features)
+            self.ab.append((a.to(w), torch.zeros(lin.out_features, rank).to(w)))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for pair in self.ab for t in pair]
+
+    def hooked(self):
+        def make(a, b):
+            return lambda m, args, out: out + (args[0] @ a.T) @ b.T
+        return hooks(*[(lin, make(a, b)) for lin, (a, b) in zip(self.linears, self.ab)])
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- W + B A in every adapted projection (their copies own their weights)."""
+        for lin, (a, b) in zip(self.linears, self.ab):
+            lin.weight.copy_((lin.weight.double() + b.double() @ a.double()).to(lin.weight.dtype))
+
+
+def trained_slots(v: Variant, params: dict) -> list[int]:
+    if params["span"] == "all":
+        return list(range(v.num_layers))
+    return [j for s, e in trained_groups(v, params["before"], params["after"])
+            for j in range(s, e + 1)]
+
+
+def owns(train_what: str):
+    """Which parameters of a slot the copy owns (the rest stay shared with the original)."""
+    if train_what == "norms":
+        return lambda name: "norm" in name
+    if train_what == "lora":   # the adapted projections get merged into: own them
+        return lambda name: "norm" not in name
+    return lambda name: True
+
+
+@register_mode
+class Distill(HealMode):
+    name = "distill"
+    title = "End-to-end distillation (KL to the dense model)"
+    paper = ("logit distillation as in Shortened LLaMA (arXiv 2402.02834) and Gromov et al. "
+             "(arXiv 2403.17887, QLoRA healing); LoRA: arXiv 2106.09685")
+    description = ("Trains the layers next to the cuts (or their norms, or low-rank adapters "
+                   "merged back before export) so that the model's next-token distribution "
+                   "matches the dense model's on calibration text (KL over the dense top-k "
+                   "tokens). Starts from a closed-form map and a short layer-wise fit by "
+                   "default; shows the loss and a held-out perplexity as it goes.")
+    trains = True
+    default_steps = 200
+    params = with_defaults(COMMON_PARAMS, windows=256) + (
+        Param("init", str, "layerwise", "heal the cuts first: closed form then a short "
+              "layer-wise fit, closed form only, or nothing",
+              choices=("layerwise", "closed-form", "none")),
+        Param("init_share", float, 0.3, "share of the budget the layer-wise start uses", min=0,
+              max=0.9),
+        Param("init_steps", int, None, "steps of the layer-wise start (default: init_share of "
+              "the budget)", min=1, max=10_000_000, optional=True),
+        Param("train", str, "layers", "what is trained: whole layers, norm weights, or low-rank "
+              "adapters merged back at the end", choices=("layers", "norms", "lora")),
+        Param("span", str, "cuts", "which slots: those around the cuts, or all",
+              choices=("cuts", "all")),
+        Param("before", int, 2, "slots trained up to and including each cut's layer (span "
+              "cuts)", min=0, max=1000),
+        Param("after", int, 2, "slots trained after each cut (span cuts)", min=0, max=1000),
+        Param("rank", int, 8, "rank of the low-rank adapters (train lora)", min=1, max=4096),
+        Param("top_k", int, 64, "dense next-token log-probabilities kept per position", min=1,
+              max=4096),
+        Param("lr", float, None, "Adam learning rate (default: 5e-5 layers, 1e-3 norms, 5e-4 "
+              "lora)", min=0, max=1, optional=True),
+        Param("batch", int, 4, "windows per step", min=1, max=4096),
+        Param("schedule_steps", int, None, "length of the learning-rate schedule (default: the "
+              "step budget, or estimated from the first steps under a time budget)", min=1,
+              max=10_000_000, optional=True),
+    )
+
+    def run(self, ctx: HealContext, params: dict) -> HealOutcome:
+        if params["span"] == "cuts" and params["before"] + params["after"] == 0:
+            raise ParamError("heal mode 'distill': before + after must be at least 1 (no "
+                             "layer to train)")
+        v, notes, details, replay = ctx.variant, "", {}, {}
+        steps, seconds = ctx.steps, ctx.seconds
+        if params["init"] != "none":
+            v, fits = apply_closed_form(ctx, v, CF, "cf")
+            details["fits"] = fits
+            notes = fit_notes(fits) + ". "
+        if params["init"] == "layerwise" and (params["init_share"] > 0 or params["init_steps"]):
+            v, done, used = self.layerwise_start(ctx, v, params)
+            replay["init_steps"] = details["init_steps"] = done
+            notes += f"layer-wise start: {done} steps. "
+            steps = None if steps is None else max(1, steps - done) if \
+                params["init_steps"] is None else steps
+            seconds = None if seconds is None else max(1.0, seconds - used)
+        v, done, total, history = self.distill(ctx, v, params, steps, seconds)
+        replay["schedule_steps"] = total
+        notes += f"distilled {done} steps, final KL {history[-1]['loss']:.4g}" if history else ""
+        return HealOutcome(v, steps=done, seconds=history[-1]["seconds"] if history else 0.0,
+                           history=history, details=details, notes=notes, replay=replay)
+
+    def layerwise_start(self, ctx: HealContext, v: Variant, params: dict
+                        ) -> tuple[Variant, int, float]:
+        """The short layer-wise fit the distillation starts from: `init_steps` steps, else
+        `init_share` of the budget (whole steps: its schedule is never cut short, so a replay
+        needs only the count). Returns (variant, steps done, seconds used)."""
+        share, fixed = params["init_share"], params["init_steps"]
+        steps = fixed or (None if ctx.steps is None else max(1, round(ctx.steps * share)))
+        seconds = None if fixed or ctx.seconds is None else ctx.seconds * share
+        sub = HealContext(ctx.lm, v, ctx.data, {**ctx.params, **LW}, ctx.seed, steps, seconds,
+                          ctx.progress, ctx.held_out_ppl)
+        v, done, _, hist = train_groups(sub, v, {**LW, "schedule_steps": None},
+                                        "distill: layer-wise start", hard_deadline=False)
+        ctx.held_out_ppl = sub.held_out_ppl
+        return v, done, hist[-1]["seconds"] if hist else 0.0
+
+    def distill(self, ctx: HealContext, v: Variant, params: dict, steps: int | None,
+                seconds: float | None) -> tuple[Variant, int, int, list[dict]]:
+        lm, data = ctx.lm, ctx.data
+        slots = trained_slots(v, params)
+        what = params["train"]
+        lr = params["lr"] if params["lr"] is not None else LR[what]
+        modules = {j: trainable_copy(v.layer(j), owns(what)) for j in slots}
+        if what == "layers":
+            tensors = [p for m in modules.values() for p in m.parameters()]
+        elif what == "norms":
+            tensors = [p for m in modules.values() for n, p in m.named_parameters() if "norm" in n]
+        else:
+            lora = LoRA(list(modules.values()), params["rank"], ctx.seed)
+            tensors = lora.tensors()
+        cur = v
+        for j, m in modules.items():
+            cur = with_slot(cur, j, m, f"kd-{what}")
+        s0 = min(slots)
+        x0 = variant_states(lm, v, data.ids, [s0], label=f"inputs of slot {s0}")[s0] \
+            if s0 > 0 else None
+        top_idx, top_lp = data.dense_topk(params["top_k"])
+        order = batches(data.num_windows, params["batch"], ctx.seed + 1)
+        k = params["top_k"]
+
+        def loss_at(step: int) -> torch.Tensor:
+            idx = next(order)
+            ids = data.ids[idx]
+            for b in run_backbone(lm, ids, variant=cur, start=s0, final_norm=True, grad=True,
+                                  start_states=x0[idx] if x0 is not None else None,
+                                  batch_size=ids.shape[0]):
+                logits = final_logits(lm, b.hidden.reshape(-1, b.hidden.shape[-1]))
+                return topk_kl(logits, top_idx[idx].reshape(-1, k).to(logits.device),
+                               top_lp[idx].reshape(-1, k).to(logits.device))
+            raise RuntimeError("no batch")   # pragma: no cover
+
+        sub = HealContext(lm, cur, data, ctx.params, ctx.seed, steps, seconds, ctx.progress,
+                          ctx.held_out_ppl)
+        with (lora.hooked() if what == "lora" else contextlib.nullcontext()), torch.enable_grad():
+            done, total, history = train(sub, tensors, loss_at, lr=lr,
+                                         label=f"distill ({what})", current=lambda: cur,
+                                         schedule_steps=params["schedule_steps"])
+        ctx.held_out_ppl = sub.held_out_ppl
+        if what == "lora":
+            lora.merge()
+        return cur, done, total, history
