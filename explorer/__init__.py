@@ -9,6 +9,7 @@ The package follows the pipeline, one module per stage:
     measure   -> explorer.measure   similarity(probe, measure)  layer-by-layer matrices
     plan      -> explorer.methods   compress(lm, method, ...)   which layers, with which method
     apply     -> explorer.variant   Variant                     layer edits without reloading
+    heal      -> explorer.heal      heal(variant, mode)         repair a compressed variant
     evaluate  -> explorer.evaluate  perplexity(lm, text)        with the protocol stated
     export    -> explorer.export    export(variant, folder)     a folder transformers loads
 
@@ -23,6 +24,7 @@ Example:
 from .errors import ExplorerError, LayerError, ModelLoadError, TextError
 from .evaluate import PPLResult, generate, perplexity
 from .export import export
+from .heal import HealResult, heal
 from .load import LoadedModel, load_model
 from .probe import ProbeResult, probe
 from .recipe import Recipe, replay
@@ -33,6 +35,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExplorerError", "LayerError", "ModelLoadError", "TextError", "PPLResult", "generate",
-    "perplexity", "export", "LoadedModel", "load_model", "ProbeResult", "probe", "Recipe",
-    "replay", "Texts", "load_texts", "NewLayer", "Variant", "__version__",
+    "perplexity", "export", "heal", "HealResult", "LoadedModel", "load_model", "ProbeResult",
+    "probe", "Recipe", "replay", "Texts", "load_texts", "NewLayer", "Variant", "__version__",
 ]

@@ -115,9 +115,11 @@ def merge_pairs(variant: Variant, pairs: list[tuple[int, int]] | list[list[int]]
 
 def replay(lm: LoadedModel, ops: list[dict]) -> Variant:
     """Rebuild a variant by applying `ops` in order to the original model."""
-    # the methods register the handlers of their own ops (streamline, come) when their package is
-    # imported: import it here, so a replay works whatever the caller imported before
+    # the methods and the heal stage register the handlers of their own ops (streamline, come,
+    # heal) when their package is imported: import them here, so a replay works whatever the
+    # caller imported before
     from . import methods  # noqa: F401
+    from .heal import registry as _heal  # noqa: F401
 
     v = Variant.identity(lm)
     for k, op in enumerate(ops):
