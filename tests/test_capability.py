@@ -1,0 +1,57 @@
+"""The no-download capability check: next-token top-1 and last-word cloze accuracy, each equal to
+an independent computation (plain forward pass, greedy generation), and lower for a broken
+variant of the real model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from explorer import TextError, load_model
+from explorer.capability import (capability, cloze_accuracy, cloze_batch, cloze_items,
+                                 multiple_choice, next_token_accuracy)
+from explorer.evaluate import evaluation_windows
+from explorer.variant import Variant
+
+
+def test_items_come_from_the_text(wiki):
+    items = cloze_items(wiki.evaluation, 50)
+    assert len(items) == 50 and items == cloze_items(wiki.evaluation, 50)      # deterministic
+    for it in items:
+        assert f"{it.context} {it.word}." in wiki.evaluation and it.word.isalpha()
+    for it, mc in zip(items, multiple_choice(items)):
+        assert mc["choices"][mc["answer"]] == " " + it.word and len(set(mc["choices"])) == 4
+    with pytest.raises(TextError, match="no sentence long enough"):
+        cloze_items("Too short. Really.", 5)
+
+
+def test_next_token_accuracy_matches_a_plain_forward(tiny_lm, sample_text):
+    w = evaluation_windows(tiny_lm, sample_text, 64, 1024)
+    variant = Variant.identity(tiny_lm).drop([2])
+    got, n = next_token_accuracy(tiny_lm, w, variant)
+    with torch.no_grad(), variant.applied() as model:
+        pred = model(w).logits[:, :-1].argmax(-1)                        # (W, T-1)
+    assert n == pred.numel() and got == pytest.approx((pred == w[:, 1:]).float().mean().item())
+
+
+@pytest.mark.slow
+def test_real_model_cloze_and_a_broken_variant(smol, wiki):
+    items = cloze_items(wiki.evaluation, 24)
+    ids, spans = cloze_batch(smol, items, 48)
+    # Independent: greedy generation from each row's context must give the word's tokens.
+    right = 0
+    with torch.no_grad():
+        for row, (first, word) in enumerate(spans):
+            ctx = ids[row:row + 1, :first]
+            out = smol.model.generate(ctx, attention_mask=torch.ones_like(ctx), do_sample=False,
+                                      max_new_tokens=len(word), pad_token_id=0)
+            right += out[0, first:].tolist() == word
+    assert cloze_accuracy(smol, ids, spans) == pytest.approx(right / len(spans))
+
+    r = capability(smol, wiki.evaluation, variant=Variant.identity(smol).drop([29]), seqlen=128,
+                   max_tokens=512, num_items=24, context_tokens=48, source=wiki.source)
+    d, c = r.dense, r.compressed
+    assert d.cloze_accuracy == pytest.approx(right / len(spans)) and d.cloze_items == len(spans)
+    assert d.next_token_top1 > 0.3 and c.next_token_top1 < d.next_token_top1 - 0.05
+    assert c.cloze_accuracy <= d.cloze_accuracy and c.num_layers == 29
+    assert set(r.to_dict()) == {"source", "protocol", "dense", "compressed"}
