@@ -212,6 +212,8 @@ def add_compress(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
     from .tasks import add_task_args
     add_task_args(p)
+    from .heal.command import add_heal_args
+    add_heal_args(p)
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -254,6 +256,8 @@ def cmd_compress(args) -> dict | str:
     params = method.resolve(parse_params(args.param))      # refused before the model loads
     from .tasks import check_task_args, cli_extras
     check_task_args(args)
+    from .heal.command import check_heal_args, heal_result
+    check_heal_args(args)
     lm = _load(args)
     texts = load_texts(args.text)
     start = time.perf_counter()
@@ -269,12 +273,18 @@ def cmd_compress(args) -> dict | str:
               "num_layers": plan.variant.num_layers, "params": plan.params,
               "protocol": after.protocol(), "notes": plan.notes,
               "plan_seconds": round(plan_seconds, 2)}
+    variant = plan.variant
+    if args.heal:      # ppl_healed, heal, out_of_domain (explorer/heal/command.py)
+        variant, healed = heal_result(lm, args, variant, texts,
+                                      lambda v: _ppl(lm, args, v, texts=texts, calibrated=True))
+        result.update(healed)
     result.update(cli_extras(lm, args, plan.variant, calibrated=True))
     if args.out:
-        recipe = Recipe.of(plan.variant, plan.method, plan.params,
+        recipe = Recipe.of(variant, plan.method, plan.params,
                            results={k: result[k] for k in ("ppl_before", "ppl_after", "protocol",
-                                                          "tasks", "capability") if k in result})
-        result["out"] = str(export(plan.variant, args.out, recipe=recipe,
+                                                          "ppl_healed", "tasks", "capability")
+                                    if k in result})
+        result["out"] = str(export(variant, args.out, recipe=recipe,
                                    overwrite=args.overwrite))
     return result
 

@@ -1,0 +1,60 @@
+"""`compress ... --heal MODE` on a tiny model folder: ppl_healed, the out-of-domain figure, an
+export that reloads with plain transformers to the same perplexity, its recipe; one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from explorer import cli, load_model, load_texts, perplexity
+from explorer.export import RECIPE_FILE
+
+
+@pytest.fixture()
+def common(tiny_factory, sample_text, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    return ["--model", str(tiny_factory("llama", num_layers=6)), "--text", str(text),
+            "--seqlen", "32", "--max-tokens", "256", "--calib-seqlen", "32",
+            "--calib-samples", "4", "--json"]
+
+
+def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    dest = tmp_path / "healed"
+    assert cli.main(["compress", "--method", "drop", "--param", "layers=2,3", "--heal",
+                     "layerwise", "--heal-steps", "3", "--heal-param", "windows=8",
+                     "--heal-param", "seqlen=32", "--heal-param", "held_out=2", "--out",
+                     str(dest), *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["heal"]["mode"] == "layerwise" and out["heal"]["steps"] == 3
+    assert out["heal"]["params"]["windows"] == 8 and out["num_layers"] == 4
+    assert out["ppl_healed"] > 1 and out["ppl_healed"] != out["ppl_after"]
+    ood = out["out_of_domain"]
+    assert ood["text"] == "wiki" and ood["ppl_healed"] > 1 and "windows of 32" in ood["protocol"]
+    recipe = json.loads((dest / RECIPE_FILE).read_text())
+    assert recipe["ops"][-1]["op"] == "heal" and recipe["results"]["ppl_healed"] == \
+        out["ppl_healed"]
+    # the folder loads with transformers alone, and gives the healed model's perplexity
+    assert type(AutoModelForCausalLM.from_pretrained(dest)).__name__ == "LlamaForCausalLM"
+    again = load_model(str(dest))
+    text = load_texts(common[3]).evaluation
+    ppl = perplexity(again, text, seqlen=32, max_tokens=256).ppl
+    assert ppl == pytest.approx(out["ppl_healed"], rel=1e-4)
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--heal", "nope"], "error: unknown heal mode 'nope'"),
+    (["--heal", "distill", "--heal-steps", "0"], "error: heal steps must be a positive"),
+    (["--heal-steps", "5"], "error: --heal-steps, --heal-seconds and --heal-param need --heal"),
+    (["--heal", "closed-form", "--heal-seconds", "30"], "error: heal mode 'closed-form' trains"),
+    (["--heal", "layerwise", "--heal-param", "lr=fast"], "error: heal mode 'layerwise': lr must"),
+])
+def test_heal_option_errors_are_one_line(common, extra, match):
+    code = cli.main(["compress", "--method", "drop", "--param", "layers=2", *extra, *common],
+                    stderr=(errors := io.StringIO()))
+    err = errors.getvalue()
+    assert code == 2 and err.startswith(match) and err.count("\n") == 1
