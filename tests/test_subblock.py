@@ -83,3 +83,29 @@ def test_bad_sub_block_drops_are_refused(tiny_lm):
         v.drop_part(99, "attn")
     with pytest.raises(LayerError, match="'part'"):
         Recipe(model="tiny", num_layers=6, ops=[{"op": "drop_part", "layer": 1}]).build(tiny_lm)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2"])
+def test_part_influence_matches_the_stream_with_the_mlp_dropped(tiny_factory, sample_text,
+                                                                family):
+    """BI of each block, against h_i taken from a variant whose slot i has its MLP dropped."""
+    import torch.nn.functional as F
+
+    from explorer.backbone import run_backbone
+    from explorer.probe import calibration_windows, part_influence
+
+    lm = load_model(str(tiny_factory(family, num_layers=4)))
+    ids = calibration_windows(lm, sample_text, 32, 6)
+    prof = part_influence(lm, input_ids=ids)
+    x = next(run_backbone(lm, ids, record=range(5), batch_size=6)).states
+    for i in range(4):
+        v = Variant.identity(lm).drop_part(i, "mlp")
+        h = next(run_backbone(lm, ids, variant=v, stop=i + 1, record=[i + 1],
+                              batch_size=6)).states[i + 1]
+        a, m, y = x[i][:, 1:], h[:, 1:], x[i + 1][:, 1:]           # first position left out
+        assert prof.attn[i].item() == pytest.approx(
+            (1 - F.cosine_similarity(a, m, dim=-1)).mean().item(), rel=1e-5, abs=1e-7)
+        assert prof.mlp[i].item() == pytest.approx(
+            (1 - F.cosine_similarity(m, y, dim=-1)).mean().item(), rel=1e-5, abs=1e-7)
+    assert prof.tokens == ids.shape[0] * (ids.shape[1] - 1)
+    assert (prof.attn > 0).all() and (prof.mlp > 0).all()

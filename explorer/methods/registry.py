@@ -171,7 +171,7 @@ class Method:
         p = self.resolve(params)
         check_remove(remove, ctx.lm.num_layers)
         plan = self.run(ctx, remove, p)
-        got = ctx.lm.num_layers - plan.variant.num_layers
+        got = self.removed_count(ctx, plan)
         if got != remove:   # each method raises its own reason first; this is the backstop
             raise LayerError(f"{self.name} removed {got} layers instead of the {remove} asked "
                              f"for: {plan.notes}")
@@ -179,6 +179,11 @@ class Method:
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         raise NotImplementedError
+
+    def removed_count(self, ctx: PlanContext, plan: Plan) -> int:
+        """The layers `plan` removed, checked against `remove`: the drop in layer count. A method
+        that removes parts of layers (blockpruner) counts them in layers' worth of parameters."""
+        return ctx.lm.num_layers - plan.variant.num_layers
 
     def drop_plan(self, ctx: PlanContext, params: dict, layers: Sequence[int],
                   scores: dict[str, list[float]], notes: str) -> Plan:

@@ -1,0 +1,165 @@
+"""`blockpruner`: remove attention and MLP sub-blocks one at a time, by calibration perplexity
+(BlockPruner, Zhong et al. 2024, arXiv 2406.10594; sub-layer pruning as in FinerCut, arXiv
+2405.18218).
+
+Every layer is two blocks, attention and MLP, each added to the residual stream. Each step drops
+every remaining block in turn (`Variant.drop_part`), measures the calibration perplexity, and
+removes the block with the lowest; a layer that loses both blocks is deleted. It stops when the
+parameters removed reach `remove` layers' worth (no block left fits in what remains, so it lands
+within one attention block below: a quarter layer on SmolLM2), the budget the layer-pruning methods
+get. The official code deletes a given number of blocks and converts that to a pruning ratio.
+
+In a plain transformers export a dropped block is a zeroed output projection: the file keeps its
+parameters and the model its FLOPs; only fully dropped layers save anything there (docs/search.md).
+
+Example:
+    >>> plan = compress(lm, "blockpruner", remove=6)
+    >>> plan.notes        # the blocks dropped, in order
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch.nn as nn
+
+from ..errors import LayerError
+from ..load import LoadedModel, Progress
+from ..params import Param
+from ..variant import PARTS, NewLayer, Variant
+from .layout import Layout
+from .ppl_search import Candidate, PerplexitySearch, Scored, SearchResult
+from .registry import Method, Plan, PlanContext, register
+from .sleb import ABANDON, SAMPLES, calibration_ids
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def part_sizes(lm: LoadedModel) -> dict[tuple[str, int], int]:
+    """Parameters of each block: ("attn", i) is layer i's attention module, ("mlp", i) the rest
+    of the layer (its MLP and the norms), so the two add up to the whole layer."""
+    out = {}
+    for i, layer in enumerate(lm.original_layers):
+        attn_path = getattr(lm.arch, PARTS["attn"]).rpartition(".")[0]
+        attn = _count(layer.get_submodule(attn_path))
+        out[("attn", i)], out[("mlp", i)] = attn, _count(layer) - attn
+    return out
+
+
+def removed_parameters(variant: Variant) -> int:
+    """Parameters of the original layers that `variant` dropped, whole or by blocks."""
+    lm = variant.lm
+    sizes = part_sizes(lm)
+    kept = {variant.origin(i) for i in range(variant.num_layers)}
+    total = sum(sizes[("attn", i)] + sizes[("mlp", i)] for i in range(lm.num_layers)
+                if i not in kept)
+    for s in variant.new_layers():
+        total += sum(sizes[(part, s.like)] for part in s.parts_dropped)
+    return total
+
+
+def layer_parameters(lm: LoadedModel) -> float:
+    return _count(lm.original_layers) / lm.num_layers
+
+
+@register
+class BlockPruner(Method):
+
+    name = "blockpruner"
+    title = "BlockPruner (attention and MLP blocks by perplexity)"
+    paper = "BlockPruner: Fine-grained Pruning for Large Language Models, arXiv 2406.10594"
+    description = ("Treats each layer as two blocks, attention and MLP, and tries removing each "
+                   "block in turn, keeping the removal that raises the perplexity of calibration "
+                   "text least; then searches again, until as many parameters are gone as "
+                   "`remove` whole layers hold. Finer than dropping layers: a layer can keep its "
+                   "MLP and lose its attention. In a plain transformers export a dropped block is "
+                   "a zeroed projection that still costs its FLOPs.")
+    params = (
+        SAMPLES,
+        Param("parts", str, "both", "which blocks are candidates: attention, MLP or both "
+              "(official code: mha, mlp, mix)", choices=("both", "attn", "mlp")),
+        ABANDON,
+    )
+
+    def removed_count(self, ctx: PlanContext, plan: Plan) -> int:
+        return round(removed_parameters(plan.variant) / layer_parameters(ctx.lm))
+
+    def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
+        lm, L = ctx.lm, ctx.lm.num_layers
+        for part in PARTS:
+            if getattr(lm.arch, PARTS[part]) is None:
+                raise LayerError(f"blockpruner needs each layer's {part} output projection; the "
+                                 f"{lm.arch.family} adapter does not name it")
+        kinds = list(PARTS) if params["parts"] == "both" else [params["parts"]]
+        ids = calibration_ids(ctx, params["samples"])
+        search = PerplexitySearch(lm, ids, abandon=params["early_stop"])
+        r = blockpruner_search(search, remove, kinds, ctx.report)
+        worth = removed_parameters(r.variant) / layer_parameters(lm)
+        if round(worth) != remove:
+            raise LayerError(f"blockpruner could remove only {worth:.2f} layers' worth of "
+                             f"{params['parts']} blocks, not {remove}: choose parts=both or a "
+                             "smaller remove")
+        both = r.layout.removed(L)
+        listing = ", ".join(f"{p} {i}" for p, i in r.order)
+        notes = (f"Dropped {listing} in this order ({worth:.2f} layers' worth of parameters"
+                 + (f"; layers {both} lost both blocks" if both else "")
+                 + f"; calibration perplexity {r.ppl:.4g} on {ids.shape[0]} x {ids.shape[1]} "
+                 "tokens). A dropped block exports as a zeroed projection that keeps its FLOPs.")
+        return Plan(self.name, params, r.variant, both, [], r.scores, notes)
+
+
+def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] = list(PARTS),
+                       report: Progress | None = None) -> SearchResult:
+    """BlockPruner's loop on `search`: drop the block ("attn" or "mlp", of `kinds`) whose removal
+    gives the lowest calibration NLL, while a block still fits in `remove` layers' parameters."""
+    lm = search.lm
+    L = lm.num_layers
+    report = report or (lambda f, m: None)
+    sizes = part_sizes(lm)
+    per_layer = layer_parameters(lm)
+    budget = remove * per_layer
+    report(0.0, f"blockpruner: storing the residual stream of {search.ids.shape[0]} "
+                "calibration windows")
+    current, layout = Variant.identity(lm), Layout.identity(L)
+    search.set_current(current)
+    gone: list[tuple[str, int]] = []
+    steps: list[list[Scored]] = []
+    removed, best = 0, None
+    while True:
+        room = budget - removed
+        cands = []
+        for j in range(current.num_layers):
+            orig = layout.groups[j][0]
+            slot = current.slots[j]
+            other = slot.parts_dropped if isinstance(slot, NewLayer) else ()
+            for part in kinds:
+                if (part, orig) in gone or sizes[(part, orig)] > room:
+                    continue
+                if other and current.num_layers == 1:
+                    continue              # the model's last layer is never emptied
+                cands.append(Candidate((part, orig), f"{part} {orig}",
+                                       partial(current.drop_part, j, part)))
+        if not cands:
+            break
+        if steps:
+            search.set_current(current)   # the states of the model edited in the last step
+
+        def progress(k: int, label: str) -> None:
+            report(min(0.99, (removed + k / len(cands) * sizes[cands[0].key]) / budget),
+                   f"blockpruner step {len(steps) + 1}: scoring {label} ({k + 1}/{len(cands)})")
+
+        best, scored = search.step(cands, progress)
+        steps.append(scored)
+        part, orig = best.key
+        gone.append(best.key)
+        removed += sizes[best.key]
+        if best.variant.num_layers < current.num_layers:      # both blocks of the layer gone
+            layout = layout.drop([layout.slot_of(orig)])
+        current = best.variant
+        report(min(0.99, removed / budget), f"blockpruner: dropped {part} {orig} "
+                                            f"(calibration ppl {best.ppl:.4g})")
+    first = {s.key: s.ppl for s in steps[0]} if steps else {}
+    scores = {f"{k} ppl when dropped": [first.get((k, i)) for i in range(L)] for k in kinds}
+    return SearchResult(current, layout, gone, best.ppl if best else float("nan"), scores, steps)

@@ -1,0 +1,136 @@
+"""Perplexity-guided greedy removal, the search behind SLEB and BlockPruner.
+
+Each step scores every candidate edit of the current model (drop a layer; drop an attention or MLP
+sub-block) by the calibration perplexity of the result, and keeps the lowest; the next step
+re-scores everything on the edited model. What makes it affordable (docs/search.md):
+
+- Prefix states: a candidate equals the current model up to the slot k it edits, so it runs from
+  the current model's residual stream stored at boundary k (`dense_cache.PrefixStates`), not from
+  the embeddings; after each step the states are brought up to date from the edited slot on.
+- Early stop: windows run in a spread order and a candidate stops as soon as its NLL summed over
+  the windows run so far exceeds the best complete candidate's total. Every token's NLL is >= 0,
+  so such a candidate cannot win: the choice is the one a full evaluation of every candidate
+  makes. Candidates are run in the order of their previous step's scores, so a strong one sets
+  the bar early. A stopped candidate's score is its perplexity over the windows it ran.
+
+Example:
+    >>> search = PerplexitySearch(lm, ids)                    # ids: (W, T) calibration windows
+    >>> search.set_current(Variant.identity(lm))
+    >>> best, scored = search.step([Candidate(("layer", 3), "layer 3", lambda: v.drop([3]))])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+from ..dense_cache import CACHE, PrefixStates, checkpoints
+from ..errors import ExplorerError
+from ..evaluate import run_windows
+from ..load import LoadedModel, Progress
+from ..variant import Variant
+from .layout import Layout
+
+
+@dataclass
+class Candidate:
+    """One edit of the current model: `build()` returns the edited variant (built when scored,
+    so that only one candidate's new modules are alive at a time)."""
+
+    key: Hashable                 # stable across steps, e.g. ("layer", 12) in original indices
+    label: str                    # for progress and notes, e.g. "layer 12", "mlp 12"
+    build: Callable[[], Variant]
+
+
+@dataclass
+class Scored:
+    """A candidate's calibration figure."""
+
+    key: Hashable
+    label: str
+    total: float                  # NLL summed over the windows run (a lower bound if stopped)
+    ppl: float                    # perplexity over the windows run
+    windows: int                  # windows run
+    complete: bool                # every window ran (not stopped early)
+    variant: Variant | None = None   # kept for the step's winner only
+
+
+@dataclass
+class SearchResult:
+    """What a greedy search removed and what it measured."""
+
+    variant: Variant
+    layout: Layout                        # original layers behind each remaining slot
+    order: list                           # what was removed, in order (layer indices or blocks)
+    ppl: float                            # calibration perplexity of the result
+    scores: dict[str, list[float | None]]  # first step: each candidate's ppl, per layer
+    steps: list[list[Scored]]             # every step's scores
+
+
+class PerplexitySearch:
+    """Scores candidate variants on calibration windows `ids` (W, T), from the current model's
+    stored states (cache=True) and with early stops (abandon=True); cache=False, abandon=False
+    runs every candidate from the embeddings over every window, as a plain perplexity loop would.
+    """
+
+    def __init__(self, lm: LoadedModel, ids: torch.Tensor, *, cache: bool = True,
+                 abandon: bool = True, batch_size: int | None = None,
+                 progress: Progress | None = None) -> None:
+        self.lm, self.ids = lm, ids.cpu()
+        self.cache, self.abandon = cache, abandon
+        self.batch_size, self.progress = batch_size, progress
+        self.reference: PrefixStates | None = None
+        self.current: Variant | None = None
+        self.hint: dict[Hashable, float] = {}    # last step's scores: the order to run in
+
+    def set_current(self, variant: Variant) -> None:
+        """Make `variant` the model the next candidates edit; store its states (from the slot
+        where it differs from the previous current model on)."""
+        self.current = variant
+        if not self.cache:
+            return
+        W, T = self.ids.shape
+        per_boundary = W * T * self.lm.config.hidden_size * torch.finfo(self.lm.dtype).bits // 8
+        marks = checkpoints(variant.num_layers, per_boundary, CACHE.budget(self.lm.device))
+        p = run_windows(self.lm, self.ids, variant=variant, reference=self.reference,
+                        record=marks, batch_size=self.batch_size)
+        kept = {b: s for b, s in (self.reference.states.items() if self.reference else ())
+                if b < p.start}                        # the unchanged prefix stays valid
+        self.reference = PrefixStates(variant, self.ids, {**kept, **p.states})
+
+    def step(self, candidates: Sequence[Candidate], report: Callable[[int, str], None] | None = None
+             ) -> tuple[Scored, list[Scored]]:
+        """Score every candidate; returns (the lowest-NLL complete one, all scores in the order
+        given). Ties go to the earlier candidate in `candidates`. report(k, label) is called
+        before the k-th candidate runs."""
+        if not candidates:
+            raise ExplorerError("no candidate left to remove")
+        position = {c.key: k for k, c in enumerate(candidates)}
+        order = sorted(candidates, key=lambda c: (self.hint.get(c.key, math.inf), position[c.key]))
+        best: Scored | None = None
+        scored: dict[Hashable, Scored] = {}
+        for k, cand in enumerate(order):
+            if report:
+                report(k, cand.label)
+            variant = cand.build()
+            bar = best.total if (self.abandon and best is not None) else None
+            p = run_windows(self.lm, self.ids, variant=variant,
+                            reference=self.reference if self.cache else None,
+                            abandon_above=bar, batch_size=self.batch_size)
+            total = p.total
+            s = Scored(cand.key, cand.label, total,
+                       math.exp(min(p.mean, 700.0)) if math.isfinite(p.mean) else math.inf,
+                       p.done, not p.abandoned)
+            scored[cand.key] = s
+            if s.complete and math.isfinite(total) and (
+                    best is None or total < best.total
+                    or (total == best.total and position[cand.key] < position[best.key])):
+                best, best_variant = s, variant
+        if best is None:
+            raise ExplorerError("every candidate made the model produce NaN or inf")
+        best.variant = best_variant
+        self.hint = {key: s.total / max(1, s.windows) for key, s in scored.items()}
+        return best, [scored[c.key] for c in candidates]
