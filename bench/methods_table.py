@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer import load_model, load_texts, perplexity  # noqa: E402
+from explorer import ExplorerError, Variant, load_model, load_texts, perplexity  # noqa: E402
 from explorer.methods import PlanContext, get_method  # noqa: E402
 from explorer.recipe import replay  # noqa: E402
 from explorer.methods.layout import Layout  # noqa: E402
 
 PREFIX_METHODS = ("mka", "come")      # greedy and progressive: plan k = prefix of plan max(k)
-ORDER = ("tail", "shortgpt", "angular", "laco", "streamline", "mka", "come",
+ORDER = ("tail", "shortgpt", "angular", "laco:mode=walk", "laco", "streamline", "mka", "come",
          "streamline:replacement=linear")
 
 
@@ -86,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
               f"merged {merged}", flush=True)
 
     if ("original", 0) not in done:
-        from explorer import Variant
-
         record("original", 0, Variant.identity(lm), [], [], 0.0, "")
     for name in args.methods.split(","):
         base_name, *kv = name.split(":")               # "streamline:replacement=linear"
@@ -110,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for k in todo:
             t = time.perf_counter()
-            plan = method.plan(ctx, k, **params)
+            try:
+                plan = method.plan(ctx, k, **params)
+            except ExplorerError as exc:     # e.g. LaCo's walk cannot reach k: its reason is a row
+                record(name, k, Variant.identity(lm), [], [], time.perf_counter() - t,
+                       f"refused: {exc}")
+                continue
             record(name, k, plan.variant, plan.removed, plan.merged, time.perf_counter() - t,
                    plan.notes)
     print_table(out, removes)
