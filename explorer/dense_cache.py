@@ -7,7 +7,9 @@ the token cap), the dtypes and the device.
 
 - The dense "before" figure: a small dict (a `PPLResult`'s fields), kept in this process for every
   caller (CLI, API, every app session) and on disk under the cache folder, so that a second
-  `compress` in a new process does not recompute it either.
+  `compress` in a new process does not recompute it either. The dense states go to disk too (one
+  file per boundary, within LAYER_EXPLORER_STATE_DISK_MB, default 1 GB, least recently used
+  first out), so that process's "after" figure starts from the boundary before its first change.
 - `PrefixStates`: the residual stream of a reference variant (the dense model, or a search's
   current model) at some of its layer boundaries, for every window. A variant whose slots 0..k-1
   are the reference's starts its pass at the largest stored boundary b <= k with the stored
@@ -48,7 +50,9 @@ from .variant import Variant
 
 BUDGET_ENV = "LAYER_EXPLORER_STATE_CACHE_MB"
 DEFAULT_BUDGET_MB = {"cpu": 512, "cuda": 2048}
-DISK_ENV = "LAYER_EXPLORER_DENSE_DISK"      # "0": keep dense figures in this process only
+DISK_ENV = "LAYER_EXPLORER_DENSE_DISK"      # "0": keep dense figures and states in this process only
+DISK_BUDGET_ENV = "LAYER_EXPLORER_STATE_DISK_MB"
+DEFAULT_DISK_BUDGET_MB = 1024
 MAX_FIGURES = 256                            # figures kept in memory (a few hundred bytes each)
 SAMPLE_PER_TENSOR = 4096                     # values per weight tensor that enter the fingerprint
 
@@ -295,15 +299,61 @@ class DenseCache:
         with self._lock:
             return sum(ref.nbytes for ref in self._states.values())
 
+    # states on disk: one file per boundary, read one at a time
+    def save_states(self, key: DenseKey, ref: PrefixStates) -> None:
+        """Write `ref`'s boundaries under the cache folder (unless disabled), then drop the
+        least recently written entries beyond the disk budget. Failures to write are ignored."""
+        if not self.disk or not ref.states:
+            return
+        folder = _states_dir() / key.digest()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for b, t in ref.states.items():
+                target = folder / f"b{b}.pt"
+                if not target.exists():
+                    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+                    with os.fdopen(fd, "wb") as f:
+                        torch.save(t.detach().cpu().contiguous(), f)
+                    os.replace(tmp, target)
+            os.utime(folder)
+        except (OSError, RuntimeError):
+            return
+        _trim_disk(_states_dir(), _disk_budget())
+
+    def states_from_disk(self, key: DenseKey, variant: Variant, ids: torch.Tensor
+                         ) -> PrefixStates | None:
+        """The stored dense boundary nearest below `variant`'s first change, read from disk, as
+        PrefixStates of the dense model (one boundary); None when there is none."""
+        if not self.disk:
+            return None
+        folder = _states_dir() / key.digest()
+        k = first_change(Variant.identity(variant.lm), variant)
+        have = sorted(int(f.stem[1:]) for f in folder.glob("b*.pt") if f.stem[1:].isdigit()) \
+            if folder.is_dir() else []
+        usable = [b for b in have if b <= k]
+        if not usable:
+            return None
+        b = usable[-1]
+        try:
+            t = torch.load(folder / f"b{b}.pt", map_location=variant.lm.device, weights_only=True)
+        except (OSError, RuntimeError, ValueError):
+            return None
+        if tuple(t.shape[:2]) != tuple(ids.shape) or t.dtype != variant.lm.dtype:
+            return None
+        os.utime(folder)
+        return PrefixStates(Variant.identity(variant.lm), ids.cpu(), {b: t})
+
     def clear(self, disk: bool = False) -> None:
-        """Forget everything in memory (and the figures on disk when `disk`)."""
+        """Forget everything in memory (and the figures and states on disk when `disk`)."""
+        import shutil
+
         with self._lock:
             self._figures.clear()
             self._states.clear()
         if disk:
-            folder = _figure_dir()
-            for f in folder.glob("*.json"):
+            for f in _figure_dir().glob("*.json"):
                 f.unlink(missing_ok=True)
+            shutil.rmtree(_states_dir(), ignore_errors=True)
 
     def forget_model(self, lm: LoadedModel) -> None:
         """Drop the states that hold `lm`'s tensors (the app calls this when it unloads a model)."""
@@ -318,6 +368,36 @@ def _figure_dir() -> Path:
     folder = cache_root() / "dense-ppl"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _states_dir() -> Path:
+    from .embedded import cache_root
+
+    return cache_root() / "dense-states"
+
+
+def _disk_budget() -> int:
+    env = os.environ.get(DISK_BUDGET_ENV, "").strip()
+    try:
+        return int(float(env) * 2**20) if env else DEFAULT_DISK_BUDGET_MB * 2**20
+    except ValueError:
+        return DEFAULT_DISK_BUDGET_MB * 2**20
+
+
+def _trim_disk(root: Path, budget: int) -> None:
+    """Delete the least recently used entries (folders) of `root` until it holds <= budget."""
+    import shutil
+
+    try:
+        entries = sorted((d for d in root.iterdir() if d.is_dir()),
+                         key=lambda d: d.stat().st_mtime, reverse=True)
+        total = 0
+        for d in entries:
+            total += sum(f.stat().st_size for f in d.glob("*.pt"))
+            if total > budget:
+                shutil.rmtree(d, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def _figure_path(key: DenseKey) -> Path:

@@ -395,13 +395,31 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
             r = result(p)
             CACHE.store_figure(key, r.to_dict())
             CACHE.store_states(key, PrefixStates(dense, w, p.states))
+            CACHE.save_states(key, PrefixStates(dense, w, p.states))
             return r
-    ref = CACHE.states(key)
+    ref = _nearest_states(key, variant, w, marks, dense)
     p = run_windows(lm, w, reference=ref, record=_missing(ref, marks, variant, dense), **kw)
     if p.states:   # the pass went through unchanged layers: keep their states for later variants
         CACHE.store_states(key, PrefixStates(dense, w, {**(ref.states if ref else {}),
                                                         **p.states}))
     return result(p)
+
+
+def _nearest_states(key, variant: Variant, w: torch.Tensor, marks: list[int],
+                    dense: Variant) -> PrefixStates | None:
+    """The dense states in memory, joined by the boundary on disk nearest below `variant`'s first
+    change when memory has none as close (a new process, or states evicted)."""
+    ref = CACHE.states(key)
+    k = first_change(dense, variant)
+    best = max((b for b in marks if b <= k), default=0)
+    if ref is not None and ref.start_for(variant)[0] >= best:
+        return ref
+    disk = CACHE.states_from_disk(key, variant, w)
+    if disk is None:
+        return ref
+    ref = PrefixStates(dense, w, {**(ref.states if ref else {}), **disk.states})
+    CACHE.store_states(key, ref)
+    return ref
 
 
 def _missing(ref: PrefixStates | None, marks: list[int], variant: Variant,

@@ -67,8 +67,8 @@ def test_dense_figure_reused_until_text_protocol_dtype_or_weights_change(tiny_fa
     assert again.cached and again.ppl == first.ppl and again.window_nll == first.window_nll
     changed = {
         "text": perplexity(lm, sample_text[::-1], **KW),
-        "seqlen": perplexity(lm, sample_text, seqlen=32, max_tokens=2048),
-        "max_tokens": perplexity(lm, sample_text, seqlen=64, max_tokens=1024),
+        "seqlen": perplexity(lm, sample_text, seqlen=32, max_tokens=1024),
+        "max_tokens": perplexity(lm, sample_text, seqlen=64, max_tokens=512),
         "bos": perplexity(lm, sample_text, bos="always", **KW),
         "compute dtype": perplexity(lm, sample_text, compute_dtype="bfloat16", **KW),
         "model dtype": perplexity(load_model(str(folder), dtype="bfloat16"), sample_text, **KW),
@@ -96,7 +96,8 @@ def test_weights_edited_in_place_miss_the_cache(tiny_factory, sample_text):
     assert r.ppl == pytest.approx(perplexity(lm, sample_text, cache=False, **KW).ppl, rel=1e-9)
 
 
-def test_states_stay_within_a_small_budget(tiny_factory, sample_text):
+def test_states_stay_within_a_small_budget(tiny_factory, sample_text, monkeypatch):
+    monkeypatch.setenv("LAYER_EXPLORER_DENSE_DISK", "0")     # memory only
     lm = load_model(str(tiny_factory("llama", num_layers=6)))
     w = evaluation_windows(lm, sample_text, **KW)
     boundary = w.numel() * lm.config.hidden_size * 4          # bytes of one boundary, fp32
@@ -122,14 +123,36 @@ def test_states_stay_within_a_small_budget(tiny_factory, sample_text):
     assert perplexity(lm, sample_text, variant=v, **KW).start == 0
 
 
-def test_a_variant_pass_fills_the_states_a_restart_lost(tiny_lm, sample_text):
-    perplexity(tiny_lm, sample_text, **KW)
-    CACHE.clear()
-    assert perplexity(tiny_lm, sample_text, **KW).cached
+def test_a_new_process_reads_states_from_disk_or_fills_them(tiny_lm, sample_text, monkeypatch):
+    perplexity(tiny_lm, sample_text, **KW)                # figure and states, memory and disk
+    CACHE.clear()                                          # as in a new process
     late = Variant.identity(tiny_lm).drop([4])
-    assert perplexity(tiny_lm, sample_text, variant=late, **KW).start == 0   # fills 1..4
-    early = Variant.identity(tiny_lm).drop_part(3, "attn")
-    assert perplexity(tiny_lm, sample_text, variant=early, **KW).start == 3
+    r = perplexity(tiny_lm, sample_text, variant=late, **KW)
+    assert r.start == 4                                    # boundary 4 read from disk
+    assert r.ppl == pytest.approx(perplexity(tiny_lm, sample_text, variant=late, cache=False,
+                                             **KW).ppl, rel=1e-6)
+    early = Variant.identity(tiny_lm).drop_part(2, "attn")
+    assert perplexity(tiny_lm, sample_text, variant=early, **KW).start == 2
+
+    # without the disk: the figure is recomputed, and a variant's pass fills the states it
+    # went through unchanged, for the next variant
+    monkeypatch.setenv("LAYER_EXPLORER_DENSE_DISK", "0")
+    CACHE.clear()
+    assert not perplexity(tiny_lm, sample_text, **KW).cached
+    CACHE.clear()
+    assert perplexity(tiny_lm, sample_text, variant=late, **KW).start == 0     # fills 1..4
+    assert perplexity(tiny_lm, sample_text, variant=early, **KW).start == 2
+
+    # the states on disk stay within their own budget (least recently used out)
+    monkeypatch.setenv("LAYER_EXPLORER_DENSE_DISK", "1")
+    monkeypatch.setenv("LAYER_EXPLORER_STATE_DISK_MB", "1.5")  # two texts' 5 boundaries
+    for text in (sample_text, sample_text[::-1], sample_text[1000:] + sample_text[:1000]):
+        perplexity(tiny_lm, text, **KW)
+    from explorer.embedded import cache_root
+
+    entries = list((cache_root() / "dense-states").iterdir())
+    size = sum(f.stat().st_size for f in (cache_root() / "dense-states").glob("*/*.pt"))
+    assert len(entries) == 2 and size <= 1.5 * 2**20
 
 
 def test_concurrent_sessions_share_one_dense_pass(tiny_factory, sample_text):
