@@ -246,8 +246,9 @@ register_measure(Measure(
     "bi", "Block Influence (1 - cosine)", False,
     "Men et al. 2024, ShortGPT, arXiv:2403.03853",
     "One minus the mean token cosine. Its adjacent profile, cell (i, i+1), is ShortGPT's Block "
-    "Influence BI_i: how much layer i changes the tokens' direction. Low values (dark cells) "
-    "mark layers that do little; ShortGPT deletes the layers with the lowest BI.",
+    "Influence BI_i: how much layer i changes the tokens' direction. Low values mark layers that "
+    "do little (drawn bright: the heatmaps show alike as bright for every measure); ShortGPT "
+    "deletes the layers with the lowest BI.",
     _bi, (MAX_TOKENS, SEED)))
 register_measure(Measure(
     "angular", "Angular distance (last token)", False,
@@ -256,7 +257,7 @@ register_measure(Measure(
     "The angle between the last token's vectors at boundaries a and b, divided by pi (0 = same "
     "direction, 1 = opposite), averaged over calibration samples. Cell (i, i+n) is the distance "
     "Gromov et al. minimise to find the block of n consecutive layers to remove: look for the "
-    "darkest cell on the n-th off-diagonal.",
+    "smallest distance, the brightest cell (bright = alike), on the n-th off-diagonal.",
     _angular))
 register_measure(Measure(
     "cka", "Linear CKA", True,

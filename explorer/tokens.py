@@ -1,6 +1,6 @@
 """Turning text into fixed-length token windows, shared by the probe and the perplexity stage.
 
-Protocol (../shared/METHODS.md): join documents with "\n\n", tokenize once without special tokens,
+Protocol (docs/architecture.md, docs/measures.md): join documents with "\n\n", tokenize once without special tokens,
 cut into non-overlapping windows of `seqlen` tokens, and put a BOS token in front of each window
 only when the BOS rule says so. The rule is explicit and reported with every result.
 """

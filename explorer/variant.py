@@ -155,7 +155,7 @@ class Variant:
               extra: dict | None = None) -> "Variant":
         """Replace the layers at `indices` by one layer whose linear weights are sum_k w_k theta_k.
 
-        Norm weights are taken from the first layer unchanged (../shared/METHODS.md: norms are never
+        Norm weights are taken from the first layer unchanged (docs/methods.md: norms are never
         averaged unless a method says so). Used by MKA (w = a, 1-a) and LaCo (w = 1-m, 1, ..., 1).
         """
         idx = self.check_indices(indices, "merge layers")
