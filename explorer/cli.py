@@ -266,13 +266,15 @@ def cmd_compress(args) -> dict | str:
                     seqlen=args.calib_seqlen, num_samples=args.calib_samples, seed=args.seed,
                     **params)
     plan_seconds = time.perf_counter() - start
-    before = _ppl(lm, args, texts=texts, calibrated=True)
+    before = _ppl(lm, args, texts=texts, calibrated=True)   # cached after the first call
     after = _ppl(lm, args, plan.variant, texts=texts, calibrated=True)
     result = {"model": args.model, "method": plan.method, "ppl_before": before.ppl,
               "ppl_after": after.ppl, "removed": plan.removed, "merged": plan.merged,
               "num_layers": plan.variant.num_layers, "params": plan.params,
               "protocol": after.protocol(), "notes": plan.notes,
-              "plan_seconds": round(plan_seconds, 2)}
+              "plan_seconds": round(plan_seconds, 2),
+              # explorer/dense_cache.py: the dense figure reused, the boundary "after" ran from
+              "ppl_before_cached": before.cached, "ppl_after_start": after.start}
     variant = plan.variant
     if args.heal:      # ppl_healed, heal, out_of_domain (explorer/heal/command.py)
         variant, healed = heal_result(lm, args, variant, texts,

@@ -227,3 +227,25 @@ def test_abandoned_pass_is_a_lower_bound(tiny_lm, sample_text):
     part = run_windows(tiny_lm, w, abandon_above=full.total / 4)
     assert part.abandoned and 0 < part.done < w.shape[0]
     assert full.total / 4 < part.total < full.total
+
+
+def test_a_second_compress_reuses_the_dense_figure(tiny_lm, sample_text, tmp_path, capsys):
+    import json
+
+    from explorer.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text * 2, encoding="utf-8")
+    argv = ["compress", "--model", tiny_lm.source, "--method", "shortgpt", "--remove", "2",
+            "--text", str(text), "--seqlen", "64", "--max-tokens", "1024",
+            "--calib-seqlen", "32", "--calib-samples", "4", "--json"]
+    runs = []
+    for _ in range(2):
+        CACHE.clear()                    # memory forgotten, as in a new process; disk kept
+        assert main(argv) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    first, second = runs
+    assert not first["ppl_before_cached"] and second["ppl_before_cached"]
+    assert second["ppl_before"] == first["ppl_before"]
+    assert second["ppl_after"] == pytest.approx(first["ppl_after"], rel=1e-6)
+    assert second["ppl_after_start"] == first["ppl_after_start"] == min(first["removed"])
