@@ -41,6 +41,9 @@ LM_EVAL_VERSION = "0.4.13"              # pinned in requirements.txt
 INSTALL = f"pip install lm-eval=={LM_EVAL_VERSION}"
 MAX_TASKS = 32                          # a typo'd glob must not queue hundreds of tasks
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")   # datasets' file loaders
+# The zero-shot suite the layer-pruning papers report (ShortGPT, LaCo, SLEB, ...), for pickers.
+SUGGESTED_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq",
+                   "openbookqa", "lambada_openai")
 
 
 class TaskError(ExplorerError):
@@ -391,6 +394,41 @@ def evaluate_tasks(lm: LoadedModel, tasks: str | Sequence[str], *, variant: Vari
         progress(1.0, "lm-eval: done")
     return TaskReport(tasks=names, limit=limit, dense=runs.get("dense"),
                       compressed=runs.get("compressed"), lm_eval_version=_installed_version())
+
+
+def write_local_task(folder: str | Path, name: str, rows: list[dict]) -> Path:
+    """An offline multiple-choice task in lm-eval's own format: `folder/name.jsonl` with `rows`
+    ({"context", "choices", "answer"}) and `folder/name.yaml` pointing at it; returns the YAML,
+    which `--tasks` and `evaluate_tasks` take as a task name.
+
+    For the bundled text: `write_local_task(folder, "wiki_cloze",
+    multiple_choice(cloze_items(load_texts("wiki").evaluation, 100)))` (explorer.capability).
+    """
+    import json
+
+    if not name.replace("_", "").isalnum():
+        raise TaskError(f"task name '{name}' must be letters, digits and underscores")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        data = folder / f"{name}.jsonl"
+        data.write_text("".join(json.dumps({k: r[k] for k in ("context", "choices", "answer")})
+                                + "\n" for r in rows), encoding="utf-8")
+        yaml = folder / f"{name}.yaml"
+        yaml.write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+            f"    test: {json.dumps(str(data.resolve()))}\ntest_split: test\n"
+            "output_type: multiple_choice\n"
+            'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\n'
+            'doc_to_target: "{{answer}}"\nmetric_list:\n'
+            "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+            "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n",
+            encoding="utf-8")
+    except OSError as exc:
+        raise TaskError(f"could not write task '{name}' to '{folder}': {one_line(exc)}") from None
+    except KeyError as exc:
+        raise TaskError(f"task rows need context, choices and answer (missing {exc})") from None
+    return yaml
 
 
 def _installed_version() -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from explorer import cli, export, load_model, load_texts
 from explorer.capability import cloze_items, multiple_choice
-from explorer.tasks import TaskError, evaluate_tasks
+from explorer.tasks import TaskError, evaluate_tasks, write_local_task
 from explorer.variant import Variant
 
 pytest.importorskip("lm_eval")
@@ -91,6 +91,13 @@ def test_command_matches_lm_eval_dense_and_variant(tiny_factory, sample_text, tm
             dense_ref[f"{name}_stderr,none"], abs=1e-9)
         assert metric(out, "cloze_tiny", name, "compressed") == pytest.approx(
             drop_ref[f"{name},none"], abs=1e-9)
+
+    # The library's own task writer gives lm-eval the same task.
+    rows = [json.loads(line) for line in yaml.with_suffix(".jsonl").read_text().splitlines()]
+    ours = write_local_task(tmp_path / "ours", "cloze_ours", rows)
+    again = evaluate_tasks(load_model(str(folder)), [str(ours)], limit=20).to_dict()
+    assert "compressed" not in again and metric(again, "cloze_ours", "acc", "dense") == \
+        pytest.approx(dense_ref["acc,none"], abs=1e-9)
 
 
 @pytest.mark.slow
