@@ -12,6 +12,8 @@ The package follows the pipeline, one module per stage:
     heal      -> explorer.heal      heal(variant, mode)         repair a compressed variant
     evaluate  -> explorer.evaluate  perplexity(lm, text)        with the protocol stated
     export    -> explorer.export    export(variant, folder)     a folder transformers loads
+    also      -> explorer.tasks     evaluate_tasks(lm, tasks)   lm-eval accuracy, dense vs variant
+                 explorer.capability, explorer.gguf_export, explorer.profiles (docs/evaluation.md)
 
 Example:
     >>> import explorer as ex
@@ -30,6 +32,10 @@ from .probe import ProbeResult, probe
 from .recipe import Recipe, replay
 from .text import Texts, load_texts
 from .variant import NewLayer, Variant
+from .capability import capability
+from .gguf_export import export_gguf
+from .profiles import compare_models
+from .tasks import evaluate_tasks
 
 __version__ = "0.1.0"
 
@@ -37,4 +43,5 @@ __all__ = [
     "ExplorerError", "LayerError", "ModelLoadError", "TextError", "PPLResult", "generate",
     "perplexity", "export", "heal", "HealResult", "LoadedModel", "load_model", "ProbeResult",
     "probe", "Recipe", "replay", "Texts", "load_texts", "NewLayer", "Variant", "__version__",
+    "capability", "export_gguf", "compare_models", "evaluate_tasks",
 ]
