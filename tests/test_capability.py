@@ -55,3 +55,18 @@ def test_real_model_cloze_and_a_broken_variant(smol, wiki):
     assert d.next_token_top1 > 0.3 and c.next_token_top1 < d.next_token_top1 - 0.05
     assert c.cloze_accuracy <= d.cloze_accuracy and c.num_layers == 29
     assert set(r.to_dict()) == {"source", "protocol", "dense", "compressed"}
+
+
+def test_cli_capability(tiny_factory, sample_text, tmp_path, capsys):
+    import json
+
+    from explorer import cli
+
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    assert cli.main(["eval", "--model", str(tiny_factory("llama", num_layers=4)), "--text",
+                     str(text), "--seqlen", "64", "--max-tokens", "256", "--drop", "1",
+                     "--capability", "--json"]) == 0
+    cap = json.loads(capsys.readouterr().out)["capability"]
+    assert cap["dense"]["num_layers"] == 4 and cap["compressed"]["num_layers"] == 3
+    assert 0 <= cap["compressed"]["next_token_top1"] <= 1 and cap["dense"]["cloze_items"] > 0
