@@ -33,8 +33,31 @@ N = 31                     # SmolLM2: 30 layers, 31 boundaries
 ASSETS = ROOT / "assets"
 
 
+SCREENSHOTS = os.environ.get("LAYER_EXPLORER_SCREENSHOTS") == "1"
+
+
 @pytest.fixture(scope="module")
-def page(app_url):
+def walk(live_app, tmp_path_factory):
+    """The app the walk uses: the session's small one, or, for the README's screenshots, one
+    with the app's own default sizes (minutes: real perplexities, a real healing)."""
+    if not SCREENSHOTS:
+        yield live_app
+        return
+    from app_server import LiveApp
+
+    from explorer import ui
+    from explorer.ui.settings import UISettings
+
+    settings = UISettings(output_dir=tmp_path_factory.mktemp("walk") / "exports")
+    demo = ui.launch(settings, server_name="127.0.0.1", server_port=None,
+                     prevent_thread_lock=True, quiet=True)
+    yield LiveApp(url=demo.local_url, settings=settings, demo=demo)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(walk):
+    app_url = walk.url
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pg = browser.new_page(viewport=VIEW, accept_downloads=True)
@@ -56,7 +79,7 @@ def shot(pg, name: str, full: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     pg.screenshot(path=str(path), full_page=full)
-    if os.environ.get("LAYER_EXPLORER_SCREENSHOTS") == "1":
+    if SCREENSHOTS:
         ASSETS.mkdir(exist_ok=True)
         shutil.copyfile(path, ASSETS / f"{name}.png")
 
@@ -111,6 +134,13 @@ def cell_point(pg, plot_id: str, row: int, col: int) -> tuple[float, float]:
 
 def click_cell(pg, plot_id: str, row: int, col: int) -> None:
     pg.mouse.click(*cell_point(pg, plot_id, row, col))
+
+
+def perplexities(pg) -> list[float]:
+    """The figures of the summary's perplexity row: original, variant (, healed)."""
+    row = next(line for line in text(pg, "#lx-summary").splitlines()
+               if line.startswith("perplexity"))
+    return [float(re.match(r"\s*([\d.]+)", cell).group(1)) for cell in row.split("\t")[1:]]
 
 
 def table_rows(pg, elem_id: str) -> list[str]:
@@ -199,6 +229,14 @@ def test_2_analyse_tab(page):
     pg.wait_for_selector("#lx-layer-map .js-plotly-plot", timeout=TIMEOUT)
     labels = [t for t in plot(pg, "lx-layer-map")["data"][0]["text"] if t]
     assert labels == ["0", "5", "10", "15", "20", "25", "30"]
+    # models side by side on relative depth (here the one resident model: nothing to load)
+    pg.get_by_text("Models side by side: where does each model's redundancy live?").click()
+    pg.locator("#lx-models textarea, #lx-models input").fill("smollm2-135m")
+    pg.click("#lx-compare-models")
+    pg.wait_for_selector("#lx-models-plot .js-plotly-plot", timeout=TIMEOUT)
+    curves = plot(pg, "lx-models-plot")["data"]
+    assert len(curves) == 1 and len(curves[0]["x"]) == 30
+    assert curves[0]["x"][0] == 0 and curves[0]["x"][-1] == 1
     shot(pg, "walkthrough-2-analyse")
 
 
@@ -232,13 +270,13 @@ def test_3_plan_by_clicking(page):
     shot(pg, "screenshot", full=False)                     # the README's picture: one screen
 
 
-def test_4_plan_with_a_method(page, live_app, caplog, capfd):
+def test_4_plan_with_a_method(page, walk, caplog, capfd):
     from explorer import session
     from explorer.layer_lists import format_layers
     from explorer.methods import compress
     from explorer.text import load_texts
 
-    pg, s = page, live_app.settings
+    pg, s = page, walk.settings
     pg.locator("#lx-remove input").fill("4")
     pg.click("#lx-method-plan")                        # ShortGPT, the default method
     wait_text(pg, "#lx-plan-status", "Plan from shortgpt", TIMEOUT)
@@ -280,7 +318,7 @@ def test_4_plan_with_a_method(page, live_app, caplog, capfd):
 
 def test_5_stop_and_apply(page):
     pg = page
-    with held() as inside:
+    with held(20) as inside:     # a layer after the plan's first change: the variant runs it
         pg.click("#lx-apply")
         assert inside.wait(60)
         assert selected_tab(pg) == "4 · Compare"                           # [1] where it runs
@@ -298,9 +336,7 @@ def test_5_stop_and_apply(page):
     assert selected_tab(pg) == "4 · Compare"
     wait_text(pg, "#lx-summary", "Protocol", TIMEOUT)
     summary = text(pg, "#lx-summary")
-    m = re.search(r"perplexity\s+([\d.]+)\s+([\d.]+)", summary)
-    assert m, summary
-    before, after = float(m.group(1)), float(m.group(2))
+    before, after = perplexities(pg)
     assert 1.0 < before < after, summary          # removing 2 of 30 layers costs perplexity
     assert "non-overlapping windows" in summary and "512" in summary      # [12] protocol, why
     pg.wait_for_selector(".lx-gens td", timeout=TIMEOUT)
@@ -323,7 +359,44 @@ def test_5_stop_and_apply(page):
     shot(pg, "walkthrough-5-compare")
 
 
-def test_6_export(page):
+def test_6_heal_and_check(page, walk):
+    """After Apply: heal (closed form, small), the healed figure next to the others, checked
+    against healing and measuring directly; the history's healed point and a healed generations
+    column."""
+    from explorer import perplexity, session
+    from explorer.heal import heal
+    from explorer.recipe import replay
+    from explorer.text import load_texts
+    from explorer.ui.state import plan_from_text
+
+    pg, s = page, walk.settings
+    # small fits for the test; the declared defaults for the screenshots
+    small = {} if SCREENSHOTS else {"seqlen": "32", "windows": "8", "held_out": "2"}
+    for name, value in small.items():
+        pg.locator(f"#lx-heal-closed-form-{name} input").fill(value)
+    pg.click("#lx-heal")
+    wait_text(pg, "#lx-heal-line", "Healed", TIMEOUT)
+    wait_text(pg, "#lx-summary", "healed (closed-form)", TIMEOUT)
+    original, variant, healed = perplexities(pg)
+    lm = session.current_model()
+    wiki = load_texts("wiki")
+    base = replay(lm, plan_from_text(30, "12", "14-15").ops)
+    direct = heal(base, "closed-form", calibration=wiki.calibration, calibration_source="wiki",
+                  **{k: int(v) for k, v in small.items()})       # the same fit, done directly
+    expect = perplexity(lm, wiki.evaluation, variant=direct.variant, seqlen=s.ppl_seqlen,
+                        max_tokens=s.ppl_max_tokens)
+    assert healed == pytest.approx(expect.ppl, abs=0.006)
+    assert original < variant and healed != variant
+    hist = plot(pg, "lx-history-plot")
+    stars = [t for t in hist["data"] if t.get("name") == "healed"]
+    assert stars and stars[0]["x"] == [2]
+    pg.wait_for_function("() => document.querySelectorAll('.lx-gens th').length === 4",
+                         timeout=TIMEOUT)
+    assert pg.locator(".lx-gens th").nth(3).inner_text() == "healed"
+    shot(pg, "walkthrough-6-heal")
+
+
+def test_7_export(page):
     pg = page
     tab(pg, "5 · Export")
     pg.wait_for_selector("#lx-recipe:not([disabled])", timeout=QUICK)
@@ -335,11 +408,11 @@ def test_6_export(page):
     with pg.expect_download(timeout=QUICK) as download:                  # [14] one click
         pg.click("#lx-recipe")
     recipe = json.loads(open(download.value.path(), encoding="utf-8").read())
-    assert [op["op"] for op in recipe["ops"]] == ["merge", "drop"]
-    shot(pg, "walkthrough-6-export")
+    assert [op["op"] for op in recipe["ops"]] == ["merge", "drop", "heal"]   # the healed one
+    shot(pg, "walkthrough-7-export")
 
 
-def test_7_learn(page):
+def test_8_learn(page):
     pg = page
     tab(pg, "6 · Learn")
     pg.locator("#lx-learn").get_by_text("How to read the heatmaps").wait_for(timeout=QUICK)
@@ -348,4 +421,4 @@ def test_7_learn(page):
     headings = pg.locator("#lx-learn h3").all_inner_texts()
     assert any(h.startswith("Mean token cosine") for h in headings)        # [15] titles, not ids
     assert "bi" not in headings and "cka" not in headings
-    shot(pg, "walkthrough-7-learn")
+    shot(pg, "walkthrough-8-learn")

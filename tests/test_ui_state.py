@@ -93,19 +93,19 @@ def test_caches_are_bounded_computed_once_and_dropped_with_the_model():
         gate.wait(10)
         return len(calls)
 
-    threads = [threading.Thread(target=reg.cached, args=(reg.baselines, "k", slow))
+    threads = [threading.Thread(target=reg.cached, args=(reg.probes, "k", slow))
                for _ in range(4)]
     for t in threads:
         t.start()
     gate.set()
     for t in threads:
         t.join(10)
-    assert calls == [1] and reg.baselines["k"] == 1          # four askers, one computation
-    for k in range(reg.baselines.size + 3):
-        reg.cached(reg.baselines, ("model", k), lambda k=k: k)
-    assert len(reg.baselines) == reg.baselines.size            # bounded
+    assert calls == [1] and reg.probes["k"] == 1             # four askers, one computation
+    for k in range(reg.probes.size + 3):
+        reg.cached(reg.probes, ("model", k), lambda k=k: k)
+    assert len(reg.probes) == reg.probes.size                  # bounded
     session.release_model()                                    # the model goes: so do its caches
-    assert len(reg.baselines) == 0
+    assert len(reg.probes) == 0
 
 
 def test_stop_flags_are_per_session_and_cleared_by_the_next_job():

@@ -5,8 +5,10 @@ from dataclasses import replace
 
 import gradio as gr
 
+from ..embedded import EMBEDDED
 from ..measure import MEASURES
-from . import analysis, stop
+from ..profiles import parse_models
+from . import analysis, jobs, plots, stop
 from .clickplot import ClickPlot
 from .common import AnalyseParts, Ctx, log, user_errors
 from .learn_tab import CONVENTION, measure_help
@@ -92,10 +94,26 @@ def build(ctx: Ctx) -> AnalyseParts:
             token_layers = gr.Dropdown([], multiselect=True, label="Boundaries (up to 4)")
             token_method = gr.Radio(TOKEN_METHODS, value="pca", label="Embedding")
             token_btn = gr.Button("Embed tokens")
+    with gr.Accordion("Models side by side: where does each model's redundancy live?",
+                      open=False):
+        others = [name for name in EMBEDDED if name != s.default_model]
+        with gr.Row(equal_height=True):
+            models = gr.Textbox(", ".join([s.default_model] + others[:1]),
+                                label="Models (comma-separated: embedded names, hub ids, folders)",
+                                elem_id="lx-models", scale=3)
+            models_btn = gr.Button("Compare models", elem_id="lx-compare-models", scale=1)
+        models_line = gr.Markdown(
+            "Each model is probed on the same text and drawn on relative depth (0 = first layer, "
+            "1 = last) with the measure chosen above. The server holds one model at a time: it "
+            "loads each in turn and yours again at the end; profiles are kept, so asking again "
+            "is instant.", elem_id="lx-models-line", elem_classes=["lx-step"])
+        models_plot = gr.Plot(label="Profiles on relative depth", elem_id="lx-models-plot")
     return AnalyseParts(seqlen=seqlen, samples=samples, run_btn=run_btn, status=status, heat=heat,
                         measure=measure, measure_help=help_md, profiles=profiles,
                         layer_map=layer_map, map_method=map_method, tokens=tokens,
-                        token_layers=token_layers, token_method=token_method, token_btn=token_btn)
+                        token_layers=token_layers, token_method=token_method, token_btn=token_btn,
+                        models=models, models_btn=models_btn, models_line=models_line,
+                        models_plot=models_plot)
 
 
 def wire(ctx: Ctx) -> None:
@@ -121,5 +139,19 @@ def wire(ctx: Ctx) -> None:
                      [ctx.state] + heats + [a.layer_map, a.measure_help], api_name="show_measure",
                      show_progress_on=[a.heat])
     a.map_method.change(remap, [ctx.state, a.map_method], [a.layer_map], api_name="layer_map")
+    @user_errors
+    def compare_models(state: Session, models: str, measure: str, request: gr.Request,
+                       progress=gr.Progress()):
+        """Profiles of several models; the session's own model is loaded last, so it stays."""
+        specs = parse_models(models)
+        if state.model in specs:
+            specs = [m for m in specs if m != state.model] + [state.model]
+        out = jobs.profiles_job(specs, measure, state.text if not state.text.startswith("user:")
+                                else "wiki", s.probe_seqlen, s.probe_samples,
+                                stop.watch(progress, request))
+        return plots.profiles_overlay(out["profiles"], out["measure"], out["higher_is_similar"])
+
+    ctx.long_step(a.models_btn.click, compare_models, [ctx.state, a.models, a.measure],
+                  [a.models_plot], api_name="compare_models", show_progress_on=[a.models_line])
     ctx.long_step(a.token_btn.click, token_cloud, [ctx.state, a.token_layers, a.token_method],
                   [a.tokens], api_name="token_cloud")

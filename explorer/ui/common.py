@@ -10,6 +10,7 @@ to its button (`show_progress_on`), so one bar runs per step and an error marks 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -54,6 +55,10 @@ class AnalyseParts:
     token_layers: gr.Dropdown
     token_method: gr.Radio
     token_btn: gr.Button
+    models: gr.Textbox           # models side by side: specs, comma-separated
+    models_btn: gr.Button
+    models_line: gr.Markdown
+    models_plot: gr.Plot
 
 
 @dataclass
@@ -80,11 +85,38 @@ class PlanParts:
 
 
 @dataclass
+class HealParts:
+    mode: gr.Dropdown
+    param_groups: dict[str, gr.Group]                      # mode -> its controls' group
+    param_controls: list[tuple[str, Any, gr.Component]]    # (mode, Param, control), all modes
+    budget: gr.Group             # steps and seconds, shown for the modes that train
+    steps: gr.Component
+    seconds: gr.Component
+    heal_btn: gr.Button
+    line: gr.Markdown            # the healing's step line
+    curve: gr.Plot               # loss and held-out perplexity as training goes
+
+
+@dataclass
+class ChecksParts:
+    capability_btn: gr.Button
+    capability_line: gr.Markdown
+    capability: gr.Markdown
+    tasks: gr.Textbox            # lm-eval task names or local task files
+    limit: gr.Number
+    tasks_btn: gr.Button
+    tasks_line: gr.Markdown
+    task_scores: gr.Markdown
+
+
+@dataclass
 class CompareParts:
     summary: gr.Markdown         # Apply's step line and its result
     details: gr.JSON
+    heal: HealParts
     gens_line: gr.Markdown       # the generations' step line
     gens: gr.HTML
+    checks: ChecksParts
     hist_plot: gr.Plot
     hist: gr.Dataframe
     clear_btn: gr.Button
@@ -142,26 +174,43 @@ class Ctx:
         return event
 
 
+def _shown(exc: Exception, where: str) -> gr.Error:
+    """The gr.Error the page shows for `exc` (logged as one line for bad input, with its traceback
+    for a bug)."""
+    if isinstance(exc, ExplorerError):
+        log.warning("refused in %s: %s", where, one_line(exc))
+        return gr.Error(str(exc), print_exception=False)
+    log.exception("unexpected error in %s", where)
+    return gr.Error(f"unexpected error ({type(exc).__name__}): {one_line(exc)}",
+                    print_exception=False)
+
+
 def user_errors(fn: Callable) -> Callable:
     """Show input problems as a visible error (gr.Error) and keep the app running.
 
     An ExplorerError's message is shown as it is and logged as one line (no traceback: it is the
     user's input, not a bug); anything else is logged with its traceback and shown as one line,
-    marked as unexpected.
+    marked as unexpected. Works for generator handlers (streamed updates) too.
     """
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise _shown(exc, fn.__name__) from None
+        return stream
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except ExplorerError as exc:
-            log.warning("refused in %s: %s", fn.__name__, one_line(exc))
-            raise gr.Error(str(exc), print_exception=False) from None
-        except Exception as exc:  # a bug: keep serving, say what happened
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"unexpected error ({type(exc).__name__}): {one_line(exc)}",
-                           print_exception=False) from None
+        except Exception as exc:
+            raise _shown(exc, fn.__name__) from None
     return wrapper
 
 

@@ -1,8 +1,10 @@
 """Tab 4, Compare: apply the plan and compare with the original model: perplexity (with its
-protocol), parameters, greedy generations side by side, and the session's history of variants.
+protocol and band), parameters, a Heal step, greedy generations side by side, more checks, and the
+session's history of variants (perplexity against layers removed, healed and not).
 
 Apply switches to this tab at once and shows its progress on the summary line; the generations
-follow the figures, with their own line.
+follow the figures, with their own line. The original model's figure is computed once per model
+and text (`explorer.evaluate`'s dense cache), so each later Apply measures the variant only.
 """
 
 import html
@@ -11,39 +13,40 @@ from dataclasses import replace
 import gradio as gr
 
 from ..errors import ExplorerError
-from . import jobs, plots, stop
+from ..evaluate import PPLResult, nll_band
+from . import checks_panel, heal_panel, jobs, plots, stop
 from .common import CompareParts, Ctx, need_model, user_errors
 from .registry import REGISTRY
 from .state import Session, Tried
 
 HISTORY_HEADERS = ["#", "change", "layers", "parameters", "ppl before", "ppl after"]
 WAITING = "Apply a plan (Plan tab) to compare it with the original model."
-GENS_TITLE = ("#### Greedy generations ({n} new tokens per prompt)\nAfter the figures, the original "
-              "model and the variant continue each prompt (no sampling): perplexity alone can "
-              "hide what removing layers changes.")
+GENS_TITLE = ("#### Greedy generations ({n} new tokens per prompt)\nAfter the figures, each "
+              "model continues each prompt (no sampling): perplexity alone can hide what "
+              "removing layers changes.")
 
 
-def baseline(settings, state: Session, progress=None):
-    """Perplexity of the unmodified model (computed once per model, text and protocol)."""
-    key = (state.model, state.text, settings.ppl_seqlen, settings.ppl_max_tokens)
-    return REGISTRY.baseline(key, lambda: jobs.ppl_job(
-        state.model, state.text, [], settings.ppl_seqlen, settings.ppl_max_tokens, progress))
+def band(r: PPLResult) -> tuple[float, float] | None:
+    """95% band of the figure over the text's windows (None for fewer than two windows)."""
+    if len(r.window_nll) < 2:
+        return None
+    return nll_band(r.window_nll, len(r.window_nll), finite=False)
 
 
-def apply_plan(settings, state: Session, progress=None) -> tuple[Session, dict]:
-    """Measure the session's plan against the original model; returns (state, result)."""
-    need_model(state)
-    plan = state.plan
-    if not plan.ops:
-        raise ExplorerError("the plan is empty: pick layers to drop or merge in the Plan tab")
+def measure(settings, state: Session, ops: list[dict], healed: str = "",
+            progress=None) -> tuple[Session, dict]:
+    """Perplexity of the variant of `ops` next to the original's; the state records it in its
+    history. Returns (state, the JSON result)."""
     lm = REGISTRY.model_for(state, jobs.callback(progress))
-    before = baseline(settings, state, progress)
-    after = jobs.ppl_job(state.model, state.text, plan.ops, settings.ppl_seqlen,
+    before = jobs.ppl_job(state.model, state.text, [], settings.ppl_seqlen,
+                          settings.ppl_max_tokens, progress)
+    after = jobs.ppl_job(state.model, state.text, ops, settings.ppl_seqlen,
                          settings.ppl_max_tokens, progress)
-    variant = REGISTRY.variant(lm, plan.ops)
+    variant = REGISTRY.variant(lm, ops)
+    plan = state.plan
     result = {
         "model": state.model, "method": plan.method, "params": plan.params,
-        "change": variant.describe(), "ops": plan.ops,
+        "change": variant.describe(), "ops": ops, "healed": healed,
         "layers_before": lm.num_layers, "layers_after": variant.num_layers,
         "removed": lm.num_layers - variant.num_layers,
         "removed_layers": plan.removed, "merged_layers": plan.merged,
@@ -51,62 +54,97 @@ def apply_plan(settings, state: Session, progress=None) -> tuple[Session, dict]:
         "ppl_before": before.ppl, "ppl_after": after.ppl, "protocol": after.protocol(),
         "seqlen": after.seqlen, "ppl_seconds": round(after.seconds, 2),
     }
-    return state.tried(tried_entry(result, plan.removed if plan.manual and not plan.merged
-                                   else ())), result
+    entry = Tried(method=plan.method, change=result["change"], layers_after=variant.num_layers,
+                  removed=result["removed"], params_after=result["params_after"],
+                  ppl_before=before.ppl, ppl_after=after.ppl, ops=ops, params=plan.params,
+                  protocol=result["protocol"], healed=healed, band_before=band(before),
+                  band_after=band(after))
+    return state.tried(entry), result
 
 
-def tried_entry(result: dict, drops=()) -> Tried:
-    return Tried(method=result["method"], change=result["change"],
-                 layers_after=result["layers_after"], removed=result["removed"],
-                 params_after=result["params_after"], ppl_before=result["ppl_before"],
-                 ppl_after=result["ppl_after"], ops=result["ops"], params=result["params"],
-                 protocol=result["protocol"], drops=tuple(drops))
+def apply_plan(settings, state: Session, progress=None) -> tuple[Session, dict]:
+    """Measure the session's plan against the original model; returns (state, result)."""
+    need_model(state)
+    if not state.plan.ops:
+        raise ExplorerError("the plan is empty: pick layers to drop or merge in the Plan tab")
+    return measure(settings, state, state.plan.ops, progress=progress)
 
 
-def summary_markdown(r: dict) -> str:
-    ratio = r["ppl_after"] / r["ppl_before"]
-    pct = 100.0 * (1 - r["params_after"] / r["params_before"])
-    return (f"### {r['change']}\n\n"
-            f"| | original | variant |\n|---|---|---|\n"
-            f"| perplexity | **{r['ppl_before']:.2f}** | **{r['ppl_after']:.2f}** (×{ratio:.2f}) |\n"
-            f"| layers | {r['layers_before']} | {r['layers_after']} |\n"
-            f"| parameters | {r['params_before']:,} | {r['params_after']:,} (−{pct:.1f}%) |\n\n"
-            f"*Protocol:* {r['protocol']}. Method: {r['method']}. Perplexity depends on the "
-            f"window: these {r['seqlen']}-token windows keep the app quick; the command line's "
-            f"default of 512 gives each token more context and so a lower figure (the README's "
-            f"numbers use 512).")
+def measure_healed(settings, state: Session, progress=None) -> Session:
+    """After healing: the healed variant's figure, and the unhealed one's if not measured yet."""
+    if latest(state, state.plan.ops) is None:
+        state, _ = apply_plan(settings, state, progress)
+    state, _ = measure(settings, state, state.heal.ops, state.heal.mode, progress)
+    return state
+
+
+def latest(state: Session, ops: list[dict]) -> Tried | None:
+    return next((h for h in reversed(state.history) if h.ops == ops), None)
+
+
+def _ppl(x: float, b: tuple[float, float] | None) -> str:
+    return f"**{x:.2f}**" + (f" <small>({b[0]:.1f}–{b[1]:.1f})</small>" if b else "")
+
+
+def summary_markdown(state: Session, num_layers: int, num_parameters: int) -> str:
+    """The original, the variant and (once healed) the healed variant side by side."""
+    v = latest(state, state.plan.ops)
+    if v is None:
+        return WAITING
+    cols = [("variant", v)]
+    if state.heal is not None and latest(state, state.heal.ops) is not None:
+        cols.append((f"healed ({state.heal.mode})", latest(state, state.heal.ops)))
+    head = "| | original | " + " | ".join(name for name, _ in cols) + " |"
+    rule = "|---" * (len(cols) + 2) + "|"
+    ppl = f"| perplexity | {_ppl(v.ppl_before, v.band_before)} | " + " | ".join(
+        f"{_ppl(t.ppl_after, t.band_after)} (×{t.ppl_after / v.ppl_before:.2f})"
+        for _, t in cols) + " |"
+    layers = f"| layers | {num_layers} | " + " | ".join(str(t.layers_after) for _, t in cols) + " |"
+    params = f"| parameters | {num_parameters:,} | " + " | ".join(
+        f"{t.params_after:,} (−{100 * (1 - t.params_after / num_parameters):.1f}%)"
+        for _, t in cols) + " |"
+    return (f"### {v.change}\n\n{head}\n{rule}\n{ppl}\n{layers}\n{params}\n\n"
+            f"*Protocol:* {v.protocol}; in brackets the 95% band over the windows. Method: "
+            f"{v.method}. Perplexity depends on the window: the app's short windows keep it "
+            f"quick; the command line's default of 512 tokens gives each token more context and "
+            f"so a lower figure (the README's numbers use 512).")
 
 
 def history_rows(history: tuple[Tried, ...]) -> list[list]:
-    return [[n + 1, h.change, h.layers_after, f"{h.params_after:,}", round(h.ppl_before, 2),
-             round(h.ppl_after, 2)] for n, h in enumerate(history)]
+    return [[n + 1, h.change, h.layers_after,
+             f"{h.params_after:,}", round(h.ppl_before, 2), round(h.ppl_after, 2)]
+            for n, h in enumerate(history)]
 
 
-def generations(settings, state: Session, progress=None) -> list[list[str]]:
-    """Greedy continuations of the prompts by the original model and by the variant."""
+def generations(settings, state: Session, progress=None) -> list[tuple[str, list[str]]]:
+    """Greedy continuations of the prompts: (column name, texts) for the original model, the
+    variant and, once healed, the healed variant."""
     need_model(state)
     if settings.gen_tokens <= 0:
         return []
     prompts = list(settings.prompts)
-    if progress is not None:
-        progress(0.0, desc=f"generating {settings.gen_tokens} tokens for {len(prompts)} prompts "
-                           "with the original model")
-    orig = jobs.generate_job(state.model, [], prompts, settings.gen_tokens)
-    if progress is not None:
-        progress(0.5, desc="…and with the variant")
-    new = jobs.generate_job(state.model, state.plan.ops, prompts, settings.gen_tokens)
-    return [[p, a, b] for p, a, b in zip(prompts, orig, new)]
+    models = [("original", []), ("variant", state.plan.ops)] + \
+        ([("healed", state.heal.ops)] if state.heal else [])
+    out = [("prompt", prompts)]
+    for k, (name, ops) in enumerate(models):
+        if progress is not None:
+            progress(k / len(models), desc=f"generating {settings.gen_tokens} tokens for "
+                                           f"{len(prompts)} prompts: {name} model")
+        out.append((name, jobs.generate_job(state.model, ops, prompts, settings.gen_tokens)))
+    return out
 
 
-def generations_html(rows: list[list[str]]) -> str:
+def generations_html(columns: list[tuple[str, list[str]]]) -> str:
     """Side-by-side generations in a table as wide as the page (long text wraps)."""
-    if not rows:
+    if not columns:
         return ""
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>" for row in rows)
-    return ('<table class="lx-gens"><colgroup><col style="width:20%"><col style="width:40%">'
-            '<col style="width:40%"></colgroup><thead><tr><th>prompt</th><th>original</th>'
-            f'<th>variant</th></tr></thead><tbody>{cells}</tbody></table>')
+    widths = [20] + [80 // (len(columns) - 1)] * (len(columns) - 1)
+    cols = "".join(f'<col style="width:{w}%">' for w in widths)
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in columns)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(texts[i])}</td>" for _, texts in columns)
+                   + "</tr>" for i in range(len(columns[0][1])))
+    return (f'<table class="lx-gens"><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
 
 
 def build(ctx: Ctx) -> CompareParts:
@@ -114,25 +152,34 @@ def build(ctx: Ctx) -> CompareParts:
     summary = gr.Markdown(WAITING, elem_id="lx-summary", elem_classes=["lx-step"])
     with gr.Accordion("Details (JSON)", open=False):
         details = gr.JSON(label="result")
+    heal = heal_panel.build(ctx)
     gens_line = gr.Markdown(GENS_TITLE.format(n=s.gen_tokens), elem_id="lx-gens-line",
                             elem_classes=["lx-step"])
     gens = gr.HTML("", elem_id="lx-gens")
+    checks = checks_panel.build(ctx)
     hist_plot = gr.Plot(label="Perplexity against layers removed", elem_id="lx-history-plot")
     hist = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Variants tried in this session",
                         interactive=False, wrap=True, elem_id="lx-history")
     clear_btn = gr.Button("Clear history")
-    return CompareParts(summary=summary, details=details, gens_line=gens_line, gens=gens,
-                        hist_plot=hist_plot, hist=hist, clear_btn=clear_btn)
+    return CompareParts(summary=summary, details=details, heal=heal, gens_line=gens_line,
+                        gens=gens, checks=checks, hist_plot=hist_plot, hist=hist,
+                        clear_btn=clear_btn)
 
 
 def wire(ctx: Ctx) -> None:
     c, s = ctx.compare, ctx.settings
 
+    def views(state: Session) -> tuple:
+        """summary, history table, history plot."""
+        lm = REGISTRY.model_for(state)
+        return (summary_markdown(state, lm.num_layers, lm.num_parameters),
+                history_rows(state.history), plots.history(state.history))
+
     @user_errors
     def apply(state: Session, request: gr.Request, progress=gr.Progress()):
         state, result = apply_plan(s, state, stop.watch(progress, request))
-        return (state, summary_markdown(result), result, history_rows(state.history),
-                plots.history(state.history))
+        summary, rows, fig = views(state)
+        return state, summary, result, rows, fig
 
     @user_errors
     def generate(state: Session, request: gr.Request, progress=gr.Progress()):
@@ -152,5 +199,10 @@ def wire(ctx: Ctx) -> None:
                             api_name="apply", show_progress_on=[c.summary], last=False)
     ctx.long_step(applied.success, generate, [ctx.state], [c.gens], api_name="generate",
                   show_progress_on=[c.gens_line], continues=True)
+    healed = heal_panel.wire(ctx, lambda st, report: measure_healed(s, st, report), views,
+                             [c.summary, c.hist, c.hist_plot])
+    ctx.long_step(healed.success, generate, [ctx.state], [c.gens], api_name=False,
+                  show_progress_on=[c.gens_line], continues=True)
+    checks_panel.wire(ctx)
     c.clear_btn.click(clear, [ctx.state], [ctx.state, c.hist, c.hist_plot],
                       api_name="clear_history")

@@ -37,17 +37,17 @@ def hub_token() -> str | None:
 
 def _variant_and_recipe(state: Session):
     need_model(state)
-    plan = state.plan
+    plan, ops = state.plan, state.ops()
     lm = REGISTRY.model_for(state)
-    variant = REGISTRY.variant(lm, plan.ops)
+    variant = REGISTRY.variant(lm, ops)
     results = {}
     for h in reversed(state.history):
-        if h.ops == plan.ops:
+        if h.ops == ops:
             results = {"ppl_before": h.ppl_before, "ppl_after": h.ppl_after,
                        "protocol": h.protocol}
             break
     recipe = Recipe.of(variant, method=plan.method, params=plan.params, results=results)
-    recipe.ops = [dict(op) for op in plan.ops]  # the ops exactly as planned
+    recipe.ops = [dict(op) for op in ops]  # the ops exactly as planned (and healed)
     return variant, recipe
 
 
@@ -61,6 +61,8 @@ def default_name(state: Session) -> str:
         tag += "-drop" + format_layers(plan.removed).replace(",", "_")
     if plan.merged:
         tag += "-merge" + "_".join(format_layers(g) for g in plan.merged)
+    if state.heal:
+        tag += "-healed"
     return f"{base}-{tag}" if plan.ops else f"{base}-original"
 
 
@@ -85,6 +87,11 @@ def command_line(settings, state: Session, name: str) -> str:
     sizes = ("--seqlen", str(settings.ppl_seqlen), "--max-tokens", str(settings.ppl_max_tokens))
     if not plan.ops:
         return _command("python -m explorer eval", "--model", model, "--text", text, *sizes)
+    if state.heal:
+        return (f"# healed ({state.heal.mode}): Download recipe saves recipe.json; replaying it "
+                "heals again, then:\n" +
+                _command("python -m explorer export", "--model", model, "--recipe",
+                         "recipe.json", "--out", out))
     if plan.manual and all(op.get("op") == "drop" for op in plan.ops):
         drop = format_layers(plan.removed)
         return (_command("python -m explorer eval", "--model", model, "--text", text,
@@ -158,8 +165,8 @@ def push(state: Session, repo_id: str, private: bool) -> str:
 
 def build(ctx: Ctx) -> ExportParts:
     s = ctx.settings
-    gr.Markdown(f"Exports the **current plan** of the Plan tab. Model folders are written under "
-                f"`{Path(s.output_dir).resolve()}`.")
+    gr.Markdown(f"Exports the **current plan** of the Plan tab (healed, when you healed it on "
+                f"Compare). Model folders are written under `{Path(s.output_dir).resolve()}`.")
     with gr.Row():
         with gr.Column():
             recipe = gr.DownloadButton("Download recipe (JSON)", value=None, interactive=False,

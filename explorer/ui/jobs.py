@@ -15,7 +15,11 @@ import numpy as np
 import torch
 
 from .. import measure, methods
+from ..capability import capability
 from ..evaluate import PPLResult, generate, perplexity
+from ..heal import heal
+from ..profiles import compare_models
+from ..tasks import evaluate_tasks
 from ..probe import ProbeResult, probe
 from .gpu import ZERO_GPU, gpu
 from .registry import REGISTRY, ProbeEntry
@@ -122,3 +126,49 @@ def compress_job(spec: str, text_key: str, method: str, remove: int | None, rati
             "merged": [[int(i) for i in g] for g in (plan.merged or [])],
             "scores": _plain(plan.scores), "notes": _plain(plan.notes),
             "layers_after": int(plan.variant.num_layers)}
+
+
+@gpu(duration=600)
+def heal_job(spec: str, text_key: str, ops: list[dict], mode: str, steps: int | None,
+             seconds: float | None, params: dict, progress: Any = None) -> dict:
+    """Heal the variant of `ops` on the session's calibration text; returns the healed variant's
+    ops (`ops` plus the heal op) and the result's figures (`HealResult.to_dict()`)."""
+    cb = callback(progress)
+    lm = REGISTRY.ensure_model(spec, cb)
+    texts = REGISTRY.get_texts(text_key)
+    builtin = texts.source if text_key == texts.source else None
+    r = heal(REGISTRY.variant(lm, ops), mode, calibration=texts.calibration,
+             calibration_source=builtin, steps=steps, seconds=seconds, progress=cb, **params)
+    new_ops = [dict(op) for op in ops] + [dict(r.variant.steps[-1])]
+    if not ZERO_GPU:  # same process: keep the healed variant, whose replay would train again
+        REGISTRY.remember_variant(r.variant, new_ops)
+    return {"ops": _plain(new_ops), "result": _plain(r.to_dict())}
+
+
+@gpu(duration=300)
+def capability_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_tokens: int,
+                   progress: Any = None) -> dict:
+    """Next-token and cloze accuracy of the original model and of the variant of `ops`."""
+    cb = callback(progress)
+    lm = REGISTRY.ensure_model(spec, cb)
+    texts = REGISTRY.get_texts(text_key)
+    report = capability(lm, texts.evaluation, variant=REGISTRY.variant(lm, ops), seqlen=seqlen,
+                        max_tokens=max_tokens, source=texts.source, progress=cb)
+    return report.to_dict()
+
+
+@gpu(duration=600)
+def tasks_job(spec: str, ops: list[dict], tasks: str, limit: int | None,
+              progress: Any = None) -> dict:
+    """lm-eval accuracy of the original model and of the variant of `ops`."""
+    cb = callback(progress)
+    lm = REGISTRY.ensure_model(spec, cb)
+    return evaluate_tasks(lm, tasks, variant=REGISTRY.variant(lm, ops), limit=limit,
+                          progress=cb).to_dict()
+
+
+def profiles_job(models: list[str], measure: str, text: str, seqlen: int, samples: int,
+                 progress: Any = None) -> dict:
+    """Adjacent-layer profiles of several models on relative depth (each loaded in turn)."""
+    return compare_models(models, measure=measure, text=text, seqlen=seqlen, samples=samples,
+                          progress=callback(progress)).to_dict()

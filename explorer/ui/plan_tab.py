@@ -65,7 +65,7 @@ def views(state: Session):
 def update_plan(state: Session, drops: str, merges: str, rule: str):
     """Build a manual plan from the typed layers (original numbering)."""
     need_model(state)
-    return views(replace(state, plan=plan_from_text(state.num_layers, drops, merges, rule)))
+    return views(state.with_plan(plan_from_text(state.num_layers, drops, merges, rule)))
 
 
 @user_errors
@@ -82,7 +82,7 @@ def on_cell(state: Session, drops: str, merges: str, action: str, rule: str,
     plan = plan_from_text(state.num_layers, drops, merges, rule)
     added = (set(range(a, b)) <= set(plan.removed)) if action == "drop" else \
         list(range(a, b)) in plan.merged
-    state = replace(state, plan=plan)
+    state = state.with_plan(plan)
     if state.analysis is not None:   # the dotted "last click" box only marks a block just added
         state = replace(state, analysis=replace(state.analysis,
                                                 selected=(a, b) if added else None))
@@ -91,7 +91,7 @@ def on_cell(state: Session, drops: str, merges: str, action: str, rule: str,
 
 @user_errors
 def clear_plan(state: Session):
-    state = replace(state, plan=Plan())
+    state = state.with_plan(Plan())
     if state.analysis is not None:
         state = replace(state, analysis=replace(state.analysis, selected=None))
     return views(state)
@@ -122,7 +122,7 @@ def ask_method(settings, state: Session, method: str, remove: int, ratio: float,
                 layers_after=out["layers_after"], request=size,
                 calib=(settings.method_seqlen, settings.method_samples),
                 notes=notes if isinstance(notes, str) else (json.dumps(notes) if notes else ""))
-    state = replace(state, plan=plan)
+    state = state.with_plan(plan)
     if state.analysis is not None:
         state = replace(state, analysis=replace(state.analysis, selected=None))
     return views(state)

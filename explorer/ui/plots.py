@@ -138,12 +138,14 @@ def history(entries: Iterable) -> go.Figure:
 
     A method's plans at several sizes form one line (one curve per method, from the original
     model at 0); manual plans are unrelated picks, so each is its own point, labelled with what
-    it changed. `entries` are `state.Tried` records.
+    it changed; a healed variant is a star joined by a dotted line to the variant it healed.
+    `entries` are `state.Tried` records.
     """
     fig = go.Figure()
     entries = list(entries)
+    plain = [e for e in entries if not e.healed]
     by_method: dict[str, list] = {}
-    for e in entries:
+    for e in plain:
         if e.method != "manual":
             by_method.setdefault(e.method, []).append(e)
     for method, es in by_method.items():
@@ -152,13 +154,28 @@ def history(entries: Iterable) -> go.Figure:
                                  mode="lines+markers", name=method,
                                  hovertemplate="%{x} layers removed: ppl %{y:.2f}<extra>"
                                  + method + "</extra>"))
-    manual = [e for e in entries if e.method == "manual"]
+    manual = [e for e in plain if e.method == "manual"]
     if manual:
         fig.add_trace(go.Scatter(
             x=[e.removed for e in manual], y=[e.ppl_after for e in manual], mode="markers",
             name="manual plans", marker=dict(size=10, symbol="diamond"),
             text=[e.change for e in manual],
             hovertemplate="%{text}<br>%{x} layers removed: ppl %{y:.2f}<extra>manual</extra>"))
+    healed = [e for e in entries if e.healed]
+    if healed:
+        xs, ys = [], []
+        for e in healed:               # from the unhealed variant (when measured) to the healed
+            base = next((b for b in reversed(plain) if b.ops == e.ops[:-1]), None)
+            if base is not None:
+                xs += [e.removed, e.removed, None]
+                ys += [base.ppl_after, e.ppl_after, None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(dash="dot", color="gray"),
+                                 showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(
+            x=[e.removed for e in healed], y=[e.ppl_after for e in healed], mode="markers",
+            name="healed", marker=dict(size=13, symbol="star"),
+            text=[f"{e.change} + heal {e.healed}" for e in healed],
+            hovertemplate="%{text}<br>%{x} layers removed: ppl %{y:.2f}<extra>healed</extra>"))
     if entries:
         fig.add_trace(go.Scatter(x=[0], y=[entries[-1].ppl_before], mode="markers",
                                  name="original", marker=dict(size=10, color="black"),
@@ -169,4 +186,44 @@ def history(entries: Iterable) -> go.Figure:
                                                  tick0=0, dtick=max(1, round(top / 10)),
                                                  range=[-0.5, top + 0.5]),
                       yaxis_title="perplexity (log scale)", yaxis_type="log")
+    return fig
+
+
+def heal_curve(points: list[tuple[int, float, float | None]], live: bool = False) -> go.Figure:
+    """Training loss and held-out perplexity against optimiser steps (one point per step)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if points:
+        steps = [p[0] for p in points]
+        fig.add_trace(go.Scatter(x=steps, y=[p[1] for p in points], mode="lines", name="loss",
+                                 hovertemplate="step %{x}: loss %{y:.4g}<extra></extra>"),
+                      secondary_y=False)
+        held = [(p[0], p[2]) for p in points if p[2] is not None]
+        if held:
+            fig.add_trace(go.Scatter(x=[h[0] for h in held], y=[h[1] for h in held],
+                                     mode="lines+markers", name="held-out perplexity",
+                                     hovertemplate="step %{x}: ppl %{y:.4g}<extra></extra>"),
+                          secondary_y=True)
+    title = "Healing (running)" if live else "Healing"
+    if not points:
+        title += ": a closed-form fit has no training curve"
+    fig.update_layout(title=title, height=320, margin=_MARGIN, xaxis_title="optimiser step",
+                      legend=dict(orientation="h", y=-0.3))
+    fig.update_yaxes(title_text="loss", secondary_y=False)
+    fig.update_yaxes(title_text="held-out perplexity", secondary_y=True)
+    return fig
+
+
+def profiles_overlay(profiles: list[dict], measure: str, higher_is_similar: bool) -> go.Figure:
+    """Several models' adjacent-layer profiles on relative depth 0..1 (`explorer.profiles`)."""
+    fig = go.Figure()
+    for p in profiles:
+        fig.add_trace(go.Scatter(
+            x=p["x"], y=p["y"], mode="lines+markers", name=f"{p['model']} ({p['num_layers']})",
+            hovertemplate="depth %{x:.2f}: %{y:.4f}<extra>" + p["model"] + "</extra>"))
+    kind = "similarity" if higher_is_similar else "distance"
+    fig.update_layout(title=f"Models side by side: {measure} between each layer's input and "
+                            f"output", height=400, margin=_MARGIN,
+                      xaxis=dict(title="relative depth (layer i of L at i / (L - 1))",
+                                 range=[-0.02, 1.02]),
+                      yaxis_title=f"{measure} ({kind})", legend=dict(orientation="h", y=-0.25))
     return fig

@@ -2,14 +2,14 @@
 
 The resident model itself lives in `explorer.session` (one per process, for the library, the CLI
 and the app alike); this registry only keeps values computed from it and empties them when that
-model is released (`session.on_release`). Sessions hold only names and keys (see `state.py`);
+model is released (`session.on_release`). The original model's perplexity is cached by
+`explorer.evaluate` itself (the dense cache, shared with the CLI). Sessions hold only names and keys (see `state.py`);
 everything heavy lives here, each cache a small LRU:
 
     texts       built-in sources by name ("wiki", "news", "wikitext2")
     user_texts  users' own texts by a hash of their content                "user:<sha256[:16]>"
     probes      a probe of the calibration text with its adjacent-layer profiles and the similarity
                 matrices asked so far (`ProbeEntry`), by `ProbeKey`
-    baselines   perplexity of the unmodified model, by (model, text, seqlen, max_tokens)
     variants    variants rebuilt from recipe ops, by (model, ops) (a merged layer costs memory)
 
 `cached(...)` computes a missing entry once even when several sessions ask for it at the same
@@ -31,7 +31,6 @@ import numpy as np
 
 from .. import session
 from ..errors import ExplorerError, TextError
-from ..evaluate import PPLResult
 from ..load import LoadedModel, Progress
 from ..probe import ProbeResult
 from ..recipe import replay
@@ -42,7 +41,7 @@ from .state import ProbeKey, Session
 T = TypeVar("T")
 
 # Entries each cache keeps (least recently used go first).
-SIZES = {"texts": 4, "user_texts": 8, "probes": 4, "baselines": 16, "variants": 8}
+SIZES = {"texts": 4, "user_texts": 8, "probes": 4, "variants": 8}
 
 
 @dataclass
@@ -86,7 +85,6 @@ class Registry:
         self.texts = LRU(SIZES["texts"])
         self.user_texts = LRU(SIZES["user_texts"])
         self.probes = LRU(SIZES["probes"])
-        self.baselines = LRU(SIZES["baselines"])
         self.variants = LRU(SIZES["variants"])
         session.on_release(self.clear_model_caches)
 
@@ -101,7 +99,6 @@ class Registry:
         with self._lock:
             self._generation += 1
             self.probes.clear()
-            self.baselines.clear()
             self.variants.clear()
 
     @staticmethod
@@ -153,10 +150,6 @@ class Registry:
         matrix = compute(entry.probe)
         with self._lock:
             return entry.sims.setdefault(measure, matrix)
-
-    def baseline(self, key: tuple, compute: Callable[[], PPLResult]) -> PPLResult:
-        """Perplexity of the unmodified model for `key` = (model, text, seqlen, max_tokens)."""
-        return self.cached(self.baselines, key, compute)
 
     # -- texts ------------------------------------------------------------------------------
     def add_user_text(self, text: str, name: str = "user") -> str:

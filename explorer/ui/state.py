@@ -10,7 +10,9 @@ Every field of a session's state is declared here, and nowhere else:
                            and the last clicked cell; None before the first analysis
       plan: Plan           what Apply measures and Export saves: recipe ops plus, for display,
                            the *original* layers removed or merged
-      history: Tried, ...  the variants applied in this tab (the last HISTORY_LIMIT)
+      healed: Healed       the healing of the current plan's variant (None: not healed, or the
+                           plan changed since); its ops are the plan's plus one "heal" op
+      history: Tried, ...  the variants applied or healed in this tab (the last HISTORY_LIMIT)
       exports, exported    folders this tab saved (Overwrite may replace only these), the last one
 
 The heavy values (probes, matrices, perplexities, variants) live in the process's caches
@@ -81,6 +83,21 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Healed:
+    """A healed variant of a plan: replayable ops and how the healing went."""
+
+    mode: str
+    base_ops: list[dict]          # the plan's ops it healed
+    ops: list[dict]               # base_ops + the "heal" op (`explorer.heal`)
+    summary: str                  # the heal op's own description
+    held_out_before: float        # perplexity on held-out calibration windows
+    held_out_after: float
+    steps: int                    # optimiser steps (0: closed form)
+    seconds: float
+    curve: tuple[tuple[int, float, float | None], ...] = ()   # (step, loss, held-out ppl)
+
+
+@dataclass(frozen=True)
 class Tried:
     """One variant applied in this session: a row of the history table and a point of its plot."""
 
@@ -94,7 +111,9 @@ class Tried:
     ops: list[dict]
     params: dict[str, Any]
     protocol: str
-    drops: tuple[int, ...] = ()  # the original layers a manual plan dropped (to join like plans)
+    healed: str = ""             # the healing mode, for a healed variant
+    band_before: tuple[float, float] | None = None   # 95% band of each figure over the windows
+    band_after: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,7 @@ class Session:
     text_label: str = "wiki"
     analysis: Analysis | None = None
     plan: Plan = field(default_factory=Plan)
+    healed: Healed | None = None
     history: tuple[Tried, ...] = ()
     exports: tuple[str, ...] = ()
     exported: str | None = None
@@ -114,7 +134,21 @@ class Session:
         if spec == self.model:
             return self
         return replace(self, model=spec, num_layers=num_layers, analysis=None, plan=Plan(),
-                       history=())
+                       healed=None, history=())
+
+    def with_plan(self, plan: Plan) -> "Session":
+        """The state with a new plan: a healing of the old one no longer applies."""
+        healed = self.healed if self.healed and self.healed.base_ops == plan.ops else None
+        return replace(self, plan=plan, healed=healed)
+
+    @property
+    def heal(self) -> Healed | None:
+        """The healing of the current plan, if any."""
+        return self.healed if self.healed and self.healed.base_ops == self.plan.ops else None
+
+    def ops(self) -> list[dict]:
+        """The ops of what Export saves: the healed variant when the plan was healed."""
+        return self.heal.ops if self.heal else self.plan.ops
 
     def tried(self, entry: Tried) -> "Session":
         return replace(self, history=(*self.history, entry)[-HISTORY_LIMIT:])

@@ -1,0 +1,173 @@
+"""The Heal step of the Compare tab: repair the applied variant with a healing mode
+(`explorer.heal`), watching its loss and held-out perplexity as a live curve, then measure it
+next to the original and the unhealed variant.
+
+Every mode's controls are generated from its declared parameters, and the budget (steps, seconds)
+from two declarations here, so a new mode needs no UI code. The healing runs in a worker thread;
+this step's handler streams the curve from its progress reports, and the Stop flag ends it at the
+next report like any other step.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import re
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Iterator
+
+import gradio as gr
+
+from ..errors import ExplorerError
+from ..heal import get_mode, list_modes
+from ..params import Param
+from . import controls, jobs, plots, stop
+from .common import Ctx, HealParts, need_model, user_errors
+from .state import Healed, Session
+
+STEPS = Param("steps", int, None, "optimiser steps (empty: the mode's default; the time limit "
+              "ends it sooner)", min=1, optional=True)
+SECONDS = Param("seconds", float, None, "time limit in seconds (empty: none)", min=1,
+                optional=True)
+CURVE_POINTS = 200       # points of the curve kept in the session
+STREAM_SECONDS = 1.0     # the live curve is redrawn at most this often
+
+# A training mode's progress report (explorer/heal/train.py): "...: step 12/200, loss 0.4321,
+# held-out ppl 31.2 (14 s)"; a report in another form simply adds no point to the live curve.
+_REPORT = re.compile(r"step (\d+)/\S+, loss ([-+0-9.eE]+|nan), held-out ppl ([-+0-9.eE]+|nan)")
+
+
+def live_point(message: str) -> tuple[int, float, float | None] | None:
+    """(step, loss, held-out perplexity) from a training report, or None."""
+    m = _REPORT.search(message or "")
+    if not m:
+        return None
+    ppl = float(m.group(3))
+    return int(m.group(1)), float(m.group(2)), (ppl if math.isfinite(ppl) else None)
+
+
+def thin(points: list, keep: int = CURVE_POINTS) -> tuple:
+    """At most `keep` points, evenly spaced, the last one kept."""
+    if len(points) <= keep:
+        return tuple(points)
+    idx = sorted({round(k * (len(points) - 1) / (keep - 1)) for k in range(keep)})
+    return tuple(points[i] for i in idx)
+
+
+def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, raw: list,
+                report: Any, measure: Any) -> Iterator[tuple]:
+    """Heal the plan's variant: yields (no change, curve, no change) while training, then
+    (state, curve, line) once healed and measured by `measure(state)`.
+
+    report: the step's progress callable (already watched for Stop)."""
+    need_model(state)
+    if not state.plan.ops:
+        raise ExplorerError("nothing to heal: plan and apply a change in the Plan tab first")
+    m = get_mode(mode)
+    params = controls.read(m.params, raw, f"heal mode '{mode}'")
+    budget = controls.read((STEPS, SECONDS), [steps, seconds], "heal budget") if m.trains \
+        else {"steps": None, "seconds": None}
+    messages: queue.Queue = queue.Queue()
+    box: dict = {}
+
+    def relay(fraction: float, desc: str = "") -> None:     # called in the worker thread
+        report(fraction, desc=desc)
+        messages.put(desc)
+
+    def work() -> None:
+        try:
+            box["out"] = jobs.heal_job(state.model, state.text, state.plan.ops, mode,
+                                       budget["steps"], budget["seconds"], params, relay)
+        except BaseException as exc:  # re-raised in the handler's thread below
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True, name="heal")
+    worker.start()
+    points: list = []
+    shown = time.monotonic()
+    while worker.is_alive() or not messages.empty():
+        worker.join(0.25)
+        new = False
+        while not messages.empty():
+            p = live_point(messages.get())
+            if p is not None:
+                points.append(p)
+                new = True
+        if new and time.monotonic() - shown >= STREAM_SECONDS:
+            shown = time.monotonic()
+            yield gr.update(), plots.heal_curve(points, live=True), gr.update()
+    if "error" in box:
+        raise box["error"]
+    out = box["out"]
+    r = out["result"]
+    curve = [(h["step"], h["loss"], h.get("held_out_ppl")) for h in r["history"]] or points
+    healed = Healed(mode=mode, base_ops=state.plan.ops, ops=out["ops"], summary=r["summary"],
+                    held_out_before=r["held_out_before"], held_out_after=r["held_out_after"],
+                    steps=r["steps"], seconds=r["seconds"], curve=thin(curve))
+    state = measure(replace(state, healed=healed))
+    line = (f"**Healed** ({healed.summary}, {healed.seconds:.0f} s): held-out calibration "
+            f"perplexity {healed.held_out_before:.2f} → {healed.held_out_after:.2f}.")
+    yield state, plots.heal_curve(list(healed.curve)), line
+
+
+def build(ctx: Ctx) -> HealParts:
+    modes = list_modes()
+    first = modes[0].name
+    with gr.Accordion("Heal the variant: fit or train the layers around the cuts to behave like "
+                      "the original again", open=True):
+        with gr.Row():
+            with gr.Column(scale=2):
+                mode = gr.Dropdown([(m.title, m.name) for m in modes], value=first,
+                                   label="Healing mode", elem_id="lx-heal-mode")
+                groups, slots = {}, []
+                for m in modes:
+                    with gr.Group(visible=m.name == first) as groups[m.name]:
+                        for p in m.params:
+                            slots.append((m.name, p, controls.control(
+                                p, elem_id=f"lx-heal-{m.name}-{p.name}")))
+                with gr.Group(visible=get_mode(first).trains) as budget:
+                    steps = controls.control(STEPS, elem_id="lx-heal-steps")
+                    seconds = controls.control(SECONDS, elem_id="lx-heal-seconds")
+                with gr.Row(equal_height=True):
+                    heal_btn = gr.Button("Heal", variant="primary", elem_id="lx-heal")
+                    line = gr.Markdown("", elem_id="lx-heal-line", elem_classes=["lx-step"])
+            with gr.Column(scale=3):
+                curve = gr.Plot(label="Healing", elem_id="lx-heal-curve")
+    return HealParts(mode=mode, param_groups=groups, param_controls=slots, budget=budget,
+                     steps=steps, seconds=seconds, heal_btn=heal_btn, line=line, curve=curve)
+
+
+def wire(ctx: Ctx, measure: Any, views: Any, outputs: list) -> Any:
+    """Wire the Heal button. `measure(state, progress)` adds the healed variant's figures to the
+    state; `views(state)` gives the values of `outputs`, the Compare views it refreshes. Returns
+    the healing's event."""
+    h, s = ctx.compare.heal, ctx.settings
+    names = [name for name, _, _ in h.param_controls]
+    unchanged = [gr.update()] * len(outputs)
+
+    # request and progress come before *raw: Gradio fills only positional parameters
+    @user_errors
+    def run(state: Session, mode: str, steps: Any, seconds: Any, request: gr.Request,
+            progress=gr.Progress(), *raw):
+        report = stop.watch(progress, request)
+        mine = [v for name, v in zip(names, raw) if name == mode]
+        for update in heal_stream(s, state, mode, steps, seconds, mine, report,
+                                  lambda st: measure(st, report)):
+            done = isinstance(update[0], Session)
+            yield (*update, *(views(update[0]) if done else unchanged))
+
+    event = ctx.long_step(h.heal_btn.click, run,
+                          [ctx.state, h.mode, h.steps, h.seconds] +
+                          [c for _, _, c in h.param_controls],
+                          [ctx.state, h.curve, h.line] + outputs, api_name="heal",
+                          show_progress_on=[h.line], last=False)
+
+    def show_mode(name: str):
+        return [gr.Group(visible=k == name) for k in h.param_groups] + \
+            [gr.Group(visible=get_mode(name).trains)]
+
+    h.mode.change(show_mode, [h.mode], list(h.param_groups.values()) + [h.budget],
+                  api_name=False, queue=False)
+    return event
