@@ -170,7 +170,7 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda v: heal(v, "nonsense", **SMALL), "unknown heal mode 'nonsense'; known modes"),
+    (lambda v: heal(v, "nonsense", **SMALL), "unknown heal mode 'nonsense'; known heal modes"),
     (lambda v: heal(v, "layerwise", steps=0, **SMALL), "steps must be a positive integer"),
     (lambda v: heal(v, "distill", steps=-3, **SMALL), "steps must be a positive integer"),
     (lambda v: heal(v, "distill", seconds=0, **SMALL), "seconds must be a positive number"),

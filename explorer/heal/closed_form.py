@@ -42,6 +42,7 @@ from ..load import LoadedModel
 from ..params import Param
 from ..variant import Variant
 from .cuts import Cut, find_cuts, trainable_copy, with_slot
+from .data import shared_prefix
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
 
 
@@ -124,7 +125,9 @@ def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
     equations of its cut; with keep=True also return the token rows (M, Y, D) (N, H) float32."""
     lm, k = ctx.lm, cut.slot
     data = ctx.data
-    D_all = data.dense_states([cut.dense_out])[cut.dense_out]          # (W, T, H) CPU
+    start = min(shared_prefix(v), k)           # slots before `start` are the dense model's own
+    dense = data.dense_states(sorted({start, cut.dense_out} - {0}), ctx.progress)
+    D_all = dense[cut.dense_out]                                        # (W, T, H) CPU
     out_mod, _ = mlp_output(lm, v.layer(k))
     H = D_all.shape[-1]
     eq = NormalEquations(H, lm.device)
@@ -137,7 +140,8 @@ def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
     first = ctx.first
     W = data.num_windows
     with lm.lock, hooks((out_mod, grab)):
-        for b in run_backbone(lm, data.ids, variant=v, stop=k + 1):
+        for b in run_backbone(lm, data.ids, variant=v, start=start, stop=k + 1,
+                              start_states=dense[start] if start > 0 else None):
             M = cur.pop("M")[:, first:].reshape(-1, H).float()               # (n, H)
             O = b.hidden[:, first:].reshape(-1, H).float()
             D = D_all[b.rows, first:].reshape(-1, H).to(O.device)

@@ -6,14 +6,17 @@ All forward passes go through `explorer.backbone.run_backbone`. States are kept 
 float32, (W, T, H) per boundary: 256 windows x 128 tokens x 576 floats = 75 MB for SmolLM2.
 
 Example:
-    >>> data = HealData.build(lm, load_texts("wiki").calibration, seqlen=128, windows=128)
+    >>> data = HealData.build(lm, load_texts("wiki").calibration, seqlen=128, windows=128,
+    ...                       held_out=8, owner="example")
     >>> x24 = data.dense_states([24])[24]          # (128, 128, 576) dense residual stream
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import threading
+import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +25,26 @@ from ..backbone import run_backbone
 from ..errors import TextError
 from ..evaluate import _final_logits as final_logits, token_nll
 from ..load import LoadedModel, Progress
+from ..methods.registry import text_digest
 from ..probe import calibration_windows
 from ..tokens import tokenize
 from ..variant import Variant
+
+
+class _Store:
+    """The cached tensors of one (model, text, settings): no reference to the model itself, so a
+    cache keyed weakly by the model lets it go."""
+
+    def __init__(self, ids: torch.Tensor, held_out: torch.Tensor):
+        self.ids, self.held_out = ids, held_out
+        self.states: dict[int, torch.Tensor] = {}
+        self.topk: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.lock = threading.RLock()     # two app sessions healing at once compute things once
+
+
+# The last store built, per loaded model (weakly keyed by the torch module: freed with it).
+_LAST: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_LAST_LOCK = threading.Lock()
 
 
 def split_windows(lm: LoadedModel, text: str, seqlen: int, windows: int, held_out: int,
@@ -49,43 +69,95 @@ class HealData:
     """Calibration windows and caches of the dense model's answers on them."""
 
     lm: LoadedModel
-    ids: torch.Tensor                 # (W, T) windows fitted on
-    held_out: torch.Tensor            # (V, T) windows never fitted on: the running perplexity
-    progress: Progress | None = None
-    _states: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
-    _topk: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    store: _Store
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """(W, T) windows fitted on."""
+        return self.store.ids
+
+    @property
+    def held_out(self) -> torch.Tensor:
+        """(V, T) windows never fitted on: the running perplexity."""
+        return self.store.held_out
 
     @staticmethod
     def build(lm: LoadedModel, text: str, *, seqlen: int, windows: int, held_out: int,
-              owner: str, progress: Progress | None = None) -> "HealData":
-        fit, val = split_windows(lm, text, seqlen, windows, held_out, owner)
-        return HealData(lm, fit, val, progress)
+              owner: str) -> "HealData":
+        """The data for these settings. The last set built is kept (dense states are tens of MB)
+        and reused when the same model, text and settings come again: trying a second mode after
+        a first pays no dense pass."""
+        key = (text_digest(text), seqlen, windows, held_out)
+        with _LAST_LOCK:
+            last = _LAST.get(lm.model)
+        if last is None or last[0] != key:
+            fit, val = split_windows(lm, text, seqlen, windows, held_out, owner)
+            last = (key, _Store(fit, val))
+            with _LAST_LOCK:
+                _LAST.clear()
+                _LAST[lm.model] = last
+        return HealData(lm, last[1])
 
     @property
     def num_windows(self) -> int:
         return self.ids.shape[0]
 
-    def dense_states(self, boundaries: list[int]) -> dict[int, torch.Tensor]:
+    def dense_states(self, boundaries: list[int], progress: Progress | None = None
+                     ) -> dict[int, torch.Tensor]:
         """The dense model's residual stream at these boundaries, (W, T, H) float32 on the CPU."""
-        missing = sorted(set(boundaries) - set(self._states))
-        if missing:
-            self._states.update(variant_states(self.lm, Variant.identity(self.lm), self.ids,
-                                               missing, self.progress, "dense states"))
-        return {b: self._states[b] for b in boundaries}
+        st = self.store
+        with st.lock:
+            missing = sorted(set(boundaries) - set(st.states))
+            if missing:
+                st.states.update(variant_states(self.lm, Variant.identity(self.lm), self.ids,
+                                                   missing, progress, "dense states"))
+            return {b: st.states[b] for b in boundaries}
 
-    def dense_topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def states(self, v: Variant, b: int, progress: Progress | None = None) -> torch.Tensor:
+        """The residual stream of `v` at its boundary b, (W, T, H) float32 on the CPU.
+
+        The slots `v` shares with the dense model at its start are not run again: the pass starts
+        from the cached dense state where they end (a cut after slot 17 needs slot 17 run, not
+        slots 0..17)."""
+        start = min(shared_prefix(v), b)
+        if start == b:
+            return self.dense_states([b], progress)[b]
+        x = self.dense_states([start], progress)[start] if start > 0 else None
+        out = [batch.states[b].float().cpu()
+               for batch in run_backbone(self.lm, self.ids, variant=v, start=start,
+                                         start_states=x, stop=b, record=[b],
+                                         progress=progress, label=f"states at slot {b}")]
+        return torch.cat(out)
+
+    def dense_topk(self, k: int, progress: Progress | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """The dense model's top-k next-token log-probabilities at every position of every window:
         (indices (W, T, k) long, log-probs (W, T, k) float32), computed once."""
-        if self._topk is None or self._topk[0].shape[-1] != k:
+        with self.store.lock:
+            return self._dense_topk(k, progress)
+
+    def _dense_topk(self, k: int, progress: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
+        st = self.store
+        if st.topk is None or st.topk[0].shape[-1] != k:
             idx, lp = [], []
-            for b in run_backbone(self.lm, self.ids, final_norm=True, progress=self.progress,
+            start = max(st.states, default=0)      # continue from the deepest cached state
+            for b in run_backbone(self.lm, self.ids, start=start, final_norm=True,
+                                  start_states=st.states.get(start), progress=progress,
                                   label="dense next-token distributions"):
                 logp = F.log_softmax(final_logits(self.lm, b.hidden), dim=-1)   # (b, T, V)
                 top = logp.topk(k, dim=-1)
                 idx.append(top.indices.cpu())
                 lp.append(top.values.float().cpu())
-            self._topk = (torch.cat(idx), torch.cat(lp))
-        return self._topk
+            st.topk = (torch.cat(idx), torch.cat(lp))
+        return st.topk
+
+
+def shared_prefix(v: Variant) -> int:
+    """How many leading slots of `v` are the original layers 0, 1, ... unchanged."""
+    n = 0
+    while n < v.num_layers and type(v.slots[n]) is int and v.slots[n] == n:
+        n += 1
+    return n
 
 
 def variant_states(lm: LoadedModel, v: Variant, ids: torch.Tensor, boundaries: list[int],

@@ -36,7 +36,7 @@ from ..params import Param
 from ..variant import Variant
 from .closed_form import ClosedForm, apply_closed_form, fit_notes
 from .cuts import trainable_copy, with_slot
-from .data import topk_kl, variant_states
+from .data import topk_kl
 from .layerwise import Layerwise, batches, train_groups, trained_groups
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
     with_defaults
@@ -186,9 +186,8 @@ class Distill(HealMode):
         for j, m in modules.items():
             cur = with_slot(cur, j, m, f"kd-{what}")
         s0 = min(slots)
-        x0 = variant_states(lm, v, data.ids, [s0], label=f"inputs of slot {s0}")[s0] \
-            if s0 > 0 else None
-        top_idx, top_lp = data.dense_topk(params["top_k"])
+        x0 = data.states(v, s0, ctx.progress) if s0 > 0 else None     # slots before s0 stay
+        top_idx, top_lp = data.dense_topk(params["top_k"], ctx.progress)
         order = batches(data.num_windows, params["batch"], ctx.seed + 1)
         k = params["top_k"]
 

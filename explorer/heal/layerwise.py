@@ -27,7 +27,7 @@ from ..params import Param
 from ..variant import Variant
 from .closed_form import ClosedForm, apply_closed_form, fit_notes
 from .cuts import dense_boundary, find_cuts, trainable_copy, with_slot
-from .data import variant_states
+from .data import shared_prefix
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
     with_defaults
 from .train import train
@@ -67,9 +67,10 @@ class Group:
 
     def __init__(self, ctx: HealContext, v: Variant, s: int, e: int, batch: int):
         self.s, self.e = s, e
-        self.x = variant_states(ctx.lm, v, ctx.data.ids, [s], label=f"inputs of slot {s}")[s]
         target = dense_boundary(v, e + 1)
-        self.d = ctx.data.dense_states([target])[target]                   # (W, T, H)
+        self.d = ctx.data.dense_states(sorted({min(shared_prefix(v), s), target} - {0}),
+                                        ctx.progress)[target]
+        self.x = ctx.data.states(v, s, ctx.progress)                        # (W, T, H) inputs
         first = ctx.first
         dt = self.d[:, first:]
         self.scale = float((dt - dt.mean(dim=(0, 1))).pow(2).sum(-1).mean())

@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
-from ..errors import ExplorerError, LayerError, ParamError
+from ..components import Registry
+from ..errors import LayerError, ParamError
 from ..load import LoadedModel, Progress
-from ..params import Param, resolve
+from ..params import Param, markdown_table, resolve
 from ..recipe import register_op
 from ..variant import NewLayer, Variant
 from .cuts import find_cuts
@@ -147,25 +148,28 @@ class HealMode:
                 "params": describe(self.params)}
 
 
-MODES: dict[str, HealMode] = {}
+MODES: Registry[HealMode] = Registry("heal mode", ParamError)
 
 
 def register_mode(cls: type[HealMode]) -> type[HealMode]:
     """Class decorator: add one instance of a `HealMode` subclass to `MODES` under its name."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    MODES[cls.name] = cls()
+    MODES.add(cls.name, cls())
     return cls
 
 
 def get_mode(name: str) -> HealMode:
-    if name not in MODES:
-        raise ParamError(f"unknown heal mode {name!r}; known modes: {', '.join(MODES)}")
-    return MODES[name]
+    return MODES.get_one(name)
 
 
 def list_modes() -> list[HealMode]:
     return list(MODES.values())
+
+
+def modes_table() -> str:
+    """The Markdown table of every healing mode's parameters (docs/healing.md)."""
+    return markdown_table([(m.name, m.params) for m in MODES.values()], "mode")
 
 
 def check_budget(mode: HealMode, steps: Any, seconds: Any) -> tuple[int | None, float | None]:
@@ -213,7 +217,7 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
     start = time.perf_counter()
     torch.manual_seed(seed)
     data = HealData.build(lm, calibration, seqlen=p["seqlen"], windows=p["windows"],
-                          held_out=p["held_out"], owner=f"heal mode '{mode}'", progress=None)
+                          held_out=p["held_out"], owner=f"heal mode '{mode}'")
     ctx = HealContext(lm, variant, data, p, seed, steps, seconds, progress)
     ctx.report(0.0, f"heal {mode}: held-out perplexity before healing")
     before = ctx.held_out_ppl = held_out_ppl(lm, variant, data.held_out)
