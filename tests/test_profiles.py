@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 
 import pytest
 
@@ -16,10 +17,14 @@ from explorer.profiles import ProfileStore, compare_models, profile_of, relative
 
 @pytest.fixture
 def two_models(tiny_factory, sample_text, tmp_path):
+    """Two tiny models in folders of this test's own (so no other test holds a model of the same
+    spec), and a text file."""
     text = tmp_path / "text.txt"
     text.write_text(sample_text)
-    yield str(tiny_factory("llama", num_layers=4)), str(tiny_factory("qwen2", num_layers=6)), \
-        str(text)
+    a, b = tmp_path / "llama4", tmp_path / "qwen6"
+    shutil.copytree(tiny_factory("llama", num_layers=4), a)
+    shutil.copytree(tiny_factory("qwen2", num_layers=6), b)
+    yield str(a), str(b), str(text)
     session.release_model()       # leave no tiny model resident for other tests
 
 
