@@ -24,7 +24,8 @@ boundary at or below k, not from the embeddings. Same figure, to float rounding.
 Live figure: windows are evaluated in an order spread over the text (`spread_order`), so the
 running figure is an estimate of the final one from the first batch on; progress messages carry
 it with a 95% band from the spread of the per-window NLL (finite-population corrected, so it
-closes on the final figure). The result keeps each window's NLL (`PPLResult.window_nll`) and gives
+closes on the final figure). For a variant, when the dense figure is cached, the estimate is the
+dense figure plus the mean change over the windows run so far, which settles much sooner. The result keeps each window's NLL (`PPLResult.window_nll`) and gives
 the band of the figure over the text's windows (`PPLResult.interval`).
 
 Cost: FLOPs per predicted token ~ 2 x N, N = the parameters a token passes through (every weight
@@ -212,12 +213,14 @@ def spread_order(n: int) -> list[int]:
     return order
 
 
-def nll_band(window_nll: Sequence[float], total: int, z: float = 1.96,
-             finite: bool = True) -> tuple[float, float]:
+def nll_band(window_nll: Sequence[float], total: int, z: float = 1.96, finite: bool = True,
+             offset: float = 0.0) -> tuple[float, float]:
     """(low, high) perplexity band from the mean NLL of k evaluated windows out of `total`:
-    exp(mean +- z x s / sqrt(k)), s the windows' standard deviation. finite=True multiplies the
-    standard error by sqrt((total - k) / (total - 1)) (sampling without replacement): the band is
-    then about the final figure over all `total` windows and closes on it. (nan, nan) for k < 2."""
+    exp(offset + mean +- z x s / sqrt(k)), s the windows' standard deviation. finite=True
+    multiplies the standard error by sqrt((total - k) / (total - 1)) (sampling without
+    replacement): the band is then about the final figure over all `total` windows and closes on
+    it. (nan, nan) for k < 2. With `offset` the values are per-window changes (see
+    `running_message`)."""
     k = len(window_nll)
     if k < 2:
         return math.nan, math.nan
@@ -226,17 +229,29 @@ def nll_band(window_nll: Sequence[float], total: int, z: float = 1.96,
     se = math.sqrt(var / k)
     if finite and total > 1:
         se *= math.sqrt(max(0.0, (total - k) / (total - 1)))
-    return math.exp(min(mean - z * se, 700.0)), math.exp(min(mean + z * se, 700.0))
+    mid = offset + mean
+    return math.exp(min(mid - z * se, 700.0)), math.exp(min(mid + z * se, 700.0))
 
 
-def running_message(window_nll: Sequence[float], total: int, label: str = "perplexity") -> str:
+def running_message(window_nll: Sequence[float], total: int, label: str = "perplexity",
+                    control: Sequence[float] | None = None,
+                    control_mean: float = 0.0) -> str:
     """'perplexity: 8/32 windows, 23.41 so far (95% band 22.8-24.1)': the figure so far and its
-    band (none after one window, nor at the end, where the band has closed on the figure)."""
+    band (none after one window, nor at the end, where the band has closed on the figure).
+
+    control: the same windows' NLL under a reference model (the dense one), and control_mean its
+    mean over all `total` windows: the figure is then estimated as control_mean + the mean change
+    over the windows run (a difference estimator: the change varies far less from window to
+    window than the NLL itself, so the estimate settles after a few windows)."""
     k = len(window_nll)
-    ppl = math.exp(min(sum(window_nll) / max(1, k), 700.0))
+    if k == total or control is None:
+        values, offset = list(window_nll), 0.0
+    else:
+        values, offset = [a - b for a, b in zip(window_nll, control)], control_mean
+    ppl = math.exp(min(offset + sum(values) / max(1, k), 700.0))
     text = f"{label}: {k}/{total} windows, {ppl:.4g} so far"
     if 2 <= k < total:
-        lo, hi = nll_band(window_nll, total)
+        lo, hi = nll_band(values, total, offset=offset)
         text += f" (95% band {lo:.4g}-{hi:.4g})"
     return text
 
@@ -275,7 +290,7 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                 order: Sequence[int] | None = None, batch_size: int | None = None,
                 compute_dtype: str | torch.dtype | None = None,
                 abandon_above: float | None = None, progress: Progress | None = None,
-                label: str = "perplexity") -> WindowPass:
+                label: str = "perplexity", control: Sequence[float] | None = None) -> WindowPass:
     """Per-window NLL of `variant` on windows `ids` (W, T): the one evaluation loop.
 
     reference: stored states of a variant that shares a prefix with this one (dense_cache): the
@@ -285,6 +300,8 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
         through `progress` is an estimate of the final one from the first batch on).
     abandon_above: stop once the NLL summed so far exceeds this; since every token's NLL is
         >= 0 the full total would too (a search uses it to drop a candidate that cannot win).
+    control: (W,) mean NLL of each window under the dense model: the running figure is then the
+        dense figure plus the mean change so far (`running_message`).
     """
     variant = variant or Variant.identity(lm)
     W, T = ids.shape
@@ -305,6 +322,8 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
     evaluated = torch.zeros(W, dtype=torch.bool)
     kept: dict[int, torch.Tensor] = {}
     means: list[float] = []
+    done_control: list[float] = []
+    control_mean = sum(control) / len(control) if control is not None else 0.0
     total, abandoned = 0.0, False
     t0 = time.perf_counter()
     batches = run_backbone(lm, ids[perm], variant=variant, start=start, start_states=starts,
@@ -323,8 +342,12 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                     kept[b][rows.to(h.device)] = h
                 total += float(sums.sum())
                 means += (sums / (T - 1)).tolist()
+                if control is not None:
+                    done_control += [control[i] for i in rows.tolist()]
                 if progress:
-                    progress(batch.rows.stop / W, running_message(means, W, label))
+                    progress(batch.rows.stop / W, running_message(
+                        means, W, label, done_control if control is not None else None,
+                        control_mean))
                 if abandon_above is not None and total > abandon_above and batch.rows.stop < W:
                     abandoned = True
                     break
@@ -398,7 +421,12 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
             CACHE.save_states(key, PrefixStates(dense, w, p.states))
             return r
     ref = _nearest_states(key, variant, w, marks, dense)
-    p = run_windows(lm, w, reference=ref, record=_missing(ref, marks, variant, dense), **kw)
+    fig = CACHE.figure(key)              # its per-window NLL steadies the running figure
+    control = fig.get("window_nll") if fig else None
+    if control is not None and len(control) != w.shape[0]:
+        control = None
+    p = run_windows(lm, w, reference=ref, record=_missing(ref, marks, variant, dense),
+                    control=control, **kw)
     if p.states:   # the pass went through unchanged layers: keep their states for later variants
         CACHE.store_states(key, PrefixStates(dense, w, {**(ref.states if ref else {}),
                                                         **p.states}))

@@ -220,6 +220,17 @@ def test_running_figure_has_a_band_that_closes_on_the_result(tiny_lm, sample_tex
     d = r.to_dict()
     assert d["ppl_low"] == lo and d["window_nll"] == list(r.window_nll)
 
+    # a variant, once the dense figure is known: dense figure + mean change so far
+    dense = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=320, batch_size=3)
+    seen.clear()
+    v = perplexity(tiny_lm, sample_text, variant=Variant.identity(tiny_lm).drop([2]), seqlen=32,
+                   max_tokens=320, batch_size=3, progress=lambda f, m: seen.append((f, m)))
+    first3 = spread_order(10)[:3]
+    change = torch.tensor(v.window_nll)[first3] - torch.tensor(dense.window_nll)[first3]
+    estimate = math.exp(sum(dense.window_nll) / 10 + change.mean().item())
+    assert seen[0][1].startswith(f"perplexity: 3/10 windows, {estimate:.4g} so far (95% band ")
+    assert seen[-1][1] == f"perplexity: 10/10 windows, {v.ppl:.4g} so far"
+
 
 def test_abandoned_pass_is_a_lower_bound(tiny_lm, sample_text):
     w = evaluation_windows(tiny_lm, sample_text, **KW)

@@ -1,0 +1,110 @@
+"""The app's Apply, live (issue 14): how soon a perplexity figure within 5% of the final one is on
+screen, and how soon the final figure, against today's loop, in the same run.
+
+The app's settings: windows of 256 tokens, 8,192 evaluation tokens (quick: 4,096), SmolLM2, and a
+variant like ShortGPT's 6-layer plan (layers 12, 13, 14, 15, 17, 25 dropped; first change at 12).
+
+- Today's loop: the dense "before" figure computed on every Apply, then the variant's, each a full
+  pass over the windows in text order; the running figure follows the text from its start.
+- Ours: the dense figure computed once per model and text (here: a later Apply, so it is read from
+  the cache), the variant run from the dense states at its first change, windows in a spread order
+  (explorer/evaluate.py). A second row times the first Apply of a session, which still computes
+  the dense figure (recording the states on the way).
+
+"Within 5%" means stable: the first report from which every later running figure stays within 5%
+of the final one. The final figures must agree to 1e-6.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+try:
+    from . import common
+except ImportError:          # run as a script: python bench/bench_live.py
+    import common  # type: ignore[no-redef]
+
+DROP = [12, 13, 14, 15, 17, 25]
+FIGURE = re.compile(r"windows, ([0-9.eE+-]+) so far")
+
+
+class Clock:
+    """Collects (seconds since start, running figure) from progress messages of the after pass."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.after: list[tuple[float, float]] = []
+        self.collect = False
+
+    def progress(self, fraction: float, message: str) -> None:
+        m = FIGURE.search(message)
+        if self.collect and m:
+            self.after.append((time.perf_counter() - self.t0, float(m.group(1))))
+
+    def times(self, final: float) -> tuple[float, float, float]:
+        """(first figure, first stable figure within 5%, final figure) in seconds."""
+        stable = next(t for k, (t, _) in enumerate(self.after)
+                      if all(abs(v / final - 1) <= 0.05 for _, v in self.after[k:]))
+        return self.after[0][0], stable, self.after[-1][0]
+
+
+def today(lm, text: str, kw: dict, variant) -> tuple[Clock, float]:
+    """Before and after, full passes in text order (the loop before the dense cache)."""
+    from explorer.evaluate import evaluation_windows, run_windows
+
+    clock = Clock()
+    w = evaluation_windows(lm, text, kw["seqlen"], kw["max_tokens"])
+    order = range(w.shape[0])
+    run_windows(lm, w, order=order, progress=clock.progress)
+    clock.collect = True
+    p = run_windows(lm, w, variant=variant, order=order, progress=clock.progress)
+    return clock, p.mean
+
+
+def ours(lm, text: str, kw: dict, variant) -> tuple[Clock, float]:
+    from explorer import perplexity
+
+    clock = Clock()
+    perplexity(lm, text, progress=clock.progress, **kw)
+    clock.collect = True
+    r = perplexity(lm, text, variant=variant, progress=clock.progress, **kw)
+    return clock, r.nll
+
+
+def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None) -> list[dict]:
+    import math
+
+    from explorer import Variant, load_texts
+    from explorer.dense_cache import CACHE
+
+    lm, _ = common.model_and_calibration(model, lm, text="")
+    text = load_texts("wiki").evaluation
+    kw = dict(seqlen=256, max_tokens=4096 if quick else 8192)
+    v = Variant.identity(lm).drop(DROP)
+    CACHE.clear(disk=True)
+    first_apply, nll_first = ours(lm, text, kw, v)          # computes and caches the dense pass
+    later_apply, nll_ours = ours(lm, text, kw, v)           # a later Apply: dense figure cached
+    old, nll_old = today(lm, text, kw, v)
+    for got in (nll_first, nll_ours):
+        if abs(got / nll_old - 1) > 1e-6:
+            raise AssertionError(f"final figures differ: {got} vs {nll_old} (mean NLL)")
+    final = math.exp(nll_old)
+    t_old, t_new, t_first = old.times(final), later_apply.times(final), first_apply.times(final)
+    windows = len(old.after)
+    note = (f"{kw['max_tokens']} tokens in windows of 256, layers {DROP} dropped, ppl "
+            f"{final:.4f} on all sides; {windows} progress reports per figure")
+    return [
+        common.row("live", "first figure within 5% of the final (stable), later Apply",
+                   t_new[1], t_old[1], "s", higher_is_better=False,
+                   note=f"first figure at {t_new[0]:.3g} s vs {t_old[0]:.3g} s; " + note),
+        common.row("live", "final figure, later Apply", t_new[2], t_old[2], "s",
+                   higher_is_better=False, note="dense figure cached, after from the states"),
+        common.row("live", "first figure within 5% (stable), first Apply of a session",
+                   t_first[1], t_old[1], "s", higher_is_better=False,
+                   note=f"the dense pass runs first; final figure at {t_first[2]:.3g} s"),
+    ]
+
+
+if __name__ == "__main__":
+    common.main(run)

@@ -1,0 +1,135 @@
+"""Perplexity-guided search and the dense cache (docs/search.md), each side by side with the same
+work done without them, in the same run; the results must agree.
+
+- SLEB: the search on SmolLM2 (quick: 2 of 30 layers on 4 x 128 calibration tokens; full: 6 of 30
+  on 8 x 128, the method's default). Ours runs each candidate from the current model's stored
+  residual stream with exact early stops (explorer/methods/ppl_search.py); the baseline is the
+  same search running every candidate from the embeddings over every window, as a loop of plain
+  perplexity calls does. The layers removed must be the same. Full mode also times the cache
+  without early stops, to show what each part buys.
+- After: the perplexity of a variant that drops a middle layer (15 of 30), from the dense states
+  at boundary 15 against a full pass (quick: 4k tokens, full: 16k at 512 per window). Same figure
+  to 1e-6.
+- Compress: `python -m explorer compress --method shortgpt --remove 6` in a new process, the first
+  call (no cached dense figure: the dense figures and states under the cache folder are deleted
+  first) against a second call (figure and states read from disk). Same figures.
+
+Targets (issue 13): search >= 2x with the cache, compress >= 1.8x on a second call, SLEB 6 of 30
+in under 5 minutes on 2 cores (full mode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+try:
+    from . import common
+except ImportError:          # run as a script: python bench/bench_search.py
+    import common  # type: ignore[no-redef]
+
+MIDDLE = 15
+
+
+def _sleb_rows(lm, calibration: str, quick: bool) -> list[dict]:
+    from explorer.methods.ppl_search import PerplexitySearch
+    from explorer.methods.sleb import sleb_search
+    from explorer.probe import calibration_windows
+
+    remove, windows = (2, 4) if quick else (6, 8)
+    ids = calibration_windows(lm, calibration, 128, windows)
+    L = lm.num_layers
+    sides = {"ours": dict(), "baseline": dict(cache=False, abandon=False)}
+    if not quick:
+        sides["cache only"] = dict(abandon=False)
+    seconds, results = {}, {}
+    for name, kw in sides.items():
+        seconds[name], results[name] = common.time_once(
+            lambda kw=kw: sleb_search(PerplexitySearch(lm, ids, **kw), remove))
+    orders = {name: r.order for name, r in results.items()}
+    if len({tuple(o) for o in orders.values()}) != 1:
+        raise AssertionError(f"SLEB removed different layers: {orders}")
+    fast = results["ours"]
+    scored = sum(len(s) for s in fast.steps)
+    stopped = sum(not x.complete for s in fast.steps for x in s)
+    what = f"SLEB {remove} of {L} layers, {windows} x 128 calibration tokens"
+    note = (f"removed {fast.order} on both sides (calibration ppl {fast.ppl:.4g}); {scored} "
+            f"candidates, {stopped} stopped early; baseline: every candidate from the embeddings "
+            "over every window")
+    if not quick:
+        note += f"; target SLEB 6/30 < 300 s: {'met' if seconds['ours'] < 300 else 'missed'}"
+    rows = [common.row("search", what, seconds["ours"], seconds["baseline"], "s",
+                       higher_is_better=False, note=note)]
+    if "cache only" in seconds:
+        rows.append(common.row("search", what + ", cache without early stops",
+                               seconds["cache only"], seconds["baseline"], "s",
+                               higher_is_better=False, note="same layers removed"))
+    return rows
+
+
+def _after_rows(lm, text: str, quick: bool) -> list[dict]:
+    from explorer import Variant, perplexity
+
+    kw = dict(seqlen=512, max_tokens=4096 if quick else 16384, source="wiki")
+    perplexity(lm, text, **kw)                   # the dense figure and its states (not timed)
+    v = Variant.identity(lm).drop([MIDDLE])
+    times, res = common.interleaved(
+        {"ours": lambda: perplexity(lm, text, variant=v, **kw),
+         "baseline": lambda: perplexity(lm, text, variant=v, cache=False, **kw)},
+        reps=2 if quick else 3, warmup=0)
+    ours, base = res["ours"], res["baseline"]
+    rel = abs(ours.ppl / base.ppl - 1)
+    if rel > 1e-6 or ours.start == 0:
+        raise AssertionError(f"cached after figure {ours.ppl} (from boundary {ours.start}) vs "
+                             f"full pass {base.ppl}")
+    return [common.row(
+        "search", f"after perplexity, layer {MIDDLE} dropped, {ours.tokens} tokens",
+        common.median(times["ours"]), common.median(times["baseline"]), "s",
+        higher_is_better=False,
+        note=f"ours from the dense states at boundary {ours.start}, baseline a full pass; ppl "
+             f"{ours.ppl:.4f} both (rel diff {rel:.1e}); spread ours "
+             f"{common.spread(times['ours'])}, baseline {common.spread(times['baseline'])}")]
+
+
+def _compress_rows(model: str, quick: bool) -> list[dict]:
+    from explorer.dense_cache import CACHE
+
+    tokens = 4096 if quick else 16384
+    cmd = [sys.executable, "-m", "explorer", "compress", "--model", model, "--method",
+           "shortgpt", "--remove", "6", "--max-tokens", str(tokens), "--json"]
+    CACHE.clear(disk=True)          # the first call finds no dense figure and no states
+    runs = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(common.ROOT)})
+        runs.append((time.perf_counter() - t0, json.loads(out.stdout)))
+    (t1, first), (t2, second) = runs
+    if not second["ppl_before_cached"] or second["ppl_before"] != first["ppl_before"] or \
+            abs(second["ppl_after"] / first["ppl_after"] - 1) > 1e-6:
+        raise AssertionError(f"second compress differs: {first} vs {second}")
+    return [common.row(
+        "search", f"compress shortgpt 6, second call vs first ({tokens} eval tokens)", t2, t1, "s",
+        higher_is_better=False,
+        note=f"new process each (load, plan, before, after); second: dense figure cached, after "
+             f"from boundary {second['ppl_after_start']} of the disk states; ppl "
+             f"{first['ppl_before']:.4f} -> {first['ppl_after']:.4f} both; target >= 1.8x: "
+             f"{'met' if t1 / t2 >= 1.8 else 'missed'}")]
+
+
+def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None) -> list[dict]:
+    from explorer import load_texts
+
+    lm, calibration = common.model_and_calibration(model, lm)
+    text = load_texts("wiki").evaluation
+    rows = _sleb_rows(lm, calibration, quick)
+    rows += _after_rows(lm, text, quick)
+    rows += _compress_rows(model, quick)
+    return rows
+
+
+if __name__ == "__main__":
+    common.main(run)
