@@ -27,9 +27,9 @@ from explorer.methods import PlanContext, get_method  # noqa: E402
 from explorer.recipe import replay  # noqa: E402
 from explorer.methods.layout import Layout  # noqa: E402
 
-PREFIX_METHODS = ("mka", "come")      # greedy and progressive: plan k = prefix of plan max(k)
+PREFIX_METHODS = ("mka", "come", "sleb")   # greedy, progressive: plan k = prefix of plan max(k)
 ORDER = ("tail", "shortgpt", "angular", "laco:mode=walk", "laco", "streamline", "mka", "come",
-         "streamline:replacement=linear")
+         "streamline:replacement=linear", "sleb", "blockpruner")
 
 
 def merged_of(ops: list[dict], n: int) -> tuple[list[int], list[list[int]]]:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 v = plan.variant if k == max(todo) else replay(lm, ops[:k])
                 removed, merged = merged_of(ops[:k], lm.num_layers)
                 record(name, k, v, removed, merged, plan_s * k / max(todo),
-                       plan.notes if k == max(todo) else f"first {k} merges of the plan above")
+                       plan.notes if k == max(todo) else f"first {k} steps of the plan above")
             continue
         for k in todo:
             t = time.perf_counter()
