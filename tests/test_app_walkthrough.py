@@ -71,7 +71,7 @@ def page(walk):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def shot(pg, name: str, full: bool = True) -> None:
+def shot(pg, name: str, full: bool = True, asset: bool = True) -> None:
     """Screenshot into test-artifacts/ (and assets/ on request), without leftover toasts."""
     pg.evaluate("() => document.querySelectorAll('[data-testid=toast-close]')"
                 ".forEach(b => b.click())")
@@ -79,7 +79,7 @@ def shot(pg, name: str, full: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     pg.screenshot(path=str(path), full_page=full)
-    if SCREENSHOTS:
+    if SCREENSHOTS and asset:
         ASSETS.mkdir(exist_ok=True)
         shutil.copyfile(path, ASSETS / f"{name}.png")
 
@@ -421,4 +421,4 @@ def test_8_learn(page):
     headings = pg.locator("#lx-learn h3").all_inner_texts()
     assert any(h.startswith("Mean token cosine") for h in headings)        # [15] titles, not ids
     assert "bi" not in headings and "cka" not in headings
-    shot(pg, "walkthrough-8-learn")
+    shot(pg, "walkthrough-8-learn", asset=False)     # a long page of text: not for the README
