@@ -10,8 +10,8 @@ the spec (a string) or a recipe, not the model, and keep caches of model-derived
 `on_release(...)`, which empties them at the moment the model goes.
 
 Everything a session (a browser tab, a CLI call) needs to come back to its work is small: the model
-spec and a `Recipe` (JSON, a few hundred bytes); variants are rebuilt from it on demand and share the
-resident model's unchanged layers.
+spec and a `Recipe` (JSON, a few hundred bytes); variants are rebuilt from it on demand and share
+the resident model's unchanged layers.
 
 Example:
     >>> lm = get_model("smollm2-135m")          # loads

@@ -151,7 +151,8 @@ def table_rows(pg, elem_id: str) -> list[str]:
 def running_bars(pg) -> int:
     """Progress indicators visible now (one per running step)."""
     return pg.evaluate("""() => Array.from(document.querySelectorAll(
-        '[data-testid=status-tracker] .progress-text')).filter(e => e.offsetParent !== null).length""")
+        '[data-testid=status-tracker] .progress-text'))
+        .filter(e => e.offsetParent !== null).length""")
 
 
 @contextlib.contextmanager
@@ -250,7 +251,8 @@ def test_3_plan_by_clicking(page):
     x, y = cell_point(pg, "lx-heatmap-plan", 12, 13)
     pg.evaluate("""([x, y]) => {
         const area = document.querySelector('#lx-heatmap-plan .nsewdrag');
-        const o = {clientX: x, clientY: y, bubbles: true, cancelable: true, button: 0, view: window};
+        const o = {clientX: x, clientY: y, bubbles: true, cancelable: true, button: 0,
+                   view: window};
         area.dispatchEvent(new MouseEvent('mousedown', o));
         document.dispatchEvent(new MouseEvent('mouseup', o));
         area.dispatchEvent(new MouseEvent('click', o)); }""", [x, y])

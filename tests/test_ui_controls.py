@@ -63,8 +63,8 @@ def test_a_new_methods_parameters_become_controls(example_method, tmp_path):
 
 def test_controls_read_back_through_the_declaration():
     got = controls.read(PARAMS, [0.25, "bi", False, "3,7,10-12", ""], "example")
-    assert got == {"alpha": 0.25, "measure": "bi", "keep_first": False, "layers": [3, 7, 10, 11, 12],
-                   "budget": None}
+    assert got == {"alpha": 0.25, "measure": "bi", "keep_first": False,
+                   "layers": [3, 7, 10, 11, 12], "budget": None}
     # empty boxes: the defaults
     assert controls.read(PARAMS, [None, "cosine", True, "", " 7 "], "example")["budget"] == 7
     assert controls.read(PARAMS, [None, "cosine", True, "", ""], "example")["alpha"] == 0.5

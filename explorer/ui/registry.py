@@ -1,10 +1,10 @@
-"""The app's shared caches: what every session may reuse, bounded, behind methods that take the lock.
+"""The app's shared caches: what sessions may reuse, bounded, behind methods that take the lock.
 
 The resident model itself lives in `explorer.session` (one per process, for the library, the CLI
 and the app alike); this registry only keeps values computed from it and empties them when that
 model is released (`session.on_release`). The original model's perplexity is cached by
-`explorer.evaluate` itself (the dense cache, shared with the CLI). Sessions hold only names and keys (see `state.py`);
-everything heavy lives here, each cache a small LRU:
+`explorer.evaluate` itself (the dense cache, shared with the CLI). Sessions hold only names and
+keys (see `state.py`); everything heavy lives here, each cache a small LRU:
 
     texts       built-in sources by name ("wiki", "news", "wikitext2")
     user_texts  users' own texts by a hash of their content                "user:<sha256[:16]>"
@@ -81,7 +81,7 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._inflight: dict[tuple, threading.Lock] = {}
-        self._generation = 0       # bumped when the model goes: late results of the old one are dropped
+        self._generation = 0       # bumped when the model goes: its late results are dropped
         self.texts = LRU(SIZES["texts"])
         self.user_texts = LRU(SIZES["user_texts"])
         self.probes = LRU(SIZES["probes"])
