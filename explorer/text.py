@@ -74,8 +74,10 @@ def _texts(source: str, docs: list[str]) -> Texts:
     cal, ev = split_documents(docs)
     evaluation = "\n\n".join(ev)
     if len(evaluation) < MIN_CHARS:
-        raise TextError(f"the text from {source} is too short ({len(evaluation)} characters for "
-                        f"evaluation); give at least a few sentences")
+        total = sum(len(d.strip()) for d in docs if d)
+        raise TextError(f"the text from {source} is too short: {total} characters, split into "
+                        f"a calibration half and an evaluation half; give at least "
+                        f"{2 * MIN_CHARS} characters (a few sentences)")
     return Texts(source=source, calibration="\n\n".join(cal), evaluation=evaluation)
 
 

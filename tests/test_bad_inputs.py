@@ -227,7 +227,7 @@ def test_bad_text_api_and_cli(bad, capsys, case, key, error, fragment):
     source = _spec(bad, key)
     start = time.perf_counter()
     with pytest.raises(error) as info:
-        perplexity(lm, load_texts(source).evaluation, seqlen=64)
+        perplexity(lm, load_texts(source).for_evaluation()[0], seqlen=64)   # what eval reads
     assert time.perf_counter() - start < 5       # refused up front, nothing read whole
     assert fragment in str(info.value)
     line = cli_error(capsys, "eval", "--model", bad["good"], "--text", source, "--seqlen", "64")
