@@ -20,12 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from explorer import ExplorerError, Variant, load_model, load_texts, perplexity  # noqa: E402
-from explorer.methods import PlanContext, get_method  # noqa: E402
-from explorer.recipe import replay  # noqa: E402
-from explorer.methods.layout import Layout  # noqa: E402
+from explorer import ExplorerError, Variant, load_model, load_texts, perplexity
+from explorer.methods import PlanContext, get_method
+from explorer.recipe import replay
+from explorer.methods.layout import Layout
 
 PREFIX_METHODS = ("mka", "come", "sleb")   # greedy, progressive: plan k = prefix of plan max(k)
 ORDER = ("tail", "shortgpt", "angular", "laco:mode=walk", "laco", "streamline", "mka", "come",

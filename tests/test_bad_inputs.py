@@ -30,7 +30,6 @@ from explorer.recipe import Recipe, merge_pairs
 from explorer.text import MAX_TEXT_BYTES, read_text_file, user_texts
 from tiny import SAMPLE_TEXT, VOCAB, byte_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- fixtures: bad models and bad texts on disk ---------------------------------------------------
@@ -370,7 +369,7 @@ def test_bad_recipe_files(bad, tmp_path, capsys):
 def test_cli_error_is_one_line_in_a_real_process(bad):
     """In a fresh process (library loggers and progress bars live), an error after the weights
     were read still prints exactly one line."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")          # the installed package, no path edits
     env.pop("LAYER_EXPLORER_VERBOSE", None)
     proc = subprocess.run([sys.executable, "-m", "explorer", "eval", "--model", str(bad["good"]),
                            "--text", str(bad["text"]), "--seqlen", "16", "--drop", "9", "--json"],
