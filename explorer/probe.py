@@ -183,7 +183,8 @@ def part_influence(lm: LoadedModel, text: str | None = None, *,
     profiles, `PartProfile`), on calibration text or ready `input_ids` (B, T).
 
     One pass records x_0..x_L; each layer is also called, with the arguments the model gives it,
-    as a copy whose MLP outputs zeros, which yields h_i (about 1.3x the probe's cost).
+    as a copy whose MLP outputs zeros, which yields h_i (the probe plus one attention block per
+    layer).
     """
     if input_ids is None:
         if text is None:
