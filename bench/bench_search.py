@@ -67,8 +67,8 @@ def _sleb_rows(lm, calibration: str, quick: bool) -> list[dict]:
     what = f"SLEB {remove} of {L} layers, {windows} x 128 calibration tokens"
     note = (f"removed {fast.order} on both sides (calibration ppl {fast.ppl:.4g}); {scored} "
             f"candidates, {stopped} stopped early; baseline: every candidate from the embeddings "
-            f"over every window; mean of 2 runs in ABBA order (ours {common.spread(seconds['ours'])}"
-            f", baseline {common.spread(seconds['baseline'])})")
+            f"over every window; mean of 2 runs in ABBA order (ours "
+            f"{common.spread(seconds['ours'])}, baseline {common.spread(seconds['baseline'])})")
     if not quick:
         note += f"; target SLEB 6/30 < 300 s: {'met' if mean['ours'] < 300 else 'missed'}"
     rows = [common.row("search", what, mean["ours"], mean["baseline"], "s",

@@ -50,7 +50,7 @@ from .variant import Variant
 
 BUDGET_ENV = "LAYER_EXPLORER_STATE_CACHE_MB"
 DEFAULT_BUDGET_MB = {"cpu": 512, "cuda": 2048}
-DISK_ENV = "LAYER_EXPLORER_DENSE_DISK"      # "0": keep dense figures and states in this process only
+DISK_ENV = "LAYER_EXPLORER_DENSE_DISK"      # "0": figures and states stay in this process
 DISK_BUDGET_ENV = "LAYER_EXPLORER_STATE_DISK_MB"
 DEFAULT_DISK_BUDGET_MB = 1024
 MAX_FIGURES = 256                            # figures kept in memory (a few hundred bytes each)
@@ -70,7 +70,7 @@ def default_budget(device: torch.device | str) -> int:
     return DEFAULT_BUDGET_MB.get(kind, DEFAULT_BUDGET_MB["cpu"]) * 2**20
 
 
-# -- keys -------------------------------------------------------------------------------------------
+# -- keys ------------------------------------------------------------------------------------------
 
 def weights_fingerprint(lm: LoadedModel) -> str:
     """A digest of the model's weights and configuration, cheap enough to take on every call.
@@ -128,14 +128,16 @@ class DenseKey:
         return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def dense_key(lm: LoadedModel, ids: torch.Tensor, compute_dtype: torch.dtype | None = None) -> DenseKey:
+def dense_key(lm: LoadedModel, ids: torch.Tensor,
+              compute_dtype: torch.dtype | None = None) -> DenseKey:
     """The cache key of the dense model evaluated on windows `ids` (W, T)."""
     compute = compute_dtype or lm.dtype
-    return DenseKey(weights_fingerprint(lm), windows_digest(ids), str(lm.dtype).replace("torch.", ""),
-                    str(compute).replace("torch.", ""), lm.device.type)
+    return DenseKey(weights_fingerprint(lm), windows_digest(ids),
+                    str(lm.dtype).replace("torch.", ""), str(compute).replace("torch.", ""),
+                    lm.device.type)
 
 
-# -- prefix states ----------------------------------------------------------------------------------
+# -- prefix states ---------------------------------------------------------------------------------
 
 def first_change(reference: Variant, variant: Variant) -> int:
     """The first slot where `variant` differs from `reference`: slots 0..k-1 are the same modules.
@@ -194,7 +196,7 @@ class PrefixStates:
         return b, self.states[b]
 
 
-# -- the process-wide cache -------------------------------------------------------------------------
+# -- the process-wide cache ------------------------------------------------------------------------
 
 class DenseCache:
     """Dense figures and dense states, shared by every caller in the process (thread-safe).

@@ -25,8 +25,9 @@ Live figure: windows are evaluated in an order spread over the text (`spread_ord
 running figure is an estimate of the final one from the first batch on; progress messages carry
 it with a 95% band from the spread of the per-window NLL (finite-population corrected, so it
 closes on the final figure). For a variant, when the dense figure is cached, the estimate is the
-dense figure plus the mean change over the windows run so far, which settles much sooner. The result keeps each window's NLL (`PPLResult.window_nll`) and gives
-the band of the figure over the text's windows (`PPLResult.interval`).
+dense figure plus the mean change over the windows run so far, which settles much sooner. The
+result keeps each window's NLL (`PPLResult.window_nll`) and gives the band of the figure over the
+text's windows (`PPLResult.interval`).
 
 Cost: FLOPs per predicted token ~ 2 x N, N = the parameters a token passes through (every weight
 matrix once, vocabulary head included; Kaplan et al. 2020, arXiv 2001.08361, eq. 2.1), plus
@@ -187,7 +188,7 @@ def evaluation_windows(lm: LoadedModel, text: str, seqlen: int, max_tokens: int 
     return windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
 
 
-# -- the live figure --------------------------------------------------------------------------------
+# -- the live figure -------------------------------------------------------------------------------
 
 def spread_order(n: int) -> list[int]:
     """0..n-1 in an order that covers the range evenly from the start: the van der Corput
@@ -256,7 +257,7 @@ def running_message(window_nll: Sequence[float], total: int, label: str = "perpl
     return text
 
 
-# -- one pass over the windows ----------------------------------------------------------------------
+# -- one pass over the windows ---------------------------------------------------------------------
 
 @dataclass
 class WindowPass:
@@ -353,11 +354,12 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                     break
     finally:
         batches.close()          # restores the model's layers at once, also after a break
-    return WindowPass(nll=nll, evaluated=evaluated, predicted=T - 1, start=start, seconds=time.perf_counter() - t0,
+    return WindowPass(nll=nll, evaluated=evaluated, predicted=T - 1, start=start,
+                      seconds=time.perf_counter() - t0,
                       states=kept, abandoned=abandoned)
 
 
-# -- perplexity -------------------------------------------------------------------------------------
+# -- perplexity ------------------------------------------------------------------------------------
 
 def dense_checkpoints(lm: LoadedModel, ids: torch.Tensor) -> list[int]:
     """The boundaries the dense cache keeps for windows `ids` (W, T) within its budget."""

@@ -4,8 +4,9 @@ The pass is `backbone.run_backbone` with every boundary recorded.
 
 Notation (../shared/METHODS.md): layer i maps x_i -> x_{i+1}; x_0 is the input of the first layer
 (the embeddings) and x_L the output of the last layer, *before* the final norm. Forward hooks on
-the decoder layers (in run_backbone) capture these directly; `output_hidden_states` is not used because its last
-entry comes after the final norm, which makes the last layer look unlike every other.
+the decoder layers (in run_backbone) capture these directly; `output_hidden_states` is not used
+because its last entry comes after the final norm, which makes the last layer look unlike every
+other.
 
 Massive activations: many LLMs write a huge value into the first position of every window (norm
 ~24k in SmolLM2 against ~140 elsewhere); left in, that one position dominates mean cosines and
@@ -57,7 +58,8 @@ class ProbeResult:
         return self.last.shape[1]
 
     def pooled(self) -> torch.Tensor:
-        """(L+1, B, H) mean of the recorded tokens of each sample: one point per sample per layer."""
+        """(L+1, B, H) mean of the recorded tokens of each sample: one point per sample and
+        layer."""
         L1, N, H = self.states.shape
         B = self.num_samples
         out = torch.zeros(L1, B, H, dtype=self.states.dtype, device=self.states.device)
@@ -136,7 +138,7 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
                        seconds=time.perf_counter() - start)
 
 
-# -- attention and MLP blocks -----------------------------------------------------------------------
+# -- attention and MLP blocks ----------------------------------------------------------------------
 
 @dataclass
 class PartProfile:
