@@ -181,16 +181,22 @@ def test_api_errors_are_typed(tiny_lm):
 
 
 def test_perplexity_progress_reports_the_running_figure(tiny_lm, sample_text):
-    """Each batch reports its fraction and the perplexity so far; the last one is the result."""
+    """Each batch reports its fraction and the perplexity so far; windows run in a spread order,
+    so the first figure is that of the first windows of `spread_order`; the last is the result."""
+    import math
+
     from explorer import perplexity
+    from explorer.evaluate import spread_order
 
     seen: list[tuple[float, str]] = []
     r = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=320, batch_size=3,
                    progress=lambda f, m: seen.append((f, m)))
     assert [f for f, _ in seen] == pytest.approx([0.3, 0.6, 0.9, 1.0])
     assert seen[-1][1] == f"perplexity: 10/10 windows, {r.ppl:.4g} so far"
-    first = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=96, batch_size=3).ppl
-    assert seen[0][1].endswith(f"{first:.4g} so far")
+    first3 = spread_order(10)[:3]
+    assert sorted(first3) != [0, 1, 2]          # spread over the text, not its beginning
+    first = math.exp(sum(r.window_nll[i] for i in first3) / 3)   # equal-length windows
+    assert seen[0][1].startswith(f"perplexity: 3/10 windows, {first:.4g} so far")
 
 
 def test_eval_on_a_file_reads_the_whole_file_up_to_max_tokens(tiny_factory, tmp_path, capsys):
