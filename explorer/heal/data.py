@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..backbone import run_backbone
 from ..errors import TextError
-from ..evaluate import _final_logits as final_logits, token_nll
+from ..evaluate import LOGIT_CHUNK, _final_logits as final_logits, token_nll
 from ..load import LoadedModel, Progress
 from ..methods.registry import text_digest
 from ..probe import calibration_windows
@@ -108,9 +108,11 @@ class HealData:
         st = self.store
         with st.lock:
             missing = sorted(set(boundaries) - set(st.states))
-            if missing:
+            if missing:           # run from the deepest cached state below them, not from 0
+                start = max((b for b in st.states if b <= missing[0]), default=0)
                 st.states.update(variant_states(self.lm, Variant.identity(self.lm), self.ids,
-                                                   missing, progress, "dense states"))
+                                                missing, progress, "dense states", start,
+                                                st.states.get(start)))
             return {b: st.states[b] for b in boundaries}
 
     def states(self, v: Variant, b: int, progress: Progress | None = None) -> torch.Tensor:
@@ -123,11 +125,8 @@ class HealData:
         if start == b:
             return self.dense_states([b], progress)[b]
         x = self.dense_states([start], progress)[start] if start > 0 else None
-        out = [batch.states[b].float().cpu()
-               for batch in run_backbone(self.lm, self.ids, variant=v, start=start,
-                                         start_states=x, stop=b, record=[b],
-                                         progress=progress, label=f"states at slot {b}")]
-        return torch.cat(out)
+        return variant_states(self.lm, v, self.ids, [b], progress, f"states at slot {b}", start,
+                              x)[b]
 
     def dense_topk(self, k: int, progress: Progress | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,10 +143,14 @@ class HealData:
             for b in run_backbone(self.lm, self.ids, start=start, final_norm=True,
                                   start_states=st.states.get(start), progress=progress,
                                   label="dense next-token distributions"):
-                logp = F.log_softmax(final_logits(self.lm, b.hidden), dim=-1)   # (b, T, V)
-                top = logp.topk(k, dim=-1)
-                idx.append(top.indices.cpu())
-                lp.append(top.values.float().cpu())
+                flat = b.hidden.reshape(-1, b.hidden.shape[-1])                 # (b*T, H)
+                ti, tv = [], []
+                for s in range(0, flat.shape[0], LOGIT_CHUNK):   # (chunk, V) logits at a time
+                    top = F.log_softmax(final_logits(self.lm, flat[s:s + LOGIT_CHUNK]), -1).topk(k)
+                    ti.append(top.indices.cpu())
+                    tv.append(top.values.float().cpu())
+                idx.append(torch.cat(ti).view(*b.hidden.shape[:2], k))
+                lp.append(torch.cat(tv).view(*b.hidden.shape[:2], k))
             st.topk = (torch.cat(idx), torch.cat(lp))
         return st.topk
 
@@ -161,24 +164,27 @@ def shared_prefix(v: Variant) -> int:
 
 
 def variant_states(lm: LoadedModel, v: Variant, ids: torch.Tensor, boundaries: list[int],
-                   progress: Progress | None = None, label: str = "states"
-                   ) -> dict[int, torch.Tensor]:
-    """Residual stream of `v` at `boundaries` for windows `ids`: {b: (W, T, H) float32 CPU}."""
+                   progress: Progress | None = None, label: str = "states", start: int = 0,
+                   start_states: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """Residual stream of `v` at `boundaries` (all >= start) for windows `ids`, running from
+    boundary `start` with the given states there: {b: (W, T, H) float32 CPU}."""
     out: dict[int, list[torch.Tensor]] = {b: [] for b in boundaries}
-    for batch in run_backbone(lm, ids, variant=v, stop=max(boundaries), record=boundaries,
-                              progress=progress, label=label):
+    for batch in run_backbone(lm, ids, variant=v, start=start, start_states=start_states,
+                              stop=max(boundaries), record=boundaries, progress=progress,
+                              label=label):
         for b in boundaries:
             out[b].append(batch.states[b].float().cpu())
     return {b: torch.cat(parts) for b, parts in out.items()}
 
 
-def topk_kl(logits: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+def topk_kl(logits: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor,
+            reduction: str = "mean") -> torch.Tensor:
     """KL(dense || student) over the dense model's top-k tokens plus one bin for all the rest.
 
     logits: (n, V) student logits; idx, ref_logp: (n, k) the dense top-k tokens and log-probs.
     Coarsening both distributions to the same k+1 bins gives a true KL between them, a lower bound
-    of the full one that is exact when the dense tail is empty; returns the mean over the n
-    positions (nats).
+    of the full one that is exact when the dense tail is empty; returns the mean (or the sum,
+    reduction="sum") over the n positions, in nats.
     """
     logq = F.log_softmax(logits.float(), dim=-1)              # (n, V)
     q_top = logq.gather(-1, idx)                              # (n, k)
@@ -188,7 +194,8 @@ def topk_kl(logits: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor) -> 
     q_rest = (1 - q_top.exp().sum(-1)).clamp(min=1e-12)
     kl_rest = torch.where(p_rest > 1e-9, p_rest * (p_rest.clamp(min=1e-12).log() - q_rest.log()),
                           torch.zeros_like(p_rest))
-    return (kl_top + kl_rest).mean()
+    kl = kl_top + kl_rest
+    return kl.sum() if reduction == "sum" else kl.mean()
 
 
 @torch.no_grad()

@@ -40,9 +40,10 @@ from .data import topk_kl
 from .layerwise import Layerwise, batches, train_groups, trained_groups
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
     with_defaults
-from .train import train
+from .train import Backward, train
 
 LR = {"layers": 5e-5, "norms": 1e-3, "lora": 5e-4}
+HEAD_ELEMENTS = 1 << 25      # logits per chunk of the head (128 MB in float32)
 CF = {p.name: p.default for p in ClosedForm.params}
 LW = {p.name: p.default for p in Layerwise.params}
 
@@ -73,6 +74,28 @@ class LoRA:
         """W <- W + B A in every adapted projection (their copies own their weights)."""
         for lin, (a, b) in zip(self.linears, self.ab):
             lin.weight.copy_((lin.weight.double() + b.double() @ a.double()).to(lin.weight.dtype))
+
+
+def head_kl(lm, hidden: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor) -> Backward:
+    """The mean top-k KL of the final-norm states `hidden` (b, T, H) against the dense targets
+    idx, ref_logp (b, T, k), and its gradient at `hidden`: the vocabulary head runs on chunks of
+    positions, so the (positions x vocabulary) logits never exist whole (Gemma's 262k
+    vocabulary x 512 positions would be 0.5 GB, twice with the log-softmax)."""
+    H, k = hidden.shape[-1], idx.shape[-1]
+    flat = hidden.detach().reshape(-1, H)
+    n = flat.shape[0]
+    idx, ref_logp = idx.reshape(n, k).to(flat.device), ref_logp.reshape(n, k).to(flat.device)
+    chunk = max(16, HEAD_ELEMENTS // lm.config.vocab_size)
+    grad = torch.empty_like(flat)
+    total = 0.0
+    with torch.enable_grad():
+        for s in range(0, n, chunk):
+            h = flat[s:s + chunk].requires_grad_(True)
+            loss = topk_kl(final_logits(lm, h), idx[s:s + chunk], ref_logp[s:s + chunk],
+                           reduction="sum") / n
+            grad[s:s + chunk], = torch.autograd.grad(loss, h)
+            total += float(loss)
+    return Backward(total, hidden, grad.view_as(hidden))
 
 
 def trained_slots(v: Variant, params: dict) -> list[int]:
@@ -191,15 +214,13 @@ class Distill(HealMode):
         order = batches(data.num_windows, params["batch"], ctx.seed + 1)
         k = params["top_k"]
 
-        def loss_at(step: int) -> torch.Tensor:
+        def loss_at(step: int) -> Backward:
             idx = next(order)
             ids = data.ids[idx]
             for b in run_backbone(lm, ids, variant=cur, start=s0, final_norm=True, grad=True,
                                   start_states=x0[idx] if x0 is not None else None,
                                   batch_size=ids.shape[0]):
-                logits = final_logits(lm, b.hidden.reshape(-1, b.hidden.shape[-1]))
-                return topk_kl(logits, top_idx[idx].reshape(-1, k).to(logits.device),
-                               top_lp[idx].reshape(-1, k).to(logits.device))
+                return head_kl(lm, b.hidden, top_idx[idx], top_lp[idx])
             raise RuntimeError("no batch")   # pragma: no cover
 
         sub = HealContext(lm, cur, data, ctx.params, ctx.seed, steps, seconds, ctx.progress,

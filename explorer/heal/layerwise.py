@@ -140,10 +140,10 @@ class Layerwise(HealMode):
     params = with_defaults(COMMON_PARAMS, windows=256) + (
         Param("init", str, "closed-form", "start from the closed-form map, or from the layers "
               "as they are", choices=("closed-form", "none")),
-        Param("before", int, 1, "slots trained up to and including each cut's layer", min=0,
+        Param("before", int, 3, "slots trained up to and including each cut's layer", min=0,
               max=1000),
-        Param("after", int, 0, "slots trained after each cut", min=0, max=1000),
-        Param("lr", float, 1e-4, "Adam learning rate (cosine-decayed)", min=0, max=1),
+        Param("after", int, 3, "slots trained after each cut", min=0, max=1000),
+        Param("lr", float, 2e-4, "Adam learning rate (cosine-decayed)", min=0, max=1),
         Param("batch", int, 4, "windows per step", min=1, max=4096),
         Param("schedule_steps", int, None, "length of the learning-rate schedule (default: the "
               "step budget, or estimated from the first steps under a time budget)", min=1,

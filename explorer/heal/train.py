@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -23,15 +24,29 @@ from .data import held_out_ppl
 from .registry import HealContext
 
 PROBE_STEPS = 3            # steps timed before a time budget fixes the schedule's length
-MONITOR_SECONDS = 20.0     # held-out perplexity at most this often (and at the end)
+MONITOR_SECONDS = 20.0     # held-out perplexity at most this often (and at the end),
+MONITOR_RATIO = 9.0        # and at most ~10% of the time (slow steps on a busy machine)
 
 
-def train(ctx: HealContext, tensors: list[torch.Tensor], loss_at: Callable[[int], torch.Tensor],
+@dataclass
+class Backward:
+    """A loss whose gradient is already known at an intermediate tensor (the distillation's
+    hidden states, its vocabulary head run in chunks): the rest of the backward pass starts there.
+    """
+
+    value: float                # the loss
+    output: torch.Tensor        # a tensor of the graph, e.g. (b, T, H) hidden states
+    grad: torch.Tensor          # d loss / d output, same shape
+
+
+def train(ctx: HealContext, tensors: list[torch.Tensor],
+          loss_at: Callable[[int], torch.Tensor | Backward],
           *, lr: float, label: str, current: Callable[[], Variant],
           schedule_steps: int | None = None, warmup: float = 0.05, hard_deadline: bool = True
           ) -> tuple[int, int, list[dict]]:
     """Minimise loss_at(step) over `tensors`; returns (steps done, schedule length, history).
 
+    loss_at(step): a scalar loss tensor, or a `Backward` (the gradient known part way).
     current(): the variant with the layers being trained in place, for the held-out perplexity.
     hard_deadline=False: under a time budget, run the whole estimated schedule even if it ends a
     little after the deadline (then steps done = schedule length, and a replay needs only that).
@@ -43,7 +58,7 @@ def train(ctx: HealContext, tensors: list[torch.Tensor], loss_at: Callable[[int]
     opt = torch.optim.Adam(tensors, lr=lr)
     history: list[dict] = []
     t0 = time.perf_counter()
-    last_monitor = t0
+    last_monitor, monitor_cost = t0, 0.0
     ppl = ctx.held_out_ppl
     step = 0
     try:
@@ -61,18 +76,24 @@ def train(ctx: HealContext, tensors: list[torch.Tensor], loss_at: Callable[[int]
             for group in opt.param_groups:
                 group["lr"] = lr * scale
             loss = loss_at(step)
-            grads = torch.autograd.grad(loss, tensors)
+            if isinstance(loss, Backward):
+                grads = torch.autograd.grad(loss.output, tensors, grad_outputs=loss.grad)
+                value = loss.value
+            else:
+                grads = torch.autograd.grad(loss, tensors)
+                value = float(loss.detach())
             for t, g in zip(tensors, grads):
                 t.grad = g
             torch.nn.utils.clip_grad_norm_(tensors, 1.0)
             opt.step()
             step += 1
             now = time.perf_counter()
-            entry = {"step": step, "loss": float(loss.detach()), "seconds": round(now - t0, 2)}
-            if now - last_monitor >= MONITOR_SECONDS:
+            entry = {"step": step, "loss": value, "seconds": round(now - t0, 2)}
+            if now - last_monitor >= max(MONITOR_SECONDS, MONITOR_RATIO * monitor_cost):
                 ppl = ctx.held_out_ppl = held_out_ppl(ctx.lm, current(), ctx.data.held_out)
                 entry["held_out_ppl"] = ppl
                 last_monitor = time.perf_counter()
+                monitor_cost = last_monitor - now
             history.append(entry)
             done = max(step / total if total else 0.0,
                        (now - t0) / seconds if seconds else 0.0)
