@@ -26,7 +26,7 @@ the checkpoint below its first change). The process-wide `CACHE` holds states of
 Example:
     >>> key = dense_key(lm, windows)                 # weights fingerprint + windows + dtypes
     >>> CACHE.figure(key)                            # the dense figure, if measured before
-    >>> ref = CACHE.states(key)                      # PrefixStates of the dense model, or None
+    >>> ref = CACHE.states(key, lm)                  # PrefixStates of the dense model, or None
     >>> start, states = ref.start_for(variant)       # run the variant from boundary `start`
 """
 
@@ -208,7 +208,10 @@ class DenseCache:
     def __init__(self, budget_bytes: int | None = None, disk: bool | None = None) -> None:
         self._lock = threading.RLock()
         self._figures: OrderedDict[DenseKey, dict] = OrderedDict()
-        self._states: OrderedDict[DenseKey, PrefixStates] = OrderedDict()
+        # key -> (ids, {boundary: states}): tensors only, so that a cached entry never keeps a
+        # model alive; a PrefixStates is rebuilt around the caller's model (same weights: same key)
+        self._states: OrderedDict[DenseKey, tuple[torch.Tensor, dict[int, torch.Tensor]]] = \
+            OrderedDict()
         self._building: dict[DenseKey, threading.Lock] = {}
         self._budget = budget_bytes
         self._disk = disk
@@ -272,12 +275,14 @@ class DenseCache:
                 self._figures.popitem(last=False)
 
     # states
-    def states(self, key: DenseKey) -> PrefixStates | None:
+    def states(self, key: DenseKey, lm: LoadedModel) -> PrefixStates | None:
+        """The dense states for `key` as PrefixStates of `lm`'s dense model, or None."""
         with self._lock:
-            ref = self._states.get(key)
-            if ref is not None:
-                self._states.move_to_end(key)
-            return ref
+            entry = self._states.get(key)
+            if entry is None:
+                return None
+            self._states.move_to_end(key)
+        return PrefixStates(Variant.identity(lm), entry[0], dict(entry[1]))
 
     def store_states(self, key: DenseKey, ref: PrefixStates) -> bool:
         """Keep `ref`, evicting the least recently used states to stay within the budget; states
@@ -288,7 +293,7 @@ class DenseCache:
             if ref.nbytes > budget or not ref.states:
                 return False
             self._evict(budget - ref.nbytes)
-            self._states[key] = ref
+            self._states[key] = (ref.ids, dict(ref.states))
             return True
 
     def _evict(self, allowed: int) -> None:
@@ -299,7 +304,8 @@ class DenseCache:
     def nbytes(self) -> int:
         """Bytes of states held now."""
         with self._lock:
-            return sum(ref.nbytes for ref in self._states.values())
+            return sum(t.numel() * t.element_size() for _, states in self._states.values()
+                       for t in states.values())
 
     # states on disk: one file per boundary, read one at a time
     def save_states(self, key: DenseKey, ref: PrefixStates) -> None:
@@ -356,12 +362,6 @@ class DenseCache:
             for f in _figure_dir().glob("*.json"):
                 f.unlink(missing_ok=True)
             shutil.rmtree(_states_dir(), ignore_errors=True)
-
-    def forget_model(self, lm: LoadedModel) -> None:
-        """Drop the states that hold `lm`'s tensors (the app calls this when it unloads a model)."""
-        with self._lock:
-            for key in [k for k, ref in self._states.items() if ref.variant.lm is lm]:
-                del self._states[key]
 
 
 def _figure_dir() -> Path:

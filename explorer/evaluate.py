@@ -439,7 +439,7 @@ def _nearest_states(key, variant: Variant, w: torch.Tensor, marks: list[int],
                     dense: Variant) -> PrefixStates | None:
     """The dense states in memory, joined by the boundary on disk nearest below `variant`'s first
     change when memory has none as close (a new process, or states evicted)."""
-    ref = CACHE.states(key)
+    ref = CACHE.states(key, variant.lm)
     k = first_change(dense, variant)
     best = max((b for b in marks if b <= k), default=0)
     if ref is not None and ref.start_for(variant)[0] >= best:

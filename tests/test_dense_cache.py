@@ -77,9 +77,20 @@ def test_dense_figure_reused_until_text_protocol_dtype_or_weights_change(tiny_fa
     }
     for what, r in changed.items():
         assert not r.cached, what
-    # the same weights loaded again (another session, or a second CLI call) reuse the figure,
-    # from memory or, after the process forgot it, from disk
-    assert perplexity(load_model(str(folder)), sample_text, **KW).cached
+    # the same weights loaded again (another session, or a second CLI call) reuse the figure
+    # and the states, from memory or, after the process forgot them, from disk
+    again = load_model(str(folder))
+    assert perplexity(again, sample_text, **KW).cached
+    assert perplexity(again, sample_text, variant=Variant.identity(again).drop([2]),
+                      **KW).start == 2
+    # the cache holds tensors only: a model nobody uses any more is freed
+    import gc
+    import weakref
+
+    gone = weakref.ref(again)
+    del again
+    gc.collect()
+    assert gone() is None
     CACHE.clear()
     from_disk = perplexity(lm, sample_text, **KW)
     assert from_disk.cached and from_disk.ppl == first.ppl
