@@ -22,6 +22,8 @@ Usage:
     python bench/bench_heal.py --only smol --seconds 300
     python bench/bench_heal.py --full                 # more evaluation tokens, every method in
                                                       # the closed-form comparison
+    python bench/bench_heal.py --table --resume       # docs/methods.md's table, one JSON line
+                                                      # per cell in bench/results/heal_table.jsonl
 """
 
 from __future__ import annotations
@@ -195,6 +197,82 @@ def gemma_rows(seconds: float, max_tokens: int) -> list[dict]:
     return rows
 
 
+TABLE_BUDGETS = {"closed-form": {}, "layerwise": {"steps": 600},
+                 "distill": {"steps": 100, "init_steps": 600}}
+
+
+def table(out: Path, methods: tuple[str, ...], removes: tuple[int, ...], modes: tuple[str, ...],
+          max_tokens: int, resume: bool) -> str:
+    """The measured table of docs/methods.md: every method at each k, unhealed and healed by each
+    mode with the fixed step budgets above (replayable, unlike a time budget). One JSON line per
+    cell in `out` (an interrupted run keeps what finished; resume skips it); returns Markdown."""
+    import json
+
+    from explorer import load_model, load_texts
+    from explorer.methods import compress
+
+    done = {}
+    if resume and out.exists():
+        done = {(r["method"], r["remove"], r["mode"]): r
+                for r in map(json.loads, out.read_text().splitlines())}
+    elif out.exists():
+        out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lm = load_model(common.DEFAULT_MODEL)
+    wiki = load_texts("wiki")
+
+    def record(row: dict) -> None:
+        done[(row["method"], row["remove"], row["mode"])] = row
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{row['method']:>10} k={row['remove']} {row['mode']:>11}: ppl {row['ppl']:.2f} "
+              f"({row['seconds']:.0f} s)", flush=True)
+
+    if ("dense", 0, "none") not in done:
+        record({"method": "dense", "remove": 0, "mode": "none", "seconds": 0.0,
+                "ppl": _ppl(lm, wiki.evaluation, max_tokens=max_tokens)})
+    for m in methods:
+        for k in removes:
+            todo = [x for x in ("none",) + modes if (m, k, x) not in done]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            try:
+                plan = compress(lm, m, remove=k)
+            except Exception as exc:           # e.g. LaCo's walk cannot reach k: a result too
+                for x in todo:
+                    record({"method": m, "remove": k, "mode": x, "ppl": float("nan"),
+                            "seconds": 0.0, "note": f"refused: {exc}"[:200]})
+                continue
+            if "none" in todo:
+                record({"method": m, "remove": k, "mode": "none", "seconds":
+                        time.perf_counter() - t0, "removed": plan.removed,
+                        "ppl": _ppl(lm, wiki.evaluation, plan.variant, max_tokens)})
+            for x in todo:
+                if x == "none":
+                    continue
+                try:
+                    r, took = _timed_heal(plan.variant, x, **TABLE_BUDGETS[x])
+                    ppl, note = _ppl(lm, wiki.evaluation, r.variant, max_tokens), r.notes
+                except Exception as exc:       # a variant the mode cannot heal: say why
+                    ppl, took, note = float("nan"), 0.0, f"failed: {exc}"[:200]
+                record({"method": m, "remove": k, "mode": x, "ppl": ppl, "seconds": took,
+                        "note": note[:300]})
+    dense = done[("dense", 0, "none")]["ppl"]
+    head = "| method | " + " | ".join(f"{k} removed" for k in removes) + " |"
+    lines = [f"Cells: unhealed / {' / '.join(modes)} (wiki perplexity, dense {dense:.2f}).", "",
+             head, "|---|" + "---|" * len(removes)]
+    for m in methods:
+        cells = []
+        for k in removes:
+            vals = [done.get((m, k, x)) for x in ("none",) + modes]
+            cells.append(" / ".join("not run" if v is None else
+                                    "-" if v["ppl"] != v["ppl"] else f"{v['ppl']:.1f}"
+                                    for v in vals))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run(quick: bool = True, lm=None, only: tuple[str, ...] = ("smol", "closed", "gemma"),
         seconds: float = 300.0) -> list[dict]:
     from explorer import load_model
@@ -219,8 +297,18 @@ def main() -> None:
     ap.add_argument("--only", default="smol,closed,gemma")
     ap.add_argument("--seconds", type=float, default=300.0,
                     help="time budget of each training mode (the whole heal call)")
+    ap.add_argument("--table", action="store_true",
+                    help="instead: the measured table (every method at 3/6/9, each mode)")
+    ap.add_argument("--modes", default="closed-form,layerwise,distill", help="with --table")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS), help="with --table")
+    ap.add_argument("--resume", action="store_true", help="with --table: keep finished cells")
     args = ap.parse_args()
     common.quiet()
+    if args.table:
+        print(table(Path("bench/results/heal_table.jsonl"), tuple(args.methods.split(",")),
+                    (3, 6, 9), tuple(args.modes.split(",")), 16384 if args.full else 4096,
+                    args.resume))
+        return
     rows = run(not args.full, only=tuple(args.only.split(",")), seconds=args.seconds)
     m = common.machine()
     print(f"{m['cpu']}, {m['nproc']} cores, load {m.get('loadavg_1min', '?')}, torch "

@@ -120,6 +120,13 @@ class NormalEquations:
         return max(sq, 0.0) / max(1, self.n)
 
 
+def needed_boundaries(v: Variant) -> set[int]:
+    """The dense boundaries the closed form of `v`'s cuts reads (to fetch them in one pass)."""
+    prefix = shared_prefix(v)
+    return {b for cut in find_cuts(v) if cut.slot >= 0
+            for b in (min(prefix, cut.slot), cut.dense_out)} - {0}
+
+
 def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
     """Run the calibration windows through `v` up to slot `cut.slot` and accumulate the normal
     equations of its cut; with keep=True also return the token rows (M, Y, D) (N, H) float32."""

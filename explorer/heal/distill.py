@@ -35,9 +35,11 @@ from ..evaluate import _final_logits as final_logits
 from ..params import Param
 from ..variant import Variant
 from .closed_form import ClosedForm, apply_closed_form, fit_notes
+from .closed_form import needed_boundaries as cf_boundaries
 from .cuts import trainable_copy, with_slot
-from .data import topk_kl
+from .data import shared_prefix, topk_kl
 from .layerwise import Layerwise, batches, train_groups, trained_groups
+from .layerwise import needed_boundaries as lw_boundaries
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
     with_defaults
 from .train import Backward, train
@@ -159,6 +161,13 @@ class Distill(HealMode):
                              "layer to train)")
         v, notes, details, replay = ctx.variant, "", {}, {}
         steps, seconds = ctx.steps, ctx.seconds
+        # the distillation's inputs, and the last boundary (the top-k targets start there)
+        need = {min(shared_prefix(v), min(trained_slots(v, params))), v.lm.num_layers}
+        if params["init"] != "none":
+            need |= cf_boundaries(v)
+        if params["init"] == "layerwise":
+            need |= lw_boundaries(v, LW["before"], LW["after"])
+        ctx.data.dense_states(sorted(need - {0}), ctx.progress)    # one dense pass for all
         if params["init"] != "none":
             v, fits = apply_closed_form(ctx, v, CF, "cf")
             details["fits"] = fits
@@ -184,8 +193,8 @@ class Distill(HealMode):
         share, fixed = params["init_share"], params["init_steps"]
         steps = fixed or (None if ctx.steps is None else max(1, round(ctx.steps * share)))
         seconds = None if fixed or ctx.seconds is None else ctx.seconds * share
-        sub = HealContext(ctx.lm, v, ctx.data, {**ctx.params, **LW}, ctx.seed, steps, seconds,
-                          ctx.progress, ctx.held_out_ppl)
+        sub = HealContext(ctx.lm, ctx.variant, ctx.data, {**ctx.params, **LW}, ctx.seed, steps,
+                          seconds, ctx.progress, ctx.held_out_ppl)
         v, done, _, hist = train_groups(sub, v, {**LW, "schedule_steps": None},
                                         "distill: layer-wise start", hard_deadline=False)
         ctx.held_out_ppl = sub.held_out_ppl
@@ -194,7 +203,7 @@ class Distill(HealMode):
     def distill(self, ctx: HealContext, v: Variant, params: dict, steps: int | None,
                 seconds: float | None) -> tuple[Variant, int, int, list[dict]]:
         lm, data = ctx.lm, ctx.data
-        slots = trained_slots(v, params)
+        slots = trained_slots(ctx.variant, params)      # around the cuts heal was given
         what = params["train"]
         lr = params["lr"] if params["lr"] is not None else LR[what]
         modules = {j: trainable_copy(v.layer(j), owns(what)) for j in slots}

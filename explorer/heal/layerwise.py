@@ -26,6 +26,7 @@ from ..errors import ParamError
 from ..params import Param
 from ..variant import Variant
 from .closed_form import ClosedForm, apply_closed_form, fit_notes
+from .closed_form import needed_boundaries as cf_boundaries
 from .cuts import dense_boundary, find_cuts, trainable_copy, with_slot
 from .data import shared_prefix
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
@@ -50,6 +51,13 @@ def trained_groups(v: Variant, before: int, after: int) -> list[tuple[int, int]]
         else:
             groups.append([s, e])
     return [(s, e) for s, e in groups]
+
+
+def needed_boundaries(v: Variant, before: int, after: int) -> set[int]:
+    """The dense boundaries the groups of `v` read: their inputs' shared prefix and targets."""
+    prefix = shared_prefix(v)
+    return {b for s, e in trained_groups(v, before, after)
+            for b in (min(prefix, s), dense_boundary(v, e + 1))} - {0}
 
 
 def slot_call(ctx: HealContext, v: Variant, slot: int, x: torch.Tensor, rows: slice) -> LayerCall:
@@ -100,9 +108,11 @@ def batches(n: int, batch: int, seed: int):
 
 def train_groups(ctx: HealContext, v: Variant, params: dict, label: str,
                  hard_deadline: bool = True) -> tuple[Variant, int, int, list[dict]]:
-    """Train every group of slots around the cuts of `v` in one loop (one schedule)."""
+    """Train every group of slots around the cuts in one loop (one schedule). The cuts are those
+    of the variant given to `heal` (ctx.variant): `v` may already hold healed layers (the closed
+    form's), which are not cuts of their own."""
     groups = [Group(ctx, v, s, e, params["batch"])
-              for s, e in trained_groups(v, params["before"], params["after"])]
+              for s, e in trained_groups(ctx.variant, params["before"], params["after"])]
     tensors = [p for g in groups for m in g.modules for p in m.parameters()]
     order = batches(ctx.data.num_windows, params["batch"], ctx.seed)
     device = ctx.lm.device
@@ -156,6 +166,10 @@ class Layerwise(HealMode):
                              "layer to train)")
         v, notes = ctx.variant, ""
         fits = []
+        need = needed_boundaries(v, params["before"], params["after"])
+        if params["init"] == "closed-form":
+            need |= cf_boundaries(v)
+        ctx.data.dense_states(sorted(need), ctx.progress)          # one dense pass for all
         if params["init"] == "closed-form":
             v, fits = apply_closed_form(ctx, v, {**CF, "ridge": CF["ridge"]}, "cf")
             notes = fit_notes(fits) + ". "
