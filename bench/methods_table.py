@@ -26,6 +26,7 @@ from explorer.recipe import replay
 from explorer.methods.layout import Layout
 
 PREFIX_METHODS = ("mka", "come", "sleb")   # greedy, progressive: plan k = prefix of plan max(k)
+SHARED_SEARCH = ("blockpruner",)     # Method.plans: one search serves every k
 ORDER = ("tail", "shortgpt", "angular", "laco:mode=walk", "laco", "streamline", "mka", "come",
          "streamline:replacement=linear", "sleb", "blockpruner")
 
@@ -103,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                 removed, merged = merged_of(ops[:k], lm.num_layers)
                 record(name, k, v, removed, merged, plan_s * k / max(todo),
                        plan.notes if k == max(todo) else f"first {k} steps of the plan above")
+            continue
+        if base_name in SHARED_SEARCH:
+            t = time.perf_counter()
+            plans = method.plans(ctx, todo, **params)
+            plan_s = time.perf_counter() - t
+            for k in sorted(todo):
+                record(name, k, plans[k].variant, plans[k].removed, plans[k].merged,
+                       plan_s / len(todo), plans[k].notes)
             continue
         for k in todo:
             t = time.perf_counter()

@@ -130,3 +130,15 @@ def test_blockpruner_says_when_the_blocks_cannot_reach_the_size(planted, sample_
     with pytest.raises(LayerError, match="could remove only .* layers' worth of attn blocks"):
         compress(planted, "blockpruner", remove=3, parts="attn", calibration=sample_text,
                  seqlen=SEQ, num_samples=2)
+
+
+def test_blockpruner_sizes_share_one_search(planted, sample_text):
+    from explorer.methods import PlanContext, get_method
+
+    ctx = PlanContext(planted, sample_text, seqlen=SEQ, num_samples=SAMPLES)
+    method = get_method("blockpruner")
+    shared = method.plans(ctx, [2, 1])
+    for k in (1, 2):
+        alone = method.plan(ctx, k)
+        assert shared[k].notes == alone.notes                  # the same blocks, in order
+        assert shared[k].variant.layer_labels() == alone.variant.layer_labels()

@@ -87,7 +87,12 @@ class BlockPruner(Method):
         return round(removed_parameters(plan.variant) / layer_parameters(ctx.lm))
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
-        lm, L = ctx.lm, ctx.lm.num_layers
+        return self.run_many(ctx, [remove], params)[remove]
+
+    def run_many(self, ctx: PlanContext, removes: list[int], params: dict) -> dict[int, Plan]:
+        """One search at the largest size; the smaller sizes follow its choices while they fit
+        (`blockpruner_search(follow=...)`), the same plans as separate runs."""
+        lm = ctx.lm
         for part in PARTS:
             if getattr(lm.arch, PARTS[part]) is None:
                 raise LayerError(f"blockpruner needs each layer's {part} output projection; the "
@@ -95,8 +100,19 @@ class BlockPruner(Method):
         kinds = list(PARTS) if params["parts"] == "both" else [params["parts"]]
         ids = calibration_ids(ctx, params["samples"])
         search = PerplexitySearch(lm, ids, abandon=params["early_stop"])
-        r = blockpruner_search(search, remove, kinds, ctx.report)
-        worth = removed_parameters(r.variant) / layer_parameters(lm)
+        big = max(removes)
+        results = {big: blockpruner_search(search, big, kinds, ctx.report)}
+        for remove in removes:
+            if remove != big:
+                results[remove] = blockpruner_search(search, remove, kinds, ctx.report,
+                                                     follow=results[big])
+        return {remove: self._plan(ctx, params, remove, results[remove], ids)
+                for remove in removes}
+
+    def _plan(self, ctx: PlanContext, params: dict, remove: int, r: SearchResult,
+              ids) -> Plan:
+        L = ctx.lm.num_layers
+        worth = removed_parameters(r.variant) / layer_parameters(ctx.lm)
         if round(worth) != remove:
             raise LayerError(f"blockpruner could remove only {worth:.2f} layers' worth of "
                              f"{params['parts']} blocks, not {remove}: choose parts=both or a "
@@ -111,9 +127,16 @@ class BlockPruner(Method):
 
 
 def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] = list(PARTS),
-                       report: Progress | None = None) -> SearchResult:
+                       report: Progress | None = None,
+                       follow: SearchResult | None = None) -> SearchResult:
     """BlockPruner's loop on `search`: drop the block ("attn" or "mlp", of `kinds`) whose removal
-    gives the lowest calibration NLL, while a block still fits in `remove` layers' parameters."""
+    gives the lowest calibration NLL, while a block still fits in `remove` layers' parameters.
+
+    follow: the result of the same search (same model, windows and kinds) with a larger budget.
+    Its choices are taken without scoring while each fits this budget, since a block that was the
+    best of a larger candidate set and fits here is also the best here; the search proper resumes
+    at the first choice that does not fit. So several sizes cost about one search.
+    """
     lm = search.lm
     L = lm.num_layers
     report = report or (lambda f, m: None)
@@ -123,10 +146,13 @@ def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] =
     report(0.0, f"blockpruner: storing the residual stream of {search.ids.shape[0]} "
                 "calibration windows")
     current, layout = Variant.identity(lm), Layout.identity(L)
-    search.set_current(current)
+    if follow is None:
+        search.set_current(current)
+    stale = follow is not None             # search's states are not those of `current`
     gone: list[tuple[str, int]] = []
     steps: list[list[Scored]] = []
-    removed, best = 0, None
+    ppls: list[float] = []
+    removed = 0
     while True:
         room = budget - removed
         cands = []
@@ -143,23 +169,37 @@ def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] =
                                        partial(current.drop_part, j, part)))
         if not cands:
             break
-        if steps:
-            search.set_current(current)   # the states of the model edited in the last step
+        t = len(steps)
+        if follow is not None and t < len(follow.order) and \
+                follow.order[t] in {c.key for c in cands}:
+            key = follow.order[t]
+            chosen = next(c for c in cands if c.key == key).build()
+            steps.append(follow.steps[t])
+            ppls.append(follow.ppls[t])
+            stale = True
+        else:
+            follow = None
+            if stale or steps:
+                search.set_current(current)   # the states of the model edited last
 
-        def progress(k: int, label: str) -> None:
-            report(min(0.99, (removed + k / len(cands) * sizes[cands[0].key]) / budget),
-                   f"blockpruner step {len(steps) + 1}: scoring {label} ({k + 1}/{len(cands)})")
+            def progress(k: int, label: str) -> None:
+                report(min(0.99, (removed + k / len(cands) * sizes[cands[0].key]) / budget),
+                       f"blockpruner step {t + 1}: scoring {label} ({k + 1}/{len(cands)})")
 
-        best, scored = search.step(cands, progress)
-        steps.append(scored)
-        part, orig = best.key
-        gone.append(best.key)
-        removed += sizes[best.key]
-        if best.variant.num_layers < current.num_layers:      # both blocks of the layer gone
+            best, scored = search.step(cands, progress)
+            key, chosen = best.key, best.variant
+            steps.append(scored)
+            ppls.append(best.ppl)
+            stale = False
+        part, orig = key
+        gone.append(key)
+        removed += sizes[key]
+        if chosen.num_layers < current.num_layers:      # both blocks of the layer gone
             layout = layout.drop([layout.slot_of(orig)])
-        current = best.variant
+        current = chosen
         report(min(0.99, removed / budget), f"blockpruner: dropped {part} {orig} "
-                                            f"(calibration ppl {best.ppl:.4g})")
+                                            f"(calibration ppl {ppls[-1]:.4g})")
     first = {s.key: s.ppl for s in steps[0]} if steps else {}
     scores = {f"{k} ppl when dropped": [first.get((k, i)) for i in range(L)] for k in kinds}
-    return SearchResult(current, layout, gone, best.ppl if best else float("nan"), scores, steps)
+    return SearchResult(current, layout, gone, ppls[-1] if ppls else float("nan"), scores, steps,
+                        ppls)

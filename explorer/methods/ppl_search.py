@@ -68,6 +68,7 @@ class SearchResult:
     ppl: float                            # calibration perplexity of the result
     scores: dict[str, list[float | None]]  # first step: each candidate's ppl, per layer
     steps: list[list[Scored]]             # every step's scores
+    ppls: list[float]                     # calibration perplexity after each step
 
 
 class PerplexitySearch:

@@ -168,17 +168,28 @@ class Method:
         return None
 
     def plan(self, ctx: PlanContext, remove: int, **params) -> Plan:
+        return self.plans(ctx, [remove], **params)[remove]
+
+    def plans(self, ctx: PlanContext, removes: Sequence[int], **params) -> dict[int, Plan]:
+        """A plan for each size in `removes` (the measured table asks for 3, 6 and 9)."""
         p = self.resolve(params)
-        check_remove(remove, ctx.lm.num_layers)
-        plan = self.run(ctx, remove, p)
-        got = self.removed_count(ctx, plan)
-        if got != remove:   # each method raises its own reason first; this is the backstop
-            raise LayerError(f"{self.name} removed {got} layers instead of the {remove} asked "
-                             f"for: {plan.notes}")
-        return plan
+        for remove in removes:
+            check_remove(remove, ctx.lm.num_layers)
+        out = self.run_many(ctx, sorted(set(removes)), p)
+        for remove, plan in out.items():
+            got = self.removed_count(ctx, plan)
+            if got != remove:   # each method raises its own reason first; this is the backstop
+                raise LayerError(f"{self.name} removed {got} layers instead of the {remove} "
+                                 f"asked for: {plan.notes}")
+        return out
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         raise NotImplementedError
+
+    def run_many(self, ctx: PlanContext, removes: list[int], params: dict) -> dict[int, Plan]:
+        """Plans for several sizes: one `run` each, unless a method shares one search among
+        them (blockpruner)."""
+        return {remove: self.run(ctx, remove, params) for remove in removes}
 
     def removed_count(self, ctx: PlanContext, plan: Plan) -> int:
         """The layers `plan` removed, checked against `remove`: the drop in layer count. A method

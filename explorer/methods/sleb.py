@@ -90,6 +90,7 @@ def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int
     search.set_current(current)
     steps: list[list[Scored]] = []
     order: list[int] = []
+    ppls: list[float] = []
     for step in range(remove):
         if step:
             search.set_current(current)
@@ -103,6 +104,7 @@ def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int
 
         best, scored = search.step(cands, progress)
         steps.append(scored)
+        ppls.append(best.ppl)
         orig = best.key[1]
         order.append(orig)
         current, layout = best.variant, layout.drop([layout.slot_of(orig)])
@@ -110,4 +112,4 @@ def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int
                                     f"{best.ppl:.4g})")
     first = {s.key[1]: s.ppl for s in steps[0]}
     return SearchResult(current, layout, order, best.ppl,
-                        {"ppl when dropped": [first.get(i) for i in range(L)]}, steps)
+                        {"ppl when dropped": [first.get(i) for i in range(L)]}, steps, ppls)
