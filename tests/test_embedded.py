@@ -57,3 +57,20 @@ def test_qwen_coder_with_parts_missing(site, monkeypatch):
     monkeypatch.setattr(embedded, "QWEN_CODER_PARTS", parts[1:])     # none at all: not installed
     assert EMBEDDED["qwen2.5-coder-0.5b"].locate() is None
     assert QWEN_CODER_INSTALL.count("==0.9.0") == 6
+
+
+def test_model_list_names_the_pip_command_of_a_missing_package(site):
+    """The app's model list labels a model whose package is absent with the command that installs
+    it, decided from the import system alone (no file read, nothing assembled)."""
+    import dataclasses
+
+    gemma = EMBEDDED["gemma3-270m"]
+    absent = dataclasses.replace(gemma, package="layer_explorer_absent_model")
+    assert not absent.installed()
+    assert absent.label() == f"{gemma.title}: not installed ({GEMMA3_INSTALL})"
+    package(site, "layer_explorer_present_model")
+    present = dataclasses.replace(gemma, package="layer_explorer_present_model")
+    assert present.installed() and present.label() == gemma.title
+    assert not (site.parent / "cache" / "gguf").exists()          # nothing was assembled
+    smol = EMBEDDED["smollm2-135m"]                                # the default is installed here
+    assert smol.installed() and smol.label() == smol.title

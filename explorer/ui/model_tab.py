@@ -90,7 +90,7 @@ def build(ctx: Ctx) -> ModelParts:
                 "results.")
     with gr.Row():
         with gr.Column(scale=1):
-            choices = [(e.title, e.name) for e in EMBEDDED.values()]
+            choices = [(e.label(), e.name) for e in EMBEDDED.values()]
             default = s.default_model if s.default_model in EMBEDDED else choices[0][1]
             model = gr.Dropdown(choices, value=default, label="Embedded model")
             custom = gr.Textbox(label="…or a hub id, model folder or .gguf file",
