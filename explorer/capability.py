@@ -32,7 +32,7 @@ import torch
 
 from .backbone import run_backbone
 from .errors import TextError
-from .evaluate import _final_logits, evaluation_windows
+from .evaluate import final_logits, evaluation_windows
 from .load import LoadedModel, Progress
 from .tokens import auto_batch_size, use_bos
 from .variant import Variant
@@ -139,7 +139,7 @@ def next_token_accuracy(lm: LoadedModel, windows: torch.Tensor, variant: Variant
         h = batch.hidden[:, :-1].reshape(-1, batch.hidden.shape[-1])      # (b*(T-1), H)
         targets = batch.ids[:, 1:].reshape(-1)                            # (b*(T-1),)
         for s in range(0, h.shape[0], 1024):                              # (1024, V) logits
-            pred = _final_logits(lm, h[s:s + 1024]).argmax(-1)
+            pred = final_logits(lm, h[s:s + 1024]).argmax(-1)
             hits += int((pred == targets[s:s + 1024]).sum())
         count += targets.numel()
     return hits / count, count
@@ -188,7 +188,7 @@ def cloze_accuracy(lm: LoadedModel, ids: torch.Tensor, spans: list[tuple[int, li
         for j, row in enumerate(range(batch.rows.start, batch.rows.stop)):
             first, word = spans[row]
             h = batch.hidden[j, first - 1:first - 1 + len(word)]          # (K, H)
-            pred = _final_logits(lm, h).argmax(-1).tolist()
+            pred = final_logits(lm, h).argmax(-1).tolist()
             right += int(pred == word)
     return right / len(spans)
 

@@ -46,7 +46,9 @@ def safe_output_path(name: str | os.PathLike, root: str | os.PathLike | None) ->
     return target
 
 
-def _check_exportable(variant: Variant) -> None:
+def check_exportable(variant: Variant) -> None:
+    """Raise a one-line LayerError when a layer of `variant` is not of the model's own decoder
+    layer class (a replacement map, say): transformers could not load such a folder."""
     originals = variant.lm.original_layers
     layer_type = type(originals[0])
     for s in variant.new_layers():
@@ -76,7 +78,7 @@ def export(variant: Variant, out: str | os.PathLike, *, recipe: Recipe | None = 
         raise ExplorerError(f"cannot use the export path '{target}': {_reason(exc)}") from None
     if exists and not overwrite:
         raise ExplorerError(f"'{target}' already exists; choose another name or allow overwrite")
-    _check_exportable(variant)
+    check_exportable(variant)
     recipe = recipe or Recipe.of(variant)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

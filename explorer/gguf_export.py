@@ -37,7 +37,7 @@ import torch
 
 from .embedded import EMBEDDED, embedded_gguf
 from .errors import ExplorerError, LayerError, one_line
-from .export import _check_exportable, output_root, safe_output_path
+from .export import check_exportable, output_root, safe_output_path
 from .load import LoadedModel, Progress, resolve
 from .recipe import Recipe
 from .variant import Variant
@@ -94,7 +94,7 @@ def gguf_arch(lm: LoadedModel) -> str:
 
 def _check_standard_layers(variant: Variant) -> None:
     try:
-        _check_exportable(variant)
+        check_exportable(variant)
     except LayerError as exc:
         raise GGUFExportError(f"GGUF cannot hold this variant: {exc}") from None
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..backbone import run_backbone
 from ..errors import TextError
-from ..evaluate import LOGIT_CHUNK, _final_logits as final_logits, token_nll
+from ..evaluate import LOGIT_CHUNK, final_logits, token_nll
 from ..load import LoadedModel, Progress
 from ..methods.registry import text_digest
 from ..probe import calibration_windows

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..backbone import hooks, run_backbone
 from ..errors import ParamError
-from ..evaluate import _final_logits as final_logits
+from ..evaluate import final_logits
 from ..params import Param
 from ..variant import Variant
 from .closed_form import ClosedForm, apply_closed_form, fit_notes
@@ -96,7 +96,7 @@ def head_kl(lm, hidden: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor)
             loss = topk_kl(final_logits(lm, h), idx[s:s + chunk], ref_logp[s:s + chunk],
                            reduction="sum") / n
             grad[s:s + chunk], = torch.autograd.grad(loss, h)
-            total += float(loss)
+            total += float(loss.detach())
     return Backward(total, hidden, grad.view_as(hidden))
 
 
