@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -93,10 +92,7 @@ def random_model(folder: Path, model_type: str, device: str = "cuda", **shape):
     loaded back with `load_model` like any user's folder (so reloading it is possible too)."""
     from explorer import load_model
 
-    tests = str(common.ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    from tiny import make_tiny_model
+    make_tiny_model = common.module_at(common.ROOT / "tests" / "tiny.py").make_tiny_model
 
     shape = dict(shape)
     layers = shape.pop("num_hidden_layers")

@@ -73,6 +73,17 @@ def model_and_calibration(model: str, lm: Any = None, text: str | None = None) -
             text if text is not None else load_texts("wiki").calibration)
 
 
+def module_at(path: Path):
+    """The Python file at `path` imported as a module by its path (tests/tiny.py for the GPU
+    bench), without adding its folder to sys.path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def sync(device: torch.device | str | None = None) -> None:
     """Wait for queued GPU work (no-op on CPU), so that a timer measures finished work."""
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):

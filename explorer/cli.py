@@ -302,6 +302,20 @@ def add_bench(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _bench_package(root) -> None:
+    """Make `bench` (the source tree's folder, not part of the installed package) importable as a
+    package by its path, without putting the source root on sys.path."""
+    import importlib.util
+
+    if "bench" in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "bench", root / "bench" / "__init__.py", submodule_search_locations=[str(root / "bench")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module
+    spec.loader.exec_module(module)
+
+
 def cmd_bench(args) -> dict:
     """Run bench/bench_NAME.run(quick) for each benchmark; one model load shared where possible."""
     import importlib
@@ -318,8 +332,7 @@ def cmd_bench(args) -> dict:
     if unknown:
         raise ExplorerError(f"unknown benchmark(s) {', '.join(unknown)}; known: "
                             + ", ".join(BENCHES))
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    _bench_package(root)
     common = importlib.import_module("bench.common")
     start = time.perf_counter()
     lm = None
