@@ -20,11 +20,13 @@ END = "<!-- end generated -->"
 
 
 def _tables() -> dict[str, tuple[str, Callable[[], str]]]:
+    from .heal.registry import modes_table
     from .measure import measures_table
     from .methods.registry import methods_table
 
     return {"methods": ("docs/methods.md", methods_table),
-            "measures": ("docs/measures.md", measures_table)}
+            "measures": ("docs/measures.md", measures_table),
+            "healing": ("docs/healing.md", modes_table)}
 
 
 def start_marker(name: str) -> str:
