@@ -1,14 +1,13 @@
 """Perplexity-guided search and the dense cache (docs/search.md), each side by side with the same
 work done without them, in the same run; the results must agree.
 
-- SLEB: the search on SmolLM2 (quick: 1 of 30 layers on 4 x 128 calibration tokens; full: 6 of 30
-  on 8 x 128, the method's default), each side run twice in ABBA order. Ours runs each candidate
-  from the current model's stored residual stream with exact early stops
+- SLEB: the search on SmolLM2 (quick: 1 of 30 layers on 4 x 128 calibration tokens, each side
+  twice in ABBA order; full: 6 of 30 on 8 x 128, the method's default, each side once). Ours runs
+  each candidate from the current model's stored residual stream with exact early stops
   (explorer/methods/ppl_search.py); the baseline is the same search running every candidate from
   the embeddings over every window, as a loop of plain perplexity calls does. The layers removed
-  must be the same. Full mode also times the cache without early stops, to show what each part
-  buys. The head (49k x 576, about 5 layers' work) runs for every candidate on both sides, which
-  bounds the gain of starting at the removed slot near 1.8x for 30 layers.
+  must be the same. The head (49k x 576, about 5 layers' work) runs for every candidate on both
+  sides, which bounds the gain of starting at the removed slot near 1.8x for 30 layers.
 - After: the perplexity of a variant that drops a middle layer (15 of 30), from the dense states
   at boundary 15 against a full pass (quick: 4k tokens, full: 16k at 512 per window). Same figure
   to 1e-6.
@@ -24,7 +23,6 @@ in under 5 minutes on 2 cores (full mode).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -46,14 +44,13 @@ def _sleb_rows(lm, calibration: str, quick: bool) -> list[dict]:
     ids = calibration_windows(lm, calibration, 128, windows)
     L = lm.num_layers
     sides = {"ours": dict(), "baseline": dict(cache=False, abandon=False)}
-    if not quick:
-        sides["cache only"] = dict(abandon=False)
-    # ABBA order (ours, baseline, ..., baseline, ours): a slow drift of the machine's load then
-    # hits both sides alike; each side's figure is the mean of its two runs
+    # quick: ABBA order (ours, baseline, baseline, ours), so that a slow drift of the machine's
+    # load hits both sides alike, each side's figure the mean of its two runs; full: one run of
+    # each (the baseline alone is several minutes), for an idle machine
     names = list(sides)
     seconds = {name: [] for name in names}
     results = {}
-    for name in names + names[::-1]:
+    for name in (names + names[::-1]) if quick else names:
         dt, results[name] = common.time_once(
             lambda kw=sides[name]: sleb_search(PerplexitySearch(lm, ids, **kw), remove))
         seconds[name].append(dt)
@@ -67,17 +64,13 @@ def _sleb_rows(lm, calibration: str, quick: bool) -> list[dict]:
     what = f"SLEB {remove} of {L} layers, {windows} x 128 calibration tokens"
     note = (f"removed {fast.order} on both sides (calibration ppl {fast.ppl:.4g}); {scored} "
             f"candidates, {stopped} stopped early; baseline: every candidate from the embeddings "
-            f"over every window; mean of 2 runs in ABBA order (ours "
-            f"{common.spread(seconds['ours'])}, baseline {common.spread(seconds['baseline'])})")
+            f"over every window; "
+            + (f"mean of 2 runs in ABBA order (ours {common.spread(seconds['ours'])}, baseline "
+               f"{common.spread(seconds['baseline'])})" if quick else "one run each"))
     if not quick:
         note += f"; target SLEB 6/30 < 300 s: {'met' if mean['ours'] < 300 else 'missed'}"
-    rows = [common.row("search", what, mean["ours"], mean["baseline"], "s",
+    return [common.row("search", what, mean["ours"], mean["baseline"], "s",
                        higher_is_better=False, note=note)]
-    if "cache only" in mean:
-        rows.append(common.row("search", what + ", cache without early stops",
-                               mean["cache only"], mean["baseline"], "s",
-                               higher_is_better=False, note="same layers removed"))
-    return rows
 
 
 def _after_rows(lm, text: str, quick: bool) -> list[dict]:
@@ -116,8 +109,7 @@ def _compress_rows(model: str, quick: bool) -> list[dict]:
         CACHE.clear(disk=True)          # the first call finds no dense figure and no states
         for name in ("first", "second"):
             t0 = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                 env={**os.environ, "PYTHONPATH": str(common.ROOT)})
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             times[name].append(time.perf_counter() - t0)
             outs[name] = json.loads(out.stdout)
     first, second = outs["first"], outs["second"]
@@ -135,16 +127,28 @@ def _compress_rows(model: str, quick: bool) -> list[dict]:
              f"target >= 1.8x: {'met' if t1 / t2 >= 1.8 else 'missed'}")]
 
 
-def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None) -> list[dict]:
+PARTS = ("sleb", "after", "compress")
+
+
+def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None,
+        only: tuple[str, ...] = PARTS) -> list[dict]:
     from explorer import load_texts
 
     lm, calibration = common.model_and_calibration(model, lm)
     text = load_texts("wiki").evaluation
-    rows = _sleb_rows(lm, calibration, quick)
-    rows += _after_rows(lm, text, quick)
-    rows += _compress_rows(model, quick)
+    rows = _sleb_rows(lm, calibration, quick) if "sleb" in only else []
+    rows += _after_rows(lm, text, quick) if "after" in only else []
+    rows += _compress_rows(model, quick) if "compress" in only else []
     return rows
 
 
 if __name__ == "__main__":
-    common.main(run)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="SLEB 6 of 30 on 8 x 128, 16k tokens")
+    ap.add_argument("--only", default=",".join(PARTS), help="some of " + ",".join(PARTS))
+    args = ap.parse_args()
+    common.quiet()
+    print(common.machine())
+    print(common.format_table(run(not args.full, only=tuple(args.only.split(",")))))
