@@ -162,7 +162,7 @@ def window_nll_sums(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
     targets = ids[:, 1:].reshape(-1)                                     # (b*(T-1),)
     per_token = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
     for s in range(0, h.shape[0], chunk_tokens):
-        logits = final_logits(lm, h[s:s + chunk_tokens])                # (chunk, V) fp32
+        logits = final_logits(lm, h[s:s + chunk_tokens])                 # (chunk, V) fp32
         per_token[s:s + chunk_tokens] = F.cross_entropy(
             logits, targets[s:s + chunk_tokens], reduction="none")
     return per_token.view(b, T - 1).sum(dim=1)

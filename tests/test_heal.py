@@ -179,6 +179,9 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
     (lambda v: heal(v, "closed-form", calibration="too short a text", seqlen=32, windows=24,
                     held_out=4), r"needs 896 calibration tokens .* the text gives"),
     (lambda v: heal(v, "closed-form", colour="red", **SMALL), "has no parameter colour"),
+    (lambda v: heal(v, "closed-form", **{**SMALL, "windows": 1}),
+     r"needs at least 256 fitted tokens \(8 x the hidden size\), but 1 windows of 32 give 31: "
+     r"use windows >= 9 at seqlen 32"),
 ])
 def test_bad_input_gets_one_line(tiny_lm, call, match):
     with pytest.raises(ExplorerError, match=match) as e:

@@ -26,12 +26,12 @@ def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys):
 
     dest = tmp_path / "healed"
     assert cli.main(["compress", "--method", "drop", "--param", "layers=2,3", "--heal",
-                     "layerwise", "--heal-steps", "3", "--heal-param", "windows=8",
+                     "layerwise", "--heal-steps", "3", "--heal-param", "windows=9",
                      "--heal-param", "seqlen=32", "--heal-param", "held_out=2", "--out",
                      str(dest), *common]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["heal"]["mode"] == "layerwise" and out["heal"]["steps"] == 3
-    assert out["heal"]["params"]["windows"] == 8 and out["num_layers"] == 4
+    assert out["heal"]["params"]["windows"] == 9 and out["num_layers"] == 4
     assert out["ppl_healed"] > 1 and out["ppl_healed"] != out["ppl_after"]
     ood = out["out_of_domain"]
     assert ood["text"] == "wiki" and ood["ppl_healed"] > 1 and "windows of 32" in ood["protocol"]
