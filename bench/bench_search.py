@@ -3,11 +3,11 @@ work done without them, in the same run; the results must agree.
 
 - SLEB: the search on SmolLM2 (quick: 1 of 30 layers on 4 x 128 calibration tokens, each side
   twice in ABBA order; full: 6 of 30 on 8 x 128, the method's default, each side once). Ours runs
-  each candidate from the current model's stored residual stream with exact early stops
+  each candidate from the current model's stored residual stream with exact early stops on
+  lower bounds of its NLL, so that most candidates skip the 49k x 576 head
   (explorer/methods/ppl_search.py); the baseline is the same search running every candidate from
   the embeddings over every window, as a loop of plain perplexity calls does. The layers removed
-  must be the same. The head (49k x 576, about 5 layers' work) runs for every candidate on both
-  sides, which bounds the gain of starting at the removed slot near 1.8x for 30 layers.
+  must be the same.
 - After: the perplexity of a variant that drops a middle layer (15 of 30), from the dense states
   at boundary 15 against a full pass (quick: 4k tokens, full: 16k at 512 per window). Same figure
   to 1e-6.

@@ -112,15 +112,22 @@ class NonFiniteError(ExplorerError):
 # smaller chunks keep the peak memory of a batch low.
 LOGIT_CHUNK = 1024
 
-def final_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+def final_logits(lm: LoadedModel, hidden: torch.Tensor,
+                 vocab: torch.Tensor | None = None) -> torch.Tensor:
     """Vocabulary logits from final-norm hidden states, with the family's soft-capping if any.
 
-    hidden: (n, H) -> (n, V) float32. Runs outside autocast: a bf16 head would round logits of
-    size ~20 to steps of ~0.1, which shows in the NLL.
+    hidden: (n, H) -> (n, V) float32, or (n, len(vocab)) for the token ids `vocab` only. Runs
+    outside autocast: a bf16 head would round logits of size ~20 to steps of ~0.1, which shows
+    in the NLL.
     """
     head = lm.arch.lm_head(lm.model)
     with torch.autocast(hidden.device.type, enabled=False):
-        logits = head(hidden.to(head.weight.dtype)).float()
+        h = hidden.to(head.weight.dtype)
+        if vocab is None:
+            logits = head(h).float()
+        else:
+            bias = head.bias[vocab] if getattr(head, "bias", None) is not None else None
+            logits = F.linear(h, head.weight[vocab], bias).float()
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -165,6 +172,30 @@ def window_nll_sums(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
         logits = final_logits(lm, h[s:s + chunk_tokens])                 # (chunk, V) fp32
         per_token[s:s + chunk_tokens] = F.cross_entropy(
             logits, targets[s:s + chunk_tokens], reduction="none")
+    return per_token.view(b, T - 1).sum(dim=1)
+
+
+def window_nll_lower_bounds(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
+                            vocab: torch.Tensor) -> torch.Tensor:
+    """A lower bound of each window's NLL sum, (b,) float64, from the logits of the token ids
+    `vocab` only (sorted, and holding every target of `ids`).
+
+    A token's NLL is logsumexp(z) - z_target over the whole vocabulary; the logsumexp over a
+    subset that contains the target is smaller, so this is a lower bound, and a tight one when
+    the subset holds most of the probability mass. Its cost is len(vocab) / V of the head's
+    (on SmolLM2 4k of 49k tokens gave 92-99% of each candidate's NLL in 8% of the head's time).
+    """
+    b, T, H = hidden.shape
+    targets = ids[:, 1:].reshape(-1).to(vocab.device)
+    at = torch.searchsorted(vocab, targets)                  # the targets' columns in the subset
+    if not bool((vocab[at.clamp(max=len(vocab) - 1)] == targets).all()):
+        raise ExplorerError("the vocabulary of a lower bound must hold every target token")
+    h = hidden[:, :-1].reshape(-1, H)
+    per_token = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
+    for s in range(0, h.shape[0], LOGIT_CHUNK):
+        z = final_logits(lm, h[s:s + LOGIT_CHUNK], vocab)                 # (chunk, |vocab|)
+        per_token[s:s + LOGIT_CHUNK] = F.cross_entropy(z, at[s:s + LOGIT_CHUNK],
+                                                       reduction="none")
     return per_token.view(b, T - 1).sum(dim=1)
 
 
@@ -264,7 +295,8 @@ class WindowPass:
     """The NLL of each window after one (possibly partial) pass of a variant over windows (W, T)."""
 
     nll: torch.Tensor                 # (W,) float64 NLL sum per window
-    evaluated: torch.Tensor           # (W,) bool: the windows run (all unless abandoned)
+    evaluated: torch.Tensor           # (W,) bool: the windows with a figure (all unless abandoned;
+                                      # a pass stopped on bounds holds bounds for some)
     predicted: int                    # predicted tokens per window (T - 1)
     start: int                        # the boundary the pass started from
     seconds: float
@@ -286,12 +318,19 @@ class WindowPass:
         return self.total / max(1, self.done * self.predicted)
 
 
+# Relative slack on the bound test of `run_windows`: the bound and the exact NLL come from two
+# different matrix products, so a candidate whose bound lies within float rounding of the bar is
+# run in full rather than stopped on a rounding error.
+BOUND_SLACK = 1e-5
+
+
 def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None = None,
                 reference: PrefixStates | None = None, record: Sequence[int] = (),
                 order: Sequence[int] | None = None, batch_size: int | None = None,
                 compute_dtype: str | torch.dtype | None = None,
-                abandon_above: float | None = None, progress: Progress | None = None,
-                label: str = "perplexity", control: Sequence[float] | None = None) -> WindowPass:
+                abandon_above: float | None = None, bound: torch.Tensor | None = None,
+                progress: Progress | None = None, label: str = "perplexity",
+                control: Sequence[float] | None = None) -> WindowPass:
     """Per-window NLL of `variant` on windows `ids` (W, T): the one evaluation loop.
 
     reference: stored states of a variant that shares a prefix with this one (dense_cache): the
@@ -301,6 +340,12 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
         through `progress` is an estimate of the final one from the first batch on).
     abandon_above: stop once the NLL summed so far exceeds this; since every token's NLL is
         >= 0 the full total would too (a search uses it to drop a candidate that cannot win).
+    bound: with abandon_above, sorted token ids holding every target (`window_nll_lower_bounds`):
+        every window first runs the layers and gets a cheap lower bound of its NLL, and the pass
+        stops as soon as the bounds so far exceed abandon_above; only a pass that survives them
+        all pays the full head, window by window, stopping when exact NLL so far plus the bounds
+        of the rest pass the bar. The final hidden states (W, T, H) wait in memory meanwhile.
+        A stopped pass then holds bounds, not exact figures, for the windows not finished.
     control: (W,) mean NLL of each window under the dense model: the running figure is then the
         dense figure plus the mean change so far (`running_message`).
     """
@@ -319,6 +364,8 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
             return ref_states.index_select(0, perm_dev[rows])
     record = sorted(b for b in set(record) if start <= b <= variant.num_layers)
     dt = compute_dtype_of(lm.dtype, compute_dtype)
+    bar = abandon_above
+    bounded = bound is not None and bar is not None
     nll = torch.zeros(W, dtype=torch.float64)
     evaluated = torch.zeros(W, dtype=torch.bool)
     kept: dict[int, torch.Tensor] = {}
@@ -326,31 +373,59 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
     done_control: list[float] = []
     control_mean = sum(control) / len(control) if control is not None else 0.0
     total, abandoned = 0.0, False
+    waiting: list[tuple] = []          # bounded: (batch, window indices, bounds) awaiting the head
     t0 = time.perf_counter()
+
+    def add(rows: torch.Tensor, sums: torch.Tensor, stop: int) -> None:
+        """Account exact NLL sums (b,) of windows `rows`; `stop` windows are done so far."""
+        nonlocal total
+        nll[rows] = sums
+        evaluated[rows] = True
+        total += float(sums.sum())
+        means.extend((sums / (T - 1)).tolist())
+        if control is not None:
+            done_control.extend(control[i] for i in rows.tolist())
+        if progress:
+            progress(stop / W, running_message(
+                means, W, label, done_control if control is not None else None, control_mean))
+
+    def give_up(rest: list[tuple]) -> None:
+        """Stop: the windows not finished keep their lower bounds."""
+        nonlocal abandoned
+        abandoned = True
+        for _, rows, lb in rest:
+            nll[rows] = lb
+            evaluated[rows] = True
+
     batches = run_backbone(lm, ids[perm], variant=variant, start=start, start_states=starts,
                            final_norm=True, record=record, batch_size=batch_size)
     try:
         with _autocast(lm.device, lm.dtype, dt):
+            lower = 0.0                                               # bounds of `waiting`
             for batch in batches:
                 rows = perm[batch.rows]                               # window indices (b,)
-                sums = window_nll_sums(lm, batch.hidden, batch.ids).cpu()
-                nll[rows] = sums
-                evaluated[rows] = True
                 for b, h in batch.states.items():                     # h: (b, T, H)
                     if b not in kept:
                         kept[b] = torch.empty((W,) + tuple(h.shape[1:]), dtype=h.dtype,
                                               device=h.device)
                     kept[b][rows.to(h.device)] = h
-                total += float(sums.sum())
-                means += (sums / (T - 1)).tolist()
-                if control is not None:
-                    done_control += [control[i] for i in rows.tolist()]
-                if progress:
-                    progress(batch.rows.stop / W, running_message(
-                        means, W, label, done_control if control is not None else None,
-                        control_mean))
-                if abandon_above is not None and total > abandon_above and batch.rows.stop < W:
+                if bounded:
+                    lb = window_nll_lower_bounds(lm, batch.hidden, batch.ids, bound).cpu()
+                    waiting.append((batch, rows, lb))
+                    lower += float(lb.sum())
+                    if lower > bar * (1 + BOUND_SLACK):
+                        give_up(waiting)
+                        break
+                    continue
+                add(rows, window_nll_sums(lm, batch.hidden, batch.ids).cpu(), batch.rows.stop)
+                if bar is not None and total > bar and batch.rows.stop < W:
                     abandoned = True
+                    break
+            for n, (batch, rows, lb) in enumerate(waiting if not abandoned else ()):
+                lower -= float(lb.sum())
+                add(rows, window_nll_sums(lm, batch.hidden, batch.ids).cpu(), batch.rows.stop)
+                if n + 1 < len(waiting) and total + lower > bar * (1 + BOUND_SLACK):
+                    give_up(waiting[n + 1:])
                     break
     finally:
         batches.close()          # restores the model's layers at once, also after a break

@@ -71,9 +71,43 @@ def test_sleb_removes_the_planted_layer_first(planted, sample_text):
     assert first[PLANTED] == pytest.approx(_calibration_ppl(planted, sample_text, None), rel=1e-9)
 
 
-def test_cached_search_with_early_stops_matches_the_plain_loop(planted, sample_text):
+def test_lower_bounds_lie_below_the_nll_and_meet_it_on_the_whole_vocabulary(planted,
+                                                                            sample_text):
+    from explorer.backbone import run_backbone
+    from explorer.evaluate import window_nll_lower_bounds, window_nll_sums
+    from explorer.methods.ppl_search import likely_tokens
+
     ids = calibration_windows(planted, sample_text, SEQ, SAMPLES)
-    fast = sleb_search(PerplexitySearch(planted, ids, batch_size=2), 3, early=0, late=0)
+    v = Variant.identity(planted).drop([1])
+    with torch.no_grad():
+        h = torch.cat([b.hidden for b in run_backbone(planted, ids, variant=v,
+                                                      final_norm=True)])
+        pre = torch.cat([b.states[v.num_layers] for b in run_backbone(
+            planted, ids, variant=v, record=[v.num_layers])])
+    exact = window_nll_sums(planted, h, ids)
+    V = planted.config.vocab_size
+    everything = torch.arange(V)
+    assert torch.allclose(window_nll_lower_bounds(planted, h, ids, everything), exact, rtol=1e-6)
+    targets = torch.unique(ids[:, 1:])
+    few = likely_tokens(planted, pre, ids, 8)
+    assert set(targets.tolist()) <= set(few.tolist()) and len(few) < V
+    assert torch.equal(few, torch.sort(few).values)
+    low = window_nll_lower_bounds(planted, h, ids, few)
+    assert (low <= exact * (1 + 1e-9)).all() and (low < exact).any()
+    # the subset's own log-sum-exp, written out: the bound is logsumexp(z_S) - z_target
+    z = (h[:, :-1] @ planted.model.lm_head.weight.T).reshape(-1, V)
+    t = ids[:, 1:].reshape(-1)
+    want = (torch.logsumexp(z[:, few], 1) - z[torch.arange(len(t)), t]).view(len(ids), -1)
+    assert torch.allclose(low, want.sum(1).double(), rtol=1e-5)
+    with pytest.raises(Exception, match="every target"):
+        window_nll_lower_bounds(planted, h, ids, few[few != t[0]])
+
+
+@pytest.mark.parametrize("bound", [None, 8, 4096], ids=["no-bound", "8-tokens", "whole-vocab"])
+def test_cached_search_with_early_stops_matches_the_plain_loop(planted, sample_text, bound):
+    ids = calibration_windows(planted, sample_text, SEQ, SAMPLES)
+    fast = sleb_search(PerplexitySearch(planted, ids, batch_size=2, bound_vocab=bound), 3,
+                       early=0, late=0)
     plain = sleb_search(PerplexitySearch(planted, ids, batch_size=2, cache=False,
                                          abandon=False), 3, early=0, late=0)
     assert fast.order == plain.order and fast.order[0] == PLANTED
@@ -84,7 +118,8 @@ def test_cached_search_with_early_stops_matches_the_plain_loop(planted, sample_t
             if a.complete:
                 assert a.total == pytest.approx(b.total, rel=1e-9)
             else:           # stopped early: a lower bound that already lost
-                assert a.total < b.total and a.total > min(s.total for s in b_step)
+                assert a.total <= b.total * (1 + 1e-6)
+                assert a.total > min(s.total for s in b_step)
     assert any(not s.complete for step in fast.steps for s in step)   # early stops happened
 
 

@@ -8,8 +8,8 @@ first and the last layer are never candidates (`early_barrier`, `latter_barrier`
 the earlier layer. The paper scores on 128 windows of 2048 WikiText-2 tokens; we score on the first
 `samples` calibration windows (8 x 128 tokens by default, so that 6 of SmolLM2's 30 layers take
 minutes on a CPU). The search runs from stored residual-stream states with exact early stops
-(explorer/methods/ppl_search.py, docs/search.md): the layers chosen are those of a search that
-evaluates every candidate in full.
+on lower bounds of each candidate's NLL (explorer/methods/ppl_search.py, docs/search.md): the
+layers chosen are those of a search that evaluates every candidate in full.
 
 Example:
     >>> plan = compress(lm, "sleb", remove=6)
@@ -32,8 +32,9 @@ from .registry import Method, Plan, PlanContext, register
 SAMPLES = Param("samples", int, 8, "calibration windows each candidate is scored on (the first "
                 "ones of the calibration text; the paper uses 128 x 2048 tokens)",
                 min=1, optional=True)
-ABANDON = Param("early_stop", bool, True, "stop scoring a candidate once its NLL so far exceeds "
-                "the best complete one's (same choice, faster; its score is then an estimate)")
+ABANDON = Param("early_stop", bool, True, "stop scoring a candidate once a lower bound of its NLL "
+                "exceeds the best complete one's (same choice, faster; its score is then an "
+                "estimate)")
 
 
 def calibration_ids(ctx: PlanContext, samples: int | None):
