@@ -121,6 +121,10 @@ def test_cached_search_with_early_stops_matches_the_plain_loop(planted, sample_t
                 assert a.total <= b.total * (1 + 1e-6)
                 assert a.total > min(s.total for s in b_step)
     assert any(not s.complete for step in fast.steps for s in step)   # early stops happened
+    first_stopped = sum(not s.complete for s in fast.steps[0])
+    assert plain.estimate_note() == ""
+    assert (f" {first_stopped} of the {len(fast.steps[0])} first-step scores are estimates"
+            in fast.estimate_note()) == (first_stopped > 0)
 
 
 def test_sleb_barriers_and_impossible_sizes(planted, sample_text):

@@ -122,7 +122,8 @@ class BlockPruner(Method):
         notes = (f"Dropped {listing} in this order ({worth:.2f} layers' worth of parameters"
                  + (f"; layers {both} lost both blocks" if both else "")
                  + f"; calibration perplexity {r.ppl:.4g} on {ids.shape[0]} x {ids.shape[1]} "
-                 "tokens). A dropped block exports as a zeroed projection that keeps its FLOPs.")
+                 "tokens). A dropped block exports as a zeroed projection that keeps its FLOPs."
+                 + r.estimate_note())
         return Plan(self.name, params, r.variant, both, [], r.scores, notes)
 
 

@@ -84,6 +84,13 @@ class SearchResult:
     steps: list[list[Scored]]             # every step's scores
     ppls: list[float]                     # calibration perplexity after each step
 
+    def estimate_note(self) -> str:
+        """'' or a sentence saying how many first-step scores are estimates (early stops)."""
+        n = sum(not s.complete for s in self.steps[0]) if self.steps else 0
+        return (f" {n} of the {len(self.steps[0])} first-step scores are estimates (those "
+                "candidates stopped early, on a lower bound); early_stop=False makes them all "
+                "exact.") if n else ""
+
 
 class PerplexitySearch:
     """Scores candidate variants on calibration windows `ids` (W, T), from the current model's

@@ -76,7 +76,8 @@ class SLEB(Method):
         r = sleb_search(search, remove, early, late, ctx.report)
         return Plan(self.name, params, r.variant, r.layout.removed(L), [], r.scores,
                     f"Removed layers {r.order} in this order (calibration perplexity "
-                    f"{r.ppl:.4g} on {ids.shape[0]} x {ids.shape[1]} tokens).")
+                    f"{r.ppl:.4g} on {ids.shape[0]} x {ids.shape[1]} tokens)."
+                    + r.estimate_note())
 
 
 def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int = 1,
