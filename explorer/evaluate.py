@@ -302,6 +302,9 @@ class WindowPass:
     seconds: float
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # recorded: (W, T, H)
     abandoned: bool = False           # stopped once the running total passed `abandon_above`
+    # windows whose `nll` is still a lower bound, as (window indices (b,), final-norm hidden
+    # (b, T, H), ids (b, T)), for `finish_pass` (run_windows with bound and defer=True)
+    waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -310,7 +313,8 @@ class WindowPass:
     @property
     def total(self) -> float:
         """Sum of the NLL of every evaluated token (a lower bound of the full total when
-        abandoned: every token's NLL is >= 0). NaN or inf when the model produced them."""
+        abandoned or waiting: every token's NLL is >= 0, and a waiting window holds a bound).
+        NaN or inf when the model produced them."""
         return float(self.nll[self.evaluated].sum())
 
     @property
@@ -329,8 +333,8 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                 order: Sequence[int] | None = None, batch_size: int | None = None,
                 compute_dtype: str | torch.dtype | None = None,
                 abandon_above: float | None = None, bound: torch.Tensor | None = None,
-                progress: Progress | None = None, label: str = "perplexity",
-                control: Sequence[float] | None = None) -> WindowPass:
+                defer: bool = False, progress: Progress | None = None,
+                label: str = "perplexity", control: Sequence[float] | None = None) -> WindowPass:
     """Per-window NLL of `variant` on windows `ids` (W, T): the one evaluation loop.
 
     reference: stored states of a variant that shares a prefix with this one (dense_cache): the
@@ -342,10 +346,12 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
         >= 0 the full total would too (a search uses it to drop a candidate that cannot win).
     bound: with abandon_above, sorted token ids holding every target (`window_nll_lower_bounds`):
         every window first runs the layers and gets a cheap lower bound of its NLL, and the pass
-        stops as soon as the bounds so far exceed abandon_above; only a pass that survives them
-        all pays the full head, window by window, stopping when exact NLL so far plus the bounds
+        stops as soon as the bounds so far exceed abandon_above; a pass that survives them all
+        then pays the full head (`finish_pass`), stopping when exact NLL so far plus the bounds
         of the rest pass the bar. The final hidden states (W, T, H) wait in memory meanwhile.
-        A stopped pass then holds bounds, not exact figures, for the windows not finished.
+        A stopped pass holds bounds, not exact figures, for the windows not finished.
+    defer: with bound, return before the full head, the windows `waiting` (a search finishes
+        the most promising of its candidates first).
     control: (W,) mean NLL of each window under the dense model: the running figure is then the
         dense figure plus the mean change so far (`running_message`).
     """
@@ -366,72 +372,63 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
     dt = compute_dtype_of(lm.dtype, compute_dtype)
     bar = abandon_above
     bounded = bound is not None and bar is not None
-    nll = torch.zeros(W, dtype=torch.float64)
-    evaluated = torch.zeros(W, dtype=torch.bool)
-    kept: dict[int, torch.Tensor] = {}
+    p = WindowPass(nll=torch.zeros(W, dtype=torch.float64),
+                   evaluated=torch.zeros(W, dtype=torch.bool), predicted=T - 1, start=start,
+                   seconds=0.0)
     means: list[float] = []
     done_control: list[float] = []
     control_mean = sum(control) / len(control) if control is not None else 0.0
-    total, abandoned = 0.0, False
-    waiting: list[tuple] = []          # bounded: (batch, window indices, bounds) awaiting the head
     t0 = time.perf_counter()
-
-    def add(rows: torch.Tensor, sums: torch.Tensor, stop: int) -> None:
-        """Account exact NLL sums (b,) of windows `rows`; `stop` windows are done so far."""
-        nonlocal total
-        nll[rows] = sums
-        evaluated[rows] = True
-        total += float(sums.sum())
-        means.extend((sums / (T - 1)).tolist())
-        if control is not None:
-            done_control.extend(control[i] for i in rows.tolist())
-        if progress:
-            progress(stop / W, running_message(
-                means, W, label, done_control if control is not None else None, control_mean))
-
-    def give_up(rest: list[tuple]) -> None:
-        """Stop: the windows not finished keep their lower bounds."""
-        nonlocal abandoned
-        abandoned = True
-        for _, rows, lb in rest:
-            nll[rows] = lb
-            evaluated[rows] = True
-
     batches = run_backbone(lm, ids[perm], variant=variant, start=start, start_states=starts,
                            final_norm=True, record=record, batch_size=batch_size)
     try:
         with _autocast(lm.device, lm.dtype, dt):
-            lower = 0.0                                               # bounds of `waiting`
             for batch in batches:
                 rows = perm[batch.rows]                               # window indices (b,)
                 for b, h in batch.states.items():                     # h: (b, T, H)
-                    if b not in kept:
-                        kept[b] = torch.empty((W,) + tuple(h.shape[1:]), dtype=h.dtype,
-                                              device=h.device)
-                    kept[b][rows.to(h.device)] = h
+                    if b not in p.states:
+                        p.states[b] = torch.empty((W,) + tuple(h.shape[1:]), dtype=h.dtype,
+                                                  device=h.device)
+                    p.states[b][rows.to(h.device)] = h
                 if bounded:
-                    lb = window_nll_lower_bounds(lm, batch.hidden, batch.ids, bound).cpu()
-                    waiting.append((batch, rows, lb))
-                    lower += float(lb.sum())
-                    if lower > bar * (1 + BOUND_SLACK):
-                        give_up(waiting)
-                        break
-                    continue
-                add(rows, window_nll_sums(lm, batch.hidden, batch.ids).cpu(), batch.rows.stop)
-                if bar is not None and total > bar and batch.rows.stop < W:
-                    abandoned = True
-                    break
-            for n, (batch, rows, lb) in enumerate(waiting if not abandoned else ()):
-                lower -= float(lb.sum())
-                add(rows, window_nll_sums(lm, batch.hidden, batch.ids).cpu(), batch.rows.stop)
-                if n + 1 < len(waiting) and total + lower > bar * (1 + BOUND_SLACK):
-                    give_up(waiting[n + 1:])
+                    sums = window_nll_lower_bounds(lm, batch.hidden, batch.ids, bound).cpu()
+                    p.waiting.append((rows, batch.hidden, batch.ids))
+                else:
+                    sums = window_nll_sums(lm, batch.hidden, batch.ids).cpu()
+                p.nll[rows] = sums
+                p.evaluated[rows] = True
+                if not bounded:
+                    means.extend((sums / (T - 1)).tolist())
+                    if control is not None:
+                        done_control.extend(control[i] for i in rows.tolist())
+                    if progress:
+                        progress(batch.rows.stop / W, running_message(
+                            means, W, label, done_control if control is not None else None,
+                            control_mean))
+                if bar is not None and p.total > bar * (1 + BOUND_SLACK * bounded) and \
+                        (bounded or batch.rows.stop < W):
+                    p.abandoned, p.waiting = True, []
                     break
     finally:
         batches.close()          # restores the model's layers at once, also after a break
-    return WindowPass(nll=nll, evaluated=evaluated, predicted=T - 1, start=start,
-                      seconds=time.perf_counter() - t0,
-                      states=kept, abandoned=abandoned)
+    p.seconds = time.perf_counter() - t0
+    return p if defer else finish_pass(lm, p, bar)
+
+
+def finish_pass(lm: LoadedModel, p: WindowPass, abandon_above: float | None = None
+                ) -> WindowPass:
+    """Replace the lower bounds `p` holds for its waiting windows by their exact NLL (the full
+    head), batch by batch; stop once exact NLL so far plus the bounds of the rest exceed
+    abandon_above (then `p.abandoned`, and the rest keep their bounds). Returns `p`."""
+    t0 = time.perf_counter()
+    while p.waiting:
+        rows, hidden, ids = p.waiting.pop(0)
+        p.nll[rows] = window_nll_sums(lm, hidden, ids).cpu()
+        if abandon_above is not None and p.waiting and \
+                p.total > abandon_above * (1 + BOUND_SLACK):
+            p.abandoned, p.waiting = True, []
+    p.seconds += time.perf_counter() - t0
+    return p
 
 
 # -- perplexity ------------------------------------------------------------------------------------

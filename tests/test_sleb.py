@@ -127,6 +127,18 @@ def test_cached_search_with_early_stops_matches_the_plain_loop(planted, sample_t
             in fast.estimate_note()) == (first_stopped > 0)
 
 
+def test_waiting_candidates_within_a_memory_cap_give_the_same_choices(planted, sample_text,
+                                                                      monkeypatch):
+    import explorer.methods.ppl_search as ppl_search
+
+    ids = calibration_windows(planted, sample_text, SEQ, SAMPLES)
+    plain = sleb_search(PerplexitySearch(planted, ids, cache=False, abandon=False), 3, 0, 0)
+    monkeypatch.setattr(ppl_search, "DEFER_BYTES", 0)       # no candidate may wait
+    capped = sleb_search(PerplexitySearch(planted, ids, bound_vocab=8), 3, 0, 0)
+    assert capped.order == plain.order
+    assert capped.ppl == pytest.approx(plain.ppl, rel=1e-9)
+
+
 def test_sleb_barriers_and_impossible_sizes(planted, sample_text):
     plan = compress(planted, "sleb", remove=1, calibration=sample_text, seqlen=SEQ,
                     num_samples=4)

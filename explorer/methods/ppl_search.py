@@ -16,8 +16,9 @@ re-scores everything on the edited model. What makes it affordable (docs/search.
   candidate. Each candidate first runs its layers on every window and gets a lower bound of its
   NLL from the logits of a few thousand likely tokens only (`BOUND_VOCAB`: the current model's
   most probable ones plus every target; a log-sum-exp over a subset is smaller than over the
-  whole vocabulary); a candidate whose bound already exceeds the best total stops there, and
-  only the others pay the full head. Still exact, and most candidates of a step stop.
+  whole vocabulary); a candidate whose bound already exceeds the best total stops there. The
+  others wait and pay the full head best first (lowest bound first, each only while its bound
+  is under the best total so far). Still exact, and most candidates of a step stop.
   A stopped candidate's score is a lower bound or the perplexity over the windows it ran: an
   estimate, used to order the next step.
 
@@ -37,7 +38,7 @@ import torch
 
 from ..dense_cache import CACHE, PrefixStates, checkpoints
 from ..errors import ExplorerError
-from ..evaluate import final_logits, run_windows
+from ..evaluate import BOUND_SLACK, WindowPass, final_logits, finish_pass, run_windows
 from ..load import LoadedModel, Progress
 from ..variant import Variant
 from .layout import Layout
@@ -47,6 +48,9 @@ from .layout import Layout
 # (49k tokens), SLEB's first step: 4096 -> 22 of 28 candidates stopped by the bound, for 8% of
 # the head's time each; 1024 -> 9; 256 -> 4 (bounds at 82-96% and 71-91% of the exact NLL).
 BOUND_VOCAB = 4096
+# Final hidden states that candidates waiting for their full head may hold, at most (8 x 128
+# tokens of SmolLM2: 2.4 MB a candidate; of a 4096-wide model: 17 MB).
+DEFER_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -140,36 +144,69 @@ class PerplexitySearch:
              ) -> tuple[Scored, list[Scored]]:
         """Score every candidate; returns (the lowest-NLL complete one, all scores in the order
         given). Ties go to the earlier candidate in `candidates`. report(k, label) is called
-        before the k-th candidate runs."""
+        before the k-th candidate runs.
+
+        With bounds, best first: the first candidate that survives its bound is finished at once
+        (its total is the bar the others' bounds must pass), the other survivors wait with their
+        final states and are finished in the order of their bounds, lowest first, each only if
+        its bound is still under the best total by then (DEFER_BYTES caps what waits).
+        """
         if not candidates:
             raise ExplorerError("no candidate left to remove")
         position = {c.key: k for k, c in enumerate(candidates)}
         order = sorted(candidates, key=lambda c: (self.hint.get(c.key, math.inf), position[c.key]))
         best: Scored | None = None
+        best_variant: Variant | None = None
         scored: dict[Hashable, Scored] = {}
+        waiting: list[tuple[WindowPass, Candidate, Variant]] = []
+
+        def bar() -> float | None:
+            return best.total if (self.abandon and best is not None) else None
+
+        def take(p: WindowPass, cand: Candidate, variant: Variant) -> None:
+            nonlocal best, best_variant
+            s = Scored(cand.key, cand.label, p.total,
+                       math.exp(min(p.mean, 700.0)) if math.isfinite(p.mean) else math.inf,
+                       p.done, not p.abandoned)
+            scored[cand.key] = s
+            if s.complete and math.isfinite(s.total) and (
+                    best is None or s.total < best.total
+                    or (s.total == best.total and position[cand.key] < position[best.key])):
+                best, best_variant = s, variant
+
+        def finish_lowest() -> None:
+            waiting.sort(key=lambda w: w[0].total)
+            p, cand, variant = waiting.pop(0)
+            limit = bar()
+            if limit is not None and p.total > limit * (1 + BOUND_SLACK):
+                p.abandoned, p.waiting = True, []      # its bound lost to a later finisher
+            take(finish_pass(self.lm, p, limit), cand, variant)
+
         for k, cand in enumerate(order):
             if report:
                 report(k, cand.label)
             variant = cand.build()
-            bar = best.total if (self.abandon and best is not None) else None
             p = run_windows(self.lm, self.ids, variant=variant,
                             reference=self.reference if self.cache else None,
-                            abandon_above=bar, bound=self.bound, batch_size=self.batch_size)
-            total = p.total
-            s = Scored(cand.key, cand.label, total,
-                       math.exp(min(p.mean, 700.0)) if math.isfinite(p.mean) else math.inf,
-                       p.done, not p.abandoned)
-            scored[cand.key] = s
-            if s.complete and math.isfinite(total) and (
-                    best is None or total < best.total
-                    or (total == best.total and position[cand.key] < position[best.key])):
-                best, best_variant = s, variant
+                            abandon_above=bar(), bound=self.bound,
+                            defer=True, batch_size=self.batch_size)
+            if p.waiting:
+                waiting.append((p, cand, variant))
+                while sum(_waiting_bytes(w[0]) for w in waiting) > DEFER_BYTES:
+                    finish_lowest()
+            else:
+                take(p, cand, variant)
+        while waiting:
+            finish_lowest()
         if best is None:
             raise ExplorerError("every candidate made the model produce NaN or inf")
         best.variant = best_variant
         self.hint = {key: s.total / max(1, s.windows) for key, s in scored.items()}
         return best, [scored[c.key] for c in candidates]
 
+
+def _waiting_bytes(p: WindowPass) -> int:
+    return sum(h.numel() * h.element_size() for _, h, _ in p.waiting)
 
 def likely_tokens(lm: LoadedModel, states: torch.Tensor, ids: torch.Tensor, size: int
                   ) -> torch.Tensor:
