@@ -100,12 +100,47 @@ def test_fold_equals_map_applied_separately(tiny_factory, family):
     assert torch.allclose(got[2], ref, rtol=1e-4, atol=1e-4)
 
 
-def test_gemma_fold_is_approximate_but_helps(tiny_factory):
+def test_gemma_fold_is_approximate_and_refined_through_the_norm(tiny_factory):
     lm = load_model(str(tiny_factory("gemma3_text", num_layers=5)))
-    r = heal(Variant.identity(lm).drop([2]), "closed-form", **SMALL)
-    fit = r.details["fits"][0]
-    assert fit["exact_fold"] is False and "approximate" in r.notes
+    v = Variant.identity(lm).drop([2])
+    bare = heal(v, "closed-form", norm_steps=0, **SMALL)
+    fit = bare.details["fits"][0]
+    assert fit["exact_fold"] is False and "approximate" in bare.notes
     assert fit["mse_after"] < fit["mse_before"]
+    r = heal(v, "closed-form", **SMALL)
+    fit = r.details["fits"][0]
+    assert "refined through the norm" in r.notes
+    assert fit["mse_after"] < fit["mse_folded"] and fit["mse_after"] < fit["mse_before"]
+    # the reported error is what the folded layer does: recompute it from the healed model's own
+    # states at the cut, with hooks on the plain forward (an independent computation)
+    from explorer.heal.data import split_windows
+
+    ids = split_windows(lm, SAMPLE_TEXT, SMALL["seqlen"], SMALL["windows"], SMALL["held_out"],
+                        "test")[0]                                  # the windows fitted on
+    slot = fit["slot"]
+    dense, _ = _plain_states(lm, Variant.identity(lm), ids)
+    healed, _ = _plain_states(lm, r.variant, ids)
+    err = (healed[slot + 1][:, 1:] - dense[slot + 2][:, 1:]).pow(2).sum(-1).mean()
+    assert float(err) == pytest.approx(fit["mse_after"], rel=0.05)
+
+
+def test_gemma_fold_leaves_zero_gain_channels_out(tiny_factory):
+    from explorer.heal.closed_form import GAIN_FLOOR, safe_inverse
+
+    g = torch.tensor([0.0, 1e-9, 2.0, -4.0], dtype=torch.float64)
+    assert safe_inverse(g).tolist() == [0.0, 0.0, 0.5, -0.25]
+    assert GAIN_FLOOR * float(g.pow(2).mean().sqrt()) > 1e-9     # the tiny gain is below it
+    lm = load_model(str(tiny_factory("gemma3_text", num_layers=5)))
+    norm = lm.model.model.layers[1].post_feedforward_layernorm
+    with torch.no_grad():
+        norm.weight[:3] = -1.0          # Gemma's norm scales by (1 + w): three gains of exactly 0
+    r = heal(Variant.identity(lm).drop([2]), "closed-form", **SMALL)     # the cut is at slot 1
+    fit = r.details["fits"][0]
+    assert fit["slot"] == 1 and fit["mse_after"] < fit["mse_before"]
+    ids = _windows(lm, n=4)
+    with r.variant.applied() as model, torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert torch.isfinite(logits).all()
 
 
 def _kl_to_dense(lm, v, ids):
