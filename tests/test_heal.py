@@ -100,28 +100,12 @@ def test_fold_equals_map_applied_separately(tiny_factory, family):
     assert torch.allclose(got[2], ref, rtol=1e-4, atol=1e-4)
 
 
-def test_gemma_fold_is_approximate_and_refined_through_the_norm(tiny_factory):
+def test_gemma_fold_is_approximate_but_helps(tiny_factory):
     lm = load_model(str(tiny_factory("gemma3_text", num_layers=5)))
-    v = Variant.identity(lm).drop([2])
-    bare = heal(v, "closed-form", norm_steps=0, **SMALL)
-    fit = bare.details["fits"][0]
-    assert fit["exact_fold"] is False and "approximate" in bare.notes
-    assert fit["mse_after"] < fit["mse_before"]
-    r = heal(v, "closed-form", **SMALL)
+    r = heal(Variant.identity(lm).drop([2]), "closed-form", **SMALL)
     fit = r.details["fits"][0]
-    assert "refined through the norm" in r.notes
-    assert fit["mse_after"] < fit["mse_folded"] and fit["mse_after"] < fit["mse_before"]
-    # the reported error is what the folded layer does: recompute it from the healed model's own
-    # states at the cut, with hooks on the plain forward (an independent computation)
-    from explorer.heal.data import split_windows
-
-    ids = split_windows(lm, SAMPLE_TEXT, SMALL["seqlen"], SMALL["windows"], SMALL["held_out"],
-                        "test")[0]                                  # the windows fitted on
-    slot = fit["slot"]
-    dense, _ = _plain_states(lm, Variant.identity(lm), ids)
-    healed, _ = _plain_states(lm, r.variant, ids)
-    err = (healed[slot + 1][:, 1:] - dense[slot + 2][:, 1:]).pow(2).sum(-1).mean()
-    assert float(err) == pytest.approx(fit["mse_after"], rel=0.05)
+    assert fit["exact_fold"] is False and "approximate" in r.notes
+    assert fit["mse_after"] < fit["mse_before"]
 
 
 def test_gemma_fold_leaves_zero_gain_channels_out(tiny_factory):
