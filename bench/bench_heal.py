@@ -216,11 +216,8 @@ def table(out: Path, methods: tuple[str, ...], removes: tuple[int, ...], modes: 
     from explorer.methods import compress
     from explorer.recipe import Recipe
 
-    done = {}
-    if resume and out.exists():
-        done = {(r["method"], r["remove"], r["mode"]): r
-                for r in map(json.loads, out.read_text().splitlines())}
-    elif out.exists():
+    done = load_cells(out) if resume else {}
+    if not resume and out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     recorded = recorded_drops(plans) if plans else {}
@@ -277,6 +274,22 @@ def table(out: Path, methods: tuple[str, ...], removes: tuple[int, ...], modes: 
                                                    max_tokens=max_tokens)
                     row["reload_rel_diff"] = abs(row["reloaded_ppl"] / ppl - 1)
                 record(row)
+    return render(done, methods, removes, modes)
+
+
+def load_cells(path: Path) -> dict[tuple[str, int, str], dict]:
+    """(method, k, mode) -> the cell `table` recorded in `path`."""
+    import json
+
+    if not path.exists():
+        return {}
+    return {(r["method"], r["remove"], r["mode"]): r
+            for r in map(json.loads, path.read_text().splitlines())}
+
+
+def render(done: dict, methods: tuple[str, ...], removes: tuple[int, ...],
+           modes: tuple[str, ...]) -> str:
+    """The Markdown table of recorded cells (`load_cells`): unhealed / each mode per method and k."""
     dense = done[("dense", 0, "none")]["ppl"]
     head = "| method | " + " | ".join(f"{k} removed" for k in removes) + " |"
     lines = [f"Cells: unhealed / {' / '.join(modes)} (wiki perplexity, dense {dense:.2f}).", "",
@@ -323,8 +336,14 @@ def main() -> None:
     ap.add_argument("--modes", default="closed-form,layerwise", help="with --table")
     ap.add_argument("--methods", default=",".join(TABLE_METHODS), help="with --table")
     ap.add_argument("--resume", action="store_true", help="with --table: keep finished cells")
+    ap.add_argument("--render", action="store_true",
+                    help="with --table: only print the table of the cells recorded so far")
     args = ap.parse_args()
     common.quiet()
+    if args.table and args.render:
+        print(render(load_cells(Path("bench/results/heal_table.jsonl")),
+                     tuple(args.methods.split(",")), (3, 6, 9), tuple(args.modes.split(","))))
+        return
     if args.table:
         print(table(Path("bench/results/heal_table.jsonl"), tuple(args.methods.split(",")),
                     (3, 6, 9), tuple(args.modes.split(",")), 16384 if args.full else 4096,
