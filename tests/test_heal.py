@@ -127,6 +127,38 @@ def test_gemma_fold_leaves_zero_gain_channels_out(tiny_factory):
     assert torch.isfinite(logits).all()
 
 
+def test_healing_that_hurts_says_so(structured):
+    from explorer.heal.cuts import trainable_copy
+    from explorer.heal.registry import MODES, HealMode, HealOutcome, register_mode
+
+    @register_mode
+    class Hurt(HealMode):          # a mode that scales the MLP output before each cut by 30
+        name = "extest-hurt"
+
+        def run(self, ctx, params):
+            v = ctx.variant
+            for cut in find_cuts(v):
+                down = ctx.lm.arch.mlp_down + "."
+                new = trainable_copy(v.layer(cut.slot), lambda n: n.startswith(down))
+                with torch.no_grad():
+                    ctx.lm.arch.part(new, ctx.lm.arch.mlp_down).weight.mul_(30.0)
+                v = with_slot(v, cut.slot, new, "hurt")
+            return HealOutcome(v, steps=0, seconds=0.0, history=[], notes="scaled")
+
+    try:
+        v = Variant.identity(structured).drop([2, 3])
+        bad = heal(v, "extest-hurt", **SMALL)
+        assert bad.held_out_after > bad.held_out_before
+        assert bad.notes == (f"Healing made the held-out perplexity worse "
+                             f"({bad.held_out_before:.4g} -> {bad.held_out_after:.4g}): the "
+                             "unhealed variant is better on text it was not fitted on; try "
+                             "another mode or setting. scaled")
+        good = heal(v, "closed-form", **SMALL)
+        assert good.held_out_after < good.held_out_before and "worse" not in good.notes
+    finally:
+        MODES.remove("extest-hurt")
+
+
 def _kl_to_dense(lm, v, ids):
     """Mean full-vocabulary KL(dense || v) over held-out windows, from the plain forward."""
     with torch.no_grad():
