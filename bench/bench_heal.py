@@ -133,8 +133,10 @@ def smol_rows(lm, seconds: float, max_tokens: int) -> list[dict]:
     return rows
 
 
+# distill starts from the closed form alone: on Gemma 3 layer-wise steps made the SLEB plan worse
+# (bench/RESULTS.md). Session 4's angular row used {"steps": 60, "init_steps": 300}.
 GEMMA_BUDGETS = {"closed-form": {}, "layerwise": {"steps": 500},
-                 "distill": {"steps": 60, "init_steps": 300}}
+                 "distill": {"steps": 120, "init": "closed-form"}}
 
 
 GEMMA_PLANS = ("angular", "sleb")
