@@ -12,7 +12,7 @@ re-scores everything on the edited model. What makes it affordable (docs/search.
   so such a candidate cannot win: the choice is the one a full evaluation of every candidate
   makes. Candidates are run in the order of their previous step's scores, so a strong one sets
   the bar early.
-- Bounds before the head: the vocabulary head costs as much as ~7 of SmolLM2's layers per
+- Bounds before the head: the vocabulary head costs as much as ~10 of SmolLM2's layers per
   candidate. Each candidate first runs its layers on every window and gets a lower bound of its
   NLL from the logits of a few thousand likely tokens only (`BOUND_VOCAB`: the current model's
   most probable ones plus every target; a log-sum-exp over a subset is smaller than over the
@@ -38,7 +38,8 @@ import torch
 
 from ..dense_cache import CACHE, PrefixStates, checkpoints
 from ..errors import ExplorerError
-from ..evaluate import BOUND_SLACK, WindowPass, final_logits, finish_pass, run_windows
+from ..evaluate import (BOUND_SLACK, LOGIT_CHUNK, WindowPass, final_logits, finish_pass,
+                        run_windows)
 from ..load import LoadedModel, Progress
 from ..variant import Variant
 from .layout import Layout
@@ -146,10 +147,10 @@ class PerplexitySearch:
         given). Ties go to the earlier candidate in `candidates`. report(k, label) is called
         before the k-th candidate runs.
 
-        With bounds, best first: the first candidate that survives its bound is finished at once
-        (its total is the bar the others' bounds must pass), the other survivors wait with their
-        final states and are finished in the order of their bounds, lowest first, each only if
-        its bound is still under the best total by then (DEFER_BYTES caps what waits).
+        With bounds, best first: the first candidate runs in full (its total is the first bar),
+        every later one stops if its bound passes the bar, and the survivors wait with their
+        final states to be finished in the order of their bounds, lowest first, each only if its
+        bound is still under the best total by then (DEFER_BYTES caps what waits).
         """
         if not candidates:
             raise ExplorerError("no candidate left to remove")
@@ -217,8 +218,8 @@ def likely_tokens(lm: LoadedModel, states: torch.Tensor, ids: torch.Tensor, size
     with torch.no_grad():
         h = lm.arch.norm(lm.model)(states[:, :-1].to(lm.device)).reshape(-1, H)
         mass = None
-        for s in range(0, h.shape[0], 1024):
-            p = torch.softmax(final_logits(lm, h[s:s + 1024]), dim=-1).sum(dim=0)   # (V,)
+        for s in range(0, h.shape[0], LOGIT_CHUNK):
+            p = torch.softmax(final_logits(lm, h[s:s + LOGIT_CHUNK]), dim=-1).sum(dim=0)  # (V,)
             mass = p if mass is None else mass + p
     top = torch.topk(mass, min(size, mass.numel())).indices
     return torch.unique(torch.cat([top, ids[:, 1:].reshape(-1).to(top.device)]))
