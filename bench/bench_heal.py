@@ -337,6 +337,7 @@ def main() -> None:
                     help="instead: the measured table (every method at 3/6/9, each mode)")
     ap.add_argument("--modes", default="closed-form,layerwise", help="with --table")
     ap.add_argument("--methods", default=",".join(TABLE_METHODS), help="with --table")
+    ap.add_argument("--removes", default="3,6,9", help="with --table: layers removed per row")
     ap.add_argument("--resume", action="store_true", help="with --table: keep finished cells")
     ap.add_argument("--render", action="store_true",
                     help="with --table: only print the table of the cells recorded so far")
@@ -348,7 +349,8 @@ def main() -> None:
         return
     if args.table:
         print(table(Path("bench/results/heal_table.jsonl"), tuple(args.methods.split(",")),
-                    (3, 6, 9), tuple(args.modes.split(",")), 16384 if args.full else 4096,
+                    tuple(map(int, args.removes.split(","))), tuple(args.modes.split(",")),
+                    16384 if args.full else 4096,
                     args.resume, Path("bench/results/methods_table.jsonl")))
         return
     rows = run(not args.full, only=tuple(args.only.split(",")), seconds=args.seconds,

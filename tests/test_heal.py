@@ -193,6 +193,28 @@ def test_training_lowers_held_out_kl_and_leaves_the_model_alone(structured, mode
     assert r.steps == 40 and len(r.history) == 40 and math.isfinite(r.held_out_after)
 
 
+def test_layerwise_loss_equals_an_independent_computation(tiny_lm):
+    from explorer.heal.data import HealData
+    from explorer.heal.layerwise import Group
+    from explorer.heal.registry import HealContext
+
+    lm = tiny_lm
+    v = Variant.identity(lm).drop([2, 3])                  # group: slots 1..2 -> dense x_5
+    data = HealData.build(lm, SAMPLE_TEXT, seqlen=32, windows=24, held_out=4, owner="test")
+    ctx = HealContext(lm, v, data, {"skip_first": True})
+    g = Group(ctx, v, 1, 2, batch=4)
+    idx = torch.tensor([3, 0, 7, 5])
+    with torch.no_grad():
+        got = float(g.loss(idx, 1, lm.device))
+    ids = data.ids
+    hs_v, _ = _plain_states(lm, v, ids)                    # the variant's output of slot 2
+    hs_d, _ = _plain_states(lm, Variant.identity(lm), ids)
+    f, d = hs_v[3][idx, 1:].double(), hs_d[5][idx, 1:].double()
+    dd = hs_d[5][:, 1:].double()                           # the variance over every window
+    expect = (f - d).pow(2).sum(-1).mean() / (dd - dd.mean(dim=(0, 1))).pow(2).sum(-1).mean()
+    assert got == pytest.approx(float(expect), rel=1e-4)
+
+
 def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
