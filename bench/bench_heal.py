@@ -189,7 +189,7 @@ def gemma_rows(max_tokens: int, plans: tuple[str, ...] = GEMMA_PLANS,
 
 TABLE_BUDGETS = {"closed-form": {}, "layerwise": {"steps": 300},
                  "distill": {"steps": 100, "init_steps": 300}}
-TABLE_METHODS = ("tail", "shortgpt", "angular", "streamline", "sleb")
+TABLE_METHODS = ("tail", "shortgpt", "angular", "streamline", "sleb", "mka", "come", "laco")
 
 
 def recorded_drops(path: Path) -> dict[tuple[str, int], list[int]]:
@@ -335,7 +335,7 @@ def main() -> None:
                     help="healing modes of the gemma rows")
     ap.add_argument("--table", action="store_true",
                     help="instead: the measured table (every method at 3/6/9, each mode)")
-    ap.add_argument("--modes", default="closed-form,layerwise", help="with --table")
+    ap.add_argument("--modes", default="closed-form,layerwise,distill", help="with --table")
     ap.add_argument("--methods", default=",".join(TABLE_METHODS), help="with --table")
     ap.add_argument("--removes", default="3,6,9", help="with --table: layers removed per row")
     ap.add_argument("--resume", action="store_true", help="with --table: keep finished cells")
