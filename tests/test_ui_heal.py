@@ -37,5 +37,8 @@ def test_heal_stream_reports_a_curve_and_the_healed_ops(tiny_factory):
     assert live and all(p is not None for p in live)
     assert [p[0] for p in live] == [1, 2, 3, 4, 5]
     assert "Healed" in line
+    # the warning follows the held-out figures (the healing's own judgement, made_worse)
+    worse = not final.heal.held_out_after <= final.heal.held_out_before
+    assert ("Healing made it worse" in line) == worse
     # the healed variant is kept: rebuilding it from its ops trains nothing again
     assert REGISTRY.variant(lm, final.heal.ops).num_layers == 5

@@ -119,9 +119,15 @@ class HealResult:
     details: dict
     notes: str
 
+    @property
+    def made_worse(self) -> bool:
+        """Healing raised the held-out perplexity (or gave NaN): the unhealed variant is better."""
+        return not self.held_out_after <= self.held_out_before
+
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "variant"}
         d["num_layers"] = self.variant.num_layers
+        d["made_worse"] = self.made_worse
         d["summary"] = self.variant.steps[-1]["summary"]
         return d
 
@@ -235,16 +241,16 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
             "summary": summary}
     result = Variant(lm, out.variant.slots, variant.steps + (step,))
     ctx.report(1.0, f"heal {mode}: held-out perplexity {before:.4g} -> {after:.4g}")
-    notes = out.notes
-    if not after <= before:      # also NaN: say it, the caller may keep the unhealed variant
-        notes = (f"Healing made the held-out perplexity worse ({before:.4g} -> {after:.4g}): "
-                 f"the unhealed variant is better on text it was not fitted on; try another "
-                 f"mode or setting. " + notes)
-    return HealResult(mode=mode, params=p, variant=result, cuts=[c.describe() for c in cuts],
-                      healed_slots=healed, steps=out.steps,
-                      seconds=round(time.perf_counter() - start, 2), held_out_before=before,
-                      held_out_after=after, history=out.history, details=out.details,
-                      notes=notes)
+    r = HealResult(mode=mode, params=p, variant=result, cuts=[c.describe() for c in cuts],
+                   healed_slots=healed, steps=out.steps,
+                   seconds=round(time.perf_counter() - start, 2), held_out_before=before,
+                   held_out_after=after, history=out.history, details=out.details,
+                   notes=out.notes)
+    if r.made_worse:             # say it first: the caller may keep the unhealed variant
+        r.notes = (f"Healing made the held-out perplexity worse ({before:.4g} -> {after:.4g}): "
+                   f"the unhealed variant is better on text it was not fitted on; try another "
+                   f"mode or setting. " + r.notes)
+    return r
 
 
 @register_op("heal")

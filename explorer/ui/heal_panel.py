@@ -109,7 +109,7 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     state = measure(replace(state, healed=healed))
     line = (f"**Healed** ({healed.summary}, {healed.seconds:.0f} s): held-out calibration "
             f"perplexity {healed.held_out_before:.2f} → {healed.held_out_after:.2f}.")
-    if not healed.held_out_after <= healed.held_out_before:
+    if r["made_worse"]:
         line += (" **Healing made it worse** on text it was not fitted on: the unhealed variant "
                  "is better; try another mode or setting.")
     yield state, plots.heal_curve(list(healed.curve)), line
