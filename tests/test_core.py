@@ -229,3 +229,23 @@ def test_eval_on_a_file_reads_the_whole_file_up_to_max_tokens(tiny_factory, tmp_
     assert code == 0 and half < n * 0.6
     assert out["protocol"].startswith("doc.txt, evaluation half (the other half calibrates): "
                                       f"{half // 64} non-overlapping windows")
+
+
+def test_a_text_file_is_evaluated_as_it_is(tiny_lm, sample_text, tmp_path, capsys):
+    """A file that starts with spaces and ends with newlines is evaluated byte for byte: every window
+    keeps its place (stripping it first would shift them all), checked against the model's own loss
+    on the raw file's tokens."""
+    raw = "   \n  " + sample_text + "\n\n"
+    path = tmp_path / "indented.txt"
+    path.write_text(raw, encoding="utf-8")
+    code = cli_main(["eval", "--model", tiny_lm.spec, "--text", str(path), "--seqlen", "32",
+                     "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    ids = tokenize(tiny_lm.tokenizer, raw)
+    assert out["tokens"] == sum(w.numel() - 1 for w in windows(ids, 32))
+    with torch.no_grad():
+        ref = reference_ppl(tiny_lm.model, ids, 32)
+    assert out["ppl"] == pytest.approx(ref, rel=1e-5)
+    stripped = tokenize(tiny_lm.tokenizer, raw.strip())
+    assert not torch.equal(ids[: stripped.numel()], stripped)   # the case the test is about
