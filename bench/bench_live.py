@@ -17,8 +17,9 @@ of the final one. The final figures must agree to 1e-6.
 
 from __future__ import annotations
 
-import re
 import time
+
+from explorer.progress import Event
 
 try:
     from . import common
@@ -26,21 +27,19 @@ except ImportError:          # run as a script: python bench/bench_live.py
     import common  # type: ignore[no-redef]
 
 DROP = [12, 13, 14, 15, 17, 25]
-FIGURE = re.compile(r"windows, ([0-9.eE+-]+) so far")
 
 
 class Clock:
-    """Collects (seconds since start, running figure) from progress messages of the after pass."""
+    """Collects (seconds since start, running figure) from the progress events of the after pass."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.after: list[tuple[float, float]] = []
         self.collect = False
 
-    def progress(self, fraction: float, message: str) -> None:
-        m = FIGURE.search(message)
-        if self.collect and m:
-            self.after.append((time.perf_counter() - self.t0, float(m.group(1))))
+    def progress(self, event: Event) -> None:
+        if self.collect and event.figure is not None:
+            self.after.append((time.perf_counter() - self.t0, event.figure))
 
     def times(self, final: float) -> tuple[float, float, float]:
         """(first figure, first stable figure within 5%, final figure) in seconds."""

@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 
 from .errors import LayerError
-from .load import LoadedModel, Progress
+from .load import LoadedModel
+from .progress import Event, Progress
 from .tokens import auto_batch_size
 
 # Where the given start states come from: a (B, T, H) tensor indexed by window, or a function of
@@ -160,7 +161,7 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
                 yield Batch(rows=rows, ids=batch_ids, hidden=out, states=cur["states"],
                             call=cur["call"])
                 if progress:
-                    progress(rows.stop / B, f"{label}: {rows.stop}/{B} windows")
+                    progress(Event(label, rows.stop / B, step=rows.stop, total=B, unit="windows"))
         finally:
             for h in installed:
                 h.remove()

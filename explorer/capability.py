@@ -33,7 +33,8 @@ import torch
 from .backbone import run_backbone
 from .errors import TextError
 from .evaluate import final_logits, evaluation_windows
-from .load import LoadedModel, Progress
+from .load import LoadedModel
+from .progress import Event, Progress, scaled
 from .tokens import auto_batch_size, use_bos
 from .variant import Variant
 
@@ -213,17 +214,16 @@ def capability(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
         start = time.perf_counter()
         label = "dense" if v.is_identity() else v.describe()
         lo, hi = k / len(plan), (k + 1) / len(plan)
-        sub = (lambda f, m, lo=lo, hi=hi: progress(lo + (hi - lo) * 0.8 * f, f"{label}: {m}")) \
-            if progress else None
-        top1, positions = next_token_accuracy(lm, windows, v, sub)
+        mid = lo + (hi - lo) * 0.8
+        top1, positions = next_token_accuracy(lm, windows, v, scaled(progress, lo, mid, label))
         if progress:
-            progress(lo + (hi - lo) * 0.8, f"{label}: cloze, {len(spans)} items")
+            progress(Event(label, mid, total=len(spans), unit="items", note="cloze"))
         cloze = cloze_accuracy(lm, ids, spans, v)
         scores[key] = CapabilityScore(label=label, num_layers=v.num_layers, next_token_top1=top1,
                                       positions=positions, cloze_accuracy=cloze,
                                       cloze_items=len(spans),
                                       seconds=time.perf_counter() - start)
     if progress:
-        progress(1.0, "capability check done")
+        progress(Event("capability check", 1.0, note="done"))
     return CapabilityReport(dense=scores.get("dense"), compressed=scores.get("compressed"),
                             source=source, seqlen=seqlen, context_tokens=context_tokens)

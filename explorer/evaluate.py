@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ExplorerError, TextError
-from .load import DTYPES, LoadedModel, Progress
+from .load import DTYPES, LoadedModel
+from .progress import Event, Progress
 from .backbone import run_backbone
 from .dense_cache import CACHE, PrefixStates, checkpoints, dense_key, first_change
 from .tokens import tokenize, use_bos, windows
@@ -250,7 +251,7 @@ def nll_band(window_nll: Sequence[float], total: int, z: float = 1.96, finite: b
     multiplies the standard error by sqrt((total - k) / (total - 1)) (sampling without
     replacement): the band is then about the final figure over all `total` windows and closes on
     it. (nan, nan) for k < 2. With `offset` the values are per-window changes (see
-    `running_message`)."""
+    `running_event`)."""
     k = len(window_nll)
     if k < 2:
         return math.nan, math.nan
@@ -263,11 +264,11 @@ def nll_band(window_nll: Sequence[float], total: int, z: float = 1.96, finite: b
     return math.exp(min(mid - z * se, 700.0)), math.exp(min(mid + z * se, 700.0))
 
 
-def running_message(window_nll: Sequence[float], total: int, label: str = "perplexity",
-                    control: Sequence[float] | None = None,
-                    control_mean: float = 0.0) -> str:
-    """'perplexity: 8/32 windows, 23.41 so far (95% band 22.8-24.1)': the figure so far and its
-    band (none after one window, nor at the end, where the band has closed on the figure).
+def running_event(window_nll: Sequence[float], total: int, label: str = "perplexity",
+                  control: Sequence[float] | None = None, control_mean: float = 0.0) -> Event:
+    """The progress event of a perplexity pass after len(window_nll) of `total` windows: the figure
+    so far and its 95% band (no band after one window, nor at the end, where it has closed on the
+    figure). Described: 'perplexity: 8/32 windows, 23.41 so far (95% band 22.8-24.1)'.
 
     control: the same windows' NLL under a reference model (the dense one), and control_mean its
     mean over all `total` windows: the figure is then estimated as control_mean + the mean change
@@ -279,11 +280,9 @@ def running_message(window_nll: Sequence[float], total: int, label: str = "perpl
     else:
         values, offset = [a - b for a, b in zip(window_nll, control)], control_mean
     ppl = math.exp(min(offset + sum(values) / max(1, k), 700.0))
-    text = f"{label}: {k}/{total} windows, {ppl:.4g} so far"
-    if 2 <= k < total:
-        lo, hi = nll_band(values, total, offset=offset)
-        text += f" (95% band {lo:.4g}-{hi:.4g})"
-    return text
+    band = nll_band(values, total, offset=offset) if 2 <= k < total else None
+    return Event(label, k / max(1, total), step=k, total=total, unit="windows", figure=ppl,
+                 band=band)
 
 
 # -- one pass over the windows ---------------------------------------------------------------------
@@ -351,7 +350,7 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
     defer: with bound, return before the full head, the windows `waiting` (a search finishes
         the most promising of its candidates first).
     control: (W,) mean NLL of each window under the dense model: the running figure is then the
-        dense figure plus the mean change so far (`running_message`).
+        dense figure plus the mean change so far (`running_event`).
     """
     variant = variant or Variant.identity(lm)
     W, T = ids.shape
@@ -400,7 +399,7 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                     if control is not None:
                         done_control.extend(control[i] for i in rows.tolist())
                     if progress:
-                        progress(batch.rows.stop / W, running_message(
+                        progress(running_event(
                             means, W, label, done_control if control is not None else None,
                             control_mean))
                 if bar is not None and p.total > bar * (1 + BOUND_SLACK * bounded) and \
@@ -484,7 +483,7 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
                 r = replace(PPLResult.from_dict(fig), source=source, cached=True,
                             seconds=time.perf_counter() - t0)
                 if progress:
-                    progress(1.0, f"perplexity {r.ppl:.4g} (the dense figure, cached)")
+                    progress(Event("perplexity", 1.0, figure=r.ppl, note="the dense figure, cached"))
                 return r
             p = run_windows(lm, w, record=marks, **kw)
             r = result(p)

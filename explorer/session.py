@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 import torch
 
-from .load import LoadedModel, Progress, load_model, resolve
+from .load import LoadedModel, load_model, resolve
+from .progress import Progress
 
 _lock = threading.Lock()
 # (key, model) of the resident model, or None; one tuple so that a lock-free read sees a pair

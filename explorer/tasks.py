@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .errors import ExplorerError, one_line
-from .load import LoadedModel, Progress, unreachable_hub_host
+from .load import LoadedModel, unreachable_hub_host
+from .progress import Event, Progress
 from .variant import Variant
 
 LM_EVAL_VERSION = "0.4.13"              # pinned in requirements.txt
@@ -263,7 +264,7 @@ def load_check(manager: Any, tasks: list[str]) -> None:
 
 
 def _progress_hflm(HFLM: type, progress: Progress | None, lo: float, hi: float, label: str):
-    """An HFLM that reports (lo..hi, message) as its requests are scored; raising in `progress`
+    """An HFLM that reports events (fraction lo..hi) as its requests are scored; raising in `progress`
     (the app's Stop) ends the run at the next batch."""
 
     class ProgressHFLM(HFLM):
@@ -277,8 +278,9 @@ def _progress_hflm(HFLM: type, progress: Progress | None, lo: float, hi: float, 
             self._done += rows
             if progress and self._total:
                 frac = min(self._done / self._total, 1.0)
-                progress(lo + (hi - lo) * frac,
-                         f"lm-eval ({label}): {min(self._done, self._total)}/{self._total} requests")
+                progress(Event(f"lm-eval ({label})", lo + (hi - lo) * frac,
+                               step=min(self._done, self._total), total=self._total,
+                               unit="requests"))
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             self._start(requests)
@@ -372,13 +374,13 @@ def evaluate_tasks(lm: LoadedModel, tasks: str | Sequence[str], *, variant: Vari
     limit: samples per task (None: all). num_fewshot: None = each task's default.
     dense: also evaluate the dense model (False: the variant alone, e.g. when the dense figure is
         already known).
-    progress: (fraction, message) as requests are scored; raising in it stops the run.
+    progress: events as requests are scored; raising in it (a cancel token) stops the run.
     """
     limit = check_limit(limit)
     if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
         raise TaskError(f"num_fewshot must be 0 or more (got {num_fewshot!r})")
     if progress:
-        progress(0.0, "lm-eval: indexing tasks")
+        progress(Event("lm-eval", 0.0, note="indexing tasks"))
     manager, names = resolve_tasks(parse_task_list(tasks))
     load_check(manager, names)
     compressed = variant is not None and not variant.is_identity()
@@ -391,7 +393,7 @@ def evaluate_tasks(lm: LoadedModel, tasks: str | Sequence[str], *, variant: Vari
                                 num_fewshot=num_fewshot, batch_size=batch_size,
                                 progress=progress, span=span)
     if progress:
-        progress(1.0, "lm-eval: done")
+        progress(Event("lm-eval", 1.0, note="done"))
     return TaskReport(tasks=names, limit=limit, dense=runs.get("dense"),
                       compressed=runs.get("compressed"), lm_eval_version=_installed_version())
 

@@ -188,15 +188,18 @@ def test_perplexity_progress_reports_the_running_figure(tiny_lm, sample_text):
     from explorer import perplexity
     from explorer.evaluate import spread_order
 
-    seen: list[tuple[float, str]] = []
+    seen: list = []
     r = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=320, batch_size=3,
-                   progress=lambda f, m: seen.append((f, m)))
-    assert [f for f, _ in seen] == pytest.approx([0.3, 0.6, 0.9, 1.0])
-    assert seen[-1][1] == f"perplexity: 10/10 windows, {r.ppl:.4g} so far"
+                   progress=seen.append)
+    assert [e.fraction for e in seen] == pytest.approx([0.3, 0.6, 0.9, 1.0])
+    assert [e.step for e in seen] == [3, 6, 9, 10] and {e.total for e in seen} == {10}
+    assert seen[-1].figure == pytest.approx(r.ppl) and seen[-1].band is None
+    assert seen[-1].describe() == f"perplexity: 10/10 windows, {r.ppl:.4g}"
     first3 = spread_order(10)[:3]
     assert sorted(first3) != [0, 1, 2]          # spread over the text, not its beginning
     first = math.exp(sum(r.window_nll[i] for i in first3) / 3)   # equal-length windows
-    assert seen[0][1].startswith(f"perplexity: 3/10 windows, {first:.4g} so far")
+    assert seen[0].figure == pytest.approx(first)
+    assert seen[0].describe().startswith(f"perplexity: 3/10 windows, {first:.4g} so far")
 
 
 def test_eval_on_a_file_reads_the_whole_file_up_to_max_tokens(tiny_factory, tmp_path, capsys):

@@ -213,17 +213,19 @@ def test_spread_order_covers_the_text_early():
 
 
 def test_running_figure_has_a_band_that_closes_on_the_result(tiny_lm, sample_text):
-    seen: list[tuple[float, str]] = []
+    seen: list = []
     r = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=320, batch_size=3, cache=False,
-                   progress=lambda f, m: seen.append((f, m)))
-    assert [f for f, _ in seen] == pytest.approx([0.3, 0.6, 0.9, 1.0])
-    assert seen[-1][1] == f"perplexity: 10/10 windows, {r.ppl:.4g} so far"
+                   progress=seen.append)
+    assert [e.fraction for e in seen] == pytest.approx([0.3, 0.6, 0.9, 1.0])
+    assert seen[-1].figure == pytest.approx(r.ppl) and seen[-1].band is None   # closed at the end
     # the first report is the mean over the first three windows of the spread order
     nll = torch.tensor(r.window_nll)
     first = math.exp(nll[spread_order(10)[:3]].mean().item())
-    assert seen[0][1].startswith(f"perplexity: 3/10 windows, {first:.4g} so far (95% band ")
-    lo, hi = (float(x) for x in seen[0][1].split("band ")[1].rstrip(")").split("-"))
+    assert seen[0].figure == pytest.approx(first) and seen[0].unit == "windows"
+    lo, hi = seen[0].band
     assert lo < first < hi
+    assert seen[0].describe() == (f"perplexity: 3/10 windows, {first:.4g} so far "
+                                  f"(95% band {lo:.4g}-{hi:.4g})")
     # the result: per-window NLL in text order, their mean is the figure, and a band around it
     assert len(r.window_nll) == 10 and math.exp(nll.mean().item()) == pytest.approx(r.ppl)
     lo, hi = r.interval()
@@ -235,12 +237,12 @@ def test_running_figure_has_a_band_that_closes_on_the_result(tiny_lm, sample_tex
     dense = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=320, batch_size=3)
     seen.clear()
     v = perplexity(tiny_lm, sample_text, variant=Variant.identity(tiny_lm).drop([2]), seqlen=32,
-                   max_tokens=320, batch_size=3, progress=lambda f, m: seen.append((f, m)))
+                   max_tokens=320, batch_size=3, progress=seen.append)
     first3 = spread_order(10)[:3]
     change = torch.tensor(v.window_nll)[first3] - torch.tensor(dense.window_nll)[first3]
     estimate = math.exp(sum(dense.window_nll) / 10 + change.mean().item())
-    assert seen[0][1].startswith(f"perplexity: 3/10 windows, {estimate:.4g} so far (95% band ")
-    assert seen[-1][1] == f"perplexity: 10/10 windows, {v.ppl:.4g} so far"
+    assert seen[0].figure == pytest.approx(estimate) and seen[0].band is not None
+    assert seen[-1].figure == pytest.approx(v.ppl)
 
 
 def test_abandoned_pass_is_a_lower_bound(tiny_lm, sample_text):

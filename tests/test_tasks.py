@@ -107,7 +107,7 @@ def test_real_model_accuracy_and_a_broken_variant(smol, tmp_path):
     yaml = write_task(tmp_path / "task", "cloze_smol", 40)
     steps = []
     report = evaluate_tasks(smol, [str(yaml)], variant=Variant.identity(smol).drop([29]),
-                            limit=40, progress=lambda f, m: steps.append(f)).to_dict()
+                            limit=40, progress=lambda e: steps.append(e.fraction)).to_dict()
     dense = metric(report, "cloze_smol", "acc", "dense")
     broken = metric(report, "cloze_smol", "acc", "compressed")
     assert dense == pytest.approx(lm_eval_reference(Path(smol.source), yaml, "cloze_smol",

@@ -111,21 +111,25 @@ def test_caches_are_bounded_computed_once_and_dropped_with_the_model():
 def test_stop_flags_are_per_session_and_cleared_by_the_next_job():
     from types import SimpleNamespace
 
+    from explorer.progress import Cancelled, Event
     from explorer.ui import stop
 
     a, b = SimpleNamespace(session_hash="sess-a"), SimpleNamespace(session_hash="sess-b")
     seen: list = []
-    report_a = stop.watch(lambda f, desc="": seen.append((f, desc)), a)
+    bar = lambda f, desc="": seen.append((f, desc))      # noqa: E731 (a gr.Progress stand-in)
+    report_a = stop.watch(bar, a)
     report_b = stop.watch(None, b)
-    report_a(0.5, desc="half")
+    report_a(Event("probe", 0.5, step=4, total=8, unit="windows"))
     stop.stop(b)                                  # b's Stop leaves a's job running
-    report_a(0.75, desc="more")
+    report_a(Event("perplexity", 0.75, figure=23.456))
     with pytest.raises(stop.Stopped):
-        report_b(0.1)
+        report_b(Event("probe", 0.1))
     stop.stop(a)
-    with pytest.raises(stop.Stopped, match="you pressed Stop"):
-        report_a(0.9, desc="late")
-    assert seen == [(0.5, "half"), (0.75, "more")]
-    stop.watch(None, a)(0.1)                      # a new job of a: the old Stop is cleared
-    assert stop.watch("progress", None) == "progress"     # no session: nothing to watch
+    with pytest.raises(stop.Stopped, match="you pressed Stop") as err:
+        report_a(Event("probe", 0.9))
+    assert isinstance(err.value, Cancelled)       # the app tells a stop from an error by its type
+    # the bar shows the event's own sentence, made at the edge
+    assert seen == [(0.5, "probe: 4/8 windows"), (0.75, "perplexity: 23.46 so far")]
+    stop.watch(None, a)(Event("probe", 0.1))      # a new job of a: the old Stop is cleared
+    assert stop.watch(None, None) is None         # no session and no bar: nothing to report to
     stop.forget(a), stop.forget(b)

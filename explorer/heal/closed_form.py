@@ -177,7 +177,7 @@ def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
             eq.add(M, D - Y)
             if keep:
                 kept.append((M.cpu(), Y.cpu(), D.cpu()))
-            ctx.report(b.rows.stop / W, f"closed-form: slot {k}, {b.rows.stop}/{W} windows")
+            ctx.report(b.rows.stop / W, f"slot {k}", step=b.rows.stop, total=W, unit="windows")
     rows = tuple(torch.cat(parts) for parts in zip(*kept)) if keep else None
     return eq, rows
 

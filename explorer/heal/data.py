@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from ..backbone import run_backbone
 from ..errors import TextError
 from ..evaluate import LOGIT_CHUNK, final_logits, token_nll
-from ..load import LoadedModel, Progress
+from ..load import LoadedModel
+from ..progress import Progress
 from ..methods.registry import text_digest
 from ..probe import calibration_windows
 from ..tokens import tokenize

@@ -37,7 +37,8 @@ import torch
 
 from ..components import Registry
 from ..errors import LayerError, ParamError
-from ..load import LoadedModel, Progress
+from ..load import LoadedModel
+from ..progress import Event, Progress
 from ..params import Param, markdown_table, resolve
 from ..recipe import register_op
 from ..variant import NewLayer, Variant
@@ -77,15 +78,17 @@ class HealContext:
     seconds: float | None = None        # training budget: wall time (None: no limit)
     progress: Progress | None = None
     held_out_ppl: float = float("nan")  # the latest held-out perplexity (shown in progress)
+    stage: str = "heal"                 # the progress events' stage: "heal <mode>"
 
     @property
     def first(self) -> int:
         """First position of each window used by fits (1 = skip the massive activation)."""
         return 1 if self.params.get("skip_first", True) else 0
 
-    def report(self, fraction: float, message: str) -> None:
+    def report(self, fraction: float, note: str = "", **fields) -> None:
+        """Report an event of this healing (`fields`: step, total, unit, loss, held_out, figure ...)."""
         if self.progress:
-            self.progress(max(0.0, min(1.0, fraction)), message)
+            self.progress(Event(fields.pop("stage", self.stage), fraction, note=note, **fields))
 
 
 @dataclass
@@ -224,8 +227,8 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
     torch.manual_seed(seed)
     data = HealData.build(lm, calibration, seqlen=p["seqlen"], windows=p["windows"],
                           held_out=p["held_out"], owner=f"heal mode '{mode}'")
-    ctx = HealContext(lm, variant, data, p, seed, steps, seconds, progress)
-    ctx.report(0.0, f"heal {mode}: held-out perplexity before healing")
+    ctx = HealContext(lm, variant, data, p, seed, steps, seconds, progress, stage=f"heal {mode}")
+    ctx.report(0.0, "held-out perplexity before healing")
     before = ctx.held_out_ppl = held_out_ppl(lm, variant, data.held_out)
     out = m.run(ctx, p)
     after = held_out_ppl(lm, out.variant, data.held_out)
@@ -240,7 +243,7 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
             "calibration": {"source": calibration_source, "sha256": remember_text(calibration)},
             "summary": summary}
     result = Variant(lm, out.variant.slots, variant.steps + (step,))
-    ctx.report(1.0, f"heal {mode}: held-out perplexity {before:.4g} -> {after:.4g}")
+    ctx.report(1.0, f"held-out perplexity before healing {before:.4g}", held_out=after)
     r = HealResult(mode=mode, params=p, variant=result, cuts=[c.describe() for c in cuts],
                    healed_slots=healed, steps=out.steps,
                    seconds=round(time.perf_counter() - start, 2), held_out_before=before,

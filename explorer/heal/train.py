@@ -97,8 +97,8 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
             history.append(entry)
             done = max(step / total if total else 0.0,
                        (now - t0) / seconds if seconds else 0.0)
-            ctx.report(done, f"{label}: step {step}/{total or '?'}, loss {entry['loss']:.4g}, "
-                             f"held-out ppl {ppl:.4g} ({now - t0:.0f} s)")
+            ctx.report(done, stage=label, step=step, total=total, unit="steps", loss=value,
+                       held_out=ppl, seconds=now - t0)
     finally:
         for t in tensors:
             t.requires_grad_(False)

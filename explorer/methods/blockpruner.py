@@ -24,12 +24,12 @@ from functools import partial
 import torch.nn as nn
 
 from ..errors import LayerError
-from ..load import LoadedModel, Progress
+from ..load import LoadedModel
 from ..params import Param
 from ..variant import PARTS, NewLayer, Variant
 from .layout import Layout
 from .ppl_search import Candidate, PerplexitySearch, Scored, SearchResult
-from .registry import Method, Plan, PlanContext, register
+from .registry import Method, Plan, PlanContext, Report, register
 from .sleb import ABANDON, SAMPLES, calibration_ids
 
 
@@ -128,7 +128,7 @@ class BlockPruner(Method):
 
 
 def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] = list(PARTS),
-                       report: Progress | None = None,
+                       report: Report | None = None,
                        follow: SearchResult | None = None) -> SearchResult:
     """BlockPruner's loop on `search`: drop the block ("attn" or "mlp", of `kinds`) whose removal
     gives the lowest calibration NLL, while a block still fits in `remove` layers' parameters.
@@ -140,12 +140,11 @@ def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] =
     """
     lm = search.lm
     L = lm.num_layers
-    report = report or (lambda f, m: None)
+    report = report or (lambda *a, **k: None)
     sizes = part_sizes(lm)
     per_layer = layer_parameters(lm)
     budget = remove * per_layer
-    report(0.0, f"blockpruner: storing the residual stream of {search.ids.shape[0]} "
-                "calibration windows")
+    report(0.0, f"storing the residual stream of {search.ids.shape[0]} calibration windows")
     current, layout = Variant.identity(lm), Layout.identity(L)
     if follow is None:
         search.set_current(current)
@@ -185,7 +184,8 @@ def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] =
 
             def progress(k: int, label: str) -> None:
                 report(min(0.99, (removed + k / len(cands) * sizes[cands[0].key]) / budget),
-                       f"blockpruner step {t + 1}: scoring {label} ({k + 1}/{len(cands)})")
+                       f"removal {t + 1}: scoring {label}", step=k + 1, total=len(cands),
+                       unit="candidates")
 
             best, scored = search.step(cands, progress)
             key, chosen = best.key, best.variant
@@ -198,8 +198,8 @@ def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] =
         if chosen.num_layers < current.num_layers:      # both blocks of the layer gone
             layout = layout.drop([layout.slot_of(orig)])
         current = chosen
-        report(min(0.99, removed / budget), f"blockpruner: dropped {part} {orig} "
-                                            f"(calibration ppl {ppls[-1]:.4g})")
+        report(min(0.99, removed / budget), f"dropped {part} {orig}, calibration ppl",
+               figure=ppls[-1])
     first = {s.key: s.ppl for s in steps[0]} if steps else {}
     scores = {f"{k} ppl when dropped": [first.get((k, i)) for i in range(L)] for k in kinds}
     return SearchResult(current, layout, gone, ppls[-1] if ppls else float("nan"), scores, steps,

@@ -250,15 +250,15 @@ class CoMe(Method):
         v, lay = Variant.identity(ctx.lm), Layout.identity(L)
         scores: dict[str, list[float]] = {}
         for step in range(remove):
-            ctx.report(step / remove, f"CoMe merge {step + 1}/{remove}: probing")
+            ctx.report(step / remove, "probing", step=step, total=remove, unit="merges")
             sim = similarity(ctx.probe(v), params["measure"]).float().cpu()   # (n+1, n+1)
             n = v.num_layers
             cells = [float(sim[i, i + 2]) for i in range(n - 1)]
             if step == 0:
                 scores[f"{params['measure']}(x_l, x_l+2)"] = cells
             lo = most_similar(cells, params["measure"])[0]
-            ctx.report((step + 0.5) / remove,
-                       f"CoMe merge {step + 1}/{remove}: slots {lo}, {lo + 1}")
+            ctx.report((step + 0.5) / remove, f"merging slots {lo}, {lo + 1}", step=step,
+                       total=remove, unit="merges")
             v, _ = merge_pair(ctx, v, lo, params)
             lay = lay.merge([lo, lo + 1])
         return Plan(self.name, params, v, lay.removed(L), lay.merged(), scores,

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 from ..backbone import LayerCall, run_backbone
-from ..load import LoadedModel, Progress
+from ..load import LoadedModel
+from ..progress import Event, Progress
 from ..variant import Variant
 
 # Windows per training batch: each fitting step sees one batch of `capture_block`, so this is part
@@ -87,8 +88,9 @@ def fit_module(module: nn.Module, pairs: list[Pair], *, steps: int, lr: float,
                 sched.step()
                 losses.append(loss.item())
                 if progress and (step % 5 == 0 or step == steps - 1):
-                    progress((step + 1) / steps, f"{label}: step {step + 1}/{steps}, "
-                             f"MSE {losses[-1]:.4g} ({time.perf_counter() - t0:.0f} s)")
+                    progress(Event(label, (step + 1) / steps, step=step + 1, total=steps,
+                                   unit="steps", loss=losses[-1],
+                                   seconds=time.perf_counter() - t0))
     finally:
         for p in params:
             p.requires_grad_(False)

@@ -122,7 +122,7 @@ class LaCo(Method):
             raise LayerError(f"laco needs 0 <= L <= H < {n0} (got L={low}, H={H})")
         ids = ctx.input_ids[: params["num_sentences"]]
         target = n0 - remove
-        ctx.report(0.02, "LaCo: final representations of the original model")
+        ctx.report(0.02, "final representations of the original model")
         ref = final_states(ctx, Variant.identity(ctx.lm), ids)    # (B, T-1, H)
         w = _Walk(Variant.identity(ctx.lm), Layout.identity(n0), [])
         while True:
@@ -176,7 +176,7 @@ class LaCo(Method):
             sim = mean_cosine(final_states(ctx, cand, ids), ref)
             w.tried.append(sim)
             ctx.report(1 - (w.v.num_layers - target) / max(1, remove),
-                       f"LaCo: merge {origs[0]}..{origs[-1]} -> cosine {sim:.3f}")
+                       f"merge {origs[0]}..{origs[-1]} -> cosine {sim:.3f}")
             if sim > T:
                 w.v, w.lay, w.accepted = cand, w.lay.merge(idx), w.accepted + 1
                 best = (None, None, None)

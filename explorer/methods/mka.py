@@ -94,7 +94,7 @@ class MKA(Method):
         scores: dict[str, list[float]] = {}
         weights = []
         for step in range(remove):
-            ctx.report(step / remove, f"MKA merge {step + 1}/{remove}: measuring {measure}")
+            ctx.report(step / remove, f"measuring {measure}", step=step, total=remove, unit="merges")
             pr = ctx.probe(v)
             n = v.num_layers
             need_full = pairs is not None or not params["adjacent"] or \

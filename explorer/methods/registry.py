@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..components import Registry
 from ..errors import ExplorerError, LayerError
-from ..load import LoadedModel, Progress
+from ..load import LoadedModel
+from ..progress import Event, Progress
 from ..params import Param, help_text, markdown_table, resolve
 from ..probe import ProbeResult, calibration_windows, probe
 from ..recipe import Recipe
@@ -65,6 +66,10 @@ class Plan:
         return self.variant.num_layers
 
 
+# `PlanContext.report`: report(fraction, note="", **event fields), what a search loop is handed.
+Report = Callable[..., None]
+
+
 @dataclass
 class PlanContext:
     """What a method may use: the model, calibration text, and a cached probe of it."""
@@ -76,6 +81,7 @@ class PlanContext:
     seed: int = 0
     progress: Progress | None = None
     calibration_source: str | None = None   # builtin source name ("wiki") when known: replay uses it
+    stage: str = "plan"                # the progress events' stage: the method's name
     _ids: torch.Tensor | None = field(default=None, repr=False)
     _probe: ProbeResult | None = field(default=None, repr=False)
 
@@ -96,9 +102,10 @@ class PlanContext:
         with variant.applied():
             return probe(self.lm, input_ids=self.input_ids, seed=self.seed)
 
-    def report(self, fraction: float, message: str) -> None:
+    def report(self, fraction: float, note: str = "", **fields) -> None:
+        """Report an event of this plan (`fields`: step, total, unit, loss, held_out, figure ...)."""
         if self.progress:
-            self.progress(max(0.0, min(1.0, fraction)), message)
+            self.progress(Event(fields.pop("stage", self.stage), fraction, note=note, **fields))
 
     def calibration_ref(self) -> dict:
         """How a replay can find this calibration text again (source name + fingerprint)."""
@@ -282,7 +289,7 @@ def compress(lm: LoadedModel, method: str, *, remove: int | None = None,
         calibration, source = load_texts("wiki").calibration, "wiki"
     torch.manual_seed(seed)
     ctx = PlanContext(lm, calibration, seqlen=seqlen, num_samples=num_samples, seed=seed,
-                      progress=progress, calibration_source=source)
+                      progress=progress, calibration_source=source, stage=m.name)
     plan = m.plan(ctx, remove, **params)
     ctx.report(1.0, plan.notes)
     return plan

@@ -22,12 +22,11 @@ from __future__ import annotations
 from functools import partial
 
 from ..errors import LayerError
-from ..load import Progress
 from ..params import Param
 from ..variant import Variant
 from .layout import Layout
 from .ppl_search import Candidate, PerplexitySearch, Scored, SearchResult
-from .registry import Method, Plan, PlanContext, register
+from .registry import Method, Plan, PlanContext, Report, register
 
 SAMPLES = Param("samples", int, 8, "calibration windows each candidate is scored on (the first "
                 "ones of the calibration text; the paper uses 128 x 2048 tokens)",
@@ -81,13 +80,13 @@ class SLEB(Method):
 
 
 def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int = 1,
-                report: Progress | None = None) -> SearchResult:
+                report: Report | None = None) -> SearchResult:
     """SLEB's loop on `search` (its model, windows and speed-ups): `remove` steps, each dropping
     the slot in [early, n - late) whose removal gives the lowest calibration NLL."""
     lm = search.lm
     L = lm.num_layers
-    report = report or (lambda f, m: None)
-    report(0.0, f"sleb: storing the residual stream of {search.ids.shape[0]} calibration windows")
+    report = report or (lambda *a, **k: None)
+    report(0.0, f"storing the residual stream of {search.ids.shape[0]} calibration windows")
     current, layout = Variant.identity(lm), Layout.identity(L)
     search.set_current(current)
     steps: list[list[Scored]] = []
@@ -101,8 +100,8 @@ def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int
                            partial(current.drop, [j])) for j in slots]
 
         def progress(k: int, label: str) -> None:
-            report((step + k / len(cands)) / remove,
-                   f"sleb step {step + 1}/{remove}: scoring {label} ({k + 1}/{len(cands)})")
+            report((step + k / len(cands)) / remove, f"removal {step + 1}/{remove}: scoring "
+                   f"{label}", step=k + 1, total=len(cands), unit="candidates")
 
         best, scored = search.step(cands, progress)
         steps.append(scored)
@@ -110,8 +109,7 @@ def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int
         orig = best.key[1]
         order.append(orig)
         current, layout = best.variant, layout.drop([layout.slot_of(orig)])
-        report((step + 1) / remove, f"sleb: removed layer {orig} (calibration ppl "
-                                    f"{best.ppl:.4g})")
+        report((step + 1) / remove, f"removed layer {orig}, calibration ppl", figure=best.ppl)
     first = {s.key[1]: s.ppl for s in steps[0]}
     return SearchResult(current, layout, order, best.ppl,
                         {"ppl when dropped": [first.get(i) for i in range(L)]}, steps, ppls)

@@ -34,6 +34,7 @@ from ..errors import ExplorerError, LayerError
 from ..load import LoadedModel
 from ..measure import measure_param, most_similar, similarity
 from ..params import Param
+from ..progress import scaled
 from ..recipe import register_op
 from ..variant import Variant
 from .fitting import Pair, block_mse, capture_block, fit_module
@@ -121,7 +122,7 @@ def build_replacement(ctx: PlanContext, v: Variant, start: int, n: int, params: 
                       ) -> tuple[nn.Module, float]:
     """Fit the replacement for slots [start, start+n) of `v`; returns (module, MSE on calibration)."""
     kind = params["replacement"]
-    ctx.report(0.2, f"streamline: capturing x_{start} -> x_{start + n} pairs")
+    ctx.report(0.2, f"capturing x_{start} -> x_{start + n} pairs")
     pairs = capture_block(ctx.lm, v, ctx.input_ids, start, start + n)
     if kind == "linear":
         module = fit_linear(pairs, params["skip_first"])
@@ -129,11 +130,8 @@ def build_replacement(ctx: PlanContext, v: Variant, start: int, n: int, params: 
         module = copy.deepcopy(v.layer(start)) if kind == "layer" else \
             ffn_from_layer(ctx.lm, v.layer(start))
 
-        def prog(f: float, msg: str) -> None:
-            ctx.report(0.25 + 0.7 * f, msg)
-
         fit_module(module, pairs, steps=int(params["steps"]), lr=float(params["lr"]),
-                   skip_first=params["skip_first"], seed=ctx.seed, progress=prog,
+                   skip_first=params["skip_first"], seed=ctx.seed, progress=scaled(ctx.progress, 0.25, 0.95),
                    label=f"streamline {kind}")
     return module, block_mse(module, pairs, params["skip_first"])
 
@@ -167,7 +165,7 @@ class Streamline(Method):
         L, n = ctx.lm.num_layers, remove + 1
         if n > L:
             raise LayerError(f"streamline replaces remove + 1 = {n} layers; the model has {L}")
-        ctx.report(0.05, "streamline: probing the calibration text")
+        ctx.report(0.05, "probing the calibration text")
         sim = similarity(ctx.probe(), params["measure"]).float().cpu()     # (L+1, L+1)
         cells = [float(sim[j, j + n]) for j in range(L - n + 1)]
         j = most_similar(cells, params["measure"])[0]

@@ -15,6 +15,7 @@ import numpy as np
 from .. import manifold
 from ..errors import ExplorerError
 from ..measure import MEASURES, Measure
+from ..progress import Event
 from . import jobs, plots
 from .common import need_analysis, need_model
 from .registry import REGISTRY, ProbeEntry
@@ -34,7 +35,7 @@ def run(state: Session, seqlen: int, samples: int, max_tokens: int,
     need_model(state)
     if int(seqlen) < 4 or int(samples) < 1:
         raise ExplorerError("the probe needs windows of at least 4 tokens and at least 1 window")
-    REGISTRY.model_for(state, jobs.callback(progress))
+    REGISTRY.model_for(state, progress)
     measure = state.analysis.measure if state.analysis else default_measure()
     key = ProbeKey(state.model, state.text, int(seqlen), int(samples), int(max_tokens))
     state = replace(state, analysis=Analysis(key=key, measure=measure))
@@ -92,7 +93,8 @@ def token_figure(state: Session, layers: list[int], method: str, max_points: int
     panels = []
     for k, layer in enumerate(chosen):
         if progress is not None:
-            progress(k / len(chosen), desc=f"embedding the tokens of x{layer} ({method})")
+            progress(Event("token clouds", k / len(chosen), note=f"embedding the tokens of "
+                           f"x{layer} ({method})"))
         coords, sample_index = manifold.token_embedding(e.probe, layer, method=method,
                                                         max_points=max_points, seed=0)
         panels.append((layer, jobs.to_numpy(coords), jobs.to_numpy(sample_index)))

@@ -14,6 +14,7 @@ import gradio as gr
 
 from ..errors import ExplorerError
 from ..evaluate import PPLResult, nll_band
+from ..progress import Event
 from . import checks_panel, heal_panel, jobs, plots, stop
 from .common import CompareParts, Ctx, need_model, user_errors
 from .registry import REGISTRY
@@ -37,7 +38,7 @@ def measure(settings, state: Session, ops: list[dict], healed: str = "",
             progress=None) -> tuple[Session, dict]:
     """Perplexity of the variant of `ops` next to the original's; the state records it in its
     history. Returns (state, the JSON result)."""
-    lm = REGISTRY.model_for(state, jobs.callback(progress))
+    lm = REGISTRY.model_for(state, progress)
     before = jobs.ppl_job(state.model, state.text, [], settings.ppl_seqlen,
                           settings.ppl_max_tokens, progress)
     after = jobs.ppl_job(state.model, state.text, ops, settings.ppl_seqlen,
@@ -128,8 +129,8 @@ def generations(settings, state: Session, progress=None) -> list[tuple[str, list
     out = [("prompt", prompts)]
     for k, (name, ops) in enumerate(models):
         if progress is not None:
-            progress(k / len(models), desc=f"generating {settings.gen_tokens} tokens for "
-                                           f"{len(prompts)} prompts: {name} model")
+            progress(Event("generations", k / len(models), note=f"{settings.gen_tokens} tokens "
+                           f"for {len(prompts)} prompts: {name} model"))
         out.append((name, jobs.generate_job(state.model, ops, prompts, settings.gen_tokens)))
     return out
 

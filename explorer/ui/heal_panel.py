@@ -4,15 +4,14 @@ next to the original and the unhealed variant.
 
 Every mode's controls are generated from its declared parameters, and the budget (steps, seconds)
 from two declarations here, so a new mode needs no UI code. The healing runs in a worker thread;
-this step's handler streams the curve from its progress reports, and the Stop flag ends it at the
-next report like any other step.
+this step's handler draws the curve from the fields of its progress events (step, loss, held-out
+perplexity), and the Stop token ends it at the next event like any other step.
 """
 
 from __future__ import annotations
 
 import math
 import queue
-import re
 import threading
 import time
 from dataclasses import replace
@@ -23,6 +22,7 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..heal import get_mode, list_modes
 from ..params import Param
+from ..progress import Event
 from . import controls, jobs, plots, stop
 from .common import Ctx, HealParts, need_model, user_errors
 from .state import Healed, Session
@@ -34,18 +34,13 @@ SECONDS = Param("seconds", float, None, "time limit in seconds (empty: none)", m
 CURVE_POINTS = 200       # points of the curve kept in the session
 STREAM_SECONDS = 1.0     # the live curve is redrawn at most this often
 
-# A training mode's progress report (explorer/heal/train.py): "...: step 12/200, loss 0.4321,
-# held-out ppl 31.2 (14 s)"; a report in another form simply adds no point to the live curve.
-_REPORT = re.compile(r"step (\d+)/\S+, loss ([-+0-9.eE]+|nan), held-out ppl ([-+0-9.eE]+|nan)")
-
-
-def live_point(message: str) -> tuple[int, float, float | None] | None:
-    """(step, loss, held-out perplexity) from a training report, or None."""
-    m = _REPORT.search(message or "")
-    if not m:
+def live_point(event: Event) -> tuple[int, float, float | None] | None:
+    """(step, loss, held-out perplexity) of a training step's event, or None for other events
+    (a loss of inf or nan is kept: the curve marks it)."""
+    if event.unit != "steps" or event.step is None or event.loss is None:
         return None
-    ppl = float(m.group(3))
-    return int(m.group(1)), float(m.group(2)), (ppl if math.isfinite(ppl) else None)
+    ppl = event.held_out
+    return event.step, float(event.loss), (ppl if ppl is not None and math.isfinite(ppl) else None)
 
 
 def thin(points: list, keep: int = CURVE_POINTS) -> tuple:
@@ -69,12 +64,13 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     params = controls.read(m.params, raw, f"heal mode '{mode}'")
     budget = controls.read((STEPS, SECONDS), [steps, seconds], "heal budget") if m.trains \
         else {"steps": None, "seconds": None}
-    messages: queue.Queue = queue.Queue()
+    events: queue.Queue = queue.Queue()
     box: dict = {}
 
-    def relay(fraction: float, desc: str = "") -> None:     # called in the worker thread
-        report(fraction, desc=desc)
-        messages.put(desc)
+    def relay(event: Event) -> None:      # called in the worker thread
+        if report is not None:
+            report(event)
+        events.put(event)
 
     def work() -> None:
         try:
@@ -87,11 +83,11 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     worker.start()
     points: list = []
     shown = time.monotonic()
-    while worker.is_alive() or not messages.empty():
+    while worker.is_alive() or not events.empty():
         worker.join(0.25)
         new = False
-        while not messages.empty():
-            p = live_point(messages.get())
+        while not events.empty():
+            p = live_point(events.get())
             if p is not None:
                 points.append(p)
                 new = True

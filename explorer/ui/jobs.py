@@ -2,8 +2,8 @@
 
 Every job takes only picklable values (a model spec, a text key, recipe ops, numbers), fetches the
 resident model from the registry, rebuilds the variant from its ops, and returns CPU values, so the
-same code runs in-process or inside a ZeroGPU worker (`gpu.gpu`). `progress` is a `gr.Progress` (or
-None); jobs turn it into the `(fraction, message)` callback the explorer API takes.
+same code runs in-process or inside a ZeroGPU worker (`gpu.gpu`). `progress` is the pipeline's
+`Progress` (events; `stop.watch` makes it from a gr.Progress and the session's Stop) or None.
 """
 
 from __future__ import annotations
@@ -19,20 +19,11 @@ from ..capability import capability
 from ..evaluate import PPLResult, generate, perplexity
 from ..heal import heal
 from ..profiles import compare_models
+from ..progress import Event, Progress
 from ..tasks import evaluate_tasks
 from ..probe import ProbeResult, probe
 from .gpu import ZERO_GPU, gpu
 from .registry import REGISTRY, ProbeEntry
-
-
-def callback(progress: Any):
-    """A `(fraction, message)` callback that drives a gr.Progress bar, or None."""
-    if progress is None:
-        return None
-
-    def report(fraction: float, message: str) -> None:
-        progress(max(0.0, min(1.0, float(fraction))), desc=message)
-    return report
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -48,42 +39,41 @@ def _cpu_probe(pr: ProbeResult) -> ProbeResult:
 
 @gpu(duration=120)
 def analyse_job(spec: str, text_key: str, seqlen: int, samples: int, max_tokens: int,
-                progress: Any = None) -> ProbeEntry:
+                progress: Progress | None = None) -> ProbeEntry:
     """Probe the calibration text and compute every adjacent-layer profile."""
-    cb = callback(progress)
-    lm = REGISTRY.ensure_model(spec, cb)
+    lm = REGISTRY.ensure_model(spec, progress)
     texts = REGISTRY.get_texts(text_key)
     pr = probe(lm, texts.calibration, seqlen=seqlen, num_samples=samples, max_tokens=max_tokens,
-               progress=cb)
+               progress=progress)
     adjacent = {}
     names = list(measure.MEASURES)
     for k, name in enumerate(names):
-        if cb:
-            cb(k / max(1, len(names)), f"adjacent-layer profile: {name}")
+        if progress:
+            progress(Event("analysis", k / max(1, len(names)), note=f"adjacent-layer profile: "
+                                                                   f"{name}"))
         adjacent[name] = to_numpy(measure.adjacent(pr, name))
     return ProbeEntry(probe=_cpu_probe(pr) if ZERO_GPU else pr, adjacent=adjacent,
                       seconds=pr.seconds)
 
 
 @gpu(duration=120)
-def similarity_job(pr: ProbeResult, name: str, progress: Any = None) -> np.ndarray:
+def similarity_job(pr: ProbeResult, name: str, progress: Progress | None = None) -> np.ndarray:
     """The (L+1, L+1) matrix of one measure over the layer boundaries."""
-    cb = callback(progress)
-    if cb:
-        cb(0.0, f"computing {name} between every pair of layer boundaries")
+    if progress:
+        progress(Event("analysis", 0.0, note=f"computing {name} between every pair of layer "
+                                             "boundaries"))
     return to_numpy(measure.similarity(pr, name))
 
 
 @gpu(duration=120)
 def ppl_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_tokens: int,
-            progress: Any = None) -> PPLResult:
+            progress: Progress | None = None) -> PPLResult:
     """Perplexity of the variant built from `ops` (the original model for no ops)."""
-    cb = callback(progress)
-    lm = REGISTRY.ensure_model(spec, cb)
+    lm = REGISTRY.ensure_model(spec, progress)
     texts = REGISTRY.get_texts(text_key)
     variant = REGISTRY.variant(lm, ops)
     return perplexity(lm, texts.evaluation, variant=variant, seqlen=seqlen, max_tokens=max_tokens,
-                      source=texts.source, progress=cb)
+                      source=texts.source, progress=progress)
 
 
 @gpu(duration=60)
@@ -107,16 +97,15 @@ def _plain(x: Any) -> Any:
 
 @gpu(duration=300)
 def compress_job(spec: str, text_key: str, method: str, remove: int | None, ratio: float | None,
-                 seqlen: int, samples: int, params: dict, progress: Any = None) -> dict:
+                 seqlen: int, samples: int, params: dict, progress: Progress | None = None) -> dict:
     """Ask a method for a plan; returns its recipe ops and what it removes or merges."""
-    cb = callback(progress)
-    lm = REGISTRY.ensure_model(spec, cb)
+    lm = REGISTRY.ensure_model(spec, progress)
     texts = REGISTRY.get_texts(text_key)
     size = {"remove": int(remove) if remove else None, "ratio": float(ratio) if ratio else None}
     # a builtin source lets recipes with fitted layers be replayed in another process
     builtin = texts.source if text_key == texts.source else None
     plan = methods.compress(lm, method, calibration=texts.calibration, seqlen=seqlen,
-                            num_samples=samples, progress=cb, calibration_source=builtin,
+                            num_samples=samples, progress=progress, calibration_source=builtin,
                             **size, **params)
     ops = [dict(op) for op in plan.recipe().ops]
     if not ZERO_GPU:  # same process: keep the built variant so applying it costs nothing
@@ -130,15 +119,14 @@ def compress_job(spec: str, text_key: str, method: str, remove: int | None, rati
 
 @gpu(duration=600)
 def heal_job(spec: str, text_key: str, ops: list[dict], mode: str, steps: int | None,
-             seconds: float | None, params: dict, progress: Any = None) -> dict:
+             seconds: float | None, params: dict, progress: Progress | None = None) -> dict:
     """Heal the variant of `ops` on the session's calibration text; returns the healed variant's
     ops (`ops` plus the heal op) and the result's figures (`HealResult.to_dict()`)."""
-    cb = callback(progress)
-    lm = REGISTRY.ensure_model(spec, cb)
+    lm = REGISTRY.ensure_model(spec, progress)
     texts = REGISTRY.get_texts(text_key)
     builtin = texts.source if text_key == texts.source else None
     r = heal(REGISTRY.variant(lm, ops), mode, calibration=texts.calibration,
-             calibration_source=builtin, steps=steps, seconds=seconds, progress=cb, **params)
+             calibration_source=builtin, steps=steps, seconds=seconds, progress=progress, **params)
     new_ops = [dict(op) for op in ops] + [dict(r.variant.steps[-1])]
     if not ZERO_GPU:  # same process: keep the healed variant, whose replay would train again
         REGISTRY.remember_variant(r.variant, new_ops)
@@ -147,28 +135,26 @@ def heal_job(spec: str, text_key: str, ops: list[dict], mode: str, steps: int | 
 
 @gpu(duration=300)
 def capability_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_tokens: int,
-                   progress: Any = None) -> dict:
+                   progress: Progress | None = None) -> dict:
     """Next-token and cloze accuracy of the original model and of the variant of `ops`."""
-    cb = callback(progress)
-    lm = REGISTRY.ensure_model(spec, cb)
+    lm = REGISTRY.ensure_model(spec, progress)
     texts = REGISTRY.get_texts(text_key)
     report = capability(lm, texts.evaluation, variant=REGISTRY.variant(lm, ops), seqlen=seqlen,
-                        max_tokens=max_tokens, source=texts.source, progress=cb)
+                        max_tokens=max_tokens, source=texts.source, progress=progress)
     return report.to_dict()
 
 
 @gpu(duration=600)
 def tasks_job(spec: str, ops: list[dict], tasks: str, limit: int | None,
-              progress: Any = None) -> dict:
+              progress: Progress | None = None) -> dict:
     """lm-eval accuracy of the original model and of the variant of `ops`."""
-    cb = callback(progress)
-    lm = REGISTRY.ensure_model(spec, cb)
+    lm = REGISTRY.ensure_model(spec, progress)
     return evaluate_tasks(lm, tasks, variant=REGISTRY.variant(lm, ops), limit=limit,
-                          progress=cb).to_dict()
+                          progress=progress).to_dict()
 
 
 def profiles_job(models: list[str], measure: str, text: str, seqlen: int, samples: int,
-                 progress: Any = None) -> dict:
+                 progress: Progress | None = None) -> dict:
     """Adjacent-layer profiles of several models on relative depth (each loaded in turn)."""
     return compare_models(models, measure=measure, text=text, seqlen=seqlen, samples=samples,
-                          progress=callback(progress)).to_dict()
+                          progress=progress).to_dict()

@@ -8,6 +8,7 @@ like a matrix's rows, and a click on (row a, column b) selects that block.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
@@ -190,13 +191,23 @@ def history(entries: Iterable) -> go.Figure:
 
 
 def heal_curve(points: list[tuple[int, float, float | None]], live: bool = False) -> go.Figure:
-    """Training loss and held-out perplexity against optimiser steps (one point per step)."""
+    """Training loss and held-out perplexity against optimiser steps (one point per step). A loss
+    of inf or nan (a diverging step) is a gap in the line and a red cross at the top."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     if points:
         steps = [p[0] for p in points]
-        fig.add_trace(go.Scatter(x=steps, y=[p[1] for p in points], mode="lines", name="loss",
+        finite = [p[1] if math.isfinite(p[1]) else None for p in points]
+        fig.add_trace(go.Scatter(x=steps, y=finite, mode="lines", name="loss",
                                  hovertemplate="step %{x}: loss %{y:.4g}<extra></extra>"),
                       secondary_y=False)
+        bad = [p for p in points if not math.isfinite(p[1])]
+        if bad:
+            top = max((v for v in finite if v is not None), default=1.0)
+            fig.add_trace(go.Scatter(x=[p[0] for p in bad], y=[top] * len(bad), mode="markers",
+                                     marker=dict(symbol="x", color="red", size=9),
+                                     name="loss not finite", text=[str(p[1]) for p in bad],
+                                     hovertemplate="step %{x}: loss %{text}<extra></extra>"),
+                          secondary_y=False)
         held = [(p[0], p[2]) for p in points if p[2] is not None]
         if held:
             fig.add_trace(go.Scatter(x=[h[0] for h in held], y=[h[1] for h in held],

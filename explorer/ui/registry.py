@@ -31,7 +31,8 @@ import numpy as np
 
 from .. import session
 from ..errors import ExplorerError, TextError
-from ..load import LoadedModel, Progress
+from ..load import LoadedModel
+from ..progress import Progress
 from ..probe import ProbeResult
 from ..recipe import replay
 from ..text import Texts, load_texts, user_texts

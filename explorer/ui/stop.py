@@ -1,67 +1,77 @@
-"""The Stop button: a flag per browser session that the running job's progress reports check.
+"""The Stop button, and the app's edge of the pipeline's progress events.
 
 Gradio's `cancels=` only abandons an event on the page: a handler already running in a worker
 thread goes on, and it holds the resident model's lock, so every later request would wait for it.
-The long handlers therefore wrap their gr.Progress in `watch(progress, request)`: each progress
-report (per batch of windows in the probe and the perplexity, per training step of a method)
-first checks the session's flag and raises `Stopped`, and the pipeline's context managers
-(`Variant.applied`, the model lock) put the model back on the way out.
+Each browser session therefore has a `CancelToken` (`explorer.progress`). The long handlers wrap
+their gr.Progress in `watch(progress, request)`: a pipeline `Progress` that checks the session's
+token at each event (per batch of windows in the probe and the perplexity, per training step) and
+raises `Stopped` there, then shows the event on the step's bar as `event.describe()`. The
+pipeline's context managers (`Variant.applied`, the model lock) put the model back on the way out.
 
 Stop lands at the next report, so a step that reports rarely (one UMAP fit, one generation) runs
-to its end first. Under ZeroGPU the job runs in another process and never sees the flag: there
+to its end first. Under ZeroGPU the job runs in another process and never sees the token: there
 Stop only abandons the event.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any
 
-from ..errors import ExplorerError
+from ..progress import CancelToken, Cancelled, Event, Progress, watched
 
 
-class Stopped(ExplorerError):
+class Stopped(Cancelled):
     """The user pressed Stop while this job was running."""
 
 
-_flags: dict[str, threading.Event] = {}
+_tokens: dict[str, CancelToken] = {}
 _guard = threading.Lock()
 
 
-def _flag(request: Any) -> threading.Event | None:
+def _token(request: Any) -> CancelToken | None:
     key = getattr(request, "session_hash", None)
     if not key:
         return None
     with _guard:
-        return _flags.setdefault(key, threading.Event())
+        if key not in _tokens:
+            _tokens[key] = CancelToken(lambda: Stopped("stopped: you pressed Stop (the model is "
+                                                       "back as it was)"))
+        return _tokens[key]
 
 
-def watch(progress: Any, request: Any) -> Callable[..., Any] | Any:
-    """A progress callable that raises `Stopped` once this session presses Stop.
+def bar(progress: Any) -> Progress | None:
+    """A pipeline `Progress` that shows each event on a gr.Progress bar (None: no bar)."""
+    if progress is None:
+        return None
 
-    Clears an earlier Stop of the session first (one pressed while nothing ran stops nothing).
-    `progress` is a gr.Progress or None; without a session (`request` None) it is returned as is.
+    def show(event: Event) -> None:
+        progress(event.fraction, desc=event.describe())
+    return show
+
+
+def watch(progress: Any, request: Any) -> Progress | None:
+    """`bar(progress)`, stopped with `Stopped` at its next event once this session presses Stop.
+
+    Resets an earlier Stop of the session first (one pressed while nothing ran stops nothing).
+    Without a session (`request` None) nothing is watched.
     """
-    flag = _flag(request)
-    if flag is None:
-        return progress
-    flag.clear()
-
-    def report(*args: Any, **kwargs: Any) -> Any:
-        if flag.is_set():
-            raise Stopped("stopped: you pressed Stop (the model is back as it was)")
-        return progress(*args, **kwargs) if progress is not None else None
-    return report
+    shown = bar(progress)
+    token = _token(request)
+    if token is None:
+        return shown
+    token.reset()
+    return watched(shown, token)
 
 
 def stop(request: Any) -> None:
-    """Ask this session's running jobs to stop at their next progress report."""
-    flag = _flag(request)
-    if flag is not None:
-        flag.set()
+    """Ask this session's running jobs to stop at their next progress event."""
+    token = _token(request)
+    if token is not None:
+        token.cancel()
 
 
 def forget(request: Any) -> None:
-    """Drop the session's flag when its page closes (demo.unload)."""
+    """Drop the session's token when its page closes (demo.unload)."""
     with _guard:
-        _flags.pop(getattr(request, "session_hash", None) or "", None)
+        _tokens.pop(getattr(request, "session_hash", None) or "", None)
