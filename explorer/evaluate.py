@@ -1,6 +1,6 @@
 """Stage 6, evaluate: perplexity with an explicit protocol, and greedy generations.
 
-Protocol (../shared/METHODS.md, reported with every figure): the evaluation documents joined with
+Protocol (README.md, "Perplexity protocol"; reported with every figure): the evaluation documents joined with
 "\n\n" are tokenized once without special tokens, cut into non-overlapping windows of `seqlen`
 tokens (a BOS token in front of each when the BOS rule says so), and
     PPL = exp( mean over every predicted token of -log p(token | window prefix) ).

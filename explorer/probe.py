@@ -2,7 +2,7 @@
 
 The pass is `backbone.run_backbone` with every boundary recorded.
 
-Notation (../shared/METHODS.md): layer i maps x_i -> x_{i+1}; x_0 is the input of the first layer
+Notation (docs/architecture.md, boundaries): layer i maps x_i -> x_{i+1}; x_0 is the input of the first layer
 (the embeddings) and x_L the output of the last layer, *before* the final norm. Forward hooks on
 the decoder layers (in run_backbone) capture these directly; `output_hidden_states` is not used
 because its last entry comes after the final norm, which makes the last layer look unlike every

@@ -75,8 +75,8 @@ def _encode_prefix(tokenizer, text: str, max_tokens: int | None) -> list[int]:
 
     The characters per token are measured on the first 4 kB, a prefix ~10% longer than needed is
     tokenized, and it grows until it gives _CUT_MARGIN tokens more than wanted: the cut can only
-    change the tokens of the word it splits, which are among those dropped. (Tokenizing 16x too
-    much text, as this used to, took 1.5 s for 65k SmolLM2 tokens, 5x the GPU's forward pass.)
+    change the tokens of the word it splits, which are among those dropped. (Tokenizing the whole
+    text instead costs more than the forward pass on a GPU: bench/RESULTS.md, "Perplexity".)
     """
     def encode(t: str) -> list[int]:
         return tokenizer(t, add_special_tokens=False, return_attention_mask=False)["input_ids"]
@@ -93,11 +93,10 @@ def _encode_prefix(tokenizer, text: str, max_tokens: int | None) -> list[int]:
         chars = int(chars * 1.5)
 
 
-# Tokens per forward pass when the probe or `perplexity` picks the batch size. On the 2-core AVX2
-# CPU (bench/RESULTS.md) 512-1024 tokens per pass ran fastest at every seqlen from 128 to 1024:
-# 4 x 128 beat both 1 x 128 (GEMMs of 128 rows) and 16 x 128 (activations that leave the cache),
-# 4 x 512 was ~10% slower than 1 x 512, and the probe of 32 x 128 took 11.5 s in batches of 4,
-# 11.5-12.9 s in 8 and 12.1-13.9 s in 16. A GPU needs large batches to fill its tensor cores.
+# Tokens per forward pass when the probe or `perplexity` picks the batch size. On a CPU a few
+# hundred tokens per pass fill the matrix products and larger batches push the activations out of
+# the cache (measured in bench/RESULTS.md, "Perplexity: why the CPU gain is small"); a GPU needs
+# large batches to fill its tensor cores.
 BATCH_TOKENS = {"cpu": 512, "cuda": 16384}
 
 

@@ -223,10 +223,8 @@ MIN_TOKENS_PER_DIM = 8     # fitted tokens per hidden dimension, at least (apply
 def apply_closed_form(ctx: HealContext, v: Variant, params: dict, label: str
                       ) -> tuple[Variant, list[dict]]:
     """Fold a fitted map at every cut of `v` that has a layer in front of it, in slot order.
-    An (H, H) map needs many more fitted tokens than H: on SmolLM2 (H = 576, drop 12 + merge
-    14-15) 1.8x and 4.4x H tokens made the held-out perplexity explode (47 -> 1935, 40 -> 1780),
-    8.8x H healed it (49 -> 37). Fewer than MIN_TOKENS_PER_DIM x H are refused with the windows
-    needed."""
+    An (H, H) map needs many more fitted tokens than H (docs/healing.md, "How many tokens a fit
+    needs"): fewer than MIN_TOKENS_PER_DIM x H are refused with the windows needed."""
     W, T = ctx.data.ids.shape
     need = MIN_TOKENS_PER_DIM * ctx.lm.config.hidden_size
     per_window = T - ctx.first

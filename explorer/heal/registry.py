@@ -208,8 +208,8 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
         evaluation half). calibration_source: the builtin source it came from, if any (a recipe
         can then be replayed in a later session).
     steps / seconds: training budget of the training modes (whichever ends first).
-    progress: called often with (fraction, message incl. loss and held-out perplexity); an
-        exception raised from it (the app's Stop) ends the healing, nothing kept.
+    progress: called often with an `Event` (a training step's carries its loss and the held-out
+        perplexity); an exception raised from it (a cancel token) ends the healing, nothing kept.
     Extra keyword arguments are the mode's parameters (`get_mode(mode).params`).
     """
     from ..methods.registry import remember_text
