@@ -80,10 +80,6 @@ class PPLResult:
             return self.ppl, self.ppl
         return nll_band(self.window_nll, len(self.window_nll), z, finite=False)
 
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
-
     def protocol(self) -> str:
         return (f"{self.source}: {self.windows} non-overlapping windows of {self.seqlen} tokens"
                 f"{' + BOS' if self.bos else ''}, {self.tokens} predicted tokens, "

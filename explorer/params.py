@@ -202,7 +202,7 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def help_text(owners: Sequence[tuple[str, str, Sequence[Param]]], width: int = 100) -> str:
+def help_text(owners: Sequence[tuple[str, str, Sequence[Param]]]) -> str:
     """Plain-text help for the CLI: per owner (name, title, params), one line per parameter."""
     lines = []
     for name, title, params in owners:

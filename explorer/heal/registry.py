@@ -149,13 +149,6 @@ class HealMode:
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         raise NotImplementedError
 
-    def info(self) -> dict:
-        from ..params import describe
-
-        return {"name": self.name, "title": self.title, "paper": self.paper,
-                "description": self.description, "trains": self.trains,
-                "params": describe(self.params)}
-
 
 MODES: Registry[HealMode] = Registry("heal mode", ParamError)
 

@@ -98,4 +98,4 @@ def token_figure(state: Session, layers: list[int], method: str, max_points: int
         coords, sample_index = manifold.token_embedding(e.probe, layer, method=method,
                                                         max_points=max_points, seed=0)
         panels.append((layer, jobs.to_numpy(coords), jobs.to_numpy(sample_index)))
-    return plots.token_clouds(panels, method, e.probe.num_layers)
+    return plots.token_clouds(panels, method)

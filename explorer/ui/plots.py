@@ -117,8 +117,7 @@ def layer_map(coords: np.ndarray, title: str) -> go.Figure:
     return fig
 
 
-def token_clouds(panels: list[tuple[int, np.ndarray, np.ndarray]], method: str,
-                 num_layers: int) -> go.Figure:
+def token_clouds(panels: list[tuple[int, np.ndarray, np.ndarray]], method: str) -> go.Figure:
     """One scatter per chosen boundary: tokens embedded in 2-D, coloured by calibration window."""
     cols = max(1, len(panels))
     fig = make_subplots(rows=1, cols=cols, subplot_titles=[
