@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..errors import LayerError, ParamError
+from ..errors import ParamError
 from ..load import LoadedModel, Progress
 from ..params import Param
 from ..variant import Variant
@@ -78,8 +78,9 @@ class EvoPress(Method):
     params = (
         Param("generations", int, 16, "generations to run: the search's budget (each scores "
               "`offspring` children)", min=1),
-        Param("seconds", float, None, "time budget: stop after the generation that passes it "
-              "(the plan then records the generations run)", min=1, optional=True),
+        Param("seconds", float, None, "time budget of the generations (the starting plans "
+              "not counted): stop after the generation that passes it (the plan then records "
+              "the generations run)", min=1, optional=True),
         Param("offspring", int, 16, "children per generation (lambda)", min=1),
         Param("survivors", int, 2, "children re-scored on all windows after the first "
               "selection", min=1),
