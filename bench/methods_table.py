@@ -28,7 +28,7 @@ from explorer.methods.layout import Layout
 PREFIX_METHODS = ("mka", "come", "sleb")   # greedy, progressive: plan k = prefix of plan max(k)
 SHARED_SEARCH = ("blockpruner",)     # Method.plans: one search serves every k
 ORDER = ("tail", "shortgpt", "angular", "laco:mode=walk", "laco", "streamline", "mka", "come",
-         "streamline:replacement=linear", "sleb", "blockpruner")
+         "streamline:replacement=linear", "sleb", "blockpruner", "evopress")
 
 
 def merged_of(ops: list[dict], n: int) -> tuple[list[int], list[list[int]]]:
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--out", default="bench/results/methods_table.jsonl")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--progress", action="store_true", help="print the methods' progress lines")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -63,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     lm = load_model(args.model)
     texts = load_texts(args.text)
     ctx = PlanContext(lm, texts.calibration, seqlen=args.calib_seqlen,
-                      num_samples=args.calib_samples, calibration_source=texts.source)
+                      num_samples=args.calib_samples, calibration_source=texts.source,
+                      progress=(lambda f, m: print(f"  {time.strftime('%H:%M:%S')} {m}",
+                                                   flush=True)) if args.progress else None)
 
-    def record(method: str, k: int, variant, removed, merged, plan_s: float, notes: str) -> None:
+    def record(method: str, k: int, variant, removed, merged, plan_s: float, notes: str,
+               plan_cpu: float | None = None) -> None:
         t = time.perf_counter()
         try:
             r = perplexity(lm, texts.evaluation, variant=variant, seqlen=args.seqlen,
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"method": method, "remove": k, "num_layers": variant.num_layers, "ppl": ppl,
                "removed": removed, "merged": merged, "plan_seconds": round(plan_s, 1),
                "eval_seconds": round(time.perf_counter() - t, 1), "notes": notes,
+               **({} if plan_cpu is None else {"plan_cpu_seconds": round(plan_cpu, 1)}),
                "protocol": protocol,
                "calibration": f"{args.calib_samples} x {args.calib_seqlen} tokens of "
                               f"{texts.source} (calibration half)"}
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                        plan_s / len(todo), plans[k].notes)
             continue
         for k in todo:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             try:
                 plan = method.plan(ctx, k, **params)
             except ExplorerError as exc:     # e.g. LaCo's walk cannot reach k: its reason is a row
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"refused: {exc}")
                 continue
             record(name, k, plan.variant, plan.removed, plan.merged, time.perf_counter() - t,
-                   plan.notes)
+                   plan.notes, time.process_time() - cpu)
     print_table(out, removes)
     return 0
 

@@ -19,6 +19,7 @@ CASES = {
     "streamline": dict(steps=3),                 # a trained decoder layer
     "streamline-linear": dict(replacement="linear"),
     "come": {},
+    "evopress": dict(generations=2, seed=1),     # a search of two generations from angular
 }
 
 

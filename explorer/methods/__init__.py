@@ -14,6 +14,7 @@ from .registry import (METHODS, Method, Plan, PlanContext, compress, get_method,
 # importing the modules registers the methods, in this order
 from . import drop, tail, shortgpt, angular, mka, laco, streamline, come  # noqa: F401,E402
 from . import sleb, blockpruner  # noqa: F401,E402
+from . import evopress  # noqa: F401,E402
 
 __all__ = ["METHODS", "Method", "Plan", "PlanContext", "compress", "get_method",
            "layers_for_ratio", "list_methods", "methods_help", "methods_table", "register",

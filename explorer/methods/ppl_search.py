@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence
@@ -142,11 +143,18 @@ class PerplexitySearch:
                     if b < p.start}                    # the unchanged prefix stays valid
             self.reference = PrefixStates(variant, self.ids, {**kept, **p.states})
 
-    def step(self, candidates: Sequence[Candidate], report: Callable[[int, str], None] | None = None
-             ) -> tuple[Scored, list[Scored]]:
+    def step(self, candidates: Sequence[Candidate],
+             report: Callable[[int, str], None] | None = None, *, keep: int = 1,
+             limit: float | None = None) -> tuple[Scored | None, list[Scored]]:
         """Score every candidate; returns (the lowest-NLL complete one, all scores in the order
         given). Ties go to the earlier candidate in `candidates`. report(k, label) is called
         before the k-th candidate runs.
+
+        keep: how many of the lowest totals must be exact (a selection that keeps several): the
+        bar is then the keep-th lowest complete total so far, so each of the `keep` best is
+        complete. limit: a total known in advance that a candidate must beat to matter (e.g. the
+        parent's in an evolutionary search): it caps the bar, and the best is None when every
+        candidate stopped above it.
 
         With bounds, best first: the first candidate runs in full (its total is the first bar),
         every later one stops if its bound passes the bar, and the survivors wait with their
@@ -161,9 +169,15 @@ class PerplexitySearch:
         best_variant: Variant | None = None
         scored: dict[Hashable, Scored] = {}
         waiting: list[tuple[WindowPass, Candidate, Variant]] = []
+        finished: list[float] = []              # complete totals, ascending
 
         def bar() -> float | None:
-            return best.total if (self.abandon and best is not None) else None
+            if not self.abandon:
+                return None
+            bars = [finished[keep - 1]] if len(finished) >= keep else []
+            if limit is not None:
+                bars.append(limit)
+            return min(bars) if bars else None
 
         def take(p: WindowPass, cand: Candidate, variant: Variant) -> None:
             nonlocal best, best_variant
@@ -171,6 +185,8 @@ class PerplexitySearch:
                        math.exp(min(p.mean, 700.0)) if math.isfinite(p.mean) else math.inf,
                        p.done, not p.abandoned)
             scored[cand.key] = s
+            if s.complete and math.isfinite(s.total):
+                bisect.insort(finished, s.total)
             if s.complete and math.isfinite(s.total) and (
                     best is None or s.total < best.total
                     or (s.total == best.total and position[cand.key] < position[best.key])):
@@ -200,10 +216,12 @@ class PerplexitySearch:
                 take(p, cand, variant)
         while waiting:
             finish_lowest()
+        self.hint = {key: s.total / max(1, s.windows) for key, s in scored.items()}
         if best is None:
+            if limit is not None:       # none finished under the limit (or all were NaN)
+                return None, [scored[c.key] for c in candidates]
             raise ExplorerError("every candidate made the model produce NaN or inf")
         best.variant = best_variant
-        self.hint = {key: s.total / max(1, s.windows) for key, s in scored.items()}
         return best, [scored[c.key] for c in candidates]
 
 
