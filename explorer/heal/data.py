@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import run_backbone
+from ..calibration import text_digest
 from ..errors import TextError
 from ..evaluate import LOGIT_CHUNK, final_logits, token_nll
 from ..load import LoadedModel, Progress
-from ..methods.registry import text_digest
 from ..probe import calibration_windows
 from ..tokens import tokenize
 from ..variant import Variant

@@ -35,10 +35,12 @@ from typing import Any
 
 import torch
 
+from ..calibration import find_calibration, remember_text
 from ..components import Registry
 from ..errors import LayerError, ParamError
 from ..load import LoadedModel, Progress
 from ..params import Param, markdown_table, resolve
+from ..fitted import record as record_fitted
 from ..recipe import register_op
 from ..variant import NewLayer, Variant
 from .cuts import find_cuts
@@ -209,8 +211,6 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
         exception raised from it (the app's Stop) ends the healing, nothing kept.
     Extra keyword arguments are the mode's parameters (`get_mode(mode).params`).
     """
-    from ..methods.registry import remember_text
-
     m = get_mode(mode)
     p = resolve(m.params, params, f"heal mode '{mode}'")
     steps, seconds = check_budget(m, steps, seconds)
@@ -240,6 +240,7 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
             "calibration": {"source": calibration_source, "sha256": remember_text(calibration)},
             "summary": summary}
     result = Variant(lm, out.variant.slots, variant.steps + (step,))
+    record_fitted(variant, result)          # a recipe saved now carries the healed layers
     ctx.report(1.0, f"heal {mode}: held-out perplexity {before:.4g} -> {after:.4g}")
     r = HealResult(mode=mode, params=p, variant=result, cuts=[c.describe() for c in cuts],
                    healed_slots=healed, steps=out.steps,
@@ -253,11 +254,9 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
     return r
 
 
-@register_op("heal")
+@register_op("heal", fitted=True)
 def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
     """Redo a recorded healing: same mode, parameters, calibration text, seed and step count."""
-    from ..methods.registry import find_calibration
-
     ref, params = op.get("calibration"), op.get("params")
     if not isinstance(ref, dict) or not isinstance(params, dict) or not isinstance(op.get("mode"),
                                                                                   str):
