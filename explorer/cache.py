@@ -76,8 +76,8 @@ class Store(Generic[V]):
         self._items: OrderedDict[Hashable, V] = OrderedDict()
         self._inflight: dict[Hashable, threading.Lock] = {}
         self._generation = 0                  # bumped by clear(): late results are dropped
-        with _STORES_LOCK:
-            STORES[name] = self
+        with _STORES_LOCK:           # the first store of a name is the process's (a test's
+            STORES.setdefault(name, self)   # own instance of a class does not replace it)
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, key: Hashable, default: Any = None) -> V | Any:
