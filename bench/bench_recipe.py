@@ -2,7 +2,7 @@
 fitted tensors saved next to it, against the same replay without them (which trains again).
 
 Setup (once, in this process): SmolLM2-135M, the angular plan removing 6 layers, healed layer-wise
-(`--steps`, default 40, on 32 windows of 128 wiki calibration tokens), the recipe saved with
+(`--steps`, default 40, on 48 windows of 128 wiki calibration tokens), the recipe saved with
 `Recipe.save` (recipe.json + recipe.fitted.safetensors).
 
 Each side is a fresh `python` process that imports explorer, loads the model and replays the
@@ -89,7 +89,7 @@ def run(quick: bool = True, steps: int = 40, model: str = common.DEFAULT_MODEL) 
     wiki = load_texts("wiki").calibration
     plan = compress(lm, "angular", remove=6, calibration=wiki, calibration_source="wiki")
     healed = heal(plan.variant, "layerwise", calibration=wiki, calibration_source="wiki",
-                  steps=steps, windows=32).variant
+                  steps=steps, windows=48).variant
     want = digest(healed)
     folder = Path(tempfile.mkdtemp(prefix="bench-recipe-"))
     try:

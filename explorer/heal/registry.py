@@ -144,6 +144,9 @@ class HealMode:
     params: tuple[Param, ...] = COMMON_PARAMS
     trains: bool = False                # takes a budget (steps and/or seconds)
     default_steps: int | None = None    # budget when neither steps nor seconds is given
+    # parameter sets the shared tests heal with (tests/test_heal.py: a tiny model with two layers
+    # dropped, small calibration data, 2 steps unless a set names `steps`); default: the defaults
+    examples: tuple[dict, ...] = ({},)
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         raise NotImplementedError

@@ -247,6 +247,7 @@ class CoMe(Method):
               min=0),
         Param("recover_lr", float, 1e-4, "Adam learning rate for recovery", min=0),
     )
+    examples = ({}, {"recover_steps": 2})
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         L = ctx.lm.num_layers

@@ -117,6 +117,9 @@ class Method:
     paper: str = ""
     description: str = ""
     params: tuple[Param, ...] = ()
+    # parameter sets the shared tests run this method with (tests/test_methods_common.py: a tiny
+    # 6-layer model, 2 layers removed, every set a case); the default runs it with its defaults
+    examples: tuple[dict, ...] = ({},)
 
     def resolve(self, params: dict) -> dict:
         """The full parameter set: declared defaults overridden by `params`, each value parsed and

@@ -180,6 +180,7 @@ class Streamline(Method):
         measure_param("cosine", "block selection: the block whose input and output are most "
                       "similar is replaced"),
     )
+    examples = ({"steps": 3}, {"replacement": "linear"}, {"replacement": "ffn", "steps": 2})
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         L, n = ctx.lm.num_layers, remove + 1
