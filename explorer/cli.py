@@ -109,16 +109,10 @@ def cmd_export(args) -> dict:
 
     lm = _load(args)
     if args.recipe:
-        path = Path(args.recipe)
-        if not path.is_file():
+        if not Path(args.recipe).is_file():
             raise ExplorerError(f"recipe file '{args.recipe}' does not exist")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ExplorerError(f"cannot read recipe file '{args.recipe}': "
-                                f"{exc.strerror or one_line(exc)}") from None
-        recipe = Recipe.from_json(data)
-        variant = recipe.build(lm)
+        recipe = Recipe.load(args.recipe)      # with the fitted tensors saved next to it
+        variant = recipe.build(lm, report=lambda line: print(line, file=sys.stderr))
     else:
         variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop \
             else Variant.identity(lm)

@@ -37,7 +37,6 @@ import json
 import os
 import tempfile
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .cache import Disk, Store
 from .load import LoadedModel
 from .variant import Variant
 
@@ -207,14 +207,17 @@ class DenseCache:
 
     def __init__(self, budget_bytes: int | None = None, disk: bool | None = None) -> None:
         self._lock = threading.RLock()
-        self._figures: OrderedDict[DenseKey, dict] = OrderedDict()
-        # key -> (ids, {boundary: states}): tensors only, so that a cached entry never keeps a
-        # model alive; a PrefixStates is rebuilt around the caller's model (same weights: same key)
-        self._states: OrderedDict[DenseKey, tuple[torch.Tensor, dict[int, torch.Tensor]]] = \
-            OrderedDict()
-        self._building: dict[DenseKey, threading.Lock] = {}
         self._budget = budget_bytes
         self._disk = disk
+        # both are stores of the cache service (`explorer.cache`): figures (JSON-ready dicts) in
+        # memory and on disk; states within a byte budget, as tensors only, so that a cached
+        # entry never keeps a model alive (a PrefixStates is rebuilt around the caller's model)
+        self._figures: Store[dict] = Store(
+            "dense figures", size=MAX_FIGURES,
+            disk=Disk("dense-ppl", name=lambda key: key.digest(), enabled=lambda: self.disk))
+        self._states: Store[tuple[torch.Tensor, dict[int, torch.Tensor]]] = Store(
+            "dense states", budget_bytes=self.budget(), weigh=_states_bytes)
+        self._building: dict[DenseKey, threading.Lock] = {}
 
     # budget and disk are read late so that tests and the app can set the environment first
     def budget(self, device: torch.device | str = "cpu") -> int:
@@ -224,7 +227,7 @@ class DenseCache:
         """Set the states budget in bytes (None: back to the default); evicts down to it."""
         with self._lock:
             self._budget = budget_bytes
-            self._evict(self.budget())
+            self._states.resize(budget_bytes=self.budget())
 
     @property
     def disk(self) -> bool:
@@ -242,70 +245,35 @@ class DenseCache:
     # figures
     def figure(self, key: DenseKey) -> dict | None:
         """The dense figure for `key`: from memory, else from disk (then kept in memory)."""
-        with self._lock:
-            if key in self._figures:
-                self._figures.move_to_end(key)
-                return dict(self._figures[key])
-        if not self.disk:
-            return None
-        path = _figure_path(key)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict) or data.get("key") != key.digest():
-            return None
-        fig = data.get("figure")
-        if not isinstance(fig, dict):
-            return None
-        self._remember(key, fig)
-        return dict(fig)
+        fig = self._figures.get(key)
+        return dict(fig) if isinstance(fig, dict) else None
 
     def store_figure(self, key: DenseKey, figure: dict) -> None:
         """Keep a dense figure (JSON-ready dict) in memory and, unless disabled, on disk."""
-        self._remember(key, figure)
-        if self.disk:
-            _write_atomic(_figure_path(key), json.dumps({"key": key.digest(), "figure": figure}))
-
-    def _remember(self, key: DenseKey, figure: dict) -> None:
-        with self._lock:
-            self._figures[key] = dict(figure)
-            self._figures.move_to_end(key)
-            while len(self._figures) > MAX_FIGURES:
-                self._figures.popitem(last=False)
+        self._figures.put(key, dict(figure))
 
     # states
     def states(self, key: DenseKey, lm: LoadedModel) -> PrefixStates | None:
         """The dense states for `key` as PrefixStates of `lm`'s dense model, or None."""
-        with self._lock:
-            entry = self._states.get(key)
-            if entry is None:
-                return None
-            self._states.move_to_end(key)
+        entry = self._states.get(key)
+        if entry is None:
+            return None
         return PrefixStates(Variant.identity(lm), entry[0], dict(entry[1]))
 
     def store_states(self, key: DenseKey, ref: PrefixStates) -> bool:
         """Keep `ref`, evicting the least recently used states to stay within the budget; states
         larger than the whole budget are not kept (returns False)."""
-        budget = self.budget(ref.variant.lm.device)
         with self._lock:
-            self._states.pop(key, None)
-            if ref.nbytes > budget or not ref.states:
+            self._states.resize(budget_bytes=self.budget(ref.variant.lm.device))
+            if not ref.states:
+                self._states.pop(key)
                 return False
-            self._evict(budget - ref.nbytes)
-            self._states[key] = (ref.ids, dict(ref.states))
-            return True
-
-    def _evict(self, allowed: int) -> None:
-        while self._states and self.nbytes > allowed:
-            self._states.popitem(last=False)
+            return self._states.put(key, (ref.ids, dict(ref.states)))
 
     @property
     def nbytes(self) -> int:
         """Bytes of states held now."""
-        with self._lock:
-            return sum(t.numel() * t.element_size() for _, states in self._states.values()
-                       for t in states.values())
+        return self._states.nbytes
 
     # states on disk: one file per boundary, read one at a time
     def save_states(self, key: DenseKey, ref: PrefixStates) -> None:
@@ -355,21 +323,14 @@ class DenseCache:
         """Forget everything in memory (and the figures and states on disk when `disk`)."""
         import shutil
 
-        with self._lock:
-            self._figures.clear()
-            self._states.clear()
+        self._figures.clear(disk=disk)
+        self._states.clear()
         if disk:
-            for f in _figure_dir().glob("*.json"):
-                f.unlink(missing_ok=True)
             shutil.rmtree(_states_dir(), ignore_errors=True)
 
 
-def _figure_dir() -> Path:
-    from .embedded import cache_root
-
-    folder = cache_root() / "dense-ppl"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def _states_bytes(entry: tuple[torch.Tensor, dict[int, torch.Tensor]]) -> int:
+    return sum(t.numel() * t.element_size() for t in entry[1].values())
 
 
 def _states_dir() -> Path:
@@ -400,25 +361,6 @@ def _trim_disk(root: Path, budget: int) -> None:
                 shutil.rmtree(d, ignore_errors=True)
     except OSError:
         pass
-
-
-def _figure_path(key: DenseKey) -> Path:
-    return _figure_dir() / f"{key.digest()}.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: a reader sees all or nothing.
-    A cache that cannot be written (read-only disk) is not an error."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except (OSError, UnboundLocalError):
-            pass
 
 
 CACHE = DenseCache()

@@ -108,7 +108,7 @@ def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
     with variant.applied() as model:
         model.save_pretrained(tmp)
     variant.lm.tokenizer.save_pretrained(tmp)
-    (tmp / RECIPE_FILE).write_text(recipe.to_json(), encoding="utf-8")
+    recipe.save(tmp / RECIPE_FILE, variant.lm)     # + the fitted ops' tensors, if any
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))

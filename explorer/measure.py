@@ -65,6 +65,9 @@ class Measure:
     matrix: Callable[..., torch.Tensor]    # (pr, **params) -> (L+1, L+1)
     params: tuple[Param, ...] = ()         # keyword parameters, declared once
     adjacent: Callable[..., torch.Tensor] | None = None   # (pr, **params) -> (L,), when cheaper
+    # parameter sets the shared tests run this measure with (tests/test_measure.py, on a tiny
+    # model's probe); the default, one set of defaults, suits most measures
+    examples: tuple[dict, ...] = ({},)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -290,7 +293,7 @@ register_measure(Measure(
      Param("d", int, 2, "diffusion-map coordinates kept", min=1),
      Param("k", int, 3, "neighbours of the KSG mutual-information estimator", min=1),
      SEED, MAX_NORM_RATIO),
-    adjacent=_npib_adjacent))
+    adjacent=_npib_adjacent, examples=({"num_points": 60},)))
 
 
 # ----------------------------------------------------------------------------------------------

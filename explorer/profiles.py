@@ -17,12 +17,11 @@ Example:
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from .cache import Store
 from .errors import ExplorerError
 from .progress import Event, Progress, scaled
 from .probe import ProbeResult
@@ -74,34 +73,27 @@ def profile_of(pr: ProbeResult, model: str, model_type: str = "?", measure: str 
 
 
 class ProfileStore:
-    """Profiles kept across model switches (the newest `capacity`), by model and settings."""
+    """Profiles kept across model switches (the newest `capacity`), by model and settings: a
+    store of the cache service (`explorer.cache`, "profiles"), not emptied with the model."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple, LayerProfile] = OrderedDict()
-        self._lock = threading.Lock()
+        self._store: Store[LayerProfile] = Store("profiles", size=capacity)
+
+    @property
+    def capacity(self) -> int:
+        return self._store.size
 
     def get(self, key: tuple) -> LayerProfile | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
+        return self._store.get(key)
 
     def put(self, key: tuple, profile: LayerProfile) -> None:
-        with self._lock:
-            self._items[key] = profile
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        self._store.put(key, profile)
 
     def profiles(self) -> list[LayerProfile]:
-        with self._lock:
-            return list(self._items.values())
+        return self._store.values()
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+        self._store.clear()
 
 
 STORE = ProfileStore()   # the process's kept profiles (the CLI, the library, the app)

@@ -3,22 +3,30 @@
 A recipe names the model, the method and its parameters, and the list of edit operations ("ops")
 applied to the original layer stack, each indexing the layers as they were at that step. Replaying
 the ops on the same model rebuilds the variant. Ops whose result was trained or chosen from data
-(e.g. LLM-Streamline's fitted network) register a handler that redoes that work deterministically.
+(a heal op, LLM-Streamline's fitted network, CoMe's recovered merge) register a handler that redoes
+that work deterministically, marked `fitted`: `Recipe.save` writes their results next to the JSON
+as safetensors (`explorer.fitted`), and a replay loads them, bit for bit and at once; it fits again
+only when they are absent, and says so.
 
 Example:
     >>> r = Recipe(model="smollm2-135m", num_layers=30, ops=[{"op": "drop", "layers": [14]}])
     >>> Recipe.from_json(r.to_json()) == r
     True
     >>> v = replay(lm, r.ops)
+    >>> Recipe.of(healed).save("out/recipe.json", lm)     # + out/recipe.fitted.safetensors
+    >>> Recipe.load("out/recipe.json").build(lm, report=print)
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import os
+from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+from . import fitted as _fitted
 from .errors import LayerError, one_line
 from .load import LoadedModel
 from .variant import Variant
@@ -30,10 +38,16 @@ MAX_RECIPE_BYTES = 1 << 20
 OPS: dict[str, Callable[[Variant, dict, LoadedModel], Variant]] = {}
 
 
-def register_op(name: str):
-    """Decorator: register a replay handler for recipe ops named `name`."""
+def register_op(name: str, fitted: bool | Callable[[dict], bool] = False):
+    """Decorator: register a replay handler for recipe ops named `name`.
+
+    fitted: the op's result is fitted from data (True, or a test of the op): its result is saved
+    with the recipe (`Recipe.save`) and a replay loads it instead of calling the handler.
+    """
     def deco(fn):
         OPS[name] = fn
+        if fitted:
+            _fitted.FITTED_OPS[name] = fitted if callable(fitted) else (lambda op: True)
         return fn
     return deco
 
@@ -113,20 +127,37 @@ def merge_pairs(variant: Variant, pairs: list[tuple[int, int]] | list[list[int]]
     return variant
 
 
-def replay(lm: LoadedModel, ops: list[dict]) -> Variant:
-    """Rebuild a variant by applying `ops` in order to the original model."""
-    # the methods and the heal stage register the handlers of their own ops (streamline, come,
-    # heal) when their package is imported: import them here, so a replay works whatever the
-    # caller imported before
-    from . import methods  # noqa: F401
-    from .heal import registry as _heal  # noqa: F401
+def replay(lm: LoadedModel, ops: list[dict], fitted: dict | None = None,
+           report: Callable[[str], None] | None = None) -> Variant:
+    """Rebuild a variant by applying `ops` in order to the original model.
 
+    A fitted op (heal, streamline, come with recovery) takes its result from `fitted` (the tensors
+    saved with the recipe, `Recipe.load`) or from this process (the variant it made is still in
+    memory), bit for bit and at once; only when neither has it does its handler fit it again, and
+    `report` hears so (one line per op).
+    """
+    # The methods and the heal stage register the handlers of their own ops (streamline, come,
+    # heal) when imported; the package's __init__ imports both, and it has run before any module
+    # of the package can be used, so every handler is here whatever the caller imported.
     v = Variant.identity(lm)
     for k, op in enumerate(ops):
         if not isinstance(op, dict) or op.get("op") not in OPS:
             name = op.get("op") if isinstance(op, dict) else op
             raise LayerError(f"recipe step {k}: unknown op {name!r}; known: {', '.join(sorted(OPS))}")
-        v = OPS[op["op"]](v, op, lm)
+        if not _fitted.is_fitted(op):
+            v = OPS[op["op"]](v, op, lm)
+            continue
+        entry = (fitted or {}).get(_fitted.op_key(ops[:k + 1])) or \
+            _fitted.recorded(lm, ops[:k + 1])
+        if entry is not None:
+            after = _fitted.restore(lm, v, op, entry)
+        else:
+            if report:
+                report(f"recipe step {k} ({op.get('summary', op['op'])}): no saved fitted "
+                       "tensors, fitting it again")
+            after = OPS[op["op"]](v, op, lm)
+        _fitted.record(v, after)
+        v = after
     return v
 
 
@@ -141,6 +172,8 @@ class Recipe:
     params: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)   # e.g. ppl before/after, protocol
     format: str = FORMAT
+    # fitted ops' results read from the tensors file next to the recipe (`load`), by op key
+    fitted: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def of(variant: Variant, method: str = "manual", params: dict | None = None,
@@ -150,7 +183,8 @@ class Recipe:
                       params=dict(params or {}), results=dict(results or {}))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fitted"}
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @staticmethod
     def from_json(text: str | bytes) -> "Recipe":
@@ -183,9 +217,42 @@ class Recipe:
         return Recipe(model=model, num_layers=n, ops=ops, method=str(data.get("method", "manual")),
                       params=data.get("params", {}), results=data.get("results", {}))
 
-    def build(self, lm: LoadedModel) -> Variant:
-        """Replay this recipe on `lm`, which must be the model it was made for."""
+    def build(self, lm: LoadedModel, report: Callable[[str], None] | None = None) -> Variant:
+        """Replay this recipe on `lm`, which must be the model it was made for (fitted ops from
+        the saved tensors when loaded with them; `report` hears of each op fitted again)."""
         if lm.num_layers != self.num_layers:
             raise LayerError(f"recipe was made for a model with {self.num_layers} layers; this "
                              f"one has {lm.num_layers}")
-        return replay(lm, self.ops)
+        return replay(lm, self.ops, self.fitted, report)
+
+    def fitted_ops(self) -> list[int]:
+        """Indices of the ops whose result is fitted from data."""
+        return [k for k, op in enumerate(self.ops) if _fitted.is_fitted(op)]
+
+    def save(self, path: str | os.PathLike, lm: LoadedModel | None = None) -> list[int]:
+        """Write the recipe as JSON at `path` and its fitted ops' results next to it
+        (`<name>.fitted.safetensors`, from `self.fitted` or from this process's variants of
+        `lm`). Returns the indices of fitted ops whose result was not available: a replay fits
+        those again."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+        if lm is None:
+            return self.fitted_ops()
+        _, missing = _fitted.save(path, self.ops, lm, self.fitted)
+        return missing
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "Recipe":
+        """Read a recipe file and the fitted tensors saved next to it (if any); one-line errors."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise LayerError(f"recipe file '{path}' does not exist") from None
+        except OSError as exc:
+            raise LayerError(f"cannot read recipe file '{path}': {one_line(exc)}") from None
+        recipe = Recipe.from_json(data)
+        recipe.fitted = _fitted.load(path)
+        return recipe

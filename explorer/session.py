@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import cache
 from .load import LoadedModel, load_model, resolve
 from .progress import Progress
 
@@ -68,6 +69,7 @@ def release_model() -> None:
 def _release_locked(extra: Callable[[], None] | None = None) -> None:
     """Release with `_lock` held: listeners first (they drop their references), then the model."""
     global _current
+    cache.release_model_values()
     for fn in [*_listeners, *([extra] if extra else [])]:
         fn()
     had_cuda = _current is not None and _current[1].device.type == "cuda"

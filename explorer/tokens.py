@@ -7,12 +7,11 @@ only when the BOS rule says so. The rule is explicit and reported with every res
 
 from __future__ import annotations
 
-import threading
 import weakref
-from collections import OrderedDict
 
 import torch
 
+from .cache import Store
 from .errors import TextError
 
 BOS_RULES = ("auto", "always", "never")
@@ -33,12 +32,10 @@ def use_bos(tokenizer, rule: str, needs_bos: bool) -> bool:
 
 
 # Token ids of recent (tokenizer, text, max_tokens) calls: the app and the benchmarks evaluate the
-# same text again and again (one perplexity per variant). Keyed by the tokenizer object itself
-# (weakly, so a tokenizer freed with its model takes its entries along, and a new tokenizer at the
-# same address can never hit them) and checked against the text itself, not only its hash.
-_CACHE: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
-_CACHE_PER_TOKENIZER = 4
-_CACHE_LOCK = threading.Lock()
+# same text again and again (one perplexity per variant). Keyed by the tokenizer's id and checked
+# against a weak reference to it (a new tokenizer at the same address can never hit an entry) and
+# against the text itself, not only its hash; emptied when the resident model goes.
+TOKENS: Store = Store("tokens", size=8, model_bound=True)
 _CUT_MARGIN = 64      # tokens past max_tokens that a prefix must give (see _encode_prefix)
 
 
@@ -48,25 +45,19 @@ def tokenize(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tenso
         raise TextError("the text is empty")
     if max_tokens is not None and max_tokens < 0:
         raise TextError(f"max_tokens must be positive (got {max_tokens})")
-    key = (hash(text), len(text), max_tokens)
-    with _CACHE_LOCK:                  # app sessions tokenize from several threads
-        try:
-            entries = _CACHE.setdefault(tokenizer, OrderedDict())
-        except TypeError:              # not weak-referenceable: no cache
-            entries = OrderedDict()
-        hit = entries.get(key)
-        if hit is not None and (hit[0] is text or hit[0] == text):
-            entries.move_to_end(key)
-            return hit[1].clone()
+    key = (id(tokenizer), hash(text), len(text), max_tokens)
+    hit = TOKENS.get(key)              # (weakref to the tokenizer, text, ids)
+    if hit is not None and hit[0]() is tokenizer and (hit[1] is text or hit[1] == text):
+        return hit[2].clone()
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates: the tokenizer would raise a TypeError
         raise TextError(f"the text is not valid Unicode (character {exc.start})") from None
     ids = torch.tensor(_encode_prefix(tokenizer, text, max_tokens), dtype=torch.long)
-    with _CACHE_LOCK:
-        entries[key] = (text, ids)
-        while len(entries) > _CACHE_PER_TOKENIZER:
-            entries.popitem(last=False)
+    try:
+        TOKENS.put(key, (weakref.ref(tokenizer), text, ids))
+    except TypeError:                  # not weak-referenceable: no cache
+        pass
     return ids.clone()
 
 

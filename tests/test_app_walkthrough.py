@@ -410,7 +410,12 @@ def test_7_export(page):
     assert "--recipe recipe.json" in cli
     with pg.expect_download(timeout=QUICK) as download:                  # [14] one click
         pg.click("#lx-recipe")
-    recipe = json.loads(open(download.value.path(), encoding="utf-8").read())
+    # the healed recipe comes with its healed layers' tensors: recipe.json and them, zipped
+    import zipfile
+
+    with zipfile.ZipFile(download.value.path()) as z:
+        assert sorted(z.namelist()) == ["recipe.fitted.safetensors", "recipe.json"]
+        recipe = json.loads(z.read("recipe.json").decode("utf-8"))
     assert [op["op"] for op in recipe["ops"]] == ["merge", "drop", "heal"]   # the healed one
     shot(pg, "walkthrough-7-export")
 

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from explorer import Variant, load_model
 from explorer.backbone import hooks
 from explorer.errors import ExplorerError, LayerError
-from explorer.heal import heal
+from explorer.heal import MODES, heal
 from explorer.heal.closed_form import fold_map
 from explorer.heal.cuts import find_cuts, with_slot
-from tiny import SAMPLE_TEXT, state_checksum
+from tiny import SAMPLE_TEXT, same_weights, state_checksum
 
 SMALL = dict(calibration=SAMPLE_TEXT, seqlen=32, windows=24, held_out=4)
 
@@ -260,3 +260,38 @@ def test_bad_input_gets_one_line(tiny_lm, call, match):
     with pytest.raises(ExplorerError, match=match) as e:
         call(Variant.identity(tiny_lm).drop([2, 3]))
     assert "\n" not in str(e.value)
+
+
+# every registered healing mode with each parameter set it declares (`HealMode.examples`): a mode
+# added to the registry is covered here without editing this file
+HEAL_CASES = {f"{name}-{k}": (name, params) for name, m in MODES.items()
+              for k, params in enumerate(m.examples)}
+
+
+def test_every_registered_heal_mode_has_a_case():
+    assert {name for name, _ in HEAL_CASES.values()} == set(MODES)
+
+
+@pytest.mark.parametrize("case", sorted(HEAL_CASES))
+def test_every_heal_mode_heals_and_its_recipe_replays_the_same_bits(tiny_lm, tmp_path, case):
+    from explorer import fitted
+    from explorer.recipe import Recipe
+
+    name, params = HEAL_CASES[case]
+    lm = tiny_lm
+    before = state_checksum(lm.model)
+    v = Variant.identity(lm).drop([2, 3])
+    kw = dict(params)
+    if MODES[name].trains and "steps" not in kw and "seconds" not in kw:
+        kw["steps"] = 2
+    r = heal(v, name, **SMALL, **kw)
+    assert r.healed_slots and state_checksum(lm.model) == before
+    assert math.isfinite(r.held_out_before) and math.isfinite(r.held_out_after)
+    step = r.variant.steps[-1]
+    assert step["op"] == "heal" and step["mode"] == name and r.variant.steps[:-1] == v.steps
+    # saved with its fitted tensors, the recipe rebuilds the same bits with no training
+    Recipe.of(r.variant).save(tmp_path / "recipe.json", lm)
+    fitted.RESULTS.clear()
+    said: list[str] = []
+    again = Recipe.load(tmp_path / "recipe.json").build(lm, report=said.append)
+    assert said == [] and same_weights(again, r.variant)

@@ -151,15 +151,32 @@ def test_all_similarities_share_params_and_stay_symmetric():
     assert out["bi"][3, 4] == pytest.approx(0.0, abs=1e-5)
 
 
-def test_tiny_model_probe_to_matrices(tiny_lm, sample_text):
+# every registered measure with each parameter set it declares (`Measure.examples`): a measure
+# added to the registry is covered here without editing this file
+MEASURE_CASES = {f"{name}-{k}": (name, params) for name, m in M.MEASURES.items()
+                 for k, params in enumerate(m.examples)}
+
+
+@pytest.fixture(scope="module")
+def tiny_probe(tiny_lm, sample_text):
     from explorer import probe
 
-    pr = probe(tiny_lm, sample_text, seqlen=32, num_samples=4)
-    for name in M.MEASURES:
-        params = {"num_points": 60} if name == "npib" else {}
-        m = M.similarity(pr, name, **params)
-        assert m.shape == (7, 7) and torch.isfinite(m).all() and torch.allclose(m, m.T), name
-        assert M.adjacent(pr, name, **params).shape == (6,)
+    return probe(tiny_lm, sample_text, seqlen=32, num_samples=4)
+
+
+@pytest.mark.parametrize("case", sorted(MEASURE_CASES))
+def test_tiny_model_probe_to_matrices(tiny_probe, case):
+    name, params = MEASURE_CASES[case]
+    m = M.similarity(tiny_probe, name, **params)
+    assert m.shape == (7, 7) and torch.isfinite(m).all() and torch.allclose(m, m.T), name
+    adj = M.adjacent(tiny_probe, name, **params)        # its own path where it has one
+    assert adj.shape == (6,)
+    torch.testing.assert_close(adj.float().cpu(), m.diagonal(offset=1).float().cpu(),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_every_registered_measure_has_a_case():
+    assert {name for name, _ in MEASURE_CASES.values()} == set(M.MEASURES)
 
 
 @pytest.mark.slow

@@ -6,34 +6,37 @@ import math
 import pytest
 import torch
 
-from explorer import Recipe, generate, perplexity
-from explorer.methods import compress
+from explorer import Recipe, fitted, generate, perplexity
+from explorer.methods import METHODS, Method, PlanContext, compress
+from tiny import same_weights
 
-CASES = {
-    "drop": dict(layers=[1, 3]),
-    "tail": {},
-    "shortgpt": {},
-    "angular": {},
-    "mka": {},                                   # NPIB, adjacent pairs, paper weights
-    "laco": dict(C=3, T=-1.0),                   # accept every merge: the walk must still stop
-    "streamline": dict(steps=3),                 # a trained decoder layer
-    "streamline-linear": dict(replacement="linear"),
-    "come": {},
-    "evopress": dict(generations=2, seed=1),     # a search of two generations from angular
-}
+# every registered method with each parameter set it declares (`Method.examples`): a method added
+# to the registry is covered here without editing this file
+CASES = {f"{name}-{k}": (name, params) for name, m in METHODS.items()
+         for k, params in enumerate(m.examples)}
+
+
+def test_every_registered_method_has_a_case():
+    assert {name for name, _ in CASES.values()} == set(METHODS)
+    for name, params in CASES.values():
+        METHODS[name].resolve(params)                 # the examples are valid parameters
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_method_result_runs_and_replays(tiny_lm, sample_text, case):
+def test_method_result_runs_and_replays(tiny_lm, sample_text, case, tmp_path):
     lm = tiny_lm
     before = {k: t.clone() for k, t in lm.model.state_dict().items()}
-    name = case.split("-")[0]
+    name, params = CASES[case]
     plan = compress(lm, name, remove=2, calibration=sample_text, seqlen=32, num_samples=4,
-                    **CASES[case])
+                    **params)
     v = plan.variant
-    assert v.num_layers == 4 and plan.method == name
-    assert len(plan.removed) == 2 and all(0 <= i < 6 for i in plan.removed)
-    assert set(plan.params) >= set(CASES[case]) and plan.notes
+    assert plan.method == name and all(0 <= i < 6 for i in plan.removed)
+    # 2 layers' worth removed: whole layers, or sub-blocks counted in parameters (blockpruner)
+    m = METHODS[name]
+    assert m.removed_count(PlanContext(lm, sample_text), plan) == 2
+    if type(m).removed_count is Method.removed_count:
+        assert v.num_layers == 4 and len(plan.removed) == 2
+    assert set(plan.params) >= set(params) and plan.notes
     r = perplexity(lm, sample_text, variant=v, seqlen=32, max_tokens=256)
     assert math.isfinite(r.ppl) and r.ppl > 1
     out = generate(lm, ["The quick brown"], variant=v, max_new_tokens=4)
@@ -42,10 +45,17 @@ def test_method_result_runs_and_replays(tiny_lm, sample_text, case):
     assert after.keys() == before.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert lm.config.num_hidden_layers == 6
-    # the recipe survives JSON and rebuilds the same model
+    # the recipe survives JSON; saved with its fitted tensors it rebuilds the same bits without
+    # this process's memory of the plan, and from the JSON alone the same model (fitted again)
     recipe = Recipe.from_json(plan.recipe().to_json())
     assert recipe.method == name and recipe.params == plan.params
-    rebuilt = recipe.build(lm)
+    recipe.save(tmp_path / "recipe.json", lm)
+    fitted.RESULTS.clear()
+    assert same_weights(Recipe.load(tmp_path / "recipe.json").build(lm), v)
+    fitted.RESULTS.clear()
+    said = []
+    rebuilt = recipe.build(lm, report=said.append)
+    assert len(said) == len(recipe.fitted_ops())
     ids = lm.tokenizer("numbers like 37 appear", return_tensors="pt").input_ids
     with torch.no_grad():
         with v.applied() as model:

@@ -43,3 +43,34 @@ def test_heal_stream_reports_a_curve_and_the_healed_ops(tiny_factory):
     assert ("Healing made it worse" in line) == worse
     # the healed variant is kept: rebuilding it from its ops trains nothing again
     assert REGISTRY.variant(lm, final.heal.ops).num_layers == 5
+
+
+def test_download_recipe_never_trains(tiny_factory, monkeypatch):
+    """The Export tab's recipe comes from the jobs layer: with the healed variant in memory it is a
+    zip with the healed layers' tensors; once that variant is gone it is the JSON alone, and
+    writing it trains nothing (a replay will, and will say so)."""
+    import json
+    import zipfile
+
+    from explorer import Recipe, Variant
+    from explorer import fitted as F
+    from explorer.heal import heal, registry as heal_registry
+    from explorer.ui import jobs
+
+    spec = str(tiny_factory("llama", num_layers=6))
+    lm = REGISTRY.ensure_model(spec)
+    r = heal(Variant.identity(lm).drop([2]), "closed-form", calibration=SAMPLE_TEXT, seqlen=32,
+             windows=24, held_out=4)
+    ops = [dict(op) for op in r.variant.steps]
+
+    def no_training(*a, **k):
+        raise AssertionError("the download trained")
+    monkeypatch.setattr(heal_registry, "heal", no_training)
+    path = jobs.recipe_job(spec, ops, "manual", {}, {})
+    with zipfile.ZipFile(path) as z:
+        assert sorted(z.namelist()) == ["recipe.fitted.safetensors", "recipe.json"]
+        assert json.loads(z.read("recipe.json"))["ops"] == ops
+    REGISTRY.clear_model_caches()
+    F.RESULTS.clear()                       # the healed variant is no longer known
+    path = jobs.recipe_job(spec, ops, "manual", {}, {})
+    assert path.endswith("recipe.json") and Recipe.load(path).ops == ops

@@ -93,16 +93,16 @@ def test_caches_are_bounded_computed_once_and_dropped_with_the_model():
         gate.wait(10)
         return len(calls)
 
-    threads = [threading.Thread(target=reg.cached, args=(reg.probes, "k", slow))
+    threads = [threading.Thread(target=reg.probes.get_or_compute, args=("k", slow))
                for _ in range(4)]
     for t in threads:
         t.start()
     gate.set()
     for t in threads:
         t.join(10)
-    assert calls == [1] and reg.probes["k"] == 1             # four askers, one computation
+    assert calls == [1] and reg.probes.get("k") == 1         # four askers, one computation
     for k in range(reg.probes.size + 3):
-        reg.cached(reg.probes, ("model", k), lambda k=k: k)
+        reg.probes.get_or_compute(("model", k), lambda k=k: k)
     assert len(reg.probes) == reg.probes.size                  # bounded
     session.release_model()                                    # the model goes: so do its caches
     assert len(reg.probes) == 0

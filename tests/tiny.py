@@ -87,3 +87,16 @@ SAMPLE_TEXT = "\n\n".join(
     f"residual stream flow by, and numbers like {k * 37 % 101} appear now and then."
     for k in range(60)
 )
+
+
+def same_weights(a, b) -> bool:
+    """Two variants hold bit-identical tensors (same names, dtypes and bits) in every slot."""
+    import torch
+
+    def tensors(v):
+        return {f"{k}.{n}": t for k in range(v.num_layers)
+                for n, t in {**dict(v.layer(k).named_parameters()),
+                             **dict(v.layer(k).named_buffers())}.items()}
+    ta, tb = tensors(a), tensors(b)
+    return ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k])
+                                          for k in ta)

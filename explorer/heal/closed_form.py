@@ -264,6 +264,7 @@ class ClosedForm(HealMode):
         Param("cosine_lr", float, 1e-4, "Adam learning rate of the cosine objective", min=0,
               max=1),
     )
+    examples = ({}, {"objective": "cosine", "cosine_steps": 3})
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         t0 = time.perf_counter()

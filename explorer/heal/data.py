@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import run_backbone
+from ..cache import Store
+from ..calibration import text_digest
 from ..errors import TextError
 from ..evaluate import LOGIT_CHUNK, final_logits, token_nll
 from ..load import LoadedModel
 from ..progress import Progress
-from ..methods.registry import text_digest
 from ..probe import calibration_windows
 from ..tokens import tokenize
 from ..variant import Variant
@@ -43,9 +44,10 @@ class _Store:
         self.lock = threading.RLock()     # two app sessions healing at once compute things once
 
 
-# The last store built, per loaded model (weakly keyed by the torch module: freed with it).
-_LAST: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-_LAST_LOCK = threading.Lock()
+# The last data built (dense states are tens of MB): one entry, keyed by the model's id and the
+# settings, holding a weak reference to the model (a new model at the same address never hits it)
+# and no strong one (the entry never keeps a model alive); emptied when the resident model goes.
+LAST: Store = Store("heal data", size=1, model_bound=True)
 
 
 def split_windows(lm: LoadedModel, text: str, seqlen: int, windows: int, held_out: int,
@@ -88,15 +90,12 @@ class HealData:
         """The data for these settings. The last set built is kept (dense states are tens of MB)
         and reused when the same model, text and settings come again: trying a second mode after
         a first pays no dense pass."""
-        key = (text_digest(text), seqlen, windows, held_out)
-        with _LAST_LOCK:
-            last = _LAST.get(lm.model)
-        if last is None or last[0] != key:
+        key = (id(lm.model), text_digest(text), seqlen, windows, held_out)
+        last = LAST.get(key)                      # (weakref to the model, _Store)
+        if last is None or last[0]() is not lm.model:
             fit, val = split_windows(lm, text, seqlen, windows, held_out, owner)
-            last = (key, _Store(fit, val))
-            with _LAST_LOCK:
-                _LAST.clear()
-                _LAST[lm.model] = last
+            last = (weakref.ref(lm.model), _Store(fit, val))
+            LAST.put(key, last)
         return HealData(lm, last[1])
 
     @property

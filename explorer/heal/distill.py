@@ -154,6 +154,8 @@ class Distill(HealMode):
               "step budget, or estimated from the first steps under a time budget)", min=1,
               max=10_000_000, optional=True),
     )
+    examples = ({"init": "none"}, {"init": "none", "train": "lora", "rank": 2},
+                {"train": "norms", "span": "all"})
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         if params["span"] == "cuts" and params["before"] + params["after"] == 0:

@@ -161,6 +161,7 @@ class Layerwise(HealMode):
               "step budget, or estimated from the first steps under a time budget)", min=1,
               max=10_000_000, optional=True),
     )
+    examples = ({}, {"init": "none"})
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         if params["before"] + params["after"] == 0:

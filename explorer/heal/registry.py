@@ -35,11 +35,13 @@ from typing import Any
 
 import torch
 
+from ..calibration import find_calibration, remember_text
 from ..components import Registry
 from ..errors import LayerError, ParamError
 from ..load import LoadedModel
 from ..progress import Event, Progress
 from ..params import Param, markdown_table, resolve
+from ..fitted import record as record_fitted
 from ..recipe import register_op
 from ..variant import NewLayer, Variant
 from .cuts import find_cuts
@@ -145,6 +147,9 @@ class HealMode:
     params: tuple[Param, ...] = COMMON_PARAMS
     trains: bool = False                # takes a budget (steps and/or seconds)
     default_steps: int | None = None    # budget when neither steps nor seconds is given
+    # parameter sets the shared tests heal with (tests/test_heal.py: a tiny model with two layers
+    # dropped, small calibration data, 2 steps unless a set names `steps`); default: the defaults
+    examples: tuple[dict, ...] = ({},)
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         raise NotImplementedError
@@ -205,8 +210,6 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
         perplexity); an exception raised from it (a cancel token) ends the healing, nothing kept.
     Extra keyword arguments are the mode's parameters (`get_mode(mode).params`).
     """
-    from ..methods.registry import remember_text
-
     m = get_mode(mode)
     p = resolve(m.params, params, f"heal mode '{mode}'")
     steps, seconds = check_budget(m, steps, seconds)
@@ -236,7 +239,8 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
             "calibration": {"source": calibration_source, "sha256": remember_text(calibration)},
             "summary": summary}
     result = Variant(lm, out.variant.slots, variant.steps + (step,))
-    ctx.report(1.0, f"held-out perplexity before healing {before:.4g}", held_out=after)
+    record_fitted(variant, result)          # a recipe saved now carries the healed layers
+    ctx.report(1.0, f"held-out ppl before healing {before:.4g}", held_out=after)
     r = HealResult(mode=mode, params=p, variant=result, cuts=[c.describe() for c in cuts],
                    healed_slots=healed, steps=out.steps,
                    seconds=round(time.perf_counter() - start, 2), held_out_before=before,
@@ -249,11 +253,9 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
     return r
 
 
-@register_op("heal")
+@register_op("heal", fitted=True)
 def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
     """Redo a recorded healing: same mode, parameters, calibration text, seed and step count."""
-    from ..methods.registry import find_calibration
-
     ref, params = op.get("calibration"), op.get("params")
     if not isinstance(ref, dict) or not isinstance(params, dict) or not isinstance(op.get("mode"),
                                                                                   str):

@@ -43,15 +43,17 @@ import torch
 import torch.nn as nn
 
 from ..backbone import hooks, run_backbone
+from ..calibration import find_calibration
 from ..errors import ExplorerError, LayerError
 from ..load import LoadedModel
 from ..measure import measure_param, most_similar, similarity
 from ..params import Param
+from ..fitted import record as record_fitted
 from ..recipe import register_op
 from ..variant import Variant
 from .fitting import capture_block, fit_module
 from .layout import Layout
-from .registry import Method, Plan, PlanContext, find_calibration, register
+from .registry import Method, Plan, PlanContext, register
 
 _PARTS = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down")
 
@@ -221,7 +223,9 @@ def merge_pair(ctx: PlanContext, v: Variant, lo: int, params: dict) -> tuple[Var
           "recover_steps": steps, "recover_lr": float(params["recover_lr"])}
     if steps > 0:
         op["calibration"] = ctx.calibration_ref()
-    return v.replace([lo, lo + 1], module, label, step=op), label
+    after = v.replace([lo, lo + 1], module, label, step=op)
+    record_fitted(v, after)
+    return after, label
 
 
 @register
@@ -243,6 +247,7 @@ class CoMe(Method):
               min=0),
         Param("recover_lr", float, 1e-4, "Adam learning rate for recovery", min=0),
     )
+    examples = ({}, {"recover_steps": 2})
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         L = ctx.lm.num_layers
@@ -267,7 +272,8 @@ class CoMe(Method):
                     f"{', '.join('+'.join(map(str, g)) for g in lay.merged())}.")
 
 
-@register_op("come")
+@register_op("come", fitted=lambda op: isinstance(op.get("recover_steps"), int)
+             and op["recover_steps"] > 0)
 def _replay_come(v: Variant, op: dict, lm: LoadedModel) -> Variant:
     layers, groups, chans = op.get("layers"), op.get("groups"), op.get("channels")
     if not (isinstance(layers, list) and len(layers) == 2 and layers[1] == layers[0] + 1

@@ -25,6 +25,7 @@ class Drop(Method):
                    "redundant, for instance after reading the similarity heatmap.")
     params = (Param("layers", list, [], "original layer indices to delete, e.g. [14, 15] or "
                     "14-15; their number is the layers removed"),)
+    examples = ({"layers": [1, 3]},)
 
     def implied_remove(self, params: dict) -> int | None:
         return len(params["layers"]) or None

@@ -65,6 +65,7 @@ class EvoResult:
 class EvoPress(Method):
 
     name = "evopress"
+    examples = (dict(generations=2, seed=1),)    # a short search (the shared tests)
     title = "EvoPress (evolutionary search over drop sets)"
     paper = ("EvoPress: Towards Optimal Dynamic Model Compression via Evolutionary Search, "
              "arXiv 2410.14649")

@@ -112,6 +112,7 @@ class LaCo(Method):
               "(code)", choices=("paper", "code")),
         Param("num_sentences", int, 8, "calibration windows used for the acceptance test", min=1),
     )
+    examples = ({"C": 3, "T": -1.0},)           # accept every merge: the walk must still stop
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         n0, mode, T = ctx.lm.num_layers, params["mode"], params["T"]

@@ -29,14 +29,14 @@ plus its test; see docs/architecture.md):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
+from ..calibration import find_calibration, remember_text, text_digest  # noqa: F401 (re-exported)
 from ..components import Registry
-from ..errors import ExplorerError, LayerError
+from ..errors import LayerError
 from ..load import LoadedModel
 from ..progress import Event, Progress
 from ..params import Param, help_text, markdown_table, resolve
@@ -113,46 +113,6 @@ class PlanContext:
                 "seqlen": self.seqlen, "num_samples": self.num_samples, "seed": self.seed}
 
 
-def text_digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-# Calibration texts seen in this process, by digest (the last few), so that recipes whose ops refit
-# weights from calibration text (streamline, come with recovery) replay within the same session
-# even when the text was the user's own. Across processes only builtin sources can be reloaded.
-_TEXTS: dict[str, str] = {}
-
-
-def remember_text(text: str, keep: int = 8) -> str:
-    key = text_digest(text)
-    _TEXTS.pop(key, None)
-    _TEXTS[key] = text
-    while len(_TEXTS) > keep:
-        _TEXTS.pop(next(iter(_TEXTS)))
-    return key
-
-
-def find_calibration(ref: dict) -> str:
-    """The calibration text a recipe op was fitted on: from this session, or a builtin source."""
-    key, source = ref.get("sha256"), ref.get("source")
-    if key in _TEXTS:
-        return _TEXTS[key]
-    if source:
-        from ..text import load_texts
-
-        try:
-            text = load_texts(source).calibration
-        except ExplorerError:
-            text = ""
-        if text_digest(text) == key:
-            return text
-        raise LayerError(f"the calibration text '{source}' has changed since this recipe was made "
-                         "(fingerprint differs): its fitted layer cannot be rebuilt exactly")
-    raise LayerError("this recipe step was fitted on calibration text that is not available in "
-                     "this session (user-supplied text); run the method again with that text "
-                     "instead of replaying the recipe")
-
-
 class Method:
     """Base class of the methods. Subclasses set the class attributes and implement `run`.
 
@@ -164,6 +124,9 @@ class Method:
     paper: str = ""
     description: str = ""
     params: tuple[Param, ...] = ()
+    # parameter sets the shared tests run this method with (tests/test_methods_common.py: a tiny
+    # 6-layer model, 2 layers removed, every set a case); the default runs it with its defaults
+    examples: tuple[dict, ...] = ({},)
 
     def resolve(self, params: dict) -> dict:
         """The full parameter set: declared defaults overridden by `params`, each value parsed and

@@ -30,20 +30,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..calibration import find_calibration
 from ..errors import ExplorerError, LayerError
 from ..load import LoadedModel
 from ..measure import measure_param, most_similar, similarity
 from ..params import Param
+from ..fitted import record as record_fitted, register_module
 from ..progress import scaled
 from ..recipe import register_op
 from ..variant import Variant
 from .fitting import Pair, block_mse, capture_block, fit_module
 from .layout import Layout
-from .registry import Method, Plan, PlanContext, find_calibration, register
+from .registry import Method, Plan, PlanContext, register
 
 REPLACEMENTS = ("layer", "linear", "ffn")
 
 
+@register_module
 class LinearReplacement(nn.Module):
     """y = x W^T + b on every token: a (H, H) map standing in for a block of layers."""
 
@@ -51,10 +54,17 @@ class LinearReplacement(nn.Module):
         super().__init__()
         self.proj = nn.Linear(hidden, hidden)
 
+    @classmethod
+    def from_state(cls, lm: LoadedModel, tensors: dict[str, torch.Tensor]) -> "LinearReplacement":
+        """An empty map shaped for saved tensors (a recipe's fitted result)."""
+        w = tensors["proj.weight"]                           # (H, H)
+        return cls(w.shape[1]).to(device=w.device, dtype=w.dtype)
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return self.proj(hidden_states)                      # (b, T, H) -> (b, T, H)
 
 
+@register_module
 class FFNReplacement(nn.Module):
     """y = x + W_down(silu(W_gate n(x)) * W_up n(x)), n = RMSNorm: one SwiGLU block."""
 
@@ -64,6 +74,14 @@ class FFNReplacement(nn.Module):
         self.gate = nn.Linear(hidden, inner, bias=False)
         self.up = nn.Linear(hidden, inner, bias=False)
         self.down = nn.Linear(inner, hidden, bias=False)
+
+    @classmethod
+    def from_state(cls, lm: LoadedModel, tensors: dict[str, torch.Tensor]) -> "FFNReplacement":
+        """An empty block shaped for saved tensors (a recipe's fitted result)."""
+        inner, hidden = tensors["gate.weight"].shape          # (inner, H)
+        w = tensors["gate.weight"]
+        return cls(hidden, inner, eps=getattr(lm.config, "rms_norm_eps", 1e-6)).to(
+            device=w.device, dtype=w.dtype)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         n = self.norm(hidden_states)                         # (b, T, H)
@@ -160,6 +178,7 @@ class Streamline(Method):
         measure_param("cosine", "block selection: the block whose input and output are most "
                       "similar is replaced"),
     )
+    examples = ({"steps": 3}, {"replacement": "linear"}, {"replacement": "ffn", "steps": 2})
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
         L, n = ctx.lm.num_layers, remove + 1
@@ -178,6 +197,7 @@ class Streamline(Method):
               "lr": float(params["lr"]), "skip_first": bool(params["skip_first"]),
               "calibration": ctx.calibration_ref()}
         v = v0.replace(layers, module, label, step=op)
+        record_fitted(v0, v)
         lay = Layout.identity(L).merge(layers)
         note = (f"Replaced layers {j}-{j + n - 1} ({params['measure']} {cells[j]:.3f}) by a "
                 f"{params['replacement']} stand-in, calibration MSE {mse:.4g}.")
@@ -191,7 +211,7 @@ class Streamline(Method):
                     {f"{params['measure']}(x_j, x_j+{n})": cells}, note)
 
 
-@register_op("streamline")
+@register_op("streamline", fitted=True)
 def _replay_streamline(v: Variant, op: dict, lm: LoadedModel) -> Variant:
     layers = op.get("layers")
     ref = op.get("calibration")

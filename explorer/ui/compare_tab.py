@@ -38,24 +38,24 @@ def measure(settings, state: Session, ops: list[dict], healed: str = "",
             progress=None) -> tuple[Session, dict]:
     """Perplexity of the variant of `ops` next to the original's; the state records it in its
     history. Returns (state, the JSON result)."""
-    lm = REGISTRY.model_for(state, progress)
+    REGISTRY.model_for(state, progress)
     before = jobs.ppl_job(state.model, state.text, [], settings.ppl_seqlen,
                           settings.ppl_max_tokens, progress)
     after = jobs.ppl_job(state.model, state.text, ops, settings.ppl_seqlen,
                          settings.ppl_max_tokens, progress)
-    variant = REGISTRY.variant(lm, ops)
+    facts = jobs.variant_facts_job(state.model, ops)
     plan = state.plan
     result = {
         "model": state.model, "method": plan.method, "params": plan.params,
-        "change": variant.describe(), "ops": ops, "healed": healed,
-        "layers_before": lm.num_layers, "layers_after": variant.num_layers,
-        "removed": lm.num_layers - variant.num_layers,
+        "change": facts["change"], "ops": ops, "healed": healed,
+        "layers_before": facts["layers_before"], "layers_after": facts["layers_after"],
+        "removed": facts["layers_before"] - facts["layers_after"],
         "removed_layers": plan.removed, "merged_layers": plan.merged,
-        "params_before": lm.num_parameters, "params_after": variant.num_parameters(),
+        "params_before": facts["params_before"], "params_after": facts["params_after"],
         "ppl_before": before.ppl, "ppl_after": after.ppl, "protocol": after.protocol(),
         "seqlen": after.seqlen, "ppl_seconds": round(after.seconds, 2),
     }
-    entry = Tried(method=plan.method, change=result["change"], layers_after=variant.num_layers,
+    entry = Tried(method=plan.method, change=result["change"], layers_after=facts["layers_after"],
                   removed=result["removed"], params_after=result["params_after"],
                   ppl_before=before.ppl, ppl_after=after.ppl, ops=ops, params=plan.params,
                   protocol=result["protocol"], healed=healed, band_before=band(before),

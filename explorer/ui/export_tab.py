@@ -16,9 +16,9 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import ExplorerError
-from ..export import export, safe_output_path
+from ..export import safe_output_path
 from ..layer_lists import format_layers
-from ..recipe import Recipe
+from . import jobs
 from .common import Ctx, ExportParts, need_model, user_errors
 from .registry import REGISTRY
 from .state import Session
@@ -35,20 +35,17 @@ def hub_token() -> str | None:
     return next((os.environ[v] for v in HUB_TOKEN_VARS if os.environ.get(v)), None)
 
 
-def _variant_and_recipe(state: Session):
+def _recipe_fields(state: Session) -> tuple[list[dict], str, dict, dict]:
+    """(ops, method, params, results) of the session's plan: what its recipe records."""
     need_model(state)
     plan, ops = state.plan, state.ops()
-    lm = REGISTRY.model_for(state)
-    variant = REGISTRY.variant(lm, ops)
     results = {}
     for h in reversed(state.history):
         if h.ops == ops:
             results = {"ppl_before": h.ppl_before, "ppl_after": h.ppl_after,
                        "protocol": h.protocol}
             break
-    recipe = Recipe.of(variant, method=plan.method, params=plan.params, results=results)
-    recipe.ops = [dict(op) for op in ops]  # the ops exactly as planned (and healed)
-    return variant, recipe
+    return ops, plan.method, plan.params, results
 
 
 def default_name(state: Session) -> str:
@@ -88,8 +85,8 @@ def command_line(settings, state: Session, name: str) -> str:
     if not plan.ops:
         return _command("python -m explorer eval", "--model", model, "--text", text, *sizes)
     if state.heal:
-        return (f"# healed ({state.heal.mode}): Download recipe saves recipe.json; replaying it "
-                "heals again, then:\n" +
+        return (f"# healed ({state.heal.mode}): Download recipe saves recipe.zip (recipe.json and "
+                "the healed layers' tensors, which the replay loads); unzip it, then:\n" +
                 _command("python -m explorer export", "--model", model, "--recipe",
                          "recipe.json", "--out", out))
     if plan.manual and all(op.get("op") == "drop" for op in plan.ops):
@@ -117,12 +114,8 @@ def command_line(settings, state: Session, name: str) -> str:
 
 
 def recipe_file(state: Session) -> str:
-    _, recipe = _variant_and_recipe(state)
-    folder = Path(tempfile.gettempdir()) / "layer-explorer-recipes" / uuid.uuid4().hex[:12]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recipe.json"
-    path.write_text(recipe.to_json(), encoding="utf-8")
-    return str(path)
+    """The recipe to download (never trains: see `jobs.recipe_job`)."""
+    return jobs.recipe_job(state.model, *_recipe_fields(state))
 
 
 def save_folder(settings, state: Session, name: str, overwrite: bool) -> tuple[Session, str]:
@@ -132,13 +125,14 @@ def save_folder(settings, state: Session, name: str, overwrite: bool) -> tuple[S
     on a shared server another visitor's export of the same name is never touched.
     """
     name = (name or "").strip() or default_name(state)
-    variant, recipe = _variant_and_recipe(state)
+    fields = _recipe_fields(state)
     target = safe_output_path(name, settings.output_dir)
     if overwrite and target.exists() and str(target) not in state.exports:
         raise ExplorerError(f"'{name}' exists and was not saved in this session: overwrite only "
                             "replaces your own exports; choose another name")
-    path = export(variant, name, root=settings.output_dir, recipe=recipe, overwrite=overwrite)
-    return state.saved(str(path)), f"Saved **{variant.num_layers}-layer** model to `{path}`."
+    path, layers = jobs.export_job(state.model, fields[0], name, str(settings.output_dir),
+                                   *fields[1:], overwrite)
+    return state.saved(path), f"Saved **{layers}-layer** model to `{path}`."
 
 
 def push(state: Session, repo_id: str, private: bool) -> str:

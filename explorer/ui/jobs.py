@@ -14,9 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+
 from .. import measure, methods
 from ..capability import capability
 from ..evaluate import PPLResult, generate, perplexity
+from ..export import export
+from ..fitted import fitted_path
+from ..recipe import Recipe
 from ..heal import heal
 from ..profiles import compare_models
 from ..progress import Event, Progress
@@ -158,3 +166,46 @@ def profiles_job(models: list[str], measure: str, text: str, seqlen: int, sample
     """Adjacent-layer profiles of several models on relative depth (each loaded in turn)."""
     return compare_models(models, measure=measure, text=text, seqlen=seqlen, samples=samples,
                           progress=progress).to_dict()
+
+
+def variant_facts_job(spec: str, ops: list[dict]) -> dict:
+    """Layers, parameters and description of the original model and of the variant of `ops`."""
+    lm = REGISTRY.ensure_model(spec)
+    v = REGISTRY.variant(lm, ops)
+    return {"layers_before": lm.num_layers, "layers_after": v.num_layers,
+            "params_before": lm.num_parameters, "params_after": v.num_parameters(),
+            "change": v.describe()}
+
+
+def recipe_job(spec: str, ops: list[dict], method: str, params: dict, results: dict) -> str:
+    """Write the recipe of `ops` for download; returns the file's path. Never builds the variant
+    (a recipe with a heal op would train): the fitted ops' results come from the variants this
+    process holds (`explorer.fitted`). With such tensors the download is a .zip of recipe.json
+    and recipe.fitted.safetensors; without, recipe.json alone (a replay then fits them again)."""
+    lm = REGISTRY.ensure_model(spec)
+    recipe = Recipe(model=lm.spec, num_layers=lm.num_layers, ops=[dict(op) for op in ops],
+                    method=method, params=dict(params or {}), results=dict(results or {}))
+    folder = Path(tempfile.gettempdir()) / "layer-explorer-recipes" / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.json"
+    recipe.save(path, lm)
+    tensors = fitted_path(path)
+    if not tensors.exists():
+        return str(path)
+    bundle = folder / "recipe.zip"
+    with zipfile.ZipFile(bundle, "w") as z:     # safetensors are already compact: store them
+        z.write(path, path.name)
+        z.write(tensors, tensors.name)
+    return str(bundle)
+
+
+def export_job(spec: str, ops: list[dict], name: str, root: str, method: str, params: dict,
+               results: dict, overwrite: bool) -> tuple[str, int]:
+    """Save the variant of `ops` as a transformers folder (with its recipe and fitted tensors);
+    returns (the folder, its layer count)."""
+    lm = REGISTRY.ensure_model(spec)
+    variant = REGISTRY.variant(lm, ops)
+    recipe = Recipe.of(variant, method=method, params=params, results=results)
+    recipe.ops = [dict(op) for op in ops]  # the ops exactly as planned (and healed)
+    path = export(variant, name, root=root, recipe=recipe, overwrite=overwrite)
+    return str(path), variant.num_layers

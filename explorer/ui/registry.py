@@ -4,7 +4,8 @@ The resident model itself lives in `explorer.session` (one per process, for the 
 and the app alike); this registry only keeps values computed from it and empties them when that
 model is released (`session.on_release`). The original model's perplexity is cached by
 `explorer.evaluate` itself (the dense cache, shared with the CLI). Sessions hold only names and
-keys (see `state.py`); everything heavy lives here, each cache a small LRU:
+keys (see `state.py`); everything heavy lives here, each cache a bounded store of the process's one
+cache service (`explorer.cache`, where they are listed, sized and cleared with the others):
 
     texts       built-in sources by name ("wiki", "news", "wikitext2")
     user_texts  users' own texts by a hash of their content                "user:<sha256[:16]>"
@@ -12,9 +13,9 @@ keys (see `state.py`); everything heavy lives here, each cache a small LRU:
                 matrices asked so far (`ProbeEntry`), by `ProbeKey`
     variants    variants rebuilt from recipe ops, by (model, ops) (a merged layer costs memory)
 
-`cached(...)` computes a missing entry once even when several sessions ask for it at the same
-moment (the others wait for it), outside the registry's lock, and drops a result that belongs to a
-model released meanwhile. Sharing is safe: entries are fixed functions of their keys, and a
+`Store.get_or_compute` computes a missing entry once even when several sessions ask for it at the
+same moment (the others wait for it), outside the store's lock, and drops a result that belongs to
+a model released meanwhile. Sharing is safe: entries are fixed functions of their keys, and a
 `Variant` never modifies the model outside `Variant.applied()`, which holds the model's lock.
 """
 
@@ -23,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Callable
 
 import numpy as np
 
 from .. import session
+from ..cache import Store
 from ..errors import ExplorerError, TextError
 from ..load import LoadedModel
 from ..progress import Progress
@@ -38,8 +39,6 @@ from ..recipe import replay
 from ..text import Texts, load_texts, user_texts
 from ..variant import Variant
 from .state import ProbeKey, Session
-
-T = TypeVar("T")
 
 # Entries each cache keeps (least recently used go first).
 SIZES = {"texts": 4, "user_texts": 8, "probes": 4, "variants": 8}
@@ -55,38 +54,16 @@ class ProbeEntry:
     sims: dict[str, np.ndarray] = field(default_factory=dict)   # measure -> (L+1, L+1) matrix
 
 
-class LRU(OrderedDict):
-    """A dict that forgets its least recently used entries beyond `size`. Not locked: the
-    registry's methods take its lock around every use."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def put(self, key: Hashable, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-    def get_fresh(self, key: Hashable) -> Any:
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return None
-
-
 class Registry:
     """The app's caches; use the module-level `REGISTRY`."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._inflight: dict[tuple, threading.Lock] = {}
-        self._generation = 0       # bumped when the model goes: its late results are dropped
-        self.texts = LRU(SIZES["texts"])
-        self.user_texts = LRU(SIZES["user_texts"])
-        self.probes = LRU(SIZES["probes"])
-        self.variants = LRU(SIZES["variants"])
+        self._lock = threading.RLock()      # guards the similarity matrices inside probe entries
+        self.texts: Store[Texts] = Store("texts", size=SIZES["texts"])
+        self.user_texts: Store[Texts] = Store("user texts", size=SIZES["user_texts"])
+        self.probes: Store[ProbeEntry] = Store("probes", size=SIZES["probes"], model_bound=True)
+        self.variants: Store[Variant] = Store("variants", size=SIZES["variants"],
+                                              model_bound=True)
         session.on_release(self.clear_model_caches)
 
     # -- model ------------------------------------------------------------------------------
@@ -96,11 +73,10 @@ class Registry:
         return session.current_model()
 
     def clear_model_caches(self) -> None:
-        """Forget everything computed from the resident model (called when it is released)."""
-        with self._lock:
-            self._generation += 1
-            self.probes.clear()
-            self.variants.clear()
+        """Forget everything computed from the resident model (called when it is released; the
+        process's stores are also emptied by `explorer.cache.release_model_values`)."""
+        self.probes.clear()
+        self.variants.clear()
 
     @staticmethod
     def ensure_model(spec: str, progress: Progress | None = None) -> LoadedModel:
@@ -113,33 +89,9 @@ class Registry:
             raise ExplorerError("no model loaded yet: pick one in the Model tab and press Load")
         return self.ensure_model(state.model, progress)
 
-    # -- caches -----------------------------------------------------------------------------
-    def cached(self, cache: LRU, key: Hashable, compute: Callable[[], T]) -> T:
-        """`cache[key]`, computing it with `compute()` when missing. Concurrent callers with the
-        same key wait for the first one's result; `compute` runs outside the registry's lock."""
-        with self._lock:
-            found = cache.get_fresh(key)
-            if found is not None:
-                return found
-            gate = self._inflight.setdefault((id(cache), key), threading.Lock())
-        with gate:
-            with self._lock:
-                found = cache.get_fresh(key)
-                generation = self._generation
-            if found is not None:
-                return found
-            try:
-                value = compute()
-                with self._lock:
-                    if generation == self._generation:
-                        cache.put(key, value)
-                return value
-            finally:
-                with self._lock:
-                    self._inflight.pop((id(cache), key), None)
-
+    # -- caches (explorer.cache stores: bounded, locked, computed once) ---------------------------
     def probe(self, key: ProbeKey, compute: Callable[[], ProbeEntry]) -> ProbeEntry:
-        return self.cached(self.probes, key, compute)
+        return self.probes.get_or_compute(key, compute)
 
     def similarity(self, entry: ProbeEntry, measure: str,
                    compute: Callable[[ProbeResult], np.ndarray]) -> np.ndarray:
@@ -157,19 +109,17 @@ class Registry:
         """Register a user's text; returns its key ("user:<hash>")."""
         texts = user_texts(text, name=name)
         key = "user:" + hashlib.sha256(text.encode("utf-8", errors="ignore")).hexdigest()[:16]
-        with self._lock:
-            self.user_texts.put(key, texts)
+        self.user_texts.put(key, texts)
         return key
 
     def get_texts(self, key: str) -> Texts:
         if key.startswith("user:"):
-            with self._lock:
-                found = self.user_texts.get_fresh(key)
+            found = self.user_texts.get(key)
             if found is None:
                 raise TextError("your text is no longer in memory (the server keeps a few); "
                                 "paste or upload it again")
             return found
-        return self.cached(self.texts, key, lambda: load_texts(key))
+        return self.texts.get_or_compute(key, lambda: load_texts(key))
 
     # -- variants ---------------------------------------------------------------------------
     @staticmethod
@@ -180,12 +130,11 @@ class Registry:
         """The variant described by recipe `ops` (cached: merges and fits are not redone)."""
         if not ops:
             return Variant.identity(lm)
-        found = self.cached(self.variants, (lm.spec, self.ops_key(ops)), lambda: replay(lm, ops))
+        found = self.variants.get_or_compute((lm.spec, self.ops_key(ops)), lambda: replay(lm, ops))
         return found if found.lm is lm else replay(lm, ops)
 
     def remember_variant(self, v: Variant, ops: list[dict]) -> None:
-        with self._lock:
-            self.variants.put((v.lm.spec, self.ops_key(ops)), v)
+        self.variants.put((v.lm.spec, self.ops_key(ops)), v)
 
 
 REGISTRY = Registry()

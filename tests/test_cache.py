@@ -1,0 +1,116 @@
+"""The one cache service (explorer.cache): bounds in entries and bytes, least recently used out,
+computed once under concurrency, a result computed across a clear not kept, model-bound stores
+emptied when the resident model goes, JSON values on disk, and one place to list, size and clear
+every store of the package."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from explorer import cache
+from explorer.cache import Disk, Store
+from explorer.errors import ExplorerError
+
+
+def test_bounds_in_entries_and_bytes_drop_the_least_recently_used():
+    s = Store("test entries", size=3)
+    for k in "abc":
+        s.put(k, k.upper())
+    assert s.get("a") == "A"                 # a is now the most recently used
+    s.put("d", "D")
+    assert [k for k, _ in s.items()] == ["c", "a", "d"] and s.get("b") is None
+    b = Store("test bytes", budget_bytes=10, weigh=len)
+    b.put("x", "12345")
+    b.put("y", "123456")                     # 11 bytes: x goes
+    assert b.get("x") is None and b.nbytes == 6
+    assert b.put("z", "x" * 11) is False and b.get("z") is None   # larger than the budget
+    b.resize(budget_bytes=5)
+    assert len(b) == 0
+    with pytest.raises(ValueError):
+        Store("test no weigh", budget_bytes=3)
+
+
+def test_computed_once_and_not_kept_across_a_clear():
+    s = Store("test once", size=4)
+    calls, gate = [], threading.Event()
+
+    def slow():
+        calls.append(1)
+        gate.wait(10)
+        return len(calls)
+
+    threads = [threading.Thread(target=s.get_or_compute, args=("k", slow)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert calls == [1] and s.get("k") == 1
+    # a result computed while the store is cleared (the model went) is returned, not kept
+    started, go = threading.Event(), threading.Event()
+
+    def late():
+        started.set()
+        go.wait(10)
+        return "late"
+    out = []
+    t = threading.Thread(target=lambda: out.append(s.get_or_compute("m", late)))
+    t.start()
+    started.wait(10)
+    s.clear()
+    go.set()
+    t.join(10)
+    assert out == ["late"] and s.get("m") is None
+
+
+def test_model_bound_stores_go_with_the_resident_model():
+    from explorer import session
+
+    bound, kept = Store("test bound", size=2, model_bound=True), Store("test kept", size=2)
+    bound.put(1, "x")
+    kept.put(1, "y")
+    session.release_model()
+    assert bound.get(1) is None and kept.get(1) == "y"
+
+
+def test_values_on_disk_survive_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYER_EXPLORER_CACHE", str(tmp_path))
+    on = {"v": True}
+    s = Store("test disk", size=2, disk=Disk("test-disk", name=lambda k: f"k{k}",
+                                            enabled=lambda: on["v"]))
+    s.put(7, {"ppl": 12.5})
+    assert (tmp_path / "test-disk" / "k7.json").is_file()
+    s.clear()                                  # memory only: as a new process
+    assert s.get(7) == {"ppl": 12.5} and 7 in s
+    (tmp_path / "test-disk" / "k8.json").write_text('{"key": "k7", "value": 1}')
+    assert s.get(8) is None                    # a file for another key is not believed
+    on["v"] = False
+    s.clear()
+    assert s.get(7) is None                    # disk switched off
+    on["v"] = True
+    s.clear(disk=True)
+    assert s.get(7) is None
+
+
+def test_one_place_lists_sizes_and_clears_the_package_stores():
+    import explorer.ui.registry  # noqa: F401 (the app's stores)
+
+    names = set(cache.stats())
+    assert {"tokens", "calibration texts", "dense figures", "dense states", "heal data",
+            "profiles", "texts", "user texts", "probes", "variants", "fitted results"} <= names
+    from explorer.ui.registry import REGISTRY
+
+    assert cache.get_store("variants") is REGISTRY.variants
+    old = REGISTRY.variants.size
+    try:
+        cache.configure("variants", size=2)
+        assert REGISTRY.variants.size == 2 and cache.stats()["variants"]["size"] == 2
+    finally:
+        cache.configure("variants", size=old)
+    REGISTRY.user_texts.put("user:x", "t")
+    cache.clear()
+    assert all(s["entries"] == 0 for s in cache.stats().values())
+    with pytest.raises(ExplorerError, match="unknown cache 'nope'; known: "):
+        cache.get_store("nope")
