@@ -226,7 +226,7 @@ def save(recipe_path: str | os.PathLike, ops: list[dict], lm: LoadedModel,
     records. Returns (the file written, or None when nothing was to save; the indices of fitted ops
     whose result was not available, which a replay will fit again).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     meta: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
@@ -260,8 +260,8 @@ def save(recipe_path: str | os.PathLike, ops: list[dict], lm: LoadedModel,
         path.unlink(missing_ok=True)
         return None, missing
     _dedupe_storage(tensors)
-    tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "ops": json.dumps(meta)})
+    tmp = path.with_name(path.name + ".part")     # written whole, then renamed (umask's mode)
+    tmp.write_bytes(save_bytes(tensors, metadata={"format": FORMAT, "ops": json.dumps(meta)}))
     os.replace(tmp, path)
     return path, missing
 

@@ -15,7 +15,7 @@ from explorer import Recipe, Variant, replay
 from explorer import fitted as F
 from explorer.heal import heal
 from explorer.methods import compress
-from tiny import SAMPLE_TEXT
+from tiny import SAMPLE_TEXT, same_weights
 
 SMALL = dict(calibration=SAMPLE_TEXT, seqlen=32, windows=24, held_out=4)
 
@@ -25,12 +25,6 @@ def weights(v: Variant) -> dict[str, torch.Tensor]:
     return {f"{k}.{n}": t for k in range(v.num_layers)
             for n, t in {**dict(v.layer(k).named_parameters()),
                          **dict(v.layer(k).named_buffers())}.items()}
-
-
-def same_bits(a: Variant, b: Variant) -> bool:
-    wa, wb = weights(a), weights(b)
-    return wa.keys() == wb.keys() and all(
-        wa[k].dtype == wb[k].dtype and torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_heal_recipe_replays_from_saved_tensors_without_training(tiny_lm, tmp_path, monkeypatch):
@@ -50,7 +44,7 @@ def test_heal_recipe_replays_from_saved_tensors_without_training(tiny_lm, tmp_pa
     monkeypatch.setattr(heal_registry, "heal", no_training)
     said = []
     again = recipe.build(lm, report=said.append)
-    assert said == [] and same_bits(again, r.variant)
+    assert said == [] and same_weights(again, r.variant)
     # what healing left shared with the loaded model stays shared (nothing copied needlessly)
     orig = {id(p) for p in lm.original_layers.parameters()}
 
@@ -63,7 +57,7 @@ def test_heal_recipe_replays_from_saved_tensors_without_training(tiny_lm, tmp_pa
     said = []
     redone = replay(lm, recipe.ops, report=said.append)
     assert len(said) == 1 and "fitting it again" in said[0] and "heal" in said[0]
-    assert same_bits(redone, r.variant)     # the schedule replays exactly on the CPU
+    assert same_weights(redone, r.variant)     # the schedule replays exactly on the CPU
 
 
 def test_in_process_replay_reuses_the_live_variant(tiny_lm):
@@ -84,12 +78,12 @@ def test_streamline_and_come_results_are_saved(tiny_lm, tmp_path, replacement):
     assert Recipe.of(v).save(path, lm) == []
     F.RESULTS.clear()
     said = []
-    assert same_bits(Recipe.load(path).build(lm, report=said.append), v) and said == []
+    assert same_weights(Recipe.load(path).build(lm, report=said.append), v) and said == []
     come = compress(lm, "come", remove=1, calibration=SAMPLE_TEXT, seqlen=32, num_samples=4,
                     recover_steps=2).variant
     assert Recipe.of(come).save(tmp_path / "c.json", lm) == []
     F.RESULTS.clear()
-    assert same_bits(Recipe.load(tmp_path / "c.json").build(lm), come)
+    assert same_weights(Recipe.load(tmp_path / "c.json").build(lm), come)
 
 
 def test_a_recipe_without_fitted_ops_writes_no_tensors(tiny_lm, tmp_path):
@@ -145,7 +139,7 @@ def digest(v: Variant) -> str:
     return h.hexdigest()
 
 
-def test_a_new_process_replays_the_same_bits(tiny_lm, tiny_factory, tmp_path):
+def test_a_new_process_replays_the_same_weights(tiny_lm, tiny_factory, tmp_path):
     r = heal(Variant.identity(tiny_lm).drop([2, 3]), "distill", steps=3, init="none", **SMALL)
     path = tmp_path / "recipe.json"
     Recipe.of(r.variant).save(path, tiny_lm)
