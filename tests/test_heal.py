@@ -127,9 +127,10 @@ def test_gemma_fold_leaves_zero_gain_channels_out(tiny_factory):
     assert torch.isfinite(logits).all()
 
 
-def test_healing_that_hurts_says_so(structured):
+def test_healing_that_hurts_keeps_the_start_and_says_so(structured):
     from explorer.heal.cuts import trainable_copy
     from explorer.heal.registry import MODES, HealMode, HealOutcome, register_mode
+    from explorer.recipe import Recipe, replay
 
     @register_mode
     class Hurt(HealMode):          # a mode that scales the MLP output before each cut by 30
@@ -148,15 +149,66 @@ def test_healing_that_hurts_says_so(structured):
     try:
         v = Variant.identity(structured).drop([2, 3])
         bad = heal(v, "extest-hurt", **SMALL)
-        assert bad.held_out_after > bad.held_out_before
+        assert bad.held_out_after > bad.held_out_before and bad.made_worse and bad.kept_start
         assert bad.notes == (f"Healing made the held-out perplexity worse "
                              f"({bad.held_out_before:.4g} -> {bad.held_out_after:.4g}): the "
-                             "unhealed variant is better on text it was not fitted on; try "
-                             "another mode or setting. scaled")
+                             "unhealed variant is kept (it is better on text the healing was not "
+                             "fitted on); try another mode or setting. scaled")
+        # the start is what comes back: the same layer objects, one recorded step
+        assert bad.variant.slots == v.slots and bad.healed_slots == []
+        assert all(a is b for a, b in zip(bad.variant.slots, v.slots))
+        op = bad.variant.steps[-1]
+        assert op["op"] == "heal" and op["kept"] == "start"
+        again = replay(structured, Recipe.of(bad.variant).ops)
+        assert again.slots == v.slots
         good = heal(v, "closed-form", **SMALL)
         assert good.held_out_after < good.held_out_before and "worse" not in good.notes
+        assert not good.kept_start and good.healed_slots == [1]
     finally:
         MODES.remove("extest-hurt")
+
+
+def _slot_tensors(v, slots):
+    return [t.detach().clone() for k in slots for t in v.layer(k).parameters()]
+
+
+def test_keep_best_keeps_the_best_check_and_replays_to_the_same_weights(structured):
+    from explorer.recipe import Recipe, replay
+
+    lm = structured
+    v = Variant.identity(lm).drop([2, 3])
+    # a learning rate that stays high (a long schedule cut at 24 steps): the held-out
+    # perplexity falls, then turns back up (best at step 15 of 24 on this model)
+    r = heal(v, "layerwise", steps=24, init="none", lr=3e-3, schedule_steps=1000, check_every=3,
+             **SMALL)
+    checks = {h["step"]: h["held_out_ppl"] for h in r.history if "held_out_ppl" in h}
+    assert sorted(checks) == list(range(3, 25, 3)) and len(r.history) == 24
+    best_step = min(checks, key=checks.get)
+    assert 0 < best_step < 24, checks            # the test needs a run that got worse later
+    assert r.steps == best_step and r.history[best_step - 1].get("kept")
+    # the returned variant is the kept state: its held-out perplexity is the best check's
+    assert r.held_out_after == pytest.approx(checks[best_step], rel=1e-6)
+    op = r.variant.steps[-1]
+    assert op["steps"] == best_step and op["params"]["schedule_steps"] == 1000
+    again = replay(lm, Recipe.of(r.variant).ops)
+    for a, b in zip(_slot_tensors(again, r.healed_slots), _slot_tensors(r.variant, r.healed_slots)):
+        assert torch.equal(a, b)
+
+
+def test_keep_best_starts_from_the_start(structured):
+    """A training that only makes things worse keeps its start (here the closed form): 0 steps
+    kept, and the replay of those 0 steps lands on the closed form again."""
+    from explorer.recipe import Recipe, replay
+
+    lm = structured
+    v = Variant.identity(lm).drop([2, 3])
+    cf = heal(v, "closed-form", **SMALL)
+    r = heal(v, "layerwise", steps=6, lr=0.5, check_every=1, **SMALL)   # every step is worse
+    assert all(h["held_out_ppl"] > cf.held_out_after for h in r.history)
+    assert r.steps == 0 and r.held_out_after == pytest.approx(cf.held_out_after, rel=1e-6)
+    again = replay(lm, Recipe.of(r.variant).ops)
+    for a, b in zip(_slot_tensors(again, [1]), _slot_tensors(cf.variant, [1])):
+        assert torch.equal(a, b)
 
 
 def _kl_to_dense(lm, v, ids):
@@ -190,7 +242,8 @@ def test_training_lowers_held_out_kl_and_leaves_the_model_alone(structured, mode
     ids = _windows(lm, n=8, T=32, offset=40)        # past the fitted and watched windows
     assert _kl_to_dense(lm, r.variant, ids) < 0.9 * _kl_to_dense(lm, v, ids)
     assert state_checksum(lm.model) == before
-    assert r.steps == 40 and len(r.history) == 40 and math.isfinite(r.held_out_after)
+    assert len(r.history) == 40 and math.isfinite(r.held_out_after)
+    assert r.steps == max(h["step"] for h in r.history if h.get("kept"))
 
 
 def test_layerwise_loss_equals_an_independent_computation(tiny_lm):
@@ -234,7 +287,7 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5)
     ops = Recipe.from_json((out / "layer_explorer_recipe.json").read_text()).ops
     heal_op = ops[-1]
-    assert heal_op["op"] == "heal" and heal_op["mode"] == "layerwise" and heal_op["steps"] == 5
+    assert heal_op["op"] == "heal" and heal_op["mode"] == "layerwise" and heal_op["steps"] == r.steps
     assert heal_op["calibration"]["sha256"] and heal_op["seed"] == 0
     again = replay(lm, ops)
     a = perplexity(lm, SAMPLE_TEXT, variant=again, seqlen=32, max_tokens=512).ppl

@@ -27,7 +27,7 @@ def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys):
     dest = tmp_path / "healed"
     assert cli.main(["compress", "--method", "drop", "--param", "layers=2,3", "--heal",
                      "layerwise", "--heal-steps", "3", "--heal-param", "windows=9",
-                     "--heal-param", "seqlen=32", "--heal-param", "held_out=2", "--out",
+                     "--heal-param", "seqlen=32", "--heal-param", "held_out=2", "--heal-param", "keep_best=false", "--out",
                      str(dest), *common]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["heal"]["mode"] == "layerwise" and out["heal"]["steps"] == 3

@@ -42,7 +42,7 @@ from .layerwise import Layerwise, batches, train_groups, trained_groups
 from .layerwise import needed_boundaries as lw_boundaries
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
     with_defaults
-from .train import Backward, train
+from .train import KEEP_BEST_PARAMS, Backward, train
 
 LR = {"layers": 5e-5, "norms": 1e-3, "lora": 5e-4}
 HEAD_ELEMENTS = 1 << 25      # logits per chunk of the head (128 MB in float32)
@@ -153,7 +153,7 @@ class Distill(HealMode):
         Param("schedule_steps", int, None, "length of the learning-rate schedule (default: the "
               "step budget, or estimated from the first steps under a time budget)", min=1,
               max=10_000_000, optional=True),
-    )
+    ) + KEEP_BEST_PARAMS
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         if params["span"] == "cuts" and params["before"] + params["after"] == 0:
@@ -193,8 +193,9 @@ class Distill(HealMode):
         share, fixed = params["init_share"], params["init_steps"]
         steps = fixed or (None if ctx.steps is None else max(1, round(ctx.steps * share)))
         seconds = None if fixed or ctx.seconds is None else ctx.seconds * share
-        sub = HealContext(ctx.lm, ctx.variant, ctx.data, {**ctx.params, **LW}, ctx.seed, steps,
-                          seconds, ctx.progress, ctx.held_out_ppl)
+        # no keep-best choice inside the start: the distillation's own keep-best starts from it
+        sub = HealContext(ctx.lm, ctx.variant, ctx.data, {**ctx.params, **LW, "keep_best": False},
+                          ctx.seed, steps, seconds, ctx.progress, ctx.held_out_ppl)
         v, done, _, hist = train_groups(sub, v, {**LW, "schedule_steps": None},
                                         "distill: layer-wise start", hard_deadline=False)
         ctx.held_out_ppl = sub.held_out_ppl
@@ -233,7 +234,7 @@ class Distill(HealMode):
             raise RuntimeError("no batch")   # pragma: no cover
 
         sub = HealContext(lm, cur, data, ctx.params, ctx.seed, steps, seconds, ctx.progress,
-                          ctx.held_out_ppl)
+                          ctx.held_out_ppl, stop_at=ctx.stop_at)
         with (lora.hooked() if what == "lora" else contextlib.nullcontext()), torch.enable_grad():
             done, total, history = train(sub, tensors, loss_at, lr=lr,
                                          label=f"distill ({what})", current=lambda: cur,
