@@ -232,12 +232,15 @@ def structured(tiny_factory):
                                      ("distill", {"init": "none", "train": "layers"}),
                                      ("distill", {"init": "none", "train": "lora", "rank": 4,
                                                   "span": "all"}),
-                                     ("distill", {"init": "none", "train": "norms"})])
+                                     ("distill", {"init": "none", "train": "norms"}),
+                                     ("tail-finetune", {"k": 4})])
 def test_training_lowers_held_out_kl_and_leaves_the_model_alone(structured, mode, kw):
     lm = structured
     before = state_checksum(lm.model)
     v = Variant.identity(lm).drop([2, 3])
     kw = {**kw, "lr": 3e-3 if kw.get("train") != "norms" else 1e-2}
+    if mode == "tail-finetune":
+        kw["lr"] = 1e-3
     r = heal(v, mode, steps=40, **SMALL, **kw)
     ids = _windows(lm, n=8, T=32, offset=40)        # past the fitted and watched windows
     assert _kl_to_dense(lm, r.variant, ids) < 0.9 * _kl_to_dense(lm, v, ids)
@@ -297,6 +300,7 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
 
 @pytest.mark.parametrize("call,match", [
     (lambda v: heal(v, "nonsense", **SMALL), "unknown heal mode 'nonsense'; known heal modes"),
+    (lambda v: heal(v, "prunecomp", then="both", **SMALL), "heal mode 'prunecomp': then must"),
     (lambda v: heal(v, "layerwise", steps=0, **SMALL), "steps must be a positive integer"),
     (lambda v: heal(v, "distill", steps=-3, **SMALL), "steps must be a positive integer"),
     (lambda v: heal(v, "distill", seconds=0, **SMALL), "seconds must be a positive number"),
@@ -305,6 +309,14 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
     (lambda v: heal(v, "closed-form", calibration="too short a text", seqlen=32, windows=24,
                     held_out=4), r"needs 896 calibration tokens .* the text gives"),
     (lambda v: heal(v, "closed-form", colour="red", **SMALL), "has no parameter colour"),
+    (lambda v: heal(v, "tail-finetune", k=5, steps=2, **SMALL),
+     r"heal mode 'tail-finetune': k=5 layers to train, but the variant has only 4: use k <= 4"),
+    (lambda v: heal(v, "closed-form", calibration=" \n ", seqlen=32, windows=24, held_out=4),
+     "the healing text is empty"),
+    (lambda v: heal(v, "closed-form", text="", **{k: x for k, x in SMALL.items()
+                                                    if k != "calibration"}),
+     "no text source given"),
+    (lambda v: heal(v, "closed-form", text="news", **SMALL), "not both"),
     (lambda v: heal(v, "closed-form", **{**SMALL, "windows": 1}),
      r"needs at least 256 fitted tokens \(8 x the hidden size\), but 1 windows of 32 give 31: "
      r"use windows >= 9 at seqlen 32"),
@@ -313,3 +325,36 @@ def test_bad_input_gets_one_line(tiny_lm, call, match):
     with pytest.raises(ExplorerError, match=match) as e:
         call(Variant.identity(tiny_lm).drop([2, 3]))
     assert "\n" not in str(e.value)
+
+
+def test_tail_finetune_trains_only_the_last_k_layers_after_a_tail_plan(structured):
+    lm = structured
+    v = Variant.identity(lm).drop([4, 5])                  # the tail plan: the cut is the last slot
+    r = heal(v, "tail-finetune", k=2, objective="ce", steps=12, keep_best=False, lr=3e-3,
+             **SMALL)
+    # cross-entropy on the healing text lowers the held-out perplexity on that text
+    assert r.healed_slots == [2, 3] and r.steps == 12
+    assert r.held_out_after < 0.9 * r.held_out_before
+    assert all(r.variant.slots[j] is v.slots[j] for j in (0, 1))
+
+
+def test_healing_text_by_name(structured, tmp_path):
+    from explorer.heal.registry import healing_text
+    from explorer.text import load_texts
+
+    text, source = healing_text("news")
+    assert source == "news" and text == load_texts("news").calibration
+    mix, source = healing_text("mix")
+    wiki, news = load_texts("wiki").calibration, load_texts("news").calibration
+    assert source == "mix" and mix[:20000].count("\n\n") > 4
+    head = mix[:40000]          # both kinds in every stretch of a few windows
+    assert any(p[:200] in head for p in news.split("\n\n")[:40])
+    assert any(p[:200] in head for p in wiki.split("\n\n")[:40])
+    f = tmp_path / "mine.txt"
+    f.write_text(SAMPLE_TEXT)
+    assert healing_text(str(f)) == (SAMPLE_TEXT.strip(), None)
+    v = Variant.identity(structured).drop([2, 3])
+    r = heal(v, "closed-form", text=str(f), seqlen=32, windows=24, held_out=4)
+    assert r.calibration == "user" and r.variant.steps[-1]["calibration"]["source"] is None
+    r = heal(v, "closed-form", text="news", seqlen=32, windows=24, held_out=4)
+    assert r.calibration == "news" and r.variant.steps[-1]["calibration"]["source"] == "news"

@@ -100,9 +100,34 @@ def head_kl(lm, hidden: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor)
     return Backward(total, hidden, grad.view_as(hidden))
 
 
+def head_ce(lm, hidden: torch.Tensor, ids: torch.Tensor) -> Backward:
+    """The mean next-token cross-entropy of the final-norm states `hidden` (b, T, H) on the
+    windows `ids` (b, T) (position t predicts t+1), and its gradient at `hidden`, the head run on
+    chunks of positions as in `head_kl`."""
+    H = hidden.shape[-1]
+    flat = hidden.detach()[:, :-1].reshape(-1, H)                          # (b*(T-1), H)
+    target = ids[:, 1:].reshape(-1).to(flat.device)
+    n = flat.shape[0]
+    chunk = max(16, HEAD_ELEMENTS // lm.config.vocab_size)
+    grad = torch.zeros_like(hidden.detach())
+    g_flat = torch.empty_like(flat)
+    total = 0.0
+    with torch.enable_grad():
+        for s in range(0, n, chunk):
+            h = flat[s:s + chunk].requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(final_logits(lm, h).float(),
+                                                     target[s:s + chunk], reduction="sum") / n
+            g_flat[s:s + chunk], = torch.autograd.grad(loss, h)
+            total += float(loss.detach())
+    grad[:, :-1] = g_flat.view(hidden.shape[0], -1, H)
+    return Backward(total, hidden, grad)
+
+
 def trained_slots(v: Variant, params: dict) -> list[int]:
     if params["span"] == "all":
         return list(range(v.num_layers))
+    if params["span"] == "tail":                   # tail-finetune: the last k slots
+        return list(range(v.num_layers - params["k"], v.num_layers))
     return [j for s, e in trained_groups(v, params["before"], params["after"])
             for j in range(s, e + 1)]
 
@@ -202,7 +227,8 @@ class Distill(HealMode):
         return v, done, hist[-1]["seconds"] if hist else 0.0
 
     def distill(self, ctx: HealContext, v: Variant, params: dict, steps: int | None,
-                seconds: float | None) -> tuple[Variant, int, int, list[dict]]:
+                seconds: float | None, label: str | None = None
+                ) -> tuple[Variant, int, int, list[dict]]:
         lm, data = ctx.lm, ctx.data
         slots = trained_slots(ctx.variant, params)      # around the cuts heal was given
         what = params["train"]
@@ -220,9 +246,10 @@ class Distill(HealMode):
             cur = with_slot(cur, j, m, f"kd-{what}")
         s0 = min(slots)
         x0 = data.states(v, s0, ctx.progress) if s0 > 0 else None     # slots before s0 stay
-        top_idx, top_lp = data.dense_topk(params["top_k"], ctx.progress)
+        ce = params.get("objective") == "ce"       # tail-finetune's next-token objective
+        if not ce:
+            top_idx, top_lp = data.dense_topk(params["top_k"], ctx.progress)
         order = batches(data.num_windows, params["batch"], ctx.seed + 1)
-        k = params["top_k"]
 
         def loss_at(step: int) -> Backward:
             idx = next(order)
@@ -230,6 +257,8 @@ class Distill(HealMode):
             for b in run_backbone(lm, ids, variant=cur, start=s0, final_norm=True, grad=True,
                                   start_states=x0[idx] if x0 is not None else None,
                                   batch_size=ids.shape[0]):
+                if ce:
+                    return head_ce(lm, b.hidden, ids)
                 return head_kl(lm, b.hidden, top_idx[idx], top_lp[idx])
             raise RuntimeError("no batch")   # pragma: no cover
 
@@ -237,7 +266,7 @@ class Distill(HealMode):
                           ctx.held_out_ppl, stop_at=ctx.stop_at)
         with (lora.hooked() if what == "lora" else contextlib.nullcontext()), torch.enable_grad():
             done, total, history = train(sub, tensors, loss_at, lr=lr,
-                                         label=f"distill ({what})", current=lambda: cur,
+                                         label=label or f"distill ({what})", current=lambda: cur,
                                          schedule_steps=params["schedule_steps"])
         ctx.held_out_ppl = sub.held_out_ppl
         if what == "lora":

@@ -200,14 +200,15 @@ def check_budget(mode: HealMode, steps: Any, seconds: Any) -> tuple[int | None, 
     return steps, (float(seconds) if seconds is not None else None)
 
 
-def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None = None,
-         calibration_source: str | None = None, steps: int | None = None,
+def heal(variant: Variant, mode: str = "closed-form", *, text: str | None = None,
+         calibration: str | None = None, calibration_source: str | None = None, steps: int | None = None,
          seconds: float | None = None, seed: int = 0, progress: Progress | None = None,
          stop_at: int | None = None, **params: Any) -> HealResult:
     """Heal `variant` with `mode` on calibration text; the loaded model is never modified.
 
-    calibration: text to fit on; None = the bundled "wiki" calibration half (disjoint from its
-        evaluation half). calibration_source: the builtin source it came from, if any (a recipe
+    text: the healing text by name: "wiki", "news", "mix" (their calibration halves, disjoint
+        from the evaluation halves) or a .txt path (the whole file); see `healing_text`.
+    calibration: or the text to fit on itself; neither = the bundled "wiki" calibration half. calibration_source: the builtin source it came from, if any (a recipe
         can then be replayed in a later session).
     steps / seconds: training budget of the training modes (whichever ends first).
     progress: called often with (fraction, message incl. loss and held-out perplexity); an
@@ -227,10 +228,13 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
     steps, seconds = check_budget(m, steps, seconds)
     cuts = find_cuts(variant)
     lm = variant.lm
+    if text is not None:
+        if calibration is not None:
+            raise ParamError("give the healing text by name (text=) or as text (calibration=), "
+                             "not both")
+        calibration, calibration_source = healing_text(text)
     if calibration is None:
-        from ..text import load_texts
-
-        calibration, calibration_source = load_texts("wiki").calibration, "wiki"
+        calibration, calibration_source = healing_text("wiki")
     if not isinstance(calibration, str) or not calibration.strip():
         raise TextError("the healing text is empty: give calibration text (wiki, news, mix or "
                         "a file of your own)")
@@ -271,6 +275,18 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
                    f"the unhealed variant is kept (it is better on text the healing was not "
                    f"fitted on); try another mode or setting. " + r.notes)
     return r
+
+
+def healing_text(source: str) -> tuple[str, str | None]:
+    """(text to fit on, builtin source name or None) for a healing text given by name: a builtin
+    source's calibration half ("wiki", "news", "mix", "wikitext2"), or a user's .txt file whole
+    (its source None: a recipe fitted on it replays only in the session that has it)."""
+    from ..text import BUILTIN_SOURCES, load_texts
+
+    t = load_texts(source)
+    if t.source in BUILTIN_SOURCES:
+        return t.calibration, t.source
+    return t.whole or t.calibration, None
 
 
 @register_op("heal")
