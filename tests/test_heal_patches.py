@@ -165,3 +165,26 @@ def test_prunecomp_and_linearpatch_export_plain(tiny_lm, tmp_path):
     healed, _ = _run(lm, v, "linearpatch", fold="module")
     with pytest.raises(LayerError, match="is a PatchedLayer, not a LlamaDecoderLayer"):
         export(healed, tmp_path / "module")
+
+
+def test_closed_form_follow_fits_a_map_at_the_slots_after_the_cut(tiny_lm):
+    lm = tiny_lm
+    v = Variant.identity(lm).drop([2, 3])              # slots 0 1 | 4 5: cut after slot 1
+    healed, details = _run(lm, v, "closed-form", follow=1, ridge=0.0)
+    assert [f["slot"] for f in details["fits"]] == [1, 2]
+    assert all(f["mse_after"] < f["mse_before"] for f in details["fits"])
+    # slot 2 (original layer 4) was fitted toward the dense x_5, from the healed slot 1's output
+    ids = _windows(lm)
+    down = lm.original_layers[4].mlp.down_proj
+    once, _ = _run(lm, v, "closed-form", ridge=0.0)
+    outs, M = _outputs(lm, once, ids, grab=down)
+    dense, _ = _outputs(lm, Variant.identity(lm), ids)
+    H = lm.config.hidden_size
+    O = outs[2][:, 1:].reshape(-1, H).double()
+    M = M[:, 1:].reshape(-1, H).double()
+    D = dense[4][:, 1:].reshape(-1, H).double()
+    T = torch.linalg.lstsq(M, D - O + M).solution
+    got, _ = _outputs(lm, healed, ids)
+    expect = O - M + M @ T
+    assert torch.allclose(got[2][:, 1:].reshape(-1, H).double(), expect, rtol=1e-3,
+                          atol=1e-4 * float(expect.abs().max()))
