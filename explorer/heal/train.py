@@ -65,7 +65,7 @@ class KeepBest:
         self.saved = [t.detach().clone() for t in tensors]
 
     def offer(self, step: int, ppl: float) -> None:
-        if ppl < self.ppl:          # NaN never wins
+        if ppl < self.ppl or (self.ppl != self.ppl and ppl == ppl):   # NaN never wins
             self.ppl, self.step = ppl, step
             for s, t in zip(self.saved, self.tensors):
                 s.copy_(t.detach())
