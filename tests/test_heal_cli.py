@@ -27,7 +27,7 @@ def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys):
     dest = tmp_path / "healed"
     assert cli.main(["compress", "--method", "drop", "--param", "layers=2,3", "--heal",
                      "layerwise", "--heal-steps", "3", "--heal-param", "windows=9",
-                     "--heal-param", "seqlen=32", "--heal-param", "held_out=2", "--out",
+                     "--heal-param", "seqlen=32", "--heal-param", "held_out=2", "--heal-param", "keep_best=false", "--out",
                      str(dest), *common]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["heal"]["mode"] == "layerwise" and out["heal"]["steps"] == 3
@@ -49,7 +49,10 @@ def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys):
 @pytest.mark.parametrize("extra,match", [
     (["--heal", "nope"], "error: unknown heal mode 'nope'"),
     (["--heal", "distill", "--heal-steps", "0"], "error: heal steps must be a positive"),
-    (["--heal-steps", "5"], "error: --heal-steps, --heal-seconds and --heal-param need --heal"),
+    (["--heal-steps", "5"], "error: --heal-steps, --heal-seconds, --heal-param and --heal-text "
+                            "need --heal"),
+    (["--heal", "closed-form", "--heal-text", "nowhere/missing.txt"], "error: "),
+    (["--heal", "tail-finetune", "--heal-param", "k=0"], "error: heal mode 'tail-finetune': k "),
     (["--heal", "closed-form", "--heal-seconds", "30"], "error: heal mode 'closed-form' trains"),
     (["--heal", "layerwise", "--heal-param", "lr=fast"], "error: heal mode 'layerwise': lr must"),
 ])
@@ -58,3 +61,13 @@ def test_heal_option_errors_are_one_line(common, extra, match):
                     stderr=(errors := io.StringIO()))
     err = errors.getvalue()
     assert code == 2 and err.startswith(match) and err.count("\n") == 1
+
+
+def test_empty_healing_text_file_is_one_line(common, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    code = cli.main(["compress", "--method", "drop", "--param", "layers=2", "--heal",
+                     "closed-form", "--heal-text", str(empty), *common],
+                    stderr=(errors := io.StringIO()))
+    err = errors.getvalue()
+    assert code == 2 and "empty" in err and err.count("\n") == 1

@@ -13,7 +13,7 @@ Example:
 from .registry import (COMMON_PARAMS, MODES, HealContext, HealMode, HealOutcome, HealResult,
                        get_mode, heal, list_modes, register_mode)
 # importing the modules registers the modes, in this order
-from . import closed_form, layerwise, distill  # noqa: F401,E402
+from . import closed_form, linear_patch, prune_comp, layerwise, distill, tail_finetune  # noqa: F401,E402,E501
 
 __all__ = ["COMMON_PARAMS", "MODES", "HealContext", "HealMode", "HealOutcome", "HealResult",
            "get_mode", "heal", "list_modes", "register_mode"]

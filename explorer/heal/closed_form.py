@@ -233,14 +233,26 @@ def apply_closed_form(ctx: HealContext, v: Variant, params: dict, label: str
                          f"({MIN_TOKENS_PER_DIM} x the hidden size), but {W} windows of {T} give "
                          f"{W * per_window}: use windows >= {-(-need // per_window)} at seqlen {T}")
     fits = []
-    for cut in find_cuts(v):
-        if cut.slot < 0:
-            continue
+    for cut in fitted_cuts(v, params.get("follow", 0)):
         module, info = heal_cut(ctx, v, cut, params)
         fits.append(info)
         if module is not None:
             v = with_slot(v, cut.slot, module, label)
     return v, fits
+
+
+def fitted_cuts(v: Variant, follow: int) -> list[Cut]:
+    """The cuts with a layer in front of them, each followed by up to `follow` further slots (an
+    original layer o whose output should be the dense x_{o+1}: the state the cut left behind is
+    pulled back toward the dense stream layer by layer), in slot order, each slot once."""
+    cuts = [c for c in find_cuts(v) if c.slot >= 0]
+    at = {c.slot: c for c in cuts}
+    for c in cuts:
+        for k in range(c.slot + 1, min(v.num_layers, c.slot + 1 + follow)):
+            o = v.origin(k)
+            if k not in at and type(v.slots[k]) is int:
+                at[k] = Cut(k, o, o + 1, (), False)
+    return [at[k] for k in sorted(at)]
 
 
 @register_mode
@@ -263,6 +275,9 @@ class ClosedForm(HealMode):
               max=100_000),
         Param("cosine_lr", float, 1e-4, "Adam learning rate of the cosine objective", min=0,
               max=1),
+        Param("follow", int, 0, "slots after each cut that also get a map, each toward the "
+              "dense state after its own layer (0: ReplaceMe's one map per cut)", min=0,
+              max=1000),
     )
     examples = ({}, {"objective": "cosine", "cosine_steps": 3})
 

@@ -42,7 +42,7 @@ from .layerwise import Layerwise, batches, train_groups, trained_groups
 from .layerwise import needed_boundaries as lw_boundaries
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
     with_defaults
-from .train import Backward, train
+from .train import KEEP_BEST_PARAMS, Backward, train
 
 LR = {"layers": 5e-5, "norms": 1e-3, "lora": 5e-4}
 HEAD_ELEMENTS = 1 << 25      # logits per chunk of the head (128 MB in float32)
@@ -100,9 +100,34 @@ def head_kl(lm, hidden: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor)
     return Backward(total, hidden, grad.view_as(hidden))
 
 
+def head_ce(lm, hidden: torch.Tensor, ids: torch.Tensor) -> Backward:
+    """The mean next-token cross-entropy of the final-norm states `hidden` (b, T, H) on the
+    windows `ids` (b, T) (position t predicts t+1), and its gradient at `hidden`, the head run on
+    chunks of positions as in `head_kl`."""
+    H = hidden.shape[-1]
+    flat = hidden.detach()[:, :-1].reshape(-1, H)                          # (b*(T-1), H)
+    target = ids[:, 1:].reshape(-1).to(flat.device)
+    n = flat.shape[0]
+    chunk = max(16, HEAD_ELEMENTS // lm.config.vocab_size)
+    grad = torch.zeros_like(hidden.detach())
+    g_flat = torch.empty_like(flat)
+    total = 0.0
+    with torch.enable_grad():
+        for s in range(0, n, chunk):
+            h = flat[s:s + chunk].requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(final_logits(lm, h).float(),
+                                                     target[s:s + chunk], reduction="sum") / n
+            g_flat[s:s + chunk], = torch.autograd.grad(loss, h)
+            total += float(loss.detach())
+    grad[:, :-1] = g_flat.view(hidden.shape[0], -1, H)
+    return Backward(total, hidden, grad)
+
+
 def trained_slots(v: Variant, params: dict) -> list[int]:
     if params["span"] == "all":
         return list(range(v.num_layers))
+    if params["span"] == "tail":                   # tail-finetune: the last k slots
+        return list(range(v.num_layers - params["k"], v.num_layers))
     return [j for s, e in trained_groups(v, params["before"], params["after"])
             for j in range(s, e + 1)]
 
@@ -153,7 +178,7 @@ class Distill(HealMode):
         Param("schedule_steps", int, None, "length of the learning-rate schedule (default: the "
               "step budget, or estimated from the first steps under a time budget)", min=1,
               max=10_000_000, optional=True),
-    )
+    ) + KEEP_BEST_PARAMS
     examples = ({"init": "none"}, {"init": "none", "train": "lora", "rank": 2},
                 {"train": "norms", "span": "all"})
 
@@ -195,15 +220,17 @@ class Distill(HealMode):
         share, fixed = params["init_share"], params["init_steps"]
         steps = fixed or (None if ctx.steps is None else max(1, round(ctx.steps * share)))
         seconds = None if fixed or ctx.seconds is None else ctx.seconds * share
-        sub = HealContext(ctx.lm, ctx.variant, ctx.data, {**ctx.params, **LW}, ctx.seed, steps,
-                          seconds, ctx.progress, ctx.held_out_ppl)
+        # no keep-best choice inside the start: the distillation's own keep-best starts from it
+        sub = HealContext(ctx.lm, ctx.variant, ctx.data, {**ctx.params, **LW, "keep_best": False},
+                          ctx.seed, steps, seconds, ctx.progress, ctx.held_out_ppl)
         v, done, _, hist = train_groups(sub, v, {**LW, "schedule_steps": None},
                                         "distill: layer-wise start", hard_deadline=False)
         ctx.held_out_ppl = sub.held_out_ppl
         return v, done, hist[-1]["seconds"] if hist else 0.0
 
     def distill(self, ctx: HealContext, v: Variant, params: dict, steps: int | None,
-                seconds: float | None) -> tuple[Variant, int, int, list[dict]]:
+                seconds: float | None, label: str | None = None
+                ) -> tuple[Variant, int, int, list[dict]]:
         lm, data = ctx.lm, ctx.data
         slots = trained_slots(ctx.variant, params)      # around the cuts heal was given
         what = params["train"]
@@ -221,9 +248,10 @@ class Distill(HealMode):
             cur = with_slot(cur, j, m, f"kd-{what}")
         s0 = min(slots)
         x0 = data.states(v, s0, ctx.progress) if s0 > 0 else None     # slots before s0 stay
-        top_idx, top_lp = data.dense_topk(params["top_k"], ctx.progress)
+        ce = params.get("objective") == "ce"       # tail-finetune's next-token objective
+        if not ce:
+            top_idx, top_lp = data.dense_topk(params["top_k"], ctx.progress)
         order = batches(data.num_windows, params["batch"], ctx.seed + 1)
-        k = params["top_k"]
 
         def loss_at(step: int) -> Backward:
             idx = next(order)
@@ -231,14 +259,16 @@ class Distill(HealMode):
             for b in run_backbone(lm, ids, variant=cur, start=s0, final_norm=True, grad=True,
                                   start_states=x0[idx] if x0 is not None else None,
                                   batch_size=ids.shape[0]):
+                if ce:
+                    return head_ce(lm, b.hidden, ids)
                 return head_kl(lm, b.hidden, top_idx[idx], top_lp[idx])
             raise RuntimeError("no batch")   # pragma: no cover
 
         sub = HealContext(lm, cur, data, ctx.params, ctx.seed, steps, seconds, ctx.progress,
-                          ctx.held_out_ppl)
+                          ctx.held_out_ppl, stop_at=ctx.stop_at)
         with (lora.hooked() if what == "lora" else contextlib.nullcontext()), torch.enable_grad():
             done, total, history = train(sub, tensors, loss_at, lr=lr,
-                                         label=f"distill ({what})", current=lambda: cur,
+                                         label=label or f"distill ({what})", current=lambda: cur,
                                          schedule_steps=params["schedule_steps"])
         ctx.held_out_ppl = sub.held_out_ppl
         if what == "lora":

@@ -31,7 +31,7 @@ from .cuts import dense_boundary, find_cuts, trainable_copy, with_slot
 from .data import shared_prefix
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
     with_defaults
-from .train import train
+from .train import KEEP_BEST_PARAMS, train
 
 CF = {p.name: p.default for p in ClosedForm.params}
 
@@ -160,7 +160,7 @@ class Layerwise(HealMode):
         Param("schedule_steps", int, None, "length of the learning-rate schedule (default: the "
               "step budget, or estimated from the first steps under a time budget)", min=1,
               max=10_000_000, optional=True),
-    )
+    ) + KEEP_BEST_PARAMS
     examples = ({}, {"init": "none"})
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:

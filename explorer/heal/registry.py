@@ -37,7 +37,7 @@ import torch
 
 from ..calibration import find_calibration, remember_text
 from ..components import Registry
-from ..errors import LayerError, ParamError
+from ..errors import LayerError, ParamError, TextError
 from ..load import LoadedModel
 from ..progress import Event, Progress
 from ..params import Param, markdown_table, resolve
@@ -81,6 +81,8 @@ class HealContext:
     progress: Progress | None = None
     held_out_ppl: float = float("nan")  # the latest held-out perplexity (shown in progress)
     stage: str = "heal"                 # the progress events' stage: "heal <mode>"
+    stop_at: int | None = None          # replay: run exactly this many steps, keep them (no
+    #                                     keep-best choice; heal.train.train)
 
     @property
     def first(self) -> int:
@@ -123,10 +125,13 @@ class HealResult:
     history: list[dict]
     details: dict
     notes: str
+    calibration: str = "wiki"           # the healing text: a builtin source name or "user"
+    kept_start: bool = False            # the healing made things worse: `variant` is the start
 
     @property
     def made_worse(self) -> bool:
-        """Healing raised the held-out perplexity (or gave NaN): the unhealed variant is better."""
+        """Healing raised the held-out perplexity (or gave NaN): the unhealed variant is better
+        (and `heal` returned it: kept_start)."""
         return not self.held_out_after <= self.held_out_before
 
     def to_dict(self) -> dict:
@@ -196,34 +201,48 @@ def check_budget(mode: HealMode, steps: Any, seconds: Any) -> tuple[int | None, 
     return steps, (float(seconds) if seconds is not None else None)
 
 
-def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None = None,
-         calibration_source: str | None = None, steps: int | None = None,
+def heal(variant: Variant, mode: str = "closed-form", *, text: str | None = None,
+         calibration: str | None = None, calibration_source: str | None = None, steps: int | None = None,
          seconds: float | None = None, seed: int = 0, progress: Progress | None = None,
-         **params: Any) -> HealResult:
+         stop_at: int | None = None, **params: Any) -> HealResult:
     """Heal `variant` with `mode` on calibration text; the loaded model is never modified.
 
-    calibration: text to fit on; None = the bundled "wiki" calibration half (disjoint from its
-        evaluation half). calibration_source: the builtin source it came from, if any (a recipe
+    text: the healing text by name: "wiki", "news", "mix" (their calibration halves, disjoint
+        from the evaluation halves) or a .txt path (the whole file); see `healing_text`.
+    calibration: or the text to fit on itself; neither = the bundled "wiki" calibration half. calibration_source: the builtin source it came from, if any (a recipe
         can then be replayed in a later session).
     steps / seconds: training budget of the training modes (whichever ends first).
     progress: called often with an `Event` (a training step's carries its loss and the held-out
         perplexity); an exception raised from it (a cancel token) ends the healing, nothing kept.
+    stop_at: replay only: run exactly this many optimiser steps of the recorded schedule and keep
+        them (no keep-best choice); the budget is then ignored.
     Extra keyword arguments are the mode's parameters (`get_mode(mode).params`).
+
+    A healing never ends worse than its start: when the healed variant's held-out perplexity is
+    above the unhealed one's (or NaN), the result holds the unhealed variant (`kept_start`) and
+    says so first in its notes; the recipe records that, so a replay does not heal again.
     """
     m = get_mode(mode)
     p = resolve(m.params, params, f"heal mode '{mode}'")
     steps, seconds = check_budget(m, steps, seconds)
     cuts = find_cuts(variant)
     lm = variant.lm
+    if text is not None:
+        if calibration is not None:
+            raise ParamError("give the healing text by name (text=) or as text (calibration=), "
+                             "not both")
+        calibration, calibration_source = healing_text(text)
     if calibration is None:
-        from ..text import load_texts
-
-        calibration, calibration_source = load_texts("wiki").calibration, "wiki"
+        calibration, calibration_source = healing_text("wiki")
+    if not isinstance(calibration, str) or not calibration.strip():
+        raise TextError("the healing text is empty: give calibration text (wiki, news, mix or "
+                        "a file of your own)")
     start = time.perf_counter()
     torch.manual_seed(seed)
     data = HealData.build(lm, calibration, seqlen=p["seqlen"], windows=p["windows"],
                           held_out=p["held_out"], owner=f"heal mode '{mode}'")
-    ctx = HealContext(lm, variant, data, p, seed, steps, seconds, progress, stage=f"heal {mode}")
+    ctx = HealContext(lm, variant, data, p, seed, steps, seconds, progress, stage=f"heal {mode}",
+                      stop_at=stop_at if m.trains else None)
     ctx.report(0.0, "held-out perplexity before healing")
     before = ctx.held_out_ppl = held_out_ppl(lm, variant, data.held_out)
     out = m.run(ctx, p)
@@ -232,25 +251,42 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
               if isinstance(new, NewLayer) and new is not old]
     if not healed:
         raise LayerError(f"heal mode '{mode}' changed no layer of this variant")
+    worse = not after <= before
     summary = f"heal {mode}" + (f" ({out.steps} steps)" if m.trains else "") + \
-        f": slots {','.join(map(str, healed))}"
+        (": made it worse, the unhealed layers kept" if worse else
+         f": slots {','.join(map(str, healed))}")
     step = {"op": "heal", "mode": mode, "params": {**p, **out.replay}, "steps": out.steps,
             "seed": seed,
             "calibration": {"source": calibration_source, "sha256": remember_text(calibration)},
             "summary": summary}
-    result = Variant(lm, out.variant.slots, variant.steps + (step,))
+    if worse:                    # a replay only records it: no healing to redo
+        step["kept"] = "start"
+    slots = variant.slots if worse else out.variant.slots
+    result = Variant(lm, slots, variant.steps + (step,))
     record_fitted(variant, result)          # a recipe saved now carries the healed layers
     ctx.report(1.0, f"held-out ppl before healing {before:.4g}", held_out=after)
     r = HealResult(mode=mode, params=p, variant=result, cuts=[c.describe() for c in cuts],
-                   healed_slots=healed, steps=out.steps,
+                   healed_slots=[] if worse else healed, steps=out.steps,
                    seconds=round(time.perf_counter() - start, 2), held_out_before=before,
                    held_out_after=after, history=out.history, details=out.details,
-                   notes=out.notes)
-    if r.made_worse:             # say it first: the caller may keep the unhealed variant
+                   notes=out.notes, calibration=calibration_source or "user", kept_start=worse)
+    if worse:                    # say it first
         r.notes = (f"Healing made the held-out perplexity worse ({before:.4g} -> {after:.4g}): "
-                   f"the unhealed variant is better on text it was not fitted on; try another "
-                   f"mode or setting. " + r.notes)
+                   f"the unhealed variant is kept (it is better on text the healing was not "
+                   f"fitted on); try another mode or setting. " + r.notes)
     return r
+
+
+def healing_text(source: str) -> tuple[str, str | None]:
+    """(text to fit on, builtin source name or None) for a healing text given by name: a builtin
+    source's calibration half ("wiki", "news", "mix", "wikitext2"), or a user's .txt file whole
+    (its source None: a recipe fitted on it replays only in the session that has it)."""
+    from ..text import BUILTIN_SOURCES, load_texts
+
+    t = load_texts(source)
+    if t.source in BUILTIN_SOURCES:
+        return t.calibration, t.source
+    return t.whole or t.calibration, None
 
 
 @register_op("heal", fitted=True)
@@ -261,13 +297,15 @@ def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
                                                                                   str):
         raise LayerError("heal op needs 'mode', 'params' and 'calibration'")
     mode = get_mode(op["mode"])
+    if op.get("kept") == "start":     # the healing made things worse and was not kept
+        return Variant(v.lm, v.slots, v.steps + (dict(op),))
     steps = op.get("steps") if mode.trains else None
-    if mode.trains and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise LayerError("heal op needs 'steps': the number of optimiser steps it made")
+    if mode.trains and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+        raise LayerError("heal op needs 'steps': the number of optimiser steps it kept")
     seed = op.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise LayerError("heal op 'seed' must be an integer")
     text = find_calibration(ref)
-    r = heal(v, op["mode"], calibration=text, calibration_source=ref.get("source"), steps=steps,
-             seed=seed, **params)
+    r = heal(v, op["mode"], calibration=text, calibration_source=ref.get("source"), seed=seed,
+             stop_at=steps, **params)
     return Variant(r.variant.lm, r.variant.slots, v.steps + (dict(op),))

@@ -1,6 +1,6 @@
 """The one training loop of the healing modes: Adam on chosen tensors, a step budget and/or a time
 budget, a cosine learning-rate schedule that depends only on the step count (so a recorded run
-replays exactly), and progress reports with the loss and a held-out perplexity.
+replays exactly), keep-best, and progress reports with the loss and a held-out perplexity.
 
 Gradients are taken with `torch.autograd.grad` with respect to the trained tensors only: nothing
 is accumulated on any other parameter (the loaded model's included).
@@ -8,6 +8,13 @@ is accumulated on any other parameter (the loaded model's included).
 Under a time budget alone the schedule's length is unknown at the start: it is fixed after the
 first few steps from their speed (`schedule_steps`, recorded with the healing), and the loop ends
 at that step or at the deadline, whichever comes first.
+
+Keep-best (`keep_best`, on by default): the held-out perplexity is measured at the start and
+every `check_every` steps (by default the schedule length / CHECKS, fixed as soon as the length
+is known), and at the end; the trained tensors of the best check are copied aside and put back
+when the loop ends. The step they come from is what `train` returns, and what the recipe records:
+a replay (`ctx.stop_at`) runs exactly that many steps of the same schedule and keeps them, with
+no check and no choice, so it lands on the same weights.
 """
 
 from __future__ import annotations
@@ -19,13 +26,23 @@ from typing import Callable
 
 import torch
 
+from ..params import Param
 from ..variant import Variant
 from .data import held_out_ppl
 from .registry import HealContext
 
 PROBE_STEPS = 3            # steps timed before a time budget fixes the schedule's length
-MONITOR_SECONDS = 20.0     # held-out perplexity at most this often (and at the end),
-MONITOR_RATIO = 9.0        # and at most ~10% of the time (slow steps on a busy machine)
+MONITOR_SECONDS = 20.0     # without keep-best: held-out perplexity at most this often (and at
+MONITOR_RATIO = 9.0        # the end), and at most ~10% of the time (slow steps, busy machine)
+CHECKS = 20                # keep-best: checks per schedule when check_every is not given
+
+# The keep-best parameters every training mode declares (after its own).
+KEEP_BEST_PARAMS: tuple[Param, ...] = (
+    Param("keep_best", bool, True, "measure the held-out perplexity every check_every steps and "
+          "keep the best state (the start of the training included)"),
+    Param("check_every", int, None, "steps between keep-best checks (default: the schedule "
+          "length / 20)", min=1, max=10_000_000, optional=True),
+)
 
 
 @dataclass
@@ -39,26 +56,57 @@ class Backward:
     grad: torch.Tensor          # d loss / d output, same shape
 
 
+class KeepBest:
+    """The best held-out perplexity seen so far, its step and a copy of the trained tensors."""
+
+    def __init__(self, tensors: list[torch.Tensor], ppl: float):
+        self.tensors = tensors
+        self.ppl, self.step = ppl, 0
+        self.saved = [t.detach().clone() for t in tensors]
+
+    def offer(self, step: int, ppl: float) -> None:
+        if ppl < self.ppl or (self.ppl != self.ppl and ppl == ppl):   # NaN never wins
+            self.ppl, self.step = ppl, step
+            for s, t in zip(self.saved, self.tensors):
+                s.copy_(t.detach())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for s, t in zip(self.saved, self.tensors):
+            t.copy_(s)
+
+
 def train(ctx: HealContext, tensors: list[torch.Tensor],
           loss_at: Callable[[int], torch.Tensor | Backward],
           *, lr: float, label: str, current: Callable[[], Variant],
           schedule_steps: int | None = None, warmup: float = 0.05, hard_deadline: bool = True
           ) -> tuple[int, int, list[dict]]:
-    """Minimise loss_at(step) over `tensors`; returns (steps done, schedule length, history).
+    """Minimise loss_at(step) over `tensors`; returns (steps kept, schedule length, history).
 
     loss_at(step): a scalar loss tensor, or a `Backward` (the gradient known part way).
     current(): the variant with the layers being trained in place, for the held-out perplexity.
     hard_deadline=False: under a time budget, run the whole estimated schedule even if it ends a
     little after the deadline (then steps done = schedule length, and a replay needs only that).
+    With keep-best (ctx.params["keep_best"], not during a replay) the tensors end at the best
+    check and the steps returned are that check's; history has every step run, the kept one
+    marked "kept". ctx.stop_at (a replay) runs exactly that many steps and keeps them.
     """
     budget_steps, seconds = ctx.steps, ctx.seconds
+    replaying = ctx.stop_at is not None
+    if replaying:
+        budget_steps, seconds = ctx.stop_at, None
     total = schedule_steps or budget_steps
+    every = ctx.params.get("check_every")
     for t in tensors:
         t.requires_grad_(True)
     opt = torch.optim.Adam(tensors, lr=lr)
     history: list[dict] = []
     t0 = time.perf_counter()
     last_monitor, monitor_cost = t0, 0.0
+    best = None
+    if ctx.params.get("keep_best", True) and not replaying and budget_steps != 0:
+        ppl = ctx.held_out_ppl = held_out_ppl(ctx.lm, current(), ctx.data.held_out)
+        best = KeepBest(tensors, ppl)
     ppl = ctx.held_out_ppl
     step = 0
     try:
@@ -67,6 +115,8 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
             if total is None and step == PROBE_STEPS:
                 total = max(step + 1, int(seconds * step / max(elapsed, 1e-6)))
             if total is not None and step >= total:
+                break
+            if budget_steps is not None and step >= budget_steps:
                 break
             if seconds is not None and elapsed >= seconds and (hard_deadline or total is None):
                 break
@@ -89,9 +139,17 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
             step += 1
             now = time.perf_counter()
             entry = {"step": step, "loss": value, "seconds": round(now - t0, 2)}
-            if now - last_monitor >= max(MONITOR_SECONDS, MONITOR_RATIO * monitor_cost):
+            if best is not None and every is None and total is not None:
+                every = max(1, total // CHECKS)
+            if best is not None:
+                check = every is not None and step % every == 0
+            else:
+                check = now - last_monitor >= max(MONITOR_SECONDS, MONITOR_RATIO * monitor_cost)
+            if check:
                 ppl = ctx.held_out_ppl = held_out_ppl(ctx.lm, current(), ctx.data.held_out)
                 entry["held_out_ppl"] = ppl
+                if best is not None:
+                    best.offer(step, ppl)
                 last_monitor = time.perf_counter()
                 monitor_cost = last_monitor - now
             history.append(entry)
@@ -103,6 +161,18 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
         for t in tensors:
             t.requires_grad_(False)
             t.grad = None
+    kept = step
     if history:
-        history[-1]["held_out_ppl"] = held_out_ppl(ctx.lm, current(), ctx.data.held_out)
-    return step, int(total or step), history
+        if "held_out_ppl" not in history[-1]:
+            history[-1]["held_out_ppl"] = held_out_ppl(ctx.lm, current(), ctx.data.held_out)
+        if best is not None:
+            best.offer(step, history[-1]["held_out_ppl"])
+            best.restore()
+            kept = best.step
+            ctx.held_out_ppl = best.ppl
+            if kept < step:
+                ctx.report(1.0, f"kept step {kept} of {step} (the best held-out figure)",
+                           stage=label, held_out=best.ppl)
+        if kept:
+            history[kept - 1]["kept"] = True
+    return kept, int(total or step), history
