@@ -249,9 +249,10 @@ def heal(variant: Variant, mode: str = "closed-form", *, calibration: str | None
     return r
 
 
-@register_op("heal")
-def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
-    """Redo a recorded healing: same mode, parameters, calibration text, seed and step count."""
+def replay_heal(v: Variant, op: dict) -> HealResult:
+    """Redo a recorded healing of `v`: same mode, parameters, calibration text, seed and step
+    count. The result's variant records `op` itself as its last step (the HTML report also shows
+    the replayed healing's figures)."""
     from ..methods.registry import find_calibration
 
     ref, params = op.get("calibration"), op.get("params")
@@ -268,4 +269,10 @@ def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
     text = find_calibration(ref)
     r = heal(v, op["mode"], calibration=text, calibration_source=ref.get("source"), steps=steps,
              seed=seed, **params)
-    return Variant(r.variant.lm, r.variant.slots, v.steps + (dict(op),))
+    return dataclasses.replace(r, variant=Variant(r.variant.lm, r.variant.slots,
+                                                  v.steps + (dict(op),)))
+
+
+@register_op("heal")
+def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
+    return replay_heal(v, op).variant
