@@ -9,6 +9,7 @@ import io
 import json
 import re
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -186,3 +187,96 @@ def test_report_opens_offline_in_chromium(healed_report, tmp_path):
     assert drawn == [True] * healed_report.figures
     assert not errors, errors
     assert not refused, refused
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_app_report_uses_the_session_analysis_and_healing(tiny_factory):
+    """The Export tab's report, without a browser: the session's measure comes first and its
+    matrix is the cached one, the healed variant's figures and the healing's are in it."""
+    from explorer.ui import analysis, export_tab, heal_panel
+    from explorer.ui.registry import REGISTRY
+    from explorer.ui.settings import UISettings
+    from explorer.ui.state import Session, plan_from_text
+
+    spec = str(tiny_factory("llama", num_layers=6))
+    lm = REGISTRY.ensure_model(spec)
+    text = REGISTRY.add_user_text(SAMPLE_TEXT, name="sample.txt")
+    settings = UISettings(probe_seqlen=32, probe_samples=4, probe_max_tokens=256, ppl_seqlen=32,
+                          ppl_max_tokens=256, gen_tokens=3, prompts=("Hello",))
+    state = Session(model=spec, num_layers=6, text=text).with_plan(plan_from_text(6, "2", ""))
+    state = analysis.run(state, 32, 4, 256)
+    state = replace(state, analysis=replace(state.analysis, measure="cka"))
+    mode = heal_panel.get_mode("closed-form")
+    raw = {p.name: p.default for p in mode.params} | {"seqlen": 16, "windows": 24, "held_out": 2}
+    *_, (state, _, _) = heal_panel.heal_stream(settings, state, "closed-form", None, None,
+                                               [raw[p.name] for p in mode.params],
+                                               lambda f, desc="": None, lambda st: st)
+    path = export_tab.report_file(settings, state)
+    page = open(path, encoding="utf-8").read()
+    assert spec not in page and path.endswith("-report.html")
+    assert page.count('class="plotly-graph-div"') == 5       # cka, cosine, angular, profiles, map
+    order = [page.index(t) for t in ("Linear CKA: layer", "Mean token cosine: layer",
+                                     "Angular distance (last token): layer")]
+    assert order == sorted(order)
+    entry = analysis.entry(state)
+    assert "cka" in entry.sims                                # measured once, for the screen
+    texts = user_texts(SAMPLE_TEXT, name="sample.txt")
+    healed = REGISTRY.variant(lm, state.heal.ops)
+    want = perplexity(lm, texts.evaluation, variant=healed, seqlen=32, max_tokens=256,
+                      cache=False).ppl
+    assert f"<b>{want:.2f}</b>" in page and "healed (closed-form)" in page
+    assert f"{state.heal.held_out_after:.2f}" in page
+
+
+def test_app_report_button_through_the_api(live_app, tiny_factory):
+    """The "Download report" step of the launched app (gradio_client): it answers the file."""
+    gradio_client = pytest.importorskip("gradio_client")
+    c = gradio_client.Client(live_app.url, verbose=False)
+    c.predict("smollm2-135m", str(tiny_factory("llama", num_layers=6)), api_name="/load_model")
+    c.predict("own", SAMPLE_TEXT, None, api_name="/set_text")
+    c.predict("1", "", "average", api_name="/update_plan")
+    button, line = c.predict(api_name="/report")
+    path = button["value"] if isinstance(button, dict) else button       # an update of the button
+    path = path["path"] if isinstance(path, dict) else path
+    page = open(path, encoding="utf-8").read()
+    assert "Report ready" in line and "drop 1" in page
+    assert page.count('class="plotly-graph-div"') == 4
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("clean_registry")
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium")
+def test_download_report_button_in_chromium(live_app, tiny_factory):
+    """One click on the Export tab's "Download report" builds the report and downloads it."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    model = str(tiny_factory("llama", num_layers=6))
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            errors: list[str] = []
+            pg.on("pageerror", lambda exc: errors.append(str(exc)))
+            pg.goto(live_app.url)
+            pg.get_by_label("…or a hub id, model folder or .gguf file").fill(model)
+            pg.click("#lx-load")
+            pg.wait_for_function("(document.querySelector('#lx-model-info')?.innerText || '')"
+                                 ".includes('Hidden size')", timeout=60_000)
+            pg.get_by_role("tab", name="5 · Export").click()
+            ARTIFACTS.mkdir(exist_ok=True)
+            try:
+                with pg.expect_download(timeout=120_000) as download:
+                    pg.click("#lx-report-btn")
+            except Exception:
+                pg.screenshot(path=str(ARTIFACTS / "report-failed.png"), full_page=True)
+                raise
+            name = download.value.suggested_filename
+            page = open(download.value.path(), encoding="utf-8").read()
+            pg.wait_for_function("(document.querySelector('#lx-report-line')?.innerText || '')"
+                                 ".includes('Report ready')", timeout=30_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            pg.screenshot(path=str(ARTIFACTS / "report-export-tab.png"), full_page=True)
+        finally:
+            browser.close()
+    assert name.endswith("-report.html")
+    assert page.count('class="plotly-graph-div"') == 4 and model not in page
+    assert not errors, errors

@@ -20,6 +20,7 @@ from ..evaluate import PPLResult, generate, perplexity
 from ..heal import heal
 from ..profiles import compare_models
 from ..progress import Event, Progress
+from ..report import Healing, ReportAnalysis, ReportSizes, Subject, build_report
 from ..tasks import evaluate_tasks
 from ..probe import ProbeResult, probe
 from .gpu import ZERO_GPU, gpu
@@ -158,3 +159,19 @@ def profiles_job(models: list[str], measure: str, text: str, seqlen: int, sample
     """Adjacent-layer profiles of several models on relative depth (each loaded in turn)."""
     return compare_models(models, measure=measure, text=text, seqlen=seqlen, samples=samples,
                           progress=progress).to_dict()
+
+
+@gpu(duration=300)
+def report_job(spec: str, text_key: str, ops: list[dict], base_ops: list[dict] | None,
+               method: str, params: dict, healing: Healing | None,
+               analysis: ReportAnalysis | None, measures: list[str], sizes: ReportSizes,
+               progress: Progress | None = None) -> str:
+    """The HTML report (`explorer.report`) of the variant of `ops`. base_ops: the unhealed
+    variant's ops when `ops` ends with the healing `healing`; analysis: the session's (None:
+    the report probes the text itself with `sizes`)."""
+    lm = REGISTRY.ensure_model(spec, progress)
+    texts = REGISTRY.get_texts(text_key)
+    unhealed = REGISTRY.variant(lm, base_ops) if healing is not None else None
+    subject = Subject(REGISTRY.variant(lm, ops), method, params, unhealed, healing)
+    return build_report(lm, texts, subject, sizes=sizes, measures=measures, analysis=analysis,
+                        progress=progress).html
