@@ -50,6 +50,7 @@ from .variant import Variant
 
 DEFAULT_MEASURES = ("cosine", "angular")   # the drop methods' measures: ShortGPT's and Gromov's
 HEADROOM = 90                              # px above a figure for its title and "measured on" line
+HEATMAP_WIDTH = 820                        # px: the square map, its axes and colour bar together
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,7 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
         fig = figures.heatmap(m, f"{mi.title}: layer boundaries x0..x{m.shape[0] - 1}",
                               higher_is_similar=mi.higher_is_similar, removed=removed,
                               merged=merged)
-        page.figure(fig, measured_on, f"{mi.paper}. {mi.description}")
+        page.figure(fig, measured_on, f"{mi.paper}. {mi.description}", width=HEATMAP_WIDTH)
     fig = figures.profiles(analysis.adjacent, {k: v.title for k, v in MEASURES.items()},
                            {k: v.higher_is_similar for k, v in MEASURES.items()})
     page.figure(fig, measured_on, "For each layer k, how much it changes the residual stream "
@@ -332,6 +333,7 @@ table { border-collapse: collapse; margin: 0.8em 0; } th, td { border: 1px solid
 padding: 6px 10px; text-align: left; vertical-align: top; } th { background: #f6f8fa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.gens { width: 100%; table-layout: fixed; } table.gens td { white-space: pre-wrap; }
+table.gens th:first-child { width: 18%; } .figure .plotly-graph-div { margin: 0 auto; }
 .figure { margin: 1.5em 0; } .figure p { margin: 0.3em 0; color: #59636e; font-size: 0.92em; }
 .protocol { font-size: 0.92em; color: #59636e; } pre { background: #f6f8fa; padding: 10px;
 overflow-x: auto; font-size: 0.85em; } .warn { color: #b35900; font-weight: 600; }
@@ -363,12 +365,16 @@ class _Page:
     def h2(self, title: str, intro: str = "") -> None:
         self.parts.append(f"<h2>{_e(title)}</h2>" + (f"<p>{intro}</p>" if intro else ""))
 
-    def figure(self, fig: go.Figure, measured_on: str, caption: str) -> None:
+    def figure(self, fig: go.Figure, measured_on: str, caption: str,
+               width: int | None = None) -> None:
         """A figure whose title carries what it was measured on; inline JSON drawn by the page's
-        one copy of plotly.js."""
+        one copy of plotly.js. width: a fixed width in pixels (a square heatmap, whose colour
+        bar would otherwise sit far off at the page's edge); None follows the page."""
         title = fig.layout.title.text or ""
-        fig.update_layout(title=dict(text=f"{title}<br><sup>{_e(measured_on)}</sup>"),
-                          margin=dict(t=HEADROOM), height=(fig.layout.height or 450) + 40)
+        fig.update_layout(title=dict(text=f"{title}<br><span style='font-size:12px;color:#59636e'>"
+                                          f"{_e(measured_on)}</span>"),
+                          margin=dict(t=HEADROOM), height=(fig.layout.height or 450) + 40,
+                          width=width)
         self.count += 1
         div = pio.to_html(fig, full_html=False, include_plotlyjs=False,
                           div_id=f"figure-{self.count}",
@@ -429,8 +435,8 @@ class _Page:
         took = f"{h.seconds:.0f} s" if h.seconds >= 1 else "under a second"
         self.h2("Healing", f"Healed with <b>{_e(h.mode)}</b> in {took}. The held-out figure "
                 "is the perplexity on calibration windows the healing never fitted on (short "
-                "windows of the calibration half), so it differs from the evaluation figures above; "
-                "it says whether the healing generalised beyond the windows it saw.")
+                "windows of the calibration half), so it differs from the evaluation figures "
+                "above; it says whether the healing generalised beyond the windows it saw.")
         rows = [["held-out calibration perplexity before healing", f"{h.held_out_before:.2f}"],
                 ["after healing", f"{h.held_out_after:.2f}"],
                 ["optimiser steps", str(h.steps) if h.steps else "none (a closed-form fit)"]]

@@ -150,6 +150,7 @@ def test_cli_report_and_its_errors(tiny_factory, tmp_path, capsys):
     assert not (tmp_path / "a.html").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium")
 def test_report_opens_offline_in_chromium(healed_report, tmp_path):
     """The healed report in a real Chromium with every request but the file itself refused:
