@@ -263,9 +263,11 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
     ppl: list[tuple[str, Variant, PPLResult]] = []
     for k, (name, v) in enumerate(runs):
         say(0.3 + 0.4 * k / len(runs), f"report: perplexity of the {name} model")
+        # the running figure says which model it is of
+        each = (lambda f, m, name=name: progress(f, f"{name} model: {m}")) if progress else None
         ppl.append((name, v, perplexity(lm, text, variant=v, seqlen=sizes.seqlen,
                                         max_tokens=sizes.max_tokens, bos=sizes.bos,
-                                        source=source)))
+                                        source=source, progress=each)))
     gens: list[tuple[str, list[str]]] = []
     if sizes.gen_tokens > 0 and sizes.prompts:
         for k, (name, v, _) in enumerate(ppl):
@@ -310,7 +312,7 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
                 "follow the measure's dissimilarities; boundaries that sit together change "
                 "little between them.")
     if subject.healing is not None:
-        page.healing(subject.healing)
+        page.healing(subject.healing, model)
     if gens:
         page.generations(gens, sizes)
     page.reproduce(subject, model)
@@ -431,7 +433,7 @@ class _Page:
                  for k, op in enumerate(subject.variant.steps)]
         self.parts.append(_table([], rows))
 
-    def healing(self, h: Healing) -> None:
+    def healing(self, h: Healing, model: str) -> None:
         took = f"{h.seconds:.0f} s" if h.seconds >= 1 else "under a second"
         self.h2("Healing", f"Healed with <b>{_e(h.mode)}</b> in {took}. The held-out figure "
                 "is the perplexity on calibration windows the healing never fitted on (short "
@@ -446,8 +448,8 @@ class _Page:
                               "unhealed variant is better on text it was not fitted on.</p>")
         if h.curve:
             fig = figures.heal_curve(list(h.curve))
-            self.figure(fig, f"{h.mode}: loss on the fitted windows, perplexity on the held-out "
-                             "windows", "The training loss (left axis) and the held-out "
+            self.figure(fig, f"{model}, {h.mode}: loss on the fitted windows, perplexity on the "
+                             "held-out windows", "The training loss (left axis) and the held-out "
                         "perplexity (right axis) as the optimiser steps go.")
 
     def generations(self, gens: list[tuple[str, list[str]]], sizes: ReportSizes) -> None:
