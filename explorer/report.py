@@ -40,10 +40,11 @@ from . import figures, manifold
 from .errors import ExplorerError, one_line
 from .evaluate import DEFAULT_PROMPTS, PPLResult, generate, perplexity
 from .layer_lists import format_layers
-from .load import LoadedModel, Progress
+from .load import LoadedModel
 from .measure import MEASURES, adjacent, get_measure, similarity
 from .methods.layout import Layout
 from .probe import ProbeResult, probe
+from .progress import Event, Progress, scaled
 from .recipe import Recipe, replay
 from .text import Texts
 from .variant import Variant
@@ -212,11 +213,13 @@ def analyse(lm: LoadedModel, texts: Texts, measures: Sequence[str] = DEFAULT_MEA
     """Probe the calibration half of `texts` and measure it: the matrices of `measures` and
     every registered measure's adjacent-layer profile (as the app's Analyse tab does)."""
     pr = probe(lm, texts.calibration, seqlen=sizes.probe_seqlen, num_samples=sizes.probe_samples,
-               max_tokens=sizes.probe_max_tokens, bos=sizes.bos, progress=progress)
+               max_tokens=sizes.probe_max_tokens, bos=sizes.bos,
+               progress=scaled(progress, 0.0, 0.6))
     out = ReportAnalysis(pr, texts.source, {}, {})
     for k, name in enumerate(MEASURES):
         if progress:
-            progress(k / len(MEASURES), f"adjacent-layer profile: {name}")
+            progress(Event("analysis", 0.6 + 0.4 * k / len(MEASURES),
+                           note=f"adjacent-layer profile: {name}"))
         out.adjacent[name] = _numpy(adjacent(pr, name))
     for name in measures:
         out.matrices[name] = _numpy(similarity(pr, name))
@@ -245,9 +248,12 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
         get_measure(name)                                     # unknown names refused first
     if not measures:
         raise ExplorerError("the report needs at least one measure for its heatmaps")
-    say = progress or (lambda fraction, message: None)
+    def say(fraction: float, note: str) -> None:
+        if progress:
+            progress(Event("report", fraction, note=note))
+
     if analysis is None:
-        analysis = analyse(lm, texts, measures, sizes, progress)
+        analysis = analyse(lm, texts, measures, sizes, scaled(progress, 0.0, 0.3))
     missing = [m for m in measures if m not in analysis.matrices]
     if missing:
         raise ExplorerError(f"the analysis has no matrix for {', '.join(missing)}")
@@ -262,16 +268,16 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
         if subject.unhealed is not None else [("variant", variant)]
     ppl: list[tuple[str, Variant, PPLResult]] = []
     for k, (name, v) in enumerate(runs):
-        say(0.3 + 0.4 * k / len(runs), f"report: perplexity of the {name} model")
-        # the running figure says which model it is of
-        each = (lambda f, m, name=name: progress(f, f"{name} model: {m}")) if progress else None
+        # the running figure says which model it is of: "variant model: perplexity: ..."
+        part = scaled(progress, 0.3 + 0.4 * k / len(runs), 0.3 + 0.4 * (k + 1) / len(runs),
+                      prefix=f"{name} model")
         ppl.append((name, v, perplexity(lm, text, variant=v, seqlen=sizes.seqlen,
                                         max_tokens=sizes.max_tokens, bos=sizes.bos,
-                                        source=source, progress=each)))
+                                        source=source, progress=part)))
     gens: list[tuple[str, list[str]]] = []
     if sizes.gen_tokens > 0 and sizes.prompts:
         for k, (name, v, _) in enumerate(ppl):
-            say(0.7 + 0.3 * k / len(ppl), f"report: greedy generations of the {name} model")
+            say(0.7 + 0.25 * k / len(ppl), f"greedy generations of the {name} model")
             gens.append((name, generate(lm, list(sizes.prompts), variant=v,
                                         max_new_tokens=sizes.gen_tokens)))
 
@@ -303,7 +309,7 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
                 "(x<sub>k</sub> against x<sub>k+1</sub>), per measure: similarities near 1 and "
                 "distances near 0 mark layers that do little.")
     first = get_measure(measures[0])
-    say(0.95, "report: layer map")
+    say(0.95, "layer map")
     coords = manifold.layer_map(analysis.matrices[first.name],
                                 first.higher_is_similar, method=sizes.layer_map, seed=0)
     fig = figures.layer_map(coords, f"Map of the layer boundaries ({sizes.layer_map.upper()} on "
@@ -316,7 +322,7 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
     if gens:
         page.generations(gens, sizes)
     page.reproduce(subject, model)
-    say(1.0, "report: done")
+    say(1.0, "done")
     summary = {"model": model, "change": change, "num_layers": variant.num_layers,
                "ppl": {name: round(r.ppl, 4) for name, _, r in ppl},
                "protocol": ppl[-1][2].protocol(), "analysis": measured_on,

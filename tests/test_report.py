@@ -56,12 +56,12 @@ def _ppl(lm, texts, v) -> float:
 
 def test_report_figures_and_numbers(tiny_lm, texts, tiny_factory):
     v = Variant.identity(tiny_lm).drop([2, 3])
-    said: list[str] = []
-    r = build_report(tiny_lm, texts, Subject(v), sizes=SIZES,
-                     progress=lambda f, m: said.append(m))
+    said = []
+    r = build_report(tiny_lm, texts, Subject(v), sizes=SIZES, progress=said.append)
     page = r.html
     # the running perplexity says which model it measures (the original's pass may be cached)
-    assert any(m.startswith("variant model: ") for m in said), said
+    assert any(e.stage == "variant model: perplexity" and e.figure for e in said), said
+    assert [e.fraction for e in said] == sorted(e.fraction for e in said)
     # two heatmaps, the profiles and the layer map, each a Plotly div drawn by the inlined script
     assert r.figures == 4 == page.count('class="plotly-graph-div"')
     assert page.count("Plotly.newPlot") == 4
