@@ -12,6 +12,7 @@ Examples:
     python -m explorer eval --model smollm2-135m --text wiki --json
     python -m explorer eval --model smollm2-135m --drop 14,15 --seqlen 256 --max-tokens 4096
     python -m explorer export --model smollm2-135m --drop 14 --out exports/smol-drop14
+    python -m explorer report --model smollm2-135m --drop 14,15 --out report.html
 """
 
 from __future__ import annotations
@@ -101,17 +102,13 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args) -> dict:
-    from pathlib import Path
-
     from .export import export
     from .recipe import Recipe
     from .variant import Variant
 
     lm = _load(args)
     if args.recipe:
-        if not Path(args.recipe).is_file():
-            raise ExplorerError(f"recipe file '{args.recipe}' does not exist")
-        recipe = Recipe.load(args.recipe)      # with the fitted tensors saved next to it
+        recipe = _read_recipe(args.recipe)     # with the fitted tensors saved next to it
         variant = recipe.build(lm, report=lambda line: print(line, file=sys.stderr))
     else:
         variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop \
@@ -127,6 +124,76 @@ def cmd_export(args) -> dict:
     out = export(variant, args.out, recipe=recipe, overwrite=args.overwrite)
     return {"model": args.model, "num_layers": variant.num_layers, "out": str(out),
             "ops": recipe.ops}
+
+
+def _read_recipe(name: str):
+    """The `Recipe` in the file `name` (--recipe) with the fitted tensors saved next to it, or one
+    line saying why not."""
+    from pathlib import Path
+
+    from .recipe import Recipe
+
+    if not Path(name).is_file():
+        raise ExplorerError(f"recipe file '{name}' does not exist")
+    return Recipe.load(name)
+
+
+def add_report(sub) -> None:
+    from .manifold import LAYER_METHODS
+    from .measure import MEASURES
+
+    p = sub.add_parser("report", help="one self-contained HTML file of the analysis, the plan, "
+                       "perplexity before/after, healing and generations (explorer.report)")
+    _model_args(p)
+    _text_args(p)
+    p.add_argument("--drop", default="", help="layers to drop, e.g. 3,7 or 10-12")
+    p.add_argument("--recipe", default=None, help="a recipe JSON file to replay instead of --drop "
+                   "(a healing as its last step is redone and shown)")
+    p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--measures", default="cosine,angular",
+                   help="heatmaps, in order (comma list of: " + ", ".join(MEASURES) + ")")
+    p.add_argument("--calib-seqlen", type=int, default=128, help="tokens per analysis window")
+    p.add_argument("--calib-samples", type=int, default=32, help="analysis windows")
+    p.add_argument("--gen-tokens", type=int, default=24,
+                   help="new tokens per greedy generation (0: none)")
+    p.add_argument("--layer-map", default="mds", choices=list(LAYER_METHODS),
+                   help="how the layer map places the boundaries")
+
+
+def cmd_report(args) -> dict:
+    from .measure import get_measure
+    from .report import ReportSizes, Subject, build_report, check_output, subject_of_recipe
+    from .text import load_texts
+    from .variant import Variant
+
+    # refused before the model loads: the output, the layer list's syntax, the measures, sizes
+    check_output(args.out, args.overwrite)
+    if args.recipe and args.drop:
+        raise ExplorerError("give --drop or --recipe, not both")
+    layers = parse_layers(args.drop)
+    measures = [m.strip() for m in args.measures.split(",") if m.strip()]
+    if not measures:
+        raise ExplorerError("--measures needs at least one measure")
+    for m in measures:
+        get_measure(m)
+    for name, value, low in (("--seqlen", args.seqlen, 4), ("--calib-seqlen", args.calib_seqlen, 4),
+                             ("--calib-samples", args.calib_samples, 1),
+                             ("--gen-tokens", args.gen_tokens, 0),
+                             ("--max-tokens", args.max_tokens, 0)):
+        if value < low:
+            raise ExplorerError(f"{name} must be at least {low} (got {value})")
+    recipe = _read_recipe(args.recipe) if args.recipe else None
+    lm = _load(args)
+    texts = load_texts(args.text)
+    subject = subject_of_recipe(lm, recipe) if recipe else \
+        Subject(Variant.identity(lm).drop(layers) if layers else Variant.identity(lm))
+    sizes = ReportSizes(probe_seqlen=args.calib_seqlen, probe_samples=args.calib_samples,
+                        seqlen=args.seqlen, max_tokens=args.max_tokens or None, bos=args.bos,
+                        gen_tokens=args.gen_tokens, layer_map=args.layer_map)
+    report = build_report(lm, texts, subject, sizes=sizes, measures=measures)
+    out = report.write(args.out, args.overwrite)
+    return {**report.summary, "out": str(out), "bytes": len(report.html.encode())}
 
 
 def _listing_parser(sub, name: str, help: str, what: str, listing: str):
@@ -360,6 +427,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "export": (add_export, cmd_export),
     "similarity": (add_similarity, cmd_similarity),
     "compress": (add_compress, cmd_compress),
+    "report": (add_report, cmd_report),
     "bench": (add_bench, cmd_bench),
 }
 

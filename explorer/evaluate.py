@@ -526,6 +526,15 @@ def _missing(ref: PrefixStates | None, marks: list[int], variant: Variant,
     return [b for b in marks if b <= k and b not in have]
 
 
+# The prompts the app and the HTML report continue: a fact, an explanation and code, three kinds
+# of text that removing layers tends to harm differently.
+DEFAULT_PROMPTS = (
+    "The capital of France is",
+    "Photosynthesis is the process by which",
+    "def fibonacci(n):",
+)
+
+
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: list[str], *, variant: Variant | None = None,
              max_new_tokens: int = 32) -> list[str]:

@@ -289,9 +289,10 @@ def healing_text(source: str) -> tuple[str, str | None]:
     return t.whole or t.calibration, None
 
 
-@register_op("heal", fitted=True)
-def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
-    """Redo a recorded healing: same mode, parameters, calibration text, seed and step count."""
+def replay_heal(v: Variant, op: dict) -> HealResult:
+    """Redo a recorded healing of `v`: same mode, parameters, calibration text, seed and step
+    count. The result's variant records `op` itself as its last step (the HTML report also shows
+    the replayed healing's figures)."""
     ref, params = op.get("calibration"), op.get("params")
     if not isinstance(ref, dict) or not isinstance(params, dict) or not isinstance(op.get("mode"),
                                                                                   str):
@@ -308,4 +309,11 @@ def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
     text = find_calibration(ref)
     r = heal(v, op["mode"], calibration=text, calibration_source=ref.get("source"), seed=seed,
              stop_at=steps, **params)
-    return Variant(r.variant.lm, r.variant.slots, v.steps + (dict(op),))
+    return dataclasses.replace(r, variant=Variant(r.variant.lm, r.variant.slots,
+                                                  v.steps + (dict(op),)))
+
+
+@register_op("heal", fitted=True)
+def _replay_heal(v: Variant, op: dict, lm: LoadedModel) -> Variant:
+    """Redo a recorded healing (`replay_heal`), when its fitted layers are not at hand."""
+    return replay_heal(v, op).variant

@@ -135,6 +135,9 @@ class ExportParts:
     push_btn: gr.Button
     push_md: gr.Markdown
     cli: gr.Code
+    report_btn: gr.Button        # builds the HTML report (explorer.report)
+    report: gr.DownloadButton    # the built report, downloaded at once
+    report_line: gr.Markdown     # the report's step line
 
 
 @dataclass

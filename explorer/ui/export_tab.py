@@ -1,5 +1,6 @@
 """Tab 5, Export: the recipe as JSON, the variant as a transformers folder (confined to the output
-folder), an optional push to the Hugging Face hub, and the equivalent command line.
+folder), a self-contained HTML report (`explorer.report`), an optional push to the Hugging Face
+hub, and the equivalent command line.
 
 Opening the tab writes the current plan's recipe, so "Download recipe" downloads at the first
 click, and shows the commands that do the same, one option per line.
@@ -18,7 +19,8 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..export import safe_output_path
 from ..layer_lists import format_layers
-from . import jobs
+from ..report import DEFAULT_MEASURES, Healing, ReportAnalysis, ReportSizes
+from . import analysis, jobs, stop
 from .common import Ctx, ExportParts, need_model, user_errors
 from .registry import REGISTRY
 from .state import Session
@@ -118,6 +120,35 @@ def recipe_file(state: Session) -> str:
     return jobs.recipe_job(state.model, *_recipe_fields(state))
 
 
+def report_file(settings, state: Session, progress=None) -> str:
+    """The HTML report of the session's analysis and current variant (healed when the plan was
+    healed), written into a fresh temporary folder; returns its path. Without an analysis the
+    report probes the text with the app's analysis sizes."""
+    need_model(state)
+    plan, healed = state.plan, state.heal
+    measures, found = list(DEFAULT_MEASURES), None
+    if state.analysis is not None:          # the heatmaps on screen, from the cache
+        measures = list(dict.fromkeys([state.analysis.measure, *DEFAULT_MEASURES]))
+        e = analysis.entry(state, progress)
+        found = ReportAnalysis(e.probe, REGISTRY.get_texts(state.analysis.key.text).source,
+                               {m: analysis.matrix(state, m, progress) for m in measures},
+                               e.adjacent)
+    healing = Healing(healed.mode, healed.held_out_before, healed.held_out_after, healed.steps,
+                      healed.seconds, healed.curve) if healed else None
+    s = settings
+    sizes = ReportSizes(probe_seqlen=s.probe_seqlen, probe_samples=s.probe_samples,
+                        probe_max_tokens=s.probe_max_tokens, seqlen=s.ppl_seqlen,
+                        max_tokens=s.ppl_max_tokens, gen_tokens=s.gen_tokens,
+                        prompts=tuple(s.prompts))
+    page = jobs.report_job(state.model, state.text, state.ops(), plan.ops, plan.method,
+                           plan.params, healing, found, measures, sizes, progress)
+    folder = Path(tempfile.gettempdir()) / "layer-explorer-reports" / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{default_name(state)}-report.html"
+    path.write_text(page, encoding="utf-8")
+    return str(path)
+
+
 def save_folder(settings, state: Session, name: str, overwrite: bool) -> tuple[Session, str]:
     """Export the plan's variant into the output folder.
 
@@ -167,6 +198,13 @@ def build(ctx: Ctx) -> ExportParts:
                                        elem_id="lx-recipe")
             gr.Markdown("The recipe is a few hundred bytes of JSON: `python -m explorer export "
                         "--recipe` rebuilds the model from it.")
+            report_btn = gr.Button("Download report (HTML)", elem_id="lx-report-btn")
+            report = gr.DownloadButton("Save the report again", value=None, visible=False,
+                                       elem_id="lx-report")
+            report_line = gr.Markdown("One HTML file to share, which opens offline: the "
+                                      "heatmaps, the plan, perplexity before and after, the "
+                                      "healing and the generations.", elem_id="lx-report-line",
+                                      elem_classes=["lx-step"])
         with gr.Column():
             name = gr.Textbox(label="Folder name (inside the output folder)", elem_id="lx-name")
             overwrite = gr.Checkbox(False, label="Overwrite a folder saved in this session")
@@ -183,7 +221,8 @@ def build(ctx: Ctx) -> ExportParts:
                   label="Same thing from the command line", interactive=False, elem_id="lx-cli")
     return ExportParts(tab=None, recipe=recipe, name=name, overwrite=overwrite, save_btn=save_btn,
                        save_md=save_md, repo=repo, private=private, push_btn=push_btn,
-                       push_md=push_md, cli=cli)
+                       push_md=push_md, cli=cli, report_btn=report_btn, report=report,
+                       report_line=report_line)
 
 
 def wire(ctx: Ctx) -> None:
@@ -202,6 +241,19 @@ def wire(ctx: Ctx) -> None:
         progress(0.1, desc="writing the model folder")
         return save_folder(s, state, name, overwrite)
 
+    @user_errors
+    def make_report(state: Session, request: gr.Request, progress=gr.Progress()):
+        path = report_file(s, state, stop.watch(progress, request))
+        size = Path(path).stat().st_size / 1e6
+        return (gr.DownloadButton(value=path, visible=True),
+                f"Report ready: **{Path(path).name}** ({size:.1f} MB, Plotly included).")
+
+    built = ctx.long_step(e.report_btn.click, make_report, [ctx.state],
+                          [e.report, e.report_line], api_name="report",
+                          show_progress_on=[e.report_line])
+    # the file downloads at once: the page clicks the download button the step filled
+    built.success(None, None, None, js="() => document.querySelector('#lx-report')?.click()",
+                  queue=False, api_name=False)
     e.tab.select(refresh, [ctx.state, e.name], [e.name, e.cli, e.recipe], api_name="refresh_export")
     e.save_btn.click(save, [ctx.state, e.name, e.overwrite], [ctx.state, e.save_md],
                      api_name="save_folder")

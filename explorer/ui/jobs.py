@@ -28,6 +28,7 @@ from ..recipe import Recipe
 from ..heal import heal
 from ..profiles import compare_models
 from ..progress import Event, Progress
+from ..report import Healing, ReportAnalysis, ReportSizes, Subject, build_report
 from ..tasks import evaluate_tasks
 from ..probe import ProbeResult, probe
 from .gpu import ZERO_GPU, gpu
@@ -209,3 +210,19 @@ def export_job(spec: str, ops: list[dict], name: str, root: str, method: str, pa
     recipe.ops = [dict(op) for op in ops]  # the ops exactly as planned (and healed)
     path = export(variant, name, root=root, recipe=recipe, overwrite=overwrite)
     return str(path), variant.num_layers
+
+
+@gpu(duration=300)
+def report_job(spec: str, text_key: str, ops: list[dict], base_ops: list[dict] | None,
+               method: str, params: dict, healing: Healing | None,
+               analysis: ReportAnalysis | None, measures: list[str], sizes: ReportSizes,
+               progress: Progress | None = None) -> str:
+    """The HTML report (`explorer.report`) of the variant of `ops`. base_ops: the unhealed
+    variant's ops when `ops` ends with the healing `healing`; analysis: the session's (None:
+    the report probes the text itself with `sizes`)."""
+    lm = REGISTRY.ensure_model(spec, progress)
+    texts = REGISTRY.get_texts(text_key)
+    unhealed = REGISTRY.variant(lm, base_ops) if healing is not None else None
+    subject = Subject(REGISTRY.variant(lm, ops), method, params, unhealed, healing)
+    return build_report(lm, texts, subject, sizes=sizes, measures=measures, analysis=analysis,
+                        progress=progress).html

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..embedded import DEFAULT_MODEL
+from ..evaluate import DEFAULT_PROMPTS
 from ..export import OUTPUT_DIR_ENV
 
 
@@ -23,11 +24,6 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer (got {raw!r})") from None
 
 
-DEFAULT_PROMPTS = (
-    "The capital of France is",
-    "Photosynthesis is the process by which",
-    "def fibonacci(n):",
-)
 
 
 @dataclass
