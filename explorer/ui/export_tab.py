@@ -9,8 +9,6 @@ import json
 import os
 import re
 import shlex
-import tempfile
-import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -20,7 +18,6 @@ from ..export import safe_output_path
 from ..layer_lists import format_layers
 from . import jobs
 from .common import Ctx, ExportParts, need_model, user_errors
-from .registry import REGISTRY
 from .state import Session
 
 HUB_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
