@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from explorer import cli, load_model, load_texts, perplexity
 from explorer.export import RECIPE_FILE
@@ -21,7 +22,7 @@ def common(tiny_factory, sample_text, tmp_path):
             "--calib-samples", "4", "--json"]
 
 
-def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys):
+def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     dest = tmp_path / "healed"
@@ -44,6 +45,25 @@ def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys):
     text = load_texts(common[3]).evaluation
     ppl = perplexity(again, text, seqlen=32, max_tokens=256).ppl
     assert ppl == pytest.approx(out["ppl_healed"], rel=1e-4)
+    # the recipe is self-contained: `export --recipe` in a fresh state (nothing in memory) loads
+    # the healed layers from the tensors beside it, trains nothing, and writes the same weights
+    from safetensors.torch import load_file
+
+    from explorer import fitted
+    from explorer.heal import registry as heal_registry
+
+    assert (dest / "layer_explorer_recipe.fitted.safetensors").is_file()
+    fitted.RESULTS.clear()
+    capsys.readouterr()
+
+    def no_training(*a, **k):
+        raise AssertionError("export --recipe trained")
+    monkeypatch.setattr(heal_registry, "heal", no_training)
+    assert cli.main(["export", "--model", common[1], "--recipe", str(dest / RECIPE_FILE),
+                     "--out", str(tmp_path / "again"), "--json"]) == 0
+    assert "fitting it again" not in capsys.readouterr().err
+    a, b = load_file(dest / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("extra,match", [
