@@ -99,7 +99,7 @@ def test_healed_recipe_replays_its_healing(tiny_lm, texts, healed):
     table has the original, the unhealed and the healed model."""
     subject = subject_of_recipe(tiny_lm, Recipe.of(healed.variant))
     h = subject.healing
-    assert h is not None and h.mode == "layerwise" and h.steps == 4
+    assert h is not None and h.mode == "layerwise" and h.steps == healed.steps   # the kept step
     assert h.held_out_before == pytest.approx(healed.held_out_before, rel=1e-6)
     assert h.held_out_after == pytest.approx(healed.held_out_after, rel=1e-5)
     assert [s["op"] for s in subject.unhealed.steps] == ["drop"]
