@@ -341,7 +341,7 @@ table { border-collapse: collapse; margin: 0.8em 0; } th, td { border: 1px solid
 padding: 6px 10px; text-align: left; vertical-align: top; } th { background: #f6f8fa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.gens { width: 100%; table-layout: fixed; } table.gens td { white-space: pre-wrap; }
-table.gens th:first-child { width: 18%; } .figure .plotly-graph-div { margin: 0 auto; }
+table.gens th:first-child { width: 18%; } .figure > div { margin: 0 auto; }
 .figure { margin: 1.5em 0; } .figure p { margin: 0.3em 0; color: #59636e; font-size: 0.92em; }
 .protocol { font-size: 0.92em; color: #59636e; } pre { background: #f6f8fa; padding: 10px;
 overflow-x: auto; font-size: 0.85em; } .warn { color: #b35900; font-weight: 600; }

@@ -125,7 +125,7 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, capsys.readouterr().out, err.getvalue()
 
 
-def test_cli_report_and_its_errors(tiny_factory, tmp_path, capsys):
+def test_cli_report_and_its_errors(tiny_factory, tmp_path, capsys, healed):
     model = str(tiny_factory("llama", num_layers=6))
     text = tmp_path / "sample.txt"
     text.write_text(SAMPLE_TEXT)
@@ -138,6 +138,14 @@ def test_cli_report_and_its_errors(tiny_factory, tmp_path, capsys):
     result = json.loads(stdout)
     assert result["num_layers"] == 4 and result["figures"] == 4 and out.is_file()
     assert result["bytes"] == out.stat().st_size and model not in out.read_text()
+    # a healed recipe: healed again, its figures in the page
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(Recipe.of(healed.variant).to_json())
+    code, stdout, _ = _cli(["report", "--model", model, "--recipe", str(recipe), "--out",
+                            str(tmp_path / "healed.html"), "--json", *sizes], capsys)
+    result = json.loads(stdout)
+    assert code == 0 and result["healed"] and result["figures"] == 5
+    assert list(result["ppl"]) == ["original", "variant", "healed (layerwise)"]
     bad = [
         (["--drop", "1", "--out", str(tmp_path / "missing" / "r.html")], "does not exist"),
         (["--drop", "1", "--out", str(tmp_path)], "is a folder"),
