@@ -9,7 +9,7 @@ device, with the dense model and the variant measured in the same run:
   each batch size (default 1 and 8), logits of the last position only (as a server's prefill);
 * decode: tokens per second of greedy decoding with the KV cache, `new_tokens` (default 128) new
   tokens per sequence after a `decode_prompt`-token prompt (the prompt's own pass is not timed);
-* weights' bytes (the variant's own tensors: kept layers, new layers, embeddings and head), the KV
+* weights' bytes (the variant's parameters: kept layers, new layers, embeddings and head), the KV
   cache's bytes at the end of decoding, and the peak memory of a run (CUDA: the allocator's peak;
   CPU: the process's resident memory sampled every millisecond above its level before the run,
   a lower bound since the allocator reuses freed memory).
@@ -274,19 +274,17 @@ def check_batches(lm: LoadedModel, batches: Sequence[int], prefill_tokens: int,
 
 
 def weights_bytes(variant: Variant) -> int:
-    """Bytes of the variant's tensors, each counted once: the model outside its decoder layers
-    (embeddings, final norm, head; a tied head is the embedding) plus every slot's layer."""
+    """Bytes of the variant's parameters, each tensor counted once: the model outside its decoder
+    layers (embeddings, final norm, head; a tied head is the embedding) plus every slot's layer."""
     lm = variant.lm
-    in_layers = {id(t) for layer in lm.original_layers
-                 for t in list(layer.parameters()) + list(layer.buffers())}
+    in_layers = {id(t) for layer in lm.original_layers for t in layer.parameters()}
     seen: dict[int, torch.Tensor] = {}
     with lm.lock:   # the live layer list is the original one while no variant is applied
-        for t in list(lm.model.parameters()) + list(lm.model.buffers()):
+        for t in lm.model.parameters():
             if id(t) not in in_layers:
                 seen[id(t)] = t
     for i in range(variant.num_layers):
-        layer = variant.layer(i)
-        for t in list(layer.parameters()) + list(layer.buffers()):
+        for t in variant.layer(i).parameters():
             seen[id(t)] = t
     return sum(t.numel() * t.element_size() for t in seen.values())
 
