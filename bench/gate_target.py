@@ -8,6 +8,7 @@ measures perplexity under the same protocol. Prints one JSON object: the gate's 
 size, the reported and the reloaded figure, and the seconds of each part.
 
     python bench/gate_target.py [--steps 40] [--max-tokens 4096] [--method angular]
+        [--heal-param windows=32]
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ def main() -> None:
     p.add_argument("--heal", default="layerwise")
     p.add_argument("--steps", type=int, default=40, help="healing steps per tried size")
     p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--heal-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="healing parameters, e.g. windows=32 (a smaller calibration set)")
     p.add_argument("--out", default=None, help="export folder (default: a temporary one)")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="gate-")) / "model"
     cmd = [sys.executable, "-m", "explorer", "compress", "--method", args.method,
            "--max-ppl-ratio", args.gate, "--heal", args.heal, "--heal-steps", str(args.steps),
            "--max-tokens", str(args.max_tokens), "--out", str(out), "--json"]
+    for item in args.heal_param:
+        cmd += ["--heal-param", item]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     gate_s = time.perf_counter() - t0

@@ -127,8 +127,12 @@ def quality_gate(lm: LoadedModel, method: str, max_ppl_ratio: float, *,
     R = check_gate(max_ppl_ratio)
     m = get_method(method)
     params = m.resolve(params)
-    if heal is not None:
-        check_budget(get_mode(heal), heal_steps, heal_seconds)
+    if heal is not None:          # refused before any planning
+        from .params import resolve
+
+        mode = get_mode(heal)
+        resolve(mode.params, dict(heal_params or {}), f"heal mode '{mode.name}'")
+        check_budget(mode, heal_steps, heal_seconds)
     if evaluation is None or calibration is None:
         from .text import load_texts
 
@@ -186,8 +190,9 @@ def quality_gate(lm: LoadedModel, method: str, max_ppl_ratio: float, *,
     if not attempt(1):
         t = tries[0]
         why = t.reason or (f"perplexity {t.ppl:.4g} = {t.ratio:.3f} x dense {dense.ppl:.4g}")
-        raise GateError(f"even 1 layer removed by {method}{' and healed (' + heal + ')' if heal else ''}"
-                        f" breaks the gate of {R:g} x dense: {why}")
+        healed = f" and healed ({heal})" if heal else ""
+        raise GateError(f"even 1 layer removed by {method}{healed} breaks the gate of {R:g} x "
+                        f"dense: {why}")
     lo, hi = 1, None                       # lo held; hi broke (None: not found yet)
     while hi is None and lo < top:
         k = min(2 * lo, top)

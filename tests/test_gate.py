@@ -84,3 +84,24 @@ def test_cli_gate(tiny_factory, sample_text, tmp_path, capsys):
     assert out["gate"]["remove"] == 3 and out["num_layers"] == 1
     assert [t["remove"] for t in out["gate"]["tries"]] == [1, 2, 3]
     assert all(t["passed"] for t in out["gate"]["tries"])
+
+
+def test_healed_gate_gates_the_healed_figure(tiny_lm, sample_text):
+    from explorer import heal
+
+    r = quality_gate(tiny_lm, "shortgpt", 1e9, evaluation=sample_text, calibration=sample_text,
+                     heal="layerwise", heal_steps=2,
+                     heal_params={"seqlen": 16, "windows": 4, "held_out": 1, "init": "none"},
+                     max_remove=2, **KW)
+    assert [t.remove for t in r.tries] == [1, 2] and r.remove == 2 and r.heal == "layerwise"
+    plan = compress(tiny_lm, "shortgpt", remove=2, calibration=sample_text, seqlen=32,
+                    num_samples=8)
+    healed = heal(plan.variant, "layerwise", calibration=sample_text, steps=2, seqlen=16,
+                  windows=4, held_out=1, init="none").variant
+    expect = perplexity(tiny_lm, sample_text, variant=healed, seqlen=64, max_tokens=512,
+                        cache=False).ppl
+    unhealed = perplexity(tiny_lm, sample_text, variant=plan.variant, seqlen=64, max_tokens=512,
+                          cache=False).ppl
+    assert r.ppl == pytest.approx(expect, rel=1e-4) and r.ppl_unhealed == pytest.approx(
+        unhealed, rel=1e-4)
+    assert r.variant.steps[-1]["op"] == "heal"

@@ -29,8 +29,8 @@ def tries_markdown(gate: dict) -> str:
     tried = ", ".join(f"{t['remove']}: " + (f"{t['ppl']:.2f} (×{t['ratio']:.2f})" if t["ppl"]
                                             else "refused") + (" ✓" if t["passed"] else " ✗")
                       for t in gate["tries"])
-    return (f"**{gate['remove']} layers removed** keeps perplexity within ×{gate['max_ppl_ratio']:g}"
-            f" (original {gate['dense_ppl']:.2f}, this plan {gate['ppl']:.2f}). Tried: {tried}.")
+    return (f"**{gate['remove']} layers removed** keeps perplexity within "
+            f"×{gate['max_ppl_ratio']:g} (original {gate['dense_ppl']:.2f}, this plan {gate['ppl']:.2f}). Tried: {tried}.")
 
 
 def build(ctx: Ctx) -> GateParts:
