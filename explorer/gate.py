@@ -177,6 +177,8 @@ def quality_gate(lm: LoadedModel, method: str, max_ppl_ratio: float, *,
                                        **(heal_params or {})).variant
                 figure = ppl(variant).ppl
         except ExplorerError as exc:        # the method refuses this size, or the model broke
+            if k == 1:                      # not a size problem: the settings are (one line)
+                raise
             tries.append(GateTry(k, None, None, None, False, time.perf_counter() - t0,
                                  reason=str(exc)))
             return False
