@@ -338,7 +338,7 @@ def _gated(lm, args, texts, params: dict) -> tuple:
     return g.plan, g.variant, result
 
 
-BENCHES = ("perplexity", "probe", "variant", "measures", "gpu")   # bench/bench_NAME.py
+BENCHES = ("perplexity", "probe", "variant", "measures", "speed", "gpu")  # bench/bench_NAME.py
 
 
 def add_bench(sub) -> None:
