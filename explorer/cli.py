@@ -308,7 +308,8 @@ def cmd_compress(args) -> dict | str:
     if args.out:
         recipe = Recipe.of(variant, plan.method, plan.params,
                            results={k: result[k] for k in ("ppl_before", "ppl_after", "protocol",
-                                                          "ppl_healed", "tasks", "capability")
+                                                          "ppl_healed", "tasks", "capability",
+                                                          "gate", "speed")
                                     if k in result})
         result["out"] = str(export(variant, args.out, recipe=recipe,
                                    overwrite=args.overwrite))
