@@ -14,6 +14,8 @@ The package follows the pipeline, one module per stage:
     export    -> explorer.export    export(variant, folder)     a folder transformers loads
     also      -> explorer.tasks     evaluate_tasks(lm, tasks)   lm-eval accuracy, dense vs variant
                  explorer.capability, explorer.gguf_export, explorer.profiles (docs/evaluation.md)
+                 explorer.speed     measure_speed(lm, variant)  measured speed-up and memory
+                 explorer.gate      quality_gate(lm, method, R) largest cut within R x dense
 
 Example:
     >>> import explorer as ex
@@ -37,6 +39,8 @@ from .capability import capability
 from .gguf_export import export_gguf
 from .profiles import compare_models
 from .tasks import evaluate_tasks
+from .speed import measure_speed
+from .gate import quality_gate
 
 __version__ = "0.1.0"
 
@@ -44,5 +48,6 @@ __all__ = [
     "ExplorerError", "LayerError", "ModelLoadError", "TextError", "PPLResult", "generate",
     "perplexity", "export", "heal", "HealResult", "LoadedModel", "load_model", "ProbeResult",
     "probe", "Recipe", "replay", "Texts", "load_texts", "NewLayer", "Variant", "__version__",
-    "capability", "export_gguf", "compare_models", "evaluate_tasks",
+    "capability", "export_gguf", "compare_models", "evaluate_tasks", "measure_speed",
+    "quality_gate",
 ]

@@ -12,6 +12,15 @@ from calibration), dense and variant side by side:
   the same context length (the last `context_tokens` tokens before the word), so items run in
   batches with right padding, which a causal model never sees.
 
+* generative agreement (the variant against the dense model, not against the text): from
+  `num_prompts` held-out prompts of `prompt_tokens` tokens, spread evenly over the text, both
+  models continue greedily for `new_tokens` (default 32) tokens with the KV cache. Reported: the
+  mean number of new tokens before the variant's first token that differs from the dense model's
+  (new_tokens when none differs), the token agreement (the fraction of the new tokens that are
+  equal position by position), and the forced agreement (the fraction of positions where the
+  variant, fed the dense continuation, picks the dense model's next token). Classification-style
+  scores can recover after healing while generation does not (arXiv 2602.01997); this shows it.
+
 Items are picked evenly over the text, so the check is deterministic. `cloze_items` also gives the
 words as multiple-choice items (one right word, distractors drawn from the other items) from which
 `explorer.tasks.write_local_task` writes an lm-eval task that runs offline.
@@ -105,23 +114,44 @@ class CapabilityScore:
 
 
 @dataclass(frozen=True)
+class GenerativeAgreement:
+    """How far the variant's greedy continuations follow the dense model's."""
+
+    prompts: int
+    prompt_tokens: int                # text tokens per prompt (a BOS token in front when the rule
+                                      # says so)
+    new_tokens: int
+    mean_first_disagreement: float    # new tokens before the first one that differs (mean)
+    token_agreement: float            # fraction of new tokens equal position by position
+    forced_agreement: float           # fed the dense continuation: fraction of equal next tokens
+    seconds: float
+
+
+@dataclass(frozen=True)
 class CapabilityReport:
     dense: CapabilityScore | None
     compressed: CapabilityScore | None
     source: str
     seqlen: int
     context_tokens: int
+    generation: GenerativeAgreement | None = None     # with a variant and the dense model
 
     def protocol(self) -> str:
         ref = self.dense or self.compressed
-        return (f"{self.source} held-out text: next-token top-1 over {ref.positions} positions "
+        text = (f"{self.source} held-out text: next-token top-1 over {ref.positions} positions "
                 f"(windows of {self.seqlen} tokens, as perplexity); cloze: {ref.cloze_items} "
                 f"sentence-final words, {self.context_tokens} tokens of context, right when "
                 "greedy decoding gives the whole word")
+        g = self.generation
+        if g is not None:
+            text += (f"; generation: {g.prompts} prompts of {g.prompt_tokens} tokens spread over "
+                     f"the text, {g.new_tokens} greedy new tokens each, the variant's against the "
+                     "dense model's")
+        return text
 
     def to_dict(self) -> dict:
         out = {"source": self.source, "protocol": self.protocol()}
-        for key in ("dense", "compressed"):
+        for key in ("dense", "compressed", "generation"):
             run = getattr(self, key)
             if run is not None:
                 out[key] = {k: (round(v, 6) if isinstance(v, float) else v)
@@ -194,15 +224,93 @@ def cloze_accuracy(lm: LoadedModel, ids: torch.Tensor, spans: list[tuple[int, li
     return right / len(spans)
 
 
+def generation_prompts(lm: LoadedModel, text: str, num_prompts: int = 16,
+                       prompt_tokens: int = 32, bos: str = "auto",
+                       max_tokens: int | None = 16384) -> torch.Tensor:
+    """(N, prompt_tokens [+1 with BOS]) prompts: windows of the text's first `max_tokens` tokens,
+    `num_prompts` of them picked evenly from start to end (deterministic)."""
+    w = evaluation_windows(lm, text, prompt_tokens, max_tokens, bos)
+    n = min(num_prompts, w.shape[0])
+    return w[[int(k * w.shape[0] / n) for k in range(n)]]
+
+
+@torch.no_grad()
+def greedy_continuations(lm: LoadedModel, prompts: torch.Tensor, variant: Variant | None = None,
+                         new_tokens: int = 32) -> torch.Tensor:
+    """(N, new_tokens) greedy continuations of the (N, P) prompts with the KV cache, one batch
+    (the prompts have the same length: no padding). Every step takes the argmax, end-of-text
+    included, so each row has exactly `new_tokens` tokens."""
+    variant = variant or Variant.identity(lm)
+    ids = prompts.to(lm.device)
+    out_tokens = []
+    with variant.applied() as model:
+        out = model(input_ids=ids, use_cache=True)
+        for step in range(new_tokens):
+            nxt = out.logits[:, -1].float().argmax(-1, keepdim=True)         # (N, 1)
+            out_tokens.append(nxt)
+            if step + 1 < new_tokens:
+                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(out_tokens, dim=1).cpu()
+
+
+def agreement(dense: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
+    """(mean tokens before the first differing one, fraction of equal tokens) of two (N, K)
+    continuations of the same prompts."""
+    same = dense == other                                                  # (N, K) bool
+    K = same.shape[1]
+    first = torch.where(same.all(1), torch.full((same.shape[0],), K),
+                        (~same).int().argmax(1))                            # first False per row
+    return float(first.double().mean()), float(same.double().mean())
+
+
+@torch.no_grad()
+def forced_agreement(lm: LoadedModel, prompts: torch.Tensor, dense_cont: torch.Tensor,
+                     variant: Variant) -> float:
+    """Fraction of the dense continuation's tokens that the variant predicts as its argmax when fed
+    the prompt and the dense continuation so far (one pass, no decoding)."""
+    ids = torch.cat([prompts, dense_cont], dim=1)                          # (N, P + K)
+    P, K = prompts.shape[1], dense_cont.shape[1]
+    hits = 0
+    for batch in run_backbone(lm, ids, variant=variant, final_norm=True, label="forced"):
+        h = batch.hidden[:, P - 1:P - 1 + K]                                # (b, K, H)
+        pred = final_logits(lm, h.reshape(-1, h.shape[-1])).argmax(-1).view(h.shape[0], K)
+        hits += int((pred.cpu() == dense_cont[batch.rows]).sum())
+    return hits / dense_cont.numel()
+
+
+def generative_agreement(lm: LoadedModel, text: str, variant: Variant, *, num_prompts: int = 16,
+                         prompt_tokens: int = 32, new_tokens: int = 32, bos: str = "auto",
+                         max_tokens: int | None = 16384) -> GenerativeAgreement:
+    """How far `variant`'s greedy continuations of held-out prompts agree with the dense model's
+    (see the module docstring)."""
+    if new_tokens < 1 or num_prompts < 1 or prompt_tokens < 1:
+        raise TextError("the generative check needs at least one prompt, one prompt token and "
+                        "one new token")
+    start = time.perf_counter()
+    prompts = generation_prompts(lm, text, num_prompts, prompt_tokens, bos, max_tokens)
+    dense_cont = greedy_continuations(lm, prompts, None, new_tokens)
+    var_cont = greedy_continuations(lm, prompts, variant, new_tokens)
+    first, same = agreement(dense_cont, var_cont)
+    forced = forced_agreement(lm, prompts, dense_cont, variant)
+    return GenerativeAgreement(prompts=prompts.shape[0], prompt_tokens=prompt_tokens,
+                               new_tokens=new_tokens, mean_first_disagreement=first,
+                               token_agreement=same, forced_agreement=forced,
+                               seconds=time.perf_counter() - start)
+
+
 def capability(lm: LoadedModel, text: str, *, variant: Variant | None = None, seqlen: int = 256,
                max_tokens: int | None = 4096, num_items: int = 100, context_tokens: int = 64,
                bos: str = "auto", source: str = "text", dense: bool = True,
-               progress: Progress | None = None) -> CapabilityReport:
-    """Next-token top-1 accuracy and cloze accuracy of the dense model and of `variant`.
+               generation: bool = True, num_prompts: int = 16, prompt_tokens: int = 32,
+               new_tokens: int = 32, progress: Progress | None = None) -> CapabilityReport:
+    """Next-token top-1 accuracy and cloze accuracy of the dense model and of `variant`, and how
+    far the variant's greedy generations agree with the dense model's.
 
     text: held-out text (`load_texts(...).evaluation`); seqlen, max_tokens, bos: the windows of
     the next-token check (as `perplexity`); num_items, context_tokens: the cloze items.
-    dense: also score the dense model (False: the variant alone).
+    dense: also score the dense model (False: the variant alone, no generative check).
+    generation: run the generative check (`generative_agreement`: num_prompts prompts of
+    prompt_tokens tokens, new_tokens greedy tokens each) when there is a variant and `dense`.
     """
     windows = evaluation_windows(lm, text, seqlen, max_tokens, bos)
     ids, spans = cloze_batch(lm, cloze_items(text, num_items), context_tokens, bos)
@@ -223,7 +331,15 @@ def capability(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
                                       positions=positions, cloze_accuracy=cloze,
                                       cloze_items=len(spans),
                                       seconds=time.perf_counter() - start)
+    gen = None
+    if generation and dense and compressed:
+        if progress:
+            progress(Event("generative check", 0.97, total=num_prompts, unit="prompts",
+                           note=f"{new_tokens} greedy tokens"))
+        gen = generative_agreement(lm, text, variant, num_prompts=num_prompts,
+                                   prompt_tokens=prompt_tokens, new_tokens=new_tokens, bos=bos)
     if progress:
         progress(Event("capability check", 1.0, note="done"))
     return CapabilityReport(dense=scores.get("dense"), compressed=scores.get("compressed"),
-                            source=source, seqlen=seqlen, context_tokens=context_tokens)
+                            source=source, seqlen=seqlen, context_tokens=context_tokens,
+                            generation=gen)

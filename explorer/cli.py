@@ -74,18 +74,23 @@ def add_eval(sub) -> None:
     p.add_argument("--drop", default="", help="layers to drop, e.g. 3,7 or 10-12")
     from .tasks import add_task_args
     add_task_args(p)
+    from .speed import add_speed_args
+    add_speed_args(p)
 
 
 def cmd_eval(args) -> dict:
+    from .speed import check_speed_args, cli_speed
     from .tasks import check_task_args, cli_extras
     from .variant import Variant
 
     check_task_args(args)                                   # refused before the model loads
+    check_speed_args(args)
     lm = _load(args)
     variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop else None
     r = _ppl(lm, args, variant)
     return {"model": args.model, "num_layers": variant.num_layers if variant else lm.num_layers,
-            "dropped": parse_layers(args.drop), **r.to_dict(), **cli_extras(lm, args, variant)}
+            "dropped": parse_layers(args.drop), **r.to_dict(), **cli_extras(lm, args, variant),
+            **cli_speed(lm, args, variant)}
 
 
 def add_export(sub) -> None:
@@ -263,6 +268,9 @@ def add_compress(sub) -> None:
     p.add_argument("--remove", type=int, default=None, help="layers by which the model shrinks")
     p.add_argument("--ratio", type=float, default=None,
                    help="fraction of parameters to remove instead of --remove")
+    p.add_argument("--max-ppl-ratio", default=None, metavar="R",
+                   help="instead of --remove: the largest removal whose perplexity stays within "
+                        "R x dense (healed when --heal is given), e.g. 1.5 (explorer.gate)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="method parameter, e.g. T=0.3, replacement=linear or pairs=[[3,4]] (read "
                         "as the parameter's declared type); repeatable")
@@ -275,6 +283,8 @@ def add_compress(sub) -> None:
     add_task_args(p)
     from .heal.command import add_heal_args
     add_heal_args(p)
+    from .speed import add_speed_args
+    add_speed_args(p)
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -319,40 +329,78 @@ def cmd_compress(args) -> dict | str:
     check_task_args(args)
     from .heal.command import check_heal_args, heal_result
     check_heal_args(args)
+    from .speed import check_speed_args, cli_speed
+    check_speed_args(args)
+    if args.max_ppl_ratio is not None:
+        from .gate import check_gate
+        check_gate(args.max_ppl_ratio)
+        if args.remove is not None or args.ratio is not None:
+            raise ExplorerError("--max-ppl-ratio chooses the size itself: give it without "
+                                "--remove or --ratio")
     lm = _load(args)
     texts = load_texts(args.text)
     start = time.perf_counter()
-    plan = compress(lm, args.method, remove=args.remove, ratio=args.ratio,
-                    calibration=texts.calibration, calibration_source=texts.source,
-                    seqlen=args.calib_seqlen, num_samples=args.calib_samples, seed=args.seed,
-                    **params)
-    plan_seconds = time.perf_counter() - start
-    before = _ppl(lm, args, texts=texts, calibrated=True)   # cached after the first call
-    after = _ppl(lm, args, plan.variant, texts=texts, calibrated=True)
-    result = {"model": args.model, "method": plan.method, "ppl_before": before.ppl,
-              "ppl_after": after.ppl, "removed": plan.removed, "merged": plan.merged,
-              "num_layers": plan.variant.num_layers, "params": plan.params,
-              "protocol": after.protocol(), "notes": plan.notes,
-              "plan_seconds": round(plan_seconds, 2),
-              # explorer/dense_cache.py: the dense figure reused, the boundary "after" ran from
-              "ppl_before_cached": before.cached, "ppl_after_start": after.start}
-    variant = plan.variant
-    if args.heal:      # ppl_healed, heal, out_of_domain (explorer/heal/command.py)
-        variant, healed = heal_result(lm, args, variant, texts,
-                                      lambda v: _ppl(lm, args, v, texts=texts, calibrated=True))
-        result.update(healed)
+    if args.max_ppl_ratio is not None:    # the largest size within the gate (explorer/gate.py)
+        plan, variant, result = _gated(lm, args, texts, params)
+    else:
+        plan = compress(lm, args.method, remove=args.remove, ratio=args.ratio,
+                        calibration=texts.calibration, calibration_source=texts.source,
+                        seqlen=args.calib_seqlen, num_samples=args.calib_samples,
+                        seed=args.seed, **params)
+        plan_seconds = time.perf_counter() - start
+        before = _ppl(lm, args, texts=texts, calibrated=True)   # cached after the first call
+        after = _ppl(lm, args, plan.variant, texts=texts, calibrated=True)
+        result = {"model": args.model, "method": plan.method, "ppl_before": before.ppl,
+                  "ppl_after": after.ppl, "removed": plan.removed, "merged": plan.merged,
+                  "num_layers": plan.variant.num_layers, "params": plan.params,
+                  "protocol": after.protocol(), "notes": plan.notes,
+                  "plan_seconds": round(plan_seconds, 2),
+                  # explorer/dense_cache.py: the dense figure reused, the boundary "after" ran
+                  # from
+                  "ppl_before_cached": before.cached, "ppl_after_start": after.start}
+        variant = plan.variant
+        if args.heal:      # ppl_healed, heal, out_of_domain (explorer/heal/command.py)
+            variant, healed = heal_result(lm, args, variant, texts,
+                                          lambda v: _ppl(lm, args, v, texts=texts,
+                                                         calibrated=True))
+            result.update(healed)
     result.update(cli_extras(lm, args, plan.variant, calibrated=True))
+    result.update(cli_speed(lm, args, variant))
     if args.out:
         recipe = Recipe.of(variant, plan.method, plan.params,
                            results={k: result[k] for k in ("ppl_before", "ppl_after", "protocol",
-                                                          "ppl_healed", "tasks", "capability")
+                                                          "ppl_healed", "tasks", "capability",
+                                                          "gate", "speed")
                                     if k in result})
         result["out"] = str(export(variant, args.out, recipe=recipe,
                                    overwrite=args.overwrite))
     return result
 
 
-BENCHES = ("perplexity", "probe", "variant", "measures", "gpu")   # bench/bench_NAME.py
+def _gated(lm, args, texts, params: dict) -> tuple:
+    """compress --max-ppl-ratio: (plan, final variant, the JSON entries) of `quality_gate`."""
+    from .gate import quality_gate
+    from .heal.command import _heal_params
+
+    text, source = texts.for_evaluation(True)
+    g = quality_gate(lm, args.method, args.max_ppl_ratio, evaluation=text,
+                     evaluation_source=source, calibration=texts.calibration,
+                     calibration_source=texts.source, seqlen=args.seqlen,
+                     max_tokens=args.max_tokens or None, bos=args.bos,
+                     calib_seqlen=args.calib_seqlen, calib_samples=args.calib_samples,
+                     seed=args.seed, heal=args.heal, heal_steps=args.heal_steps,
+                     heal_seconds=args.heal_seconds,
+                     heal_params=_heal_params(args) if args.heal else None, **params)
+    result = {"model": args.model, "method": g.method, "ppl_before": g.dense_ppl,
+              "ppl_after": g.ppl_unhealed, "removed": g.plan.removed, "merged": g.plan.merged,
+              "num_layers": g.variant.num_layers, "params": g.plan.params,
+              "protocol": g.protocol, "notes": g.plan.notes, "gate": g.to_dict()}
+    if args.heal:
+        result["ppl_healed"] = g.ppl
+    return g.plan, g.variant, result
+
+
+BENCHES = ("perplexity", "probe", "variant", "measures", "speed", "gpu")  # bench/bench_NAME.py
 
 
 def add_bench(sub) -> None:

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from bench import bench_gpu, bench_perplexity, bench_probe, bench_variant, common
+from bench import bench_gpu, bench_perplexity, bench_probe, bench_speed, bench_variant, common
 
 
 def _check_rows(rows: list[dict]) -> None:
@@ -35,6 +35,13 @@ def test_variant_bench_rows_on_tiny(tiny_lm):
     _check_rows(rows)
     memory = [r for r in rows if r["name"].startswith("memory")]
     assert memory and all("met" in r["note"] and "NOT met" not in r["note"] for r in memory)
+
+
+def test_speed_bench_rows_on_tiny(tiny_lm):
+    rows = bench_speed.run(True, lm=tiny_lm)
+    _check_rows(rows)
+    assert [r["unit"] for r in rows] == ["s", "s", "tok/s", "tok/s", "bytes", "bytes"]
+    assert all(r["ratio"] for r in rows) and "outside the decoder layers" in rows[0]["note"]
 
 
 def test_gpu_bench_skips_cleanly_without_cuda():

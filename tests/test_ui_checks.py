@@ -21,6 +21,10 @@ def test_capability_table_shows_the_reports_figures(tiny_lm):
     assert f"| last-word cloze | {100 * d['cloze_accuracy']:.1f}% | " \
            f"{100 * c['cloze_accuracy']:.1f}% |" in md
     assert "healed variant" in md and report["protocol"] in md
+    g = report["generation"]
+    assert f"| greedy tokens equal to the original's | 100% | " \
+           f"{100 * g['token_agreement']:.1f}% |" in md
+    assert f"{g['mean_first_disagreement']:.1f} of {g['new_tokens']} |" in md
 
 
 def test_task_table_lays_out_each_metric_with_its_error():

@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ..errors import ParamError
-from ..load import LoadedModel, Progress
+from ..load import LoadedModel
 from ..params import Param
 from ..variant import Variant
 from .ppl_search import Candidate, PerplexitySearch
-from .registry import Method, Plan, PlanContext, get_method, register
+from .registry import Method, Plan, PlanContext, Report, get_method, register
 from .sleb import ABANDON
 
 DropSet = tuple[int, ...]      # original indices of the removed layers, ascending
@@ -108,7 +108,7 @@ class EvoPress(Method):
         first = final[:params["first_windows"]]
         starts = []
         for k, name in enumerate(names):
-            ctx.report(0.02 * k / len(names), f"evopress: {name}'s plan as a starting point")
+            ctx.report(0.02 * k / len(names), f"{name}'s plan as a starting point")
             plan = get_method(name).plan(ctx, remove)
             if plan.merged or plan.variant.new_layers() or \
                     plan.variant.num_layers != ctx.lm.num_layers - remove:
@@ -148,7 +148,7 @@ def evopress_search(lm: LoadedModel, first_ids, final_ids, remove: int,
                     starts: list[tuple[str, DropSet]], *, generations: int,
                     seconds: float | None = None, offspring: int = 16, survivors: int = 2,
                     seed: int = 0, early_stop: bool = True,
-                    report: Progress | None = None) -> EvoResult:
+                    report: Report | None = None) -> EvoResult:
     """EvoPress's (1 + lambda) search for the `remove` layers of `lm` to drop.
 
     first_ids (W1, T), final_ids (W, T): the windows of the first and the final selection.
@@ -156,7 +156,7 @@ def evopress_search(lm: LoadedModel, first_ids, final_ids, remove: int,
     A generation ends early only when every child of the parent was already beaten by it.
     """
     L = lm.num_layers
-    report = report or (lambda f, m: None)
+    report = report or (lambda *a, **k: None)
     identity = Variant.identity(lm)
     rng = random.Random(seed)
     t0 = time.perf_counter()
@@ -168,7 +168,7 @@ def evopress_search(lm: LoadedModel, first_ids, final_ids, remove: int,
         return Candidate(drop, "layers " + ",".join(map(str, drop)), partial(identity.drop, drop))
 
     # the first parent: the best start on the final windows, scored from the dense model's states
-    report(0.02, f"evopress: scoring {len(starts)} starting plans on {windows} windows")
+    report(0.02, f"scoring {len(starts)} starting plans on {windows} windows")
     final.set_current(identity)
     unique = list(dict.fromkeys(d for _, d in starts))
     best, scored = final.step([candidate(d) for d in unique])
@@ -194,7 +194,7 @@ def evopress_search(lm: LoadedModel, first_ids, final_ids, remove: int,
                 children.append(child)
         if not children:
             break                          # every neighbour tried: the parent is a local optimum
-        label = f"evopress generation {g + 1}/{generations}"
+        label = f"generation {g + 1}/{generations}"
         if len(children) > survivors:
             set_parent(first)
             report((g + 0.3) / generations, f"{label}: {len(children)} children on "
@@ -217,8 +217,8 @@ def evopress_search(lm: LoadedModel, first_ids, final_ids, remove: int,
                 beaten.add(parent)
                 parent, parent_total, parent_ppl = best.key, best.total, best.ppl
                 result.improvements.append((g + 1, parent_ppl))
-                report((g + 1) / generations, f"{label}: calibration ppl {parent_ppl:.4g} "
-                                              f"with layers {list(parent)} removed")
+                report((g + 1) / generations, f"{label}: layers {list(parent)} removed, "
+                       "calibration ppl", figure=parent_ppl)
             beaten.update(s.key for s in scored if s.key != parent)
         result.generations = g + 1
         if seconds is not None and time.perf_counter() - t0 >= seconds:

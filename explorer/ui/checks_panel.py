@@ -22,11 +22,21 @@ def _pct(x: float | None) -> str:
 def capability_markdown(report: dict, healed: bool = False) -> str:
     dense, comp = report.get("dense") or {}, report.get("compressed") or {}
     name = "healed variant" if healed else "variant"
+    gen = report.get("generation")
+    rows = ""
+    if gen:       # the variant's greedy continuations against the original's
+        n = gen["new_tokens"]
+        rows = (f"| greedy tokens before the first difference | {n} | "
+                f"{gen['mean_first_disagreement']:.1f} of {n} |\n"
+                f"| greedy tokens equal to the original's | 100% | "
+                f"{_pct(gen['token_agreement'])} |\n"
+                f"| next token equal, fed the original's text | 100% | "
+                f"{_pct(gen['forced_agreement'])} |\n")
     return (f"| | original | {name} |\n|---|---|---|\n"
             f"| next-token top-1 | {_pct(dense.get('next_token_top1'))} | "
             f"{_pct(comp.get('next_token_top1'))} |\n"
             f"| last-word cloze | {_pct(dense.get('cloze_accuracy'))} | "
-            f"{_pct(comp.get('cloze_accuracy'))} |\n\n"
+            f"{_pct(comp.get('cloze_accuracy'))} |\n{rows}\n"
             f"*Protocol:* {report['protocol']}.")
 
 

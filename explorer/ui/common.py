@@ -82,6 +82,7 @@ class PlanParts:
     table: gr.Dataframe
     ops: gr.JSON
     apply_btn: gr.Button
+    gate: Any = None             # ui/gate_panel.GateParts: plan within a perplexity gate
 
 
 @dataclass
@@ -120,6 +121,7 @@ class CompareParts:
     hist_plot: gr.Plot
     hist: gr.Dataframe
     clear_btn: gr.Button
+    speed: Any = None            # ui/speed_panel.SpeedParts: measured speed-up, its plot
 
 
 @dataclass

@@ -15,7 +15,7 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..evaluate import PPLResult, nll_band
 from ..progress import Event
-from . import checks_panel, heal_panel, jobs, plots, stop
+from . import checks_panel, heal_panel, jobs, plots, speed_panel, stop
 from .common import CompareParts, Ctx, need_model, user_errors
 from .registry import REGISTRY
 from .state import Session, Tried
@@ -104,7 +104,12 @@ def summary_markdown(state: Session, num_layers: int, num_parameters: int) -> st
     params = f"| parameters | {num_parameters:,} | " + " | ".join(
         f"{t.params_after:,} (−{100 * (1 - t.params_after / num_parameters):.1f}%)"
         for _, t in cols) + " |"
-    return (f"### {v.change}\n\n{head}\n{rule}\n{ppl}\n{layers}\n{params}\n\n"
+    speed = ""
+    if any(t.speedup_decode for _, t in cols):      # measured (ui/speed_panel.py)
+        speed = "\n| speed-up, measured (prefill / decode, batch 1) | ×1 | " + " | ".join(
+            f"×{t.speedup_prefill:.2f} / ×{t.speedup_decode:.2f}" if t.speedup_decode else "—"
+            for _, t in cols) + " |"
+    return (f"### {v.change}\n\n{head}\n{rule}\n{ppl}\n{layers}\n{params}{speed}\n\n"
             f"*Protocol:* {v.protocol}; in brackets the 95% band over the windows. Method: "
             f"{v.method}. Perplexity depends on the window: the app's short windows keep it "
             f"quick; the command line's default of 512 tokens gives each token more context and "
@@ -158,13 +163,14 @@ def build(ctx: Ctx) -> CompareParts:
                             elem_classes=["lx-step"])
     gens = gr.HTML("", elem_id="lx-gens")
     checks = checks_panel.build(ctx)
+    speed = speed_panel.build(ctx)
     hist_plot = gr.Plot(label="Perplexity against layers removed", elem_id="lx-history-plot")
     hist = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Variants tried in this session",
                         interactive=False, wrap=True, elem_id="lx-history")
     clear_btn = gr.Button("Clear history")
     return CompareParts(summary=summary, details=details, heal=heal, gens_line=gens_line,
                         gens=gens, checks=checks, hist_plot=hist_plot, hist=hist,
-                        clear_btn=clear_btn)
+                        clear_btn=clear_btn, speed=speed)
 
 
 def wire(ctx: Ctx) -> None:
@@ -205,5 +211,6 @@ def wire(ctx: Ctx) -> None:
     ctx.long_step(healed.success, generate, [ctx.state], [c.gens], api_name=False,
                   show_progress_on=[c.gens_line], continues=True)
     checks_panel.wire(ctx)
+    speed_panel.wire(ctx, c.speed, views, [c.summary, c.hist, c.hist_plot])
     c.clear_btn.click(clear, [ctx.state], [ctx.state, c.hist, c.hist_plot],
                       api_name="clear_history")

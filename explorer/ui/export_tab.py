@@ -10,6 +10,8 @@ import json
 import os
 import re
 import shlex
+import tempfile
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -20,6 +22,7 @@ from ..layer_lists import format_layers
 from ..report import DEFAULT_MEASURES, Healing, ReportAnalysis, ReportSizes
 from . import analysis, jobs, stop
 from .common import Ctx, ExportParts, need_model, user_errors
+from .registry import REGISTRY
 from .state import Session
 
 HUB_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")

@@ -26,9 +26,11 @@ from ..export import export
 from ..fitted import fitted_path
 from ..recipe import Recipe
 from ..heal import heal
+from ..gate import quality_gate
 from ..profiles import compare_models
 from ..progress import Event, Progress
 from ..report import Healing, ReportAnalysis, ReportSizes, Subject, build_report
+from ..speed import measure_speed
 from ..tasks import evaluate_tasks
 from ..probe import ProbeResult, probe
 from .gpu import ZERO_GPU, gpu
@@ -116,6 +118,11 @@ def compress_job(spec: str, text_key: str, method: str, remove: int | None, rati
     plan = methods.compress(lm, method, calibration=texts.calibration, seqlen=seqlen,
                             num_samples=samples, progress=progress, calibration_source=builtin,
                             **size, **params)
+    return _plan_out(plan)
+
+
+def _plan_out(plan: methods.Plan) -> dict:
+    """A plan as the Plan tab keeps it: recipe ops and what it removes or merges."""
     ops = [dict(op) for op in plan.recipe().ops]
     if not ZERO_GPU:  # same process: keep the built variant so applying it costs nothing
         REGISTRY.remember_variant(plan.variant, ops)
@@ -124,6 +131,29 @@ def compress_job(spec: str, text_key: str, method: str, remove: int | None, rati
             "merged": [[int(i) for i in g] for g in (plan.merged or [])],
             "scores": _plain(plan.scores), "notes": _plain(plan.notes),
             "layers_after": int(plan.variant.num_layers)}
+
+
+@gpu(duration=600)
+def gate_job(spec: str, text_key: str, method: str, max_ratio: float, seqlen: int, samples: int,
+             ppl_seqlen: int, ppl_max_tokens: int, params: dict, progress: Progress | None = None) -> dict:
+    """The largest plan of `method` whose perplexity stays within max_ratio x the original's
+    (explorer.gate, unhealed); returns `compress_job`'s dict plus the gate's tries."""
+    lm = REGISTRY.ensure_model(spec, progress)
+    texts = REGISTRY.get_texts(text_key)
+    builtin = texts.source if text_key == texts.source else None
+    g = quality_gate(lm, method, max_ratio, evaluation=texts.evaluation,
+                     evaluation_source=texts.source, calibration=texts.calibration,
+                     calibration_source=builtin, seqlen=ppl_seqlen, max_tokens=ppl_max_tokens,
+                     calib_seqlen=seqlen, calib_samples=samples, progress=progress, **params)
+    return {**_plan_out(g.plan), "gate": _plain(g.to_dict())}
+
+
+@gpu(duration=300)
+def speed_job(spec: str, ops: list[dict], sizes: dict, progress: Progress | None = None) -> dict:
+    """Measured speed and memory of the original model and of the variant of `ops`
+    (explorer.speed), interleaved; `sizes` are measure_speed's keyword arguments."""
+    lm = REGISTRY.ensure_model(spec, progress)
+    return measure_speed(lm, REGISTRY.variant(lm, ops), progress=progress, **sizes).to_dict()
 
 
 @gpu(duration=600)

@@ -13,7 +13,7 @@ import gradio as gr
 from ..errors import ExplorerError, LayerError
 from ..layer_lists import format_layers
 from ..methods import get_method, list_methods
-from . import analysis, controls, jobs, stop
+from . import analysis, controls, gate_panel, jobs, stop
 from .clickplot import ClickPlot
 from .common import Ctx, PlanParts, need_model, user_errors
 from .learn_tab import method_help
@@ -114,6 +114,11 @@ def ask_method(settings, state: Session, method: str, remove: int, ratio: float,
     out = jobs.compress_job(state.model, state.text, method, size.get("remove"),
                             size.get("ratio"), settings.method_seqlen, settings.method_samples,
                             params, progress)
+    return method_views(settings, state, out, size)
+
+
+def method_views(settings, state: Session, out: dict, size: dict):
+    """The session's plan from a method's result (`jobs.compress_job`'s dict), and the views."""
     notes = out.get("notes")
     in_merges = {i for g in out["merged"] for i in g}
     plan = Plan(method=out["method"], params=out["params"], ops=out["ops"],
@@ -169,6 +174,7 @@ def build(ctx: Ctx) -> PlanParts:
                     method_btn = gr.Button("Plan with this method", elem_id="lx-method-plan")
                     method_line = gr.Markdown("", elem_id="lx-method-line",
                                               elem_classes=["lx-step"])
+                gate = gate_panel.build(ctx)
             with gr.Column(scale=2):
                 method_md = gr.Markdown(method_help(first))
     status = gr.Markdown("No changes planned yet.", elem_id="lx-plan-status")
@@ -182,7 +188,7 @@ def build(ctx: Ctx) -> PlanParts:
                      update_btn=update_btn, clear_btn=clear_btn, method=method, remove=remove,
                      ratio=ratio, param_groups=groups, param_controls=slots,
                      method_btn=method_btn, method_line=method_line, method_md=method_md,
-                     status=status, table=table, ops=ops, apply_btn=apply_btn)
+                     status=status, table=table, ops=ops, apply_btn=apply_btn, gate=gate)
 
 
 def wire(ctx: Ctx) -> None:
@@ -213,6 +219,8 @@ def wire(ctx: Ctx) -> None:
     ctx.long_step(p.method_btn.click, plan_with_method,
                   [ctx.state, p.method, p.remove, p.ratio] + [c for _, _, c in p.param_controls],
                   outputs, api_name="plan_method", show_progress_on=[p.method_line])
+
+    gate_panel.wire(ctx, p.gate, outputs)
 
     def show_method(name: str):
         return [method_help(name)] + [gr.Group(visible=k == name) for k in p.param_groups]

@@ -104,3 +104,45 @@ def profiles_overlay(profiles: list[dict], measure: str, higher_is_similar: bool
                                  range=[-0.02, 1.02]),
                       yaxis_title=f"{measure} ({kind})", legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (speed-up, perplexity) that no other point beats on both: none is
+    at least as fast and at most as perplexed, and better on one. Sorted by speed-up."""
+    front = []
+    for i, (s, p) in enumerate(points):
+        beaten = any((s2 >= s and p2 <= p) and (s2 > s or p2 < p)
+                     for j, (s2, p2) in enumerate(points) if j != i)
+        if not beaten:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def speed_tradeoff(entries: Iterable) -> go.Figure:
+    """Perplexity against the measured speed-up (decode, batch 1) of this session's variants, the
+    best trade-offs (the Pareto front) joined and ringed. `entries` are `state.Tried` records;
+    those without a measured speed-up are left out. The original model sits at speed-up 1."""
+    fig = go.Figure()
+    measured = [e for e in entries if getattr(e, "speedup_decode", None)]
+    pts = [(1.0, measured[-1].ppl_before)] if measured else []
+    labels = ["original model"] if measured else []
+    for e in measured:
+        pts.append((e.speedup_decode, e.ppl_after))
+        labels.append(e.change + (f" + heal {e.healed}" if e.healed else ""))
+    if pts:
+        front = pareto_front(pts)
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="variants",
+            text=labels, marker=dict(size=9, color="#4c72b0"),
+            hovertemplate="%{text}<br>speed-up x%{x:.3f}: ppl %{y:.2f}<extra></extra>"))
+        fig.add_trace(go.Scatter(
+            x=[pts[i][0] for i in front], y=[pts[i][1] for i in front], mode="lines+markers",
+            name="best trade-offs (Pareto front)", text=[labels[i] for i in front],
+            line=dict(color="#e4572e", dash="dot"),
+            marker=dict(size=15, symbol="circle-open", color="#e4572e", line=dict(width=2)),
+            hovertemplate="%{text}<br>speed-up x%{x:.3f}: ppl %{y:.2f}<extra>front</extra>"))
+    fig.update_layout(title="Perplexity against measured speed-up (decode, batch 1)",
+                      height=380, margin=_MARGIN, xaxis_title="speed-up (dense time / variant "
+                      "time, measured)", yaxis_title="perplexity (log scale)", yaxis_type="log",
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -114,6 +114,8 @@ class Tried:
     healed: str = ""             # the healing mode, for a healed variant
     band_before: tuple[float, float] | None = None   # 95% band of each figure over the windows
     band_after: tuple[float, float] | None = None
+    speedup_prefill: float | None = None   # measured speed-ups (explorer.speed; ui/speed_panel)
+    speedup_decode: float | None = None
 
 
 @dataclass(frozen=True)

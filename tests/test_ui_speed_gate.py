@@ -1,0 +1,76 @@
+"""The app's speed-up and gate steps without a browser, on a tiny model: the measured speed-up
+reaches the history and the summary table, the trade-off plot marks exactly the points no other
+beats, and the Plan tab's gate makes the gate's plan the session's plan."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from explorer.ui import compare_tab, gate_panel, jobs, plots, speed_panel
+from explorer.ui.registry import REGISTRY
+from explorer.ui.settings import UISettings
+from explorer.ui.state import Session, Tried, plan_from_text
+from tiny import SAMPLE_TEXT
+
+pytestmark = pytest.mark.usefixtures("clean_registry")     # the tiny model goes at the end
+
+
+def test_pareto_front_against_brute_force():
+    rng = random.Random(0)
+    for _ in range(30):
+        pts = [(round(rng.uniform(1, 2), 1), round(rng.uniform(10, 20), 0)) for _ in range(8)]
+        expected = [i for i, (s, p) in enumerate(pts)
+                    if not any(s2 >= s and p2 <= p and (s2, p2) != (s, p) for s2, p2 in pts)]
+        assert sorted(plots.pareto_front(pts)) == sorted(expected)
+    assert plots.pareto_front([(1.0, 20.0), (1.2, 25.0), (1.1, 30.0), (1.3, 40.0)]) == [0, 1, 3]
+
+
+def _tried(change, removed, ppl, speed, ops):
+    return Tried(method="manual", change=change, layers_after=6 - removed, removed=removed,
+                 params_after=100, ppl_before=20.0, ppl_after=ppl, ops=ops, params={},
+                 protocol="p", speedup_prefill=speed and speed * 0.9, speedup_decode=speed)
+
+
+def test_tradeoff_plot_marks_the_front():
+    hist = [_tried("a", 1, 22.0, 1.1, [1]), _tried("b", 2, 30.0, 1.05, [2]),
+            _tried("c", 3, 40.0, 1.5, [3]), _tried("d", 2, 25.0, None, [4])]
+    fig = plots.speed_tradeoff(hist)
+    every, front = fig.data
+    assert list(every.x) == [1.0, 1.1, 1.05, 1.5]            # the original at 1, d not measured
+    assert list(front.x) == [1.0, 1.1, 1.5] and list(front.y) == [20.0, 22.0, 40.0]
+
+
+def test_speed_job_reaches_history_and_summary(tiny_factory):
+    spec = str(tiny_factory("llama", num_layers=6))
+    lm = REGISTRY.ensure_model(spec)
+    text = REGISTRY.add_user_text(SAMPLE_TEXT, name="sample")
+    state = Session(model=spec, num_layers=6, text=text).with_plan(plan_from_text(6, "2,3", ""))
+    settings = UISettings()
+    settings.ppl_seqlen, settings.ppl_max_tokens = 64, 256
+    state, _ = compare_tab.apply_plan(settings, state)
+    sizes = dict(speed_panel.SIZES, prefill_tokens=32, decode_prompt=8, new_tokens=4, repeats=2)
+    report = jobs.speed_job(spec, state.plan.ops, sizes)
+    state = speed_panel.record(state, report, [state.plan.ops])
+    entry = state.history[-1]
+    decode = next(c for c in report["cases"] if c["kind"] == "decode")
+    assert entry.speedup_decode == decode["speedup"] and entry.speedup_prefill is not None
+    md = compare_tab.summary_markdown(state, lm.num_layers, lm.num_parameters)
+    assert f"×{entry.speedup_prefill:.2f} / ×{entry.speedup_decode:.2f}" in md
+    assert "Amdahl" in speed_panel.speed_markdown(report)
+
+
+def test_gate_job_makes_the_session_plan(tiny_factory):
+    from explorer.ui.plan_tab import method_views
+
+    spec = str(tiny_factory("llama", num_layers=6))
+    REGISTRY.ensure_model(spec)
+    text = REGISTRY.add_user_text(SAMPLE_TEXT, name="sample")
+    state = Session(model=spec, num_layers=6, text=text)
+    out = jobs.gate_job(spec, text, "shortgpt", 1e9, 32, 8, 64, 256, {})
+    assert out["gate"]["remove"] == 5 and out["layers_after"] == 1
+    new = method_views(UISettings(), state, out, {"remove": 5})[0]
+    assert new.plan.ops == out["ops"] and new.plan.method == "shortgpt"
+    line = gate_panel.tries_markdown(out["gate"])
+    assert line.startswith("**5 layers removed**") and "1: " in line and "5: " in line
