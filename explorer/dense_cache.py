@@ -103,6 +103,8 @@ def weights_fingerprint(lm: LoadedModel) -> str:
     h.update(str(lm.num_layers).encode())
     if lm.weights is not None:
         h.update(lm.weights.fingerprint().encode())
+    elif any(p.is_meta for _, p in named):   # accelerate's disk offload: name the files
+        h.update(str(lm.source).encode())
     return h.hexdigest()[:32]
 
 

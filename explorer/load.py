@@ -298,7 +298,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         if placement is not None:
             skeleton = _empty_model(config, dt, trust_remote_code)
             resident, sizes = _split_bytes(skeleton, arch, dt)
-            check_layer_fits(device_budget(dev, caps), resident, sizes, spec, dev)
+            check_layer_fits(device_budget(dev, caps), resident, sizes, spec, dev, dt)
             if progress:
                 progress(0.2, f"{spec} needs about {_gib(need)} in {_dtype_name(dt)}: "
                               + ("it does not fit on " + str(dev) + ", so its layers"
@@ -351,9 +351,21 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     if progress:
         progress(1.0, f"loaded {spec}")
     device_now = dev if weights is not None else next(model.parameters()).device
+    if device_map and getattr(model, "hf_device_map", None):
+        device_now = _execution_device(model.hf_device_map)
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, spec=spec, source=where,
                        device=device_now, dtype=dt, load_seconds=time.perf_counter() - start,
                        weights=weights)
+
+
+def _execution_device(device_map: dict) -> torch.device:
+    """Where inputs go for a model dispatched by accelerate: the device of its first module in
+    the map (disk- or CPU-offloaded modules compute on the CPU; accelerate's hooks move the
+    weights there)."""
+    first = next(iter(device_map.values()))
+    if isinstance(first, int):
+        return torch.device("cuda", first)
+    return torch.device("cpu" if first in ("disk", "cpu") else first)
 
 
 def _empty_model(config: Any, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:

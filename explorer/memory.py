@@ -255,16 +255,20 @@ def choose_offload(offload: str | None, need_bytes: int, device: torch.device,
 
 
 def check_layer_fits(budget: int, resident_bytes: int, layer_sizes: list[int], spec: str,
-                     device: torch.device) -> None:
+                     device: torch.device, dtype: torch.dtype) -> None:
     """Refuse (one line) a budget that cannot hold the weights kept resident (embeddings, final
     norm, head) plus the largest decoder layer: layer-major execution needs that much."""
+    dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+        dtype, str(dtype))
     need = resident_bytes + max(layer_sizes)
     if need > budget:
+        largest = f", the largest {_fmt(max(layer_sizes))}" \
+            if max(layer_sizes) != min(layer_sizes) else ""
         raise MemorySpecError(
             f"the memory allowed on {device} ({_fmt(budget)}) is too small for '{spec}' even one "
-            f"layer at a time: its smallest decoder layer takes {_fmt(min(layer_sizes))} (the "
-            f"largest {_fmt(max(layer_sizes))}) on top of {_fmt(resident_bytes)} of embeddings "
-            "and head that stay loaded")
+            f"layer at a time: its smallest decoder layer takes {_fmt(min(layer_sizes))} "
+            f"({dtype_name}{largest}) on top of {_fmt(resident_bytes)} of embeddings and head "
+            "that stay loaded; raise --max-memory or choose a smaller dtype")
 
 
 def check_writable(folder: str | os.PathLike) -> None:
