@@ -200,26 +200,37 @@ class ShardWeights(LayerWeights):
     def tensor(self, name: str) -> torch.Tensor:
         """One checkpoint tensor, cast to the model's dtype (floating tensors only), on the
         compute device."""
+        return self.tensors([name])[name]
+
+    def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors by name, each shard opened once (`safe_open` maps the file and
+        copies out only the tensors asked for)."""
         from safetensors import safe_open
 
-        file = self.index.get(name)
-        if file is None:
-            raise ModelLoadError(f"the checkpoint in {self.folder} has no tensor '{name}'")
-        with safe_open(str(self.folder / file), framework="pt", device="cpu") as f:
-            t = f.get_tensor(name)
-        if t.is_floating_point():
-            t = t.to(self.dtype)
-        return t.to(self.device)
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            file = self.index.get(name)
+            if file is None:
+                raise ModelLoadError(f"the checkpoint in {self.folder} has no tensor '{name}'")
+            by_file.setdefault(file, []).append(name)
+        out: dict[str, torch.Tensor] = {}
+        for file, group in by_file.items():
+            with safe_open(str(self.folder / file), framework="pt", device="cpu") as f:
+                for name in group:
+                    t = f.get_tensor(name)
+                    if t.is_floating_point():
+                        t = t.to(self.dtype)
+                    out[name] = t.to(self.device)
+        return out
 
     def fill(self, module: nn.Module, prefix: str) -> nn.Module:
         """Give every meta parameter of `module` its checkpoint tensor (`prefix` + its name)."""
-        for name, p in list(module.named_parameters()):
-            if not p.is_meta:
-                continue
+        empty = [name for name, p in module.named_parameters() if p.is_meta]
+        loaded = self.tensors([prefix + name for name in empty])
+        for name in empty:
             parent_path, _, leaf = name.rpartition(".")
             parent = module.get_submodule(parent_path) if parent_path else module
-            parent._parameters[leaf] = nn.Parameter(self.tensor(prefix + name),
-                                                    requires_grad=False)
+            parent._parameters[leaf] = nn.Parameter(loaded[prefix + name], requires_grad=False)
         return module
 
     def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:

@@ -118,6 +118,7 @@ def test_layer_major_needs_no_lock(tiny_factory):
     assert out and torch.equal(out[0], ref)
 
 
+@pytest.mark.slow
 def test_default_model_streamed(smol, wiki):
     """SmolLM2-135M: perplexity (dense and a drop variant) and the probe's similarity, layer-major
     from RAM and streamed from its safetensors folder, against the batch-major pass."""
@@ -209,3 +210,32 @@ def test_unwritable_offload_folder(tiny_factory, tmp_path):
         load_model(str(tiny_factory("llama", num_layers=4)), offload="disk",
                    offload_folder=str(blocker / "sub"))
     assert "\n" not in str(info.value)
+
+
+def test_cli_offload_flags(tiny_factory, tmp_path, capsys):
+    """`eval --offload disk` gives the in-memory figure; a malformed --max-memory and an
+    unwritable --offload-folder exit 2 with one line."""
+    import io
+    import json
+
+    from explorer.cli import main
+
+    folder = tiny_factory("llama", num_layers=4)
+    text = tmp_path / "t.txt"
+    text.write_text(SAMPLE_TEXT)
+    base = ["eval", "--model", str(folder), "--text", str(text), "--seqlen", "64",
+            "--max-tokens", "1024", "--json"]
+    assert main(base + ["--offload", "disk", "--drop", "1"]) == 0
+    cap = capsys.readouterr()
+    got = json.loads(cap.out)
+    assert "its layers stay on disk and are read one at a time" in cap.err
+    lm = load_model(str(folder))
+    drop = perplexity(lm, SAMPLE_TEXT, variant=Variant.identity(lm).drop([1]), seqlen=64,
+                      max_tokens=1024, cache=False)
+    assert _rel(got["ppl"], drop.ppl) <= 1e-6
+    for extra, match in ((["--max-memory", "cpu=much"], "is not a memory size"),
+                         (["--offload-folder", str(text / "x")], "cannot be written")):
+        err = io.StringIO()
+        assert main(base + extra, stderr=err) == 2
+        line = err.getvalue()
+        assert match in line and line.count("\n") == 1
