@@ -332,7 +332,18 @@ def _slot_module(lm: LoadedModel, variant, i: int) -> tuple[nn.Module, str]:
         raise LayerError(f"slot {i} ({slot.label}) was built from weights that were never loaded "
                          f"(the model streams its layers from {weights.where}); merges need the "
                          "model in memory (--offload none)")
-    return weights.fetch(lm, module, variant.origin(i)), f"from {weights.where}"
+    fetched = weights.fetch(lm, module, variant.origin(i))
+    if isinstance(slot, NewLayer) and fetched is not module:
+        # A sub-block drop of an empty layer holds an empty zeroed projection, which the fetch
+        # filled with the original one: zero it again (Variant.drop_part).
+        from .variant import PARTS
+
+        for part in slot.parts_dropped:
+            path = getattr(lm.arch, PARTS[part])
+            if any(p.is_meta for p in module.get_submodule(path).parameters()):
+                for p in fetched.get_submodule(path).parameters():
+                    p.data.zero_()
+    return fetched, f"from {weights.where}"
 
 
 def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int = 0,
@@ -411,3 +422,77 @@ def _start_boundary(lm: LoadedModel, variant, ids: torch.Tensor, batches: list[s
             x = _rows_of(start_states, rows).to(device=lm.device, dtype=lm.dtype)
             store.put(start, k, x)
     return calls
+
+
+# -- export, shard by shard ---------------------------------------------------------------------
+
+SHARD_BYTES = 2 * 2**30
+
+
+def save_streamed(variant, folder: str | Path, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write `variant` of a model whose layers are offloaded as a transformers folder: config
+    (its layer count and layer types), safetensors shards of at most ~`shard_bytes` and their
+    index (model.safetensors.index.json). One layer is fetched at a time, so the peak is one
+    layer plus one shard, never the model; `AutoModelForCausalLM.from_pretrained` loads it.
+    The caller (`export.export`) writes into a temporary folder and renames it when complete.
+    """
+    from safetensors.torch import save_file
+
+    lm = variant.lm
+    folder = Path(folder)
+    prefix = lm.arch.layers + "."
+    n = variant.num_layers
+    cfg = copy.deepcopy(lm.config)
+    cfg.num_hidden_layers = n
+    types = getattr(lm.config, "layer_types", None)
+    if types is not None:
+        cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
+    cfg.dtype = lm.dtype
+    cfg.save_pretrained(folder)
+
+    parts: list[tuple[str, list[str]]] = []
+    pending: dict[str, torch.Tensor] = {}
+    size = 0
+
+    def flush() -> None:
+        nonlocal pending, size
+        if pending:
+            name = f"part-{len(parts):05d}.safetensors"
+            save_file(pending, str(folder / name), metadata={"format": "pt"})
+            parts.append((name, list(pending)))
+        pending, size = {}, 0
+
+    def add(key: str, t: torch.Tensor) -> None:
+        nonlocal size
+        pending[key] = t.detach().to("cpu").contiguous().clone()
+        size += t.numel() * t.element_size()
+        if size >= shard_bytes:
+            flush()
+
+    head = lm.arch.lm_head(lm.model)
+    tied = head.weight is lm.model.get_input_embeddings().weight
+    seen: set[int] = set()
+    for key, t in lm.model.state_dict(keep_vars=True).items():
+        if key.startswith(prefix) or (tied and key == lm.arch.head + ".weight") or t.is_meta:
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        add(key, t)
+    for i in range(n):
+        module, _ = _slot_module(lm, variant, i)
+        for name, t in module.state_dict().items():
+            add(f"{prefix}{i}.{name}", t)
+        del module
+    flush()
+    total = len(parts)
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    for k, (tmp_name, keys) in enumerate(parts):
+        final = f"model-{k + 1:05d}-of-{total:05d}.safetensors"
+        (folder / tmp_name).rename(folder / final)
+        weight_map.update({key: final for key in keys})
+    for f in folder.glob("model-*.safetensors"):
+        total_size += f.stat().st_size
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=1))

@@ -4,6 +4,7 @@ layer swapped into the model; offload chosen when a model does not fit; bad inpu
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -239,3 +240,36 @@ def test_cli_offload_flags(tiny_factory, tmp_path, capsys):
         assert main(base + extra, stderr=err) == 2
         line = err.getvalue()
         assert match in line and line.count("\n") == 1
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_streamed_export_reloads_to_the_same_figure(tiny_factory, tmp_path, family):
+    """A variant (a drop and a sub-block drop) of a model whose layers stay on disk is written
+    shard by shard with an index; plain transformers loads it, and its perplexity is the
+    in-memory variant's."""
+    from transformers import AutoModelForCausalLM
+
+    from explorer import stream
+    from explorer.export import export
+
+    folder = tiny_factory(family, num_layers=5)
+    lm = load_model(str(folder))
+    disk = load_model(str(folder), offload="disk")
+    v = Variant.identity(lm).drop([1]).drop_part(2, "mlp")
+    vd = Variant.identity(disk).drop([1]).drop_part(2, "mlp")
+    ref = perplexity(lm, SAMPLE_TEXT, variant=v, cache=False, **PPL)
+    assert _rel(perplexity(disk, SAMPLE_TEXT, variant=vd, cache=False, **PPL).ppl,
+                ref.ppl) <= 1e-6
+    out = tmp_path / "out"
+    old = stream.save_streamed.__defaults__
+    stream.save_streamed.__defaults__ = (60_000,)        # small shards: several files
+    try:
+        export(vd, out)
+    finally:
+        stream.save_streamed.__defaults__ = old
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    plain = AutoModelForCausalLM.from_pretrained(str(out))
+    assert plain.config.num_hidden_layers == 4
+    again = load_model(str(out))
+    assert _rel(perplexity(again, SAMPLE_TEXT, cache=False, **PPL).ppl, ref.ppl) <= 1e-6
