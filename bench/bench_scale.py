@@ -128,6 +128,7 @@ def project_gpu(tokens: int, seqlen: int, peak_tflops: float = 989.0, mfu: float
     transfer = layer_bytes / (h2d_gbps * 1e9)
     per_layer = max(compute, transfer)
     return {"per_layer_s": per_layer, "total_s": per_layer * c["layers"],
+            "resident_total_s": compute * c["layers"],
             "compute_s": compute, "transfer_s": transfer, "layer_gflop": flops / 1e9}
 
 
@@ -149,27 +150,27 @@ def default_rows(quick: bool = True, lm=None) -> list[dict]:
     res = common.interleaved({"memory": lambda: perplexity(lm, texts.evaluation, **kw),
                               "streamed": lambda: perplexity(streamed, texts.evaluation, **kw)},
                              reps=reps, warmup=1)
-    a, b = res["memory"], res["streamed"]
-    rows = [_ratio_row("perplexity, default model", a, b, max_tokens,
-                       lambda r: r.ppl)]
+    rows = [_ratio_row("perplexity, default model", res, max_tokens, lambda r: r.ppl)]
     pk = dict(seqlen=128, num_samples=16 if quick else 32)
     res = common.interleaved({"memory": lambda: probe(lm, texts.calibration, **pk),
                               "streamed": lambda: probe(streamed, texts.calibration, **pk)},
                              reps=reps, warmup=1)
-    rows.append(_ratio_row("probe, default model", res["memory"], res["streamed"],
-                           pk["num_samples"] * 128, lambda r: r.states))
+    rows.append(_ratio_row("probe, default model", res, pk["num_samples"] * 128,
+                           lambda r: r.states))
     return rows
 
 
-def _ratio_row(name: str, memory, streamed, tokens: int, value) -> dict:
-    (tm, rm), (ts, rs) = memory, streamed
+def _ratio_row(name: str, timed, tokens: int, value) -> dict:
+    times, results = timed
+    tm, rm, ts, rs = times["memory"], results["memory"], times["streamed"], results["streamed"]
     va, vb = value(rm), value(rs)
     if isinstance(va, torch.Tensor):
         diff = float((va - vb).abs().max() / va.abs().max())
     else:
         diff = abs(va - vb) / abs(va)
     return common.row("scale", f"{name}: streamed from disk vs in memory", common.median(ts),
-                      common.median(tm), "s", note=f"{tokens} tokens; max relative difference "
+                      common.median(tm), "s", higher_is_better=False,
+                      note=f"{tokens} tokens; max relative difference "
                       f"{diff:.1e}; in memory {common.spread(tm)} s, streamed {common.spread(ts)} s")
 
 
@@ -201,7 +202,10 @@ def big_rows(folder: Path, threads: int | None = None) -> list[dict]:
     pr = probe(lm, input_ids=ids, batch_size=8, progress=progress)
     probe_s, probe_cpu = time.perf_counter() - t0, time.process_time() - c0
     text = "".join(chr(33 + (i * 7919) % 90) for i in range(8 * 128 + 64))
-    v = Variant.identity(lm).drop(list(range(20, 28)))
+    v = Variant.identity(lm).drop(list(range(L * 5 // 8, L * 7 // 8)))   # 20..27 of 32
+    probe_rss = common.peak_rss_mb()
+    n_boundaries = pr.states.shape[0]
+    del pr                     # the probe's (L+1, N, H) result is not needed any more
     t0, c0 = time.perf_counter(), time.process_time()
     r = perplexity(lm, text, variant=v, seqlen=128, max_tokens=8 * 128, batch_size=8,
                    cache=False, progress=progress)
@@ -214,30 +218,33 @@ def big_rows(folder: Path, threads: int | None = None) -> list[dict]:
     # CPU seconds of this process per layer, summed over its threads: on a machine shared with
     # other jobs the wall time mostly measures the others.
     cpu_per_layer = probe_cpu / L
-    cpu_gflops = flops * tokens / (cpu_per_layer / torch.get_num_threads()) / 1e9
+    cpu_gflops = flops * tokens / cpu_per_layer / 1e9
     gpu = project_gpu(tokens, 128)
     fp32_gib = sum(layer_bytes(lm)) / 2**30
     note_load = (f"shared 2-core machine under load (loadavg {os.getloadavg()[0]:.1f}), "
                  f"{torch.get_num_threads()} torch threads")
     return [
         common.row("scale", "7B (random, Llama-2 shape) streamed: peak RSS", rss, None, "MiB",
-                   note=f"layers {fp32_gib:.1f} GiB in fp32, never in RAM together; load "
+                   higher_is_better=False, note=f"layers {fp32_gib:.1f} GiB in fp32, never in RAM together; load "
                         f"{load_s:.1f} s; target <= 3072 MiB; {note_load}"),
         common.row("scale", "7B streamed: probe 8 x 128, time per layer", per_layer, None, "s",
-                   note=f"wall {probe_s:.0f} s for {L} layers; CPU time {cpu_per_layer:.1f} s "
-                        f"per layer ({cpu_gflops:.1f} GFLOP/s per CPU-second x threads; "
-                        f"{flops * tokens / 1e9:.0f} GFLOP per layer); {pr.states.shape[0]} "
-                        f"boundaries recorded; {note_load}"),
-        common.row("scale", "7B streamed: perplexity of a 24-layer drop variant", ppl_s, None,
-                   "s", note=f"ppl {r.ppl:.4g} (random weights), {r.tokens} tokens, wall "
+                   higher_is_better=False, note=f"wall {probe_s:.0f} s for {L} layers; CPU time {cpu_per_layer:.1f} s "
+                        f"per layer ({cpu_gflops:.1f} GFLOP per CPU-second; "
+                        f"{flops * tokens / 1e9:.0f} GFLOP per layer); {n_boundaries} "
+                        f"boundaries recorded; peak RSS by the probe's end {probe_rss:.0f} "
+                        f"MiB; {note_load}"),
+        common.row("scale", f"7B streamed: perplexity of a {L * 3 // 4}-layer drop variant", ppl_s, None,
+                   "s", higher_is_better=False, note=f"ppl {r.ppl:.4g} (random weights), {r.tokens} tokens, wall "
                              f"{ppl_s / v.num_layers:.1f} s, CPU {ppl_cpu / v.num_layers:.1f} s "
                              f"per layer; {note_load}"),
         common.row("scale", "projection: Llama-3-8B, 8 x 128 tokens, one GPU, layers from CPU",
-                   gpu["total_s"], None, "s",
+                   gpu["total_s"], None, "s", higher_is_better=False,
                    note=f"per layer max(compute {gpu['compute_s'] * 1e3:.2f} ms, transfer "
                         f"{gpu['transfer_s'] * 1e3:.1f} ms): {gpu['layer_gflop']:.0f} GFLOP per "
                         "layer at 40% of an H100's 989 TFLOP/s, 0.44 GB bf16 per layer over "
-                        "PCIe at 25 GB/s (assumed, not measured): transfer-bound at this size"),
+                        "PCIe at 25 GB/s (assumed, not measured): transfer-bound at this size; "
+                        f"with the whole model on the GPU (16 GB bf16 fits) "
+                        f"{gpu['resident_total_s'] * 1e3:.0f} ms"),
     ]
 
 

@@ -273,3 +273,20 @@ def test_streamed_export_reloads_to_the_same_figure(tiny_factory, tmp_path, fami
     assert plain.config.num_hidden_layers == 4
     again = load_model(str(out))
     assert _rel(perplexity(again, SAMPLE_TEXT, cache=False, **PPL).ppl, ref.ppl) <= 1e-6
+
+
+@pytest.mark.parametrize("method", ["sleb", "blockpruner"])
+def test_perplexity_searches_on_a_streamed_model(tiny_factory, method):
+    """SLEB and BlockPruner (perplexity-guided, through run_windows and the dense cache) pick the
+    same layers with the same scores when the model streams its layers from disk."""
+    from explorer.methods import compress
+
+    folder = tiny_factory("llama", num_layers=5)
+    kw = dict(remove=2, calibration=SAMPLE_TEXT, seqlen=32, num_samples=8)
+    a = compress(load_model(str(folder)), method, **kw)
+    b = compress(load_model(str(folder), offload="disk"), method, **kw)
+    assert b.variant.layer_labels() == a.variant.layer_labels()
+    assert a.scores.keys() == b.scores.keys() and a.scores
+    for key, values in a.scores.items():
+        for x, y in zip(values, b.scores[key], strict=True):
+            assert (x is None and y is None) or _rel(y, x) <= 1e-6
