@@ -98,7 +98,7 @@ class BoundaryStore:
         path = self._folder() / f"b{boundary}-{batch}.bin"
         raw = t.detach().contiguous().cpu().view(torch.uint8).numpy()
         try:
-            raw.tofile(path)
+            _write_raw(raw, path)
         except OSError as exc:
             raise LayerError(f"could not write boundary states to {path.parent}: "
                              f"{one_line(exc)}") from None
@@ -143,6 +143,10 @@ class BoundaryStore:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _write_raw(raw: np.ndarray, path: Path) -> None:
+    raw.tofile(path)
 
 
 # -- where the weights come from ----------------------------------------------------------------

@@ -290,3 +290,38 @@ def test_perplexity_searches_on_a_streamed_model(tiny_factory, method):
     for key, values in a.scores.items():
         for x, y in zip(values, b.scores[key], strict=True):
             assert (x is None and y is None) or _rel(y, x) <= 1e-6
+
+
+def test_a_full_disk_while_spilling_states_leaves_nothing(tiny_factory, tmp_path, monkeypatch):
+    """The disk filling up while boundary states spill to files: one line, and the temporary
+    folder is gone."""
+    import errno
+
+    import numpy as np
+
+    folder = tmp_path / "offload"
+    lm = load_model(str(tiny_factory("llama", num_layers=4)), offload="cpu",
+                    offload_folder=str(folder))
+    monkeypatch.setenv("LAYER_EXPLORER_STREAM_STATE_MB", "0")      # every state to a file
+    writes = {"n": 0}
+
+    def full(raw: np.ndarray, path) -> None:        # two files fit, then the disk is full
+        writes["n"] += 1
+        if writes["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raw.tofile(path)
+
+    monkeypatch.setattr("explorer.stream._write_raw", full)
+    with pytest.raises(ExplorerError, match="No space left on device") as info:
+        perplexity(lm, SAMPLE_TEXT, cache=False, **PPL)
+    assert "\n" not in str(info.value)
+    assert writes["n"] == 3 and not list(folder.iterdir())     # its temporary folder is gone
+
+
+def test_a_merge_of_layers_left_on_disk_is_refused(tiny_factory):
+    folder = tiny_factory("llama", num_layers=4)
+    disk = load_model(str(folder), offload="disk")
+    v = Variant.identity(disk).merge([1, 2], [0.5, 0.5])
+    with pytest.raises(ExplorerError, match="merges need the model in memory") as info:
+        perplexity(disk, SAMPLE_TEXT, variant=v, cache=False, **PPL)
+    assert "\n" not in str(info.value)
