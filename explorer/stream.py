@@ -160,6 +160,12 @@ class LayerWeights:
     where = "the compute device"
     state_folder: str | None = None     # where boundary states beyond the RAM budget go
 
+    @property
+    def runs_whole(self) -> bool:
+        """Whether the model can still run whole (generation, lm-eval, GGUF export through
+        `Variant.applied()`): its layers' weights are on the compute device already."""
+        return True
+
     def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:
         return module
 
@@ -177,6 +183,10 @@ class RamWeights(LayerWeights):
         self.device = torch.device(device)
         self.state_folder = state_folder
 
+    @property
+    def runs_whole(self) -> bool:
+        return self.device.type == "cpu"      # the RAM is the compute device's memory
+
     def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:
         p = next(module.parameters(), None)
         if p is None or p.device == self.device:
@@ -191,6 +201,7 @@ class ShardWeights(LayerWeights):
     """
 
     kind = "disk"
+    runs_whole = False
 
     def __init__(self, folder: str | Path, dtype: torch.dtype, device: torch.device,
                  state_folder: str | None = None) -> None:

@@ -325,3 +325,17 @@ def test_a_merge_of_layers_left_on_disk_is_refused(tiny_factory):
     with pytest.raises(ExplorerError, match="merges need the model in memory") as info:
         perplexity(disk, SAMPLE_TEXT, variant=v, cache=False, **PPL)
     assert "\n" not in str(info.value)
+
+
+def test_whole_model_uses_are_refused_when_layers_stay_on_disk(tiny_factory):
+    """Generation puts the variant in place as a whole model: refused in one line when the
+    layers are not loaded; with offload="cpu" on a CPU it runs as before."""
+    from explorer import generate
+
+    folder = tiny_factory("llama", num_layers=4)
+    with pytest.raises(ExplorerError, match="needs the whole model in memory") as info:
+        generate(load_model(str(folder), offload="disk"), ["Hello"], max_new_tokens=2)
+    assert "\n" not in str(info.value)
+    ram = load_model(str(folder), offload="cpu")
+    assert generate(ram, ["Hello"], max_new_tokens=3) == \
+        generate(load_model(str(folder)), ["Hello"], max_new_tokens=3)
