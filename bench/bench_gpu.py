@@ -179,6 +179,28 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
     return rows
 
 
+def streamed_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: int
+                  ) -> list[dict]:
+    """The streamed path (docs/scale.md) against the whole model on the device: the same folder
+    loaded with offload="cpu" (its layers in CPU RAM, one copied to the device at a time, every
+    window through it), perplexity timed alternately with the whole-model pass. Same figure;
+    the ratio is whole-model time / streamed time (the cost of the host-to-device copies)."""
+    from explorer import load_model
+    from explorer.evaluate import perplexity
+
+    streamed = load_model(lm.source, device=str(lm.device), dtype=lm.dtype, offload="cpu")
+    kw = dict(seqlen=seqlen, max_tokens=max_tokens, cache=False)
+    times, res = common.interleaved({"whole": lambda: perplexity(lm, text, **kw),
+                                     "streamed": lambda: perplexity(streamed, text, **kw)},
+                                    reps=reps, warmup=1, device=lm.device)
+    tw, rw, ts, rs = times["whole"], res["whole"], times["streamed"], res["streamed"]
+    diff = abs(rs.ppl - rw.ppl) / rw.ppl
+    return [common.row(BENCH, f"{label}: perplexity, layers streamed from CPU RAM vs whole "
+                       "model on the device", common.median(ts), common.median(tw), "s",
+                       higher_is_better=False, note=f"{rw.tokens} tokens; relative difference {diff:.1e}; whole "
+                            f"{common.spread(tw)} s, streamed {common.spread(ts)} s")]
+
+
 def run(quick: bool = True, *, device: str = "cuda", embedded: str = LARGEST_EMBEDDED,
         shapes: tuple[dict, dict] = (QWEN25_05B, LLAMA_1B), seqlen: int | None = None
         ) -> list[dict]:
@@ -225,6 +247,8 @@ def run(quick: bool = True, *, device: str = "cuda", embedded: str = LARGEST_EMB
             torch.cuda.empty_cache()
         big = random_model(Path(tmp) / "llama", "llama", device, **shapes[1])
         rows += mfu_rows(big, evaluation, "random-llama-1b", **sizes)
+        rows += streamed_rows(big, evaluation, "random-llama-1b", reps=sizes["reps"],
+                              seqlen=seqlen, max_tokens=max_tokens)
     if device == "cuda":
         rows.append(common.row(BENCH, "peak GPU memory", torch.cuda.max_memory_allocated() / 2**30,
                                None, "GiB", higher_is_better=False, note=name))

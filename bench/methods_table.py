@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = load_texts(args.text)
     ctx = PlanContext(lm, texts.calibration, seqlen=args.calib_seqlen,
                       num_samples=args.calib_samples, calibration_source=texts.source,
-                      progress=(lambda f, m: print(f"  {time.strftime('%H:%M:%S')} {m}",
-                                                   flush=True)) if args.progress else None)
+                      progress=(lambda e: print(f"  {time.strftime('%H:%M:%S')} {e.describe()}",
+                                                 flush=True)) if args.progress else None)
 
     def record(method: str, k: int, variant, removed, merged, plan_s: float, notes: str,
                plan_cpu: float | None = None) -> None:

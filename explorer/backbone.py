@@ -99,7 +99,8 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
                  start_states: StartStates | None = None, stop: int | None = None,
                  final_norm: bool = False, record: Iterable[int] = (), capture_call: bool = False,
                  batch_size: int | None = None, progress: Progress | None = None,
-                 label: str = "forward", grad: bool = False) -> Iterator[Batch]:
+                 label: str = "forward", grad: bool = False,
+                 layer_major: bool | None = None) -> Iterator[Batch]:
     """Run windows `ids` (B, T) through the variant's slots [start, stop), one batch at a time.
 
     variant: None = the loaded model as it is (identity).
@@ -111,25 +112,25 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
         model's dtype on its device (the caller decides what to keep).
     capture_call: keep the arguments slot `start` was called with (Batch.call).
     grad: run with autograd (for training layers); default under torch.no_grad().
+    layer_major: run layer by layer instead (`explorer.stream.run_layer_major`: same batches,
+        same values, one layer's weights on the device at a time, no layer swapped into the
+        model). None: when the model streams its layers (`lm.weights`, load_model's offload).
 
     The variant stays applied (the model's lock held) until the iteration ends, so consume the
     iterator fully or close it.
     """
     from .variant import Variant   # variant imports load; avoid a cycle at import time
 
+    if layer_major or (layer_major is None and lm.weights is not None):
+        from .stream import run_layer_major
+
+        return (yield from run_layer_major(
+            lm, ids, variant=variant, start=start, start_states=start_states, stop=stop,
+            final_norm=final_norm, record=record, capture_call=capture_call,
+            batch_size=batch_size, progress=progress, label=label, grad=grad))
     variant = variant or Variant.identity(lm)
     L = variant.num_layers
-    stop = L if stop is None else stop
-    if not 0 <= start <= stop <= L:
-        raise LayerError(f"boundaries must satisfy 0 <= start <= stop <= {L} "
-                         f"(got start={start}, stop={stop})")
-    if final_norm and stop != L:
-        raise LayerError("final_norm needs the pass to reach the last boundary (stop = L)")
-    if start > 0 and start_states is None:
-        raise LayerError(f"starting at boundary {start} needs the states there (start_states)")
-    wanted = sorted(set(record))
-    if any(not start <= b <= stop for b in wanted):
-        raise LayerError(f"recorded boundaries must lie in {start}..{stop} (got {wanted})")
+    stop, wanted = check_boundaries(L, start, stop, final_norm, start_states, record)
     B, T = ids.shape
     batch_size = batch_size or auto_batch_size(lm.device, T)
     ctx = torch.enable_grad() if grad else torch.no_grad()
@@ -167,6 +168,25 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
                 h.remove()
             for i, layer in skipped:
                 layers[i] = layer
+
+
+def check_boundaries(L: int, start: int, stop: int | None, final_norm: bool,
+                     start_states: StartStates | None, record: Iterable[int]
+                     ) -> tuple[int, list[int]]:
+    """Validate a pass over boundaries [start, stop] of L slots; return (stop, sorted recorded
+    boundaries)."""
+    stop = L if stop is None else stop
+    if not 0 <= start <= stop <= L:
+        raise LayerError(f"boundaries must satisfy 0 <= start <= stop <= {L} "
+                         f"(got start={start}, stop={stop})")
+    if final_norm and stop != L:
+        raise LayerError("final_norm needs the pass to reach the last boundary (stop = L)")
+    if start > 0 and start_states is None:
+        raise LayerError(f"starting at boundary {start} needs the states there (start_states)")
+    wanted = sorted(set(record))
+    if any(not start <= b <= stop for b in wanted):
+        raise LayerError(f"recorded boundaries must lie in {start}..{stop} (got {wanted})")
+    return stop, wanted
 
 
 def _rows_of(states: StartStates, rows: slice) -> torch.Tensor:

@@ -35,6 +35,19 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model repository's own Python code to run (off by default)")
+    p.add_argument("--offload", default="auto", choices=["auto", "cpu", "disk", "none"],
+                   help="a model that does not fit: auto streams its layers one at a time (from "
+                        "CPU RAM to a GPU, else from its files on disk); cpu/disk force it; none "
+                        "refuses it (docs/scale.md)")
+    p.add_argument("--max-memory", default=None,
+                   help="memory to use at most, e.g. 6GiB (the compute device) or "
+                        "cpu=8GiB,cuda:0=20GiB")
+    p.add_argument("--device-map", default=None,
+                   help="accelerate's device map (e.g. auto: spread over the GPUs, the rest "
+                        "offloaded to CPU or --offload-folder)")
+    p.add_argument("--offload-folder", default=None,
+                   help="folder for boundary states beyond the RAM budget and for accelerate's "
+                        "disk offload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -53,7 +66,23 @@ def _load(args):
     from .load import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code)
+                      trust_remote_code=args.trust_remote_code,
+                      offload=getattr(args, "offload", "auto"),
+                      max_memory=getattr(args, "max_memory", None),
+                      device_map=getattr(args, "device_map", None),
+                      offload_folder=getattr(args, "offload_folder", None),
+                      progress=_load_progress(args))
+
+
+def _load_progress(args):
+    """Print load_model's offload decision (one line on stderr): the user sees why a pass is
+    slower than usual."""
+    import sys
+
+    def progress(frac: float, msg: str) -> None:
+        if "one at a time" in msg:
+            print(msg, file=sys.stderr)
+    return progress
 
 
 def _ppl(lm, args, variant=None, texts=None, calibrated: bool = False):

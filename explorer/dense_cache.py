@@ -88,6 +88,9 @@ def weights_fingerprint(lm: LoadedModel) -> str:
              for n, p in layer.named_parameters()]
     named += [(n, p) for n, p in lm.model.named_parameters() if not n.startswith(layers_prefix)]
     for name, p in named:
+        if p.is_meta:        # a streamed layer (load_model's offload): its files enter below
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|meta".encode())
+            continue
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // SAMPLE_PER_TENSOR)
         sample = flat[::step].to("cpu", copy=True).contiguous()
@@ -98,6 +101,10 @@ def weights_fingerprint(lm: LoadedModel) -> str:
         cfg.pop(key, None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     h.update(str(lm.num_layers).encode())
+    if lm.weights is not None:
+        h.update(lm.weights.fingerprint().encode())
+    elif any(p.is_meta for _, p in named):   # accelerate's disk offload: name the files
+        h.update(str(lm.source).encode())
     return h.hexdigest()[:32]
 
 

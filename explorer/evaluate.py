@@ -327,7 +327,8 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                 compute_dtype: str | torch.dtype | None = None,
                 abandon_above: float | None = None, bound: torch.Tensor | None = None,
                 defer: bool = False, progress: Progress | None = None,
-                label: str = "perplexity", control: Sequence[float] | None = None) -> WindowPass:
+                label: str = "perplexity", control: Sequence[float] | None = None,
+                layer_major: bool | None = None) -> WindowPass:
     """Per-window NLL of `variant` on windows `ids` (W, T): the one evaluation loop.
 
     reference: stored states of a variant that shares a prefix with this one (dense_cache): the
@@ -347,6 +348,8 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
         the most promising of its candidates first).
     control: (W,) mean NLL of each window under the dense model: the running figure is then the
         dense figure plus the mean change so far (`running_event`).
+    layer_major: run the layers one at a time over every window (explorer/stream.py; the same
+        figures, no early stop before the last layer); None: when the model streams its layers.
     """
     variant = variant or Variant.identity(lm)
     W, T = ids.shape
@@ -373,7 +376,10 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
     control_mean = sum(control) / len(control) if control is not None else 0.0
     t0 = time.perf_counter()
     batches = run_backbone(lm, ids[perm], variant=variant, start=start, start_states=starts,
-                           final_norm=True, record=record, batch_size=batch_size)
+                           final_norm=True, record=record, batch_size=batch_size,
+                           layer_major=layer_major,
+                           progress=progress if _streams(lm, layer_major) else None,
+                           label=label)
     try:
         with _autocast(lm.device, lm.dtype, dt):
             for batch in batches:
@@ -408,6 +414,10 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
     return p if defer else finish_pass(lm, p, bar)
 
 
+def _streams(lm: LoadedModel, layer_major: bool | None) -> bool:
+    return bool(layer_major) or (layer_major is None and lm.weights is not None)
+
+
 def finish_pass(lm: LoadedModel, p: WindowPass, abandon_above: float | None = None
                 ) -> WindowPass:
     """Replace the lower bounds `p` holds for its waiting windows by their exact NLL (the full
@@ -436,7 +446,8 @@ def dense_checkpoints(lm: LoadedModel, ids: torch.Tensor) -> list[int]:
 def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, seqlen: int = 512,
                max_tokens: int | None = 16384, batch_size: int | None = None, bos: str = "auto",
                source: str = "text", progress: Progress | None = None,
-               compute_dtype: str | torch.dtype | None = None, cache: bool = True) -> PPLResult:
+               compute_dtype: str | torch.dtype | None = None, cache: bool = True,
+               layer_major: bool | None = None) -> PPLResult:
     """Perplexity of the model (or of `variant`) on `text` under the protocol above.
 
     max_tokens: evaluate at most this many text tokens (None: the whole text).
@@ -448,12 +459,16 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
         weights, windows and dtype, and a variant runs from the stored states before its first
         change. False runs every layer (for a model whose forward pass is patched by hooks, which
         the cache's key cannot see).
+    layer_major: run layer by layer (explorer/stream.py): the same figure with one layer's
+        weights on the device at a time; None: when the model streams its layers (load_model's
+        offload).
     """
     w = evaluation_windows(lm, text, seqlen, max_tokens, bos)
     variant = variant or Variant.identity(lm)
     dt = compute_dtype_of(lm.dtype, compute_dtype)
     t0 = time.perf_counter()
-    kw = dict(variant=variant, batch_size=batch_size, compute_dtype=dt, progress=progress)
+    kw = dict(variant=variant, batch_size=batch_size, compute_dtype=dt, progress=progress,
+              layer_major=layer_major)
 
     def result(p: WindowPass) -> PPLResult:
         W = w.shape[0]

@@ -105,8 +105,13 @@ def _reason(exc: OSError) -> str:
 def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
     """Write the model into `tmp`, then move it to `target`, keeping an earlier `target` until the
     new one is in place."""
-    with variant.applied() as model:
-        model.save_pretrained(tmp)
+    if variant.lm.weights is not None:     # offloaded layers: written one at a time, sharded
+        from .stream import save_streamed
+
+        save_streamed(variant, tmp)
+    else:
+        with variant.applied() as model:
+            model.save_pretrained(tmp)
     variant.lm.tokenizer.save_pretrained(tmp)
     recipe.save(tmp / RECIPE_FILE, variant.lm)     # + the fitted ops' tensors, if any
     old = None

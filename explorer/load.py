@@ -31,7 +31,8 @@ import torch.nn as nn
 from .arch import Architecture, adapter_for
 from .embedded import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_gguf, file_digest
 from .errors import ModelLoadError, one_line
-from .memory import check_fits, estimate_model_bytes
+from .memory import (check_fits, check_layer_fits, check_writable, choose_offload,
+                     device_budget, estimate_model_bytes, parse_max_memory)
 from .progress import Event, Progress
 
 
@@ -55,6 +56,11 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Where the decoder layers' weights live when they are not all on `device`
+    # (`explorer.stream.LayerWeights`: CPU RAM, or the folder's safetensors shards, the layers
+    # then empty on the meta device); None: the whole model is on `device`. Non-None makes every
+    # pass layer-major (explorer/stream.py).
+    weights: Any = field(default=None, repr=False)
     # The model's own layer list and sizes, captured at load. While a variant is applied (by any
     # thread, under `lock`) the model holds the variant's layers; readers outside the lock must
     # use these, or they would see another request's edit.
@@ -94,6 +100,7 @@ class LoadedModel:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "memory_mb": round(self._parameter_bytes / 2**20, 1),
+            "offload": self.weights.kind if self.weights is not None else None,
             "load_seconds": round(self.load_seconds, 2),
         }
 
@@ -206,15 +213,30 @@ def _gguf_to_folder(gguf: Path, progress: Progress | None) -> Path:
 
 def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
                dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
-               device_map: str | None = None, progress: Progress | None = None,
-               before_weights: Callable[[], None] | None = None) -> LoadedModel:
+               device_map: str | dict | None = None, progress: Progress | None = None,
+               before_weights: Callable[[], None] | None = None, offload: str | None = "auto",
+               max_memory: str | dict | None = None,
+               offload_folder: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     spec: an embedded name (see `explorer.embedded.EMBEDDED`), a Hugging Face hub id, a local
         folder with config.json, or a .gguf file.
     device, dtype: "auto" (default) or explicit ("cpu", "cuda:0"; "float32", "bfloat16").
     trust_remote_code: run the repository's own Python code; off unless the caller turns it on.
-    device_map: passed to transformers (e.g. "auto" to spread a large model over several GPUs).
+    device_map: passed to transformers with max_memory and offload_folder (e.g. "auto" to spread
+        a large model over several GPUs, with accelerate's CPU or disk offload for the rest; the
+        decoder layer class is never split).
+    offload: what to do when the model does not fit in `device`'s free memory (capped by
+        max_memory): "auto" (default) loads it whole when it fits and otherwise offloads its
+        layers, to CPU RAM when the device is a GPU and RAM holds them, else to disk; "cpu"
+        keeps the layers in RAM and copies one at a time to the device; "disk" loads no layer
+        at all (the layers stay empty on the meta device) and reads each from the folder's
+        safetensors shards when a pass needs it; "none" refuses a model that does not fit.
+        Offloaded models run layer-major (explorer/stream.py, docs/scale.md).
+    max_memory: the most memory to use per device, 'cpu=8GiB,cuda:0=20GiB', a bare size for
+        `device`, or accelerate's dict.
+    offload_folder: where boundary states beyond the RAM budget (and accelerate's disk offload
+        with a device_map) are written; checked writable at once.
     before_weights: called once every check that needs no weights has passed (the spec resolves,
         the config loads, it is a supported causal LM), just before the memory check and the
         weights: `explorer.session` releases the previous model there, so that a typo or an
@@ -263,22 +285,65 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         raise ModelLoadError(f"'{spec}' ({what}) is not a causal (decoder-only) language model; "
                              "Layer Explorer needs one that AutoModelForCausalLM loads")
     arch = adapter_for(model_type)  # fail before reading gigabytes of weights
+    caps = parse_max_memory(max_memory, dev)
+    if offload_folder:
+        check_writable(offload_folder)
+    placement = None
+    if not device_map:  # metadata only: decide (or refuse) before reading any weight
+        need = estimate_model_bytes(where, config, dt)
+        placement = choose_offload(offload, need, dev, caps, spec, dt)
+        if placement == "disk" and kind == "hub":
+            raise ModelLoadError(f"'{spec}' does not fit in memory and streaming its layers from "
+                                 "disk needs a local folder; download it (huggingface-cli "
+                                 "download) and give the folder")
+        if placement is not None:
+            skeleton = _empty_model(config, dt, trust_remote_code)
+            resident, sizes = _split_bytes(skeleton, arch, dt)
+            check_layer_fits(device_budget(dev, caps), resident, sizes, spec, dev, dt)
+            if progress:
+                progress(Event("load", 0.2, note=(
+                    f"{spec} needs about {_gib(need)} in {_dtype_name(dt)}: "
+                    + ("it does not fit on " + str(dev) + ", so its layers"
+                       if offload == "auto" else "its layers")
+                    + (" stay on disk and are read one at a time" if placement == "disk" else
+                       " stay in CPU RAM and go to the device one at a time"))))
     if before_weights is not None:
         before_weights()
-    if not device_map:  # metadata only: refuse a model that cannot fit before reading it
-        check_fits(estimate_model_bytes(where, config, dt), dev, spec, dt)
     if progress:
         progress(Event("load", 0.3, note=f"reading weights of {spec}"))
+    weights = None
     try:
-        kwargs: dict[str, Any] = dict(dtype=dt, trust_remote_code=trust_remote_code, **hub_kwargs)
-        if device_map:
-            kwargs["device_map"] = device_map
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        if placement == "disk":
+            from .stream import ShardWeights
+
+            weights = ShardWeights(where, dt, dev, state_folder=offload_folder)
+            model = _fill_resident(skeleton, arch, weights)
+        else:
+            kwargs: dict[str, Any] = dict(dtype=dt, trust_remote_code=trust_remote_code,
+                                          **hub_kwargs)
+            if device_map:
+                kwargs["device_map"] = device_map
+                if caps:
+                    kwargs["max_memory"] = {(int(k[5:]) if k.startswith("cuda:") else k): v
+                                            for k, v in caps.items()}
+                if offload_folder:
+                    kwargs["offload_folder"] = offload_folder
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
                                                   **hub_kwargs)
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(_explain_load_failure(spec, kind, exc, offline_host)) from None
-    if not device_map:
+    if placement == "cpu":
+        from .stream import RamWeights
+
+        weights = RamWeights(dev, state_folder=offload_folder)
+        layers = arch.layer_list(model)          # the layers stay in RAM; the rest goes to dev
+        arch.set_layer_list(model, nn.ModuleList())
+        model.to(dev)
+        arch.set_layer_list(model, layers)
+    elif not device_map and placement is None:
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
@@ -286,9 +351,76 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         tokenizer.pad_token = tokenizer.eos_token
     if progress:
         progress(Event("load", 1.0, note=f"loaded {spec}"))
+    device_now = dev if weights is not None else next(model.parameters()).device
+    if device_map and getattr(model, "hf_device_map", None):
+        device_now = _execution_device(model.hf_device_map)
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, spec=spec, source=where,
-                       device=next(model.parameters()).device, dtype=dt,
-                       load_seconds=time.perf_counter() - start)
+                       device=device_now, dtype=dt, load_seconds=time.perf_counter() - start,
+                       weights=weights)
+
+
+def _execution_device(device_map: dict) -> torch.device:
+    """Where inputs go for a model dispatched by accelerate: the device of its first module in
+    the map (disk- or CPU-offloaded modules compute on the CPU; accelerate's hooks move the
+    weights there)."""
+    first = next(iter(device_map.values()))
+    if isinstance(first, int):
+        return torch.device("cuda", first)
+    return torch.device("cpu" if first in ("disk", "cpu") else first)
+
+
+def _empty_model(config: Any, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
+    """The model's modules with every parameter on the meta device (no memory), buffers real."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                trust_remote_code=trust_remote_code)
+
+
+def _split_bytes(model: nn.Module, arch: Architecture, dtype: torch.dtype
+                 ) -> tuple[int, list[int]]:
+    """(bytes of the parameters outside the decoder layers, bytes of each layer) in `dtype`."""
+    size = torch.empty((), dtype=dtype).element_size()
+    layers = arch.layer_list(model)
+    in_layers = {id(p) for p in layers.parameters()}
+    outside = {id(p): p for p in model.parameters() if id(p) not in in_layers}
+    per_layer = [sum(p.numel() for p in layer.parameters()) * size for layer in layers]
+    return sum(p.numel() for p in outside.values()) * size, per_layer
+
+
+def _fill_resident(model: nn.Module, arch: Architecture, weights: Any) -> nn.Module:
+    """Load the parameters outside the decoder layers (embeddings, final norm, head) from the
+    checkpoint; the layers stay on the meta device. A head missing from the checkpoint is tied to
+    the embeddings, as transformers does."""
+    prefix = arch.layers + "."
+    for name, p in list(model.named_parameters(remove_duplicate=False)):
+        if name.startswith(prefix) or not p.is_meta:
+            continue
+        if name not in weights.index and name == arch.head + ".weight" and \
+                getattr(model.config, "tie_word_embeddings", True):
+            continue                               # tied below
+        parent_path, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        parent._parameters[leaf] = nn.Parameter(weights.tensor(name), requires_grad=False)
+    head = arch.lm_head(model)
+    if head.weight.is_meta:
+        head.weight = model.get_input_embeddings().weight
+    for name, b in model.named_buffers():
+        if b.device != weights.device and not name.startswith(prefix):
+            parent_path, _, leaf = name.rpartition(".")
+            parent = model.get_submodule(parent_path) if parent_path else model
+            parent._buffers[leaf] = b.to(weights.device)
+    return model
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def remote_code_allowed() -> bool:

@@ -83,12 +83,14 @@ def calibration_windows(lm: LoadedModel, text: str, seqlen: int = 128, num_sampl
 def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor | None = None,
           seqlen: int = 128, num_samples: int = 32, batch_size: int | None = None,
           skip_first: bool = True, max_tokens: int | None = None, seed: int = 0, bos: str = "auto",
-          progress: Progress | None = None) -> ProbeResult:
+          progress: Progress | None = None, layer_major: bool | None = None) -> ProbeResult:
     """Run calibration text (or ready `input_ids` of shape (B, T)) through the model once.
 
     batch_size: windows per forward pass (None: `tokens.auto_batch_size`, from the device).
     max_tokens: keep a random subset of at most this many recorded tokens (same subset for every
     layer, fixed by `seed`) so that long calibration text keeps memory bounded.
+    layer_major: run layer by layer (explorer/stream.py; the same figures); None: when the model
+    streams its layers.
     """
     if input_ids is None:
         if text is None:
@@ -99,8 +101,7 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     first = 1 if skip_first else 0
     if T - first < 1:
         raise TextError(f"windows of {T} tokens leave nothing to record")
-    layers = lm.arch.layer_list(lm.model)
-    L = len(layers)
+    L = lm.num_layers
     # Positions kept: all but the first of each window (padding-free windows, so no mask needed).
     keep = torch.arange(first, T)
     gen = torch.Generator().manual_seed(seed)
@@ -120,7 +121,8 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     start = time.perf_counter()
     kept = keep.to(dev)
     for batch in run_backbone(lm, input_ids, record=range(L + 1), batch_size=batch_size,
-                              progress=progress, label="probing layers"):
+                              progress=progress, label="probing layers",
+                              layer_major=layer_major):
         b0, b1 = batch.rows.start, batch.rows.stop
         lo, hi = b0 * keep.numel(), b1 * keep.numel()
         sel = None

@@ -206,6 +206,10 @@ class Variant:
     def applied(self) -> Iterator[nn.Module]:
         """Put this variant in place for the duration of the block; yields the model."""
         lm = self.lm
+        if lm.weights is not None and not lm.weights.runs_whole:
+            raise LayerError(f"this needs the whole model in memory, but its layers stay in "
+                             f"{lm.weights.where} and are read one at a time (docs/scale.md); "
+                             "load it with --offload none on a machine where it fits")
         arch, model, cfg = lm.arch, lm.model, lm.model.config
         with lm.lock:
             original = arch.layer_list(model)

@@ -88,7 +88,7 @@ def test_the_generation_budget_bounds_the_work(lm8, sample_text):
     calls = []
     start = [("angular", (2, 3, 4))]
     r = evopress_search(lm8, ids[:2], ids, REMOVE, start, generations=2, offspring=5,
-                        survivors=2, report=lambda f, m: calls.append(m))
+                        survivors=2, report=lambda f, note="", **k: calls.append(note))
     assert r.generations == 2
     assert r.evaluated == 2 * (5 + 2)        # 5 children on the first windows, 2 on all
     assert sum("children on 2 windows" in m for m in calls) == 2

@@ -85,13 +85,13 @@ def test_a_model_larger_than_free_memory_is_refused_before_reading(tiny_factory,
     assert free < 200 * 2**30          # this test needs a machine with less than 200 GiB free
     start = time.perf_counter()
     with pytest.raises(ModelLoadError) as info:
-        load_model(str(folder), device="cpu")
+        load_model(str(folder), device="cpu", offload="none")
     assert time.perf_counter() - start < 10
     msg = str(info.value)
     assert "needs about 240.00 GiB in float32 but only" in msg and "is free on cpu" in msg
     # bf16 halves the estimate, still far too big
     with pytest.raises(ModelLoadError, match="needs about 120.00 GiB in bfloat16"):
-        load_model(str(folder), device="cpu", dtype="bfloat16")
+        load_model(str(folder), device="cpu", dtype="bfloat16", offload="none")
 
 
 def test_operator_budget_and_dtype(tiny_factory, monkeypatch):
@@ -100,8 +100,8 @@ def test_operator_budget_and_dtype(tiny_factory, monkeypatch):
     # a budget between the bf16 and the fp32 needs: fp32 refused, bf16 loads
     monkeypatch.setenv("LAYER_EXPLORER_MAX_MEMORY_MB", str(fp32 * 0.9 / 2**20))
     with pytest.raises(ModelLoadError, match=r"needs about .* in float32 but only .* is free on cpu"):
-        load_model(str(folder))
-    lm = load_model(str(folder), dtype="bfloat16")
+        load_model(str(folder), offload="none")
+    lm = load_model(str(folder), dtype="bfloat16", offload="none")
     assert lm.dtype == torch.bfloat16
     monkeypatch.setenv("LAYER_EXPLORER_MAX_MEMORY_MB", "lots")
     with pytest.raises(ModelLoadError, match="must be a number of MiB"):

@@ -1,0 +1,514 @@
+"""Layer-major execution: one decoder layer's weights at a time, every window through it.
+
+`run_backbone` (explorer/backbone.py) is batch-major: each batch of windows runs through the whole
+model, so the whole model must be on the compute device. `run_layer_major` turns the loop around,
+as "sequential onloading" does (llm-compressor, ReplaceMe): for slot i of a variant it
+
+1. brings that layer's weights onto the compute device (`LayerWeights.fetch`: from RAM, or read
+   from the model folder's safetensors shards, or nothing at all for a resident model),
+2. runs every batch of windows through it, reading boundary i and writing boundary i+1 of a
+   `BoundaryStore` (RAM within a budget, then files in a temporary folder),
+3. releases the weights, and keeps boundary i only when the caller records it.
+
+Masks, rotary embeddings and every argument a layer gets come from transformers itself: a private
+"skeleton" of the base model (the same embedding, rotary and mask modules, its layer list replaced
+by recorders that return their input) runs once per batch shape and records how each slot is called
+(`backbone.LayerCall`), plus the embeddings of every batch. No attention is re-implemented, and
+nothing of the loaded model is swapped or written: a variant is evaluated by calling its slots'
+modules directly, so two threads can measure two variants at the same time without a lock.
+
+The arguments of a call depend only on the batch's shape (windows hold no padding and no attention
+mask is given, so the mask and the position ids are the same for every batch of b windows): the
+skeleton therefore records them for each distinct batch size once (two at most), and the
+embeddings for each batch.
+
+The results are the batch-major pass's, bit for bit: every batch goes through the same modules
+with the same arguments in the same dtype; only the order of the work changes
+(tests/test_stream.py).
+
+Example:
+    >>> for b in run_layer_major(lm, ids, variant=v, record=[0, 5], final_norm=True):
+    ...     b.states[5]            # (b, T, H) residual stream entering slot 5
+    ...     b.hidden               # (b, T, H) after the final norm
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .backbone import Batch, LayerCall, StartStates, _rows_of, _Stop, check_boundaries
+from .errors import LayerError, ModelLoadError, one_line
+from .load import LoadedModel
+from .progress import Event, Progress
+from .tokens import auto_batch_size
+
+STATE_BUDGET_ENV = "LAYER_EXPLORER_STREAM_STATE_MB"
+DEFAULT_STATE_BUDGET_MB = 1024
+
+
+def state_budget() -> int:
+    """Bytes of boundary states a layer-major pass keeps in RAM before it spills to disk:
+    $LAYER_EXPLORER_STREAM_STATE_MB, else 1 GiB."""
+    env = os.environ.get(STATE_BUDGET_ENV, "").strip()
+    if env:
+        try:
+            return max(0, int(float(env) * 2**20))
+        except ValueError:
+            raise LayerError(f"{STATE_BUDGET_ENV} must be a number of MiB (got '{env}')") from None
+    return DEFAULT_STATE_BUDGET_MB * 2**20
+
+
+# -- where the boundary states live -------------------------------------------------------------
+
+class BoundaryStore:
+    """The residual stream of every batch at the boundaries a pass keeps, (b, T, H) per entry.
+
+    Entries stay on the compute device while the bytes held stay within `budget`; later ones go to
+    raw files in a private temporary folder (under `folder`, default the system's), read back
+    whole when asked. `close` deletes the folder.
+    """
+
+    def __init__(self, budget: int, folder: str | Path | None = None) -> None:
+        self.budget = budget
+        self.folder = folder
+        self._dir: Path | None = None
+        self._ram: dict[tuple[int, int], torch.Tensor] = {}
+        self._disk: dict[tuple[int, int], tuple[Path, torch.dtype, tuple, torch.device]] = {}
+        self.ram_bytes = 0
+        self.peak_ram_bytes = 0
+        self.disk_bytes = 0
+
+    def put(self, boundary: int, batch: int, t: torch.Tensor) -> None:
+        self.drop_entry(boundary, batch)
+        size = t.numel() * t.element_size()
+        if self.ram_bytes + size <= self.budget:
+            self._ram[boundary, batch] = t
+            self.ram_bytes += size
+            self.peak_ram_bytes = max(self.peak_ram_bytes, self.ram_bytes)
+            return
+        path = self._folder() / f"b{boundary}-{batch}.bin"
+        raw = t.detach().contiguous().cpu().view(torch.uint8).numpy()
+        try:
+            _write_raw(raw, path)
+        except OSError as exc:
+            raise LayerError(f"could not write boundary states to {path.parent}: "
+                             f"{one_line(exc)}") from None
+        self._disk[boundary, batch] = (path, t.dtype, tuple(t.shape), t.device)
+        self.disk_bytes += raw.nbytes
+
+    def get(self, boundary: int, batch: int) -> torch.Tensor:
+        if (boundary, batch) in self._ram:
+            return self._ram[boundary, batch]
+        path, dtype, shape, device = self._disk[boundary, batch]
+        raw = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+        return raw.view(dtype).reshape(shape).to(device)
+
+    def drop_entry(self, boundary: int, batch: int) -> None:
+        t = self._ram.pop((boundary, batch), None)
+        if t is not None:
+            self.ram_bytes -= t.numel() * t.element_size()
+        entry = self._disk.pop((boundary, batch), None)
+        if entry is not None:
+            self.disk_bytes -= entry[0].stat().st_size
+            entry[0].unlink(missing_ok=True)
+
+    def drop(self, boundary: int) -> None:
+        for b, k in [key for key in list(self._ram) + list(self._disk) if key[0] == boundary]:
+            self.drop_entry(b, k)
+
+    def _folder(self) -> Path:
+        if self._dir is None:
+            try:
+                if self.folder is not None:
+                    Path(self.folder).mkdir(parents=True, exist_ok=True)
+                self._dir = Path(tempfile.mkdtemp(prefix="explorer-states-", dir=self.folder))
+            except OSError as exc:
+                raise LayerError(f"cannot write boundary states under "
+                                 f"{self.folder or tempfile.gettempdir()}: {one_line(exc)}") from None
+        return self._dir
+
+    def close(self) -> None:
+        self._ram.clear()
+        self._disk.clear()
+        self.ram_bytes = self.disk_bytes = 0
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def _write_raw(raw: np.ndarray, path: Path) -> None:
+    raw.tofile(path)
+
+
+# -- where the weights come from ----------------------------------------------------------------
+
+class LayerWeights:
+    """Where a `LoadedModel`'s decoder-layer weights live when they are not all on the compute
+    device (`LoadedModel.weights`). `fetch` gives a module whose weights are on `device`; the
+    executor drops it after running every window through it."""
+
+    kind = "resident"
+    where = "the compute device"
+    state_folder: str | None = None     # where boundary states beyond the RAM budget go
+
+    @property
+    def runs_whole(self) -> bool:
+        """Whether the model can still run whole (generation, lm-eval, GGUF export through
+        `Variant.applied()`): its layers' weights are on the compute device already."""
+        return True
+
+    def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:
+        return module
+
+    def fingerprint(self) -> str:
+        return self.kind
+
+
+class RamWeights(LayerWeights):
+    """Layers kept in CPU RAM and copied to the compute device one at a time (offload="cpu")."""
+
+    kind = "cpu"
+    where = "CPU RAM"
+
+    def __init__(self, device: torch.device, state_folder: str | None = None) -> None:
+        self.device = torch.device(device)
+        self.state_folder = state_folder
+
+    @property
+    def runs_whole(self) -> bool:
+        return self.device.type == "cpu"      # the RAM is the compute device's memory
+
+    def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:
+        p = next(module.parameters(), None)
+        if p is None or p.device == self.device:
+            return module
+        return copy.deepcopy(module).to(self.device)
+
+
+class ShardWeights(LayerWeights):
+    """Layers read from the model folder's safetensors shards when a pass needs them
+    (offload="disk"): the loaded model holds them on the meta device, so the weights never sit in
+    RAM all together. safetensors' `safe_open` maps a shard and reads only the tensors asked for.
+    """
+
+    kind = "disk"
+    runs_whole = False
+
+    def __init__(self, folder: str | Path, dtype: torch.dtype, device: torch.device,
+                 state_folder: str | None = None) -> None:
+        self.state_folder = state_folder
+        self.folder = Path(folder)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.where = f"the safetensors shards in {self.folder}"
+        self.index = shard_index(self.folder)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One checkpoint tensor, cast to the model's dtype (floating tensors only), on the
+        compute device."""
+        return self.tensors([name])[name]
+
+    def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors by name, each shard opened once (`safe_open` maps the file and
+        copies out only the tensors asked for)."""
+        from safetensors import safe_open
+
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            file = self.index.get(name)
+            if file is None:
+                raise ModelLoadError(f"the checkpoint in {self.folder} has no tensor '{name}'")
+            by_file.setdefault(file, []).append(name)
+        out: dict[str, torch.Tensor] = {}
+        for file, group in by_file.items():
+            with safe_open(str(self.folder / file), framework="pt", device="cpu") as f:
+                for name in group:
+                    t = f.get_tensor(name)
+                    if t.is_floating_point():
+                        t = t.to(self.dtype)
+                    out[name] = t.to(self.device)
+        return out
+
+    def fill(self, module: nn.Module, prefix: str) -> nn.Module:
+        """Give every meta parameter of `module` its checkpoint tensor (`prefix` + its name)."""
+        empty = [name for name, p in module.named_parameters() if p.is_meta]
+        loaded = self.tensors([prefix + name for name in empty])
+        for name in empty:
+            parent_path, _, leaf = name.rpartition(".")
+            parent = module.get_submodule(parent_path) if parent_path else module
+            parent._parameters[leaf] = nn.Parameter(loaded[prefix + name], requires_grad=False)
+        return module
+
+    def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:
+        if not any(p.is_meta for p in module.parameters()):
+            return module
+        # A copy whose meta parameters are then filled: the loaded model's layer stays empty.
+        # (A sub-block drop shares the original layer's parameter names, so `origin` names them.)
+        return self.fill(copy.deepcopy(module), f"{lm.arch.layers}.{origin}.")
+
+    def fingerprint(self) -> str:
+        files = sorted(set(self.index.values()))
+        return json.dumps([(f, (self.folder / f).stat().st_size,
+                            int((self.folder / f).stat().st_mtime)) for f in files])
+
+
+def shard_index(folder: Path) -> dict[str, str]:
+    """Tensor name -> safetensors file name, from model.safetensors.index.json or the headers."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return dict(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"'{index.name}' in '{folder}' is not a valid shard index: "
+                                 f"{exc}") from None
+    out: dict[str, str] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                out.update({k: f.name for k in handle.keys()})
+        except Exception as exc:
+            raise ModelLoadError(f"weights file '{f.name}' is corrupt or truncated "
+                                 f"({one_line(exc)})") from None
+    if not out:
+        raise ModelLoadError(f"'{folder}' has no .safetensors weights: streaming layers from disk "
+                             "needs them (load it once and export it, or use --offload cpu)")
+    return out
+
+
+def layer_bytes(lm: LoadedModel) -> list[int]:
+    """Bytes of each original decoder layer's parameters in the model's dtype."""
+    size = torch.empty((), dtype=lm.dtype).element_size()
+    return [sum(p.numel() for p in layer.parameters()) * size for layer in lm.original_layers]
+
+
+# -- the executor -------------------------------------------------------------------------------
+
+class _Recorder(nn.Module):
+    """Stands in for slot `slot` in the skeleton: records how the model calls it, returns its
+    input; the last one ends the pass (the final norm and whatever follows are not needed)."""
+
+    def __init__(self, slot: int, sink: dict, last: bool) -> None:
+        super().__init__()
+        self.slot, self.sink, self.last = slot, sink, last
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.slot == 0:
+            self.sink["x0"] = hidden_states
+        self.sink[self.slot] = LayerCall(tuple(args), dict(kwargs))
+        if self.last:
+            raise _Stop
+        return hidden_states
+
+
+def _skeleton(lm: LoadedModel, variant, sink: dict) -> nn.Module:
+    """A private copy of the base model whose layer list holds recorders for the variant's slots
+    and whose config gives the slots their layer types: the loaded model is not touched."""
+    base = lm.arch.base_model(lm.model)
+    rel = lm.arch.layers[len(lm.arch.base) + 1:]
+    if "." in rel or not lm.arch.layers.startswith(lm.arch.base + "."):
+        raise LayerError(f"the {lm.arch.family} adapter keeps its layers outside its base model: "
+                         "layer-major execution does not support it")
+    n = variant.num_layers
+    sk = copy.copy(base)                       # new __dict__, shared submodules and tensors
+    modules = dict(base._modules)
+    modules[rel] = nn.ModuleList(_Recorder(i, sink, i == n - 1) for i in range(n))
+    object.__setattr__(sk, "_modules", modules)
+    cfg = copy.copy(base.config)
+    cfg.num_hidden_layers = n
+    types = getattr(base.config, "layer_types", None)
+    if types is not None:
+        cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
+    object.__setattr__(sk, "config", cfg)
+    return sk
+
+
+def _slot_module(lm: LoadedModel, variant, i: int) -> tuple[nn.Module, str]:
+    """The module of slot i with its weights on the compute device, and a label for progress."""
+    from .variant import NewLayer
+
+    slot = variant.slots[i]
+    module = slot.module if isinstance(slot, NewLayer) else lm.original_layers[slot]
+    weights = lm.weights
+    if weights is None:
+        return module, "in memory"
+    if isinstance(slot, NewLayer) and not slot.parts_dropped and \
+            any(p.is_meta for p in module.parameters()):
+        raise LayerError(f"slot {i} ({slot.label}) was built from weights that were never loaded "
+                         f"(the model streams its layers from {weights.where}); merges need the "
+                         "model in memory (--offload none)")
+    fetched = weights.fetch(lm, module, variant.origin(i))
+    if isinstance(slot, NewLayer) and fetched is not module:
+        # A sub-block drop of an empty layer holds an empty zeroed projection, which the fetch
+        # filled with the original one: zero it again (Variant.drop_part).
+        from .variant import PARTS
+
+        for part in slot.parts_dropped:
+            path = getattr(lm.arch, PARTS[part])
+            if any(p.is_meta for p in module.get_submodule(path).parameters()):
+                for p in fetched.get_submodule(path).parameters():
+                    p.data.zero_()
+    return fetched, f"from {weights.where}"
+
+
+def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int = 0,
+                    start_states: StartStates | None = None, stop: int | None = None,
+                    final_norm: bool = False, record=(), capture_call: bool = False,
+                    batch_size: int | None = None, progress: Progress | None = None,
+                    label: str = "forward", grad: bool = False,
+                    store: BoundaryStore | None = None) -> Iterator[Batch]:
+    """`backbone.run_backbone`'s contract (same arguments, same `Batch`es, same values), computed
+    layer by layer: every window goes through slot i before any goes through slot i+1.
+
+    All the work happens before the first batch is yielded; then each `Batch` carries its windows'
+    recorded boundaries and the hidden states at `stop`. store: where boundary states live
+    (default: RAM within `state_budget()`, the rest in a temporary folder).
+    """
+    from .variant import Variant
+
+    if grad:
+        raise LayerError("training runs batch by batch on a model in memory; layer-major "
+                         "execution is for measuring (grad=False)")
+    variant = variant or Variant.identity(lm)
+    L = variant.num_layers
+    stop, wanted = check_boundaries(L, start, stop, final_norm, start_states, record)
+    B, T = ids.shape
+    batch_size = batch_size or auto_batch_size(lm.device, T)
+    batches = [slice(b0, min(B, b0 + batch_size)) for b0 in range(0, B, batch_size)]
+    own_store = store is None
+    store = store or BoundaryStore(state_budget(), lm.weights.state_folder
+                                   if lm.weights is not None else None)
+    try:
+        with torch.no_grad():
+            calls = _start_boundary(lm, variant, ids, batches, start, start_states, store,
+                                    need_calls=start < stop or capture_call)
+            for i in range(start, stop):
+                module, where = _slot_module(lm, variant, i)
+                for k, rows in enumerate(batches):
+                    x = store.get(i, k)
+                    store.put(i + 1, k, calls[rows.stop - rows.start][i].run(module, x))
+                if i not in wanted:
+                    store.drop(i)
+                del module                 # a fetched copy's weights go with it
+                if progress:
+                    progress(Event(label, (i + 1 - start) / max(1, stop - start), step=i + 1,
+                                   total=L, unit="layers", note=f"{B} windows, weights {where}"))
+        for k, rows in enumerate(batches):
+            with torch.no_grad():
+                h = store.get(stop, k)
+                hidden = lm.arch.norm(lm.model)(h) if final_norm else h
+            call = calls[rows.stop - rows.start].get(start) if capture_call else None
+            yield Batch(rows=rows, ids=ids[rows].to(lm.device), hidden=hidden,
+                        states={b: store.get(b, k) for b in wanted}, call=call)
+    finally:
+        if own_store:
+            store.close()
+
+
+def _start_boundary(lm: LoadedModel, variant, ids: torch.Tensor, batches: list[slice],
+                    start: int, start_states: StartStates | None, store: BoundaryStore,
+                    need_calls: bool) -> dict[int, dict]:
+    """Put boundary `start` of every batch in `store`; return, per batch size, how each slot is
+    called ({slot: LayerCall}), from one skeleton pass per size (embeddings: one per batch)."""
+    calls: dict[int, dict] = {}
+    for k, rows in enumerate(batches):
+        size = rows.stop - rows.start
+        if start == 0 or (need_calls and size not in calls):
+            sink: dict = {}
+            skeleton = _skeleton(lm, variant, sink)
+            try:
+                skeleton(input_ids=ids[rows].to(lm.device), use_cache=False)
+            except _Stop:
+                pass
+            calls.setdefault(size, {s: c for s, c in sink.items() if isinstance(s, int)})
+            if start == 0:
+                store.put(0, k, sink["x0"])
+        if start > 0:
+            x = _rows_of(start_states, rows).to(device=lm.device, dtype=lm.dtype)
+            store.put(start, k, x)
+    return calls
+
+
+# -- export, shard by shard ---------------------------------------------------------------------
+
+SHARD_BYTES = 2 * 2**30
+
+
+def save_streamed(variant, folder: str | Path, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write `variant` of a model whose layers are offloaded as a transformers folder: config
+    (its layer count and layer types), safetensors shards of at most ~`shard_bytes` and their
+    index (model.safetensors.index.json). One layer is fetched at a time, so the peak is one
+    layer plus one shard, never the model; `AutoModelForCausalLM.from_pretrained` loads it.
+    The caller (`export.export`) writes into a temporary folder and renames it when complete.
+    """
+    from safetensors.torch import save_file
+
+    lm = variant.lm
+    folder = Path(folder)
+    prefix = lm.arch.layers + "."
+    n = variant.num_layers
+    cfg = copy.deepcopy(lm.config)
+    cfg.num_hidden_layers = n
+    types = getattr(lm.config, "layer_types", None)
+    if types is not None:
+        cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
+    cfg.dtype = lm.dtype
+    cfg.save_pretrained(folder)
+
+    parts: list[tuple[str, list[str]]] = []
+    pending: dict[str, torch.Tensor] = {}
+    size = 0
+
+    def flush() -> None:
+        nonlocal pending, size
+        if pending:
+            name = f"part-{len(parts):05d}.safetensors"
+            save_file(pending, str(folder / name), metadata={"format": "pt"})
+            parts.append((name, list(pending)))
+        pending, size = {}, 0
+
+    def add(key: str, t: torch.Tensor) -> None:
+        nonlocal size
+        pending[key] = t.detach().to("cpu").contiguous().clone()
+        size += t.numel() * t.element_size()
+        if size >= shard_bytes:
+            flush()
+
+    head = lm.arch.lm_head(lm.model)
+    tied = head.weight is lm.model.get_input_embeddings().weight
+    seen: set[int] = set()
+    for key, t in lm.model.state_dict(keep_vars=True).items():
+        if key.startswith(prefix) or (tied and key == lm.arch.head + ".weight") or t.is_meta:
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        add(key, t)
+    for i in range(n):
+        module, _ = _slot_module(lm, variant, i)
+        for name, t in module.state_dict().items():
+            add(f"{prefix}{i}.{name}", t)
+        del module
+    flush()
+    total = len(parts)
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    for k, (tmp_name, keys) in enumerate(parts):
+        final = f"model-{k + 1:05d}-of-{total:05d}.safetensors"
+        (folder / tmp_name).rename(folder / final)
+        weight_map.update({key: final for key in keys})
+    for f in folder.glob("model-*.safetensors"):
+        total_size += f.stat().st_size
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=1))
