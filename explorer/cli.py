@@ -79,9 +79,9 @@ def _load_progress(args):
     slower than usual."""
     import sys
 
-    def progress(frac: float, msg: str) -> None:
-        if "one at a time" in msg:
-            print(msg, file=sys.stderr)
+    def progress(event) -> None:
+        if "one at a time" in event.note:
+            print(event.describe(), file=sys.stderr)
     return progress
 
 

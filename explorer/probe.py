@@ -101,7 +101,8 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     first = 1 if skip_first else 0
     if T - first < 1:
         raise TextError(f"windows of {T} tokens leave nothing to record")
-    L = lm.num_layers
+    # the applied variant's layer count (under `Variant.applied()` the model holds its slots)
+    L = len(lm.arch.layer_list(lm.model))
     # Positions kept: all but the first of each window (padding-free windows, so no mask needed).
     keep = torch.arange(first, T)
     gen = torch.Generator().manual_seed(seed)
