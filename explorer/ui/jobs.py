@@ -9,6 +9,7 @@ None); jobs turn it into the `(fraction, message)` callback the explorer API tak
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import numpy as np
@@ -25,14 +26,33 @@ from .gpu import ZERO_GPU, gpu
 from .registry import REGISTRY, ProbeEntry
 
 
-def callback(progress: Any):
-    """A `(fraction, message)` callback that drives a gr.Progress bar, or None."""
+def callback(progress: Any, label: str = ""):
+    """A `(fraction, message)` callback that drives a gr.Progress bar, or None.
+
+    label: said before every message ("original model: 16/32 windows, ..."), for a job that runs
+    several models in turn. Each message ends with the time left, estimated from this job's own
+    rate since its first report (Gradio's own estimate is the mean duration of earlier runs of
+    the button, whatever their sizes; the page hides it)."""
     if progress is None:
         return None
+    start: list[tuple[float, float]] = []     # (time, fraction) of the first report
 
     def report(fraction: float, message: str) -> None:
-        progress(max(0.0, min(1.0, float(fraction))), desc=message)
+        fraction = max(0.0, min(1.0, float(fraction)))
+        now = time.monotonic()
+        if not start:
+            start.append((now, fraction))
+        t0, f0 = start[0]
+        left = ""
+        if fraction > f0 and now - t0 >= 2 and fraction < 1:
+            rest = (now - t0) * (1 - fraction) / (fraction - f0)
+            left = f" — about {_duration(rest)} left"
+        progress(fraction, desc=f"{label}: {message}{left}" if label else message + left)
     return report
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -76,9 +96,10 @@ def similarity_job(pr: ProbeResult, name: str, progress: Any = None) -> np.ndarr
 
 @gpu(duration=120)
 def ppl_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_tokens: int,
-            progress: Any = None) -> PPLResult:
-    """Perplexity of the variant built from `ops` (the original model for no ops)."""
-    cb = callback(progress)
+            progress: Any = None, label: str = "") -> PPLResult:
+    """Perplexity of the variant built from `ops` (the original model for no ops); `label` names
+    the model in the progress messages."""
+    cb = callback(progress, label)
     lm = REGISTRY.ensure_model(spec, cb)
     texts = REGISTRY.get_texts(text_key)
     variant = REGISTRY.variant(lm, ops)
