@@ -177,7 +177,7 @@ def test_a_probe_cut_by_the_text_says_so_and_a_reuse_is_not_called_fresh():
     assert "You asked for 1024 windows" in cut and "only 83 windows of 4096 tokens" in cut
     reused = probe_status(SimpleNamespace(num_samples=32, num_tokens=4096, skip_first=False,
                                           seconds=22.0), 128, 32, fresh=False)
-    assert "reused" in reused and "asked" not in reused
+    assert reused.startswith("Reused the earlier probe") and "asked" not in reused
 
 
 def test_the_model_table_shows_no_server_path(tmp_path):
@@ -226,3 +226,31 @@ def test_cli_eval_with_drop_shows_before_and_after(tiny_factory, capsys):
     shown = text.getvalue()
     assert "ppl_before" in shown and "ppl_after" in shown
     assert "window_nll" not in shown and " start:" not in shown
+
+
+def test_the_running_figure_names_the_model_it_measures(monkeypatch):
+    """Issue 25 [9]: Apply's two passes report as "original model: ..." and "variant: ..."."""
+    from explorer.ui import compare_tab, jobs
+
+    shown = []
+    report = jobs.callback(lambda f, desc: shown.append(desc), "original model")
+    report(0.5, "16/32 windows, 23.42 so far")
+    assert shown == ["original model: 16/32 windows, 23.42 so far"]
+
+    labels = []
+
+    def fake_ppl(spec, text, ops, seqlen, max_tokens, progress=None, label=""):
+        labels.append(label)
+        return SimpleNamespace(ppl=2.0 if ops else 1.0, window_nll=(), protocol=lambda: "p",
+                               seqlen=seqlen, seconds=0.0)
+
+    lm = SimpleNamespace(num_layers=4, num_parameters=10)
+    variant = SimpleNamespace(num_layers=3, num_parameters=lambda: 8)
+    monkeypatch.setattr(jobs, "ppl_job", fake_ppl)
+    monkeypatch.setattr(compare_tab.REGISTRY, "model_for", lambda state, progress=None: lm)
+    monkeypatch.setattr(compare_tab.REGISTRY, "variant", lambda lm, ops: variant)
+    from explorer.ui.state import Session
+
+    state = Session(model="m", num_layers=4).with_plan(plan_from_text(4, "1", ""))
+    compare_tab.measure(SimpleNamespace(ppl_seqlen=8, ppl_max_tokens=16), state, state.plan.ops)
+    assert labels == ["original model", "variant"]

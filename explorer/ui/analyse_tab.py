@@ -40,11 +40,11 @@ def probe_status(pr, seqlen: int, asked: int, fresh: bool) -> str:
     if pr.num_samples < asked:
         cut = (f" You asked for {asked} windows: the calibration text holds only "
                f"{pr.num_samples} windows of {seqlen} tokens, so all of them were used.")
-    when = (f"in {pr.seconds:.1f} s" if fresh else
-            f"(reused: this analysis was computed earlier, in {pr.seconds:.1f} s)")
-    return (f"Probed {pr.num_samples} windows x {seqlen} tokens ({pr.num_tokens:,} recorded "
-            f"tokens per boundary{skipped}) {when}.{cut} Click a cell (a, b) to select layers "
-            f"a..b-1.")
+    what = (f"{pr.num_samples} windows x {seqlen} tokens ({pr.num_tokens:,} recorded tokens per "
+            f"boundary{skipped})")
+    done = f"Probed {what} in {pr.seconds:.1f} s." if fresh else \
+        f"Reused the earlier probe of {what}, which took {pr.seconds:.1f} s."
+    return f"{done}{cut} Click a cell (a, b) to select layers a..b-1."
 
 
 def _safe_map(state: Session, method: str, progress):

@@ -186,7 +186,7 @@ def build(ctx: Ctx) -> ExportParts:
             name = gr.Textbox(label="Folder name (inside the output folder)", elem_id="lx-name")
             overwrite = gr.Checkbox(False, label="Overwrite a folder saved in this session")
             save_btn = gr.Button("Save model folder", elem_id="lx-save")
-            save_md = gr.Markdown()
+            save_md = gr.Markdown(elem_id="lx-export-saved")
     with gr.Row():
         repo = gr.Textbox(label="Hub repository (owner/name)",
                           placeholder="me/smollm2-pruned" if hub_token() else
