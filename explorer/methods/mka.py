@@ -133,7 +133,8 @@ class MKA(Method):
             lay = lay.merge([lo, hi])
             weights.append(round(a, 4))
         return Plan(self.name, params, v, lay.removed(L), lay.merged(), scores,
-                    f"MKA merged {remove} pair(s) by {measure_title(measure)} with the {params['weight_rule']} "
+                    f"MKA merged {remove} pair(s) by {measure_title(measure)} with the "
+                    f"{params['weight_rule']} "
                     f"weight rule (a = {', '.join(map(str, weights))}).")
 
     @staticmethod

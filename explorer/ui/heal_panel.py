@@ -155,8 +155,7 @@ def figure(healed: Healed):
     after."""
     if healed.curve:
         return plots.heal_curve(list(healed.curve))
-    return plots.heal_before_after(healed.held_out_before, healed.held_out_after,
-                                   mode_title(healed.mode))
+    return plots.heal_before_after(healed.held_out_before, healed.held_out_after, healed.mode)
 
 
 def build(ctx: Ctx) -> HealParts:

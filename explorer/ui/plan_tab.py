@@ -47,8 +47,9 @@ def plan_status(state: Session) -> str:
         return "No changes planned yet: click heatmap cells or type layers, or ask a method."
     fields = "" if plan.manual else (" The fields above show its layers: editing them and "
                                      "pressing Update plan makes a manual plan from them.")
-    return (f"**{who}**: {plan.describe()}, {L} → {L - k} layers ({k} removed). Red boxes: dropped layers; orange: "
-            f"merged or replaced blocks. Press **Apply and compare** to measure it.{fields}{notes}")
+    return (f"**{who}**: {plan.describe()} ({L} → {L - k} layers, {k} removed). Red boxes: "
+            f"dropped layers; orange: merged or replaced blocks. Press **Apply and compare** to "
+            f"measure it.{fields}{notes}")
 
 
 def views(state: Session):

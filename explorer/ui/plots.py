@@ -234,11 +234,12 @@ def heal_curve(points: list[tuple[int, float, float | None]], live: bool = False
 
 def heal_before_after(before: float, after: float, mode: str) -> go.Figure:
     """A fit without training steps: the held-out perplexity before and after it, as two bars."""
-    fig = go.Figure(go.Bar(x=["before healing", "after healing"], y=[before, after],
+    fig = go.Figure(go.Bar(x=["before healing", f"after healing ({mode})"], y=[before, after],
                            marker_color=[COLORS["variant"], COLORS["healed"]],
                            text=[f"{before:.2f}", f"{after:.2f}"], textposition="outside",
                            hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
-    fig.update_layout(title=f"{mode}: held-out calibration perplexity", height=320,
+    fig.update_layout(title="Held-out calibration perplexity, before and after the fit",
+                      height=320,
                       margin=_MARGIN, yaxis_title="perplexity",
                       yaxis_range=[0, max(before, after) * 1.2])
     return fig
