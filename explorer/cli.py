@@ -116,10 +116,16 @@ def cmd_eval(args) -> dict:
     check_speed_args(args)
     lm = _load(args)
     variant = Variant.identity(lm).drop(parse_layers(args.drop)) if args.drop else None
+    compared = {}
+    if variant is not None:     # the original's figure beside it (cached after the first run)
+        before = _ppl(lm, args)
+        compared = {"layers_before": lm.num_layers, "ppl_before": before.ppl}
     r = _ppl(lm, args, variant)
+    if variant is not None:
+        compared.update(ppl_after=r.ppl, ppl_ratio=r.ppl / compared["ppl_before"])
     return {"model": args.model, "num_layers": variant.num_layers if variant else lm.num_layers,
-            "dropped": parse_layers(args.drop), **r.to_dict(), **cli_extras(lm, args, variant),
-            **cli_speed(lm, args, variant)}
+            "dropped": parse_layers(args.drop), **compared, **r.to_dict(),
+            **cli_extras(lm, args, variant), **cli_speed(lm, args, variant)}
 
 
 def add_export(sub) -> None:
@@ -518,8 +524,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Fields the text output leaves to --json: per-window values, and the boundary a variant's pass
+# started from (stored dense states before its first change: a speed detail, not a result).
+JSON_ONLY = ("window_nll", "start")
+
+
 def _print_text(result: dict) -> None:
     for key, value in result.items():
+        if key in JSON_ONLY:
+            continue
         if isinstance(value, float):
             value = f"{value:.4f}"
         elif isinstance(value, (list, dict)) and len(json.dumps(value)) > 200:

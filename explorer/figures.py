@@ -143,8 +143,6 @@ def heal_curve(points: list[tuple[int, float, float | None]], live: bool = False
                                      hovertemplate="step %{x}: ppl %{y:.4g}<extra></extra>"),
                           secondary_y=True)
     title = "Healing (running)" if live else "Healing"
-    if not points:
-        title += ": a closed-form fit has no training curve"
     fig.update_layout(title=title, height=320, margin=MARGIN, xaxis_title="optimiser step",
                       legend=dict(orientation="h", y=-0.3))
     fig.update_yaxes(title_text="loss", secondary_y=False)

@@ -101,7 +101,14 @@ MEASURE_NAMES: Sequence[str] = MEASURES.names()
 
 def measure_param(default: str, help: str) -> Param:
     """The `measure` parameter of a method: one of the registered measures."""
-    return Param("measure", str, default, help, choices=MEASURE_NAMES)
+    return Param("measure", str, default, help, choices=MEASURE_NAMES, label="Measure",
+                 choice_labels=measure_title)
+
+
+def measure_title(name: str) -> str:
+    """A measure's title for people ("Block Influence (1 - cosine)"), or the name if unknown."""
+    found = MEASURES.get(name)
+    return found.title if found is not None else name
 
 
 def measures_help() -> str:
@@ -206,11 +213,14 @@ def cka_matrix(states: torch.Tensor) -> torch.Tensor:
 # the registered measures: parameters, functions, descriptions
 
 MAX_TOKENS = Param("max_tokens", int, None, "use at most this many recorded tokens, a seeded "
-                   "random subset (none: all)", min=0, optional=True)
-SEED = Param("seed", int, 0, "seed of the token subset")
+                   "random subset (none: all)", min=0, optional=True,
+                   label="Tokens used")
+SEED = Param("seed", int, 0, "seed of the token subset",
+             label="Seed")
 MAX_NORM_RATIO = Param("max_norm_ratio", float, 20.0, "leave out tokens whose norm exceeds this "
                        "many times the median at some boundary (massive activations); none keeps "
-                       "them", min=0, optional=True)
+                       "them", min=0, optional=True,
+                       label="Norm outlier ratio")
 
 
 def _cosine(pr: ProbeResult, max_tokens: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -273,7 +283,8 @@ register_measure(Measure(
     "same representation. Tokens with massive activations (norm over 20x the median) are "
     "left out: one of them would outweigh thousands of ordinary tokens.",
     _cka, (Param("max_tokens", int, 2048, "use at most this many recorded tokens, a seeded "
-                 "random subset (none: all)", min=0, optional=True), SEED, MAX_NORM_RATIO)))
+                 "random subset (none: all)", min=0, optional=True,
+                 label="Tokens used"), SEED, MAX_NORM_RATIO)))
 register_measure(Measure(
     "npib", "NPIB (MKA manifold information)", True,
     "Liu et al. 2024, Pruning via Merging: Compressing LLMs via Manifold Alignment Based "
@@ -285,13 +296,19 @@ register_measure(Measure(
     "Estimates are noisier than cosine or CKA (a few hundred points, k neighbours).",
     npib_matrix,
     (Param("points", str, "tokens", "which calibration points: recorded tokens, each sample's "
-           "mean state (pooled) or its last token", choices=POINTS),
-     Param("num_points", int, 256, "number of calibration points", min=2),
+           "mean state (pooled) or its last token", choices=POINTS,
+           label="Points"),
+     Param("num_points", int, 256, "number of calibration points", min=2,
+           label="Number of points"),
      Param("sigma", float, None, "diffusion kernel scale (none: each cloud's median pairwise "
-           "distance)", min=0, optional=True),
-     Param("alpha", float, 0.5, "density normalisation of the diffusion kernel", min=0, max=1),
-     Param("d", int, 2, "diffusion-map coordinates kept", min=1),
-     Param("k", int, 3, "neighbours of the KSG mutual-information estimator", min=1),
+           "distance)", min=0, optional=True,
+           label="Kernel scale (sigma)"),
+     Param("alpha", float, 0.5, "density normalisation of the diffusion kernel", min=0, max=1,
+           label="Density normalisation (alpha)"),
+     Param("d", int, 2, "diffusion-map coordinates kept", min=1,
+           label="Diffusion coordinates (d)"),
+     Param("k", int, 3, "neighbours of the KSG mutual-information estimator", min=1,
+           label="Neighbours (k)"),
      SEED, MAX_NORM_RATIO),
     adjacent=_npib_adjacent, examples=({"num_points": 60},)))
 

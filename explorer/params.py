@@ -24,7 +24,7 @@ import copy
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import LayerError, ParamError
 from .layer_lists import parse_layers
@@ -46,6 +46,10 @@ class Param:
     list may also be written in layer-list syntax, "3,7,10-12").
     choices: the allowed values (for str). min/max: inclusive range (for int and float).
     optional: None is allowed (and is what "", "none" or "null" mean as text).
+    label: what the app and the docs call it, in words ("Held-out windows"); the CLI and the API
+        keep `name`. Default: the name with its underscores as spaces, capitalised.
+    choice_labels: words for the choices, shown by the app: (value, label) pairs, or a function
+        of the value (for choices that are a live registry, such as the measures).
     """
 
     name: str
@@ -56,12 +60,24 @@ class Param:
     min: float | None = None
     max: float | None = None
     optional: bool = False
+    label: str = ""
+    choice_labels: tuple | Callable[[Any], str] | None = None
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
             raise TypeError(f"Param {self.name}: type must be one of {TYPES}, not {self.type}")
+        if not self.label:
+            words = self.name.replace("_", " ")
+            object.__setattr__(self, "label", words[:1].upper() + words[1:])
         if self.default is not None or not self.optional:
             self.parse(self.default, "Param")   # a declaration error shows at import time
+
+    def choice_label(self, value: Any) -> str:
+        """The words for choice `value` (the value itself when it has none)."""
+        labels = self.choice_labels
+        if callable(labels):
+            return labels(value)
+        return dict(labels or ()).get(value, str(value))
 
     def allowed(self) -> str:
         """What the parameter accepts, in words: 'a number in [0, 1]', "one of 'a', 'b'"."""
@@ -186,7 +202,7 @@ def resolve(params: Sequence[Param], given: Mapping[str, Any], owner: str) -> di
 def describe(params: Sequence[Param]) -> list[dict]:
     """The declarations as plain rows (name, type, default, allowed, help): for help texts, docs
     tables and the app's controls."""
-    return [{"name": p.name, "type": p.type.__name__, "default": p.default,
+    return [{"name": p.name, "label": p.label, "type": p.type.__name__, "default": p.default,
              "allowed": p.allowed(), "help": p.help, "choices": p.choices, "min": p.min,
              "max": p.max, "optional": p.optional} for p in params]
 
@@ -214,14 +230,19 @@ def help_text(owners: Sequence[tuple[str, str, Sequence[Param]]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(owners: Sequence[tuple[str, Sequence[Param]]], what: str = "method") -> str:
-    """A Markdown table of every owner's parameters (name, default, allowed values, help), for the
-    docs; `explorer.doc_tables` writes it between markers in docs/*.md."""
-    rows = [f"| {what} | parameter | default | allowed | meaning |", "|---|---|---|---|---|"]
+def markdown_table(owners: Sequence[tuple[str, Sequence[Param]]], what: str = "method",
+                   owner_column: bool = True) -> str:
+    """A Markdown table of every owner's parameters (label and name, default, allowed values,
+    help), for the docs; `explorer.doc_tables` writes it between markers in docs/*.md.
+    owner_column=False leaves out the owner's column (a table under the owner's own heading)."""
+    first = f"| {what} " if owner_column else ""
+    rows = [first + "| parameter | default | allowed | meaning |",
+            ("|---" if owner_column else "") + "|---|---|---|---|"]
     for owner, params in owners:
+        lead = f"| {owner} " if owner_column else ""
         if not params:
-            rows.append(f"| {owner} | (none) | | | |")
+            rows.append(lead + "| (none) | | | |")
         for p in params:
-            rows.append(f"| {owner} | `{p.name}` | `{_show(p.default)}` | {p.allowed()} | "
-                        f"{p.help.replace('|', '/')} |")
+            rows.append(f"{lead}| {p.label} (`{p.name}`) | `{_show(p.default)}` | "
+                        f"{p.allowed()} | {p.help.replace('|', '/')} |")
     return "\n".join(rows)

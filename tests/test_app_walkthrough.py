@@ -155,6 +155,51 @@ def running_bars(pg) -> int:
         .filter(e => e.offsetParent !== null).length""")
 
 
+def stop_idle(pg) -> None:
+    """The Stop button is back to idle: inactive, with its own label (issue 25 [1] [2])."""
+    pg.wait_for_selector("#lx-stop[disabled]", timeout=QUICK)
+    wait_text(pg, "#lx-stop", "Stop the running step")
+
+
+def no_error_badges(pg) -> None:
+    """No "Error" badge left on any component (issue 25 [10]): errors are told by toasts."""
+    assert pg.evaluate("""() => Array.from(document.querySelectorAll(
+        '[data-testid=status-tracker] .error')).filter(e => e.offsetParent !== null).length""") == 0
+
+
+def server_paths(walk) -> list[str]:
+    """Folders of this machine that no visitor should read on any tab (issue 25 [19])."""
+    from explorer.embedded import cache_root
+
+    return [str(ROOT), str(walk.exports.resolve()), str(cache_root()), os.path.expanduser("~")]
+
+
+def no_server_path(pg, walk, where: str) -> None:
+    body = pg.inner_text("body")
+    for path in server_paths(walk):
+        assert path not in body, (where, path)
+
+
+def headers_unbroken(pg, selector: str) -> None:
+    """Every header cell's words stay whole (issue 25 [6]): each word is on one line."""
+    broken = pg.evaluate("""(sel) => {
+        const out = [];
+        for (const th of document.querySelectorAll(sel)) {
+            const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+            for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+                const re = /\S+/g; let m;
+                while ((m = re.exec(n.textContent)) !== null) {
+                    const r = document.createRange();
+                    r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
+                    const tops = new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top)));
+                    if (tops.size > 1) out.push(m[0]);
+                }
+            }
+        }
+        return out; }""", selector)
+    assert broken == [], (selector, broken)
+
+
 @contextlib.contextmanager
 def held(layer: int = 3):
     """Every forward through `layer` of the resident model waits until the block ends (or 60 s):
@@ -180,6 +225,13 @@ def held(layer: int = 3):
 def test_1_model_tab(page):
     pg = page
     assert pg.is_disabled("#lx-stop")                                      # [7] idle: inactive
+    # issue 25 [1]: a step refused at once (no model yet) leaves Stop idle, not red
+    tab(pg, "2 · Analyse")
+    pg.click("#lx-analyse")
+    toast(pg, "pick one in the Model tab and press Load")
+    stop_idle(pg)
+    no_error_badges(pg)
+    tab(pg, "1 · Model")
     paste = pg.locator("#lx-own-text textarea").first
     assert paste.is_hidden()                                               # [16] Wikipedia chosen
     pg.get_by_label("My own text (paste or upload)").check()
@@ -194,13 +246,24 @@ def test_1_model_tab(page):
     assert [h.strip() for h in header] == ["Property", "Value"]           # [12] no empty header
     assert "llama (llama)" not in info
     assert "SmolLM2-135M-Instruct" in info and "Q4_1" in info and "de-quantised" in info
+    headers_unbroken(pg, "#lx-model-info th")                              # issue 25 [6]
+    # issue 25 [first Apply]: the original model's figure is measured in the background
+    wait_text(pg, "#lx-dense-line", "Original model's perplexity on this text", TIMEOUT)
+    stop_idle(pg)
     shot(pg, "walkthrough-1-model")
 
 
-def test_2_analyse_tab(page):
+def test_2_analyse_tab(page, walk):
     pg = page
     tab(pg, "2 · Analyse")
     wait_text(pg, "#lx-analysis-status", "Model loaded")                    # [9]
+    # issue 25 [13] [1]: an out-of-range size names its field, and Stop goes idle again
+    pg.locator("#lx-seqlen input").fill("-5")
+    pg.click("#lx-analyse")
+    toast(pg, "Tokens per calibration window must be a whole number from 4 to 4096 (got -5)")
+    stop_idle(pg)
+    no_error_badges(pg)
+    pg.locator("#lx-seqlen input").fill(str(walk.settings.probe_seqlen))
     with held() as inside:
         pg.click("#lx-analyse")
         assert inside.wait(60)
@@ -208,7 +271,11 @@ def test_2_analyse_tab(page):
         assert running_bars(pg) == 1                                       # [8] one bar
     wait_text(pg, "#lx-analysis-status", "Probed", TIMEOUT)
     pg.wait_for_selector("#lx-heatmap-analyse .js-plotly-plot .nsewdrag", timeout=QUICK)
-    pg.wait_for_selector("#lx-stop[disabled]", timeout=QUICK)
+    stop_idle(pg)
+    # issue 25 [14]: asking again for the same analysis reuses it, and says so
+    pg.click("#lx-analyse")
+    wait_text(pg, "#lx-analysis-status", "Reused the earlier probe", TIMEOUT)
+    stop_idle(pg)
 
     # [4] words and colours agree for every measure: bright = alike
     from explorer.measure import MEASURES
@@ -232,12 +299,19 @@ def test_2_analyse_tab(page):
     assert labels == ["0", "5", "10", "15", "20", "25", "30"]
     # models side by side on relative depth (here the one resident model: nothing to load)
     pg.get_by_text("Models side by side: where does each model's redundancy live?").click()
-    pg.locator("#lx-models textarea, #lx-models input").fill("smollm2-135m")
+    models = pg.locator("#lx-models textarea, #lx-models input")
+    models.fill("smollm2-135m")
+    models.press("Tab")                    # the box's value reaches the page's state first
+    pg.wait_for_timeout(500)
     pg.click("#lx-compare-models")
     pg.wait_for_selector("#lx-models-plot .js-plotly-plot", timeout=TIMEOUT)
     curves = plot(pg, "lx-models-plot")["data"]
     assert len(curves) == 1 and len(curves[0]["x"]) == 30
     assert curves[0]["x"][0] == 0 and curves[0]["x"][-1] == 1
+    # issue 25 [5]: the measure is shown by its title, in the menu and the plot
+    assert pg.input_value("#lx-measure input") == MEASURES["cosine"].title
+    assert "Mean token cosine" in plot(pg, "lx-models-plot")["layout"]["title"]["text"]
+    stop_idle(pg)
     shot(pg, "walkthrough-2-analyse")
 
 
@@ -281,7 +355,9 @@ def test_4_plan_with_a_method(page, walk, caplog, capfd):
     pg, s = page, walk.settings
     pg.locator("#lx-remove input").fill("4")
     pg.click("#lx-method-plan")                        # ShortGPT, the default method
-    wait_text(pg, "#lx-plan-status", "Plan from shortgpt", TIMEOUT)
+    wait_text(pg, "#lx-plan-status", "Plan from ShortGPT (Block Influence)", TIMEOUT)
+    assert "lowest Block Influence" in text(pg, "#lx-plan-status")           # issue 25 [5]
+    assert " bi " not in text(pg, "#lx-plan-status")
     # [6] the manual fields now show the method's layers: the same ones, computed directly
     expect = compress(session.current_model(), "shortgpt", remove=4,
                       calibration=load_texts("wiki").calibration, seqlen=s.method_seqlen,
@@ -298,7 +374,8 @@ def test_4_plan_with_a_method(page, walk, caplog, capfd):
     capfd.readouterr()
     pg.click("#lx-method-plan")
     toast(pg, "laco: T must be a number in [-1, 1] (got 5")
-    assert "Plan from shortgpt" in text(pg, "#lx-plan-status")
+    assert "Plan from ShortGPT" in text(pg, "#lx-plan-status")
+    stop_idle(pg)
     assert table_rows(pg, "lx-plan-table") == rows_before
     assert pg.locator("#lx-plan-table").get_by_text("Error").count() == 0
     assert pg.locator("#lx-plan-status").get_by_text("Error").count() == 0
@@ -310,6 +387,13 @@ def test_4_plan_with_a_method(page, walk, caplog, capfd):
     pg.click("#lx-update-plan")
     wait_text(pg, "#lx-plan-status", "Manual plan")
     assert "30 → 26 layers" in text(pg, "#lx-plan-status")
+    # issue 25 [15]: a refused edit puts the field back to the plan in force
+    shown = field(pg, "lx-drops")
+    pg.locator("#lx-drops textarea, #lx-drops input").fill("0-29")
+    pg.click("#lx-update-plan")
+    toast(pg, "this plan would leave no layer")
+    wait_field(pg, "lx-drops", shown)
+    no_error_badges(pg)
     shot(pg, "walkthrough-4-method")
     # back to the clicked plan for the next steps
     pg.locator("#lx-drops textarea, #lx-drops input").fill("12")
@@ -330,17 +414,25 @@ def test_5_stop_and_apply(page):
         pg.click("#lx-stop")
         wait_text(pg, "#lx-stop", "Stopping")                              # [7] confirmed...
     toast(pg, "stopped: you pressed Stop (the model is back as it was)")   # ...and done
-    pg.wait_for_selector("#lx-stop[disabled]", timeout=QUICK)
-    wait_text(pg, "#lx-stop", "Stop the running step")
+    # issue 25 [11]: a notice titled Stopped, not an error
+    assert pg.locator(".toast-body.error").count() == 0
+    stop_idle(pg)                                                          # issue 25 [2]
+    no_error_badges(pg)
 
     tab(pg, "3 · Plan")
-    pg.click("#lx-apply")
-    assert selected_tab(pg) == "4 · Compare"
+    with held(20) as inside:
+        pg.click("#lx-apply")
+        assert inside.wait(60)
+        assert selected_tab(pg) == "4 · Compare"
+        pg.wait_for_selector("#lx-stop:not([disabled])", timeout=QUICK)
+        assert "Stopping" not in text(pg, "#lx-stop")                      # issue 25 [2]
     wait_text(pg, "#lx-summary", "Protocol", TIMEOUT)
     summary = text(pg, "#lx-summary")
     before, after = perplexities(pg)
     assert 1.0 < before < after, summary          # removing 2 of 30 layers costs perplexity
     assert "non-overlapping windows" in summary and "512" in summary      # [12] protocol, why
+    assert "its Teach figures are this app's" in summary                   # issue 25 [17]
+    assert summary.startswith("manual: drop layer 12; merge layers 14-15")  # issue 25 [5]
     pg.wait_for_selector(".lx-gens td", timeout=TIMEOUT)
     # [2] the variant column and the history's perplexities are on screen, not past its edge
     width = pg.viewport_size["width"]
@@ -356,6 +448,12 @@ def test_5_stop_and_apply(page):
     hist = plot(pg, "lx-history-plot")
     manual = [t for t in hist["data"] if t["name"] == "manual plans"]
     assert manual and manual[0]["mode"] == "markers" and manual[0]["x"] == [2]
+    assert manual[0]["marker"]["color"] == "#1f77b4"                       # issue 25 [4] fixed
+    # the capability check of this variant (test 7b checks that a new plan clears it)
+    pg.get_by_text("More checks: what the model can still do").click()
+    pg.click("#lx-capability")
+    wait_text(pg, "#lx-capability-scores", "next-token top-1", TIMEOUT)
+    stop_idle(pg)
     assert hist["layout"]["xaxis"]["dtick"] >= 1 and float(hist["layout"]["xaxis"]["dtick"]) \
         .is_integer()
     shot(pg, "walkthrough-5-compare")
@@ -377,8 +475,19 @@ def test_6_heal_and_check(page, walk):
     small = {} if SCREENSHOTS else {"seqlen": "128", "windows": "40", "held_out": "2"}
     for name, value in small.items():
         pg.locator(f"#lx-heal-closed-form-{name} input").fill(value)
+    label = pg.locator("#lx-heal-closed-form-held_out label, "
+                       "#lx-heal-closed-form-held_out [data-testid=block-info]").first
+    assert label.inner_text().strip().startswith("Held-out windows")       # issue 25 [5]
     pg.click("#lx-heal")
     wait_text(pg, "#lx-heal-line", "Healed", TIMEOUT)
+    line = text(pg, "#lx-heal-line")
+    assert "layer 11 and the merged layer 14-15" in line and "slot" not in line   # [5]
+    assert "calibration windows" in line and "evaluation text" in line          # [8]
+    pg.wait_for_function("() => document.querySelector('#lx-heal-curve .js-plotly-plot')"
+                         "?.data?.[0]?.type === 'bar'", timeout=QUICK)          # [7]
+    bars = plot(pg, "lx-heal-curve")
+    assert len(bars["data"][0]["y"]) == 2 and "no training curve" not in \
+        bars["layout"]["title"]["text"]
     wait_text(pg, "#lx-summary", "healed (closed-form)", TIMEOUT)
     original, variant, healed = perplexities(pg)
     lm = session.current_model()
@@ -399,7 +508,7 @@ def test_6_heal_and_check(page, walk):
     shot(pg, "walkthrough-6-heal")
 
 
-def test_7_export(page):
+def test_7_export(page, walk):
     pg = page
     tab(pg, "5 · Export")
     pg.wait_for_selector("#lx-recipe:not([disabled])", timeout=QUICK)
@@ -417,7 +526,36 @@ def test_7_export(page):
         assert sorted(z.namelist()) == ["recipe.fitted.safetensors", "recipe.json"]
         recipe = json.loads(z.read("recipe.json").decode("utf-8"))
     assert [op["op"] for op in recipe["ops"]] == ["merge", "drop", "heal"]   # the healed one
+    pg.click("#lx-save")
+    wait_text(pg, "#lx-export-saved", "in the export folder", TIMEOUT)
+    for name in ("1 · Model", "2 · Analyse", "3 · Plan", "4 · Compare", "5 · Export"):
+        tab(pg, name)
+        no_server_path(pg, walk, name)                                     # issue 25 [19]
+    tab(pg, "5 · Export")
     shot(pg, "walkthrough-7-export")
+
+
+def test_7b_a_new_plan_leaves_nothing_stale(page):
+    """Issue 25 [3]: after a new plan is applied, no heal line, capability table or healed
+    column of the previous variant stays on the Compare tab."""
+    pg = page
+    tab(pg, "4 · Compare")
+    assert "Healed" in text(pg, "#lx-heal-line")
+    assert "next-token top-1" in text(pg, "#lx-capability-scores")     # from test 5
+    tab(pg, "3 · Plan")
+    pg.locator("#lx-drops textarea, #lx-drops input").fill("25")
+    pg.locator("#lx-merges textarea, #lx-merges input").fill("")
+    pg.click("#lx-update-plan")
+    wait_text(pg, "#lx-plan-status", "drop layer 25")
+    pg.click("#lx-apply")
+    wait_text(pg, "#lx-summary", "Protocol", TIMEOUT)
+    assert text(pg, "#lx-heal-line").strip() == ""
+    assert text(pg, "#lx-capability-scores").strip() == ""
+    assert "healed" not in text(pg, "#lx-summary").split("Protocol")[0]
+    pg.wait_for_function("() => document.querySelectorAll('.lx-gens th').length === 3",
+                         timeout=TIMEOUT)
+    stop_idle(pg)
+    shot(pg, "walkthrough-7b-new-plan", asset=False)
 
 
 def test_8_learn(page):
@@ -429,4 +567,6 @@ def test_8_learn(page):
     headings = pg.locator("#lx-learn h3").all_inner_texts()
     assert any(h.startswith("Mean token cosine") for h in headings)        # [15] titles, not ids
     assert "bi" not in headings and "cka" not in headings
+    headers_unbroken(pg, "#lx-learn th")                                   # issue 25 [6]
+    assert "method" not in pg.locator("#lx-learn th").all_inner_texts()
     shot(pg, "walkthrough-8-learn", asset=False)     # a long page of text: not for the README

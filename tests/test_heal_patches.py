@@ -9,7 +9,6 @@ import torch
 
 from explorer import Variant, load_model
 from explorer.backbone import hooks
-from explorer.heal import heal
 from explorer.heal.linear_patch import PatchedLayer, hadamard
 from tiny import SAMPLE_TEXT
 

@@ -74,8 +74,8 @@ def test_example_method_and_measure_appear_everywhere(example_method, example_me
     rows = json.loads(out.getvalue())["methods"]["exeveryother"]
     assert rows[0]["name"] == "offset" and rows[0]["allowed"] == "an integer >= 1"
     # the docs tables generated from the registries
-    assert "| exeveryother | `offset` | `2` | an integer >= 1 |" in methods_table()
-    assert "| exdiff | `scale` | `1.0` | a number >= 0 |" in measures_table()
+    assert "| exeveryother | Offset (`offset`) | `2` | an integer >= 1 |" in methods_table()
+    assert "| exdiff | Scale (`scale`) | `1.0` | a number >= 0 |" in measures_table()
     # the declarations the app reads
     assert [r["name"] for r in describe(get_method("exeveryother").params)] == ["offset"]
     assert get_measure("exdiff").param_names == ("scale",)

@@ -268,16 +268,23 @@ class ClosedForm(HealMode):
     params = COMMON_PARAMS + (
         Param("objective", str, "lstsq", "lstsq: least squares (closed form); cosine: then "
               "minimise the cosine distance by Adam (ReplaceMe's second variant)",
-              choices=("lstsq", "cosine")),
+              choices=("lstsq", "cosine"),
+              label="Objective", choice_labels=(
+                ('lstsq', 'least squares'),
+                ('cosine', 'cosine (after least squares)'),
+              )),
         Param("ridge", float, 1e-4, "ridge term, relative to the mean diagonal of M^T M",
-              min=0, max=1),
+              min=0, max=1,
+              label="Ridge term"),
         Param("cosine_steps", int, 300, "Adam steps of the cosine objective", min=1,
-              max=100_000),
+              max=100_000,
+              label="Cosine steps"),
         Param("cosine_lr", float, 1e-4, "Adam learning rate of the cosine objective", min=0,
-              max=1),
+              max=1,
+              label="Cosine learning rate"),
         Param("follow", int, 0, "slots after each cut that also get a map, each toward the "
               "dense state after its own layer (0: ReplaceMe's one map per cut)", min=0,
-              max=1000),
+              max=1000, label="Maps after each cut"),
     )
     examples = ({}, {"objective": "cosine", "cosine_steps": 3})
 

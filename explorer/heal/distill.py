@@ -157,27 +157,47 @@ class Distill(HealMode):
     params = with_defaults(COMMON_PARAMS, windows=256) + (
         Param("init", str, "layerwise", "heal the cuts first: closed form then a short "
               "layer-wise fit, closed form only, or nothing",
-              choices=("layerwise", "closed-form", "none")),
+              choices=("layerwise", "closed-form", "none"),
+              label="Start from", choice_labels=(
+                ('layerwise', 'a layer-wise fit'),
+                ('closed-form', 'the closed-form map'),
+                ('none', 'the layers as they are'),
+              )),
         Param("init_share", float, 0.3, "share of the budget the layer-wise start uses", min=0,
-              max=0.9),
+              max=0.9,
+              label="Budget share of the start"),
         Param("init_steps", int, None, "steps of the layer-wise start (default: init_share of "
-              "the budget)", min=1, max=10_000_000, optional=True),
+              "the budget)", min=1, max=10_000_000, optional=True,
+              label="Steps of the start"),
         Param("train", str, "layers", "what is trained: whole layers, norm weights, or low-rank "
-              "adapters merged back at the end", choices=("layers", "norms", "lora")),
+              "adapters merged back at the end", choices=("layers", "norms", "lora"),
+              label="What is trained", choice_labels=(
+                ('layers', 'whole layers'),
+                ('norms', 'norm weights'),
+                ('lora', 'low-rank adapters (LoRA)'),
+              )),
         Param("span", str, "cuts", "which slots: those around the cuts, or all",
-              choices=("cuts", "all")),
+              choices=("cuts", "all"),
+              label="Which layers", choice_labels=(('cuts', 'around the cuts'), ('all', 'all'))),
         Param("before", int, 2, "slots trained up to and including each cut's layer (span "
-              "cuts)", min=0, max=1000),
-        Param("after", int, 2, "slots trained after each cut (span cuts)", min=0, max=1000),
-        Param("rank", int, 8, "rank of the low-rank adapters (train lora)", min=1, max=4096),
+              "cuts)", min=0, max=1000,
+              label="Layers trained up to each cut"),
+        Param("after", int, 2, "slots trained after each cut (span cuts)", min=0, max=1000,
+              label="Layers trained after each cut"),
+        Param("rank", int, 8, "rank of the low-rank adapters (train lora)", min=1, max=4096,
+              label="LoRA rank"),
         Param("top_k", int, 64, "dense next-token log-probabilities kept per position", min=1,
-              max=4096),
+              max=4096,
+              label="Log-probabilities kept (top-k)"),
         Param("lr", float, None, "Adam learning rate (default: 5e-5 layers, 1e-3 norms, 5e-4 "
-              "lora)", min=0, max=1, optional=True),
-        Param("batch", int, 4, "windows per step", min=1, max=4096),
+              "lora)", min=0, max=1, optional=True,
+              label="Learning rate"),
+        Param("batch", int, 4, "windows per step", min=1, max=4096,
+              label="Windows per step"),
         Param("schedule_steps", int, None, "length of the learning-rate schedule (default: the "
               "step budget, or estimated from the first steps under a time budget)", min=1,
-              max=10_000_000, optional=True),
+              max=10_000_000, optional=True,
+              label="Schedule length (steps)"),
     ) + KEEP_BEST_PARAMS
     examples = ({"init": "none"}, {"init": "none", "train": "lora", "rank": 2},
                 {"train": "norms", "span": "all"})

@@ -150,16 +150,25 @@ class Layerwise(HealMode):
     # 512 x 128 calibration tokens: with 256 a few hundred steps already overfit (docs/healing.md)
     params = with_defaults(COMMON_PARAMS, windows=512) + (
         Param("init", str, "closed-form", "start from the closed-form map, or from the layers "
-              "as they are", choices=("closed-form", "none")),
+              "as they are", choices=("closed-form", "none"),
+              label="Start from", choice_labels=(
+                ('closed-form', 'the closed-form map'),
+                ('none', 'the layers as they are'),
+              )),
         Param("before", int, 3, "slots trained up to and including each cut's layer", min=0,
-              max=1000),
-        Param("after", int, 3, "slots trained after each cut", min=0, max=1000),
+              max=1000,
+              label="Layers trained up to each cut"),
+        Param("after", int, 3, "slots trained after each cut", min=0, max=1000,
+              label="Layers trained after each cut"),
         Param("lr", float, 1.5e-3, "Adam learning rate (cosine-decayed; 3e-3 diverged on "
-              "SmolLM2, docs/healing.md)", min=0, max=1),
-        Param("batch", int, 4, "windows per step", min=1, max=4096),
+              "SmolLM2, docs/healing.md)", min=0, max=1,
+              label="Learning rate"),
+        Param("batch", int, 4, "windows per step", min=1, max=4096,
+              label="Windows per step"),
         Param("schedule_steps", int, None, "length of the learning-rate schedule (default: the "
               "step budget, or estimated from the first steps under a time budget)", min=1,
-              max=10_000_000, optional=True),
+              max=10_000_000, optional=True,
+              label="Schedule length (steps)"),
     ) + KEEP_BEST_PARAMS
     examples = ({}, {"init": "none"})
 

@@ -48,13 +48,17 @@ from .cuts import find_cuts
 from .data import HealData, held_out_ppl
 
 COMMON_PARAMS: tuple[Param, ...] = (
-    Param("seqlen", int, 128, "tokens per calibration window", min=8, max=8192),
+    Param("seqlen", int, 128, "tokens per calibration window", min=8, max=8192,
+          label="Tokens per window"),
     Param("windows", int, 128, "calibration windows fitted on (first part of the calibration "
-          "text)", min=1, max=100_000),
+          "text)", min=1, max=100_000,
+          label="Fitted windows"),
     Param("held_out", int, 8, "further calibration windows never fitted on: the held-out "
-          "perplexity shown while healing", min=1, max=10_000),
+          "perplexity shown while healing", min=1, max=10_000,
+          label="Held-out windows"),
     Param("skip_first", bool, True, "leave each window's first position (massive activation) out "
-          "of the fits"),
+          "of the fits",
+          label="Leave out each window's first token"),
 )
 
 

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from ..measure import measure_param, most_similar, similarity
+from ..measure import measure_param, measure_title, most_similar, similarity
 from .registry import Method, Plan, PlanContext, register
 
 
@@ -37,6 +37,7 @@ class Angular(Method):
         d = [float(sim[i, i + n]) for i in range(L - n + 1)]               # block [i, i+n)
         start = most_similar(d, measure)[0]
         return self.drop_plan(ctx, params, range(start, start + n), {measure: d},
-                              f"Dropped the block {start}-{start + n - 1}: {measure} "
+                              f"Dropped layers {start}-{start + n - 1}: "
+                              f"{measure_title(measure)} "
                               f"d({start}, {start + n}) = {d[start]:.3f} is the best of {len(d)} "
                               "blocks.")

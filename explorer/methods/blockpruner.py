@@ -79,7 +79,12 @@ class BlockPruner(Method):
     params = (
         SAMPLES,
         Param("parts", str, "both", "which blocks are candidates: attention, MLP or both "
-              "(official code: mha, mlp, mix)", choices=("both", "attn", "mlp")),
+              "(official code: mha, mlp, mix)", choices=("both", "attn", "mlp"),
+              label="Candidate blocks", choice_labels=(
+                ('both', 'attention and MLP'),
+                ('attn', 'attention'),
+                ('mlp', 'MLP'),
+              )),
         ABANDON,
     )
 

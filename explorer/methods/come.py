@@ -244,8 +244,10 @@ class CoMe(Method):
         measure_param("cosine", "how the pair is chosen: cell (l, l+2) on the current variant, "
                       "how little the pair changes the residual stream"),
         Param("recover_steps", int, 0, "layer-wise distillation steps after each merge (0: off)",
-              min=0),
-        Param("recover_lr", float, 1e-4, "Adam learning rate for recovery", min=0),
+              min=0,
+              label="Recovery steps"),
+        Param("recover_lr", float, 1e-4, "Adam learning rate for recovery", min=0,
+              label="Recovery learning rate"),
     )
     examples = ({}, {"recover_steps": 2})
 

@@ -24,7 +24,8 @@ class Drop(Method):
                    "computation. Use it to test your own hypothesis about which layers are "
                    "redundant, for instance after reading the similarity heatmap.")
     params = (Param("layers", list, [], "original layer indices to delete, e.g. [14, 15] or "
-                    "14-15; their number is the layers removed"),)
+                    "14-15; their number is the layers removed",
+                    label="Layers to drop"),)
     examples = ({"layers": [1, 3]},)
 
     def implied_remove(self, params: dict) -> int | None:

@@ -98,19 +98,33 @@ class LaCo(Method):
     params = (
         Param("mode", str, "target", "target (ours): C scaled to the depth, walk repeated, best "
               "candidate accepted when none passes T, always reaches the size; walk: the paper's "
-              "single walk, an error if it falls short", choices=("target", "walk")),
+              "single walk, an error if it falls short", choices=("target", "walk"),
+              label="Walk", choice_labels=(
+                ('target', 'to the target size (ours)'),
+                ('walk', 'one walk (paper)'),
+              )),
         Param("C", int, None, "layers combined per merge (none: 7 as published in walk mode, "
-              "round(7 L / 40) in target mode)", min=2, optional=True),
+              "round(7 L / 40) in target mode)", min=2, optional=True,
+              label="Layers per merge (C)"),
         Param("I", int, 1, "minimum interval: the walk moves down by I after an accepted merge",
-              min=1),
+              min=1,
+              label="Minimum interval (I)"),
         Param("H", int, None, "highest layer index the walk may touch (none: the last layer)",
-              min=0, optional=True),
-        Param("L", int, 0, "lowest layer index the walk may start from", min=0),
+              min=0, optional=True,
+              label="Highest layer (H)"),
+        Param("L", int, 0, "lowest layer index the walk may start from", min=0,
+              label="Lowest layer (L)"),
         Param("T", float, 0.45, "acceptance threshold on the mean cosine of final "
-              "representations", min=-1, max=1),
+              "representations", min=-1, max=1,
+              label="Acceptance threshold (T)"),
         Param("rule", str, "paper", "RDSC as written (paper) or the released telescoped rule "
-              "(code)", choices=("paper", "code")),
-        Param("num_sentences", int, 8, "calibration windows used for the acceptance test", min=1),
+              "(code)", choices=("paper", "code"),
+              label="Merge rule", choice_labels=(
+                ('paper', 'as in the paper'),
+                ('code', 'as in the released code'),
+              )),
+        Param("num_sentences", int, 8, "calibration windows used for the acceptance test", min=1,
+              label="Acceptance-test windows"),
     )
     examples = ({"C": 3, "T": -1.0},)           # accept every merge: the walk must still stop
 

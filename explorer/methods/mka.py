@@ -28,7 +28,7 @@ import math
 import torch
 
 from ..errors import LayerError
-from ..measure import adjacent, get_measure, measure_param, similarity
+from ..measure import adjacent, get_measure, measure_param, measure_title, similarity
 from ..params import Param
 from ..variant import Variant
 from .layout import Layout
@@ -69,14 +69,21 @@ class MKA(Method):
     params = (
         measure_param("npib", "similarity S_lm of two layers' outputs, for choosing pairs and as "
                       "the weight (a distance d is used as 1 - d)"),
-        Param("adjacent", bool, True, "only adjacent pairs are candidates (false: every pair)"),
+        Param("adjacent", bool, True, "only adjacent pairs are candidates (false: every pair)",
+              label="Adjacent pairs only"),
         Param("weight_rule", str, "paper", "a = S_lm (paper) or the released code's "
-              "a = sigmoid(s_l / (s_l + s_m))", choices=("paper", "code")),
+              "a = sigmoid(s_l / (s_l + s_m))", choices=("paper", "code"),
+              label="Weight rule", choice_labels=(
+                ('paper', 'as in the paper'),
+                ('code', 'as in the released code'),
+              )),
         Param("pairs", list, None, "pairs [[l, m], ...] of original layers to merge in this "
               "order (none: choose by similarity); their number is the layers removed",
-              optional=True),
+              optional=True,
+              label="Pairs to merge"),
         Param("measure_params", dict, {}, 'extra parameters of the measure, e.g. {"k": 5} for '
-              "npib"),
+              "npib",
+              label="Measure parameters"),
     )
 
     def implied_remove(self, params: dict) -> int | None:
@@ -126,7 +133,8 @@ class MKA(Method):
             lay = lay.merge([lo, hi])
             weights.append(round(a, 4))
         return Plan(self.name, params, v, lay.removed(L), lay.merged(), scores,
-                    f"MKA merged {remove} pair(s) by {measure} with the {params['weight_rule']} "
+                    f"MKA merged {remove} pair(s) by {measure_title(measure)} with the "
+                    f"{params['weight_rule']} "
                     f"weight rule (a = {', '.join(map(str, weights))}).")
 
     @staticmethod

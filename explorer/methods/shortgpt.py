@@ -11,7 +11,8 @@ Example:
 
 from __future__ import annotations
 
-from ..measure import adjacent, measure_param, most_similar
+from ..layer_lists import format_layers
+from ..measure import adjacent, measure_param, measure_title, most_similar
 from .registry import Method, Plan, PlanContext, register
 
 
@@ -36,5 +37,6 @@ class ShortGPT(Method):
         scores = adjacent(ctx.probe(), measure).float().cpu().tolist()   # (L,)
         layers = sorted(most_similar(scores, measure)[:remove])
         return self.drop_plan(ctx, params, layers, {measure: scores},
-                              f"Dropped the {remove} layers with the lowest {measure} "
-                              f"scores: {layers}.")
+                              f"Dropped the {remove} layers with the lowest "
+                              f"{measure_title(measure)} scores: layers "
+                              f"{format_layers(layers)}.")

@@ -30,10 +30,12 @@ from .registry import Method, Plan, PlanContext, Report, register
 
 SAMPLES = Param("samples", int, 8, "calibration windows each candidate is scored on (the first "
                 "ones of the calibration text; the paper uses 128 x 2048 tokens)",
-                min=1, optional=True)
+                min=1, optional=True,
+                label="Scoring windows")
 ABANDON = Param("early_stop", bool, True, "stop scoring a candidate once a lower bound of its NLL "
                 "exceeds the best complete one's (same choice, faster; its score is then an "
-                "estimate)")
+                "estimate)",
+                label="Stop scoring early")
 
 
 def calibration_ids(ctx: PlanContext, samples: int | None):
@@ -57,9 +59,11 @@ class SLEB(Method):
     params = (
         SAMPLES,
         Param("early_barrier", int, 1, "the first N layers are never removed (official code: 1)",
-              min=0),
+              min=0,
+              label="Protected first layers"),
         Param("latter_barrier", int, 1, "the last N layers are never removed (official code: 1)",
-              min=0),
+              min=0,
+              label="Protected last layers"),
         ABANDON,
     )
 

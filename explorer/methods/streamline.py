@@ -170,11 +170,15 @@ class Streamline(Method):
     params = (
         Param("replacement", str, "layer", "stand-in for the block: a copy of its first decoder "
               "layer, trained (exportable); a closed-form linear map; or a trained SwiGLU block",
-              choices=REPLACEMENTS),
+              choices=REPLACEMENTS,
+              label="Replacement layer"),
         Param("steps", int, 60, "optimiser steps for layer and ffn (60: < 1 min on CPU for "
-              "SmolLM2)", min=0),
-        Param("lr", float, 3e-4, "Adam learning rate, cosine-decayed", min=0),
-        Param("skip_first", bool, True, "leave each window's first position out of the fit"),
+              "SmolLM2)", min=0,
+              label="Training steps"),
+        Param("lr", float, 3e-4, "Adam learning rate, cosine-decayed", min=0,
+              label="Learning rate"),
+        Param("skip_first", bool, True, "leave each window's first position out of the fit",
+              label="Leave out each window's first token"),
         measure_param("cosine", "block selection: the block whose input and output are most "
                       "similar is replaced"),
     )

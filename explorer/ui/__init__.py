@@ -44,6 +44,13 @@ CSS = """.lx-clickplot .modebar { opacity: .6 }
 .lx-gens { table-layout: fixed; width: 100%; border-collapse: collapse }
 .lx-gens td, .lx-gens th { overflow-wrap: anywhere; vertical-align: top; padding: 4px 8px;
                            border-bottom: 1px solid var(--border-color-primary); text-align: left }
+/* table headers break between words, never inside one ("Propert-y") */
+.prose th, .lx-gens th, .table th, th .cell-wrap span {
+    overflow-wrap: normal !important; word-break: keep-all !important; hyphens: none }
+/* an error is said once, in its toast: no "Error" badge left over a component's text */
+[data-testid=status-tracker] > .error, [data-testid=status-tracker] > .clear-status {
+    display: none !important }
+[data-testid=status-tracker].error { background: transparent !important; pointer-events: none }
 """
 
 

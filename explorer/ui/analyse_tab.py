@@ -6,7 +6,7 @@ from dataclasses import replace
 import gradio as gr
 
 from ..embedded import EMBEDDED
-from ..measure import MEASURES
+from ..measure import MEASURES, measure_title
 from ..profiles import parse_models
 from . import analysis, jobs, plots, stop
 from .clickplot import ClickPlot
@@ -15,23 +15,36 @@ from .learn_tab import CONVENTION, measure_help
 from .state import Session
 
 MAP_METHODS = [("MDS", "mds"), ("UMAP", "umap")]
-TOKEN_METHODS = [("PCA", "pca"), ("UMAP", "umap"), ("Diffusion map", "diffusion")]
+TOKEN_METHODS = [(words, name) for name, words in analysis.TOKEN_METHODS.items()]
 WAITING = "Load a model (Model tab), then run the analysis."
 
 
 def analyse(settings, state: Session, seqlen: int, samples: int, map_method: str, progress=None):
     """Probe the calibration text; returns the heatmap, profiles and layer map."""
-    state = analysis.run(state, seqlen, samples, settings.probe_max_tokens, progress)
+    state, fresh = analysis.run(state, seqlen, samples, settings.probe_max_tokens, progress)
     heat = analysis.heatmap_json(state, progress)
+    key = state.analysis.key
     pr = analysis.entry(state).probe
     L = pr.num_layers
-    skipped = ", first position of each window left out" if pr.skip_first else ""
-    status = (f"Probed {pr.num_samples} windows x {int(seqlen)} tokens ({pr.num_tokens:,} "
-              f"recorded tokens per boundary{skipped}) in {pr.seconds:.1f} s. Click a cell "
-              f"(a, b) to select layers a..b-1.")
+    status = probe_status(pr, key.seqlen, key.samples, fresh)
     layer_map = _safe_map(state, map_method, progress)
     picks = gr.update(choices=list(range(L + 1)), value=[0, L // 2, L])
     return (state, status, heat, heat, analysis.profiles_figure(state), layer_map, picks)
+
+
+def probe_status(pr, seqlen: int, asked: int, fresh: bool) -> str:
+    """What the analysis probed: windows and tokens, a request the text could not fill, and
+    whether the probe was computed now or reused."""
+    skipped = ", first position of each window left out" if pr.skip_first else ""
+    cut = ""
+    if pr.num_samples < asked:
+        cut = (f" You asked for {asked} windows: the calibration text holds only "
+               f"{pr.num_samples} windows of {seqlen} tokens, so all of them were used.")
+    what = (f"{pr.num_samples} windows x {seqlen} tokens ({pr.num_tokens:,} recorded tokens per "
+            f"boundary{skipped})")
+    done = f"Probed {what} in {pr.seconds:.1f} s." if fresh else \
+        f"Reused the earlier probe of {what}, which took {pr.seconds:.1f} s."
+    return f"{done}{cut} Click a cell (a, b) to select layers a..b-1."
 
 
 def _safe_map(state: Session, method: str, progress):
@@ -61,10 +74,12 @@ def remap(state: Session, map_method: str, progress=gr.Progress()):
 def build(ctx: Ctx) -> AnalyseParts:
     s = ctx.settings
     with gr.Row(equal_height=True):
-        seqlen = gr.Number(s.probe_seqlen, label="Tokens per calibration window", precision=0,
-                           minimum=4, maximum=4096)
-        samples = gr.Number(s.probe_samples, label="Calibration windows", precision=0,
-                            minimum=1, maximum=1024)
+        seqlen = gr.Number(s.probe_seqlen, label=analysis.SEQLEN_FIELD[0], precision=0,
+                           info="{1} to {2}".format(*analysis.SEQLEN_FIELD),
+                           elem_id="lx-seqlen")
+        samples = gr.Number(s.probe_samples, label=analysis.SAMPLES_FIELD[0], precision=0,
+                            info="{1} to {2}; fewer when the text runs out".format(
+                                *analysis.SAMPLES_FIELD), elem_id="lx-samples")
         run_btn = gr.Button("Run analysis", variant="primary", elem_id="lx-analyse")
     status = gr.Markdown(WAITING, elem_id="lx-analysis-status", elem_classes=["lx-step"])
     with gr.Row():
@@ -149,7 +164,8 @@ def wire(ctx: Ctx) -> None:
         out = jobs.profiles_job(specs, measure, state.text if not state.text.startswith("user:")
                                 else "wiki", s.probe_seqlen, s.probe_samples,
                                 stop.watch(progress, request))
-        return plots.profiles_overlay(out["profiles"], out["measure"], out["higher_is_similar"])
+        return plots.profiles_overlay(out["profiles"], measure_title(out["measure"]),
+                                      out["higher_is_similar"])
 
     ctx.long_step(a.models_btn.click, compare_models, [ctx.state, a.models, a.measure],
                   [a.models_plot], api_name="compare_models", show_progress_on=[a.models_line])

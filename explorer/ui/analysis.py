@@ -16,7 +16,7 @@ from .. import manifold
 from ..errors import ExplorerError
 from ..measure import MEASURES, Measure
 from ..progress import Event
-from . import jobs, plots
+from . import controls, jobs, plots
 from .common import need_analysis, need_model
 from .registry import REGISTRY, ProbeEntry
 from .state import Analysis, ProbeKey, Session
@@ -29,18 +29,33 @@ def entry(state: Session, progress: Any = None) -> ProbeEntry:
     return REGISTRY.probe(key, lambda: jobs.analyse_job(*key, progress=progress))
 
 
-def run(state: Session, seqlen: int, samples: int, max_tokens: int,
-        progress: Any = None) -> Session:
-    """Probe (or reuse the cached probe) and record it in the session state."""
+# The token clouds' embeddings, in words
+TOKEN_METHODS = {"pca": "PCA", "umap": "UMAP", "diffusion": "Diffusion map"}
+
+# The Analyse tab's size fields: (label, smallest, largest).
+SEQLEN_FIELD = ("Tokens per calibration window", 4, 4096)
+SAMPLES_FIELD = ("Calibration windows", 1, 1024)
+
+
+def run(state: Session, seqlen: Any, samples: Any, max_tokens: int,
+        progress: Any = None) -> tuple[Session, bool]:
+    """Probe (or reuse the cached probe) and record it in the session state.
+
+    Returns (state, fresh): fresh is False when the probe came from the cache."""
     need_model(state)
-    if int(seqlen) < 4 or int(samples) < 1:
-        raise ExplorerError("the probe needs windows of at least 4 tokens and at least 1 window")
+    seqlen = controls.whole_number(seqlen, *SEQLEN_FIELD)
+    samples = controls.whole_number(samples, *SAMPLES_FIELD)
     REGISTRY.model_for(state, progress)
     measure = state.analysis.measure if state.analysis else default_measure()
-    key = ProbeKey(state.model, state.text, int(seqlen), int(samples), int(max_tokens))
+    key = ProbeKey(state.model, state.text, seqlen, samples, int(max_tokens))
     state = replace(state, analysis=Analysis(key=key, measure=measure))
-    entry(state, progress)
-    return state
+    computed = []
+
+    def compute() -> ProbeEntry:
+        computed.append(True)
+        return jobs.analyse_job(*key, progress=progress)
+    REGISTRY.probe(key, compute)
+    return state, bool(computed)
 
 
 def default_measure() -> str:
@@ -94,8 +109,8 @@ def token_figure(state: Session, layers: list[int], method: str, max_points: int
     for k, layer in enumerate(chosen):
         if progress is not None:
             progress(Event("token clouds", k / len(chosen), note=f"embedding the tokens of "
-                           f"x{layer} ({method})"))
+                           f"x{layer} ({TOKEN_METHODS.get(method, method)})"))
         coords, sample_index = manifold.token_embedding(e.probe, layer, method=method,
                                                         max_points=max_points, seed=0)
         panels.append((layer, jobs.to_numpy(coords), jobs.to_numpy(sample_index)))
-    return plots.token_clouds(panels, method)
+    return plots.token_clouds(panels, TOKEN_METHODS.get(method, method))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..errors import ExplorerError
-from . import jobs, stop
+from . import controls, jobs, stop
 from .common import ChecksParts, Ctx, need_model, user_errors
 from .state import Session
 
@@ -73,7 +73,7 @@ def build(ctx: Ctx) -> ChecksParts:
         with gr.Row(equal_height=True):
             tasks = gr.Textbox(label="lm-eval tasks (comma-separated)", placeholder=TASK_EXAMPLES,
                                elem_id="lx-tasks", scale=3)
-            limit = gr.Number(50, label="Samples per task", precision=0, minimum=1,
+            limit = gr.Number(50, label="Samples per task", precision=0,
                               elem_id="lx-task-limit", scale=1)
             tasks_btn = gr.Button("Run tasks", elem_id="lx-run-tasks", scale=1)
         tasks_line = gr.Markdown("Tasks from the hub need a network connection; a local task "
@@ -99,8 +99,9 @@ def wire(ctx: Ctx) -> None:
                   progress=gr.Progress()):
         if not (tasks or "").strip():
             raise ExplorerError(f"name at least one task: {TASK_EXAMPLES}")
-        report = jobs.tasks_job(state.model, current_ops(state), tasks,
-                                int(limit) if limit else None, stop.watch(progress, request))
+        limit = controls.whole_number(limit, "Samples per task", 1) if limit is not None else None
+        report = jobs.tasks_job(state.model, current_ops(state), tasks, limit,
+                                stop.watch(progress, request))
         return tasks_markdown(report, healed=state.heal is not None)
 
     ctx.long_step(c.capability_btn.click, run_capability, [ctx.state], [c.capability],

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..errors import ExplorerError, one_line
+from . import stop
 from .settings import UISettings
 from .state import Analysis, Session
 
@@ -37,6 +38,7 @@ class ModelParts:
     upload: gr.File
     text_btn: gr.Button
     text_info: gr.Markdown
+    dense_line: gr.Markdown      # the original model's figure, measured in the background
 
 
 @dataclass
@@ -160,28 +162,44 @@ class Ctx:
     def long_step(self, trigger: Callable, fn: Callable, inputs: Any, outputs: Any, *,
                   continues: bool = False, last: bool = True, **kwargs: Any) -> Any:
         """Wire `fn` to `trigger` (a bound event method such as `button.click` or `event.then`)
-        as a step the Stop button can end: Stop turns active before it starts and idle after it.
+        as a step the Stop button can end: Stop turns active before it starts and idle after it,
+        whether it succeeded, failed or was stopped.
 
         Steps chained into one run (Apply, then the generations) keep Stop active in between:
         the first is wired with `last=False` (Stop goes idle only if it fails), the next with
         `continues=True` (it was active already). The enabling and the step are chained, never
-        concurrent, so a quick failure cannot leave Stop active. Returns the step's event."""
+        concurrent, so a quick failure cannot leave Stop active. Gradio runs a `.then` only after
+        a success, so the idling hangs on `.success` and `.failure`; it leaves Stop active while
+        another step of the page still runs (`stop.running`). Returns the step's event."""
         if not continues:
-            trigger = trigger(lambda: gr.Button(interactive=True, variant="stop"), None,
-                              [self.stop_btn], queue=False, api_name=False,
+            trigger = trigger(_stop_active, None, [self.stop_btn], queue=False, api_name=False,
                               show_progress="hidden").then
-        event = trigger(fn, inputs, outputs, **kwargs)
+        event = trigger(stop.tracked(fn), inputs, outputs, **kwargs)
         self.long_events.append(event)
-        (event.then if last else event.failure)(
-            lambda: gr.Button(STOP_LABEL, interactive=False, variant="secondary"), None,
-            [self.stop_btn],
-            queue=False, api_name=False, show_progress="hidden")
+        for after in ((event.success, event.failure) if last else (event.failure,)):
+            after(_stop_idle, None, [self.stop_btn], queue=False, api_name=False,
+                  show_progress="hidden")
         return event
+
+
+def _stop_active() -> gr.Button:
+    return gr.Button(STOP_LABEL, interactive=True, variant="stop")
+
+
+def _stop_idle(request: gr.Request) -> gr.Button:
+    """Stop after a step: idle, unless another step of this page still runs."""
+    if stop.running(request) > 0:
+        return _stop_active()
+    return gr.Button(STOP_LABEL, interactive=False, variant="secondary")
 
 
 def _shown(exc: Exception, where: str) -> gr.Error:
     """The gr.Error the page shows for `exc` (logged as one line for bad input, with its traceback
     for a bug)."""
+    if isinstance(exc, stop.Stopped):       # what the user asked for: a notice, not an error
+        log.info("stopped in %s", where)
+        gr.Info(str(exc), title="Stopped")
+        return gr.Error(str(exc), title="Stopped", visible=False, print_exception=False)
     if isinstance(exc, ExplorerError):
         log.warning("refused in %s: %s", where, one_line(exc))
         return gr.Error(str(exc), print_exception=False)

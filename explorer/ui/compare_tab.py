@@ -16,7 +16,9 @@ from ..errors import ExplorerError
 from ..evaluate import PPLResult, nll_band
 from ..progress import Event
 from . import checks_panel, heal_panel, jobs, plots, speed_panel, stop
+from .gpu import ZERO_GPU
 from .common import CompareParts, Ctx, need_model, user_errors
+from .learn_tab import method_title
 from .registry import REGISTRY
 from .state import Session, Tried
 
@@ -40,14 +42,15 @@ def measure(settings, state: Session, ops: list[dict], healed: str = "",
     history. Returns (state, the JSON result)."""
     REGISTRY.model_for(state, progress)
     before = jobs.ppl_job(state.model, state.text, [], settings.ppl_seqlen,
-                          settings.ppl_max_tokens, progress)
+                          settings.ppl_max_tokens, progress, label="original model")
     after = jobs.ppl_job(state.model, state.text, ops, settings.ppl_seqlen,
-                         settings.ppl_max_tokens, progress)
+                         settings.ppl_max_tokens, progress,
+                         label="healed variant" if healed else "variant")
     facts = jobs.variant_facts_job(state.model, ops)
     plan = state.plan
     result = {
         "model": state.model, "method": plan.method, "params": plan.params,
-        "change": facts["change"], "ops": ops, "healed": healed,
+        "change": change_words(plan, healed), "ops": ops, "healed": healed,
         "layers_before": facts["layers_before"], "layers_after": facts["layers_after"],
         "removed": facts["layers_before"] - facts["layers_after"],
         "removed_layers": plan.removed, "merged_layers": plan.merged,
@@ -61,6 +64,27 @@ def measure(settings, state: Session, ops: list[dict], healed: str = "",
                   protocol=result["protocol"], healed=healed, band_before=band(before),
                   band_after=band(after))
     return state.tried(entry), result
+
+
+def change_words(plan, healed: str = "") -> str:
+    """The variant in words, original layer numbers: "ShortGPT (Block Influence): drop layers
+    12-15", "manual: drop layer 12; merge layers 14-15, healed (closed-form)"."""
+    return f"{method_title(plan.method)}: {plan.describe()}" + \
+        (f", healed ({healed})" if healed else "")
+
+
+def dense_figure(settings, state: Session, progress=None) -> str:
+    """The original model's figure on the session's text, measured ahead of the first Apply
+    (the app starts it in the background once a model and a text are chosen; Stop cancels it):
+    Apply then reads it from the dense cache, with the states the variant starts from. Returns
+    a line for the page ("" when there is nothing to do)."""
+    if not state.model or ZERO_GPU:      # ZeroGPU: no GPU time spent on what may not be used
+        return ""
+    r = jobs.ppl_job(state.model, state.text, [], settings.ppl_seqlen, settings.ppl_max_tokens,
+                     progress, label="original model, ahead of Apply")
+    how = "measured before" if r.cached else f"measured in {r.seconds:.0f} s"
+    return (f"Original model's perplexity on this text: **{r.ppl:.2f}** ({how}); Apply measures "
+            f"only the variant now.")
 
 
 def apply_plan(settings, state: Session, progress=None) -> tuple[Session, dict]:
@@ -111,9 +135,10 @@ def summary_markdown(state: Session, num_layers: int, num_parameters: int) -> st
             for _, t in cols) + " |"
     return (f"### {v.change}\n\n{head}\n{rule}\n{ppl}\n{layers}\n{params}{speed}\n\n"
             f"*Protocol:* {v.protocol}; in brackets the 95% band over the windows. Method: "
-            f"{v.method}. Perplexity depends on the window: the app's short windows keep it "
-            f"quick; the command line's default of 512 tokens gives each token more context and "
-            f"so a lower figure (the README's numbers use 512).")
+            f"{method_title(v.method)}. Perplexity depends on the window: the app's short windows "
+            f"keep it quick; the command line's default of 512 tokens gives each token more "
+            f"context and so a lower figure (the README's methods table uses 512; its Teach "
+            f"figures are this app's).")
 
 
 def history_rows(history: tuple[Tried, ...]) -> list[list]:
@@ -180,7 +205,9 @@ def wire(ctx: Ctx) -> None:
         """summary, history table, history plot."""
         lm = REGISTRY.model_for(state)
         return (summary_markdown(state, lm.num_layers, lm.num_parameters),
-                history_rows(state.history), plots.history(state.history))
+                history_rows(state.history),
+                plots.history(state.history, {h.method: method_title(h.method)
+                                              for h in state.history}))
 
     @user_errors
     def apply(state: Session, request: gr.Request, progress=gr.Progress()):
@@ -195,12 +222,19 @@ def wire(ctx: Ctx) -> None:
     def clear(state: Session):
         return replace(state, history=()), [], None
 
-    def to_compare():
-        return gr.Tabs(selected="compare"), "Measuring the plan…"
+    def to_compare(state: Session):
+        """Open Compare for the new measurement: nothing of another variant stays on screen
+        (a healing is shown again only when it healed this very plan)."""
+        h = state.heal
+        return (gr.Tabs(selected="compare"), "Measuring the plan…",
+                heal_panel.line(h) if h else "", heal_panel.figure(h) if h else None,
+                "", "", "")
 
     # switch to Compare at once (no queue), then measure there with the bar on the summary
-    shown = ctx.plan.apply_btn.click(to_compare, None, [ctx.tabs, c.summary], queue=False,
-                                     api_name=False)
+    shown = ctx.plan.apply_btn.click(
+        to_compare, [ctx.state],
+        [ctx.tabs, c.summary, c.heal.line, c.heal.curve, c.checks.capability,
+         c.checks.task_scores, c.gens], queue=False, api_name=False)
     applied = ctx.long_step(shown.then, apply, [ctx.state],
                             [ctx.state, c.summary, c.details, c.hist, c.hist_plot],
                             api_name="apply", show_progress_on=[c.summary], last=False)

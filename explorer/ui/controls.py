@@ -1,6 +1,8 @@
 """Controls generated from declared parameters (`explorer.params.Param`): no control is written by
 hand for a method, a measure or a healing mode, so a new parameter appears in the app by itself.
 
+Each control shows the parameter's `label` (its `name` is the CLI's) and its choices' words.
+
     bool            checkbox
     str + choices   dropdown of the allowed values
     int, float      number box (the allowed range is in its help line; `Param.parse` checks it);
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from ..errors import ParamError
 from ..layer_lists import format_layers
 from ..params import Param, resolve
 
@@ -34,12 +37,13 @@ def _as_text(value: Any) -> str:
 def control(p: Param, elem_id: str | None = None) -> gr.Component:
     """One control for `p`, showing its default, its help and what it allows."""
     info = f"{p.help} ({p.allowed()})"
-    common = dict(label=p.name, info=info, elem_id=elem_id)
+    common = dict(label=p.label, info=info, elem_id=elem_id)
     if p.type is bool:
         return gr.Checkbox(value=bool(p.default), **common)
     if p.choices:
-        choices = [c for c in p.choices]
-        return gr.Dropdown(choices + ([None] if p.optional else []), value=p.default, **common)
+        choices = [(p.choice_label(c), c) for c in p.choices]
+        return gr.Dropdown(choices + ([("none", None)] if p.optional else []), value=p.default,
+                           **common)
     if p.type in (int, float) and not p.optional:
         return gr.Number(value=p.default, precision=0 if p.type is int else None, **common)
     # text, lists, dicts, and numbers that may be none (a number box cannot be empty: it shows 0)
@@ -60,3 +64,21 @@ def read(params: Sequence[Param], raw: Sequence[Any], owner: str) -> dict:
             value = None
         given[p.name] = value
     return resolve(params, given, owner)
+
+
+def whole_number(value: Any, label: str, lo: int, hi: int | None = None) -> int:
+    """The whole number typed in the field labelled `label`, within [lo, hi].
+
+    The app's number fields carry no Gradio minimum/maximum: Gradio's own check names no field
+    ("Value -5 is less than minimum value 4."), logs a traceback, and ends the event before the
+    steps chained to it, so the Stop button would stay active. Here a bad value is one
+    `ParamError` line that names the field."""
+    allowed = f"a whole number from {lo} to {hi}" if hi is not None else f"a whole number >= {lo}"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ParamError(f"{label} must be {allowed} (got {value!r})") from None
+    if not x.is_integer() or x < lo or (hi is not None and x > hi):
+        shown = int(x) if x.is_integer() else x
+        raise ParamError(f"{label} must be {allowed} (got {shown})")
+    return int(x)

@@ -82,7 +82,8 @@ def command_line(settings, state: Session, name: str) -> str:
     plan = state.plan
     model = shlex.quote(state.model)
     text = "my-text.txt" if state.text.startswith("user:") else state.text
-    out = shlex.quote(str(Path(settings.output_dir) / (name or default_name(state))))
+    # the folder's own name only: the server's paths are not the visitor's business
+    out = shlex.quote(str(Path(Path(settings.output_dir).name) / (name or default_name(state))))
     sizes = ("--seqlen", str(settings.ppl_seqlen), "--max-tokens", str(settings.ppl_max_tokens))
     if not plan.ops:
         return _command("python -m explorer eval", "--model", model, "--text", text, *sizes)
@@ -157,13 +158,20 @@ def save_folder(settings, state: Session, name: str, overwrite: bool) -> tuple[S
     """
     name = (name or "").strip() or default_name(state)
     fields = _recipe_fields(state)
-    target = safe_output_path(name, settings.output_dir)
-    if overwrite and target.exists() and str(target) not in state.exports:
-        raise ExplorerError(f"'{name}' exists and was not saved in this session: overwrite only "
-                            "replaces your own exports; choose another name")
-    path, layers = jobs.export_job(state.model, fields[0], name, str(settings.output_dir),
-                                   *fields[1:], overwrite)
-    return state.saved(path), f"Saved **{layers}-layer** model to `{path}`."
+    root = Path(settings.output_dir).expanduser().resolve()
+    try:
+        target = safe_output_path(name, settings.output_dir)
+        if overwrite and target.exists() and str(target) not in state.exports:
+            raise ExplorerError(f"'{name}' exists and was not saved in this session: overwrite "
+                                "only replaces your own exports; choose another name")
+        path, layers = jobs.export_job(state.model, fields[0], name, str(settings.output_dir),
+                                       *fields[1:], overwrite)
+    except ExplorerError as exc:       # said without the server's folders
+        raise ExplorerError(str(exc).replace(f"{root}/", "").replace(
+            str(root), "the export folder")) from None
+    shown = Path(path).relative_to(root) if Path(path).is_relative_to(root) else Path(path).name
+    return state.saved(str(path)), (f"Saved the **{layers}-layer** model as `{shown}` in the "
+                                    "export folder.")
 
 
 def push(state: Session, repo_id: str, private: bool) -> str:
@@ -190,8 +198,8 @@ def push(state: Session, repo_id: str, private: bool) -> str:
 
 def build(ctx: Ctx) -> ExportParts:
     s = ctx.settings
-    gr.Markdown(f"Exports the **current plan** of the Plan tab (healed, when you healed it on "
-                f"Compare). Model folders are written under `{Path(s.output_dir).resolve()}`.")
+    gr.Markdown("Exports the **current plan** of the Plan tab (healed, when you healed it on "
+                "Compare). Model folders are written into the server's export folder.")
     with gr.Row():
         with gr.Column():
             recipe = gr.DownloadButton("Download recipe (JSON)", value=None, interactive=False,
@@ -209,7 +217,7 @@ def build(ctx: Ctx) -> ExportParts:
             name = gr.Textbox(label="Folder name (inside the output folder)", elem_id="lx-name")
             overwrite = gr.Checkbox(False, label="Overwrite a folder saved in this session")
             save_btn = gr.Button("Save model folder", elem_id="lx-save")
-            save_md = gr.Markdown()
+            save_md = gr.Markdown(elem_id="lx-export-saved")
     with gr.Row():
         repo = gr.Textbox(label="Hub repository (owner/name)",
                           placeholder="me/smollm2-pruned" if hub_token() else

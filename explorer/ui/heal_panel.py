@@ -22,15 +22,20 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..heal import get_mode, list_modes
 from ..params import Param
+from ..layer_lists import format_layers
 from ..progress import Event
 from . import controls, jobs, plots, stop
 from .common import Ctx, HealParts, need_model, user_errors
+from .learn_tab import mode_title
+from .registry import REGISTRY
 from .state import Healed, Session
 
 STEPS = Param("steps", int, None, "optimiser steps (empty: the mode's default; the time limit "
-              "ends it sooner)", min=1, optional=True)
+              "ends it sooner)", min=1, optional=True,
+              label="Steps")
 SECONDS = Param("seconds", float, None, "time limit in seconds (empty: none)", min=1,
-                optional=True)
+                optional=True,
+                label="Time limit (seconds)")
 CURVE_POINTS = 200       # points of the curve kept in the session
 STREAM_SECONDS = 1.0     # the live curve is redrawn at most this often
 
@@ -101,14 +106,52 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     curve = [(h["step"], h["loss"], h.get("held_out_ppl")) for h in r["history"]] or points
     healed = Healed(mode=mode, base_ops=state.plan.ops, ops=out["ops"], summary=r["summary"],
                     held_out_before=r["held_out_before"], held_out_after=r["held_out_after"],
-                    steps=r["steps"], seconds=r["seconds"], curve=thin(curve))
+                    steps=r["steps"], seconds=r["seconds"], curve=thin(curve),
+                    layers=healed_layers(state, r["healed_slots"]),
+                    held_out=int(r["params"]["held_out"]), seqlen=int(r["params"]["seqlen"]),
+                    made_worse=bool(r["made_worse"]))
     state = measure(replace(state, healed=healed))
-    line = (f"**Healed** ({healed.summary}, {healed.seconds:.0f} s): held-out calibration "
-            f"perplexity {healed.held_out_before:.2f} → {healed.held_out_after:.2f}.")
-    if r["made_worse"]:
-        line += (" **Healing made it worse** on text it was not fitted on: the unhealed variant "
+    yield state, figure(healed), line(healed)
+
+
+def healed_layers(state: Session, slots: list[int]) -> str:
+    """The slots a healing changed, in the original model's numbering: "layer 11 and the merged
+    layer 14-15" (slot numbers shift after every cut)."""
+    v = REGISTRY.variant(REGISTRY.model_for(state), state.plan.ops)
+    words = []
+    for k in slots:
+        s = v.slots[k]
+        if isinstance(s, int):
+            words.append(f"layer {s}")
+            continue
+        origin = v.origin(k)
+        group = next((g for g in state.plan.merged if origin in g), None)
+        words.append(f"the merged layer {format_layers(group)}" if group and len(group) > 1
+                     else f"the new layer at {origin}")
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def line(healed: Healed) -> str:
+    """The heal step's result: which layers, and the held-out check, said to be on calibration
+    windows kept out of the fit (the table above measures the evaluation text)."""
+    steps = f"{healed.steps} steps, " if healed.steps else ""
+    text = (f"**Healed** {healed.layers} with {mode_title(healed.mode)} ({steps}"
+            f"{healed.seconds:.0f} s). Check during healing: perplexity "
+            f"{healed.held_out_before:.2f} → {healed.held_out_after:.2f} on {healed.held_out} "
+            f"calibration windows of {healed.seqlen} tokens kept out of the fit; the table above "
+            f"measures the evaluation text.")
+    if healed.made_worse:
+        text += (" **Healing made it worse** on text it was not fitted on: the unhealed variant "
                  "is better; try another mode or setting.")
-    yield state, plots.heal_curve(list(healed.curve)), line
+    return text
+
+
+def figure(healed: Healed):
+    """The training curve, or for a closed-form fit (no steps) the held-out check before and
+    after."""
+    if healed.curve:
+        return plots.heal_curve(list(healed.curve))
+    return plots.heal_before_after(healed.held_out_before, healed.held_out_after, healed.mode)
 
 
 def build(ctx: Ctx) -> HealParts:

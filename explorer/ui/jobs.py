@@ -28,7 +28,7 @@ from ..recipe import Recipe
 from ..heal import heal
 from ..gate import quality_gate
 from ..profiles import compare_models
-from ..progress import Event, Progress
+from ..progress import Event, Progress, scaled
 from ..report import Healing, ReportAnalysis, ReportSizes, Subject, build_report
 from ..speed import measure_speed
 from ..tasks import evaluate_tasks
@@ -78,8 +78,10 @@ def similarity_job(pr: ProbeResult, name: str, progress: Progress | None = None)
 
 @gpu(duration=120)
 def ppl_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_tokens: int,
-            progress: Progress | None = None) -> PPLResult:
-    """Perplexity of the variant built from `ops` (the original model for no ops)."""
+            progress: Progress | None = None, label: str = "") -> PPLResult:
+    """Perplexity of the variant built from `ops` (the original model for no ops); `label` names
+    the model in the progress events' stage ("original model: perplexity")."""
+    progress = scaled(progress, 0.0, 1.0, label) if label else progress
     lm = REGISTRY.ensure_model(spec, progress)
     texts = REGISTRY.get_texts(text_key)
     variant = REGISTRY.variant(lm, ops)

@@ -10,6 +10,7 @@ import re
 import gradio as gr
 
 from ..errors import ExplorerError
+from ..heal import get_mode
 from ..measure import MEASURES
 from ..methods import get_method, list_methods
 from ..params import markdown_table
@@ -55,6 +56,25 @@ def measure_help(name: str) -> str:
     return f"**{m.title}** — a {_kind(m)}.\n\n{m.description}{_paper(m)}"
 
 
+def method_title(name: str) -> str:
+    """A method's title for people ("ShortGPT (Block Influence)"); "manual" for a hand-made
+    plan; the name itself when unknown."""
+    if name == "manual":
+        return "manual"
+    try:
+        return get_method(name).title
+    except ExplorerError:
+        return name
+
+
+def mode_title(name: str) -> str:
+    """A healing mode's title ("Closed-form linear map ..."), or the name when unknown."""
+    try:
+        return get_mode(name).title
+    except ExplorerError:
+        return name
+
+
 def method_help(name: str) -> str:
     """A method's title, description and paper (the Plan tab's help)."""
     try:
@@ -71,7 +91,7 @@ def learn_markdown() -> str:
                      f"{m.description}{_paper(m)}\n")
     parts.append("\n## Methods\n")
     for m in list_methods():
-        params = markdown_table([(m.name, m.params)]) if m.params else ""
+        params = markdown_table([(m.name, m.params)], owner_column=False) if m.params else ""
         parts.append(f"\n### {m.title} <small>(`{m.name}`)</small>\n{m.description}{_paper(m)}"
                      f"\n\n{params}\n")
     parts.append("\n## Manual merges\nA manual merge replaces a block of layers by one layer whose "

