@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from explorer.errors import ParamError
+from explorer.progress import Event
 from explorer.params import Param, markdown_table
 from explorer.ui import controls, plots, stop
 from explorer.ui.state import Plan, Tried, plan_from_text
@@ -71,7 +72,7 @@ def test_a_stop_for_a_running_step_is_not_cleared_by_a_second_step():
     def first(request):
         report = stop.watch(None, request)
         gate.wait(10)
-        report(0.5, desc="x")
+        report(Event("probe", 0.5))
 
     @stop.tracked
     def second(request):
@@ -229,12 +230,13 @@ def test_cli_eval_with_drop_shows_before_and_after(tiny_factory, capsys):
 
 def test_the_running_figure_names_the_model_it_measures(monkeypatch):
     """Issue 25 [9]: Apply's two passes report as "original model: ..." and "variant: ..."."""
+    from explorer.progress import scaled
     from explorer.ui import compare_tab, jobs
 
     shown = []
-    report = jobs.callback(lambda f, desc: shown.append(desc), "original model")
-    report(0.5, "16/32 windows, 23.42 so far")
-    assert shown == ["original model: 16/32 windows, 23.42 so far"]
+    report = scaled(stop.bar(lambda f, desc: shown.append(desc)), 0.0, 1.0, "original model")
+    report(Event("perplexity", 0.5, step=16, total=32, unit="windows", figure=23.42))
+    assert shown == ["original model: perplexity: 16/32 windows, 23.42 so far"]
 
     labels = []
 
@@ -244,10 +246,11 @@ def test_the_running_figure_names_the_model_it_measures(monkeypatch):
                                seqlen=seqlen, seconds=0.0)
 
     lm = SimpleNamespace(num_layers=4, num_parameters=10)
-    variant = SimpleNamespace(num_layers=3, num_parameters=lambda: 8)
     monkeypatch.setattr(jobs, "ppl_job", fake_ppl)
     monkeypatch.setattr(compare_tab.REGISTRY, "model_for", lambda state, progress=None: lm)
-    monkeypatch.setattr(compare_tab.REGISTRY, "variant", lambda lm, ops: variant)
+    monkeypatch.setattr(jobs, "variant_facts_job", lambda spec, ops: {
+        "layers_before": 4, "layers_after": 3, "params_before": 10, "params_after": 8,
+        "change": "drop layer 1"})
     from explorer.ui.state import Session
 
     state = Session(model="m", num_layers=4).with_plan(plan_from_text(4, "1", ""))
