@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
+import torch
+
 from ..errors import ParamError
 from ..load import LoadedModel
 from ..params import Param
@@ -144,7 +146,7 @@ def mutate(parent: DropSet, num_layers: int, rng: random.Random) -> DropSet:
     return tuple(sorted(removed))
 
 
-def evopress_search(lm: LoadedModel, first_ids, final_ids, remove: int,
+def evopress_search(lm: LoadedModel, first_ids: torch.Tensor, final_ids: torch.Tensor, remove: int,
                     starts: list[tuple[str, DropSet]], *, generations: int,
                     seconds: float | None = None, offspring: int = 16, survivors: int = 2,
                     seed: int = 0, early_stop: bool = True,
