@@ -12,7 +12,7 @@ layer's output *before* the final norm.
 How a pass starts at boundary k > 0: the model still runs its own embedding, rotary and mask code
 (cheap, and exactly what each family does, sliding windows included), but slots 0..k-1 are
 swapped for a pass-through module and a pre-hook on slot k replaces its input by the given states.
-How it stops early: a forward hook on slot stop-1 raises `_Stop` once boundary `stop` is recorded.
+How it stops early: a forward hook on slot stop-1 raises `StopPass` once boundary `stop` is recorded.
 
 Example:
     >>> for b in run_backbone(lm, ids, record=range(lm.num_layers + 1)):
@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -33,47 +32,14 @@ import torch.nn as nn
 from .errors import LayerError
 from .load import LoadedModel
 from .progress import Event, Progress
+from .passes import Batch, LayerCall, StartStates, StopPass, check_boundaries, rows_of
 from .tokens import auto_batch_size
-
-# Where the given start states come from: a (B, T, H) tensor indexed by window, or a function of
-# the windows' slice (for states kept on disk or recomputed from a checkpoint).
-StartStates = torch.Tensor | Callable[[slice], torch.Tensor]
-
-
-class _Stop(Exception):
-    """Raised by the hook after slot stop-1 to end the forward pass early."""
-
 
 class _PassThrough(nn.Module):
     """Stands in for a slot before `start`: returns its input unchanged, whatever it is called with."""
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return hidden_states
-
-
-@dataclass
-class LayerCall:
-    """The arguments the model passed to one slot (masks, rotary embeddings, cache positions), so a
-    layer-like module can be called standalone exactly as the model would call it."""
-
-    args: tuple                  # positional arguments after hidden_states
-    kwargs: dict[str, Any]
-
-    def run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """module(x) as the model calls it: (b, T, H) -> (b, T, H)."""
-        y = module(x, *self.args, **self.kwargs)
-        return y[0] if isinstance(y, tuple) else y
-
-
-@dataclass
-class Batch:
-    """One batch of windows after a (partial) pass."""
-
-    rows: slice                                   # windows [start, stop) of the input ids
-    ids: torch.Tensor                             # (b, T) on the model's device
-    hidden: torch.Tensor | None = None            # (b, T, H) at boundary `stop` (normed if asked)
-    states: dict[int, torch.Tensor] = field(default_factory=dict)   # boundary -> (b, T, H)
-    call: LayerCall | None = None                 # with capture_call: how slot `start` was called
 
 
 def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -170,29 +136,6 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
                 layers[i] = layer
 
 
-def check_boundaries(L: int, start: int, stop: int | None, final_norm: bool,
-                     start_states: StartStates | None, record: Iterable[int]
-                     ) -> tuple[int, list[int]]:
-    """Validate a pass over boundaries [start, stop] of L slots; return (stop, sorted recorded
-    boundaries)."""
-    stop = L if stop is None else stop
-    if not 0 <= start <= stop <= L:
-        raise LayerError(f"boundaries must satisfy 0 <= start <= stop <= {L} "
-                         f"(got start={start}, stop={stop})")
-    if final_norm and stop != L:
-        raise LayerError("final_norm needs the pass to reach the last boundary (stop = L)")
-    if start > 0 and start_states is None:
-        raise LayerError(f"starting at boundary {start} needs the states there (start_states)")
-    wanted = sorted(set(record))
-    if any(not start <= b <= stop for b in wanted):
-        raise LayerError(f"recorded boundaries must lie in {start}..{stop} (got {wanted})")
-    return stop, wanted
-
-
-def _rows_of(states: StartStates, rows: slice) -> torch.Tensor:
-    return states(rows) if callable(states) else states[rows]
-
-
 def _make_pre(cur: dict, start: int, start_states: StartStates | None, wanted: list[int],
               capture_call: bool, stop_here: bool) -> Callable:
     def pre(module, args, kwargs):
@@ -200,7 +143,7 @@ def _make_pre(cur: dict, start: int, start_states: StartStates | None, wanted: l
             return None
         h = _hidden_arg(args, kwargs)
         if start_states is not None and start > 0:
-            h = _rows_of(start_states, cur["rows"]).to(device=h.device, dtype=h.dtype)
+            h = rows_of(start_states, cur["rows"]).to(device=h.device, dtype=h.dtype)
         if start in wanted:
             cur["states"][start] = h
         if capture_call:
@@ -208,7 +151,7 @@ def _make_pre(cur: dict, start: int, start_states: StartStates | None, wanted: l
                                     {k: v for k, v in kwargs.items() if k != "hidden_states"})
         if stop_here:          # start == stop: the boundary itself is the result
             cur["hidden"] = h
-            raise _Stop
+            raise StopPass
         if args:
             return (h,) + tuple(args[1:]), kwargs
         return args, {**kwargs, "hidden_states": h}
@@ -226,7 +169,7 @@ def _make_post(cur: dict, boundary: int, wanted: list[int], is_stop: bool,
         if is_stop:
             cur["hidden"] = h
         if early:              # the layers after `stop` are not needed
-            raise _Stop
+            raise StopPass
     return post
 
 
@@ -236,7 +179,7 @@ def _forward(lm: LoadedModel, base: nn.Module, ids: torch.Tensor, cur: dict, sta
     """One batch through the base model; returns the hidden states at boundary `stop`."""
     if start == L:
         # Nothing to run: the given states are the output of the last slot already.
-        h = _rows_of(start_states, cur["rows"]).to(lm.device) if start_states is not None \
+        h = rows_of(start_states, cur["rows"]).to(lm.device) if start_states is not None \
             else None
         if h is None:   # start == L == 0 cannot happen (a variant keeps at least one layer)
             raise LayerError("no layers to run")
@@ -246,7 +189,7 @@ def _forward(lm: LoadedModel, base: nn.Module, ids: torch.Tensor, cur: dict, sta
     cur["active"] = True       # the hooks act only inside this call, not when the caller runs
     try:                       # a hooked layer standalone between batches
         out = base(input_ids=ids, use_cache=False)
-    except _Stop:
+    except StopPass:
         return cur["hidden"]
     finally:
         cur["active"] = False

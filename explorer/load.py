@@ -314,7 +314,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     weights = None
     try:
         if placement == "disk":
-            from .stream import ShardWeights
+            from .weights import ShardWeights
 
             weights = ShardWeights(where, dt, dev, state_folder=offload_folder)
             model = _fill_resident(skeleton, arch, weights)
@@ -336,7 +336,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     except Exception as exc:
         raise ModelLoadError(_explain_load_failure(spec, kind, exc, offline_host)) from None
     if placement == "cpu":
-        from .stream import RamWeights
+        from .weights import RamWeights
 
         weights = RamWeights(dev, state_folder=offload_folder)
         layers = arch.layer_list(model)          # the layers stay in RAM; the rest goes to dev

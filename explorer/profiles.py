@@ -176,10 +176,3 @@ def compare_models(models: str | Sequence[str], *, measure: str = "cosine", text
         progress(Event("profiles", 1.0, step=len(out), total=len(specs), unit="models"))
     return ProfileComparison(measure=info.name, higher_is_similar=info.higher_is_similar,
                              profiles=out, reused=reused)
-
-
-def cli_profiles(args, params: dict) -> dict:
-    """`similarity --models a,b,c`: the profiles as one JSON object."""
-    return compare_models(args.models, measure=args.measure, text=args.text, seqlen=args.seqlen,
-                          samples=args.samples, bos=args.bos, skip_first=not args.keep_first,
-                          params=params, device=args.device, dtype=args.dtype).to_dict()

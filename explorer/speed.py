@@ -42,7 +42,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -530,56 +530,3 @@ def measure_speed(lm: LoadedModel, variant: Variant | None = None, *,
                        memory_dense=memory["dense"], memory_variant=memory.get("variant"),
                        peak_kind=peak_kind, seconds=time.perf_counter() - t_start,
                        notes=tuple(notes))
-
-
-# -- command line ----------------------------------------------------------------------------------
-
-def add_speed_args(p) -> None:
-    """--speed and its sizes for `eval` and `compress`."""
-    p.add_argument("--speed", action="store_true",
-                   help="also measure prefill latency, decode tokens/s and memory of the dense "
-                        "and the compressed model, interleaved (explorer.speed)")
-    p.add_argument("--speed-batches", default="1,8", help="batch sizes of --speed (e.g. 1,8)")
-    p.add_argument("--speed-repeats", type=int, default=5, help="timed rounds of --speed")
-    p.add_argument("--speed-new-tokens", type=int, default=128, help="tokens --speed decodes")
-
-
-def parse_batches(spec: str) -> list[int]:
-    out = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            b = int(part)
-        except ValueError:
-            raise SpeedError(f"--speed-batches takes positive integers like 1,8 (got "
-                             f"'{part}')") from None
-        if b < 1:
-            raise SpeedError(f"--speed-batches takes positive integers like 1,8 (got {b})")
-        out.append(b)
-    if not out:
-        raise SpeedError("--speed-batches needs at least one batch size, e.g. 1,8")
-    return out
-
-
-def check_speed_args(args) -> None:
-    """Refuse bad --speed options before the model loads."""
-    if not getattr(args, "speed", False):
-        return
-    parse_batches(args.speed_batches)
-    if args.speed_repeats < 1:
-        raise SpeedError(f"--speed-repeats must be at least 1 (got {args.speed_repeats})")
-    if args.speed_new_tokens < 1:
-        raise SpeedError(f"--speed-new-tokens must be at least 1 (got {args.speed_new_tokens})")
-
-
-def cli_speed(lm: LoadedModel, args, variant: Variant | None,
-              progress: Callable | None = None) -> dict:
-    """The `speed` entry of `eval`/`compress` JSON (only when --speed was given)."""
-    if not getattr(args, "speed", False):
-        return {}
-    r = measure_speed(lm, variant, batches=parse_batches(args.speed_batches),
-                      repeats=args.speed_repeats, new_tokens=args.speed_new_tokens,
-                      progress=progress)
-    return {"speed": r.to_dict()}

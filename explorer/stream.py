@@ -46,8 +46,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .backbone import Batch, LayerCall, StartStates, _rows_of, _Stop, check_boundaries
-from .errors import LayerError, ModelLoadError, one_line
+from .passes import Batch, LayerCall, StartStates, StopPass, check_boundaries, rows_of
+from .errors import LayerError, one_line
 from .load import LoadedModel
 from .progress import Event, Progress
 from .tokens import auto_batch_size
@@ -150,143 +150,6 @@ def _write_raw(raw: np.ndarray, path: Path) -> None:
     raw.tofile(path)
 
 
-# -- where the weights come from ----------------------------------------------------------------
-
-class LayerWeights:
-    """Where a `LoadedModel`'s decoder-layer weights live when they are not all on the compute
-    device (`LoadedModel.weights`). `fetch` gives a module whose weights are on `device`; the
-    executor drops it after running every window through it."""
-
-    kind = "resident"
-    where = "the compute device"
-    state_folder: str | None = None     # where boundary states beyond the RAM budget go
-
-    @property
-    def runs_whole(self) -> bool:
-        """Whether the model can still run whole (generation, lm-eval, GGUF export through
-        `Variant.applied()`): its layers' weights are on the compute device already."""
-        return True
-
-    def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:
-        return module
-
-    def fingerprint(self) -> str:
-        return self.kind
-
-
-class RamWeights(LayerWeights):
-    """Layers kept in CPU RAM and copied to the compute device one at a time (offload="cpu")."""
-
-    kind = "cpu"
-    where = "CPU RAM"
-
-    def __init__(self, device: torch.device, state_folder: str | None = None) -> None:
-        self.device = torch.device(device)
-        self.state_folder = state_folder
-
-    @property
-    def runs_whole(self) -> bool:
-        return self.device.type == "cpu"      # the RAM is the compute device's memory
-
-    def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:
-        p = next(module.parameters(), None)
-        if p is None or p.device == self.device:
-            return module
-        return copy.deepcopy(module).to(self.device)
-
-
-class ShardWeights(LayerWeights):
-    """Layers read from the model folder's safetensors shards when a pass needs them
-    (offload="disk"): the loaded model holds them on the meta device, so the weights never sit in
-    RAM all together. safetensors' `safe_open` maps a shard and reads only the tensors asked for.
-    """
-
-    kind = "disk"
-    runs_whole = False
-
-    def __init__(self, folder: str | Path, dtype: torch.dtype, device: torch.device,
-                 state_folder: str | None = None) -> None:
-        self.state_folder = state_folder
-        self.folder = Path(folder)
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self.where = f"the safetensors shards in {self.folder}"
-        self.index = shard_index(self.folder)
-
-    def tensor(self, name: str) -> torch.Tensor:
-        """One checkpoint tensor, cast to the model's dtype (floating tensors only), on the
-        compute device."""
-        return self.tensors([name])[name]
-
-    def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
-        """Checkpoint tensors by name, each shard opened once (`safe_open` maps the file and
-        copies out only the tensors asked for)."""
-        from safetensors import safe_open
-
-        by_file: dict[str, list[str]] = {}
-        for name in names:
-            file = self.index.get(name)
-            if file is None:
-                raise ModelLoadError(f"the checkpoint in {self.folder} has no tensor '{name}'")
-            by_file.setdefault(file, []).append(name)
-        out: dict[str, torch.Tensor] = {}
-        for file, group in by_file.items():
-            with safe_open(str(self.folder / file), framework="pt", device="cpu") as f:
-                for name in group:
-                    t = f.get_tensor(name)
-                    if t.is_floating_point():
-                        t = t.to(self.dtype)
-                    out[name] = t.to(self.device)
-        return out
-
-    def fill(self, module: nn.Module, prefix: str) -> nn.Module:
-        """Give every meta parameter of `module` its checkpoint tensor (`prefix` + its name)."""
-        empty = [name for name, p in module.named_parameters() if p.is_meta]
-        loaded = self.tensors([prefix + name for name in empty])
-        for name in empty:
-            parent_path, _, leaf = name.rpartition(".")
-            parent = module.get_submodule(parent_path) if parent_path else module
-            parent._parameters[leaf] = nn.Parameter(loaded[prefix + name], requires_grad=False)
-        return module
-
-    def fetch(self, lm: LoadedModel, module: nn.Module, origin: int) -> nn.Module:
-        if not any(p.is_meta for p in module.parameters()):
-            return module
-        # A copy whose meta parameters are then filled: the loaded model's layer stays empty.
-        # (A sub-block drop shares the original layer's parameter names, so `origin` names them.)
-        return self.fill(copy.deepcopy(module), f"{lm.arch.layers}.{origin}.")
-
-    def fingerprint(self) -> str:
-        files = sorted(set(self.index.values()))
-        return json.dumps([(f, (self.folder / f).stat().st_size,
-                            int((self.folder / f).stat().st_mtime)) for f in files])
-
-
-def shard_index(folder: Path) -> dict[str, str]:
-    """Tensor name -> safetensors file name, from model.safetensors.index.json or the headers."""
-    from safetensors import safe_open
-
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            return dict(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"'{index.name}' in '{folder}' is not a valid shard index: "
-                                 f"{exc}") from None
-    out: dict[str, str] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(f), framework="pt") as handle:
-                out.update({k: f.name for k in handle.keys()})
-        except Exception as exc:
-            raise ModelLoadError(f"weights file '{f.name}' is corrupt or truncated "
-                                 f"({one_line(exc)})") from None
-    if not out:
-        raise ModelLoadError(f"'{folder}' has no .safetensors weights: streaming layers from disk "
-                             "needs them (load it once and export it, or use --offload cpu)")
-    return out
-
-
 def layer_bytes(lm: LoadedModel) -> list[int]:
     """Bytes of each original decoder layer's parameters in the model's dtype."""
     size = torch.empty((), dtype=lm.dtype).element_size()
@@ -308,7 +171,7 @@ class _Recorder(nn.Module):
             self.sink["x0"] = hidden_states
         self.sink[self.slot] = LayerCall(tuple(args), dict(kwargs))
         if self.last:
-            raise _Stop
+            raise StopPass
         return hidden_states
 
 
@@ -429,13 +292,13 @@ def _start_boundary(lm: LoadedModel, variant, ids: torch.Tensor, batches: list[s
             skeleton = _skeleton(lm, variant, sink)
             try:
                 skeleton(input_ids=ids[rows].to(lm.device), use_cache=False)
-            except _Stop:
+            except StopPass:
                 pass
             calls.setdefault(size, {s: c for s, c in sink.items() if isinstance(s, int)})
             if start == 0:
                 store.put(0, k, sink["x0"])
         if start > 0:
-            x = _rows_of(start_states, rows).to(device=lm.device, dtype=lm.dtype)
+            x = rows_of(start_states, rows).to(device=lm.device, dtype=lm.dtype)
             store.put(start, k, x)
     return calls
 

@@ -6,7 +6,7 @@ import torch
 from explorer import ExplorerError, LayerError, export, load_model
 from explorer.measure import similarity
 from explorer.methods import PlanContext, compress, get_method
-from explorer.backbone import LayerCall
+from explorer.passes import LayerCall
 from explorer.methods.fitting import Pair
 from explorer.methods.streamline import FFNReplacement, LinearReplacement, fit_linear
 

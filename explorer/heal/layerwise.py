@@ -21,16 +21,23 @@ from __future__ import annotations
 
 import torch
 
-from ..backbone import LayerCall, run_backbone
+from ..backbone import run_backbone
 from ..errors import ParamError
 from ..params import Param
+from ..passes import LayerCall
 from ..variant import Variant
 from .closed_form import ClosedForm, apply_closed_form, fit_notes
 from .closed_form import needed_boundaries as cf_boundaries
 from .cuts import dense_boundary, find_cuts, trainable_copy, with_slot
 from .data import shared_prefix
-from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
-    with_defaults
+from .registry import (
+    COMMON_PARAMS,
+    HealContext,
+    HealMode,
+    HealOutcome,
+    register_mode,
+    with_defaults,
+)
 from .train import KEEP_BEST_PARAMS, train
 
 CF = {p.name: p.default for p in ClosedForm.params}

@@ -23,8 +23,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..backbone import LayerCall, run_backbone
+from ..backbone import run_backbone
 from ..load import LoadedModel
+from ..passes import LayerCall
 from ..progress import Event, Progress
 from ..variant import Variant
 

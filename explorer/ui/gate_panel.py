@@ -6,6 +6,7 @@ every size tried with its figure. Unhealed: heal the result on the Compare tab."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import gradio as gr
 
@@ -42,10 +43,9 @@ def build(ctx: Ctx) -> GateParts:
     return GateParts(ratio=ratio, button=button, line=line)
 
 
-def wire(ctx: Ctx, parts: GateParts, outputs: list) -> None:
-    """outputs: the Plan tab's views (plan_tab.views), then this panel's line."""
-    from .plan_tab import method_views
-
+def wire(ctx: Ctx, parts: GateParts, outputs: list, method_views: Callable) -> None:
+    """outputs: the Plan tab's views (plan_tab.views), then this panel's line; method_views
+    (settings, state, result, size) gives them from a plan's result (plan_tab.method_views)."""
     p, s = ctx.plan, ctx.settings
     names = [name for name, _, _ in p.param_controls]
 

@@ -231,7 +231,7 @@ def wire(ctx: Ctx) -> None:
                   [ctx.state, p.method, p.remove, p.ratio] + [c for _, _, c in p.param_controls],
                   outputs, api_name="plan_method", show_progress_on=[p.method_line])
 
-    gate_panel.wire(ctx, p.gate, outputs)
+    gate_panel.wire(ctx, p.gate, outputs, method_views)
 
     def show_method(name: str):
         return [method_help(name)] + [gr.Group(visible=k == name) for k in p.param_groups]

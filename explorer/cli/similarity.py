@@ -1,0 +1,58 @@
+"""`similarity`: the layer-by-layer similarity matrix of one model, or several models'
+adjacent-layer profiles side by side (`--models a,b,c`)."""
+
+from __future__ import annotations
+
+from .common import listing_parser, load, model_args, parse_params
+
+
+def add(sub) -> None:
+    from ..measure import MEASURES, measures_help
+
+    p = listing_parser(sub, "similarity", "layer-by-layer similarity matrix of the residual "
+                        "stream (explorer.measure)", "measures", measures_help())
+    model_args(p)
+    p.add_argument("--measure", default="cosine", help=", ".join(MEASURES))
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="measure parameter, e.g. max_tokens=4096 (see below); repeatable")
+    p.add_argument("--text", default="wiki", help="wiki, news, wikitext2 or a .txt path")
+    p.add_argument("--seqlen", type=int, default=128, help="tokens per calibration window")
+    p.add_argument("--samples", type=int, default=32, help="calibration windows")
+    p.add_argument("--bos", default="auto", choices=["auto", "always", "never"],
+                   help="BOS token in front of each window")
+    p.add_argument("--keep-first", action="store_true",
+                   help="also use the first position of each window (massive activations)")
+    p.add_argument("--models", default="", help="several models side by side (a,b,c): one "
+                   "adjacent-layer profile each on relative depth 0..1, instead of --model's matrix")
+
+
+def run(args) -> dict:
+    import time
+
+    from ..measure import get_measure, similarity
+    from ..probe import probe
+    from ..text import load_texts
+
+    info = get_measure(args.measure)
+    params = info.resolve(parse_params(args.param))        # refused before the model loads
+    if args.models:
+        from ..profiles import compare_models
+        return compare_models(args.models, measure=args.measure, text=args.text,
+                              seqlen=args.seqlen, samples=args.samples, bos=args.bos,
+                              skip_first=not args.keep_first, params=params, device=args.device,
+                              dtype=args.dtype).to_dict()
+    lm = load(args)
+    texts = load_texts(args.text)
+    pr = probe(lm, texts.calibration, seqlen=args.seqlen, num_samples=args.samples,
+               bos=args.bos, skip_first=not args.keep_first)
+    start = time.perf_counter()
+    matrix = similarity(pr, args.measure, **params)
+    return {"model": args.model, "measure": info.name, "title": info.title,
+            "higher_is_similar": info.higher_is_similar, "paper": info.paper,
+            "num_layers": pr.num_layers, "num_tokens": pr.num_tokens,
+            "skip_first": pr.skip_first, "text": texts.source,
+            "matrix": [[round(v, 6) for v in row] for row in matrix.tolist()],
+            "adjacent": [round(v, 6) for v in matrix.diagonal(1).tolist()],
+            "probe_seconds": round(pr.seconds, 2),
+            "measure_seconds": round(time.perf_counter() - start, 2)}
+
