@@ -3,6 +3,7 @@ leave the model untouched, export that reloads, and one-line errors for bad inpu
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -15,6 +16,16 @@ from explorer.cli import main as cli_main
 from explorer.errors import ExplorerError, LayerError, ModelLoadError, TextError
 from explorer.text import split_documents, user_texts
 from explorer.tokens import tokenize, windows
+
+
+def cli_json(argv: list[str]) -> tuple[dict, int]:
+    """Run the CLI in-process; (its one JSON object, exit status). Its stdout is taken with
+    redirect_stdout rather than capsys: an app server left by an earlier test in another thread
+    must not see or take it."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = cli_main(argv)
+    return json.loads(buf.getvalue()), code
 
 
 def reference_ppl(model, ids: torch.Tensor, seqlen: int) -> float:
@@ -214,9 +225,8 @@ def test_eval_on_a_file_reads_the_whole_file_up_to_max_tokens(tiny_factory, tmp_
     n = tokenize(lm.tokenizer, text).numel()          # the byte tokenizer: one token per byte
     assert n > 2048
     for max_tokens in (2048, 0):
-        code = cli_main(["eval", "--model", folder, "--text", str(path), "--seqlen", "64",
-                         "--max-tokens", str(max_tokens), "--bos", "never", "--json"])
-        out = json.loads(capsys.readouterr().out)
+        out, code = cli_json(["eval", "--model", folder, "--text", str(path), "--seqlen", "64",
+                              "--max-tokens", str(max_tokens), "--bos", "never", "--json"])
         assert code == 0
         expect = (2048 if max_tokens else n) // 64                 # whole windows of the file
         assert out["windows"] == expect and out["tokens"] == expect * 63
@@ -241,9 +251,8 @@ def test_a_text_file_is_evaluated_as_it_is(tiny_lm, sample_text, tmp_path, capsy
     raw = "   \n  " + sample_text + "\n\n"
     path = tmp_path / "indented.txt"
     path.write_text(raw, encoding="utf-8")
-    code = cli_main(["eval", "--model", tiny_lm.spec, "--text", str(path), "--seqlen", "32",
-                     "--json"])
-    out = json.loads(capsys.readouterr().out)
+    out, code = cli_json(["eval", "--model", tiny_lm.spec, "--text", str(path), "--seqlen", "32",
+                          "--json"])
     assert code == 0
     ids = tokenize(tiny_lm.tokenizer, raw)
     assert out["tokens"] == sum(w.numel() - 1 for w in windows(ids, 32))

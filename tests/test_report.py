@@ -217,7 +217,7 @@ def test_app_report_uses_the_session_analysis_and_healing(tiny_factory):
     settings = UISettings(probe_seqlen=32, probe_samples=4, probe_max_tokens=256, ppl_seqlen=32,
                           ppl_max_tokens=256, gen_tokens=3, prompts=("Hello",))
     state = Session(model=spec, num_layers=6, text=text).with_plan(plan_from_text(6, "2", ""))
-    state = analysis.run(state, 32, 4, 256)
+    state, _ = analysis.run(state, 32, 4, 256)
     state = replace(state, analysis=replace(state.analysis, measure="cka"))
     mode = heal_panel.get_mode("closed-form")
     raw = {p.name: p.default for p in mode.params} | {"seqlen": 16, "windows": 24, "held_out": 2}
