@@ -7,7 +7,7 @@ import pytest
 
 from explorer.errors import LayerError
 from explorer.recipe import replay
-from explorer.ui.state import Plan, manual_plan, plan_fields, plan_from_text, toggle_block
+from explorer.ui.state import SessionPlan, manual_plan, plan_fields, plan_from_text, toggle_block
 
 
 def test_manual_plan_keeps_original_numbering(tiny_lm):
@@ -26,7 +26,7 @@ def test_manual_plan_keeps_original_numbering(tiny_lm):
 
 def test_a_method_plan_fills_the_manual_fields():
     """After a method planned, the fields hold its layers (a merge block shows as a block)."""
-    plan = Plan(method="laco", ops=[{"op": "merge", "layers": [2, 3, 4]}], removed=[7, 9],
+    plan = SessionPlan(method="laco", ops=[{"op": "merge", "layers": [2, 3, 4]}], removed=[7, 9],
                 merged=[[2, 3, 4]], layers_after=8)
     assert plan_fields(plan) == ("7,9", "2-4")
     assert plan.layers_removed(12) == 4
@@ -76,7 +76,7 @@ def test_session_history_is_capped_and_state_is_small():
     # loading another model drops what belonged to the old one; the same model keeps it
     assert state.with_model("smollm2-135m", 30) is state
     other = state.with_model("gemma3-270m", 18)
-    assert other.history == () and other.plan == Plan() and other.num_layers == 18
+    assert other.history == () and other.plan == SessionPlan() and other.num_layers == 18
 
 
 def test_caches_are_bounded_computed_once_and_dropped_with_the_model():

@@ -21,7 +21,7 @@ from explorer.errors import ParamError
 from explorer.progress import Event
 from explorer.params import Param, markdown_table
 from explorer.ui import controls, plots, stop
-from explorer.ui.state import Plan, Tried, plan_from_text
+from explorer.ui.state import SessionPlan, Tried, plan_from_text
 
 
 class Request:       # what stop.py reads of a gr.Request: its type's name and session_hash
@@ -139,7 +139,7 @@ def test_plans_in_original_layer_numbers():
     later = plan_from_text(30, "20,22-24", "3-4")        # the merge shifts the drop's slots
     assert later.ops[-1]["layers"] == [19, 21, 22, 23]
     assert later.describe() == "drop layers 20, 22-24; merge layers 3-4"
-    assert Plan().describe() == "no change"
+    assert SessionPlan().describe() == "no change"
 
 
 # -- the history plot ---------------------------------------------------------------------------

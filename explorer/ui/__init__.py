@@ -7,7 +7,7 @@
     export_tab   recipe, model folder, hub, command line    (explorer.recipe, explorer.export)
     learn_tab    what each measure and method does          (MEASURES / Method descriptions)
 
-Shared plumbing: `state` (what a session keeps: `Session`, `Plan`, ... all declared there),
+Shared plumbing: `state` (what a session keeps: `Session`, `SessionPlan`, ... all declared there),
 `common` (the build context `Ctx` with each tab's components, declared there, and the error
 wrapper), `registry` (the app's bounded caches; the resident model itself is `explorer.session`'s),
 `jobs` (the heavy steps, ZeroGPU-ready through `gpu`), `stop` (the Stop button's per-session

@@ -17,12 +17,12 @@ from . import analysis, controls, gate_panel, jobs, stop
 from .clickplot import ClickPlot
 from .common import Ctx, PlanParts, need_model, user_errors
 from .learn_tab import method_help, method_title
-from .state import MERGE_RULES, Plan, Session, plan_fields, plan_from_text, toggle_block
+from .state import MERGE_RULES, SessionPlan, Session, plan_fields, plan_from_text, toggle_block
 
 TABLE_HEADERS = ["change", "original layers", "detail"]
 
 
-def plan_table(plan: Plan) -> list[list[str]]:
+def plan_table(plan: SessionPlan) -> list[list[str]]:
     rows = [["drop", format_layers([k]), "removed"] for k in plan.removed]
     weights = [op.get("weights") for op in plan.ops if op.get("op") == "merge"] \
         if plan.manual else []
@@ -95,7 +95,7 @@ def plan_fields_of(state: Session) -> tuple[str, str]:
 
 @user_errors
 def clear_plan(state: Session):
-    state = state.with_plan(Plan())
+    state = state.with_plan(SessionPlan())
     if state.analysis is not None:
         state = replace(state, analysis=replace(state.analysis, selected=None))
     return views(state)
@@ -126,7 +126,7 @@ def method_views(settings, state: Session, out: dict, size: dict):
     """The session's plan from a method's result (`jobs.compress_job`'s dict), and the views."""
     notes = out.get("notes")
     in_merges = {i for g in out["merged"] for i in g}
-    plan = Plan(method=out["method"], params=out["params"], ops=out["ops"],
+    plan = SessionPlan(method=out["method"], params=out["params"], ops=out["ops"],
                 removed=[i for i in out["removed"] if i not in in_merges], merged=out["merged"],
                 layers_after=out["layers_after"], request=size,
                 calib=(settings.method_seqlen, settings.method_samples),

@@ -8,7 +8,7 @@ Every field of a session's state is declared here, and nowhere else:
       text, text_label     the text key in the registry ("wiki" or "user:<hash>") and its name
       analysis: Analysis   which probe the heatmaps come from (`ProbeKey`), the chosen measure,
                            and the last clicked cell; None before the first analysis
-      plan: Plan           what Apply measures and Export saves: recipe ops plus, for display,
+      plan: SessionPlan    what Apply measures and Export saves: recipe ops plus, for display,
                            the *original* layers removed or merged
       healed: Healed       the healing of the current plan's variant (None: not healed, or the
                            plan changed since); its ops are the plan's plus one "heal" op
@@ -57,8 +57,10 @@ class Analysis:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """A plan: recipe ops (what is replayed) and what they do in original layer numbering."""
+class SessionPlan:
+    """The session's plan: recipe ops (what is replayed) and what they do in original layer
+    numbering. Not `methods.Plan` (a method's result): here `removed` lists only the layers
+    dropped, and the layers merged away are in `merged`."""
 
     method: str = "manual"
     params: dict[str, Any] = field(default_factory=dict)   # the method's full parameter set
@@ -141,7 +143,7 @@ class Session:
     text: str = "wiki"
     text_label: str = "wiki"
     analysis: Analysis | None = None
-    plan: Plan = field(default_factory=Plan)
+    plan: SessionPlan = field(default_factory=SessionPlan)
     healed: Healed | None = None
     history: tuple[Tried, ...] = ()
     exports: tuple[str, ...] = ()
@@ -151,10 +153,10 @@ class Session:
         """The state after loading `spec`: what belonged to another model is dropped."""
         if spec == self.model:
             return self
-        return replace(self, model=spec, num_layers=num_layers, analysis=None, plan=Plan(),
+        return replace(self, model=spec, num_layers=num_layers, analysis=None, plan=SessionPlan(),
                        healed=None, history=())
 
-    def with_plan(self, plan: Plan) -> "Session":
+    def with_plan(self, plan: SessionPlan) -> "Session":
         """The state with a new plan: a healing of the old one no longer applies."""
         healed = self.healed if self.healed and self.healed.base_ops == plan.ops else None
         return replace(self, plan=plan, healed=healed)
@@ -189,7 +191,7 @@ def merge_weights(n: int, rule: str) -> list[float]:
 
 
 def manual_plan(num_layers: int, drops: list[int], merges: list[list[int]],
-                rule: str = "average") -> Plan:
+                rule: str = "average") -> SessionPlan:
     """A plan that merges each block, then drops the given layers.
 
     All indices are original layer indices; they are translated into the slot indices each recipe
@@ -216,17 +218,17 @@ def manual_plan(num_layers: int, drops: list[int], merges: list[list[int]],
         current = [i for i in current if i not in g[1:]]
     if drops:
         ops.append({"op": "drop", "layers": sorted(current.index(i) for i in drops)})
-    return Plan(params={"merge_rule": rule} if merges else {}, ops=ops, removed=sorted(drops),
+    return SessionPlan(params={"merge_rule": rule} if merges else {}, ops=ops, removed=sorted(drops),
                 merged=sorted(merges))
 
 
 def plan_from_text(num_layers: int, drops: str | None, merges: str | None,
-                   rule: str = "average") -> Plan:
+                   rule: str = "average") -> SessionPlan:
     """`manual_plan` from the typed fields ('3,7,10-12' and '10-12; 20,21')."""
     return manual_plan(num_layers, sorted(set(parse_layers(drops))), parse_groups(merges), rule)
 
 
-def plan_fields(plan: Plan) -> tuple[str, str]:
+def plan_fields(plan: SessionPlan) -> tuple[str, str]:
     """The manual fields (layers to drop, blocks to merge) that show `plan`: after a method
     planned, they hold its layers, so that editing them starts from what is on screen."""
     return format_layers(plan.removed), format_groups(plan.merged)
