@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -148,9 +149,12 @@ def needed_boundaries(v: Variant) -> set[int]:
             for b in (min(prefix, cut.slot), cut.dense_out)} - {0}
 
 
-def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
-    """Run the calibration windows through `v` up to slot `cut.slot` and accumulate the normal
-    equations of its cut; with keep=True also return the token rows (M, Y, D) (N, H) float32."""
+def cut_rows(ctx: HealContext, v: Variant, cut: Cut
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The calibration windows through `v` up to slot `cut.slot`, a batch at a time: (M, O, D),
+    each (n, H) float32 on the model's device, n the batch's tokens (each window's first left out
+    when `ctx.first`): M the cut layer's MLP branch output, O the layer's output, D the dense
+    model's state there. The fits of the closed form and of LinearPatch read these."""
     lm, k = ctx.lm, cut.slot
     data = ctx.data
     start = min(shared_prefix(v), k)           # slots before `start` are the dense model's own
@@ -158,8 +162,6 @@ def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
     D_all = dense[cut.dense_out]                                        # (W, T, H) CPU
     out_mod, _ = mlp_output(lm, v.layer(k))
     H = D_all.shape[-1]
-    eq = NormalEquations(H, lm.device)
-    kept: list[tuple[torch.Tensor, ...]] = []
     cur: dict[str, torch.Tensor] = {}
 
     def grab(module, args, output):
@@ -173,11 +175,20 @@ def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
             M = cur.pop("M")[:, first:].reshape(-1, H).float()               # (n, H)
             O = b.hidden[:, first:].reshape(-1, H).float()
             D = D_all[b.rows, first:].reshape(-1, H).to(O.device)
-            Y = O - M
-            eq.add(M, D - Y)
-            if keep:
-                kept.append((M.cpu(), Y.cpu(), D.cpu()))
+            yield M, O, D
             ctx.report(b.rows.stop / W, f"slot {k}", step=b.rows.stop, total=W, unit="windows")
+
+
+def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
+    """Accumulate the normal equations of the cut at `cut.slot` of `v` over the calibration
+    windows; with keep=True also return the token rows (M, Y, D) (N, H) float32."""
+    eq = NormalEquations(ctx.lm.config.hidden_size, ctx.lm.device)
+    kept: list[tuple[torch.Tensor, ...]] = []
+    for M, O, D in cut_rows(ctx, v, cut):
+        Y = O - M
+        eq.add(M, D - Y)
+        if keep:
+            kept.append((M.cpu(), Y.cpu(), D.cpu()))
     rows = tuple(torch.cat(parts) for parts in zip(*kept)) if keep else None
     return eq, rows
 

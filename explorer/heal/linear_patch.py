@@ -37,13 +37,11 @@ import time
 import torch
 import torch.nn as nn
 
-from ..backbone import hooks, run_backbone
 from ..errors import LayerError
 from ..params import Param
 from ..variant import Variant
-from .closed_form import MIN_TOKENS_PER_DIM, fold_map, mlp_output
+from .closed_form import MIN_TOKENS_PER_DIM, cut_rows, fold_map
 from .cuts import Cut, find_cuts, with_slot
-from .data import shared_prefix
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
 
 
@@ -190,28 +188,10 @@ class PatchStats:
 
 def capture(ctx: HealContext, v: Variant, cut: Cut, Hn: torch.Tensor) -> PatchStats:
     """Run the calibration windows through `v` up to slot `cut.slot` and accumulate its stats."""
-    lm, k, data = ctx.lm, cut.slot, ctx.data
-    start = min(shared_prefix(v), k)           # slots before `start` are the dense model's own
-    dense = data.dense_states(sorted({start, cut.dense_out} - {0}), ctx.progress)
-    D_all = dense[cut.dense_out]                                        # (W, T, H) CPU
-    out_mod, _ = mlp_output(lm, v.layer(k))
-    H = D_all.shape[-1]
-    stats = PatchStats(H, lm.device)
-    Hn = Hn.to(lm.device)
-    cur: dict[str, torch.Tensor] = {}
-
-    def grab(module, args, output):
-        cur["M"] = output[0] if isinstance(output, tuple) else output
-
-    first, W = ctx.first, data.num_windows
-    with lm.lock, hooks((out_mod, grab)):
-        for b in run_backbone(lm, data.ids, variant=v, start=start, stop=k + 1,
-                              start_states=dense[start] if start > 0 else None):
-            M = cur.pop("M")[:, first:].reshape(-1, H)                       # (n, H)
-            O = b.hidden[:, first:].reshape(-1, H)
-            D = D_all[b.rows, first:].reshape(-1, H).to(O.device)
-            stats.add(M, O, D, Hn)
-            ctx.report(b.rows.stop / W, f"slot {k}", step=b.rows.stop, total=W, unit="windows")
+    stats = PatchStats(ctx.lm.config.hidden_size, ctx.lm.device)
+    Hn = Hn.to(ctx.lm.device)
+    for M, O, D in cut_rows(ctx, v, cut):
+        stats.add(M, O, D, Hn)
     return stats
 
 
