@@ -37,22 +37,16 @@ except ImportError:  # run as a script
 BENCH = "recipe"
 
 CHILD = """
-import hashlib, json, sys, time
+import json, sys, time
 t0 = time.perf_counter()
-import torch
 from explorer import Recipe, load_model
 lm = load_model(sys.argv[1])
 t1 = time.perf_counter()
 said = []
 v = Recipe.load(sys.argv[2]).build(lm, report=said.append)
 t2 = time.perf_counter()
-h = hashlib.sha256()
-for k in range(v.num_layers):
-    m = v.layer(k)
-    for n, t in {**dict(m.named_parameters()), **dict(m.named_buffers())}.items():
-        h.update(f"{k}.{n}".encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-print(json.dumps({"replay_s": t2 - t1, "process_s": time.perf_counter() - t0, "sha": h.hexdigest(),
+from bench.bench_recipe import digest
+print(json.dumps({"replay_s": t2 - t1, "process_s": time.perf_counter() - t0, "sha": digest(v),
                   "refitted": said}))
 """
 
