@@ -88,8 +88,8 @@ def command_line(settings, state: Session, name: str) -> str:
     if not plan.ops:
         return _command("python -m explorer eval", "--model", model, "--text", text, *sizes)
     if state.heal:
-        return (f"# healed ({state.heal.mode}): Download recipe saves recipe.zip (recipe.json and "
-                "the healed layers' tensors, which the replay loads); unzip it, then:\n" +
+        return (f"# healed ({state.heal.mode}): Download recipe saves recipe.zip: recipe.json\n"
+                "# and the healed layers' tensors, which the replay loads; unzip it, then:\n" +
                 _command("python -m explorer export", "--model", model, "--recipe",
                          "recipe.json", "--out", out))
     if plan.manual and all(op.get("op") == "drop" for op in plan.ops):
