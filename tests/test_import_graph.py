@@ -110,3 +110,16 @@ def test_the_graph_sees_imports_inside_functions():
 def test_no_import_cycle_in_the_package():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_ui_reaches_the_model_only_through_its_jobs():
+    """Only explorer/ui/jobs.py (and the registry it uses) may load or fetch the resident model:
+    the tabs ask a job, so the same code runs in-process or in a ZeroGPU worker."""
+    import re
+
+    ui = Path(__file__).resolve().parents[1] / "explorer" / "ui"
+    reach = re.compile(r"\b(ensure_model|model_for|get_model|load_model)\(")
+    found = {p.name: reach.findall(p.read_text(encoding="utf-8"))
+             for p in ui.glob("*.py") if p.name not in ("jobs.py", "registry.py")}
+    assert not {name: calls for name, calls in found.items() if calls}
+    assert reach.search((ui / "jobs.py").read_text(encoding="utf-8"))   # the pattern matches

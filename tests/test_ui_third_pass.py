@@ -245,9 +245,7 @@ def test_the_running_figure_names_the_model_it_measures(monkeypatch):
         return SimpleNamespace(ppl=2.0 if ops else 1.0, window_nll=(), protocol=lambda: "p",
                                seqlen=seqlen, seconds=0.0)
 
-    lm = SimpleNamespace(num_layers=4, num_parameters=10)
     monkeypatch.setattr(jobs, "ppl_job", fake_ppl)
-    monkeypatch.setattr(compare_tab.REGISTRY, "model_for", lambda state, progress=None: lm)
     monkeypatch.setattr(jobs, "variant_facts_job", lambda spec, ops: {
         "layers_before": 4, "layers_after": 3, "params_before": 10, "params_after": 8,
         "change": "drop layer 1"})

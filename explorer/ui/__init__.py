@@ -25,9 +25,9 @@ import threading
 
 import gradio as gr
 
-from .. import manifold, session
+from .. import manifold
 from ..text import MAX_TEXT_BYTES
-from . import analyse_tab, compare_tab, export_tab, learn_tab, model_tab, plan_tab, stop
+from . import analyse_tab, compare_tab, export_tab, jobs, learn_tab, model_tab, plan_tab, stop
 from .clickplot import enable_static_plotly
 from .common import STOP_LABEL, Ctx, log
 from .gpu import ZERO_GPU
@@ -67,7 +67,7 @@ def _warm_up() -> None:
 
 def _preload(spec: str) -> None:
     try:
-        session.get_model(spec)
+        jobs.load_job(spec)
     except Exception as exc:  # the user sees the real error when pressing Load
         log.warning("preloading %s failed: %s", spec, exc)
 

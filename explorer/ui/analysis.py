@@ -45,7 +45,7 @@ def run(state: Session, seqlen: Any, samples: Any, max_tokens: int,
     need_model(state)
     seqlen = controls.whole_number(seqlen, *SEQLEN_FIELD)
     samples = controls.whole_number(samples, *SAMPLES_FIELD)
-    REGISTRY.model_for(state, progress)
+    jobs.load_job(state.model, progress)     # reloaded if another session replaced it
     measure = state.analysis.measure if state.analysis else default_measure()
     key = ProbeKey(state.model, state.text, seqlen, samples, int(max_tokens))
     state = replace(state, analysis=Analysis(key=key, measure=measure))

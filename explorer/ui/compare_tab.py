@@ -19,7 +19,6 @@ from . import checks_panel, heal_panel, jobs, plots, speed_panel, stop
 from .gpu import ZERO_GPU
 from .common import CompareParts, Ctx, need_model, user_errors
 from .learn_tab import method_title
-from .registry import REGISTRY
 from .state import Session, Tried
 
 HISTORY_HEADERS = ["#", "change", "layers", "parameters", "ppl before", "ppl after"]
@@ -40,7 +39,7 @@ def measure(settings, state: Session, ops: list[dict], healed: str = "",
             progress=None) -> tuple[Session, dict]:
     """Perplexity of the variant of `ops` next to the original's; the state records it in its
     history. Returns (state, the JSON result)."""
-    REGISTRY.model_for(state, progress)
+    need_model(state)
     before = jobs.ppl_job(state.model, state.text, [], settings.ppl_seqlen,
                           settings.ppl_max_tokens, progress, label="original model")
     after = jobs.ppl_job(state.model, state.text, ops, settings.ppl_seqlen,
@@ -203,8 +202,9 @@ def wire(ctx: Ctx) -> None:
 
     def views(state: Session) -> tuple:
         """summary, history table, history plot."""
-        lm = REGISTRY.model_for(state)
-        return (summary_markdown(state, lm.num_layers, lm.num_parameters),
+        need_model(state)
+        facts = jobs.variant_facts_job(state.model, [])
+        return (summary_markdown(state, facts["layers_before"], facts["params_before"]),
                 history_rows(state.history),
                 plots.history(state.history, {h.method: method_title(h.method)
                                               for h in state.history}))

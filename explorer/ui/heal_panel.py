@@ -27,7 +27,6 @@ from ..progress import Event
 from . import controls, jobs, plots, stop
 from .common import Ctx, HealParts, need_model, user_errors
 from .learn_tab import mode_title
-from .registry import REGISTRY
 from .state import Healed, Session
 
 STEPS = Param("steps", int, None, "optimiser steps (empty: the mode's default; the time limit "
@@ -117,14 +116,15 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
 def healed_layers(state: Session, slots: list[int]) -> str:
     """The slots a healing changed, in the original model's numbering: "layer 11 and the merged
     layer 14-15" (slot numbers shift after every cut)."""
-    v = REGISTRY.variant(REGISTRY.model_for(state), state.plan.ops)
+    need_model(state)
+    facts = jobs.variant_facts_job(state.model, state.plan.ops)
     words = []
     for k in slots:
-        s = v.slots[k]
-        if isinstance(s, int):
+        s = facts["slots"][k]
+        if s is not None:
             words.append(f"layer {s}")
             continue
-        origin = v.origin(k)
+        origin = facts["origins"][k]
         group = next((g for g in state.plan.merged if origin in g), None)
         words.append(f"the merged layer {format_layers(group)}" if group and len(group) > 1
                      else f"the new layer at {origin}")

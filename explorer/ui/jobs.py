@@ -201,13 +201,24 @@ def profiles_job(models: list[str], measure: str, text: str, seqlen: int, sample
                           progress=progress).to_dict()
 
 
+def load_job(spec: str, progress: Progress | None = None) -> dict:
+    """Load the model (or keep the resident one): its name, size and the Model tab's facts."""
+    lm = REGISTRY.ensure_model(spec, progress)
+    return {"spec": lm.spec, "num_layers": lm.num_layers, "num_parameters": lm.num_parameters,
+            "info": lm.info()}
+
+
 def variant_facts_job(spec: str, ops: list[dict]) -> dict:
-    """Layers, parameters and description of the original model and of the variant of `ops`."""
+    """Layers, parameters and description of the original model and of the variant of `ops`,
+    and each slot's origin (an original layer index, or None for a new layer; `origins` the
+    original index each slot stands at)."""
     lm = REGISTRY.ensure_model(spec)
     v = REGISTRY.variant(lm, ops)
     return {"layers_before": lm.num_layers, "layers_after": v.num_layers,
             "params_before": lm.num_parameters, "params_after": v.num_parameters(),
-            "change": v.describe()}
+            "change": v.describe(),
+            "slots": [s if isinstance(s, int) else None for s in v.slots],
+            "origins": [v.origin(k) for k in range(v.num_layers)]}
 
 
 def recipe_job(spec: str, ops: list[dict], method: str, params: dict, results: dict) -> str:

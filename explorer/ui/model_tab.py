@@ -8,7 +8,7 @@ import gradio as gr
 from ..embedded import EMBEDDED, cache_root
 from ..errors import ExplorerError, TextError
 from ..text import MAX_TEXT_BYTES, read_text_file
-from . import compare_tab, stop
+from . import compare_tab, jobs, stop
 from .common import Ctx, ModelParts, user_errors
 from .registry import REGISTRY
 from .state import Session
@@ -72,11 +72,11 @@ def load(state: Session, choice: str, custom: str, progress=gr.Progress()):
     """Load the chosen model (the process keeps one; another session's model is replaced)."""
     spec = (custom or "").strip() or choice
     progress(0.0, desc=f"loading {spec}")
-    lm = REGISTRY.ensure_model(spec, stop.bar(progress))
-    new = state.with_model(lm.spec, lm.num_layers)
+    lm = jobs.load_job(spec, stop.bar(progress))
+    new = state.with_model(lm["spec"], lm["num_layers"])
     fresh = new is not state or new.analysis is None
     heat = None if new is not state else gr.update()   # the old model's heatmaps no longer apply
-    return new, info_markdown(lm.info()), heat, heat, READY if fresh else gr.update()
+    return new, info_markdown(lm["info"]), heat, heat, READY if fresh else gr.update()
 
 
 @user_errors
