@@ -67,8 +67,10 @@ def is_fitted(op: dict) -> bool:
 
 def op_key(steps: list[dict] | tuple[dict, ...]) -> str:
     """A hash of the ops up to and including a fitted op (the op and the variant it was fitted on).
-    """
-    text = json.dumps(list(steps), sort_keys=True, separators=(",", ":"), default=str)
+    An op's "summary" is left out: it describes the op for people and is not always written (a
+    plan's drop op has none, the variant's own step has one), while the op is the same."""
+    content = [{k: v for k, v in op.items() if k != "summary"} for op in steps]
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 

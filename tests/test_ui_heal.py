@@ -74,3 +74,29 @@ def test_download_recipe_never_trains(tiny_factory, monkeypatch):
     F.RESULTS.clear()                       # the healed variant is no longer known
     path = jobs.recipe_job(spec, ops, "manual", {}, {})
     assert path.endswith("recipe.json") and Recipe.load(path).ops == ops
+
+
+def test_download_after_a_heal_in_the_app_carries_the_healed_tensors(tiny_factory):
+    """The app heals the plan's own ops (a manual drop op has no "summary"; the variant's step has
+    one): the download still finds the healed layers, and their replay is bit for bit."""
+    import zipfile
+
+    from explorer import Recipe
+    from explorer.ui import jobs
+    from explorer.ui.state import manual_plan
+    from tiny import same_weights
+
+    spec = str(tiny_factory("llama", num_layers=6))
+    lm = REGISTRY.ensure_model(spec)
+    text = REGISTRY.add_user_text(SAMPLE_TEXT, name="sample")
+    plan = manual_plan(6, drops=[4], merges=[[1, 2]])
+    assert "summary" not in plan.ops[-1]                       # the case this test is about
+    out = jobs.heal_job(spec, text, plan.ops, "closed-form", None, None,
+                        {"seqlen": 32, "windows": 24, "held_out": 4})
+    path = jobs.recipe_job(spec, out["ops"], "manual", {}, {})
+    assert path.endswith(".zip")
+    with zipfile.ZipFile(path) as z:
+        z.extractall(tmp := path[:-4])
+    said: list[str] = []
+    again = Recipe.load(f"{tmp}/recipe.json").build(lm, report=said.append)
+    assert said == [] and same_weights(again, REGISTRY.variant(lm, out["ops"]))   # nothing refitted
