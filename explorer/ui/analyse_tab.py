@@ -111,7 +111,9 @@ def build(ctx: Ctx) -> AnalyseParts:
             token_btn = gr.Button("Embed tokens")
     with gr.Accordion("Models side by side: where does each model's redundancy live?",
                       open=False):
-        others = [name for name in EMBEDDED if name != s.default_model]
+        # suggest only models this server has installed (one that is not fails to load)
+        others = [name for name, m in EMBEDDED.items()
+                  if name != s.default_model and m.installed()]
         with gr.Row(equal_height=True):
             models = gr.Textbox(", ".join([s.default_model] + others[:1]),
                                 label="Models (comma-separated: embedded names, hub ids, folders)",
