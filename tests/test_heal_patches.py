@@ -10,6 +10,7 @@ import torch
 from explorer import Variant, load_model
 from explorer.backbone import hooks
 from explorer.heal.linear_patch import PatchedLayer, hadamard
+from test_heal import _plain_states
 from tiny import SAMPLE_TEXT
 
 SMALL = dict(calibration=SAMPLE_TEXT, seqlen=32, windows=24, held_out=4)
@@ -35,18 +36,10 @@ def _run(lm, v, mode, **kw):
 
 
 def _outputs(lm, v, ids, grab=None):
-    """Each slot's output from the plain transformers forward (hooks on the slots, not
-    run_backbone), and what a hook on module `grab` saw."""
-    outs, seen = [], []
-
-    def keep(m, a, o):
-        outs.append(o[0] if isinstance(o, tuple) else o)
-
-    watch = [(v.layer(i), keep) for i in range(v.num_layers)]
-    watch += [] if grab is None else [(grab, lambda m, a, o: seen.append(o))]
-    with v.applied() as model, torch.no_grad(), hooks(*watch):
-        lm.arch.base_model(model)(input_ids=ids, use_cache=False)
-    return outs, (seen[0] if seen else None)
+    """Each slot's output from the plain transformers forward (test_heal's independent states,
+    without the embeddings), and what a hook on module `grab` saw."""
+    states, seen = _plain_states(lm, v, ids, grab)
+    return states[1:], seen
 
 
 @pytest.mark.parametrize("n", [12, 20, 32, 36, 576, 640])
