@@ -16,11 +16,20 @@ Rows:
     time per layer, and the time a real 8B model would take on one GPU, projected from the
     FLOPs of one layer (see `project_gpu`).
 
+  - `sessions` (`--sessions`): the web app launched in this process with its default sizes,
+    driven by two gradio_client sessions (two browser tabs). (a) Session B's analysis (probe and
+    profiles) alone, then again while session A's Apply (two perplexities) is running: B must
+    finish before A, with the same figures. Under the lock measuring took before issue 21, B
+    would have waited for A's Apply to end. (b) Two Applies of different plans at once against
+    one after the other: both finish, their figures equal the serial ones, and the total wall
+    time of each way is reported. The caches are cleared before each timed call.
+
 Random weights give a meaningless perplexity but the same FLOPs and memory traffic.
 
     python bench/bench_scale.py                         # the default-model rows
     python bench/bench_scale.py --write-big /work/bigmodel/llama7b
     python bench/bench_scale.py --big /work/bigmodel/llama7b --threads 2
+    python bench/bench_scale.py --sessions              # two app sessions at once
 """
 
 from __future__ import annotations
@@ -247,6 +256,97 @@ def big_rows(folder: Path, threads: int | None = None) -> list[dict]:
     ]
 
 
+def sessions_rows() -> list[dict]:
+    """Two gradio_client sessions of the app launched in this process (default sizes)."""
+    import tempfile
+    import threading
+
+    from gradio_client import Client
+
+    from explorer import cache, ui
+    from explorer.ui.settings import UISettings
+
+    settings = UISettings.from_env()
+    settings.output_dir = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
+    demo = ui.launch(settings, server_name="127.0.0.1", server_port=None,
+                     prevent_thread_lock=True, quiet=True)
+    url = demo.local_url
+
+    def session(drops: str, merges: str) -> Client:
+        c = Client(url, verbose=False)
+        c.predict("smollm2-135m", "", api_name="/load_model")
+        c.predict("wiki", "", None, api_name="/set_text")
+        c.predict(drops, merges, "average", api_name="/update_plan")
+        return c
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0, time.perf_counter()
+
+    def analyse(c: Client):
+        out = c.predict(settings.probe_seqlen, settings.probe_samples, "mds",
+                        api_name="/analyse")
+        return out[0]                                          # the status line
+
+    def apply(c: Client) -> dict:
+        return c.predict(api_name="/apply")[1]                 # the details JSON
+
+    try:
+        a, b = session("5", ""), session("", "20-22")
+        cache.clear()
+        alone, t_alone, _ = timed(lambda: analyse(b))
+        cache.clear()
+        got: dict = {}
+
+        def run_a() -> None:
+            got["a"] = timed(lambda: apply(a))
+
+        ta = threading.Thread(target=run_a)
+        start = time.perf_counter()
+        ta.start()
+        time.sleep(3.0)                                        # A's Apply is under way
+        during, t_during, b_end = timed(lambda: analyse(b))
+        ta.join()
+        a_out, t_a, a_end = got["a"]
+        same = alone.split(" in ")[0] == during.split(" in ")[0]
+        rows = [common.row(
+            "scale", "app: session B's analysis during session A's Apply vs alone", t_during,
+            t_alone, "s", higher_is_better=False,
+            note=f"B started 3 s into A's Apply ({t_a:.1f} s in all) and finished "
+                 f"{'%.1f s before' % (a_end - b_end) if b_end < a_end else '%.1f s after' % (b_end - a_end)} "
+                 f"A; a lock would have held B until A's end ({a_end - start - 3:.1f} s after "
+                 f"B asked) and then {t_alone:.1f} s more; same probe: {same}")]
+
+        # (b) two Applies at once against one after the other
+        a2, b2 = session("7", ""), session("", "10-12")
+        cache.clear()
+        ra, t1, _ = timed(lambda: apply(a2))
+        cache.clear()
+        rb, t2, _ = timed(lambda: apply(b2))
+        cache.clear()
+        res: dict = {}
+        threads = [threading.Thread(target=lambda k=k, c=c: res.__setitem__(k, apply(c)))
+                   for k, c in (("a", a2), ("b", b2))]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        t_both = time.perf_counter() - t0
+        equal = (res["a"]["ppl_after"] == ra["ppl_after"] and
+                 res["b"]["ppl_after"] == rb["ppl_after"])
+        rows.append(common.row(
+            "scale", "app: two sessions' Apply at once vs one after the other", t_both, t1 + t2,
+            "s", higher_is_better=False,
+            note=f"drop 7 / merge 10-12 of 30; serial {t1:.1f} + {t2:.1f} s; perplexities "
+                 f"{res['a']['ppl_after']:.4f} and {res['b']['ppl_after']:.4f}, equal to the "
+                 f"serial ones: {equal}; {settings.ppl_max_tokens} tokens per perplexity"))
+        return rows
+    finally:
+        demo.close()
+
+
 def run(quick: bool = True, lm=None) -> list[dict]:
     return default_rows(quick, lm)
 
@@ -257,6 +357,7 @@ def main() -> None:
     p.add_argument("--write-big", type=Path, help="write the ~7B random model to this folder")
     p.add_argument("--big", type=Path, help="stream the ~7B model from this folder")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--sessions", action="store_true", help="two app sessions at once")
     args = p.parse_args()
     common.quiet()
     if args.threads:
@@ -265,7 +366,8 @@ def main() -> None:
         write_big_model(args.write_big)
         return
     print(common.machine(), flush=True)
-    rows = big_rows(args.big, args.threads) if args.big else run(not args.full)
+    rows = big_rows(args.big, args.threads) if args.big else \
+        sessions_rows() if args.sessions else run(not args.full)
     print(common.format_table(rows))
     print(common.markdown_table(rows))
 

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import socket
@@ -45,7 +44,9 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 @dataclass
 class LoadedModel:
     """A loaded model with everything the later stages need. Never modified in place by a stage:
-    layer edits go through `explorer.variant.Variant`, which swaps layers in and out under `lock`."""
+    measuring a variant calls its slots' modules directly (explorer/backbone.py), without a lock;
+    only what needs a whole Hugging Face model (generation, lm-eval, export, speed) swaps the
+    variant's layers in, under `lock` (`Variant.applied()`)."""
 
     model: nn.Module
     tokenizer: Any
@@ -65,12 +66,15 @@ class LoadedModel:
     # thread, under `lock`) the model holds the variant's layers; readers outside the lock must
     # use these, or they would see another request's edit.
     original_layers: nn.ModuleList = field(init=False, repr=False)
+    layer_types: list[str] | None = field(init=False, repr=False)    # config.layer_types at load
     _num_parameters: int = field(init=False, repr=False)
     _parameter_bytes: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         with self.lock:
             self.original_layers = self.arch.layer_list(self.model)
+            types = getattr(self.model.config, "layer_types", None)
+            self.layer_types = list(types) if types is not None else None
             params = list(self.model.parameters())
             self._num_parameters = sum(p.numel() for p in params)
             self._parameter_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -103,18 +107,6 @@ class LoadedModel:
             "offload": self.weights.kind if self.weights is not None else None,
             "load_seconds": round(self.load_seconds, 2),
         }
-
-
-def holds_model_lock(fn: Callable) -> Callable:
-    """Decorator for functions whose first argument is a `LoadedModel`: run them under its lock,
-    so that no other thread's variant is swapped in while they read the model's layers (a probe
-    would otherwise record someone else's edit). Re-entrant: a variant applied by the same thread
-    stays in place, on purpose."""
-    @functools.wraps(fn)
-    def locked(lm: "LoadedModel", *args: Any, **kwargs: Any) -> Any:
-        with lm.lock:
-            return fn(lm, *args, **kwargs)
-    return locked
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -8,6 +8,7 @@ Boundary i of a variant is the input of slot i (docs/architecture.md).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -71,3 +72,58 @@ def check_boundaries(L: int, start: int, stop: int | None, final_norm: bool,
 
 def rows_of(states: StartStates, rows: slice) -> torch.Tensor:
     return states(rows) if callable(states) else states[rows]
+
+
+# -- how the model calls each slot: a skeleton of the base model ---------------------------------
+
+class Recorder(nn.Module):
+    """Stands in for slot `slot` in the skeleton: records how the model calls it, returns its
+    input; the last one ends the pass (the final norm and whatever follows are not needed)."""
+
+    def __init__(self, slot: int, sink: dict, last: bool) -> None:
+        super().__init__()
+        self.slot, self.sink, self.last = slot, sink, last
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.slot == 0:
+            self.sink["x0"] = hidden_states
+        self.sink[self.slot] = LayerCall(tuple(args), dict(kwargs))
+        if self.last:
+            raise StopPass
+        return hidden_states
+
+
+def skeleton(lm, variant, sink: dict) -> nn.Module:
+    """A private shallow copy of the base model whose layer list holds recorders for the
+    variant's slots and whose config gives the slots their layer types (Gemma 3's sliding and
+    full attention follow the slot's original layer): the loaded model is not touched."""
+    base = lm.arch.base_model(lm.model)
+    rel = lm.arch.layers[len(lm.arch.base) + 1:]
+    if "." in rel or not lm.arch.layers.startswith(lm.arch.base + "."):
+        raise LayerError(f"the {lm.arch.family} adapter keeps its layers outside its base model: "
+                         "its layers cannot be run without swapping them into the model")
+    n = variant.num_layers
+    sk = copy.copy(base)                       # new __dict__, shared submodules and tensors
+    modules = dict(base._modules)
+    modules[rel] = nn.ModuleList(Recorder(i, sink, i == n - 1) for i in range(n))
+    object.__setattr__(sk, "_modules", modules)
+    cfg = copy.copy(base.config)
+    cfg.num_hidden_layers = n
+    types = lm.layer_types          # the config's may be a variant's while one is applied
+    if types is not None:
+        cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
+    object.__setattr__(sk, "config", cfg)
+    return sk
+
+
+@torch.no_grad()
+def skeleton_pass(lm, variant, ids: torch.Tensor) -> tuple[torch.Tensor, dict[int, LayerCall]]:
+    """Windows `ids` (b, T) through the model's own embedding, rotary and mask code, no layer run:
+    returns the embeddings (b, T, H) (boundary 0) and how the model calls each slot. The calls
+    depend only on the batch's shape (no padding, no attention mask given)."""
+    sink: dict = {}
+    try:
+        skeleton(lm, variant, sink)(input_ids=ids, use_cache=False)
+    except StopPass:
+        pass
+    return sink["x0"], {s: c for s, c in sink.items() if isinstance(s, int)}

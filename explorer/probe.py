@@ -23,16 +23,20 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import LayerError, TextError
-from .load import LoadedModel, holds_model_lock
+from .load import LoadedModel
 from .progress import Progress
-from .backbone import run_backbone
+from .backbone import run_backbone, this_thread_only
 from .tokens import auto_batch_size, tokenize, use_bos, windows
+
+if TYPE_CHECKING:
+    from .variant import Variant
 
 
 @dataclass
@@ -78,12 +82,12 @@ def calibration_windows(lm: LoadedModel, text: str, seqlen: int = 128, num_sampl
     return windows(ids, seqlen, bos_id=bos_id, max_windows=num_samples)
 
 
-@holds_model_lock
 @torch.no_grad()
 def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor | None = None,
           seqlen: int = 128, num_samples: int = 32, batch_size: int | None = None,
           skip_first: bool = True, max_tokens: int | None = None, seed: int = 0, bos: str = "auto",
-          progress: Progress | None = None, layer_major: bool | None = None) -> ProbeResult:
+          progress: Progress | None = None, layer_major: bool | None = None,
+          variant: "Variant | None" = None) -> ProbeResult:
     """Run calibration text (or ready `input_ids` of shape (B, T)) through the model once.
 
     batch_size: windows per forward pass (None: `tokens.auto_batch_size`, from the device).
@@ -91,6 +95,7 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     layer, fixed by `seed`) so that long calibration text keeps memory bounded.
     layer_major: run layer by layer (explorer/stream.py; the same figures); None: when the model
     streams its layers.
+    variant: the layers probed (default: the loaded model's own); nothing is swapped in.
     """
     if input_ids is None:
         if text is None:
@@ -101,8 +106,7 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     first = 1 if skip_first else 0
     if T - first < 1:
         raise TextError(f"windows of {T} tokens leave nothing to record")
-    # the applied variant's layer count (under `Variant.applied()` the model holds its slots)
-    L = len(lm.arch.layer_list(lm.model))
+    L = variant.num_layers if variant is not None else lm.num_layers
     # Positions kept: all but the first of each window (padding-free windows, so no mask needed).
     keep = torch.arange(first, T)
     gen = torch.Generator().manual_seed(seed)
@@ -121,8 +125,8 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
 
     start = time.perf_counter()
     kept = keep.to(dev)
-    for batch in run_backbone(lm, input_ids, record=range(L + 1), batch_size=batch_size,
-                              progress=progress, label="probing layers",
+    for batch in run_backbone(lm, input_ids, variant=variant, record=range(L + 1),
+                              batch_size=batch_size, progress=progress, label="probing layers",
                               layer_major=layer_major):
         b0, b1 = batch.rows.start, batch.rows.stop
         lo, hi = b0 * keep.numel(), b1 * keep.numel()
@@ -178,7 +182,6 @@ def attention_only(layer: nn.Module, mlp_path: str) -> nn.Module:
     return out
 
 
-@holds_model_lock
 @torch.no_grad()
 def part_influence(lm: LoadedModel, text: str | None = None, *,
                    input_ids: torch.Tensor | None = None, seqlen: int = 128,
@@ -203,7 +206,7 @@ def part_influence(lm: LoadedModel, text: str | None = None, *,
     if lm.arch.mlp_down is None:
         raise LayerError(f"the {lm.arch.family} adapter names no MLP projection: its layers "
                          "cannot be split into attention and MLP blocks")
-    layers = lm.arch.layer_list(lm.model)
+    layers = lm.original_layers
     L = len(layers)
     halves = [attention_only(layer, lm.arch.mlp_down.rpartition(".")[0]) for layer in layers]
     mids: dict[int, torch.Tensor] = {}
@@ -219,7 +222,7 @@ def part_influence(lm: LoadedModel, text: str | None = None, *,
     sums = torch.zeros(2, L, dtype=torch.float64)
     count = 0
     start = time.perf_counter()
-    handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True)
+    handles = [layer.register_forward_pre_hook(this_thread_only(pre_hook(i)), with_kwargs=True)
                for i, layer in enumerate(layers)]
     try:
         for batch in run_backbone(lm, input_ids, record=range(L + 1), batch_size=batch_size,

@@ -50,6 +50,7 @@ import torch.nn as nn
 from .errors import ExplorerError
 from .load import LoadedModel
 from .progress import Event, Progress
+from .backbone import this_thread_only
 from .memory import _fmt, available_bytes
 from .variant import Variant
 
@@ -318,8 +319,8 @@ def _layer_timer(lm: LoadedModel, model: nn.Module, total: list[float] | None
     handles = []
     try:
         for layer in lm.arch.layer_list(model):
-            handles.append(layer.register_forward_pre_hook(pre))
-            handles.append(layer.register_forward_hook(post))
+            handles.append(layer.register_forward_pre_hook(this_thread_only(pre)))
+            handles.append(layer.register_forward_hook(this_thread_only(post)))
         yield
     finally:
         for h in handles:

@@ -40,13 +40,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .passes import Batch, LayerCall, StartStates, StopPass, check_boundaries, rows_of
+from .passes import Batch, StartStates, check_boundaries, rows_of, skeleton_pass
 from .errors import LayerError, one_line
 from .load import LoadedModel
 from .progress import Event, Progress
@@ -158,71 +158,10 @@ def layer_bytes(lm: LoadedModel) -> list[int]:
 
 # -- the executor -------------------------------------------------------------------------------
 
-class _Recorder(nn.Module):
-    """Stands in for slot `slot` in the skeleton: records how the model calls it, returns its
-    input; the last one ends the pass (the final norm and whatever follows are not needed)."""
-
-    def __init__(self, slot: int, sink: dict, last: bool) -> None:
-        super().__init__()
-        self.slot, self.sink, self.last = slot, sink, last
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.slot == 0:
-            self.sink["x0"] = hidden_states
-        self.sink[self.slot] = LayerCall(tuple(args), dict(kwargs))
-        if self.last:
-            raise StopPass
-        return hidden_states
-
-
-def _skeleton(lm: LoadedModel, variant, sink: dict) -> nn.Module:
-    """A private copy of the base model whose layer list holds recorders for the variant's slots
-    and whose config gives the slots their layer types: the loaded model is not touched."""
-    base = lm.arch.base_model(lm.model)
-    rel = lm.arch.layers[len(lm.arch.base) + 1:]
-    if "." in rel or not lm.arch.layers.startswith(lm.arch.base + "."):
-        raise LayerError(f"the {lm.arch.family} adapter keeps its layers outside its base model: "
-                         "layer-major execution does not support it")
-    n = variant.num_layers
-    sk = copy.copy(base)                       # new __dict__, shared submodules and tensors
-    modules = dict(base._modules)
-    modules[rel] = nn.ModuleList(_Recorder(i, sink, i == n - 1) for i in range(n))
-    object.__setattr__(sk, "_modules", modules)
-    cfg = copy.copy(base.config)
-    cfg.num_hidden_layers = n
-    types = getattr(base.config, "layer_types", None)
-    if types is not None:
-        cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
-    object.__setattr__(sk, "config", cfg)
-    return sk
-
-
 def _slot_module(lm: LoadedModel, variant, i: int) -> tuple[nn.Module, str]:
     """The module of slot i with its weights on the compute device, and a label for progress."""
-    from .variant import NewLayer
-
-    slot = variant.slots[i]
-    module = slot.module if isinstance(slot, NewLayer) else lm.original_layers[slot]
-    weights = lm.weights
-    if weights is None:
-        return module, "in memory"
-    if isinstance(slot, NewLayer) and not slot.parts_dropped and \
-            any(p.is_meta for p in module.parameters()):
-        raise LayerError(f"slot {i} ({slot.label}) was built from weights that were never loaded "
-                         f"(the model streams its layers from {weights.where}); merges need the "
-                         "model in memory (--offload none)")
-    fetched = weights.fetch(lm, module, variant.origin(i))
-    if isinstance(slot, NewLayer) and fetched is not module:
-        # A sub-block drop of an empty layer holds an empty zeroed projection, which the fetch
-        # filled with the original one: zero it again (Variant.drop_part).
-        from .variant import PARTS
-
-        for part in slot.parts_dropped:
-            path = getattr(lm.arch, PARTS[part])
-            if any(p.is_meta for p in module.get_submodule(path).parameters()):
-                for p in fetched.get_submodule(path).parameters():
-                    p.data.zero_()
-    return fetched, f"from {weights.where}"
+    where = "in memory" if lm.weights is None else f"from {lm.weights.where}"
+    return variant.loaded(i), where
 
 
 def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int = 0,
@@ -288,15 +227,10 @@ def _start_boundary(lm: LoadedModel, variant, ids: torch.Tensor, batches: list[s
     for k, rows in enumerate(batches):
         size = rows.stop - rows.start
         if start == 0 or (need_calls and size not in calls):
-            sink: dict = {}
-            skeleton = _skeleton(lm, variant, sink)
-            try:
-                skeleton(input_ids=ids[rows].to(lm.device), use_cache=False)
-            except StopPass:
-                pass
-            calls.setdefault(size, {s: c for s, c in sink.items() if isinstance(s, int)})
+            x0, got = skeleton_pass(lm, variant, ids[rows].to(lm.device))
+            calls.setdefault(size, got)
             if start == 0:
-                store.put(0, k, sink["x0"])
+                store.put(0, k, x0)
         if start > 0:
             x = rows_of(start_states, rows).to(device=lm.device, dtype=lm.dtype)
             store.put(start, k, x)
@@ -323,7 +257,7 @@ def save_streamed(variant, folder: str | Path, shard_bytes: int = SHARD_BYTES) -
     n = variant.num_layers
     cfg = copy.deepcopy(lm.config)
     cfg.num_hidden_layers = n
-    types = getattr(lm.config, "layer_types", None)
+    types = lm.layer_types
     if types is not None:
         cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
     cfg.dtype = lm.dtype

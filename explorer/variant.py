@@ -81,6 +81,33 @@ class Variant:
         s = self.slots[self.check_index(i)]
         return s.module if isinstance(s, NewLayer) else self.lm.original_layers[s]
 
+    def loaded(self, i: int) -> nn.Module:
+        """Slot i's module with its weights present, for code that reads or copies a layer's
+        weights (merges, fits, healing): the module itself when the model is in memory, else a
+        copy on the compute device fetched from where the layers stay (`LoadedModel.weights`:
+        CPU RAM or the safetensors shards), which the caller owns and drops."""
+        module = self.layer(i)
+        weights = self.lm.weights
+        slot = self.slots[i]
+        if weights is None or (isinstance(slot, NewLayer) and not slot.parts_dropped):
+            # (an original layer on the meta device here is accelerate's disk offload, whose
+            # hooks load it when it runs; a new layer built from such weights has none)
+            if isinstance(slot, NewLayer) and any(p.is_meta for p in module.parameters()):
+                raise LayerError(f"slot {i} ({slot.label}) was built from weights that were "
+                                 "never loaded (accelerate's disk offload): merges and fits need "
+                                 "the layers' weights; load with offload='disk' or 'cpu'")
+            return module
+        fetched = weights.fetch(self.lm, module, self.origin(i))
+        if isinstance(slot, NewLayer) and fetched is not module:
+            # A sub-block drop of an empty layer holds an empty zeroed projection, which the
+            # fetch filled with the original one: zero it again (drop_part).
+            for part in slot.parts_dropped:
+                path = getattr(self.lm.arch, PARTS[part])
+                if any(p.is_meta for p in module.get_submodule(path).parameters()):
+                    for p in fetched.get_submodule(path).parameters():
+                        p.data.zero_()
+        return fetched
+
     def origin(self, i: int) -> int:
         """The original layer index that slot i stands for (for NewLayer: its `like`)."""
         s = self.slots[self.check_index(i)]
@@ -163,7 +190,7 @@ class Variant:
             raise LayerError("a merge needs at least two layers")
         if len(weights) != len(idx):
             raise LayerError(f"{len(idx)} layers but {len(weights)} weights")
-        module = combine_layers([self.layer(i) for i in idx], [float(w) for w in weights])
+        module = combine_layers([self.loaded(i) for i in idx], [float(w) for w in weights])
         label = label or "merge(" + ",".join(map(str, idx)) + ")"
         step = {"op": "merge", "layers": idx, "weights": [float(w) for w in weights],
                 "summary": label, **(extra or {})}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer import TextError, load_model
+from explorer import TextError
 from explorer.capability import (capability, cloze_accuracy, cloze_batch, cloze_items,
                                  multiple_choice, next_token_accuracy)
 from explorer.evaluate import evaluation_windows

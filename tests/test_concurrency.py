@@ -219,3 +219,58 @@ def test_probe_while_another_thread_has_a_variant_applied(shared_lm, sample_text
     assert probe_waited == [True]
     assert during.num_layers == 6
     assert torch.equal(during.states, alone.states)
+
+
+def test_measuring_takes_no_lock_and_swaps_nothing(shared_lm, sample_text):
+    """Issue 21, item 3: while another thread holds the model's lock (a generation, an lm-eval run
+    or an export keeps a variant applied), measuring a variant and probing still finish, with the
+    figures they give alone, and read the original layers, not the applied ones."""
+    from explorer import probe
+
+    lm = shared_lm
+    v = Variant.identity(lm).merge([2, 3], [0.5, 0.5])
+    alone = perplexity(lm, sample_text, variant=v, seqlen=SEQLEN, max_tokens=MAX_TOKENS).ppl
+    probed_alone = probe(lm, sample_text, seqlen=SEQLEN, num_samples=4).states
+    got: dict = {}
+
+    def measure() -> None:
+        got["ppl"] = perplexity(lm, sample_text, variant=v, seqlen=SEQLEN,
+                                max_tokens=MAX_TOKENS).ppl
+        got["probe"] = probe(lm, sample_text, seqlen=SEQLEN, num_samples=4).states
+
+    with Variant.identity(lm).drop([0, 1, 2]).applied():    # this thread holds the lock
+        worker = threading.Thread(target=measure)
+        worker.start()
+        worker.join(120)
+        finished = not worker.is_alive()
+    assert finished, "measuring waited for the model's lock"
+    assert got["ppl"] == alone
+    assert got["probe"].shape[0] == lm.num_layers + 1
+    assert torch.equal(got["probe"], probed_alone)
+
+
+def test_hooks_act_only_in_the_thread_that_installed_them(shared_lm):
+    """A fit's hook on a shared layer (closed form, CoMe, speed) must not see another thread's
+    pass through that layer."""
+    from explorer.backbone import hooks, run_backbone
+
+    lm = shared_lm
+    ids = torch.randint(0, lm.config.vocab_size, (2, 16))
+    seen: list[str] = []
+    layer = lm.original_layers[2]
+    ready, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        ready.wait(30)
+        list(run_backbone(lm, ids))
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with hooks((layer, lambda m, a, o: seen.append(threading.current_thread().name))):
+        ready.set()
+        assert done.wait(60)
+        assert seen == []                  # the other thread's pass ran layer 2: not seen
+        list(run_backbone(lm, ids))
+    t.join()
+    assert seen == [threading.current_thread().name]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -269,6 +270,31 @@ def test_layerwise_loss_equals_an_independent_computation(tiny_lm):
     dd = hs_d[5][:, 1:].double()                           # the variance over every window
     expect = (f - d).pow(2).sum(-1).mean() / (dd - dd.mean(dim=(0, 1))).pow(2).sum(-1).mean()
     assert got == pytest.approx(float(expect), rel=1e-4)
+    # the per-channel and cosine losses (issue 23, item 5), written out with numpy
+    fn, dn, var = f.numpy(), d.numpy(), dd.reshape(-1, dd.shape[-1]).numpy().var(axis=0)
+    with torch.no_grad():
+        channel = float(g.loss(idx, 1, lm.device, "channel"))
+        cosine = float(g.loss(idx, 1, lm.device, "cosine"))
+    assert channel == pytest.approx(float(((fn - dn) ** 2 / var).mean()), rel=1e-4)
+    cos = (fn * dn).sum(-1) / (np.linalg.norm(fn, axis=-1) * np.linalg.norm(dn, axis=-1))
+    assert cosine == pytest.approx(float((1 - cos).mean()), rel=1e-4)
+
+
+def test_channel_loss_is_not_ruled_by_a_massive_channel():
+    """Gemma 3's problem (docs/healing.md): one channel 1000x the others. The plain loss of an
+    output that is exact on that channel and wrong everywhere else is near zero; the per-channel
+    loss sees the error."""
+    from explorer.heal.layerwise import stream_loss
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(4, 16, 32, generator=g)
+    d[..., 0] *= 1000.0
+    y = d.clone()
+    y[..., 1:] += torch.randn(4, 16, 31, generator=g)            # every other channel off by ~1
+    var = (d - d.mean(dim=(0, 1))).pow(2).mean(dim=(0, 1))
+    plain = float(stream_loss(y, d, "mse", float(var.sum()), 1 / (var * 32)))
+    channel = float(stream_loss(y, d, "channel", float(var.sum()), 1 / (var * 32)))
+    assert plain < 1e-3 and channel > 0.5
 
 
 def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_path):

@@ -317,13 +317,46 @@ def test_a_full_disk_while_spilling_states_leaves_nothing(tiny_factory, tmp_path
     assert writes["n"] == 3 and not list(folder.iterdir())     # its temporary folder is gone
 
 
-def test_a_merge_of_layers_left_on_disk_is_refused(tiny_factory):
-    folder = tiny_factory("llama", num_layers=4)
+@pytest.mark.parametrize("method", ["mka", "laco", "come", "streamline"])
+def test_merging_and_fitted_methods_on_layers_left_on_disk(tiny_factory, method):
+    """Merges and the fitted methods read the weights of layers that stay on disk (fetched, one
+    layer at a time): the same plan and the same perplexity as with the model in memory."""
+    from explorer.methods import compress
+
+    folder = tiny_factory("llama", num_layers=5)
+    kw = dict(remove=2, calibration=SAMPLE_TEXT, seqlen=32, num_samples=8)
+    if method in ("come", "streamline"):
+        kw.update({"come": {"recover_steps": 3}, "streamline": {"steps": 5}}[method])
+    mem = load_model(str(folder))
     disk = load_model(str(folder), offload="disk")
-    v = Variant.identity(disk).merge([1, 2], [0.5, 0.5])
-    with pytest.raises(ExplorerError, match="merges need the model in memory") as info:
-        perplexity(disk, SAMPLE_TEXT, variant=v, cache=False, **PPL)
-    assert "\n" not in str(info.value)
+    before = state_checksum(mem.model)
+    a, b = compress(mem, method, **kw), compress(disk, method, **kw)
+    assert b.variant.layer_labels() == a.variant.layer_labels()
+    pa = perplexity(mem, SAMPLE_TEXT, variant=a.variant, cache=False, **PPL).ppl
+    pb = perplexity(disk, SAMPLE_TEXT, variant=b.variant, cache=False, **PPL).ppl
+    assert _rel(pb, pa) <= 1e-6
+    assert state_checksum(mem.model) == before
+    assert all(p.is_meta for p in disk.original_layers.parameters())    # nothing kept loaded
+
+
+@pytest.mark.parametrize("mode,params", [("closed-form", {}), ("prunecomp", {}),
+                                         ("linearpatch", {}),
+                                         ("layerwise", {"steps": 4}),
+                                         ("distill", {"steps": 2,
+                                                      "init": "closed-form"})])
+def test_healing_on_layers_left_on_disk_equals_in_memory(tiny_factory, mode, params):
+    """Healing fitted slot by slot on a model whose layers stay on disk: the same healed
+    perplexity as in memory (closed forms and training alike)."""
+    from explorer.heal import heal
+
+    folder = tiny_factory("llama", num_layers=6)
+    kw = dict(calibration=SAMPLE_TEXT, seqlen=32, held_out=2, **params)
+    kw.setdefault("windows", 12)
+    out = []
+    for lm in (load_model(str(folder)), load_model(str(folder), offload="disk")):
+        r = heal(Variant.identity(lm).drop([2, 3]), mode, **kw)
+        out.append(perplexity(lm, SAMPLE_TEXT, variant=r.variant, cache=False, **PPL).ppl)
+    assert _rel(out[1], out[0]) <= 1e-5, out
 
 
 def test_whole_model_uses_are_refused_when_layers_stay_on_disk(tiny_factory):

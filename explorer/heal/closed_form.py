@@ -223,7 +223,7 @@ def heal_cut(ctx: HealContext, v: Variant, cut: Cut, params: dict
     if cosine:
         T = cosine_refine(T, rows, params["cosine_steps"], params["cosine_lr"], ctx.seed)
     I = torch.eye(T.shape[0], dtype=T.dtype)
-    module, exact = fold_map(ctx.lm, v.layer(cut.slot), T)
+    module, exact = fold_map(ctx.lm, v.loaded(cut.slot), T)
     return module, {"slot": cut.slot, "mse_before": eq.error(I), "mse_after": eq.error(T),
                     "exact_fold": exact}
 

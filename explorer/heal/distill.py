@@ -255,7 +255,7 @@ class Distill(HealMode):
         slots = trained_slots(ctx.variant, params)      # around the cuts heal was given
         what = params["train"]
         lr = params["lr"] if params["lr"] is not None else LR[what]
-        modules = {j: trainable_copy(v.layer(j), owns(what)) for j in slots}
+        modules = {j: trainable_copy(v.loaded(j), owns(what)) for j in slots}
         if what == "layers":
             tensors = [p for m in modules.values() for p in m.parameters()]
         elif what == "norms":

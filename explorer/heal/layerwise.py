@@ -9,6 +9,11 @@ normalised by the target's variance, each window's first position left out:
 
     loss = mean_t ||f(x_s[t]) - x_dense[t]||^2 / mean_t ||x_dense[t] - mean(x_dense)||^2
 
+or, with `loss="channel"`, each channel's squared error divided by that channel's own variance
+(mean over channels), so that a few channels with massive activations (Gemma 3's residual
+stream) do not outweigh all the others; or `loss="cosine"`, mean_t (1 - cos(f(x_s[t]),
+x_dense[t])).
+
 A step costs only the trained layers (each called alone, with the rotary embeddings and mask the
 model passes it), so thousands of steps fit in CPU minutes. By default the cuts are first healed
 in closed form (ReplaceMe), and the training starts from there (docs/healing.md).
@@ -87,18 +92,34 @@ class Group:
                                         ctx.progress)[target]
         self.x = ctx.data.states(v, s, ctx.progress)                        # (W, T, H) inputs
         first = ctx.first
-        dt = self.d[:, first:]
-        self.scale = float((dt - dt.mean(dim=(0, 1))).pow(2).sum(-1).mean())
-        self.modules = [trainable_copy(v.layer(j), lambda name: True) for j in range(s, e + 1)]
+        dt = self.d[:, first:].float()
+        var = (dt - dt.mean(dim=(0, 1))).pow(2).mean(dim=(0, 1))                 # (H,)
+        self.scale = float(var.sum())
+        # per-channel weights of the "channel" loss: 1 / variance, floored at 1e-6 of the mean
+        self.weight = 1.0 / (var.clamp_min(1e-6 * float(var.mean())) * var.numel())
+        self.modules = [trainable_copy(v.loaded(j), lambda name: True) for j in range(s, e + 1)]
         rows = slice(0, batch)
         self.calls = [slot_call(ctx, v, j, self.x[rows], rows) for j in range(s, e + 1)]
 
-    def loss(self, idx: torch.Tensor, first: int, device: torch.device) -> torch.Tensor:
+    def loss(self, idx: torch.Tensor, first: int, device: torch.device,
+             kind: str = "mse") -> torch.Tensor:
         h = self.x[idx].to(device)
         for call, module in zip(self.calls, self.modules):
             h = call.run(module, h)
-        d = self.d[idx, first:].to(device)
-        return (h[:, first:].float() - d).pow(2).sum(-1).mean() / self.scale
+        d = self.d[idx, first:].to(device).float()
+        return stream_loss(h[:, first:].float(), d, kind, self.scale, self.weight.to(device))
+
+
+def stream_loss(y: torch.Tensor, d: torch.Tensor, kind: str, scale: float,
+                weight: torch.Tensor) -> torch.Tensor:
+    """The layer-wise loss of outputs y against dense states d, both (b, T, H): "mse" (squared
+    error over the total variance `scale`), "channel" (squared error weighted per channel by
+    `weight` (H,), 1 / (H var_c)) or "cosine" (mean 1 - cosine similarity)."""
+    if kind == "cosine":
+        return (1 - torch.nn.functional.cosine_similarity(y, d, dim=-1)).mean()
+    if kind == "channel":
+        return ((y - d).pow(2) * weight).sum(-1).mean()
+    return (y - d).pow(2).sum(-1).mean() / scale
 
 
 def batches(n: int, batch: int, seed: int):
@@ -133,7 +154,8 @@ def train_groups(ctx: HealContext, v: Variant, params: dict, label: str,
 
     def loss_at(step: int) -> torch.Tensor:
         idx = next(order)
-        return sum(g.loss(idx, ctx.first, device) for g in groups) / len(groups)
+        return sum(g.loss(idx, ctx.first, device, params.get("loss", "mse"))
+                   for g in groups) / len(groups)
 
     with torch.enable_grad():
         done, total, history = train(ctx, tensors, loss_at, lr=params["lr"], label=label,
@@ -172,12 +194,18 @@ class Layerwise(HealMode):
               label="Learning rate"),
         Param("batch", int, 4, "windows per step", min=1, max=4096,
               label="Windows per step"),
+        Param("loss", str, "mse", "mse: squared error over the stream's total variance; "
+              "channel: each channel's squared error over its own variance (massive "
+              "activations do not dominate); cosine: 1 - cosine similarity",
+              choices=("mse", "channel", "cosine"), label="Loss",
+              choice_labels=(("mse", "squared error"), ("channel", "per-channel normalised"),
+                             ("cosine", "cosine"))),
         Param("schedule_steps", int, None, "length of the learning-rate schedule (default: the "
               "step budget, or estimated from the first steps under a time budget)", min=1,
               max=10_000_000, optional=True,
               label="Schedule length (steps)"),
     ) + KEEP_BEST_PARAMS
-    examples = ({}, {"init": "none"})
+    examples = ({}, {"init": "none"}, {"loss": "channel"})
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         if params["before"] + params["after"] == 0:

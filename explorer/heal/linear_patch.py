@@ -206,7 +206,7 @@ def heal_cut(ctx: HealContext, v: Variant, cut: Cut, params: dict, Hn: torch.Ten
     info = {"slot": cut.slot, "mse_before": stats.error_of_map(I),
             "mse_patch": stats.error_of_map(P), "scale_min": float(d.min()),
             "scale_max": float(d.max())}
-    layer = v.layer(cut.slot)
+    layer = v.loaded(cut.slot)
     if params["fold"] == "module":
         info["exact_fold"] = False
         return PatchedLayer(layer, P.float()), info

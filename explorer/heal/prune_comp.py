@@ -130,7 +130,7 @@ def _folded(lm: LoadedModel, v: Variant, factor: list[float]) -> Variant:
     out = v
     for m, c in enumerate(factor):
         if c != 1.0:
-            layer = v.layer(m)
+            layer = v.loaded(m)
             out = with_slot(out, m, compensated(lm, layer, c, stream_writers(lm, layer)), "pc")
     return out
 

@@ -117,7 +117,8 @@ def sensitivities(lm: LoadedModel, v: Variant, ids: torch.Tensor, slots: list[in
         for _ in run_backbone(lm, ids, variant=v, stop=max(slots) + 1, label="CoMe sensitivity"):
             pass
     out = []
-    for k, p in enumerate(parts):
+    for k, s in enumerate(slots):
+        p = parts[k] if lm.weights is None else layer_parts(lm, v.loaded(s))   # weights present
         nh, nkv, hd = head_layout(lm, p)
         wo = p["attn_o"].weight.float()                                # (H, nh*hd)
         head_act = sq[(k, "o")].view(nh, hd).sum(1).sqrt()             # (nh,)
@@ -205,7 +206,7 @@ def recover(ctx: PlanContext, before: Variant, slot: int, module: nn.Module, ste
 
 def merge_pair(ctx: PlanContext, v: Variant, lo: int, params: dict) -> tuple[Variant, str]:
     """Merge slots lo, lo+1 of `v` by CoMe; returns the new variant and the label."""
-    a, b = v.layer(lo), v.layer(lo + 1)
+    a, b = v.loaded(lo), v.loaded(lo + 1)
     pa = layer_parts(ctx.lm, a)
     _, nkv, _ = head_layout(ctx.lm, pa)
     inter = pa["mlp_down"].in_features
@@ -284,7 +285,7 @@ def _replay_come(v: Variant, op: dict, lm: LoadedModel) -> Variant:
         raise LayerError("come op needs 'layers' (two adjacent), 'groups' and 'channels'")
     lo = v.check_index(layers[0])
     v.check_index(layers[1])
-    module = concat_merge(lm, v.layer(lo), v.layer(lo + 1), (groups[0], groups[1]),
+    module = concat_merge(lm, v.loaded(lo), v.loaded(lo + 1), (groups[0], groups[1]),
                           (chans[0], chans[1]))
     steps = int(op.get("recover_steps", 0))
     if steps > 0:

@@ -99,8 +99,7 @@ class PlanContext:
             if self._probe is None:
                 self._probe = probe(self.lm, input_ids=self.input_ids, seed=self.seed)
             return self._probe
-        with variant.applied():
-            return probe(self.lm, input_ids=self.input_ids, seed=self.seed)
+        return probe(self.lm, input_ids=self.input_ids, seed=self.seed, variant=variant)
 
     def report(self, fraction: float, note: str = "", **fields) -> None:
         """Report an event of this plan (`fields`: step, total, unit, loss, held_out, figure ...)."""

@@ -145,8 +145,8 @@ def build_replacement(ctx: PlanContext, v: Variant, start: int, n: int, params: 
     if kind == "linear":
         module = fit_linear(pairs, params["skip_first"])
     else:
-        module = copy.deepcopy(v.layer(start)) if kind == "layer" else \
-            ffn_from_layer(ctx.lm, v.layer(start))
+        module = copy.deepcopy(v.loaded(start)) if kind == "layer" else \
+            ffn_from_layer(ctx.lm, v.loaded(start))
 
         fit_module(module, pairs, steps=int(params["steps"]), lr=float(params["lr"]),
                    skip_first=params["skip_first"], seed=ctx.seed, progress=scaled(ctx.progress, 0.25, 0.95),
