@@ -352,22 +352,48 @@ def load_cells(path: Path) -> dict[tuple[str, int, str], dict]:
             for r in map(json.loads, path.read_text().splitlines())}
 
 
+# Why a cell of the healed table may be empty (the footnotes `render` prints).
+NOT_RUN = {
+    "distill": "a: not run for CPU time (10-15 minutes a cell on the shared 2-core machine: a KL "
+               "step costs about ten layer-wise steps); `--table --resume --modes distill` fills it",
+    "tail-finetune": "b: not run for CPU time (300 whole-layer KL steps, 10-20 minutes a cell); "
+                     "measured on the tail plan, which the paper pairs it with",
+}
+NOT_RUN_OTHER = "c: not run yet; `--table --resume` with this mode fills it"
+
+
 def render(done: dict, methods: tuple[str, ...], removes: tuple[int, ...],
            modes: tuple[str, ...]) -> str:
-    """The Markdown table of recorded cells (`load_cells`): unhealed / each mode per method and k."""
+    """The Markdown table of recorded cells (`load_cells`): one row per method and k, one column
+    for the unhealed plan and one per mode; an empty cell names its footnote, a failed one says
+    "failed" (its note is in the JSON line)."""
     dense = done[("dense", 0, "none")]["ppl"]
-    head = "| method | " + " | ".join(f"{k} removed" for k in removes) + " |"
-    lines = [f"Cells: unhealed / {' / '.join(modes)} (wiki perplexity, dense {dense:.2f}; "
-             "healed on the wiki calibration half).", "",
-             head, "|---|" + "---|" * len(removes)]
+    cols = ("none",) + modes
+    lines = [f"Wiki perplexity (dense {dense:.2f}), healed on the wiki calibration half; the best "
+             "healed figure of each row in bold.", "",
+             "| method | removed | " + " | ".join("unhealed" if x == "none" else x
+                                                   for x in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    used: set[str] = set()
     for m in methods:
-        cells = []
         for k in removes:
-            vals = [done.get((m, k, x)) for x in ("none",) + modes]
-            cells.append(" / ".join("not run" if v is None else
-                                    "-" if v["ppl"] != v["ppl"] else f"{v['ppl']:.1f}"
-                                    for v in vals))
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            vals = {x: done.get((m, k, x)) for x in cols}
+            healed = [v["ppl"] for x, v in vals.items()
+                      if x != "none" and v is not None and v["ppl"] == v["ppl"]]
+            best = min(healed) if healed else None
+            cells = []
+            for x, v in vals.items():
+                if v is None:
+                    note = NOT_RUN.get(x, NOT_RUN_OTHER)
+                    used.add(note)
+                    cells.append(f"not run ({note[0]})")
+                elif v["ppl"] != v["ppl"]:
+                    cells.append("failed")
+                else:
+                    text = f"{v['ppl']:,.1f}" if v["ppl"] < 1e5 else f"{v['ppl']:.1e}"
+                    cells.append(f"**{text}**" if v["ppl"] == best and x != "none" else text)
+            lines.append(f"| {m} | {k} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"({n[0]}) {n[3:]}." for n in sorted(used)]
     return "\n".join(lines)
 
 
@@ -421,7 +447,8 @@ def main() -> None:
     common.quiet()
     if args.table and args.render:
         print(render(load_cells(Path("bench/results/heal_table.jsonl")),
-                     tuple(args.methods.split(",")), (3, 6, 9), tuple(args.modes.split(","))))
+                     tuple(args.methods.split(",")), tuple(map(int, args.removes.split(","))),
+                     tuple(args.modes.split(","))))
         return
     if args.table:
         print(table(Path("bench/results/heal_table.jsonl"), tuple(args.methods.split(",")),

@@ -1,21 +1,23 @@
 """Layer-major execution: one decoder layer's weights at a time, every window through it.
 
-`run_backbone` (explorer/backbone.py) is batch-major: each batch of windows runs through the whole
-model, so the whole model must be on the compute device. `run_layer_major` turns the loop around,
-as "sequential onloading" does (llm-compressor, ReplaceMe): for slot i of a variant it
+`run_backbone` (explorer/backbone.py) is batch-major: each batch of windows runs through every
+slot before the next batch starts, so every layer's weights must be at hand. `run_layer_major`
+turns the loop around, as "sequential onloading" does (llm-compressor, ReplaceMe): for slot i of a
+variant it
 
-1. brings that layer's weights onto the compute device (`LayerWeights.fetch`: from RAM, or read
-   from the model folder's safetensors shards, or nothing at all for a resident model),
+1. brings that layer's weights onto the compute device (`Variant.loaded` -> `LayerWeights.fetch`:
+   from RAM, or read from the model folder's safetensors shards, or the module itself for a
+   resident model),
 2. runs every batch of windows through it, reading boundary i and writing boundary i+1 of a
    `BoundaryStore` (RAM within a budget, then files in a temporary folder),
 3. releases the weights, and keeps boundary i only when the caller records it.
 
-Masks, rotary embeddings and every argument a layer gets come from transformers itself: a private
-"skeleton" of the base model (the same embedding, rotary and mask modules, its layer list replaced
-by recorders that return their input) runs once per batch shape and records how each slot is called
-(`backbone.LayerCall`), plus the embeddings of every batch. No attention is re-implemented, and
-nothing of the loaded model is swapped or written: a variant is evaluated by calling its slots'
-modules directly, so two threads can measure two variants at the same time without a lock.
+Masks, rotary embeddings and every argument a layer gets come from transformers itself, through
+the skeleton both passes share (`passes.skeleton_pass`: the base model's own embedding, rotary
+and mask modules, its layer list replaced by recorders that return their input), run once per
+batch shape to record how each slot is called (`passes.LayerCall`), and for every batch's
+embeddings. No attention is re-implemented, and nothing of the loaded model is swapped or
+written.
 
 The arguments of a call depend only on the batch's shape (windows hold no padding and no attention
 mask is given, so the mask and the position ids are the same for every batch of b windows): the
