@@ -287,7 +287,7 @@ def table(out: Path, methods: tuple[str, ...], removes: tuple[int, ...], modes: 
     out.parent.mkdir(parents=True, exist_ok=True)
     recorded = recorded_drops(plans) if plans else {}
     lm = load_model(common.DEFAULT_MODEL)
-    wiki = load_texts("wiki")
+    wiki, news = load_texts("wiki"), load_texts("news")
 
     def record(row: dict) -> None:
         done[(row["method"], row["remove"], row["mode"])] = row
@@ -299,6 +299,10 @@ def table(out: Path, methods: tuple[str, ...], removes: tuple[int, ...], modes: 
     if ("dense", 0, "none") not in done:
         record({"method": "dense", "remove": 0, "mode": "none", "seconds": 0.0,
                 "ppl": _ppl(lm, wiki.evaluation, max_tokens=max_tokens)})
+    if "news_ppl" not in done[("dense", 0, "none")]:
+        row = dict(done[("dense", 0, "none")])
+        row["news_ppl"] = _ppl(lm, news.evaluation, max_tokens=max_tokens, source="news")
+        record(row)
     for m in methods:
         for k in removes:
             todo = [x for x in ("none",) + modes if (m, k, x) not in done]
@@ -327,10 +331,13 @@ def table(out: Path, methods: tuple[str, ...], removes: tuple[int, ...], modes: 
                 try:
                     r, took = _timed_heal(variant, x, **TABLE_BUDGETS[x])
                     ppl, note = _ppl(lm, wiki.evaluation, r.variant, max_tokens), r.notes
+                    # out of domain beside in domain (healed on wiki, measured on news too)
+                    news_ppl = _ppl(lm, news.evaluation, r.variant, max_tokens, "news")
                 except Exception as exc:       # a variant the mode cannot heal: say why
                     ppl, took, note, r = float("nan"), 0.0, f"failed: {exc}"[:200], None
-                row = {"method": m, "remove": k, "mode": x, "ppl": ppl, "seconds": took,
-                       "note": note[:300], "budget": TABLE_BUDGETS[x]}
+                    news_ppl = float("nan")
+                row = {"method": m, "remove": k, "mode": x, "ppl": ppl, "news_ppl": news_ppl,
+                       "seconds": took, "note": note[:300], "budget": TABLE_BUDGETS[x]}
                 if r is not None and x == "closed-form" and m == "angular" and \
                         k == removes[len(removes) // 2]:
                     with tempfile.TemporaryDirectory() as tmp:
@@ -369,8 +376,10 @@ def render(done: dict, methods: tuple[str, ...], removes: tuple[int, ...],
     "failed" (its note is in the JSON line)."""
     dense = done[("dense", 0, "none")]["ppl"]
     cols = ("none",) + modes
+    dense_news = done[("dense", 0, "none")].get("news_ppl")
     lines = [f"Wiki perplexity (dense {dense:.2f}), healed on the wiki calibration half; the best "
-             "healed figure of each row in bold.", "",
+             "healed figure of each row in bold; in brackets, where measured, the same model on "
+             f"news, out of domain (dense {dense_news or float('nan'):.2f}).", "",
              "| method | removed | " + " | ".join("unhealed" if x == "none" else x
                                                    for x in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
@@ -391,7 +400,10 @@ def render(done: dict, methods: tuple[str, ...], removes: tuple[int, ...],
                     cells.append("failed")
                 else:
                     text = f"{v['ppl']:,.1f}" if v["ppl"] < 1e5 else f"{v['ppl']:.1e}"
-                    cells.append(f"**{text}**" if v["ppl"] == best and x != "none" else text)
+                    text = f"**{text}**" if v["ppl"] == best and x != "none" else text
+                    if v.get("news_ppl") == v.get("news_ppl") and v.get("news_ppl"):
+                        text += f" ({v['news_ppl']:,.1f})"
+                    cells.append(text)
             lines.append(f"| {m} | {k} | " + " | ".join(cells) + " |")
     lines += [""] + [f"({n[0]}) {n[3:]}." for n in sorted(used)]
     return "\n".join(lines)

@@ -169,6 +169,9 @@ class Distill(HealMode):
         Param("init_steps", int, None, "steps of the layer-wise start (default: init_share of "
               "the budget)", min=1, max=10_000_000, optional=True,
               label="Steps of the start"),
+        Param("init_loss", str, "mse", "the layer-wise start's loss (layerwise's `loss`: "
+              "channel suits a stream with massive activations, as Gemma 3's)",
+              choices=("mse", "channel", "cosine"), label="Loss of the start"),
         Param("train", str, "layers", "what is trained: whole layers, norm weights, or low-rank "
               "adapters merged back at the end", choices=("layers", "norms", "lora"),
               label="What is trained", choice_labels=(
@@ -241,10 +244,11 @@ class Distill(HealMode):
         steps = fixed or (None if ctx.steps is None else max(1, round(ctx.steps * share)))
         seconds = None if fixed or ctx.seconds is None else ctx.seconds * share
         # no keep-best choice inside the start: the distillation's own keep-best starts from it
-        sub = HealContext(ctx.lm, ctx.variant, ctx.data, {**ctx.params, **LW, "keep_best": False},
+        lw = {**LW, "loss": params["init_loss"], "schedule_steps": None}
+        sub = HealContext(ctx.lm, ctx.variant, ctx.data, {**ctx.params, **lw, "keep_best": False},
                           ctx.seed, steps, seconds, ctx.progress, ctx.held_out_ppl)
-        v, done, _, hist = train_groups(sub, v, {**LW, "schedule_steps": None},
-                                        "distill: layer-wise start", hard_deadline=False)
+        v, done, _, hist = train_groups(sub, v, lw, "distill: layer-wise start",
+                                        hard_deadline=False)
         ctx.held_out_ppl = sub.held_out_ppl
         return v, done, hist[-1]["seconds"] if hist else 0.0
 
