@@ -32,6 +32,14 @@ def tied(tiny_factory):
     return lm
 
 
+@pytest.fixture(scope="module")
+def untied(tiny_factory):
+    """The same tiny llama with a head of its own (tie_word_embeddings False)."""
+    lm = load_model(str(tiny_factory("llama", num_layers=6, initializer_range=0.15)))
+    assert lm.model.lm_head.weight is not lm.model.get_input_embeddings().weight
+    return lm
+
+
 def _with_new_head(lm, seed=0):
     """A variant with a layer dropped and a head of its own, changed from the loaded one (what a
     training leaves; random here, so these tests do not depend on a training)."""
@@ -102,12 +110,15 @@ def test_keep_best_restores_the_head(tied):
     assert torch.equal(r.variant.head.weight, tied.model.lm_head.weight)
 
 
-def test_every_path_uses_the_variants_head(tied, tmp_path):
+@pytest.mark.parametrize("which", ["tied", "untied"])
+def test_every_path_uses_the_variants_head(which, request, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from explorer.capability import next_token_accuracy
 
-    lm = tied
+    lm = request.getfixturevalue(which)
+    is_tied = which == "tied"
+    loaded_head = lm.model.lm_head
     before = state_checksum(lm.model)
     hv = _with_new_head(lm)
     w = evaluation_windows(lm, SAMPLE_TEXT, 32, 1024)
@@ -116,8 +127,9 @@ def test_every_path_uses_the_variants_head(tied, tmp_path):
         plain = _plain_ppl(model, w)
         with torch.no_grad():
             pred = model(input_ids=w).logits[:, :-1].argmax(-1)
-    assert lm.model.lm_head.weight is lm.model.get_input_embeddings().weight   # restored
-    assert lm.config.tie_word_embeddings is True
+    assert lm.model.lm_head is loaded_head                                     # restored
+    assert (lm.model.lm_head.weight is lm.model.get_input_embeddings().weight) == is_tied
+    assert lm.config.tie_word_embeddings is is_tied
     dense = perplexity(lm, SAMPLE_TEXT, seqlen=32, max_tokens=1024).ppl   # fills the cache
     cached = perplexity(lm, SAMPLE_TEXT, variant=hv, seqlen=32, max_tokens=1024)
     uncached = perplexity(lm, SAMPLE_TEXT, variant=hv, seqlen=32, max_tokens=1024, cache=False)
@@ -139,6 +151,15 @@ def test_every_path_uses_the_variants_head(tied, tmp_path):
     assert _plain_ppl(back, w) == pytest.approx(plain, rel=1e-5)
     assert sum(t.numel() for t in {id(t): t for t in back.parameters()}.values()) == \
         hv.num_parameters()
+    from explorer.speed import weights_bytes
+
+    head_bytes = hv.head.weight.numel() * hv.head.weight.element_size()
+    # deployed, an own head adds its bytes to a tied model and replaces an untied one's; in this
+    # process it is memory on top of the loaded model either way
+    assert weights_bytes(hv) == weights_bytes(hv.with_head(None)) + head_bytes * is_tied
+    assert hv.extra_bytes() == head_bytes
+    assert hv.num_parameters() == hv.with_head(None).num_parameters() + \
+        hv.head.weight.numel() * is_tied
     # greedy generation goes through applied(): the same text as the reloaded export's
     prompt = "The tiny model says"
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids

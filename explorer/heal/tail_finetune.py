@@ -75,6 +75,7 @@ class TailFinetune(HealMode):
               "step budget, or estimated from the first steps under a time budget)", min=1,
               max=10_000_000, optional=True),
     ) + KEEP_BEST_PARAMS
+    examples = ({}, {"head": False, "objective": "ce"})
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:
         n = ctx.variant.num_layers
