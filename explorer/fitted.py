@@ -14,8 +14,9 @@ in which it differs from the original layer it stands for (the ones it shares ar
 other modules (streamline's linear map and SwiGLU block) name a class registered with
 `register_module`. A variant's own vocabulary head (`Variant.head`, trained by tail-finetune) is
 part of the result too: "new" (its tensors are written, `<key>/head/<name>`), "prev" (the head
-the variant had before the op) or none (the loaded model's). `load(path)` reads the file back; `restore(v, op, entry)` rebuilds the variant
-after the op from it, bit for bit, without data or training.
+the variant had before the op) or none (the loaded model's). `load(path)` reads the file back;
+`restore(v, op, entry)` rebuilds the variant after the op from it, bit for bit, without data or
+training.
 
 Example:
     >>> save("out/recipe.json", recipe.ops, lm)      # writes out/recipe.fitted.safetensors

@@ -8,8 +8,8 @@ tail-finetune); without one it uses the loaded model's head. Every logit is comp
 renumbers every `layer_idx` (the KV cache is indexed by it), sets `config.num_hidden_layers` and
 `config.layer_types`, and puts the variant's head in place of the model's (with
 `config.tie_word_embeddings` False, since it is no longer the embedding); leaving the context
-restores all of it. The original weights are never written, so the model is bit-identical afterwards, and
-applying costs microseconds instead of a reload.
+restores all of it. The original weights are never written, so the model is bit-identical
+afterwards, and applying costs microseconds instead of a reload.
 
 The loaded model is shared (by the web app's sessions, by threads), so `applied()` holds the
 model's lock for as long as the variant is in place.

@@ -89,8 +89,6 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
           ) -> tuple[int, int, list[dict]]:
     """Minimise loss_at(step) over `tensors`; returns (steps kept, schedule length, history).
 
-    more: further groups of tensors, each with its own peak learning rate (same schedule);
-    keep-best keeps and restores them with the rest.
     loss_at(step): a scalar loss tensor, or a `Backward` (the gradient known part way).
     current(): the variant with the layers being trained in place, for the held-out perplexity.
     hard_deadline=False: under a time budget, run the whole estimated schedule even if it ends a
@@ -98,6 +96,8 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
     With keep-best (ctx.params["keep_best"], not during a replay) the tensors end at the best
     check and the steps returned are that check's; history has every step run, the kept one
     marked "kept". ctx.stop_at (a replay) runs exactly that many steps and keeps them.
+    more: further groups of tensors, each with its own peak learning rate (same schedule, its
+    gradient clipped on its own); keep-best keeps and restores them with the rest.
     """
     budget_steps, seconds = ctx.steps, ctx.seconds
     replaying = ctx.stop_at is not None
