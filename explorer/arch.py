@@ -66,6 +66,12 @@ class Architecture:
     def lm_head(self, model: nn.Module) -> nn.Module:
         return _get(model, self.head)
 
+    def set_lm_head(self, model: nn.Module, head: nn.Module) -> None:
+        """Replace the vocabulary head (used by variants with a head slot; the caller restores
+        it)."""
+        parent_path, _, name = self.head.rpartition(".")
+        setattr(_get(model, parent_path) if parent_path else model, name, head)
+
     def part(self, layer: nn.Module, path: str | None) -> nn.Module | None:
         """A sub-module of a decoder layer by dotted path, or None when the family has no such part."""
         if path is None:

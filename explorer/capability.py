@@ -164,13 +164,14 @@ def next_token_accuracy(lm: LoadedModel, windows: torch.Tensor, variant: Variant
                         progress: Progress | None = None) -> tuple[float, int]:
     """(top-1 accuracy, positions) over (W, T) windows; position t predicts token t+1."""
     hits, count = 0, 0
+    head = (variant or Variant.identity(lm)).head_module()
     bs = auto_batch_size(lm.device, windows.shape[1])
     for batch in run_backbone(lm, windows, variant=variant, final_norm=True, batch_size=bs,
                               progress=progress, label="next-token accuracy"):
         h = batch.hidden[:, :-1].reshape(-1, batch.hidden.shape[-1])      # (b*(T-1), H)
         targets = batch.ids[:, 1:].reshape(-1)                            # (b*(T-1),)
         for s in range(0, h.shape[0], 1024):                              # (1024, V) logits
-            pred = final_logits(lm, h[s:s + 1024]).argmax(-1)
+            pred = final_logits(lm, h[s:s + 1024], head=head).argmax(-1)
             hits += int((pred == targets[s:s + 1024]).sum())
         count += targets.numel()
     return hits / count, count
@@ -213,13 +214,14 @@ def cloze_accuracy(lm: LoadedModel, ids: torch.Tensor, spans: list[tuple[int, li
                    variant: Variant | None = None) -> float:
     """Fraction of rows whose word tokens are each the argmax at the position before them."""
     right = 0
+    head = (variant or Variant.identity(lm)).head_module()
     bs = auto_batch_size(lm.device, ids.shape[1])
     for batch in run_backbone(lm, ids, variant=variant, final_norm=True, batch_size=bs,
                               label="cloze"):
         for j, row in enumerate(range(batch.rows.start, batch.rows.stop)):
             first, word = spans[row]
             h = batch.hidden[j, first - 1:first - 1 + len(word)]          # (K, H)
-            pred = final_logits(lm, h).argmax(-1).tolist()
+            pred = final_logits(lm, h, head=head).argmax(-1).tolist()
             right += int(pred == word)
     return right / len(spans)
 
@@ -273,7 +275,8 @@ def forced_agreement(lm: LoadedModel, prompts: torch.Tensor, dense_cont: torch.T
     hits = 0
     for batch in run_backbone(lm, ids, variant=variant, final_norm=True, label="forced"):
         h = batch.hidden[:, P - 1:P - 1 + K]                                # (b, K, H)
-        pred = final_logits(lm, h.reshape(-1, h.shape[-1])).argmax(-1).view(h.shape[0], K)
+        pred = final_logits(lm, h.reshape(-1, h.shape[-1]), head=variant.head_module()) \
+            .argmax(-1).view(h.shape[0], K)
         hits += int((pred.cpu() == dense_cont[batch.rows]).sum())
     return hits / dense_cont.numel()
 

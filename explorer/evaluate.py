@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ExplorerError, TextError
@@ -110,14 +111,17 @@ class NonFiniteError(ExplorerError):
 LOGIT_CHUNK = 1024
 
 def final_logits(lm: LoadedModel, hidden: torch.Tensor,
-                 vocab: torch.Tensor | None = None) -> torch.Tensor:
+                 vocab: torch.Tensor | None = None, head: nn.Module | None = None
+                 ) -> torch.Tensor:
     """Vocabulary logits from final-norm hidden states, with the family's soft-capping if any.
 
     hidden: (n, H) -> (n, V) float32, or (n, len(vocab)) for the token ids `vocab` only. Runs
     outside autocast: a bf16 head would round logits of size ~20 to steps of ~0.1, which shows
     in the NLL.
+    head: the variant's head (`Variant.head_module()`); None: the loaded model's. Every caller
+    that evaluates a variant passes its head.
     """
-    head = lm.arch.lm_head(lm.model)
+    head = head if head is not None else lm.arch.lm_head(lm.model)
     with torch.autocast(hidden.device.type, enabled=False):
         h = hidden.to(head.weight.dtype)
         if vocab is None:
@@ -156,13 +160,14 @@ def _autocast(device: torch.device, model_dtype: torch.dtype, dt: torch.dtype):
 
 
 def window_nll_sums(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
-                    chunk_tokens: int = LOGIT_CHUNK, vocab: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+                    chunk_tokens: int = LOGIT_CHUNK, vocab: torch.Tensor | None = None,
+                    head: nn.Module | None = None) -> torch.Tensor:
     """Sum of token NLL of each window: (b,) float64.
 
     hidden: (b, T, H) final-norm states of the windows `ids` (b, T); position t predicts t+1.
     vocab: sorted token ids holding every target: the softmax runs over those tokens only, which
         gives a lower bound of the NLL (`window_nll_lower_bounds`).
+    head: the variant's vocabulary head (`final_logits`; None: the loaded model's).
     """
     b, T, H = hidden.shape
     h = hidden[:, :-1].reshape(-1, H)                                    # (b*(T-1), H)
@@ -171,14 +176,14 @@ def window_nll_sums(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
         targets = torch.searchsorted(vocab, targets.to(vocab.device))   # columns in the subset
     per_token = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
     for s in range(0, h.shape[0], chunk_tokens):
-        logits = final_logits(lm, h[s:s + chunk_tokens], vocab)          # (chunk, V) fp32
+        logits = final_logits(lm, h[s:s + chunk_tokens], vocab, head)    # (chunk, V) fp32
         per_token[s:s + chunk_tokens] = F.cross_entropy(
             logits, targets[s:s + chunk_tokens], reduction="none")
     return per_token.view(b, T - 1).sum(dim=1)
 
 
 def window_nll_lower_bounds(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
-                            vocab: torch.Tensor) -> torch.Tensor:
+                            vocab: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
     """A lower bound of each window's NLL sum, (b,) float64, from the logits of the token ids
     `vocab` only (sorted, and holding every target of `ids`).
 
@@ -191,14 +196,15 @@ def window_nll_lower_bounds(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Te
     at = torch.searchsorted(vocab, targets).clamp(max=len(vocab) - 1)
     if not bool((vocab[at] == targets).all()):
         raise ExplorerError("the vocabulary of a lower bound must hold every target token")
-    return window_nll_sums(lm, hidden, ids, vocab=vocab)
+    return window_nll_sums(lm, hidden, ids, vocab=vocab, head=head)
 
 
 def token_nll(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
-              chunk_tokens: int = LOGIT_CHUNK) -> tuple[float, int]:
+              chunk_tokens: int = LOGIT_CHUNK, head: nn.Module | None = None
+              ) -> tuple[float, int]:
     """Sum of token NLL and count of predicted tokens for a batch of windows (see
     `window_nll_sums`)."""
-    sums = window_nll_sums(lm, hidden, ids, chunk_tokens)
+    sums = window_nll_sums(lm, hidden, ids, chunk_tokens, head=head)
     return sums.sum().item(), ids.shape[0] * (ids.shape[1] - 1)
 
 
@@ -298,6 +304,7 @@ class WindowPass:
     # windows whose `nll` is still a lower bound, as (window indices (b,), final-norm hidden
     # (b, T, H), ids (b, T)), for `finish_pass` (run_windows with bound and defer=True)
     waiting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    head: nn.Module | None = None     # the variant's vocabulary head (None: the loaded model's)
 
     @property
     def done(self) -> int:
@@ -368,9 +375,10 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
     dt = compute_dtype_of(lm.dtype, compute_dtype)
     bar = abandon_above
     bounded = bound is not None and bar is not None
+    head = variant.head_module()
     p = WindowPass(nll=torch.zeros(W, dtype=torch.float64),
                    evaluated=torch.zeros(W, dtype=torch.bool), predicted=T - 1, start=start,
-                   seconds=0.0)
+                   seconds=0.0, head=head)
     means: list[float] = []
     done_control: list[float] = []
     control_mean = sum(control) / len(control) if control is not None else 0.0
@@ -390,10 +398,11 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                                                   device=h.device)
                     p.states[b][rows.to(h.device)] = h
                 if bounded:
-                    sums = window_nll_lower_bounds(lm, batch.hidden, batch.ids, bound).cpu()
+                    sums = window_nll_lower_bounds(lm, batch.hidden, batch.ids, bound,
+                                                   head).cpu()
                     p.waiting.append((rows, batch.hidden, batch.ids))
                 else:
-                    sums = window_nll_sums(lm, batch.hidden, batch.ids).cpu()
+                    sums = window_nll_sums(lm, batch.hidden, batch.ids, head=head).cpu()
                 p.nll[rows] = sums
                 p.evaluated[rows] = True
                 if not bounded:
@@ -426,7 +435,7 @@ def finish_pass(lm: LoadedModel, p: WindowPass, abandon_above: float | None = No
     t0 = time.perf_counter()
     while p.waiting:
         rows, hidden, ids = p.waiting.pop(0)
-        p.nll[rows] = window_nll_sums(lm, hidden, ids).cpu()
+        p.nll[rows] = window_nll_sums(lm, hidden, ids, head=p.head).cpu()
         if abandon_above is not None and p.waiting and \
                 p.total > abandon_above * (1 + BOUND_SLACK):
             p.abandoned, p.waiting = True, []

@@ -12,8 +12,11 @@ safetensors file (`fitted_path`): per op, a JSON description of the slots in its
 new module's own tensors. A new module that is a copy of a decoder layer is stored as the tensors
 in which it differs from the original layer it stands for (the ones it shares are not written);
 other modules (streamline's linear map and SwiGLU block) name a class registered with
-`register_module`. `load(path)` reads the file back; `restore(v, op, entry)` rebuilds the variant
-after the op from it, bit for bit, without data or training.
+`register_module`. A variant's own vocabulary head (`Variant.head`, trained by tail-finetune) is
+part of the result too: "new" (its tensors are written, `<key>/head/<name>`), "prev" (the head
+the variant had before the op) or none (the loaded model's). `load(path)` reads the file back;
+`restore(v, op, entry)` rebuilds the variant after the op from it, bit for bit, without data or
+training.
 
 Example:
     >>> save("out/recipe.json", recipe.ops, lm)      # writes out/recipe.fitted.safetensors
@@ -83,11 +86,23 @@ class Entry:
     tensors: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     layers: dict[int, "weakref.ref[NewLayer]"] = field(default_factory=dict)
     model: "weakref.ref | None" = None          # the model the layers were made on
+    head: str | None = None                     # "new" | "prev" | None (the loaded model's)
+    head_tensors: dict[str, torch.Tensor] = field(default_factory=dict)   # of a "new" head
+    head_ref: "weakref.ref[nn.Linear] | None" = None                       # recorded "new" head
 
     def live_layers(self) -> dict[int, NewLayer] | None:
-        """The recorded new layers, or None when one of them is gone."""
+        """The recorded new layers, or None when one of them (or the new head) is gone."""
         out = {n: ref() for n, ref in self.layers.items()}
+        if self.head_ref is not None and self.head_ref() is None:
+            return None
         return None if any(x is None for x in out.values()) else out
+
+
+def _head_of(before: Variant, after: Variant) -> str | None:
+    """How the head after an op relates to the one before: "new", "prev" or None (loaded)."""
+    if after.head is None:
+        return None
+    return "prev" if after.head is before.head else "new"
 
 
 def _describe(before: Variant, after: Variant) -> tuple[list[dict], dict[int, NewLayer]]:
@@ -109,9 +124,11 @@ def _describe(before: Variant, after: Variant) -> tuple[list[dict], dict[int, Ne
 def record(before: Variant, after: Variant) -> None:
     """Note the result of the fitted op that made `after` from `before` (its last step)."""
     slots, new = _describe(before, after)
+    head = _head_of(before, after)
     RESULTS.put((op_key(after.steps), id(after.lm.model)),
                 Entry(slots, layers={n: weakref.ref(s) for n, s in new.items()},
-                      model=weakref.ref(after.lm.model)))
+                      model=weakref.ref(after.lm.model), head=head,
+                      head_ref=weakref.ref(after.head) if head == "new" else None))
 
 
 def recorded(lm: LoadedModel, steps: list[dict] | tuple[dict, ...]) -> Entry | None:
@@ -154,7 +171,18 @@ def _restore(lm: LoadedModel, before: Variant, op: dict, entry: Entry) -> Varian
                 module = _build(lm, int(d["like"]), entry.tensors.get(n, {}), d.get("class"))
                 slots.append(NewLayer(module, like=int(d["like"]), label=str(d["label"]),
                                       parts_dropped=tuple(d.get("parts_dropped", ()))))
-    return Variant(lm, tuple(slots), before.steps + (dict(op),))
+    if entry.head == "new":
+        head = entry.head_ref() if entry.head_ref is not None else None
+        head = head if head is not None else _build_head(lm, entry.head_tensors)
+    elif entry.head == "prev":
+        if before.head is None:
+            raise LayerError("the saved fitted tensors do not match this recipe's steps")
+        head = before.head
+    elif entry.head is None:
+        head = None
+    else:
+        raise ValueError(f"head {entry.head!r}")
+    return Variant(lm, tuple(slots), before.steps + (dict(op),), head)
 
 
 # -- modules <-> tensors --------------------------------------------------------------------------
@@ -202,6 +230,20 @@ def _build(lm: LoadedModel, like: int, tensors: dict[str, torch.Tensor],
         else:
             owner._buffers[leaf] = t
     return module
+
+
+def _build_head(lm: LoadedModel, tensors: dict[str, torch.Tensor]) -> nn.Linear:
+    """The variant's own vocabulary head from its saved tensors ("weight" (V, H), "bias" (V,)
+    when it has one), on the model's device."""
+    ref = lm.arch.lm_head(lm.model).weight
+    w = tensors.get("weight")
+    if w is None or set(tensors) - {"weight", "bias"} or tuple(w.shape) != tuple(ref.shape):
+        raise LayerError("the saved fitted head does not match this model's vocabulary head")
+    head = nn.Linear(w.shape[1], w.shape[0], bias="bias" in tensors, device="meta")
+    head.weight = nn.Parameter(w.to(lm.device), requires_grad=False)
+    if "bias" in tensors:
+        head.bias = nn.Parameter(tensors["bias"].to(lm.device), requires_grad=False)
+    return head
 
 
 def _check_names(module: nn.Module, tensors: dict[str, torch.Tensor], exact: bool) -> None:
@@ -256,7 +298,13 @@ def save(recipe_path: str | os.PathLike, ops: list[dict], lm: LoadedModel,
                 own = entry.tensors.get(n, {})
             for name, t in own.items():
                 tensors[f"{key}/{n}/{name}"] = t.detach().cpu().contiguous()
-        meta[key] = {"step": k, "op": op.get("op"), "slots": slots}
+        if entry.head == "new":
+            live_head = entry.head_ref() if entry.head_ref is not None else None
+            own = dict(live_head.named_parameters()) if live_head is not None else \
+                entry.head_tensors
+            for name, t in own.items():
+                tensors[f"{key}/head/{name}"] = t.detach().cpu().contiguous()
+        meta[key] = {"step": k, "op": op.get("op"), "slots": slots, "head": entry.head}
     path = fitted_path(recipe_path)
     if not meta:
         path.unlink(missing_ok=True)
@@ -291,10 +339,14 @@ def load(recipe_path: str | os.PathLike) -> dict[str, Entry]:
             if info.get("format") != FORMAT:
                 raise LayerError(f"'{path.name}' is not a fitted-tensors file of this version")
             meta = json.loads(info.get("ops", "{}"))
-            entries = {key: Entry([dict(d) for d in m["slots"]]) for key, m in meta.items()}
+            entries = {key: Entry([dict(d) for d in m["slots"]], head=m.get("head"))
+                       for key, m in meta.items()}
             for name in f.keys():
                 key, n, tname = name.split("/", 2)
-                entries[key].tensors.setdefault(int(n), {})[tname] = f.get_tensor(name)
+                if n == "head":
+                    entries[key].head_tensors[tname] = f.get_tensor(name)
+                else:
+                    entries[key].tensors.setdefault(int(n), {})[tname] = f.get_tensor(name)
     except LayerError:
         raise
     except Exception as exc:        # a damaged file: one line, whatever safetensors raised

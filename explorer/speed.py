@@ -288,6 +288,13 @@ def weights_bytes(variant: Variant) -> int:
     for i in range(variant.num_layers):
         for t in variant.layer(i).parameters():
             seen[id(t)] = t
+    if variant.head is not None:       # its own head replaces the loaded one (or the tie)
+        old = lm.arch.lm_head(lm.model)
+        if old.weight is not lm.model.get_input_embeddings().weight:
+            for t in old.parameters():
+                seen.pop(id(t), None)
+        for t in variant.head.parameters():
+            seen[id(t)] = t
     return sum(t.numel() * t.element_size() for t in seen.values())
 
 

@@ -263,6 +263,8 @@ def save_streamed(variant, folder: str | Path, shard_bytes: int = SHARD_BYTES) -
     if types is not None:
         cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
     cfg.dtype = lm.dtype
+    if variant.head is not None:       # its own head: written below, no longer the embedding
+        cfg.tie_word_embeddings = False
     cfg.save_pretrained(folder)
 
     parts: list[tuple[str, list[str]]] = []
@@ -286,14 +288,20 @@ def save_streamed(variant, folder: str | Path, shard_bytes: int = SHARD_BYTES) -
 
     head = lm.arch.lm_head(lm.model)
     tied = head.weight is lm.model.get_input_embeddings().weight
+    head_prefix = lm.arch.head + "."
+    own_head = variant.head is not None
     seen: set[int] = set()
     for key, t in lm.model.state_dict(keep_vars=True).items():
-        if key.startswith(prefix) or (tied and key == lm.arch.head + ".weight") or t.is_meta:
+        if key.startswith(prefix) or t.is_meta or (tied and key == head_prefix + "weight") \
+                or (own_head and key.startswith(head_prefix)):
             continue
         if id(t) in seen:
             continue
         seen.add(id(t))
         add(key, t)
+    if own_head:
+        for name, t in variant.head.state_dict().items():
+            add(head_prefix + name, t)
     for i in range(n):
         module, _ = _slot_module(lm, variant, i)
         for name, t in module.state_dict().items():

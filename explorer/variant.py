@@ -1,11 +1,15 @@
 """Stage 5, apply: variants of a loaded model, made of its original layers plus new ones.
 
 A `Variant` is an ordered list of slots. A slot is either the index of an original layer (shared,
-never copied) or a `NewLayer` (a module built by a merge method). Applying a variant swaps the
-model's layer list for one built from the slots, renumbers every `layer_idx` (the KV cache is indexed
-by it), and sets `config.num_hidden_layers` and `config.layer_types`; leaving the context restores
-all of it. The original weights are never written, so the model is bit-identical afterwards, and
-applying costs microseconds instead of a reload.
+never copied) or a `NewLayer` (a module built by a merge method). A variant may also hold a head
+slot: its own vocabulary head (`head`, an `nn.Linear` owning its weight, e.g. trained by
+tail-finetune); without one it uses the loaded model's head. Every logit is computed with
+`head_module()`. Applying a variant swaps the model's layer list for one built from the slots,
+renumbers every `layer_idx` (the KV cache is indexed by it), sets `config.num_hidden_layers` and
+`config.layer_types`, and puts the variant's head in place of the model's (with
+`config.tie_word_embeddings` False, since it is no longer the embedding); leaving the context
+restores all of it. The original weights are never written, so the model is bit-identical
+afterwards, and applying costs microseconds instead of a reload.
 
 The loaded model is shared (by the web app's sessions, by threads), so `applied()` holds the
 model's lock for as long as the variant is in place.
@@ -21,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -63,6 +68,9 @@ class Variant:
     lm: LoadedModel
     slots: tuple[Slot, ...]
     steps: tuple[dict, ...] = field(default=())
+    # the variant's own vocabulary head (an nn.Linear owning its weight: `head_copy`), or None:
+    # the loaded model's head. Edits of the layer stack keep it.
+    head: nn.Linear | None = None
 
     @staticmethod
     def identity(lm: LoadedModel) -> "Variant":
@@ -74,7 +82,17 @@ class Variant:
         return len(self.slots)
 
     def is_identity(self) -> bool:
-        return self.slots == tuple(range(self.lm.num_layers))
+        return self.slots == tuple(range(self.lm.num_layers)) and self.head is None
+
+    def head_module(self) -> nn.Module:
+        """The vocabulary head this variant's logits come from: its own, or the loaded model's
+        (every path that computes logits from final-norm states asks here)."""
+        return self.head if self.head is not None else self.lm.arch.lm_head(self.lm.model)
+
+    def with_head(self, head: nn.Linear | None) -> "Variant":
+        """The same layers with vocabulary head `head` (None: the loaded model's), same steps:
+        the edit that trained it records its own step (`heal`)."""
+        return dataclasses.replace(self, head=head)
 
     def layer(self, i: int) -> nn.Module:
         """The module in slot i (original or new)."""
@@ -117,13 +135,16 @@ class Variant:
         return [s for s in self.slots if isinstance(s, NewLayer)]
 
     def num_parameters(self) -> int:
-        """Parameters of the model as this variant would have them."""
+        """Parameters of the model as this variant would have them (an own head of a model that
+        ties its head to the embeddings adds its weight: the export is no longer tied)."""
         orig = self.lm.original_layers
         per_layer = [sum(p.numel() for p in layer.parameters()) for layer in orig]
         total_layers = sum(per_layer)
         kept = sum(s.num_parameters() if isinstance(s, NewLayer) else per_layer[s]
                    for s in self.slots)
-        return self.lm.num_parameters - total_layers + kept
+        untied = self.head.weight.numel() if self.head is not None and head_is_tied(self.lm) \
+            else 0
+        return self.lm.num_parameters - total_layers + kept + untied
 
     def extra_bytes(self) -> int:
         """Memory this variant adds on top of the loaded model: its new layers' own tensors (the
@@ -131,6 +152,8 @@ class Variant:
         shared = {id(p) for p in self.lm.original_layers.parameters()}
         own = {id(p): p for s in self.new_layers() for p in s.module.parameters()
                if id(p) not in shared}
+        if self.head is not None:
+            own.update({id(p): p for p in self.head.parameters()})
         return sum(p.numel() * p.element_size() for p in own.values())
 
     def describe(self) -> str:
@@ -161,7 +184,7 @@ class Variant:
         slots = tuple(s for i, s in enumerate(self.slots) if i not in idx)
         step = {"op": "drop", "layers": sorted(idx),
                 "summary": "drop " + ",".join(map(str, sorted(idx)))}
-        return Variant(self.lm, slots, self.steps + (step,))
+        return dataclasses.replace(self, slots=slots, steps=self.steps + (step,))
 
     def replace(self, indices: Sequence[int], module: nn.Module, label: str,
                 step: dict | None = None) -> "Variant":
@@ -176,7 +199,7 @@ class Variant:
         slots = tuple(s for i, s in enumerate(slots) if i not in idx[1:])
         step = dict(step or {"op": "replace", "layers": idx})
         step.setdefault("summary", label)
-        return Variant(self.lm, slots, self.steps + (step,))
+        return dataclasses.replace(self, slots=slots, steps=self.steps + (step,))
 
     def merge(self, indices: Sequence[int], weights: Sequence[float], label: str | None = None,
               extra: dict | None = None) -> "Variant":
@@ -194,7 +217,7 @@ class Variant:
         label = label or "merge(" + ",".join(map(str, idx)) + ")"
         step = {"op": "merge", "layers": idx, "weights": [float(w) for w in weights],
                 "summary": label, **(extra or {})}
-        return Variant(self.lm, self.slots, self.steps).replace(idx, module, label, step)
+        return self.replace(idx, module, label, step)
 
     def drop_part(self, index: int, part: str) -> "Variant":
         """Drop the attention ("attn") or the MLP ("mlp") sub-block of the layer at slot `index`.
@@ -216,7 +239,7 @@ class Variant:
         if gone:   # the other part went before: nothing is left of this layer
             step["summary"] += " (nothing left: layer dropped)"
             slots = self.slots[:i] + self.slots[i + 1:]
-            return Variant(self.lm, slots, self.steps + (step,))
+            return dataclasses.replace(self, slots=slots, steps=self.steps + (step,))
         path = getattr(self.lm.arch, PARTS[part])
         if path is None or self.lm.arch.part(self.layer(i), path) is None:
             raise LayerError(f"the {self.lm.arch.family} adapter names no {part} output "
@@ -226,12 +249,14 @@ class Variant:
         new = NewLayer(module, like=self.origin(i), label=f"{self.layer_labels()[i]}-{part}",
                        parts_dropped=(part,))
         slots = self.slots[:i] + (new,) + self.slots[i + 1:]
-        return Variant(self.lm, slots, self.steps + (step,))
+        return dataclasses.replace(self, slots=slots, steps=self.steps + (step,))
 
     # -- applying ------------------------------------------------------------------------------
     @contextmanager
     def applied(self) -> Iterator[nn.Module]:
-        """Put this variant in place for the duration of the block; yields the model."""
+        """Put this variant in place for the duration of the block; yields the model (its layers,
+        and its own head when it has one, with `config.tie_word_embeddings` False meanwhile:
+        save_pretrained then writes that head, untied)."""
         lm = self.lm
         if lm.weights is not None and not lm.weights.runs_whole:
             raise LayerError(f"this needs the whole model in memory, but its layers stay in "
@@ -245,7 +270,12 @@ class Variant:
             modules = [self.layer(i) for i in range(len(self.slots))]
             saved_idx = [(m, m.layer_idx) for layer in modules for m in layer.modules()
                          if isinstance(getattr(m, "layer_idx", None), int)]
+            saved_head = arch.lm_head(model) if self.head is not None else None
+            saved_tie = getattr(cfg, "tie_word_embeddings", None)
             try:
+                if self.head is not None:
+                    arch.set_lm_head(model, self.head)
+                    cfg.tie_word_embeddings = False
                 arch.set_layer_list(model, nn.ModuleList(modules))
                 for new_idx, layer in enumerate(modules):
                     _set_layer_idx(layer, new_idx)
@@ -255,11 +285,33 @@ class Variant:
                 yield model
             finally:
                 arch.set_layer_list(model, original)
+                if self.head is not None:
+                    arch.set_lm_head(model, saved_head)
+                    cfg.tie_word_embeddings = saved_tie
                 for m, idx in saved_idx:
                     m.layer_idx = idx
                 cfg.num_hidden_layers = saved_n
                 if saved_types is not None:
                     cfg.layer_types = saved_types
+
+
+def head_is_tied(lm: LoadedModel) -> bool:
+    """Whether the loaded model's vocabulary head is its input embedding (SmolLM2, Gemma)."""
+    return lm.arch.lm_head(lm.model).weight is lm.model.get_input_embeddings().weight
+
+
+@torch.no_grad()
+def head_copy(head: nn.Module) -> nn.Linear:
+    """A new `nn.Linear` with `head`'s weight (and bias) copied bit for bit into tensors of its
+    own, frozen: a head slot to train (the loaded head, which may be the embedding, is never
+    written). (V, H) weight: 49152 x 576 = 28M values on SmolLM2."""
+    w = head.weight
+    bias = getattr(head, "bias", None)
+    out = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)
+    out.weight.copy_(w)
+    if bias is not None:
+        out.bias.copy_(bias)
+    return out.requires_grad_(False)
 
 
 def _set_layer_idx(layer: nn.Module, idx: int) -> None:

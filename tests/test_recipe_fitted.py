@@ -21,10 +21,13 @@ SMALL = dict(calibration=SAMPLE_TEXT, seqlen=32, windows=24, held_out=4)
 
 
 def weights(v: Variant) -> dict[str, torch.Tensor]:
-    """Every tensor of the variant's layer stack, by slot and name."""
-    return {f"{k}.{n}": t for k in range(v.num_layers)
-            for n, t in {**dict(v.layer(k).named_parameters()),
-                         **dict(v.layer(k).named_buffers())}.items()}
+    """Every tensor of the variant's layer stack, by slot and name, and of its own head."""
+    out = {f"{k}.{n}": t for k in range(v.num_layers)
+           for n, t in {**dict(v.layer(k).named_parameters()),
+                        **dict(v.layer(k).named_buffers())}.items()}
+    if v.head is not None:
+        out.update({f"head.{n}": t for n, t in v.head.named_parameters()})
+    return out
 
 
 def test_heal_recipe_replays_from_saved_tensors_without_training(tiny_lm, tmp_path, monkeypatch):
@@ -58,6 +61,59 @@ def test_heal_recipe_replays_from_saved_tensors_without_training(tiny_lm, tmp_pa
     redone = replay(lm, recipe.ops, report=said.append)
     assert len(said) == 1 and "fitting it again" in said[0] and "heal" in said[0]
     assert same_weights(redone, r.variant)     # the schedule replays exactly on the CPU
+
+
+@pytest.fixture(scope="module")
+def tied_lm(tiny_factory):
+    """A tiny llama whose head is its input embedding (as SmolLM2's)."""
+    from explorer import load_model
+
+    return load_model(str(tiny_factory("llama", num_layers=6, initializer_range=0.15,
+                                       tie_word_embeddings=True)))
+
+
+def test_a_trained_head_replays_from_saved_tensors(tied_lm, tmp_path, monkeypatch):
+    """tail-finetune's head slot is saved with the recipe (`<key>/head/weight`) and a replay
+    from the file alone rebuilds it bit for bit; a later op keeps it ("prev"); without the
+    file the replay trains again to the same bits."""
+    from explorer import perplexity
+
+    lm = tied_lm
+    r = heal(Variant.identity(lm).drop([4, 5]), "tail-finetune", k=2, steps=3, head_lr=1e-3,
+             **SMALL)
+    assert r.variant.head is not None
+    later = heal(r.variant.drop([0]), "closed-form", **SMALL).variant     # keeps the head
+    assert later.head is r.variant.head
+    path = tmp_path / "recipe.json"
+    assert Recipe.of(later).save(path, lm) == []
+    recipe = Recipe.load(path)
+    metas = {e.head for e in recipe.fitted.values()}
+    assert metas == {"new", "prev"}
+    F.RESULTS.clear()
+    from explorer.heal import registry as heal_registry
+
+    def no_training(*a, **k):
+        raise AssertionError("replay trained")
+    monkeypatch.setattr(heal_registry, "heal", no_training)
+    again = recipe.build(lm)
+    assert same_weights(again, later) and again.head is not None
+    assert again.head.weight.data_ptr() != lm.model.lm_head.weight.data_ptr()
+    a = perplexity(lm, SAMPLE_TEXT, variant=again, seqlen=32, max_tokens=512).ppl
+    b = perplexity(lm, SAMPLE_TEXT, variant=later, seqlen=32, max_tokens=512).ppl
+    assert a == b
+    monkeypatch.undo()
+    F.RESULTS.clear()
+    said = []
+    redone = replay(lm, recipe.ops, report=said.append)
+    assert len(said) == 2 and same_weights(redone, later)
+    # a head of another shape (another model) is refused in one line
+    from explorer.errors import LayerError
+
+    entry = next(e for e in recipe.fitted.values() if e.head == "new")
+    entry.head_tensors["weight"] = torch.zeros(3, 3)
+    F.RESULTS.clear()
+    with pytest.raises(LayerError, match="does not match this model's vocabulary head"):
+        recipe.build(lm)
 
 
 def test_in_process_replay_reuses_the_live_variant(tiny_lm):
@@ -125,6 +181,8 @@ for k in range(v.num_layers):
     m = v.layer(k)
     for n, t in {**dict(m.named_parameters()), **dict(m.named_buffers())}.items():
         h.update(f"{k}.{n}".encode()); h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+for n, t in (v.head.named_parameters() if v.head is not None else ()):
+    h.update(f"head.{n}".encode()); h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
 print(json.dumps({"sha": h.hexdigest(), "said": said}))
 """
 
@@ -139,8 +197,11 @@ def digest(v: Variant) -> str:
     return h.hexdigest()
 
 
-def test_a_new_process_replays_the_same_weights(tiny_lm, tiny_factory, tmp_path):
-    r = heal(Variant.identity(tiny_lm).drop([2, 3]), "distill", steps=3, init="none", **SMALL)
+@pytest.mark.parametrize("mode,kw", [("distill", {"init": "none"}),
+                                     ("tail-finetune", {"k": 2, "head_lr": 1e-3})])
+def test_a_new_process_replays_the_same_weights(tiny_lm, tiny_factory, tmp_path, mode, kw):
+    r = heal(Variant.identity(tiny_lm).drop([2, 3]), mode, steps=3, **kw, **SMALL)
+    assert (r.variant.head is not None) == (mode == "tail-finetune")
     path = tmp_path / "recipe.json"
     Recipe.of(r.variant).save(path, tiny_lm)
     out = subprocess.run([sys.executable, "-c", "import torch\n" + CHILD,

@@ -90,13 +90,17 @@ SAMPLE_TEXT = "\n\n".join(
 
 
 def same_weights(a, b) -> bool:
-    """Two variants hold bit-identical tensors (same names, dtypes and bits) in every slot."""
+    """Two variants hold bit-identical tensors (same names, dtypes and bits) in every slot, and
+    in their own vocabulary head when they have one (`Variant.head`)."""
     import torch
 
     def tensors(v):
-        return {f"{k}.{n}": t for k in range(v.num_layers)
-                for n, t in {**dict(v.layer(k).named_parameters()),
-                             **dict(v.layer(k).named_buffers())}.items()}
+        out = {f"{k}.{n}": t for k in range(v.num_layers)
+               for n, t in {**dict(v.layer(k).named_parameters()),
+                            **dict(v.layer(k).named_buffers())}.items()}
+        if v.head is not None:
+            out.update({f"head.{n}": t for n, t in v.head.named_parameters()})
+        return out
     ta, tb = tensors(a), tensors(b)
     return ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k])
                                           for k in ta)

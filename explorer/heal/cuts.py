@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,8 +86,8 @@ def trainable_copy(module: nn.Module, owns: Callable[[str], bool]) -> nn.Module:
 
 
 def with_slot(v: Variant, k: int, module: nn.Module, tag: str) -> Variant:
-    """The variant with slot k swapped for `module` (labelled "<old label>+<tag>"), same steps:
-    `heal` records one step for the whole healing."""
+    """The variant with slot k swapped for `module` (labelled "<old label>+<tag>"), same steps
+    and head: `heal` records one step for the whole healing."""
     slots = list(v.slots)
     slots[k] = NewLayer(module=module, like=v.origin(k), label=f"{v.layer_labels()[k]}+{tag}")
-    return Variant(v.lm, tuple(slots), v.steps)
+    return dataclasses.replace(v, slots=tuple(slots))

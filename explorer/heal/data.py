@@ -203,7 +203,7 @@ def held_out_ppl(lm: LoadedModel, v: Variant, ids: torch.Tensor) -> float:
     """Perplexity of `v` on windows `ids` (position t predicts t+1), for progress reports."""
     total, count = 0.0, 0
     for b in run_backbone(lm, ids, variant=v, final_norm=True):
-        nll, n = token_nll(lm, b.hidden, b.ids)
+        nll, n = token_nll(lm, b.hidden, b.ids, head=v.head_module())
         total += nll
         count += n
     return math.exp(min(total / count, 700.0))

@@ -33,7 +33,7 @@ from ..backbone import hooks, run_backbone
 from ..errors import ParamError
 from ..evaluate import final_logits
 from ..params import Param
-from ..variant import Variant
+from ..variant import Variant, head_copy
 from .closed_form import ClosedForm, apply_closed_form, fit_notes
 from .closed_form import needed_boundaries as cf_boundaries
 from .cuts import trainable_copy, with_slot
@@ -78,49 +78,68 @@ class LoRA:
             lin.weight.copy_((lin.weight.double() + b.double() @ a.double()).to(lin.weight.dtype))
 
 
-def head_kl(lm, hidden: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor) -> Backward:
+def head_kl(lm, hidden: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor,
+            head: nn.Module | None = None) -> Backward:
     """The mean top-k KL of the final-norm states `hidden` (b, T, H) against the dense targets
     idx, ref_logp (b, T, k), and its gradient at `hidden`: the vocabulary head runs on chunks of
     positions, so the (positions x vocabulary) logits never exist whole (Gemma's 262k
-    vocabulary x 512 positions would be 0.5 GB, twice with the log-softmax)."""
+    vocabulary x 512 positions would be 0.5 GB, twice with the log-softmax).
+    head: the variant's head (None: the loaded model's); when its parameters require grad (a
+    trained head slot), their gradient comes back in `Backward.known`."""
     H, k = hidden.shape[-1], idx.shape[-1]
     flat = hidden.detach().reshape(-1, H)
     n = flat.shape[0]
     idx, ref_logp = idx.reshape(n, k).to(flat.device), ref_logp.reshape(n, k).to(flat.device)
-    chunk = max(16, HEAD_ELEMENTS // lm.config.vocab_size)
-    grad = torch.empty_like(flat)
-    total = 0.0
-    with torch.enable_grad():
-        for s in range(0, n, chunk):
-            h = flat[s:s + chunk].requires_grad_(True)
-            loss = topk_kl(final_logits(lm, h), idx[s:s + chunk], ref_logp[s:s + chunk],
-                           reduction="sum") / n
-            grad[s:s + chunk], = torch.autograd.grad(loss, h)
-            total += float(loss.detach())
-    return Backward(total, hidden, grad.view_as(hidden))
+
+    def loss_of(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        return topk_kl(logits, idx[rows], ref_logp[rows], reduction="sum") / n
+
+    total, grad, known = _chunked_head(lm, flat, head, loss_of)
+    return Backward(total, hidden, grad.view_as(hidden), known)
 
 
-def head_ce(lm, hidden: torch.Tensor, ids: torch.Tensor) -> Backward:
+def head_ce(lm, hidden: torch.Tensor, ids: torch.Tensor,
+            head: nn.Module | None = None) -> Backward:
     """The mean next-token cross-entropy of the final-norm states `hidden` (b, T, H) on the
-    windows `ids` (b, T) (position t predicts t+1), and its gradient at `hidden`, the head run on
-    chunks of positions as in `head_kl`."""
+    windows `ids` (b, T) (position t predicts t+1), and its gradient at `hidden` (and at a
+    trained head's parameters), the head run on chunks of positions as in `head_kl`."""
     H = hidden.shape[-1]
     flat = hidden.detach()[:, :-1].reshape(-1, H)                          # (b*(T-1), H)
     target = ids[:, 1:].reshape(-1).to(flat.device)
     n = flat.shape[0]
-    chunk = max(16, HEAD_ELEMENTS // lm.config.vocab_size)
+
+    def loss_of(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits.float(), target[rows],
+                                                 reduction="sum") / n
+
+    total, g_flat, known = _chunked_head(lm, flat, head, loss_of)
     grad = torch.zeros_like(hidden.detach())
-    g_flat = torch.empty_like(flat)
+    grad[:, :-1] = g_flat.view(hidden.shape[0], -1, H)
+    return Backward(total, hidden, grad, known)
+
+
+def _chunked_head(lm, flat: torch.Tensor, head: nn.Module | None, loss_of
+                  ) -> tuple[float, torch.Tensor, tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
+    """Run the head and `loss_of(logits, rows)` on chunks of the positions `flat` (n, H):
+    (the summed loss, its gradient at `flat` (n, H), and ((p, d loss / d p), ...) for the head's
+    parameters that require grad, summed over the chunks)."""
+    n = flat.shape[0]
+    chunk = max(16, HEAD_ELEMENTS // lm.config.vocab_size)
+    trained = [p for p in head.parameters() if p.requires_grad] if head is not None else []
+    grad = torch.empty_like(flat)
+    sums = [torch.zeros_like(p) for p in trained]      # (V, H) for the weight: 113 MB on SmolLM2
     total = 0.0
     with torch.enable_grad():
         for s in range(0, n, chunk):
-            h = flat[s:s + chunk].requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(final_logits(lm, h).float(),
-                                                     target[s:s + chunk], reduction="sum") / n
-            g_flat[s:s + chunk], = torch.autograd.grad(loss, h)
+            rows = slice(s, s + chunk)
+            h = flat[rows].requires_grad_(True)
+            loss = loss_of(final_logits(lm, h, head=head), rows)
+            g = torch.autograd.grad(loss, [h] + trained)
+            grad[rows] = g[0]
+            for acc, gp in zip(sums, g[1:]):
+                acc += gp
             total += float(loss.detach())
-    grad[:, :-1] = g_flat.view(hidden.shape[0], -1, H)
-    return Backward(total, hidden, grad)
+    return total, grad, tuple(zip(trained, sums))
 
 
 def trained_slots(v: Variant, params: dict) -> list[int]:
@@ -270,6 +289,11 @@ class Distill(HealMode):
         cur = v
         for j, m in modules.items():
             cur = with_slot(cur, j, m, f"kd-{what}")
+        more = []
+        if params.get("head"):       # tail-finetune: a head slot of its own, trained too
+            cur = cur.with_head(head_copy(v.head_module()))
+            more.append((list(cur.head.parameters()), params["head_lr"]))
+        head = cur.head_module()
         s0 = min(slots)
         x0 = data.states(v, s0, ctx.progress) if s0 > 0 else None     # slots before s0 stay
         ce = params.get("objective") == "ce"       # tail-finetune's next-token objective
@@ -284,8 +308,8 @@ class Distill(HealMode):
                                   start_states=x0[idx] if x0 is not None else None,
                                   batch_size=ids.shape[0]):
                 if ce:
-                    return head_ce(lm, b.hidden, ids)
-                return head_kl(lm, b.hidden, top_idx[idx], top_lp[idx])
+                    return head_ce(lm, b.hidden, ids, head)
+                return head_kl(lm, b.hidden, top_idx[idx], top_lp[idx], head)
             raise RuntimeError("no batch")   # pragma: no cover
 
         sub = HealContext(lm, cur, data, ctx.params, ctx.seed, steps, seconds, ctx.progress,
@@ -293,7 +317,7 @@ class Distill(HealMode):
         with (lora.hooked() if what == "lora" else contextlib.nullcontext()), torch.enable_grad():
             done, total, history = train(sub, tensors, loss_at, lr=lr,
                                          label=label or f"distill ({what})", current=lambda: cur,
-                                         schedule_steps=params["schedule_steps"])
+                                         schedule_steps=params["schedule_steps"], more=more)
         ctx.held_out_ppl = sub.held_out_ppl
         if what == "lora":
             lora.merge()

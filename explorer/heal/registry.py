@@ -122,6 +122,7 @@ class HealResult:
     variant: Variant
     cuts: list[str]                     # where the variant departed from the dense model
     healed_slots: list[int]             # slots that now hold healed layers
+    healed_head: bool                   # the variant now has its own, trained vocabulary head
     steps: int
     seconds: float
     held_out_before: float              # perplexity on held-out calibration windows
@@ -253,24 +254,27 @@ def heal(variant: Variant, mode: str = "closed-form", *, text: str | None = None
     after = held_out_ppl(lm, out.variant, data.held_out)
     healed = [k for k, (old, new) in enumerate(zip(variant.slots, out.variant.slots))
               if isinstance(new, NewLayer) and new is not old]
-    if not healed:
+    new_head = out.variant.head is not None and out.variant.head is not variant.head
+    if not healed and not new_head:
         raise LayerError(f"heal mode '{mode}' changed no layer of this variant")
     worse = not after <= before
+    what = ", ".join([f"slots {','.join(map(str, healed))}"] * bool(healed) +
+                     ["the head"] * new_head)
     summary = f"heal {mode}" + (f" ({out.steps} steps)" if m.trains else "") + \
-        (": made it worse, the unhealed layers kept" if worse else
-         f": slots {','.join(map(str, healed))}")
+        (": made it worse, the unhealed layers kept" if worse else f": {what}")
     step = {"op": "heal", "mode": mode, "params": {**p, **out.replay}, "steps": out.steps,
             "seed": seed,
             "calibration": {"source": calibration_source, "sha256": remember_text(calibration)},
             "summary": summary}
     if worse:                    # a replay only records it: no healing to redo
         step["kept"] = "start"
-    slots = variant.slots if worse else out.variant.slots
-    result = Variant(lm, slots, variant.steps + (step,))
+    kept = variant if worse else out.variant
+    result = dataclasses.replace(kept, steps=variant.steps + (step,))
     record_fitted(variant, result)          # a recipe saved now carries the healed layers
     ctx.report(1.0, f"held-out ppl before healing {before:.4g}", held_out=after)
     r = HealResult(mode=mode, params=p, variant=result, cuts=[c.describe() for c in cuts],
-                   healed_slots=[] if worse else healed, steps=out.steps,
+                   healed_slots=[] if worse else healed, healed_head=new_head and not worse,
+                   steps=out.steps,
                    seconds=round(time.perf_counter() - start, 2), held_out_before=before,
                    held_out_after=after, history=out.history, details=out.details,
                    notes=out.notes, calibration=calibration_source or "user", kept_start=worse)
@@ -303,7 +307,7 @@ def replay_heal(v: Variant, op: dict) -> HealResult:
         raise LayerError("heal op needs 'mode', 'params' and 'calibration'")
     mode = get_mode(op["mode"])
     if op.get("kept") == "start":     # the healing made things worse and was not kept
-        return Variant(v.lm, v.slots, v.steps + (dict(op),))
+        return dataclasses.replace(v, steps=v.steps + (dict(op),))
     steps = op.get("steps") if mode.trains else None
     if mode.trains and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
         raise LayerError("heal op needs 'steps': the number of optimiser steps it kept")
@@ -313,8 +317,8 @@ def replay_heal(v: Variant, op: dict) -> HealResult:
     text = find_calibration(ref)
     r = heal(v, op["mode"], calibration=text, calibration_source=ref.get("source"), seed=seed,
              stop_at=steps, **params)
-    return dataclasses.replace(r, variant=Variant(r.variant.lm, r.variant.slots,
-                                                  v.steps + (dict(op),)))
+    return dataclasses.replace(r, variant=dataclasses.replace(r.variant,
+                                                              steps=v.steps + (dict(op),)))
 
 
 @register_op("heal", fitted=True)

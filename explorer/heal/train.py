@@ -3,7 +3,9 @@ budget, a cosine learning-rate schedule that depends only on the step count (so 
 replays exactly), keep-best, and progress reports with the loss and a held-out perplexity.
 
 Gradients are taken with `torch.autograd.grad` with respect to the trained tensors only: nothing
-is accumulated on any other parameter (the loaded model's included).
+is accumulated on any other parameter (the loaded model's included). Tensors may come in groups
+with their own learning rate (`more`: tail-finetune's vocabulary head); each group's gradient is
+clipped on its own, so adding a group leaves the others' steps as they were.
 
 Under a time budget alone the schedule's length is unknown at the start: it is fixed after the
 first few steps from their speed (`schedule_steps`, recorded with the healing), and the loop ends
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -54,6 +56,9 @@ class Backward:
     value: float                # the loss
     output: torch.Tensor        # a tensor of the graph, e.g. (b, T, H) hidden states
     grad: torch.Tensor          # d loss / d output, same shape
+    # trained tensors after `output` (a trained vocabulary head) with their gradient, already
+    # computed where the loss was
+    known: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
 class KeepBest:
@@ -79,7 +84,8 @@ class KeepBest:
 def train(ctx: HealContext, tensors: list[torch.Tensor],
           loss_at: Callable[[int], torch.Tensor | Backward],
           *, lr: float, label: str, current: Callable[[], Variant],
-          schedule_steps: int | None = None, warmup: float = 0.05, hard_deadline: bool = True
+          schedule_steps: int | None = None, warmup: float = 0.05, hard_deadline: bool = True,
+          more: Sequence[tuple[list[torch.Tensor], float]] = ()
           ) -> tuple[int, int, list[dict]]:
     """Minimise loss_at(step) over `tensors`; returns (steps kept, schedule length, history).
 
@@ -90,6 +96,8 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
     With keep-best (ctx.params["keep_best"], not during a replay) the tensors end at the best
     check and the steps returned are that check's; history has every step run, the kept one
     marked "kept". ctx.stop_at (a replay) runs exactly that many steps and keeps them.
+    more: further groups of tensors, each with its own peak learning rate (same schedule, its
+    gradient clipped on its own); keep-best keeps and restores them with the rest.
     """
     budget_steps, seconds = ctx.steps, ctx.seconds
     replaying = ctx.stop_at is not None
@@ -97,9 +105,11 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
         budget_steps, seconds = ctx.stop_at, None
     total = schedule_steps or budget_steps
     every = ctx.params.get("check_every")
+    groups = [(list(tensors), lr)] + [(list(ts), float(r)) for ts, r in more if ts]
+    tensors = [t for ts, _ in groups for t in ts]
     for t in tensors:
         t.requires_grad_(True)
-    opt = torch.optim.Adam(tensors, lr=lr)
+    opt = torch.optim.Adam([{"params": ts, "lr": r} for ts, r in groups], lr=lr)
     history: list[dict] = []
     t0 = time.perf_counter()
     last_monitor, monitor_cost = t0, 0.0
@@ -123,18 +133,23 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
             frac = step / total if total else 0.0
             warm = max(1, int(warmup * (total or 100)))
             scale = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-            for group in opt.param_groups:
-                group["lr"] = lr * scale
+            for group, (_, peak) in zip(opt.param_groups, groups):
+                group["lr"] = peak * scale
             loss = loss_at(step)
             if isinstance(loss, Backward):
-                grads = torch.autograd.grad(loss.output, tensors, grad_outputs=loss.grad)
+                known = {id(t): g for t, g in loss.known}
+                rest = [t for t in tensors if id(t) not in known]
+                grads = dict(zip(map(id, rest), torch.autograd.grad(
+                    loss.output, rest, grad_outputs=loss.grad))) if rest else {}
+                grads.update(known)
                 value = loss.value
             else:
-                grads = torch.autograd.grad(loss, tensors)
+                grads = dict(zip(map(id, tensors), torch.autograd.grad(loss, tensors)))
                 value = float(loss.detach())
-            for t, g in zip(tensors, grads):
-                t.grad = g
-            torch.nn.utils.clip_grad_norm_(tensors, 1.0)
+            for t in tensors:
+                t.grad = grads[id(t)]
+            for ts, _ in groups:
+                torch.nn.utils.clip_grad_norm_(ts, 1.0)
             opt.step()
             step += 1
             now = time.perf_counter()

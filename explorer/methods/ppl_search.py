@@ -137,7 +137,8 @@ class PerplexitySearch:
                         reference=self.reference if self.cache else None, record=marks,
                         batch_size=self.batch_size)
         if self.bound_size:
-            self.bound = likely_tokens(self.lm, p.states.pop(L), self.ids, self.bound_size)
+            self.bound = likely_tokens(self.lm, p.states.pop(L), self.ids, self.bound_size,
+                                       variant.head_module())
         if self.cache:
             kept = {b: s for b, s in (self.reference.states.items() if self.reference else ())
                     if b < p.start}                    # the unchanged prefix stays valid
@@ -228,17 +229,19 @@ class PerplexitySearch:
 def _waiting_bytes(p: WindowPass) -> int:
     return sum(h.numel() * h.element_size() for _, h, _ in p.waiting)
 
-def likely_tokens(lm: LoadedModel, states: torch.Tensor, ids: torch.Tensor, size: int
-                  ) -> torch.Tensor:
+def likely_tokens(lm: LoadedModel, states: torch.Tensor, ids: torch.Tensor, size: int,
+                  head: torch.nn.Module | None = None) -> torch.Tensor:
     """Sorted token ids: the `size` tokens with the most probability mass summed over every
     position of windows `ids` (W, T), given the residual stream `states` (W, T, H) at the last
-    boundary, plus every target token of the windows (a lower bound needs each target)."""
+    boundary, plus every target token of the windows (a lower bound needs each target).
+    head: the searched variant's vocabulary head (None: the loaded model's)."""
     H = states.shape[-1]
     with torch.no_grad():
         h = lm.arch.norm(lm.model)(states[:, :-1].to(lm.device)).reshape(-1, H)
         mass = None
         for s in range(0, h.shape[0], LOGIT_CHUNK):
-            p = torch.softmax(final_logits(lm, h[s:s + LOGIT_CHUNK]), dim=-1).sum(dim=0)  # (V,)
+            p = torch.softmax(final_logits(lm, h[s:s + LOGIT_CHUNK], head=head),
+                              dim=-1).sum(dim=0)                                         # (V,)
             mass = p if mass is None else mass + p
     top = torch.topk(mass, min(size, mass.numel())).indices
     return torch.unique(torch.cat([top, ids[:, 1:].reshape(-1).to(top.device)]))

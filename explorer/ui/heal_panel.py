@@ -106,7 +106,8 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     healed = Healed(mode=mode, base_ops=state.plan.ops, ops=out["ops"], summary=r["summary"],
                     held_out_before=r["held_out_before"], held_out_after=r["held_out_after"],
                     steps=r["steps"], seconds=r["seconds"], curve=thin(curve),
-                    layers=healed_layers(state, r["healed_slots"]),
+                    layers=healed_layers(state, r["healed_slots"]) +
+                    (" and the vocabulary head" if r.get("healed_head") else ""),
                     held_out=int(r["params"]["held_out"]), seqlen=int(r["params"]["seqlen"]),
                     made_worse=bool(r["made_worse"]))
     state = measure(replace(state, healed=healed))
