@@ -17,7 +17,7 @@ from explorer.evaluate import evaluation_windows, generate, run_windows
 from explorer.heal import heal
 from explorer.heal.data import held_out_ppl
 from explorer.variant import head_copy
-from tiny import SAMPLE_TEXT, state_checksum
+from tiny import SAMPLE_TEXT, kl_to_dense, state_checksum
 
 SMALL = dict(calibration=SAMPLE_TEXT, seqlen=32, windows=24, held_out=4)
 
@@ -58,13 +58,6 @@ def _plain_ppl(model, w):
                                           w[:, 1:].reshape(-1))))
 
 
-def _kl_to_dense(lm, v, ids):
-    with torch.no_grad():
-        with Variant.identity(lm).applied() as model:
-            p = F.log_softmax(model(input_ids=ids).logits, -1)
-        with v.applied() as model:
-            q = F.log_softmax(model(input_ids=ids).logits, -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
 
 
 def _held_out_windows(lm, n=8, T=32, offset=40):
@@ -83,9 +76,9 @@ def test_tail_finetune_trains_the_head_and_leaves_the_model_alone(tied):
     assert isinstance(head, torch.nn.Linear) and not torch.equal(head.weight, loaded_head)
     assert head.weight.data_ptr() != lm.model.lm_head.weight.data_ptr()
     ids = _held_out_windows(lm)
-    assert _kl_to_dense(lm, r.variant, ids) < 0.9 * _kl_to_dense(lm, v, ids)
+    assert kl_to_dense(lm, r.variant, ids) < 0.9 * kl_to_dense(lm, v, ids)
     # the trained head takes part: the same layers with the loaded head do worse on held-out KL
-    assert _kl_to_dense(lm, r.variant, ids) < _kl_to_dense(lm, r.variant.with_head(None), ids)
+    assert kl_to_dense(lm, r.variant, ids) < kl_to_dense(lm, r.variant.with_head(None), ids)
     assert state_checksum(lm.model) == before
     assert lm.model.lm_head.weight is lm.model.get_input_embeddings().weight
     assert lm.config.tie_word_embeddings is True

@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from explorer import Variant, load_model
 from explorer.backbone import hooks
@@ -18,7 +17,7 @@ from explorer.errors import ExplorerError, LayerError
 from explorer.heal import MODES, heal
 from explorer.heal.closed_form import fold_map
 from explorer.heal.cuts import find_cuts, with_slot
-from tiny import SAMPLE_TEXT, same_weights, state_checksum
+from tiny import SAMPLE_TEXT, kl_to_dense, same_weights, state_checksum
 
 SMALL = dict(calibration=SAMPLE_TEXT, seqlen=32, windows=24, held_out=4)
 
@@ -212,16 +211,6 @@ def test_keep_best_starts_from_the_start(structured):
         assert torch.equal(a, b)
 
 
-def _kl_to_dense(lm, v, ids):
-    """Mean full-vocabulary KL(dense || v) over held-out windows, from the plain forward."""
-    with torch.no_grad():
-        with Variant.identity(lm).applied() as model:
-            p = F.log_softmax(model(input_ids=ids).logits, -1)
-        with v.applied() as model:
-            q = F.log_softmax(model(input_ids=ids).logits, -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
-
-
 @pytest.fixture(scope="module")
 def structured(tiny_factory):
     """A tiny llama whose layers matter (larger random weights): dropping two changes its
@@ -244,7 +233,7 @@ def test_training_lowers_held_out_kl_and_leaves_the_model_alone(structured, mode
         kw["lr"] = 1e-3
     r = heal(v, mode, steps=40, **SMALL, **kw)
     ids = _windows(lm, n=8, T=32, offset=40)        # past the fitted and watched windows
-    assert _kl_to_dense(lm, r.variant, ids) < 0.9 * _kl_to_dense(lm, v, ids)
+    assert kl_to_dense(lm, r.variant, ids) < 0.9 * kl_to_dense(lm, v, ids)
     assert state_checksum(lm.model) == before
     assert len(r.history) == 40 and math.isfinite(r.held_out_after)
     assert r.steps == max(h["step"] for h in r.history if h.get("kept"))

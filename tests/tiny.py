@@ -104,3 +104,17 @@ def same_weights(a, b) -> bool:
     ta, tb = tensors(a), tensors(b)
     return ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k])
                                           for k in ta)
+
+
+def kl_to_dense(lm, v, ids) -> float:
+    """Mean full-vocabulary KL(dense || v) over windows `ids` (b, T), from the plain forward of
+    each model put in place (`Variant.applied`)."""
+    import torch.nn.functional as F
+    from explorer import Variant
+
+    with torch.no_grad():
+        with Variant.identity(lm).applied() as model:
+            p = F.log_softmax(model(input_ids=ids).logits, -1)
+        with v.applied() as model:
+            q = F.log_softmax(model(input_ids=ids).logits, -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
