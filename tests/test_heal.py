@@ -408,3 +408,29 @@ def test_healing_text_by_name(structured, tmp_path):
     assert r.calibration == "user" and r.variant.steps[-1]["calibration"]["source"] is None
     r = heal(v, "closed-form", text="news", seqlen=32, windows=24, held_out=4)
     assert r.calibration == "news" and r.variant.steps[-1]["calibration"]["source"] == "news"
+
+
+def test_keep_best_checks_are_spaced_out_when_they_cost_more_than_the_steps(structured,
+                                                                           monkeypatch):
+    """A held-out check far dearer than a step (a big vocabulary head, few slow steps) must not
+    eat the budget: by default the checks are spaced out to about 1/MONITOR_RATIO of the time;
+    an explicit check_every is kept as given."""
+    import importlib
+    import time as _time
+
+    train_mod = importlib.import_module("explorer.heal.train")
+
+    real = train_mod.held_out_ppl
+
+    def slow(*args, **kwargs):
+        _time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "held_out_ppl", slow)
+    v = Variant.identity(structured).drop([2, 3])
+    auto = heal(v, "layerwise", steps=60, init="none", **SMALL)
+    fixed = heal(v, "layerwise", steps=60, init="none", check_every=3, **SMALL)
+    n_auto = sum("held_out_ppl" in h for h in auto.history)
+    n_fixed = sum("held_out_ppl" in h for h in fixed.history)
+    assert n_fixed == 20
+    assert 1 <= n_auto < n_fixed / 2

@@ -13,7 +13,9 @@ at that step or at the deadline, whichever comes first.
 
 Keep-best (`keep_best`, on by default): the held-out perplexity is measured at the start and
 every `check_every` steps (by default the schedule length / CHECKS, fixed as soon as the length
-is known), and at the end; the trained tensors of the best check are copied aside and put back
+is known, and spaced out further when a check costs more than 1/MONITOR_RATIO of the steps
+between two checks: a few slow KL steps would otherwise spend most of a time budget on checks),
+and at the end; the trained tensors of the best check are copied aside and put back
 when the loop ends. The step they come from is what `train` returns, and what the recipe records:
 a replay (`ctx.stop_at`) runs exactly that many steps of the same schedule and keeps them, with
 no check and no choice, so it lands on the same weights.
@@ -114,6 +116,7 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
     t0 = time.perf_counter()
     last_monitor, monitor_cost = t0, 0.0
     best = None
+    auto_every, checks_cost = False, 0.0
     if ctx.params.get("keep_best", True) and not replaying and budget_steps != 0:
         ppl = ctx.held_out_ppl = held_out_ppl(ctx.lm, current(), ctx.data.held_out)
         best = KeepBest(tensors, ppl)
@@ -156,6 +159,7 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
             entry = {"step": step, "loss": value, "seconds": round(now - t0, 2)}
             if best is not None and every is None and total is not None:
                 every = max(1, total // CHECKS)
+                auto_every = ctx.params.get("check_every") is None
             if best is not None:
                 check = every is not None and step % every == 0
             else:
@@ -167,6 +171,12 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
                     best.offer(step, ppl)
                 last_monitor = time.perf_counter()
                 monitor_cost = last_monitor - now
+                if best is not None and auto_every:
+                    # checks cost at most ~1/MONITOR_RATIO of the steps' time (few slow steps,
+                    # an expensive head): space them out when one costs more
+                    per_step = (now - t0 - checks_cost) / step
+                    every = max(every, math.ceil(MONITOR_RATIO * monitor_cost / per_step))
+                checks_cost += monitor_cost
             history.append(entry)
             done = max(step / total if total else 0.0,
                        (now - t0) / seconds if seconds else 0.0)
