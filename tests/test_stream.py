@@ -371,3 +371,27 @@ def test_whole_model_uses_are_refused_when_layers_stay_on_disk(tiny_factory):
     ram = load_model(str(folder), offload="cpu")
     assert generate(ram, ["Hello"], max_new_tokens=3) == \
         generate(load_model(str(folder)), ["Hello"], max_new_tokens=3)
+
+
+def test_capability_check_on_layers_left_on_disk(tiny_factory):
+    """The capability check (next-token and cloze accuracy, and the generative agreement, whose
+    greedy continuations run without a KV cache when the layers stay on disk) gives the
+    in-memory model's figures."""
+    from explorer.capability import capability, generation_prompts, greedy_continuations
+
+    folder = tiny_factory("llama", num_layers=5)
+    mem, disk = load_model(str(folder)), load_model(str(folder), offload="disk")
+    prompts = generation_prompts(mem, SAMPLE_TEXT, num_prompts=3, prompt_tokens=8)
+    va, vb = Variant.identity(mem).drop([2]), Variant.identity(disk).drop([2])
+    assert torch.equal(greedy_continuations(disk, prompts, vb, new_tokens=6),
+                       greedy_continuations(mem, prompts, va, new_tokens=6))
+    kw = dict(seqlen=32, num_prompts=3, prompt_tokens=8, new_tokens=6)
+    a = capability(mem, SAMPLE_TEXT, variant=va, **kw)
+    b = capability(disk, SAMPLE_TEXT, variant=vb, **kw)
+    assert a.generation is not None
+
+    def figures(report) -> dict:
+        return {key: {k: v for k, v in run.items() if "second" not in k}
+                for key, run in report.to_dict().items() if isinstance(run, dict)}
+
+    assert figures(b) == figures(a)
