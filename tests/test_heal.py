@@ -413,8 +413,9 @@ def test_healing_text_by_name(structured, tmp_path):
 def test_keep_best_checks_are_spaced_out_when_they_cost_more_than_the_steps(structured,
                                                                            monkeypatch):
     """A held-out check far dearer than a step (a big vocabulary head, few slow steps) must not
-    eat the budget: by default the checks are spaced out to about 1/MONITOR_RATIO of the time;
-    an explicit check_every is kept as given."""
+    eat a time budget: by default the checks are spaced out to about 1/MONITOR_RATIO of the
+    time; an explicit check_every, or a step budget (a rerun lands on the same step), keeps the
+    schedule length / 20."""
     import importlib
     import time as _time
 
@@ -428,9 +429,10 @@ def test_keep_best_checks_are_spaced_out_when_they_cost_more_than_the_steps(stru
 
     monkeypatch.setattr(train_mod, "held_out_ppl", slow)
     v = Variant.identity(structured).drop([2, 3])
-    auto = heal(v, "layerwise", steps=60, init="none", **SMALL)
+    auto = heal(v, "layerwise", seconds=8, schedule_steps=60, init="none", **SMALL)
     fixed = heal(v, "layerwise", steps=60, init="none", check_every=3, **SMALL)
+    steps = heal(v, "layerwise", steps=60, init="none", **SMALL)     # a step budget: as before
     n_auto = sum("held_out_ppl" in h for h in auto.history)
     n_fixed = sum("held_out_ppl" in h for h in fixed.history)
-    assert n_fixed == 20
+    assert n_fixed == 20 and sum("held_out_ppl" in h for h in steps.history) == 20
     assert 1 <= n_auto < n_fixed / 2

@@ -13,8 +13,9 @@ at that step or at the deadline, whichever comes first.
 
 Keep-best (`keep_best`, on by default): the held-out perplexity is measured at the start and
 every `check_every` steps (by default the schedule length / CHECKS, fixed as soon as the length
-is known, and spaced out further when a check costs more than 1/MONITOR_RATIO of the steps
-between two checks: a few slow KL steps would otherwise spend most of a time budget on checks),
+is known; under a time budget also spaced out further when a check costs more than
+1/MONITOR_RATIO of the steps between two checks: a few slow KL steps would otherwise spend most
+of the budget on checks),
 and at the end; the trained tensors of the best check are copied aside and put back
 when the loop ends. The step they come from is what `train` returns, and what the recipe records:
 a replay (`ctx.stop_at`) runs exactly that many steps of the same schedule and keeps them, with
@@ -159,7 +160,9 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
             entry = {"step": step, "loss": value, "seconds": round(now - t0, 2)}
             if best is not None and every is None and total is not None:
                 every = max(1, total // CHECKS)
-                auto_every = ctx.params.get("check_every") is None
+                # under a time budget the run depends on the machine's speed anyway; with a
+                # step budget the checks stay where they are, so a rerun keeps the same step
+                auto_every = ctx.params.get("check_every") is None and seconds is not None
             if best is not None:
                 check = every is not None and step % every == 0
             else:
