@@ -363,10 +363,16 @@ def load_cells(path: Path) -> dict[tuple[str, int, str], dict]:
 NOT_RUN = {
     "distill": "a: not run for CPU time (10-15 minutes a cell on the shared 2-core machine: a KL "
                "step costs about ten layer-wise steps); `--table --resume --modes distill` fills it",
-    "tail-finetune": "b: not run for CPU time (300 whole-layer KL steps, 10-20 minutes a cell); "
-                     "measured on the tail plan, which the paper pairs it with",
+    "tail-finetune": "b: not run for CPU time (300 whole-layer KL steps with the head, 10-20 "
+                     "minutes a cell); `--table --resume --modes tail-finetune --methods tail` "
+                     "fills the tail plan's, the pairing the paper uses",
 }
-NOT_RUN_OTHER = "c: not run yet; `--table --resume` with this mode fills it"
+NOT_RUN_OTHER = ("c: not run for CPU time (the session's run was stopped there: the merge methods "
+                 "are planned again for each cell); `--table --resume` with this mode fills it")
+
+
+def _fmt(ppl: float) -> str:
+    return f"{ppl:,.1f}" if ppl < 1e5 else f"{ppl:.1e}"
 
 
 def render(done: dict, methods: tuple[str, ...], removes: tuple[int, ...],
@@ -399,10 +405,10 @@ def render(done: dict, methods: tuple[str, ...], removes: tuple[int, ...],
                 elif v["ppl"] != v["ppl"]:
                     cells.append("failed")
                 else:
-                    text = f"{v['ppl']:,.1f}" if v["ppl"] < 1e5 else f"{v['ppl']:.1e}"
+                    text = _fmt(v["ppl"])
                     text = f"**{text}**" if v["ppl"] == best and x != "none" else text
                     if v.get("news_ppl") == v.get("news_ppl") and v.get("news_ppl"):
-                        text += f" ({v['news_ppl']:,.1f})"
+                        text += f" ({_fmt(v['news_ppl'])})"
                     cells.append(text)
             lines.append(f"| {m} | {k} | " + " | ".join(cells) + " |")
     lines += [""] + [f"({n[0]}) {n[3:]}." for n in sorted(used)]
