@@ -173,8 +173,9 @@ def build(ctx: Ctx) -> HealParts:
                 with gr.Group(visible=get_mode(first).trains) as budget:
                     steps = controls.control(STEPS, elem_id="lx-heal-steps")
                     seconds = controls.control(SECONDS, elem_id="lx-heal-seconds")
-                with gr.Row(equal_height=True):
-                    heal_btn = gr.Button("Heal", variant="primary", elem_id="lx-heal")
+                with gr.Row(equal_height=False):    # the button keeps its own height
+                    heal_btn = gr.Button("Heal", variant="primary", elem_id="lx-heal", scale=0,
+                                         min_width=160)
                     line = gr.Markdown("", elem_id="lx-heal-line", elem_classes=["lx-step"])
             with gr.Column(scale=3):
                 curve = gr.Plot(label="Healing", elem_id="lx-heal-curve")
