@@ -185,6 +185,17 @@ def evopress_search(lm: LoadedModel, first_ids: torch.Tensor, final_ids: torch.T
             search.set_current(identity.drop(parent))
             current[id(search)] = parent
 
+    def stage(search: PerplexitySearch, at: float, what: str, children: list[DropSet],
+              **step_kw):
+        """One selection stage of a generation: the children scored against the parent's
+        states on `search`'s windows; returns `search.step`'s (best, scored)."""
+        set_parent(search)
+        report(at, what)
+        best, scored = search.step([candidate(c) for c in children], **step_kw)
+        result.evaluated += len(scored)
+        result.stopped += sum(not s.complete for s in scored)
+        return best, scored
+
     room = math.comb(L, remove) - 1                      # sets other than the parent
     for g in range(generations):
         children: list[DropSet] = []
@@ -198,23 +209,17 @@ def evopress_search(lm: LoadedModel, first_ids: torch.Tensor, final_ids: torch.T
             break                          # every neighbour tried: the parent is a local optimum
         label = f"generation {g + 1}/{generations}"
         if len(children) > survivors:
-            set_parent(first)
-            report((g + 0.3) / generations, f"{label}: {len(children)} children on "
-                                            f"{first_ids.shape[0]} windows")
-            _, scored = first.step([candidate(c) for c in children], keep=survivors)
-            result.evaluated += len(scored)
-            result.stopped += sum(not s.complete for s in scored)
+            _, scored = stage(first, (g + 0.3) / generations,
+                              f"{label}: {len(children)} children on {first_ids.shape[0]} "
+                              "windows", children, keep=survivors)
             done = sorted((s for s in scored if s.complete and math.isfinite(s.total)),
                           key=lambda s: s.total)
             children = [s.key for s in done[:survivors]]
             final.hint = {s.key: s.total for s in done}   # best of the first stage runs first
         if children:
-            set_parent(final)
-            report((g + 0.7) / generations, f"{label}: {len(children)} survivors on "
-                                            f"{windows} windows")
-            best, scored = final.step([candidate(c) for c in children], limit=parent_total)
-            result.evaluated += len(scored)
-            result.stopped += sum(not s.complete for s in scored)
+            best, scored = stage(final, (g + 0.7) / generations,
+                                 f"{label}: {len(children)} survivors on {windows} windows",
+                                 children, limit=parent_total)
             if best is not None and best.total < parent_total:
                 beaten.add(parent)
                 parent, parent_total, parent_ppl = best.key, best.total, best.ppl
