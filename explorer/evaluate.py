@@ -113,7 +113,8 @@ LOGIT_CHUNK = 1024
 def final_logits(lm: LoadedModel, hidden: torch.Tensor,
                  vocab: torch.Tensor | None = None, head: nn.Module | None = None
                  ) -> torch.Tensor:
-    """Vocabulary logits from final-norm hidden states, with the family's soft-capping if any.
+    """Vocabulary logits from final-norm hidden states, with the family's logit rule (Granite's
+    scaling, Cohere's scale, Gemma's soft-capping: `Architecture.logits`).
 
     hidden: (n, H) -> (n, V) float32, or (n, len(vocab)) for the token ids `vocab` only. Runs
     outside autocast: a bf16 head would round logits of size ~20 to steps of ~0.1, which shows
@@ -129,10 +130,7 @@ def final_logits(lm: LoadedModel, hidden: torch.Tensor,
         else:
             bias = head.bias[vocab] if getattr(head, "bias", None) is not None else None
             logits = F.linear(h, head.weight[vocab], bias).float()
-    cap = getattr(lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return lm.arch.logits.apply(logits)
 
 
 def compute_dtype_of(model_dtype: torch.dtype,

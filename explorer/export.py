@@ -126,8 +126,15 @@ def _umask() -> int:
 
 
 def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
-    """Write the model into `tmp`, then move it to `target`, keeping an earlier `target` until the
+    """Write the model into `tmp`, check it (the layers its config builds are the variant's;
+    reloaded, it gives the variant's logits: `selfcheck.check_export`, written beside it as
+    layer_explorer_check.json), then move it to `target`, keeping an earlier `target` until the
     new one is in place."""
+    from transformers import AutoConfig
+
+    from .layer_config import check_structure
+    from .selfcheck import check_export
+
     if variant.lm.weights is not None:     # offloaded layers: written one at a time, sharded
         from .stream import save_streamed
 
@@ -135,6 +142,8 @@ def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
     else:
         with variant.applied() as model:
             model.save_pretrained(tmp)
+    check_structure(variant.lm, variant, AutoConfig.from_pretrained(tmp))
+    check_export(variant, tmp)        # reloaded with plain transformers: the variant's logits
     variant.lm.tokenizer.save_pretrained(tmp)
     recipe.save(tmp / RECIPE_FILE, variant.lm)     # + the fitted ops' tensors, if any
     _usual_modes(tmp)

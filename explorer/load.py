@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 
 from .arch import Architecture, adapter_for
+from .selfcheck import require as require_self_check
+from .layer_config import snapshot
 from .embedded import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_gguf, file_digest
 from .errors import ModelLoadError, one_line
 from .memory import (check_fits, check_layer_fits, check_writable, choose_offload,
@@ -67,6 +69,11 @@ class LoadedModel:
     # use these, or they would see another request's edit.
     original_layers: nn.ModuleList = field(init=False, repr=False)
     layer_types: list[str] | None = field(init=False, repr=False)    # config.layer_types at load
+    # every per-layer field of the config at load (explorer/layer_config.py): a variant's
+    # config is rewritten from these
+    layer_fields: dict[str, Any] = field(init=False, repr=False)
+    # the self-check at load (explorer/selfcheck.py); None: not run (a model built by hand)
+    self_check: Any = field(default=None, repr=False)
     _num_parameters: int = field(init=False, repr=False)
     _parameter_bytes: int = field(init=False, repr=False)
 
@@ -75,6 +82,7 @@ class LoadedModel:
             self.original_layers = self.arch.layer_list(self.model)
             types = getattr(self.model.config, "layer_types", None)
             self.layer_types = list(types) if types is not None else None
+            self.layer_fields = snapshot(self.model.config)
             params = list(self.model.parameters())
             self._num_parameters = sum(p.numel() for p in params)
             self._parameter_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -106,6 +114,8 @@ class LoadedModel:
             "memory_mb": round(self._parameter_bytes / 2**20, 1),
             "offload": self.weights.kind if self.weights is not None else None,
             "load_seconds": round(self.load_seconds, 2),
+            "found": self.arch.describe(),
+            "self_check": self.self_check.describe() if self.self_check else "not run",
         }
 
 
@@ -276,7 +286,8 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         what = f"{model_type}, {'/'.join(archs)}" if archs else model_type
         raise ModelLoadError(f"'{spec}' ({what}) is not a causal (decoder-only) language model; "
                              "Layer Explorer needs one that AutoModelForCausalLM loads")
-    arch = adapter_for(model_type)  # fail before reading gigabytes of weights
+    skeleton = _empty_model(config, dt, trust_remote_code)
+    arch = adapter_for(skeleton)    # found from the modules, before reading any weight
     caps = parse_max_memory(max_memory, dev)
     if offload_folder:
         check_writable(offload_folder)
@@ -289,7 +300,6 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
                                  "disk needs a local folder; download it (huggingface-cli "
                                  "download) and give the folder")
         if placement is not None:
-            skeleton = _empty_model(config, dt, trust_remote_code)
             resident, sizes = _split_bytes(skeleton, arch, dt)
             check_layer_fits(device_budget(dev, caps), resident, sizes, spec, dev, dt)
             if progress:
@@ -341,14 +351,17 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if progress:
-        progress(Event("load", 1.0, note=f"loaded {spec}"))
     device_now = dev if weights is not None else next(model.parameters()).device
     if device_map and getattr(model, "hf_device_map", None):
         device_now = _execution_device(model.hf_device_map)
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, spec=spec, source=where,
-                       device=device_now, dtype=dt, load_seconds=time.perf_counter() - start,
-                       weights=weights)
+    lm = LoadedModel(model=model, tokenizer=tokenizer, arch=adapter_for(model), spec=spec,
+                     source=where, device=device_now, dtype=dt, load_seconds=0.0,
+                     weights=weights)
+    require_self_check(lm)     # the explorer's logits must be the model's own, or no model
+    if progress:
+        progress(Event("load", 1.0, note=f"loaded {spec}; {lm.self_check.describe()}"))
+    lm.load_seconds = time.perf_counter() - start
+    return lm
 
 
 def _execution_device(device_map: dict) -> torch.device:

@@ -78,41 +78,84 @@ def rows_of(states: StartStates, rows: slice) -> torch.Tensor:
 
 class Recorder(nn.Module):
     """Stands in for slot `slot` in the skeleton: records how the model calls it, returns its
-    input; the last one ends the pass (the final norm and whatever follows are not needed)."""
+    input; the last one ends the pass (the final norm and whatever follows are not needed).
 
-    def __init__(self, slot: int, sink: dict, last: bool) -> None:
-        super().__init__()
-        self.slot, self.sink, self.last = slot, sink, last
+    Made by `recorder_like`, as a subclass of the layer's own class with its plain attributes
+    (attention_type, layer_idx, ...), so a base model that asks `isinstance(layer, ...)` or
+    reads a layer's attribute to choose its mask (Jamba, Gemma 3) sees what it expects."""
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    slot: int
+    sink: dict
+    last: bool
+    tuple_out: bool
+    x_name: str | None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            hidden_states, args = args[0], args[1:]
+        else:
+            hidden_states = kwargs.pop(self.x_name or "hidden_states")
         if self.slot == 0:
             self.sink["x0"] = hidden_states
         self.sink[self.slot] = LayerCall(tuple(args), dict(kwargs))
         if self.last:
             raise StopPass
-        return hidden_states
+        return (hidden_states,) if self.tuple_out else hidden_states
+
+
+_RECORDER_TYPES: dict[type, type] = {}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _first_argument(cls: type) -> str | None:
+    import inspect
+
+    try:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    return params[0].name if params and params[0].kind in (
+        params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD) else None
+
+
+def recorder_like(layer: nn.Module, slot: int, sink: dict, last: bool,
+                  tuple_out: bool) -> Recorder:
+    """A Recorder that is an instance of `layer`'s class (no __init__ run, no weights) carrying
+    its plain attributes."""
+    cls = type(layer)
+    kind = _RECORDER_TYPES.get(cls)
+    if kind is None:
+        kind = _RECORDER_TYPES[cls] = type(f"Recorder{cls.__name__}", (Recorder, cls), {})
+    r = kind.__new__(kind)
+    nn.Module.__init__(r)
+    for key, value in vars(layer).items():
+        if not key.startswith("_") and isinstance(value, _PLAIN):
+            object.__setattr__(r, key, value)
+    r.slot, r.sink, r.last, r.tuple_out = slot, sink, last, tuple_out
+    r.x_name = _first_argument(cls)
+    return r
 
 
 def skeleton(lm, variant, sink: dict) -> nn.Module:
     """A private shallow copy of the base model whose layer list holds recorders for the
-    variant's slots and whose config gives the slots their layer types (Gemma 3's sliding and
-    full attention follow the slot's original layer): the loaded model is not touched."""
+    variant's slots and whose config is the variant's (`layer_config.variant_config`: Gemma 3's
+    sliding and full attention follow the slot's original layer): the loaded model is not
+    touched."""
+    from .layer_config import variant_config
+
     base = lm.arch.base_model(lm.model)
-    rel = lm.arch.layers[len(lm.arch.base) + 1:]
-    if "." in rel or not lm.arch.layers.startswith(lm.arch.base + "."):
+    rel = lm.arch.layers[len(lm.arch.base) + 1:] if lm.arch.base else lm.arch.layers
+    if "." in rel:
         raise LayerError(f"the {lm.arch.family} adapter keeps its layers outside its base model: "
                          "its layers cannot be run without swapping them into the model")
     n = variant.num_layers
     sk = copy.copy(base)                       # new __dict__, shared submodules and tensors
     modules = dict(base._modules)
-    modules[rel] = nn.ModuleList(Recorder(i, sink, i == n - 1) for i in range(n))
+    modules[rel] = nn.ModuleList(
+        recorder_like(variant.layer(i), i, sink, i == n - 1, lm.arch.layer_returns_tuple)
+        for i in range(n))
     object.__setattr__(sk, "_modules", modules)
-    cfg = copy.copy(base.config)
-    cfg.num_hidden_layers = n
-    types = lm.layer_types          # the config's may be a variant's while one is applied
-    if types is not None:
-        cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
-    object.__setattr__(sk, "config", cfg)
+    object.__setattr__(sk, "config", variant_config(lm, variant, base.config))
     return sk
 
 

@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 
 from .passes import Batch, StartStates, check_boundaries, rows_of, skeleton_pass
+from .layer_config import variant_config
 from .errors import LayerError, one_line
 from .load import LoadedModel
 from .progress import Event, Progress
@@ -257,11 +258,7 @@ def save_streamed(variant, folder: str | Path, shard_bytes: int = SHARD_BYTES) -
     folder = Path(folder)
     prefix = lm.arch.layers + "."
     n = variant.num_layers
-    cfg = copy.deepcopy(lm.config)
-    cfg.num_hidden_layers = n
-    types = lm.layer_types
-    if types is not None:
-        cfg.layer_types = [types[variant.origin(i)] for i in range(n)]
+    cfg = variant_config(lm, variant, copy.deepcopy(lm.config))
     cfg.dtype = lm.dtype
     if variant.head is not None:       # its own head: written below, no longer the embedding
         cfg.tie_word_embeddings = False

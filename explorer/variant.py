@@ -262,11 +262,13 @@ class Variant:
             raise LayerError(f"this needs the whole model in memory, but its layers stay in "
                              f"{lm.weights.where} and are read one at a time (docs/scale.md); "
                              "load it with --offload none on a machine where it fits")
+        from .layer_config import updates
+
         arch, model, cfg = lm.arch, lm.model, lm.model.config
         with lm.lock:
             original = arch.layer_list(model)
-            saved_n = cfg.num_hidden_layers
-            saved_types = getattr(cfg, "layer_types", None)
+            fields = updates(lm.layer_fields, cfg, [self.origin(i) for i in range(len(self.slots))])
+            saved_fields = {k: getattr(cfg, k) for k in fields}
             modules = [self.layer(i) for i in range(len(self.slots))]
             saved_idx = [(m, m.layer_idx) for layer in modules for m in layer.modules()
                          if isinstance(getattr(m, "layer_idx", None), int)]
@@ -279,9 +281,8 @@ class Variant:
                 arch.set_layer_list(model, nn.ModuleList(modules))
                 for new_idx, layer in enumerate(modules):
                     _set_layer_idx(layer, new_idx)
-                cfg.num_hidden_layers = len(modules)
-                if saved_types is not None:
-                    cfg.layer_types = [saved_types[self.origin(i)] for i in range(len(modules))]
+                for key, value in fields.items():
+                    setattr(cfg, key, value)
                 yield model
             finally:
                 arch.set_layer_list(model, original)
@@ -290,9 +291,8 @@ class Variant:
                     cfg.tie_word_embeddings = saved_tie
                 for m, idx in saved_idx:
                     m.layer_idx = idx
-                cfg.num_hidden_layers = saved_n
-                if saved_types is not None:
-                    cfg.layer_types = saved_types
+                for key, value in saved_fields.items():
+                    setattr(cfg, key, value)
 
 
 def head_is_tied(lm: LoadedModel) -> bool:

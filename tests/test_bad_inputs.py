@@ -1,7 +1,7 @@
 """Bad inputs: each one gets a clear one-line error from the API and from the CLI.
 
-Everything here is real: model folders written with save_pretrained (a BERT encoder, an OPT model
-of a family we do not support, truncated and corrupt weight files, a truncated copy of the real
+Everything here is real: model folders written with save_pretrained (a BERT encoder,
+truncated and corrupt weight files, a truncated copy of the real
 SmolLM2 GGUF), real text files (empty, too short, not UTF-8, larger than the limit), real layer
 edits and a real NaN/inf model. API calls must raise the named `ExplorerError` subclass; the CLI
 must exit with status 2 and print exactly one line, "error: ...", on stderr and nothing on stdout.
@@ -36,8 +36,7 @@ from tiny import SAMPLE_TEXT, VOCAB, byte_tokenizer
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory, tiny_factory) -> dict[str, Path]:
     """Folders and files, one per bad input."""
-    from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, OPTConfig,
-                              OPTForCausalLM)
+    from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM
 
     d = tmp_path_factory.mktemp("bad")
     good = tiny_factory("llama", num_layers=4)
@@ -49,13 +48,6 @@ def bad(tmp_path_factory, tiny_factory) -> dict[str, Path]:
                                num_attention_heads=4, intermediate_size=64)).save_pretrained(bert)
     byte_tokenizer().save_pretrained(bert)
     out["bert"] = bert
-
-    opt = d / "opt"
-    OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                             num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32,
-                             max_position_embeddings=64)).save_pretrained(opt)
-    byte_tokenizer().save_pretrained(opt)
-    out["opt"] = opt
 
     (d / "empty").mkdir()
     out["empty"] = d / "empty"
@@ -156,7 +148,6 @@ MODEL_CASES = [
     ("folder without a model", "empty", "has no config.json"),
     ("config.json but no weights", "no_weights", "the folder has no weights file"),
     ("non-causal model (BERT encoder)", "bert", "is not a causal (decoder-only) language model"),
-    ("unsupported architecture (OPT)", "opt", "architecture 'opt' is not supported"),
     ("truncated safetensors", "trunc_st", "is corrupt or truncated"),
     ("corrupt safetensors header", "corrupt_st", "is corrupt or truncated"),
     ("random bytes named .gguf", "junk_gguf", "could not read GGUF file"),

@@ -10,7 +10,7 @@ def test_every_family_loads_probes_and_edits(tiny_factory, model_type, sample_te
     from explorer import Variant, load_model, perplexity, probe
 
     lm = load_model(str(tiny_factory(model_type, num_layers=4)))
-    assert lm.num_layers == 4 and lm.arch.model_types.count(model_type) == 1
+    assert lm.num_layers == 4 and lm.arch.family == model_type and lm.self_check.passed
     pr = probe(lm, sample_text, seqlen=32, num_samples=3)
     T = 32 + int(lm.arch.needs_bos)  # Gemma puts BOS in front of each window
     assert pr.input_ids.shape == (3, T)
