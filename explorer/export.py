@@ -141,8 +141,19 @@ def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
         save_streamed(variant, tmp)
     else:
         with variant.applied() as model:
-            model.save_pretrained(tmp)
-    check_structure(variant.lm, variant, AutoConfig.from_pretrained(tmp))
+            try:
+                model.save_pretrained(tmp)
+            except Exception as exc:      # transformers' own checks of the rewritten config
+                raise LayerError(f"transformers cannot save this {variant.lm.arch.family} "
+                                 f"variant ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:160]}): its config cannot "
+                                 "describe these layers") from None
+    try:
+        saved = AutoConfig.from_pretrained(tmp)
+    except Exception as exc:
+        raise LayerError(f"the saved {variant.lm.arch.family} config does not load back "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+    check_structure(variant.lm, variant, saved)
     check_export(variant, tmp)        # reloaded with plain transformers: the variant's logits
     variant.lm.tokenizer.save_pretrained(tmp)
     recipe.save(tmp / RECIPE_FILE, variant.lm)     # + the fitted ops' tensors, if any

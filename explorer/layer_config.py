@@ -3,7 +3,8 @@
 A config describes its layers in three ways, and each is rewritten for a variant whose slot i
 stands for original layer `origin(i)`:
 * per-layer lists (`layer_types`, `no_rope_layers`, `mlp_layer_types`, per-layer expert counts,
-  ...): any list in the config as long as the layer count; slot i takes entry origin(i);
+  ...): any list in the config as long as the layer count; slot i takes entry origin(i); a
+  dict keyed by layer index (Gemma 4's `per_layer_config`) likewise;
 * lists of layer indices (`mlp_only_layers`, `moe_layers`, `global_attn_indexes`, ...): the
   new indices of the slots whose origin is listed;
 * counts from the start (`first_k_dense_replace`, `num_dense_layers`): the number of leading
@@ -52,14 +53,27 @@ def snapshot(config: Any) -> dict[str, Any]:
     n = getattr(config, layer_count_key(config))
     out: dict[str, Any] = {}
     for key in _keys(config):
-        value = getattr(config, key, None)
-        if key in INDEX_LISTS or key in LEADING_COUNTS or key in REWRITTEN or \
+        try:
+            value = getattr(config, key, None)
+        except Exception:    # a per-layer attribute of a heterogeneous config read globally
+            continue
+        if isinstance(value, dict) and value and _layer_keyed(value, n):
+            out[key] = dict(value)
+        elif key in INDEX_LISTS or key in LEADING_COUNTS or key in REWRITTEN or \
                 _period_pair(config, key):
             out[key] = copy.copy(value)
         elif isinstance(value, (list, tuple)) and len(value) == n and key not in _NOT_LAYERWISE \
                 and not key.endswith(("token_id", "token_ids")):
             out[key] = list(value)
     return out
+
+
+def _layer_keyed(value: dict, n: int) -> bool:
+    """A dict keyed by layer index (Gemma 4's per_layer_config: {layer: settings})."""
+    try:
+        return all(0 <= int(k) < n for k in value)
+    except (TypeError, ValueError):
+        return False
 
 
 def _keys(config: Any) -> list[str]:
@@ -71,9 +85,14 @@ def _keys(config: Any) -> list[str]:
 
 def pattern_keys(config: Any) -> list[str]:
     """Config keys that look like a layer pattern given by period or offset (set, non-zero)."""
+    def value(k: str) -> Any:
+        try:
+            return getattr(config, k, None)
+        except Exception:
+            return None
     return [k for k in _keys(config)
             if (("layer" in k and any(w in k for w in PATTERN_WORDS)) or k in REWRITTEN)
-            and getattr(config, k, None) not in (None, 0, False)]
+            and value(k) not in (None, 0, False)]
 
 
 def _period_pair(config: Any, key: str) -> bool:
@@ -99,6 +118,10 @@ def updates(original: dict[str, Any], config: Any, origins: list[int]) -> dict[s
     origins[i]; `original` is `snapshot(config)` of the model as loaded."""
     out: dict[str, Any] = {layer_count_key(config): len(origins)}
     for key, value in original.items():
+        if isinstance(value, dict):       # keyed by layer: the kept layers, renumbered
+            by_layer = {int(k): v for k, v in value.items()}
+            out[key] = {i: by_layer[o] for i, o in enumerate(origins) if o in by_layer}
+            continue
         if key in REWRITTEN or key.endswith("_offset") and _period_pair(config, key):
             continue
         if key.endswith("_period") and _period_pair(config, key):
@@ -150,8 +173,13 @@ def check_structure(lm, variant, config: Any) -> None:
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights():
-        built = AutoModelForCausalLM.from_config(config, dtype=lm.dtype)
+    try:
+        with init_empty_weights():
+            built = AutoModelForCausalLM.from_config(config, dtype=lm.dtype)
+    except Exception as exc:          # the family's own validation of the rewritten config
+        raise LayerError(f"transformers refuses this variant's {lm.arch.family} config "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}): it "
+                         "cannot be saved as a transformers folder") from None
     layers = lm.arch.layer_list(built)
     for i in range(variant.num_layers):
         have = variant.layer(i)

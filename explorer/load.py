@@ -293,7 +293,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         check_writable(offload_folder)
     placement = None
     if not device_map:  # metadata only: decide (or refuse) before reading any weight
-        need = estimate_model_bytes(where, config, dt)
+        need = estimate_model_bytes(where, config, dt, trust_remote_code)
         placement = choose_offload(offload, need, dev, caps, spec, dt)
         if placement == "disk" and kind == "hub":
             raise ModelLoadError(f"'{spec}' does not fit in memory and streaming its layers from "

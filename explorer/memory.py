@@ -76,30 +76,19 @@ def _weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
-def config_numel(config: Any) -> int:
-    """A rough parameter count from the config alone (for hub ids, whose files are not local yet)."""
-    def get(*names: str, default: int = 0) -> int:
-        for name in names:
-            val = getattr(config, name, None)
-            if isinstance(val, int) and val > 0:
-                return val
-        return default
+def config_numel(config: Any, trust_remote_code: bool = False) -> int:
+    """The parameter count the config builds (for hub ids, whose files are not local yet): the
+    model made on the meta device, which costs no memory and knows every family's shapes."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
 
-    h = get("hidden_size", "n_embd", "d_model")
-    layers = get("num_hidden_layers", "n_layer", "num_layers")
-    vocab = get("vocab_size")
-    inter = get("intermediate_size", "n_inner", "ffn_dim", default=4 * h)
-    heads = get("num_attention_heads", "n_head", default=1)
-    kv = get("num_key_value_heads", default=heads)
-    head_dim = get("head_dim", default=h // max(heads, 1))
-    attn = 2 * h * head_dim * heads + 2 * h * head_dim * kv
-    gated = getattr(config, "model_type", "") not in ("gpt2", "gpt_neox", "opt", "bloom", "falcon")
-    mlp = (3 if gated else 2) * h * inter
-    tied = getattr(config, "tie_word_embeddings", True)
-    return vocab * h * (1 if tied else 2) + layers * (attn + mlp)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
 
 
-def estimate_model_bytes(where: str | Path, config: Any, dtype: torch.dtype) -> int:
+def estimate_model_bytes(where: str | Path, config: Any, dtype: torch.dtype,
+                         trust_remote_code: bool = False) -> int:
     """Bytes the model's parameters will take in `dtype`, from metadata only.
 
     where: a local model folder (safetensors headers / shard index) or a hub id (config estimate).
@@ -115,7 +104,7 @@ def estimate_model_bytes(where: str | Path, config: Any, dtype: torch.dtype) -> 
             elem = 2 if str(stored).replace("torch.", "") in ("float16", "bfloat16") else 4
             numel = sum(p.stat().st_size for p in folder.glob("*.bin")) // elem
     if numel == 0:
-        numel = config_numel(config)
+        numel = config_numel(config, trust_remote_code)
     return numel * torch.empty((), dtype=dtype).element_size()
 
 

@@ -248,8 +248,13 @@ def check_export(variant, folder) -> dict:
                "reload was not compared"}
     else:
         t0 = time.perf_counter()
-        back, info = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=lm.dtype, output_loading_info=True)
+        try:
+            back, info = AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=lm.dtype, output_loading_info=True)
+        except Exception as exc:
+            raise LayerError(f"the exported folder does not reload with transformers "
+                             f"({_first_line(exc)}): the {lm.arch.family} config cannot "
+                             "describe these layers, so it was not saved") from None
         bad = {k: sorted(v)[:3] for k, v in info.items()
                if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:
@@ -261,7 +266,12 @@ def check_export(variant, folder) -> dict:
         vocab = int(lm.arch.lm_head(lm.model).weight.shape[0])
         ids = probe_ids(vocab, lm.device)
         want = variant_logits(variant, ids)
-        got = _forward(back, ids).logits.float()
+        try:
+            got = _forward(back, ids).logits.float()
+        except Exception as exc:
+            raise LayerError(f"the exported folder reloads but does not run "
+                             f"({_first_line(exc)}): the {lm.arch.family} config cannot "
+                             "describe these layers, so it was not saved") from None
         diff, _ = difference(got, want)
         bound = tolerance(lm.dtype, want)
         del back

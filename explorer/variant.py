@@ -213,11 +213,33 @@ class Variant:
             raise LayerError("a merge needs at least two layers")
         if len(weights) != len(idx):
             raise LayerError(f"{len(idx)} layers but {len(weights)} weights")
+        self.check_mergeable(idx)
         module = combine_layers([self.loaded(i) for i in idx], [float(w) for w in weights])
         label = label or "merge(" + ",".join(map(str, idx)) + ")"
         step = {"op": "merge", "layers": idx, "weights": [float(w) for w in weights],
                 "summary": label, **(extra or {})}
         return self.replace(idx, module, label, step)
+
+    def check_mergeable(self, idx: Sequence[int]) -> None:
+        """A weight average needs layers of one kind whose weights correspond entry by entry: a
+        one-line LayerError for layers of different classes or shapes (a hybrid's attention and
+        state-space layers) and for mixtures of experts (expert k of one layer is not expert k of
+        another: their average means nothing)."""
+        arch = self.lm.arch
+        moe = [i for i in idx if arch.layer_is_moe(self.origin(i))]
+        if moe:
+            raise LayerError(f"layer {moe[0]} is a mixture of experts: a merge averages weights "
+                             "entry by entry, and the experts of two layers are not matched, so "
+                             "their average means nothing; drop the layers instead")
+        first = self.layer(idx[0])
+        shapes = {n: tuple(p.shape) for n, p in first.named_parameters()}
+        for i in idx[1:]:
+            other = self.layer(i)
+            if type(other) is not type(first) or shapes != {
+                    n: tuple(p.shape) for n, p in other.named_parameters()}:
+                raise LayerError(f"layers {idx[0]} and {i} are of different kinds "
+                                 f"({type(first).__name__}, {type(other).__name__}) or shapes: "
+                                 "a merge needs layers whose weights correspond; drop instead")
 
     def drop_part(self, index: int, part: str) -> "Variant":
         """Drop the attention ("attn") or the MLP ("mlp") sub-block of the layer at slot `index`.

@@ -57,6 +57,10 @@ def mlp_output(lm: LoadedModel, layer: nn.Module) -> tuple[nn.Module, nn.Module 
     arch = lm.arch
     down = arch.part(layer, arch.mlp_down)
     if down is None:
+        if arch.is_moe:
+            raise LayerError(f"closed-form folds its map into the MLP's down projection; the "
+                             f"{arch.family} model's layers hold a mixture of experts instead "
+                             "of one (use layerwise or distill)")
         raise LayerError(f"closed-form needs the layer's MLP down projection; the {arch.family} "
                          "family has none where expected (use layerwise or distill)")
     post = arch.part(layer, "post_feedforward_layernorm")

@@ -56,6 +56,10 @@ def stream_writers(lm: LoadedModel, layer: nn.Module) -> list[str]:
         return post
     paths = [arch.attn_o, arch.mlp_down]
     if any(p is None or arch.part(layer, p) is None for p in paths):
+        if arch.is_moe:
+            raise LayerError(f"prunecomp scales each layer's attention output and MLP down "
+                             f"projections; the {arch.family} model's layers hold a mixture of "
+                             "experts instead of one MLP")
         raise LayerError(f"prunecomp needs each layer's attention output and MLP down "
                          f"projections; the {arch.family} family has none where expected")
     return paths

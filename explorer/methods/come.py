@@ -63,7 +63,10 @@ def layer_parts(lm: LoadedModel, layer: nn.Module) -> dict[str, nn.Module]:
     arch = lm.arch
     why = None
     parts = {k: arch.part(layer, getattr(arch, k)) for k in _PARTS}
-    if arch.family != "llama" or len(arch.norms) != 2:
+    if arch.is_moe:
+        why = (f"the {arch.family} model's layers hold a mixture of experts, whose channels "
+               "CoMe cannot concatenate")
+    elif not arch.llama_style:
         why = f"the {arch.family} family's layers are not pre-norm Llama-style layers"
     elif not all(isinstance(m, nn.Linear) for m in parts.values()):
         why = f"the {arch.family} family has no separate q/k/v/o and gate/up/down projections"

@@ -126,7 +126,7 @@ def ffn_from_layer(lm: LoadedModel, layer: nn.Module) -> FFNReplacement:
     H, inner = gate.in_features, gate.out_features
     ffn = FFNReplacement(H, inner, eps=getattr(lm.config, "rms_norm_eps", 1e-6))
     g = torch.ones(H)
-    norm = arch.part(layer, arch.norms[1]) if arch.family == "llama" else None
+    norm = arch.part(layer, arch.norms[1]) if arch.llama_style else None
     if norm is not None and getattr(norm, "weight", None) is not None:
         g = norm.weight.detach().float().cpu()
     with torch.no_grad():
