@@ -5,9 +5,11 @@ What goes in (docs/evaluation.md, "GGUF export"):
   0..L-1 for the variant's L layers; 2-D weights as F16 or Q8_0 (blocks of 32 values with one f16
   scale; a matrix whose rows are not a multiple of 32 stays F16, as llama.cpp does), norms and
   biases as F32;
-* the two conventions that differ from transformers, undone by every GGUF reader: llama's q/k rows
-  are permuted per head into llama.cpp's rotary layout, and Gemma's RMSNorm weights are stored as
-  1 + w (Gemma computes x * (1 + w));
+* the conventions in which llama.cpp differs from transformers, per family (GGUF_FAMILIES, one
+  record each; transformers' GGUF reader undoes each): llama's (and Mistral's) q/k rows permuted
+  per head into llama.cpp's rotary layout, Gemma's RMSNorm weights stored as 1 + w (Gemma computes
+  x * (1 + w)), GPT-2's Conv1D matrices transposed to (out, in); Phi-3's fused qkv and gate_up
+  matrices go in as they are;
 * the architecture's hyperparameters with the new `block_count`, and the recipe as
   `layer_explorer.recipe` (JSON);
 * the tokenizer: copied key by key from the source GGUF when the model came from one (embedded
