@@ -80,13 +80,16 @@ class GGUFFamily:
     # Config fields the reader cannot carry (it rebuilds them from the config class's defaults):
     # compared with the variant's before anything is written, beyond the common ones.
     checked: tuple[str, ...] = ()
+    # Non-empty: why transformers cannot read llama.cpp's file of this family back as the model
+    # runs; export refuses it in one line with this reason.
+    unreadable: str = ""
 
 
+_NO_READER = "transformers has no GGUF reader for llama.cpp's '{}'"
 _GEMMA_CHECKED = ("query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping")
 
-# transformers model_type -> its GGUF facts. A family is here only when a file written this way
-# loads back through transformers' own GGUF reader with the variant's logits (tests/
-# test_gguf_export.py checks each); the others are refused in one line (_UNREADABLE says why).
+# transformers model_type -> its GGUF facts. A family without `unreadable` loads back through
+# transformers' own GGUF reader with the variant's logits (tests/test_gguf_export.py checks each).
 GGUF_FAMILIES: dict[str, GGUFFamily] = {
     "llama": GGUFFamily("llama", permute_qk=True),
     # llama.cpp converts Mistral as "llama"; transformers reads it back as Llama, the same
@@ -103,22 +106,19 @@ GGUF_FAMILIES: dict[str, GGUFFamily] = {
                        transposed=("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
                        checked=("n_inner", "scale_attn_by_inverse_layer_idx",
                                 "reorder_and_upcast_attn")),
+    # llama.cpp names these, but transformers cannot read its files of them back:
+    "mixtral": GGUFFamily("llama", unreadable="llama.cpp writes it as 'llama' with stacked "
+                          "experts, which transformers reads back as a dense Llama"),
+    "gemma": GGUFFamily("gemma", unreadable=_NO_READER.format("gemma")),
+    "cohere": GGUFFamily("command-r", unreadable=_NO_READER.format("command-r")),
+    "gpt_neox": GGUFFamily("gptneox", unreadable=_NO_READER.format("gptneox")),
+    "olmo": GGUFFamily("olmo", unreadable=_NO_READER.format("olmo")),
+    "olmo2": GGUFFamily("olmo2", unreadable=_NO_READER.format("olmo2")),
+    "granite": GGUFFamily("granite", unreadable=_NO_READER.format("granite")),
+    "smollm3": GGUFFamily("smollm3", unreadable=_NO_READER.format("smollm3")),
 }
-
-# Families llama.cpp names that transformers' GGUF reader cannot read back as they run.
-_UNREADABLE = {
-    "mixtral": "llama.cpp writes it as 'llama' with stacked experts, which transformers reads "
-               "back as a dense Llama",
-    "gemma": "transformers has no GGUF reader for llama.cpp's 'gemma'",
-    "cohere": "transformers has no GGUF reader for llama.cpp's 'command-r'",
-    "gpt_neox": "transformers has no GGUF reader for llama.cpp's 'gptneox'",
-    "olmo": "transformers has no GGUF reader for llama.cpp's 'olmo'",
-    "olmo2": "transformers has no GGUF reader for llama.cpp's 'olmo2'",
-    "granite": "transformers has no GGUF reader for llama.cpp's 'granite'",
-    "smollm3": "transformers has no GGUF reader for llama.cpp's 'smollm3' (its NoPE layers "
-               "are not Llama's)",
-}
-ARCHES = {mt: fam.arch for mt, fam in GGUF_FAMILIES.items()}   # model_type -> GGUF arch name
+# model_type -> GGUF arch name, for the families export writes
+ARCHES = {mt: fam.arch for mt, fam in GGUF_FAMILIES.items() if not fam.unreadable}
 
 
 class GGUFExportError(ExplorerError):
@@ -157,13 +157,14 @@ def source_gguf(lm: LoadedModel) -> Path | None:
 def gguf_family(lm: LoadedModel) -> GGUFFamily:
     """This model's GGUF facts, or a one-line refusal."""
     mt = lm.config.model_type
-    if mt not in GGUF_FAMILIES:
-        why = f" ({_UNREADABLE[mt]})" if mt in _UNREADABLE else ""
-        raise GGUFExportError(f"GGUF export supports {', '.join(sorted(GGUF_FAMILIES))} models; "
+    fam = GGUF_FAMILIES.get(mt)
+    if fam is None or fam.unreadable:
+        why = f" ({fam.unreadable})" if fam is not None else ""
+        raise GGUFExportError(f"GGUF export supports {', '.join(sorted(ARCHES))} models; "
                               f"this one is '{mt}'{why}: export a transformers folder instead "
                               "(--format folder) and convert it with llama.cpp's "
                               "convert_hf_to_gguf.py")
-    return GGUF_FAMILIES[mt]
+    return fam
 
 
 def gguf_arch(lm: LoadedModel) -> str:
