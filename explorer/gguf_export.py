@@ -5,9 +5,11 @@ What goes in (docs/evaluation.md, "GGUF export"):
   0..L-1 for the variant's L layers; 2-D weights as F16 or Q8_0 (blocks of 32 values with one f16
   scale; a matrix whose rows are not a multiple of 32 stays F16, as llama.cpp does), norms and
   biases as F32;
-* the two conventions that differ from transformers, undone by every GGUF reader: llama's q/k rows
-  are permuted per head into llama.cpp's rotary layout, and Gemma's RMSNorm weights are stored as
-  1 + w (Gemma computes x * (1 + w));
+* the conventions in which llama.cpp differs from transformers, per family (GGUF_FAMILIES, one
+  record each; transformers' GGUF reader undoes each): llama's (and Mistral's) q/k rows permuted
+  per head into llama.cpp's rotary layout, Gemma's RMSNorm weights stored as 1 + w (Gemma computes
+  x * (1 + w)), GPT-2's Conv1D matrices transposed to (out, in); Phi-3's fused qkv and gate_up
+  matrices go in as they are;
 * the architecture's hyperparameters with the new `block_count`, and the recipe as
   `layer_explorer.recipe` (JSON);
 * the tokenizer: copied key by key from the source GGUF when the model came from one (embedded
@@ -44,10 +46,79 @@ from .recipe import Recipe
 from .variant import Variant
 
 QUANTS = ("f16", "q8_0")
-# transformers model_type -> GGUF architecture name (llama.cpp's)
-ARCHES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
-_GEMMA = ("gemma3",)
 RECIPE_KEY = "layer_explorer.recipe"
+
+
+@dataclass(frozen=True)
+class GGUFFamily:
+    """Everything GGUF export knows about one model family, as llama.cpp writes it and
+    transformers' GGUF reader (`modeling_gguf_pytorch_utils`, `integrations/ggml.py`) undoes it."""
+
+    # llama.cpp's `general.architecture` (a value of gguf.MODEL_ARCH_NAMES): picks the tensor
+    # name map and the key prefix, and the reader picks its config class and tensor fix-ups by it.
+    arch: str
+    # q/k rows permuted per head into llama.cpp's interleaved rotary layout. The reader undoes
+    # this for arch "llama" only (LlamaTensorProcessor); every other arch keeps transformers' rows.
+    permute_qk: bool = False
+    # Added to every norm weight: Gemma computes x * (1 + w), llama.cpp stores 1 + w and the
+    # reader subtracts 1 from every "*norm.weight" (Gemma2TensorProcessor).
+    norm_offset: float = 0.0
+    # Tensors stored transposed, by GGUF leaf name: GPT-2's Conv1D holds (in, out), llama.cpp
+    # (out, in); the reader transposes these four back (GPT2TensorProcessor).
+    transposed: tuple[str, ...] = ()
+    # The family's norm: "rms" (RMSNorm, key attention.layer_norm_rms_epsilon) or "layer"
+    # (LayerNorm with a bias, key attention.layer_norm_epsilon).
+    norm: str = "rms"
+    # Rotary position embeddings (rope.* keys); False: learned positions (GPT-2's wpe).
+    rope: bool = True
+    # Local/global attention written as sliding_window (+ the local rope base and the per-layer
+    # pattern for "pattern"): None, "window" (Gemma2: the reader takes the window, its config
+    # rebuilds alternating layers) or "pattern" (Gemma3).
+    sliding: str | None = None
+    # Gemma2's attention and final logit soft-capping (llama.cpp needs both keys).
+    softcap: bool = False
+    # Config fields the reader cannot carry (it rebuilds them from the config class's defaults):
+    # compared with the variant's before anything is written, beyond the common ones.
+    checked: tuple[str, ...] = ()
+    # Non-empty: why transformers cannot read llama.cpp's file of this family back as the model
+    # runs; export refuses it in one line with this reason.
+    unreadable: str = ""
+
+
+_NO_READER = "transformers has no GGUF reader for llama.cpp's '{}'"
+_GEMMA_CHECKED = ("query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping")
+
+# transformers model_type -> its GGUF facts. A family without `unreadable` loads back through
+# transformers' own GGUF reader with the variant's logits (tests/test_gguf_export.py checks each).
+GGUF_FAMILIES: dict[str, GGUFFamily] = {
+    "llama": GGUFFamily("llama", permute_qk=True),
+    # llama.cpp converts Mistral as "llama"; transformers reads it back as Llama, the same
+    # computation while there is no sliding window (checked: Llama's config has none).
+    "mistral": GGUFFamily("llama", permute_qk=True),
+    "qwen2": GGUFFamily("qwen2"),
+    "qwen3": GGUFFamily("qwen3"),
+    "phi3": GGUFFamily("phi3"),      # qkv_proj -> attn_qkv, gate_up_proj -> ffn_up, both fused
+    "gemma2": GGUFFamily("gemma2", norm_offset=1.0, sliding="window", softcap=True,
+                         checked=_GEMMA_CHECKED),
+    "gemma3_text": GGUFFamily("gemma3", norm_offset=1.0, sliding="pattern",
+                              checked=_GEMMA_CHECKED),
+    "gpt2": GGUFFamily("gpt2", norm="layer", rope=False,
+                       transposed=("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
+                       checked=("n_inner", "scale_attn_by_inverse_layer_idx",
+                                "reorder_and_upcast_attn")),
+    # llama.cpp names these, but transformers cannot read its files of them back:
+    "mixtral": GGUFFamily("llama", unreadable="llama.cpp writes it as 'llama' with stacked "
+                          "experts, which transformers reads back as a dense Llama"),
+    "gemma": GGUFFamily("gemma", unreadable=_NO_READER.format("gemma")),
+    "cohere": GGUFFamily("command-r", unreadable=_NO_READER.format("command-r")),
+    "gpt_neox": GGUFFamily("gptneox", unreadable=_NO_READER.format("gptneox")),
+    "olmo": GGUFFamily("olmo", unreadable=_NO_READER.format("olmo")),
+    "olmo2": GGUFFamily("olmo2", unreadable=_NO_READER.format("olmo2")),
+    "granite": GGUFFamily("granite", unreadable=_NO_READER.format("granite")),
+    "smollm3": GGUFFamily("smollm3", unreadable=_NO_READER.format("smollm3")),
+}
+# model_type -> GGUF arch name, for the families export writes
+ARCHES = {mt: fam.arch for mt, fam in GGUF_FAMILIES.items() if not fam.unreadable}
 
 
 class GGUFExportError(ExplorerError):
@@ -83,14 +154,22 @@ def source_gguf(lm: LoadedModel) -> Path | None:
     return Path(where) if kind == "gguf" else None
 
 
+def gguf_family(lm: LoadedModel) -> GGUFFamily:
+    """This model's GGUF facts, or a one-line refusal."""
+    mt = lm.config.model_type
+    fam = GGUF_FAMILIES.get(mt)
+    if fam is None or fam.unreadable:
+        why = f" ({fam.unreadable})" if fam is not None else ""
+        raise GGUFExportError(f"GGUF export supports {', '.join(sorted(ARCHES))} models; "
+                              f"this one is '{mt}'{why}: export a transformers folder instead "
+                              "(--format folder) and convert it with llama.cpp's "
+                              "convert_hf_to_gguf.py")
+    return fam
+
+
 def gguf_arch(lm: LoadedModel) -> str:
     """The GGUF architecture name for this model, or a one-line refusal."""
-    mt = lm.config.model_type
-    if mt not in ARCHES:
-        raise GGUFExportError(f"GGUF export supports {', '.join(sorted(ARCHES))} models; this one "
-                              f"is '{mt}': export a transformers folder instead (--format folder) "
-                              "and convert it with llama.cpp's convert_hf_to_gguf.py")
-    return ARCHES[mt]
+    return gguf_family(lm).arch
 
 
 def _check_standard_layers(variant: Variant) -> None:
@@ -109,12 +188,35 @@ def _llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def _tensors(variant: Variant, arch: str) -> list[tuple[str, np.ndarray]]:
+def _gguf_name(names: Any, hf_name: str) -> tuple[str | None, str]:
+    """(GGUF base name, suffix) of a state-dict key: "model.layers.0.self_attn.q_proj.weight" ->
+    ("blk.0.attn_q", "weight"). A key without a weight/bias leaf (stacked experts) is looked up
+    whole and stored as ".weight"."""
+    base, _, suffix = hf_name.rpartition(".")
+    if suffix in ("weight", "bias"):
+        return names.get_name(base), suffix
+    return names.get_name(hf_name), "weight"
+
+
+def _convert(w: np.ndarray, name: str, suffix: str, fam: GGUFFamily, cfg: Any) -> np.ndarray:
+    """One transformers tensor as llama.cpp stores it (the reader undoes each step)."""
+    leaf = name.rpartition(".")[2]                  # "blk.3.attn_q" -> "attn_q"
+    if fam.permute_qk and leaf in ("attn_q", "attn_k") and suffix == "weight":
+        heads = cfg.num_attention_heads if leaf == "attn_q" else cfg.num_key_value_heads
+        w = _llama_permute(w, heads)                # (heads * head_dim, hidden), rows reordered
+    if fam.norm_offset and leaf.endswith("norm") and suffix == "weight":
+        w = w + fam.norm_offset                     # (dim,): Gemma's x * (1 + w) as a plain scale
+    if leaf in fam.transposed and suffix == "weight":
+        w = w.T                                     # Conv1D (in, out) -> (out, in)
+    return w
+
+
+def _tensors(variant: Variant, fam: GGUFFamily) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array) for every weight of the variant, in the model's order."""
     import gguf
 
     cfg = variant.lm.config
-    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == fam.arch)
     names = gguf.get_tensor_name_map(arch_enum, variant.num_layers)
     out = []
     with variant.applied() as model:
@@ -122,18 +224,11 @@ def _tensors(variant: Variant, arch: str) -> list[tuple[str, np.ndarray]]:
         for hf_name, t in model.state_dict().items():
             if tied and hf_name == "lm_head.weight":
                 continue
-            base, _, suffix = hf_name.rpartition(".")
-            name = names.get_name(base)
+            name, suffix = _gguf_name(names, hf_name)
             if name is None:
-                raise GGUFExportError(f"weight '{hf_name}' has no GGUF name for '{arch}': GGUF "
-                                      "cannot hold it; export a transformers folder instead")
-            w = t.detach().to(torch.float32).cpu().numpy()
-            if arch == "llama" and name.endswith(("attn_q", "attn_k")) and suffix == "weight":
-                heads = cfg.num_attention_heads if name.endswith("attn_q") \
-                    else cfg.num_key_value_heads
-                w = _llama_permute(w, heads)
-            if arch in _GEMMA and name.endswith("norm") and suffix == "weight":
-                w = w + 1.0
+                raise GGUFExportError(f"weight '{hf_name}' has no GGUF name for '{fam.arch}': "
+                                      "GGUF cannot hold it; export a transformers folder instead")
+            w = _convert(t.detach().to(torch.float32).cpu().numpy(), name, suffix, fam, cfg)
             out.append((f"{name}.{suffix}", np.ascontiguousarray(w)))
     return out
 
@@ -170,30 +265,55 @@ def _check_rope(cfg: Any) -> None:
                                   "transformers: export a transformers folder instead")
 
 
-def _hyperparameters(w: Any, cfg: Any, arch: str, num_layers: int) -> None:
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+def _first(cfg: Any, *attrs: str) -> Any:
+    """The first of these config fields that is set (families name the same thing apart)."""
+    return next((getattr(cfg, a) for a in attrs if getattr(cfg, a, None) is not None), None)
+
+
+def _head_dim(cfg: Any) -> int:
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
+def _rotary_dims(cfg: Any) -> int:
+    """Rotated dimensions per head: head_dim times the partial rotary factor (Phi-3: 1.0)."""
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    factor = rp.get("partial_rotary_factor") if isinstance(rp, dict) else None
+    factor = factor or getattr(cfg, "partial_rotary_factor", None) or 1.0
+    return int(_head_dim(cfg) * factor)
+
+
+def _hyperparameters(w: Any, cfg: Any, fam: GGUFFamily, num_layers: int) -> None:
     w.add_context_length(int(cfg.max_position_embeddings))
     w.add_embedding_length(int(cfg.hidden_size))
     w.add_block_count(num_layers)
-    w.add_feed_forward_length(int(cfg.intermediate_size))
+    # the FFN width: intermediate_size, or GPT-2's n_inner (None: 4 * hidden)
+    w.add_feed_forward_length(int(_first(cfg, "intermediate_size", "n_inner")
+                                  or 4 * cfg.hidden_size))
     w.add_head_count(int(cfg.num_attention_heads))
-    w.add_head_count_kv(int(cfg.num_key_value_heads))
-    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    w.add_key_length(int(head_dim))
-    w.add_value_length(int(head_dim))
-    w.add_rope_dimension_count(int(head_dim))
+    w.add_head_count_kv(int(_first(cfg, "num_key_value_heads", "num_attention_heads")))
+    eps = float(_first(cfg, "rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_eps"))
+    (w.add_layer_norm_rms_eps if fam.norm == "rms" else w.add_layer_norm_eps)(eps)
+    w.add_key_length(_head_dim(cfg))
+    w.add_value_length(_head_dim(cfg))
     w.add_vocab_size(int(cfg.vocab_size))
-    theta = _rope_theta(cfg)
-    if theta is not None:
-        w.add_rope_freq_base(theta)
-    if arch in _GEMMA:
+    if fam.rope:
+        w.add_rope_dimension_count(_rotary_dims(cfg))
+        theta = _rope_theta(cfg)
+        if theta is not None:
+            w.add_rope_freq_base(theta)
+    if fam.sliding and getattr(cfg, "sliding_window", None):
+        w.add_sliding_window(int(cfg.sliding_window))
+    if fam.sliding == "pattern":
         local = _rope_theta(cfg, "sliding_attention")
         if local is not None:
             w.add_rope_freq_base_swa(local)
-        if getattr(cfg, "sliding_window", None):
-            w.add_sliding_window(int(cfg.sliding_window))
         types = getattr(cfg, "layer_types", None) or []
         w.add_sliding_window_pattern([t == "sliding_attention" for t in types])
+    if fam.softcap:
+        for value, add in ((cfg.attn_logit_softcapping, w.add_attn_logit_softcapping),
+                           (cfg.final_logit_softcapping, w.add_final_logit_softcapping)):
+            if value is not None:
+                add(float(value))
 
 
 def _copy_tokenizer(w: Any, path: Path) -> int:
@@ -273,21 +393,25 @@ def _build_tokenizer(w: Any, tok: Any) -> str:
 # Config fields that must come back from the GGUF header as the variant has them.
 # (tie_word_embeddings is not among them: a reader infers it from the absence of output.weight,
 # which the writer leaves out exactly when the model ties its head.)
+# Per-family fields (Gemma's soft-capping, GPT-2's n_inner) are GGUFFamily.checked.
 _CHECKED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
-            "num_key_value_heads", "vocab_size", "max_position_embeddings",
-            "layer_types", "sliding_window", "query_pre_attn_scalar", "final_logit_softcapping",
-            "attn_logit_softcapping", "head_dim", "attention_bias")
+            "num_key_value_heads", "vocab_size", "max_position_embeddings", "head_dim",
+            "layer_types", "sliding_window", "use_sliding_window", "attention_bias", "mlp_bias",
+            "hidden_act", "hidden_activation", "activation_function")
 
 
-def _check_header(path: Path, variant: Variant) -> None:
+def _check_header(path: Path, variant: Variant, fam: GGUFFamily) -> None:
     """Refuse when transformers' GGUF reader would rebuild a config unlike the variant's."""
     from transformers import AutoConfig
 
     got = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     with variant.applied() as model:
         want = model.config
-        pairs = [(k, getattr(want, k, None), getattr(got, k, None)) for k in _CHECKED]
-        pairs.append(("rope_theta", _rope_theta(want), _rope_theta(got)))
+        pairs = [(k, getattr(want, k, None), getattr(got, k, None))
+                 for k in _CHECKED + fam.checked]
+        if fam.rope:
+            pairs.append(("rope_theta", _rope_theta(want), _rope_theta(got)))
+            pairs.append(("rotary dimensions", _rotary_dims(want), _rotary_dims(got)))
         if getattr(want, "layer_types", None) and "sliding_attention" in want.layer_types:
             pairs.append(("local rope_theta", _rope_theta(want, "sliding_attention"),
                           _rope_theta(got, "sliding_attention")))
@@ -320,7 +444,7 @@ def _gguf_target(out: str | os.PathLike, root: str | os.PathLike | None) -> Path
     return safe_output_path(name, output_root(root))
 
 
-def _write_metadata(w: Any, variant: Variant, arch: str, quant: str, recipe: Recipe,
+def _write_metadata(w: Any, variant: Variant, fam: GGUFFamily, quant: str, recipe: Recipe,
                     source: Path | None) -> tuple[str, list[str]]:
     """Every key-value pair of the file; returns (tokenizer note, notes)."""
     import gguf
@@ -332,7 +456,7 @@ def _write_metadata(w: Any, variant: Variant, arch: str, quant: str, recipe: Rec
                         else gguf.LlamaFileType.MOSTLY_Q8_0))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     with variant.applied() as model:
-        _hyperparameters(w, model.config, arch, variant.num_layers)
+        _hyperparameters(w, model.config, fam, variant.num_layers)
     if source is not None:
         tok_note = f"copied from {source.name} ({_copy_tokenizer(w, source)} keys)"
     else:
@@ -370,7 +494,7 @@ def export_gguf(variant: Variant, out: str | os.PathLike, *, quant: str = "f16",
         raise GGUFExportError(f"unknown GGUF quantization '{quant}'; use one of: "
                               + ", ".join(QUANTS))
     lm = variant.lm
-    arch = gguf_arch(lm)
+    fam = gguf_family(lm)
     _check_standard_layers(variant)
     _check_rope(lm.config)
     target = _gguf_target(out, root)
@@ -387,17 +511,17 @@ def export_gguf(variant: Variant, out: str | os.PathLike, *, quant: str = "f16",
     try:
         # 1. The header alone (no tensors): what would a reader make of it? Refuse before the
         #    weights are converted if that is not the variant.
-        w = gguf.GGUFWriter(str(tmp), arch)
-        tok_note, notes = _write_metadata(w, variant, arch, quant, recipe, source)
+        w = gguf.GGUFWriter(str(tmp), fam.arch)
+        tok_note, notes = _write_metadata(w, variant, fam, quant, recipe, source)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        _check_header(tmp, variant)
+        _check_header(tmp, variant, fam)
         # 2. The file itself.
-        tensors = _tensors(variant, arch)
-        w = gguf.GGUFWriter(str(tmp), arch)
-        _write_metadata(w, variant, arch, quant, recipe, source)
+        tensors = _tensors(variant, fam)
+        w = gguf.GGUFWriter(str(tmp), fam.arch)
+        _write_metadata(w, variant, fam, quant, recipe, source)
         for k, (name, arr) in enumerate(tensors):
             data, qtype = _encode(arr, quant)
             w.add_tensor(name, data, raw_dtype=qtype)
@@ -417,6 +541,6 @@ def export_gguf(variant: Variant, out: str | os.PathLike, *, quant: str = "f16",
         raise
     if progress:
         progress(Event("GGUF", 1.0, note=f"wrote {target.name}"))
-    return GGUFResult(path=str(target), arch=arch, quant=quant, num_layers=variant.num_layers,
+    return GGUFResult(path=str(target), arch=fam.arch, quant=quant, num_layers=variant.num_layers,
                       tensors=len(tensors), bytes=target.stat().st_size, tokenizer=tok_note,
                       notes=notes)

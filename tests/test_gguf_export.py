@@ -4,15 +4,17 @@ is refused in one line."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from explorer import cli, load_model, perplexity
-from explorer.gguf_export import GGUFExportError, export_gguf
+from explorer.gguf_export import GGUF_FAMILIES, GGUFExportError, export_gguf
 from explorer.variant import Variant
 
 TOLERANCE = {"f16": 0.01, "q8_0": 0.02}      # relative perplexity change allowed
@@ -33,21 +35,94 @@ def reader_layers(path) -> int:
     return model.config.num_hidden_layers
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_tiny_round_trip(model_type, tiny_factory, sample_text, cache):
-    lm = load_model(str(tiny_factory(model_type, num_layers=4)))
-    variant = Variant.identity(lm).drop([1])
-    want = perplexity(lm, sample_text, variant=variant, seqlen=64, max_tokens=1024).ppl
-    for quant, tol in TOLERANCE.items():
-        r = export_gguf(variant, cache / f"{model_type}-{quant}.gguf", quant=quant)
-        path = cache / f"{model_type}-{quant}.gguf"
-        assert r.path == str(path) and r.num_layers == 3 and reader_layers(path) == 3
-        back = load_model(str(path))                 # transformers' GGUF reader, then our loader
-        assert back.num_layers == 3
-        assert back.tokenizer(sample_text[:300])["input_ids"] == \
-            lm.tokenizer(sample_text[:300])["input_ids"]
-        got = perplexity(back, sample_text, seqlen=64, max_tokens=1024).ppl
-        assert abs(got / want - 1) < tol, (quant, got, want)
+# model_type -> (layers dropped from 4, config overrides). Every family GGUF export supports is
+# here (test_every_family_is_tested). The overrides set what transformers' GGUF reader rebuilds
+# from a config default instead of the file (any other value is refused, test_header_refusals).
+FAMILIES = {
+    "llama": ([1], {}),
+    "mistral": ([1], {}),               # written as llama.cpp's "llama", read back as Llama
+    "qwen2": ([1], {}),
+    "qwen3": ([1], {"head_dim": 128}),  # the reader's Qwen3 head_dim is the default 128
+    "phi3": ([1], {}),                  # fused qkv_proj / gate_up_proj
+    "gemma2": ([1, 2], {}),             # a pair: the local/global alternation stays in place
+    "gemma3_text": ([1], {}),
+    "gpt2": ([1], {"n_positions": 1024}),  # the reader's GPT-2 n_positions is the default 1024
+}
+
+
+def reader_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                dtype=torch.float32)
+
+
+def variant_logits(variant, ids):
+    """(the variant's logits, the same with every matrix rounded through f16): what an f16 file
+    holds, computed without it. A copy is rounded; the loaded model is never modified."""
+    with torch.no_grad(), variant.applied() as model:
+        want = model(ids).logits
+        rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            if p.dim() >= 2:                  # matrices are F16 in the file, norms/biases F32
+                p.copy_(p.half().float())
+        return want, rounded(ids).logits
+
+
+def test_every_family_is_tested():
+    """Every written family has a round trip below; every family names a llama.cpp arch, and the
+    ones refused for want of a reader indeed have none in the installed transformers."""
+    from gguf import MODEL_ARCH_NAMES
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    assert set(FAMILIES) == {mt for mt, fam in GGUF_FAMILIES.items() if not fam.unreadable}
+    for mt, fam in GGUF_FAMILIES.items():
+        assert fam.arch in MODEL_ARCH_NAMES.values(), mt
+        if "no GGUF reader" in fam.unreadable:
+            assert fam.arch not in GGUF_SUPPORTED_ARCHITECTURES, mt
+
+
+def window_ppl(model, ids) -> float:
+    """Perplexity of next-token prediction over windows `ids` (b, T), from the plain forward."""
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1]
+    return float(torch.exp(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           ids[:, 1:].reshape(-1))))
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_family_round_trip(model_type, tiny_factory, sample_text, cache):
+    """f16: transformers' reader rebuilds the variant with its matrices rounded to f16, logit for
+    logit (within 1e-5; the f16 rounding itself moves them by under 2e-3); q8_0: the perplexity
+    within 2%; the reader's tokenizer encodes as the original."""
+    from transformers import AutoTokenizer
+
+    drop, overrides = FAMILIES[model_type]
+    lm = load_model(str(tiny_factory(model_type, num_layers=4, **overrides)))
+    variant = Variant.identity(lm).drop(drop)
+    ids = torch.randint(3, 250, (2, 40), generator=torch.Generator().manual_seed(0))
+    want, rounded = variant_logits(variant, ids)
+    path = cache / f"{model_type}-f16.gguf"
+    export_gguf(variant, path)
+    back = reader_model(path)
+    assert back.config.num_hidden_layers == 4 - len(drop)
+    with torch.no_grad():
+        got = back(ids).logits
+    assert float((got - rounded).abs().max()) < 1e-5
+    assert float((got - want).abs().max()) < 2e-3
+
+    text = lm.tokenizer(sample_text)["input_ids"]
+    windows = torch.tensor(text[:512]).reshape(8, 64)
+    with variant.applied() as model:
+        ppl = window_ppl(model, windows)
+    path = cache / f"{model_type}-q8_0.gguf"
+    r = export_gguf(variant, path, quant="q8_0")
+    assert r.num_layers == 4 - len(drop) and load_model(str(path)).num_layers == r.num_layers
+    got = window_ppl(reader_model(path), windows)
+    assert abs(got / ppl - 1) < TOLERANCE["q8_0"], (got, ppl)
+    tok = AutoTokenizer.from_pretrained(str(cache), gguf_file=path.name)
+    assert tok(sample_text[:300])["input_ids"] == lm.tokenizer(sample_text[:300])["input_ids"]
 
 
 def test_gemma3_round_trip_and_layer_pattern(tiny_factory, cache):
@@ -77,9 +152,6 @@ def test_what_gguf_cannot_carry_is_refused(tiny_factory, tmp_path):
     linear = Variant.identity(lm).replace([1, 2], nn.Linear(32, 32), "linear(1,2)")
     with pytest.raises(GGUFExportError, match="standard decoder layer"):
         export_gguf(linear, tmp_path / "lin.gguf")
-    gpt2 = load_model(str(tiny_factory("gpt2", num_layers=2)))
-    with pytest.raises(GGUFExportError, match="'gpt2': export a transformers folder"):
-        export_gguf(Variant.identity(gpt2), tmp_path / "gpt2.gguf")
     with pytest.raises(GGUFExportError, match="unknown GGUF quantization"):
         export_gguf(Variant.identity(lm), tmp_path / "q.gguf", quant="q4_k")
     blocker = tmp_path / "a-file"
@@ -87,6 +159,31 @@ def test_what_gguf_cannot_carry_is_refused(tiny_factory, tmp_path):
     with pytest.raises(Exception, match="could not write"):
         export_gguf(Variant.identity(lm), blocker / "x.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]     # nothing half-written
+
+
+@pytest.mark.parametrize("model_type", ["gpt_neox", "mixtral"])
+def test_unreadable_family_is_refused(model_type, tiny_factory, tmp_path):
+    """A family transformers' GGUF reader cannot rebuild is refused in one line, nothing written."""
+    lm = load_model(str(tiny_factory(model_type, num_layers=2)))
+    with pytest.raises(GGUFExportError, match=f"'{model_type}' \\(") as err:
+        export_gguf(Variant.identity(lm), tmp_path / "x.gguf")
+    assert "\n" not in str(err.value) and "export a transformers folder" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model_type, overrides, field", [
+    ("qwen3", {"head_dim": 8}, "head_dim"),                 # the reader's Qwen3 head_dim: 128
+    ("gpt2", {"n_positions": 512}, "max_position_embeddings"),
+    ("gemma2", {"query_pre_attn_scalar": 8}, "query_pre_attn_scalar"),
+    ("mistral", {"sliding_window": 16}, "sliding_window"),  # Llama has none
+])
+def test_header_refusals(model_type, overrides, field, tiny_factory, tmp_path):
+    """A setting the reader would rebuild otherwise (from its config class's default) is refused
+    before any tensor is written."""
+    lm = load_model(str(tiny_factory(model_type, num_layers=2, **overrides)))
+    with pytest.raises(GGUFExportError, match=f"cannot carry this model's {field}"):
+        export_gguf(Variant.identity(lm), tmp_path / "x.gguf")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_gguf_and_one_line_errors(tiny_factory, tmp_path, capsys):
