@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +33,21 @@ _COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
 # MoE sizes under the names families use for them: 4 experts, top-2, small experts.
 _MOE = dict(num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2,
             moe_intermediate_size=32, shared_expert_intermediate_size=32,
-            expert_intermediate_size=32, moe_topk=2)
+            expert_intermediate_size=32, moe_topk=2, num_experts_per_token=2,
+            n_group=1, topk_group=1, num_expert_group=1)  # 1 group: any expert count divides
+
+# Multi-head latent attention (DeepSeek-style) ranks; head_dim follows qk_rope_head_dim there.
+_MLA = dict(kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
+            v_head_dim=16, index_topk=8, index_head_dim=16, index_n_heads=2)
 
 # Mixed sliding / full attention over the 4 layers, for families that take `layer_types`.
 _SWA_MIX = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+
+_DENSE_SPARSE = ["dense", "sparse", "sparse", "sparse"]
+_MAMBA_HYBRID = ["linear_attention", "hybrid", "linear_attention", "hybrid"]
+_LIN_FULL = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
+# Mamba-2 mixers sized to hidden 64: heads * head size == expand * hidden.
+_MAMBA2 = dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=16)
 
 # Per-family NON-default settings over _COMMON (and _MOE). A comment says why where not obvious.
 OVERRIDES: dict[str, dict] = {
@@ -58,6 +70,10 @@ OVERRIDES: dict[str, dict] = {
     "granitemoeshared": dict(embedding_multiplier=12.0, residual_multiplier=0.22,
                              attention_multiplier=0.0078125, logits_scaling=8.0),
     "cohere": dict(logit_scale=0.125),
+    # Its rope_parameters are per layer type and the default ({}) names none.
+    "cohere_compass_text": dict(logit_scale=0.125, sliding_window=16, layer_types=_SWA_MIX,
+                                rope_parameters={t: dict(rope_type="default", rope_theta=1e4)
+                                                 for t in set(_SWA_MIX)}),
     "cohere2": dict(logit_scale=0.125, sliding_window=16, layer_types=_SWA_MIX),
     "gemma": dict(),
     "gemma2": dict(sliding_window=16, layer_types=_SWA_MIX, attn_logit_softcapping=50.0,
@@ -88,6 +104,65 @@ OVERRIDES: dict[str, dict] = {
     "stablelm": dict(partial_rotary_factor=0.25),
     "gptj": dict(rotary_dim=8),
     "starcoder2": dict(sliding_window=16),
+    "codegen": dict(rotary_dim=8),  # default 64 > head size 16
+    # MoE on layers 1-3 (mlp_layer_types), layer 0 dense; these take the MLA ranks of _MLA.
+    "axk1": dict(mlp_layer_types=_DENSE_SPARSE),
+    "axk2": dict(mlp_layer_types=_DENSE_SPARSE, num_key_value_heads=4),
+    "deepseek_v32": dict(mlp_layer_types=_DENSE_SPARSE, first_k_dense_replace=1,
+                         num_key_value_heads=4),
+    "glm4_moe_lite": dict(mlp_layer_types=_DENSE_SPARSE),
+    "glm_moe_dsa": dict(mlp_layer_types=_DENSE_SPARSE, first_k_dense_replace=1,
+                        num_key_value_heads=4),
+    # Its sliding layers are plain attention: head_dim = qk_nope_head_dim + qk_rope_head_dim.
+    "dots3_note_text": dict(mlp_layer_types=_DENSE_SPARSE, num_key_value_heads=4, head_dim=16,
+                            sliding_window=16, per_layer_config={},
+                            layer_types=["indexed_attention", "sliding_attention",
+                                         "sliding_attention", "indexed_attention"]),
+    # Hybrids: linear attention (or Mamba) layers with full attention on layers 1 and 3.
+    "bailing_hybrid": dict(layer_types=_LIN_FULL, mlp_layer_types=_DENSE_SPARSE,
+                           first_k_dense_replace=1, linear_head_dim=16, linear_num_heads=4,
+                           num_shared_experts=1, layer_group_size=2),
+    "kimi_linear": dict(layer_types=_LIN_FULL, mlp_layer_types=_DENSE_SPARSE,
+                        linear_head_dim=16, linear_num_heads=4, num_shared_experts=1),
+    "bamba": dict(attn_layer_indices=[1, 3], **_MAMBA2),
+    "granitemoehybrid": dict(layer_types=["mamba", "attention", "mamba", "attention"],
+                             embedding_multiplier=12.0, residual_multiplier=0.22,
+                             attention_multiplier=0.0078125, logits_scaling=8.0,
+                             shared_intermediate_size=32, **_MAMBA2),
+    "beam": dict(sliding_window=16, layer_types=_SWA_MIX, mlp_layer_types=_DENSE_SPARSE),
+    "dots1": dict(n_shared_experts=1, first_k_dense_replace=1, use_sliding_window=True,
+                  sliding_window=16, layer_types=_SWA_MIX),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention", "conv", "full_attention"],
+                     num_dense_layers=1),
+    "gpt_neo": dict(num_layers=4, num_heads=4, attention_types=[[["global", "local"], 2]],
+                    window_size=16),
+    "mamba2": dict(num_heads=8, head_dim=16, n_groups=1, state_size=16, chunk_size=16,
+                   time_step_rank=8),  # num_heads * head_dim == expand * hidden
+    "dbrx": dict(d_model=64, n_heads=4, n_layers=4, max_seq_len=512,
+                 # clip_qkv set: with None, DbrxAttention calls clamp(None, None) and fails.
+                 attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                 ffn_config=dict(ffn_hidden_size=128, moe_num_experts=4, moe_top_k=2)),
+    "gemma3n_text": dict(layer_types=_SWA_MIX, sliding_window=16, num_kv_shared_layers=2,
+                         intermediate_size=[128] * 4, activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0],
+                         hidden_size_per_layer_input=16, vocab_size_per_layer_input=VOCAB,
+                         laurel_rank=8, altup_num_inputs=2),
+    # qk_dim_factor 0.5 (default) fails in the native chunkwise kernel (matC_old shape) when
+    # the sequence spans several chunks; 1.0 with chunk 8 keeps 3 chunks for 24 tokens.
+    "xlstm": dict(embedding_dim=64, num_blocks=4, num_heads=4, chunk_size=8, qk_dim_factor=1.0),
+    # Zamba ties one shared attention block into every "hybrid" layer: it needs two of them.
+    "zamba": dict(layers_block_type=_MAMBA_HYBRID, attention_hidden_size=128,
+                  attention_head_dim=32, mamba_dt_rank=8, n_mamba_heads=2),
+    "zamba2": dict(layers_block_type=_MAMBA_HYBRID, attention_hidden_size=128,
+                   attention_head_dim=32,
+                   mamba_headdim=16, n_mamba_heads=8, kv_channels=16, num_query_groups=4,
+                   adapter_rank=8, chunk_size=16, mamba_d_state=16),
+    "zaya": dict(router_hidden_size=32, num_experts_per_tok=1),  # ZAYA allows top-1 only
+    "qwen4_exp_text": dict(layer_types=["linear_attention", "indexed_attention",
+                                        "linear_attention", "indexed_attention"],
+                           linear_num_value_heads=4, linear_num_key_heads=2,
+                           linear_key_head_dim=16, linear_value_head_dim=16, hc_lowrank=16,
+                           ple_embed_dim=64, indexer_n_heads=2, indexer_kv_heads=1,
+                           indexer_head_dim=16, indexer_budget=16, indexer_compress_ratio=4),
 }
 
 
@@ -115,6 +190,9 @@ _HAND_EXCLUDED: dict[str, str] = {
     "xlm": "masked/translation LM (XLM) with a causal option; an encoder family",
     "reformer": "LSH/chunked attention encoder-style LM; layers are reversible pairs",
     "blt": "byte latent transformer: patcher/encoder/global/decoder sub-models, no layer stack",
+    "hrm_text": "hierarchical recurrent model: layer stacks re-run for H/L cycles, no flat stack",
+    "longcat_flash": "each layer module holds two attention sublayers (num_hidden_layers = 2 x "
+                     "modules), so no 4-module stack has num_hidden_layers == 4",
     "phi4_multimodal": "multimodal (audio/vision LoRA adapters) wrapper around a phi3 decoder",
 }
 
@@ -134,7 +212,8 @@ def _computed_reason(model_type: str) -> str | None:
     if "is_decoder" in names and "add_cross_attention" in names:
         return "bidirectional encoder (BERT-style) run as a decoder via is_decoder=True"
     try:
-        default = cls()
+        with _quiet():
+            default = cls()
     except Exception as e:  # noqa: BLE001 - the reason is the point
         return f"default config does not build: {_short(e)}"
     if default.is_encoder_decoder:
@@ -142,6 +221,18 @@ def _computed_reason(model_type: str) -> str | None:
     if getattr(default, "num_hidden_layers", None) is None:
         return "config has no num_hidden_layers (no single decoder layer stack)"
     return None
+
+
+@contextmanager
+def _quiet():
+    """Silence transformers' config warnings (default token ids outside a default vocab...)."""
+    from transformers.utils import logging
+    before = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
 
 
 def _short(e: BaseException, n: int = 120) -> str:
@@ -178,7 +269,9 @@ def tiny_config(model_type: str):
 
     cls = _config_cls(model_type)
     names = _fields(cls)
-    kwargs = {k: v for k, v in {**_COMMON, **_MOE}.items() if k in names}
+    kwargs = {k: v for k, v in {**_COMMON, **_MOE, **_MLA}.items() if k in names}
+    if "kv_lora_rank" in names and "head_dim" in names:
+        kwargs["head_dim"] = _MLA["qk_rope_head_dim"]  # MLA: rotary part of the head
     kwargs.update(OVERRIDES.get(model_type, {}))
     config = AutoConfig.for_model(model_type, **kwargs)
     if config.num_hidden_layers != NUM_LAYERS:

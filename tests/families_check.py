@@ -75,6 +75,9 @@ def main() -> int:
     ap.add_argument("--all", action="store_true", help="also retry the build-failure exclusions")
     ap.add_argument("--trace", action="store_true", help="print tracebacks")
     args = ap.parse_args()
+    from transformers.utils import logging
+    logging.set_verbosity_error()  # config warnings about default token ids are noise here
+    logging.disable_progress_bar()
     torch.set_num_threads(1)  # small models; threads only add contention on shared cores
 
     types = list(families.INCLUDED)
