@@ -36,6 +36,20 @@ _MOE = dict(num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_
             expert_intermediate_size=32, moe_topk=2, num_experts_per_token=2,
             n_group=1, topk_group=1, num_expert_group=1)  # 1 group: any expert count divides
 
+# Windows small enough that the 24-token check batch crosses them (defaults of 512-4096 would
+# make sliding / chunked layers behave exactly like full ones: a default that hides bugs).
+_WINDOWS = dict(sliding_window=16, sliding_window_size=16, attention_chunk_size=16, window_size=16)
+
+# Other widths under family-specific names, so no family keeps a multi-million default block.
+_SIZES = dict(ffn_dim=128, dff=128, dim_ff=128, dense_intermediate_size=128,
+              shared_intermediate_size=32, moe_shared_expert_intermediate_size=32,
+              o_lora_rank=16, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=16,
+              swa_num_attention_heads=4, swa_num_key_value_heads=2, swa_head_dim=16,
+              linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
+              linear_value_head_dim=16, mamba_d_ssm=128, mamba_d_state=16, mamba_chunk_size=16,
+              ssm_state_size=16, mamba_num_heads=8, mamba_head_dim=16, moe_num_experts=4,
+              moe_topk=2, moe_num_shared_experts=1, word_embed_proj_dim=64)
+
 # Multi-head latent attention (DeepSeek-style) ranks; head_dim follows qk_rope_head_dim there.
 _MLA = dict(kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
             v_head_dim=16, index_topk=8, index_head_dim=16, index_n_heads=2)
@@ -150,7 +164,8 @@ OVERRIDES: dict[str, dict] = {
     # the sequence spans several chunks; 1.0 with chunk 8 keeps 3 chunks for 24 tokens.
     "xlstm": dict(embedding_dim=64, num_blocks=4, num_heads=4, chunk_size=8, qk_dim_factor=1.0),
     # Zamba ties one shared attention block into every "hybrid" layer: it needs two of them.
-    "zamba": dict(layers_block_type=_MAMBA_HYBRID, attention_hidden_size=128,
+    "zamba": dict(layers_block_type=_MAMBA_HYBRID, attn_layer_period=2, attn_layer_offset=1,
+                  attention_hidden_size=128,
                   attention_head_dim=32, mamba_dt_rank=8, n_mamba_heads=2),
     "zamba2": dict(layers_block_type=_MAMBA_HYBRID, attention_hidden_size=128,
                    attention_head_dim=32,
@@ -190,6 +205,7 @@ _HAND_EXCLUDED: dict[str, str] = {
     "xlm": "masked/translation LM (XLM) with a causal option; an encoder family",
     "reformer": "LSH/chunked attention encoder-style LM; layers are reversible pairs",
     "blt": "byte latent transformer: patcher/encoder/global/decoder sub-models, no layer stack",
+    "trocr": "the text decoder of an image-to-text encoder-decoder (cross-attention to pixels)",
     "hrm_text": "hierarchical recurrent model: layer stacks re-run for H/L cycles, no flat stack",
     "longcat_flash": "each layer module holds two attention sublayers (num_hidden_layers = 2 x "
                      "modules), so no 4-module stack has num_hidden_layers == 4",
@@ -207,6 +223,8 @@ def _computed_reason(model_type: str) -> str | None:
     if "text_config" in subs:
         text = getattr(subs["text_config"], "model_type", "?")
         return f"multimodal wrapper; its text decoder is the `{text}` type"
+    if any("vision" in s for s in subs):
+        return f"vision-language model (sub-configs {sorted(subs)})"
     if any("audio" in s or "vq" in s for s in subs) or "decoder" in subs:
         return f"audio/multimodal model with sub-configs {sorted(subs)}"
     if "is_decoder" in names and "add_cross_attention" in names:
@@ -269,14 +287,31 @@ def tiny_config(model_type: str):
 
     cls = _config_cls(model_type)
     names = _fields(cls)
-    kwargs = {k: v for k, v in {**_COMMON, **_MOE, **_MLA}.items() if k in names}
+    kwargs = {k: v for k, v in {**_COMMON, **_MOE, **_MLA, **_WINDOWS, **_SIZES}.items() if k in names}
     if "kv_lora_rank" in names and "head_dim" in names:
         kwargs["head_dim"] = _MLA["qk_rope_head_dim"]  # MLA: rotary part of the head
     kwargs.update(OVERRIDES.get(model_type, {}))
     config = AutoConfig.for_model(model_type, **kwargs)
     if config.num_hidden_layers != NUM_LAYERS:
         raise ValueError(f"{model_type}: num_hidden_layers={config.num_hidden_layers}")
+    _check_per_layer_lengths(model_type, config)
     return config
+
+
+def _check_per_layer_lengths(model_type: str, config) -> None:
+    """Every field that is per-layer in the family's default config (a list as long as its
+    num_hidden_layers) must be NUM_LAYERS long here too: a stale 32-long list would slip by."""
+    try:
+        with _quiet():
+            default = _config_cls(model_type)()
+    except Exception:  # noqa: BLE001 - no default to compare with
+        return
+    n = default.num_hidden_layers
+    for key, val in default.to_dict().items():
+        if isinstance(val, list) and len(val) == n != NUM_LAYERS:
+            got = getattr(config, key, None)  # None: derived from another field (lfm2 idxs)
+            if got is not None and not (isinstance(got, list) and len(got) == NUM_LAYERS):
+                raise ValueError(f"{model_type}: per-layer field {key} is not {NUM_LAYERS} long")
 
 
 def build(model_type: str, seed: int = 0):
@@ -299,8 +334,9 @@ def save_family(folder: Path, model_type: str, seed: int = 0) -> Path:
 # --- facts the generic per-layer code needs -----------------------------------------------------
 
 # Int fields whose name says they encode a per-layer pattern (period, offset, step...).
-_PATTERN_NAME = re.compile(r"period|offset|step|pattern|first_k|every|interval|freq|_replace|"
-                           r"window_layers|sparse|dense_layers|num_.*_layers$")
+_PATTERN_NAME = re.compile(r"period|offset|(?<!time_)step|pattern|first_k|every|interval|"
+                           r"_replace|window_layers|sparse|dense_layers|layer_group|"
+                           r"num_.*_layers$")
 # List fields that are layer-index lists (e.g. mlp_only_layers=[0, 2]) even when empty.
 _INDEX_NAME = re.compile(r"(_layers|_idxs|_indices|_layer_ids)$")
 
