@@ -13,6 +13,7 @@ tests/families_check.py builds, saves and reloads every included family with pla
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ _MLA = dict(kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_di
 _SWA_MIX = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
 
 _DENSE_SPARSE = ["dense", "sparse", "sparse", "sparse"]
+_HYB_MIX = ["hybrid_sliding", "hybrid", "hybrid_sliding", "hybrid"]
 _MAMBA_HYBRID = ["linear_attention", "hybrid", "linear_attention", "hybrid"]
 _LIN_FULL = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
 # Mamba-2 mixers sized to hidden 64: heads * head size == expand * hidden.
@@ -74,7 +76,8 @@ OVERRIDES: dict[str, dict] = {
     "qwen2": dict(use_sliding_window=True, sliding_window=16, layer_types=_SWA_MIX),
     "qwen3": dict(use_sliding_window=True, sliding_window=16, layer_types=_SWA_MIX),
     # MoE on layers 1 and 3 only: decoder_sparse_step=1 with mlp_only_layers=[0, 2] (dense).
-    "qwen2_moe": dict(decoder_sparse_step=1, mlp_only_layers=[0, 2]),
+    "qwen2_moe": dict(decoder_sparse_step=1, mlp_only_layers=[0, 2], use_sliding_window=True,
+                      layer_types=_SWA_MIX),
     # Every 2nd layer sparse (layers 1, 3: (k + 1) % step == 0), layer 3 forced dense too.
     "qwen3_moe": dict(decoder_sparse_step=2, mlp_only_layers=[3]),
     "granite": dict(embedding_multiplier=12.0, residual_multiplier=0.22,
@@ -171,7 +174,16 @@ OVERRIDES: dict[str, dict] = {
                    attention_head_dim=32,
                    mamba_headdim=16, n_mamba_heads=8, kv_channels=16, num_query_groups=4,
                    adapter_rank=8, chunk_size=16, mamba_d_state=16),
-    "zaya": dict(router_hidden_size=32, num_experts_per_tok=1),  # ZAYA allows top-1 only
+    # Both attention kinds and a dense layer 0 where the default 4-layer config has one kind.
+    "kolibri1": dict(layer_types=_SWA_MIX),
+    "laguna": dict(layer_types=_SWA_MIX),
+    "mellum": dict(layer_types=_SWA_MIX, mlp_layer_types=_DENSE_SPARSE),
+    "minimax_m3_vl_text": dict(mlp_layer_types=_DENSE_SPARSE),  # no sliding attention there
+    "cohere2_moe": dict(logit_scale=0.125, mlp_layer_types=_DENSE_SPARSE),
+    "inkling_text": dict(layer_types=_HYB_MIX, mlp_layer_types=_DENSE_SPARSE),
+    "inkling2_text": dict(layer_types=_HYB_MIX),
+    "zaya": dict(router_hidden_size=32, num_experts_per_tok=1,  # ZAYA allows top-1 only
+                 layer_types=["hybrid", "hybrid_sliding", "hybrid", "hybrid_sliding"]),
     "qwen4_exp_text": dict(layer_types=["linear_attention", "indexed_attention",
                                         "linear_attention", "indexed_attention"],
                            linear_num_value_heads=4, linear_num_key_heads=2,
@@ -200,16 +212,14 @@ def _mapping() -> dict[str, str]:
 
 # Reasons that no config field states. Keep each to one short sentence.
 _HAND_EXCLUDED: dict[str, str] = {
-    "moshi": "speech-text model: its causal LM is the text part of an audio codec model",
     "xlnet": "permutation LM with two-stream attention; not a causal decoder stack",
     "xlm": "masked/translation LM (XLM) with a causal option; an encoder family",
     "reformer": "LSH/chunked attention encoder-style LM; layers are reversible pairs",
-    "blt": "byte latent transformer: patcher/encoder/global/decoder sub-models, no layer stack",
     "trocr": "the text decoder of an image-to-text encoder-decoder (cross-attention to pixels)",
-    "hrm_text": "hierarchical recurrent model: layer stacks re-run for H/L cycles, no flat stack",
+    "hrm_text": "num_hidden_layers counts cache slots (stack x H_cycles x (L_cycles+1)): the "
+                "stack is re-run per cycle; a 4-slot config fails (IndexError in the cache)",
     "longcat_flash": "each layer module holds two attention sublayers (num_hidden_layers = 2 x "
                      "modules), so no 4-module stack has num_hidden_layers == 4",
-    "phi4_multimodal": "multimodal (audio/vision LoRA adapters) wrapper around a phi3 decoder",
 }
 
 
@@ -349,6 +359,8 @@ class FamilyFacts:
     layer_classes: list[str]         # distinct decoder layer classes, in order of first use
     heterogeneous: bool              # layers differ in class or in their children's classes
     moe: bool                        # some layer holds experts
+    moe_layers: list[int] = field(default_factory=list)   # indices of the layers with experts
+    layer_kinds: list[int] = field(default_factory=list)  # per layer: index of its structure
     per_layer_fields: dict[str, list] = field(default_factory=dict)   # len == num_hidden_layers
     index_fields: dict[str, list] = field(default_factory=dict)       # lists of layer indices
     pattern_fields: dict[str, int] = field(default_factory=dict)      # period/offset/step ints
@@ -396,9 +408,19 @@ def facts(model) -> FamilyFacts:
     path = layers_path(model, config.num_hidden_layers)
     layers = list(model.get_submodule(path))
     classes = list(dict.fromkeys(type(layer).__name__ for layer in layers))
+    kinds = list(dict.fromkeys(_signature(x) for x in layers))
     per_layer, index, pattern = config_layer_fields(config, config.num_hidden_layers)
     return FamilyFacts(
         model_type=config.model_type, model_class=type(model).__name__, layers_path=path,
-        layer_classes=classes, heterogeneous=len({_signature(x) for x in layers}) > 1,
-        moe=any(_is_moe(x) for x in layers), per_layer_fields=per_layer, index_fields=index,
+        layer_classes=classes, heterogeneous=len(kinds) > 1,
+        moe=any(_is_moe(x) for x in layers),
+        moe_layers=[k for k, x in enumerate(layers) if _is_moe(x)],
+        layer_kinds=[kinds.index(_signature(x)) for x in layers],
+        per_layer_fields=per_layer, index_fields=index,
         pattern_fields=pattern, params=sum(p.numel() for p in model.parameters()))
+
+
+@functools.cache
+def family_facts(model_type: str) -> FamilyFacts:
+    """FamilyFacts of the tiny `model_type` model, built once (about 0.1 s a family)."""
+    return facts(build(model_type))
