@@ -160,7 +160,8 @@ OVERRIDES: dict[str, dict] = {
                  attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
                  ffn_config=dict(ffn_hidden_size=128, moe_num_experts=4, moe_top_k=2)),
     "gemma3n_text": dict(layer_types=_SWA_MIX, sliding_window=16, num_kv_shared_layers=2,
-                         intermediate_size=[128] * 4, activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0],
+                         intermediate_size=[128] * 4,
+                         activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0],
                          hidden_size_per_layer_input=16, vocab_size_per_layer_input=VOCAB,
                          laurel_rank=8, altup_num_inputs=2),
     # qk_dim_factor 0.5 (default) fails in the native chunkwise kernel (matC_old shape) when
@@ -184,6 +185,8 @@ OVERRIDES: dict[str, dict] = {
     "inkling2_text": dict(layer_types=_HYB_MIX),
     "zaya": dict(router_hidden_size=32, num_experts_per_tok=1,  # ZAYA allows top-1 only
                  layer_types=["hybrid", "hybrid_sliding", "hybrid", "hybrid_sliding"]),
+    # MoE on layers 1 and 3 only (moe_layers derived from the step); chunked attention 16.
+    "llama4_text": dict(interleave_moe_layer_step=2, intermediate_size_mlp=128),
     "qwen4_exp_text": dict(layer_types=["linear_attention", "indexed_attention",
                                         "linear_attention", "indexed_attention"],
                            linear_num_value_heads=4, linear_num_key_heads=2,
@@ -245,7 +248,7 @@ def _computed_reason(model_type: str) -> str | None:
     except Exception as e:  # noqa: BLE001 - the reason is the point
         return f"default config does not build: {_short(e)}"
     if default.is_encoder_decoder:
-        return "encoder-decoder model (config.is_encoder_decoder); its causal LM is the decoder half"
+        return "encoder-decoder model (config.is_encoder_decoder); its causal LM is the decoder"
     if getattr(default, "num_hidden_layers", None) is None:
         return "config has no num_hidden_layers (no single decoder layer stack)"
     return None
@@ -297,7 +300,8 @@ def tiny_config(model_type: str):
 
     cls = _config_cls(model_type)
     names = _fields(cls)
-    kwargs = {k: v for k, v in {**_COMMON, **_MOE, **_MLA, **_WINDOWS, **_SIZES}.items() if k in names}
+    shared = {**_COMMON, **_MOE, **_MLA, **_WINDOWS, **_SIZES}
+    kwargs = {k: v for k, v in shared.items() if k in names}
     if "kv_lora_rank" in names and "head_dim" in names:
         kwargs["head_dim"] = _MLA["qk_rope_head_dim"]  # MLA: rotary part of the head
     kwargs.update(OVERRIDES.get(model_type, {}))
@@ -320,7 +324,8 @@ def _check_per_layer_lengths(model_type: str, config) -> None:
     for key, val in default.to_dict().items():
         if isinstance(val, list) and len(val) == n != NUM_LAYERS:
             got = getattr(config, key, None)  # None: derived from another field (lfm2 idxs)
-            if got is not None and not (isinstance(got, list) and len(got) == NUM_LAYERS):
+            if got is not None and not (isinstance(got, list) and len(got) == NUM_LAYERS
+                                        or _is_index_list(key, got)):
                 raise ValueError(f"{model_type}: per-layer field {key} is not {NUM_LAYERS} long")
 
 
@@ -334,7 +339,8 @@ def build(model_type: str, seed: int = 0):
 
 
 def save_family(folder: Path, model_type: str, seed: int = 0) -> Path:
-    """Write the tiny `model_type` model and the byte tokenizer to `folder` (like make_tiny_model)."""
+    """Write the tiny `model_type` model and the byte tokenizer to `folder`, as
+    tiny.make_tiny_model does for its families."""
     folder = Path(folder)
     build(model_type, seed).save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
@@ -346,6 +352,7 @@ def save_family(folder: Path, model_type: str, seed: int = 0) -> Path:
 # Int fields whose name says they encode a per-layer pattern (period, offset, step...).
 _PATTERN_NAME = re.compile(r"period|offset|(?<!time_)step|pattern|first_k|every|interval|"
                            r"_replace|window_layers|sparse|dense_layers|layer_group|"
+                           r"layer_start_index|layer_end_index|"
                            r"num_.*_layers$")
 # List fields that are layer-index lists (e.g. mlp_only_layers=[0, 2]) even when empty.
 _INDEX_NAME = re.compile(r"(_layers|_idxs|_indices|_layer_ids)$")
@@ -400,6 +407,12 @@ def config_layer_fields(config, n: int = NUM_LAYERS) -> tuple[dict, dict, dict]:
             if key not in ("num_hidden_layers",) and not key.endswith("_token_id"):
                 pattern[key] = val
     return per_layer, index, pattern
+
+
+def _is_index_list(key: str, val) -> bool:
+    """A list of layer indices (llama4 moe_layers: all 48 layers by default, [1, 3] here)."""
+    return (isinstance(val, list) and bool(_INDEX_NAME.search(key))
+            and all(isinstance(x, int) and 0 <= x < NUM_LAYERS for x in val))
 
 
 def facts(model) -> FamilyFacts:

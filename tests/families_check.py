@@ -93,7 +93,8 @@ def main() -> int:
         print(f"{mt:22s} {cls:34s} {params:>9,d} {seconds:6.2f}s {status}", flush=True)
         if args.facts and fact is not None:
             print(f"    layers={fact.layers_path} classes={fact.layer_classes} "
-                  f"hetero={fact.heterogeneous} kinds={fact.layer_kinds} moe_layers={fact.moe_layers}")
+                  f"hetero={fact.heterogeneous} kinds={fact.layer_kinds} "
+                  f"moe_layers={fact.moe_layers}")
             for name in ("per_layer_fields", "index_fields", "pattern_fields"):
                 if getattr(fact, name):
                     print(f"    {name}={getattr(fact, name)}")
