@@ -234,8 +234,9 @@ def _computed_reason(model_type: str) -> str | None:
     if cls.model_type != model_type:
         return f"alias of {cls.model_type} (same config class {cls.__name__})"
     if "text_config" in subs:
-        text = getattr(subs["text_config"], "model_type", "?")
-        return f"multimodal wrapper; its text decoder is the `{text}` type"
+        text = getattr(subs["text_config"], "model_type", "")  # "" where it is AutoConfig
+        return (f"multimodal wrapper; its text decoder is the `{text}` type" if text
+                else "multimodal wrapper; its text decoder is whatever text_config names")
     if any("vision" in s for s in subs):
         return f"vision-language model (sub-configs {sorted(subs)})"
     if any("audio" in s or "vq" in s for s in subs) or "decoder" in subs:
