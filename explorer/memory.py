@@ -84,6 +84,7 @@ def config_numel(config: Any, trust_remote_code: bool = False) -> int:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model.tie_weights()                         # a tied head counts once, as when loaded
     return sum(p.numel() for p in model.parameters())
 
 
