@@ -563,4 +563,9 @@ def test_8_learn(page):
     assert "bi" not in headings and "cka" not in headings
     headers_unbroken(pg, "#lx-learn th")                                   # issue 25 [6]
     assert "method" not in pg.locator("#lx-learn th").all_inner_texts()
+    # issue 29: the generated support matrix, folded under its summary
+    pg.locator("#lx-learn summary", has_text="support matrix").click()
+    row = pg.locator("#lx-learn tr", has_text="gemma3_text").first
+    row.wait_for(timeout=QUICK)
+    assert "yes" in row.inner_text()
     shot(pg, "walkthrough-8-learn", asset=False)     # a long page of text: not for the README

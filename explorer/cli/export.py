@@ -43,6 +43,12 @@ def run(args) -> dict:
     if args.quant:
         raise ExplorerError("--quant is for --format gguf")
     out = export(variant, args.out, recipe=recipe, overwrite=args.overwrite)
+    import json
+
+    from ..selfcheck import EXPORT_CHECK_FILE
+
+    check = out / EXPORT_CHECK_FILE
     return {"model": args.model, "num_layers": variant.num_layers, "out": str(out),
-            "ops": recipe.ops}
+            "ops": recipe.ops,
+            "reload_check": json.loads(check.read_text()) if check.is_file() else None}
 
