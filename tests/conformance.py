@@ -86,6 +86,18 @@ def dropped_logits(lm, ids: torch.Tensor, drop: list[int]) -> torch.Tensor:
             h.remove()
 
 
+def same_as_drop(lm, back, drop: list[int], rel: float, what: str) -> str:
+    """'pass' when model `back` gives the logits of `lm` with layers `drop` passed through,
+    within rel x max(1, max |logit|)."""
+    ids = families_ids(lm)
+    with torch.no_grad():
+        got = back(input_ids=ids, use_cache=False).logits.float()
+    want = dropped_logits(lm, ids, drop)
+    diff = float((got - want).abs().max())
+    scale = max(1.0, float(want.abs().max()))
+    return "pass" if diff <= rel * scale else f"FAIL: {what} logits differ by {diff:.3g}"
+
+
 def _reload(folder: Path):
     from transformers import AutoModelForCausalLM
 
@@ -163,13 +175,7 @@ def check_drop_export(lm, out: Path) -> str:
     back, bad = _reload(out)
     if bad:
         return f"FAIL: the reload reports {bad[0].replace('_', ' ')}"
-    ids = families_ids(lm)
-    with torch.no_grad():
-        got = back(input_ids=ids, use_cache=False).logits.float()
-    want = dropped_logits(lm, ids, [1])
-    diff = float((got - want).abs().max())
-    scale = max(1.0, float(want.abs().max()))
-    return "pass" if diff <= TOL * scale else f"FAIL: reloaded logits differ by {diff:.3g}"
+    return same_as_drop(lm, back, [1], TOL, "reloaded")
 
 
 def check_merge(lm, out: Path) -> str:
@@ -207,13 +213,7 @@ def check_gguf(lm, out: Path) -> str:
                                                 dtype=torch.float32).eval()
     if back.config.num_hidden_layers != v.num_layers:
         return "FAIL: the GGUF reader rebuilds another layer count"
-    ids = families_ids(lm)
-    with torch.no_grad():
-        got = back(input_ids=ids, use_cache=False).logits.float()
-    want = dropped_logits(lm, ids, [1])
-    diff = float((got - want).abs().max())
-    scale = max(1.0, float(want.abs().max()))
-    return "pass" if diff <= 2e-2 * scale else f"FAIL: GGUF logits differ by {diff:.3g}"
+    return same_as_drop(lm, back, [1], 2e-2, "GGUF")
 
 
 def check_family(model_type: str, work: Path) -> Row:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from explorer import Variant, export, load_model, perplexity
 from explorer.errors import LayerError, ModelLoadError
+from conformance import dropped_logits
 from tiny import SAMPLE_TEXT, VOCAB, byte_tokenizer
 
 BASE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
@@ -30,23 +31,6 @@ def build(folder, model_type: str, **overrides):
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return str(folder)
-
-
-def dropped_logits(lm, ids, drop) -> torch.Tensor:
-    """Plain transformers with layers `drop` passing their input through: (b, T, V)."""
-    layers = lm.arch.layer_list(lm.model)
-
-    def through(module, args, kwargs, out):
-        x = args[0] if args else kwargs["hidden_states"]
-        return (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
-
-    handles = [layers[i].register_forward_hook(through, with_kwargs=True) for i in drop]
-    try:
-        with torch.no_grad():
-            return lm.model(input_ids=ids, use_cache=False).logits.float()
-    finally:
-        for h in handles:
-            h.remove()
 
 
 IDS = torch.randint(3, VOCAB, (2, 24), generator=torch.Generator().manual_seed(5))
