@@ -143,7 +143,7 @@ def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
         with variant.applied() as model:
             try:
                 model.save_pretrained(tmp)
-            except Exception as exc:      # transformers' own checks of the rewritten config
+            except (ValueError, KeyError, TypeError) as exc:   # transformers' checks of the config
                 raise LayerError(f"transformers cannot save this {variant.lm.arch.family} "
                                  f"variant ({type(exc).__name__}: "
                                  f"{' '.join(str(exc).split())[:160]}): its config cannot "

@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 
 from .arch import Architecture, adapter_for
-from .selfcheck import require as require_self_check
 from .layer_config import snapshot
 from .embedded import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_gguf, file_digest
 from .errors import ModelLoadError, one_line
@@ -213,13 +212,14 @@ def _gguf_to_folder(gguf: Path, progress: Progress | None) -> Path:
     return target
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
+def place_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
                dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
                device_map: str | dict | None = None, progress: Progress | None = None,
                before_weights: Callable[[], None] | None = None, offload: str | None = "auto",
                max_memory: str | dict | None = None,
                offload_folder: str | None = None) -> LoadedModel:
-    """Load a causal LM and its tokenizer.
+    """Load a causal LM and its tokenizer, without the self-check: `explorer.loading.load_model`
+    (the public entry) runs this, then the self-check.
 
     spec: an embedded name (see `explorer.embedded.EMBEDDED`), a Hugging Face hub id, a local
         folder with config.json, or a .gguf file.
@@ -286,7 +286,12 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         what = f"{model_type}, {'/'.join(archs)}" if archs else model_type
         raise ModelLoadError(f"'{spec}' ({what}) is not a causal (decoder-only) language model; "
                              "Layer Explorer needs one that AutoModelForCausalLM loads")
-    skeleton = _empty_model(config, dt, trust_remote_code)
+    try:
+        skeleton = _empty_model(config, dt, trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"'{spec}' ({model_type}): transformers cannot build a causal LM "
+                             f"from its config ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:160]})") from None
     arch = adapter_for(skeleton)    # found from the modules, before reading any weight
     caps = parse_max_memory(max_memory, dev)
     if offload_folder:
@@ -354,14 +359,9 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     device_now = dev if weights is not None else next(model.parameters()).device
     if device_map and getattr(model, "hf_device_map", None):
         device_now = _execution_device(model.hf_device_map)
-    lm = LoadedModel(model=model, tokenizer=tokenizer, arch=adapter_for(model), spec=spec,
-                     source=where, device=device_now, dtype=dt, load_seconds=0.0,
-                     weights=weights)
-    require_self_check(lm)     # the explorer's logits must be the model's own, or no model
-    if progress:
-        progress(Event("load", 1.0, note=f"loaded {spec}; {lm.self_check.describe()}"))
-    lm.load_seconds = time.perf_counter() - start
-    return lm
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=adapter_for(model), spec=spec,
+                       source=where, device=device_now, dtype=dt,
+                       load_seconds=time.perf_counter() - start, weights=weights)
 
 
 def _execution_device(device_map: dict) -> torch.device:

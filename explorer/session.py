@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 
 from . import cache
-from .load import LoadedModel, load_model, resolve
+from .load import LoadedModel, resolve
+from .loading import load_model
 from .progress import Progress
 
 _lock = threading.Lock()

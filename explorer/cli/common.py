@@ -45,7 +45,7 @@ def text_args(p: argparse.ArgumentParser) -> None:
 
 
 def load(args):
-    from ..load import load_model
+    from ..loading import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype,
                       trust_remote_code=args.trust_remote_code,
