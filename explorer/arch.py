@@ -319,7 +319,7 @@ def adapter_for(model: nn.Module) -> Architecture:
     prefix = base_path + "." if base_path else ""
     traits: dict[str, Any] = {}
     for key, t in FAMILY_TRAITS.items():
-        if model_type == key or model_type.startswith(key + "_") or model_type.startswith(key):
+        if model_type.startswith(key):          # "gemma" covers gemma2, gemma3_text, ...
             traits.update(t)
     return Architecture(
         family=model_type, base=base_path, layers=layers_path,

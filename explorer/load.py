@@ -67,7 +67,6 @@ class LoadedModel:
     # thread, under `lock`) the model holds the variant's layers; readers outside the lock must
     # use these, or they would see another request's edit.
     original_layers: nn.ModuleList = field(init=False, repr=False)
-    layer_types: list[str] | None = field(init=False, repr=False)    # config.layer_types at load
     # every per-layer field of the config at load (explorer/layer_config.py): a variant's
     # config is rewritten from these
     layer_fields: dict[str, Any] = field(init=False, repr=False)
@@ -79,8 +78,6 @@ class LoadedModel:
     def __post_init__(self) -> None:
         with self.lock:
             self.original_layers = self.arch.layer_list(self.model)
-            types = getattr(self.model.config, "layer_types", None)
-            self.layer_types = list(types) if types is not None else None
             self.layer_fields = snapshot(self.model.config)
             params = list(self.model.parameters())
             self._num_parameters = sum(p.numel() for p in params)

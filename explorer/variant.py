@@ -5,8 +5,9 @@ never copied) or a `NewLayer` (a module built by a merge method). A variant may 
 slot: its own vocabulary head (`head`, an `nn.Linear` owning its weight, e.g. trained by
 tail-finetune); without one it uses the loaded model's head. Every logit is computed with
 `head_module()`. Applying a variant swaps the model's layer list for one built from the slots,
-renumbers every `layer_idx` (the KV cache is indexed by it), sets `config.num_hidden_layers` and
-`config.layer_types`, and puts the variant's head in place of the model's (with
+renumbers every `layer_idx` (the KV cache is indexed by it), sets the layer count and every
+per-layer config field to the kept layers' (`layer_config.updates`: layer_types, no_rope_layers,
+expert layer lists, ...), and puts the variant's head in place of the model's (with
 `config.tie_word_embeddings` False, since it is no longer the embedding); leaving the context
 restores all of it. The original weights are never written, so the model is bit-identical
 afterwards, and applying costs microseconds instead of a reload.
