@@ -56,5 +56,10 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def named_line(exc: BaseException, limit: int = 160) -> str:
+    """'ValueError: <its first line>', for a refusal that quotes what a library raised."""
+    return f"{type(exc).__name__}: {one_line(exc, limit)}"
+
+
 class ParamError(ExplorerError):
     """A parameter of a method, measure or healing mode has a wrong name, type or value."""

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ExplorerError, LayerError, one_line
+from .errors import ExplorerError, LayerError, named_line, one_line
 from .recipe import Recipe
 from .variant import Variant
 
@@ -145,14 +145,13 @@ def _write(variant: Variant, recipe: Recipe, tmp: Path, target: Path) -> None:
                 model.save_pretrained(tmp)
             except (ValueError, KeyError, TypeError) as exc:   # transformers' checks of the config
                 raise LayerError(f"transformers cannot save this {variant.lm.arch.family} "
-                                 f"variant ({type(exc).__name__}: "
-                                 f"{' '.join(str(exc).split())[:160]}): its config cannot "
-                                 "describe these layers") from None
+                                 f"variant ({named_line(exc)}): its config cannot describe "
+                                 "these layers") from None
     try:
         saved = AutoConfig.from_pretrained(tmp)
     except Exception as exc:
         raise LayerError(f"the saved {variant.lm.arch.family} config does not load back "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+                         f"({named_line(exc)})") from None
     check_structure(variant.lm, variant, saved)
     check_export(variant, tmp)        # reloaded with plain transformers: the variant's logits
     variant.lm.tokenizer.save_pretrained(tmp)

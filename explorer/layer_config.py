@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .errors import LayerError
+from .errors import LayerError, named_line
 
 # Config keys that are lists of layer indices.
 INDEX_LISTS = ("mlp_only_layers", "moe_layers", "global_attn_indexes", "rope_scaling_layers",
@@ -178,7 +178,7 @@ def check_structure(lm, variant, config: Any) -> None:
             built = AutoModelForCausalLM.from_config(config, dtype=lm.dtype)
     except Exception as exc:          # the family's own validation of the rewritten config
         raise LayerError(f"transformers refuses this variant's {lm.arch.family} config "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}): it "
+                         f"({named_line(exc)}): it "
                          "cannot be saved as a transformers folder") from None
     layers = lm.arch.layer_list(built)
     for i in range(variant.num_layers):

@@ -30,7 +30,7 @@ import torch.nn as nn
 from .arch import Architecture, adapter_for
 from .layer_config import snapshot
 from .embedded import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_gguf, file_digest
-from .errors import ModelLoadError, one_line
+from .errors import ModelLoadError, one_line, named_line
 from .memory import (check_fits, check_layer_fits, check_writable, choose_offload,
                      device_budget, estimate_model_bytes, parse_max_memory)
 from .progress import Event, Progress
@@ -287,8 +287,7 @@ def place_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
         skeleton = _empty_model(config, dt, trust_remote_code)
     except Exception as exc:
         raise ModelLoadError(f"'{spec}' ({model_type}): transformers cannot build a causal LM "
-                             f"from its config ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:160]})") from None
+                             f"from its config ({named_line(exc)})") from None
     arch = adapter_for(skeleton)    # found from the modules, before reading any weight
     caps = parse_max_memory(max_memory, dev)
     if offload_folder:

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from .arch import Architecture
-from .errors import ModelLoadError
+from .errors import ModelLoadError, named_line
 
 PROBE_SHAPE = (1, 12)          # windows x tokens of the probe batch (two forwards of it: ~0.1 s
 #                                 on 2 CPU cores for the 135M default, bench/bench_selfcheck.py)
@@ -66,12 +66,13 @@ class SelfCheck:
                 "seconds": round(self.seconds, 4), "note": self.note}
 
 
-def probe_ids(vocab: int, device: torch.device, shape: tuple[int, int] = PROBE_SHAPE
-              ) -> torch.Tensor:
-    """A fixed batch of token ids (b, T): seeded, away from the first ids (specials)."""
+def probe_ids(lm, shape: tuple[int, int] = PROBE_SHAPE) -> torch.Tensor:
+    """A fixed batch of token ids (b, T) on the model's device: seeded, within the head's
+    vocabulary, away from the first ids (specials)."""
+    vocab = int(lm.arch.lm_head(lm.model).weight.shape[0])
     g = torch.Generator().manual_seed(1234)
     low = min(4, max(vocab - 1, 0))
-    return torch.randint(low, vocab, shape, generator=g).to(device)
+    return torch.randint(low, vocab, shape, generator=g).to(lm.device)
 
 
 def _forward(module: nn.Module, ids: torch.Tensor):
@@ -134,32 +135,30 @@ def runs_whole(lm) -> bool:
 
 def self_check(lm) -> "tuple[Architecture, SelfCheck]":
     """Compare the explorer's logits with the model's own on the probe batch; returns the
-    adapter as observed and the check. Does not raise: `require` does."""
-    from .backbone import run_backbone
-    from .evaluate import final_logits
+    adapter as observed and the check. Raises only when the model's own forward fails;
+    `require` turns a failed comparison into the refusal."""
+    from .variant import Variant
 
     if not runs_whole(lm):
         return lm.arch, SelfCheck(ran=False, note=f"its layers stay in {lm.weights.where}; the "
                                                   "model's own forward cannot run here")
     t0 = time.perf_counter()
-    vocab = int(lm.arch.lm_head(lm.model).weight.shape[0])
-    ids = probe_ids(vocab, lm.device)
+    ids = probe_ids(lm)
     try:
         arch, want = observe(lm.model, lm.arch, ids)
     except Exception as exc:
         raise ModelLoadError(
             f"the {lm.arch.family} model's own forward fails on a probe batch of "
-            f"{ids.shape[0]} x {ids.shape[1]} tokens ({_first_line(exc)}): check its config; "
+            f"{ids.shape[0]} x {ids.shape[1]} tokens ({named_line(exc)}): check its config; "
             "nothing was measured") from None
     lm.arch = arch
-    (batch,) = list(run_backbone(lm, ids, final_norm=True, batch_size=ids.shape[0]))
-    b, T, H = batch.hidden.shape
-    got = final_logits(lm, batch.hidden.reshape(b * T, H)).view(b, T, -1)
+    got = variant_logits(Variant.identity(lm), ids)
     diff, finite = difference(got, want)
     note = "" if finite else ("the model's own logits hold NaN or inf on the probe batch "
                               "(the explorer's too, at the same places)")
     return arch, SelfCheck(ran=True, max_diff=diff, bound=tolerance(lm.dtype, want),
-                           tokens=(b, T), seconds=time.perf_counter() - t0, note=note)
+                           tokens=tuple(ids.shape), seconds=time.perf_counter() - t0,
+                           note=note)
 
 
 def difference(got: torch.Tensor, want: torch.Tensor) -> tuple[float, bool]:
@@ -176,11 +175,6 @@ def difference(got: torch.Tensor, want: torch.Tensor) -> tuple[float, bool]:
     return float((got - want)[ok].abs().max()), bool(ok.all())
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
-
-
 def require(lm) -> None:
     """Run the self-check and refuse the model in one line when it fails."""
     try:
@@ -190,7 +184,7 @@ def require(lm) -> None:
     except Exception as exc:        # the explorer's pass cannot even run this family
         raise ModelLoadError(
             f"the {lm.arch.family} family fails the self-check at load: the explorer's pass "
-            f"over its layers stops with {_first_line(exc)}; it cannot be measured here "
+            f"over its layers stops with {named_line(exc)}; it cannot be measured here "
             "(please report the model id)") from None
     lm.arch, lm.self_check = arch, check
     if check.ran and not check.passed:
@@ -254,7 +248,7 @@ def check_export(variant, folder) -> dict:
                 str(folder), dtype=lm.dtype, output_loading_info=True)
         except Exception as exc:
             raise LayerError(f"the exported folder does not reload with transformers "
-                             f"({_first_line(exc)}): the {lm.arch.family} config cannot "
+                             f"({named_line(exc)}): the {lm.arch.family} config cannot "
                              "describe these layers, so it was not saved") from None
         bad = {k: sorted(v)[:3] for k, v in info.items()
                if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
@@ -264,19 +258,18 @@ def check_export(variant, folder) -> dict:
                              f"reports {key.replace('_', ' ')} ({', '.join(map(str, names))}); "
                              f"the {lm.arch.family} config cannot describe these layers")
         back.to(lm.device).eval()
-        vocab = int(lm.arch.lm_head(lm.model).weight.shape[0])
-        ids = probe_ids(vocab, lm.device)
+        ids = probe_ids(lm)
         try:
             want = variant_logits(variant, ids)
         except Exception as exc:
             raise LayerError(f"this {lm.arch.family} variant does not run "
-                             f"({_first_line(exc)}): its layers cannot be used without the "
+                             f"({named_line(exc)}): its layers cannot be used without the "
                              "ones it drops, so it was not saved") from None
         try:
             got = _forward(back, ids).logits.float()
         except Exception as exc:
             raise LayerError(f"the exported folder reloads but does not run "
-                             f"({_first_line(exc)}): the {lm.arch.family} config cannot "
+                             f"({named_line(exc)}): the {lm.arch.family} config cannot "
                              "describe these layers, so it was not saved") from None
         diff, _ = difference(got, want)
         bound = tolerance(lm.dtype, want)

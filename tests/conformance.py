@@ -163,8 +163,11 @@ def layer_inputs(lm, ids: torch.Tensor) -> list[torch.Tensor]:
 
 
 def families_ids(lm) -> torch.Tensor:
-    vocab = int(lm.arch.lm_head(lm.model).weight.shape[0])
-    return torch.randint(3, vocab, (2, SEQLEN), generator=torch.Generator().manual_seed(7))
+    """The checks' batch: the self-check's ids, longer (2 x 24 tokens cross the tiny configs'
+    sliding windows of 16)."""
+    from explorer.selfcheck import probe_ids
+
+    return probe_ids(lm, (2, SEQLEN)).cpu()
 
 
 def check_drop_export(lm, out: Path) -> str:
