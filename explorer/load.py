@@ -355,7 +355,7 @@ def place_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     device_now = dev if weights is not None else next(model.parameters()).device
     if device_map and getattr(model, "hf_device_map", None):
         device_now = _execution_device(model.hf_device_map)
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=adapter_for(model), spec=spec,
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, spec=spec,
                        source=where, device=device_now, dtype=dt,
                        load_seconds=time.perf_counter() - start, weights=weights)
 
