@@ -46,26 +46,20 @@ import torch
 
 from .cache import Disk, Store
 from .load import LoadedModel
+from .settings import get
 from .variant import Variant
 
-BUDGET_ENV = "LAYER_EXPLORER_STATE_CACHE_MB"
 DEFAULT_BUDGET_MB = {"cpu": 512, "cuda": 2048}
-DISK_ENV = "LAYER_EXPLORER_DENSE_DISK"      # "0": figures and states stay in this process
-DISK_BUDGET_ENV = "LAYER_EXPLORER_STATE_DISK_MB"
-DEFAULT_DISK_BUDGET_MB = 1024
 MAX_FIGURES = 256                            # figures kept in memory (a few hundred bytes each)
 SAMPLE_PER_TENSOR = 4096                     # values per weight tensor that enter the fingerprint
 
 
 def default_budget(device: torch.device | str) -> int:
-    """Bytes of cached states allowed on this device type: $LAYER_EXPLORER_STATE_CACHE_MB, else
+    """Bytes of cached states allowed on this device type: LAYER_EXPLORER_STATE_CACHE_MB, else
     512 MB on CPU and 2 GB on CUDA."""
-    env = os.environ.get(BUDGET_ENV, "").strip()
-    if env:
-        try:
-            return max(0, int(float(env) * 2**20))
-        except ValueError:
-            pass
+    chosen = get("LAYER_EXPLORER_STATE_CACHE_MB")
+    if chosen is not None:
+        return chosen
     kind = torch.device(device).type
     return DEFAULT_BUDGET_MB.get(kind, DEFAULT_BUDGET_MB["cpu"]) * 2**20
 
@@ -240,7 +234,7 @@ class DenseCache:
     def disk(self) -> bool:
         if self._disk is not None:
             return self._disk
-        return os.environ.get(DISK_ENV, "1").strip() != "0"
+        return get("LAYER_EXPLORER_DENSE_DISK")
 
     @contextmanager
     def building(self, key: DenseKey) -> Iterator[None]:
@@ -301,7 +295,7 @@ class DenseCache:
             os.utime(folder)
         except (OSError, RuntimeError):
             return
-        _trim_disk(_states_dir(), _disk_budget())
+        _trim_disk(_states_dir(), get("LAYER_EXPLORER_STATE_DISK_MB"))
 
     def states_from_disk(self, key: DenseKey, variant: Variant, ids: torch.Tensor
                          ) -> PrefixStates | None:
@@ -344,14 +338,6 @@ def _states_dir() -> Path:
     from .embedded import cache_root
 
     return cache_root() / "dense-states"
-
-
-def _disk_budget() -> int:
-    env = os.environ.get(DISK_BUDGET_ENV, "").strip()
-    try:
-        return int(float(env) * 2**20) if env else DEFAULT_DISK_BUDGET_MB * 2**20
-    except ValueError:
-        return DEFAULT_DISK_BUDGET_MB * 2**20
 
 
 def _trim_disk(root: Path, budget: int) -> None:

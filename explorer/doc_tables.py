@@ -1,4 +1,4 @@
-"""The parameter tables in docs/ are generated from the registries: `python -m explorer.doc_tables`
+"""The parameter tables in docs/ (and the settings table in README.md) are generated from the registries: `python -m explorer.doc_tables`
 rewrites them, `python -m explorer.doc_tables --check` fails when one is stale (a test runs it).
 
 Each table sits between two marker lines in its page:
@@ -23,8 +23,10 @@ def _tables() -> dict[str, tuple[str, Callable[[], str]]]:
     from .heal.registry import modes_table
     from .measure import measures_table
     from .methods.registry import methods_table
+    from .settings import settings_table
 
-    return {"methods": ("docs/methods.md", methods_table),
+    return {"settings": ("README.md", settings_table),
+            "methods": ("docs/methods.md", methods_table),
             "measures": ("docs/measures.md", measures_table),
             "healing": ("docs/healing.md", modes_table)}
 

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .errors import ModelLoadError, one_line
+from .settings import get
 
 
 def cache_root() -> Path:
     """Where converted models and parsed texts are cached (override with LAYER_EXPLORER_CACHE)."""
-    root = os.environ.get("LAYER_EXPLORER_CACHE") or Path.home() / ".cache" / "layer-explorer"
+    root = get("LAYER_EXPLORER_CACHE") or Path.home() / ".cache" / "layer-explorer"
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -21,15 +21,15 @@ from pathlib import Path
 
 from .errors import ExplorerError, LayerError, named_line, one_line
 from .recipe import Recipe
+from .settings import get
 from .variant import Variant
 
 RECIPE_FILE = "layer_explorer_recipe.json"
-OUTPUT_DIR_ENV = "LAYER_EXPLORER_OUTPUT_DIR"   # when set, every export must stay inside it
 
 
 def output_root(root: str | os.PathLike | None = None) -> str | os.PathLike | None:
     """The folder exports are confined to: `root`, else $LAYER_EXPLORER_OUTPUT_DIR, else None."""
-    return root if root is not None else (os.environ.get(OUTPUT_DIR_ENV) or None)
+    return root if root is not None else get("LAYER_EXPLORER_OUTPUT_DIR")
 
 
 def safe_output_path(name: str | os.PathLike, root: str | os.PathLike | None) -> Path:

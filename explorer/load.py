@@ -34,9 +34,9 @@ from .errors import ModelLoadError, one_line, named_line
 from .memory import (check_fits, check_layer_fits, check_writable, choose_offload,
                      device_budget, estimate_model_bytes, parse_max_memory)
 from .progress import Event, Progress
+from .settings import get
 
 
-REMOTE_CODE_ENV = "LAYER_EXPLORER_ALLOW_REMOTE_CODE"
 # Names users may give for a dtype (CLI --dtype, load_model, perplexity's compute_dtype).
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -245,7 +245,7 @@ def place_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
 
     start = time.perf_counter()
     if trust_remote_code and not remote_code_allowed():
-        raise ModelLoadError(f"remote code is disabled here ({REMOTE_CODE_ENV}=0): models that "
+        raise ModelLoadError("remote code is disabled here (LAYER_EXPLORER_ALLOW_REMOTE_CODE=0): models that "
                              "need their own Python code cannot be loaded on this server")
     kind, where = resolve(spec)
     dev = pick_device(device)
@@ -427,7 +427,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def remote_code_allowed() -> bool:
     """False when the operator turned remote code off for the whole process
     (LAYER_EXPLORER_ALLOW_REMOTE_CODE=0, e.g. on a public Space): then no caller may enable it."""
-    return os.environ.get(REMOTE_CODE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return get("LAYER_EXPLORER_ALLOW_REMOTE_CODE")
 
 
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")

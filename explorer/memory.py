@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from .errors import ModelLoadError
+from .settings import get
 
 OVERHEAD = 1.2            # weights x 1.2: buffers, allocator slack, the forward pass of a window
-BUDGET_ENV = "LAYER_EXPLORER_MAX_MEMORY_MB"
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                       "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -117,12 +117,9 @@ def available_bytes(device: torch.device) -> int:
         import psutil
 
         free = psutil.virtual_memory().available
-    budget = os.environ.get(BUDGET_ENV, "").strip()
-    if budget:
-        try:
-            free = min(free, int(float(budget) * 2**20))
-        except ValueError:
-            raise ModelLoadError(f"{BUDGET_ENV} must be a number of MiB (got '{budget}')") from None
+    budget = get("LAYER_EXPLORER_MAX_MEMORY_MB")
+    if budget is not None:
+        free = min(free, budget)
     return int(free)
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -53,22 +52,13 @@ from .layer_config import variant_config
 from .errors import LayerError, one_line
 from .load import LoadedModel
 from .progress import Event, Progress
+from .settings import get
 from .tokens import auto_batch_size
 
-STATE_BUDGET_ENV = "LAYER_EXPLORER_STREAM_STATE_MB"
-DEFAULT_STATE_BUDGET_MB = 1024
-
-
 def state_budget() -> int:
-    """Bytes of boundary states a layer-major pass keeps in RAM before it spills to disk:
-    $LAYER_EXPLORER_STREAM_STATE_MB, else 1 GiB."""
-    env = os.environ.get(STATE_BUDGET_ENV, "").strip()
-    if env:
-        try:
-            return max(0, int(float(env) * 2**20))
-        except ValueError:
-            raise LayerError(f"{STATE_BUDGET_ENV} must be a number of MiB (got '{env}')") from None
-    return DEFAULT_STATE_BUDGET_MB * 2**20
+    """Bytes of boundary states a layer-major pass keeps in RAM before it spills to disk
+    (LAYER_EXPLORER_STREAM_STATE_MB)."""
+    return get("LAYER_EXPLORER_STREAM_STATE_MB")
 
 
 # -- where the boundary states live -------------------------------------------------------------

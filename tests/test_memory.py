@@ -21,6 +21,7 @@ import torch
 
 from explorer import Recipe, Variant, load_model
 from explorer.errors import ModelLoadError
+from explorer.settings import SettingError
 from explorer.memory import available_bytes, config_numel, estimate_model_bytes
 from explorer.recipe import merge_pairs
 from explorer import session
@@ -105,7 +106,7 @@ def test_operator_budget_and_dtype(tiny_factory, monkeypatch):
     lm = load_model(str(folder), dtype="bfloat16", offload="none")
     assert lm.dtype == torch.bfloat16
     monkeypatch.setenv("LAYER_EXPLORER_MAX_MEMORY_MB", "lots")
-    with pytest.raises(ModelLoadError, match="must be a number of MiB"):
+    with pytest.raises(SettingError, match="LAYER_EXPLORER_MAX_MEMORY_MB must be a number of MiB"):
         load_model(str(folder))
 
 

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import TextIO
 
 from ..errors import ExplorerError, one_line
+from ..settings import get
 from . import bench, compress, eval, export, report, similarity
 from .common import parse_params
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None, stderr: TextIO | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="keep the libraries' logs, warnings and progress bars")
     args = parser.parse_args(argv)
-    if not (args.verbose or os.environ.get("LAYER_EXPLORER_VERBOSE") == "1"):
+    if not (args.verbose or get("LAYER_EXPLORER_VERBOSE")):
         quiet_libraries()
     try:
         result = COMMANDS[args.command].run(args)

@@ -19,6 +19,7 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..export import safe_output_path
 from ..layer_lists import format_layers
+from ..settings import get
 from ..report import DEFAULT_MEASURES, Healing, ReportAnalysis, ReportSizes
 from . import analysis, jobs, stop
 from .common import Ctx, ExportParts, need_model, user_errors
@@ -32,7 +33,7 @@ def hub_token() -> str | None:
     """The server's hub token, only when the operator allowed pushing with
     LAYER_EXPLORER_ALLOW_PUSH=1: on a public Space every visitor would otherwise push with the
     owner's token (a Space often has HF_TOKEN set for other reasons)."""
-    if os.environ.get("LAYER_EXPLORER_ALLOW_PUSH") != "1":
+    if not get("LAYER_EXPLORER_ALLOW_PUSH"):
         return None
     return next((os.environ[v] for v in HUB_TOKEN_VARS if os.environ.get(v)), None)
 

@@ -1,63 +1,59 @@
 """Settings of the web app: sizes of the probe and of the perplexity run, folders, defaults.
 
 Every field can be set by an environment variable (for deployments and for the tests, which make
-everything small) or passed to `build_app(settings=...)`. Defaults suit a CPU with a small model:
-a probe of 32 windows x 128 tokens and a perplexity on 8192 tokens take seconds on SmolLM2-135M.
+everything small) or passed to `build_app(settings=...)`. The defaults suit a CPU and a small model.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..embedded import DEFAULT_MODEL
 from ..evaluate import DEFAULT_PROMPTS
-from ..export import OUTPUT_DIR_ENV
+from ..settings import SETTINGS, get
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer (got {raw!r})") from None
-
-
+def _default(name: str):
+    return SETTINGS[f"LAYER_EXPLORER_{name}"].default
 
 
 @dataclass
 class UISettings:
+    """The app's sizes and defaults; each field's meaning and default is declared once, in
+    explorer/settings.py (the variable named in capitals after LAYER_EXPLORER_)."""
+
     default_model: str = DEFAULT_MODEL
-    default_text: str = "wiki"             # wiki, news or wikitext2
-    probe_seqlen: int = 128                # tokens per calibration window of the probe
-    probe_samples: int = 32                # calibration windows of the probe
-    probe_max_tokens: int = 4096           # recorded tokens kept per layer (bounds memory)
-    ppl_seqlen: int = 256                  # tokens per perplexity window
-    ppl_max_tokens: int = 8192             # evaluation tokens for each perplexity
-    method_seqlen: int = 128               # calibration windows used by compression methods
-    method_samples: int = 16
-    gen_tokens: int = 24                   # new tokens per greedy generation (0: no generations)
+    default_text: str = _default("TEXT")
+    probe_seqlen: int = _default("PROBE_SEQLEN")
+    probe_samples: int = _default("PROBE_SAMPLES")
+    probe_max_tokens: int = _default("PROBE_MAX_TOKENS")
+    ppl_seqlen: int = _default("PPL_SEQLEN")
+    ppl_max_tokens: int = _default("PPL_TOKENS")
+    method_seqlen: int = _default("METHOD_SEQLEN")
+    method_samples: int = _default("METHOD_SAMPLES")
+    gen_tokens: int = _default("GEN_TOKENS")
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    token_points: int = 800                # points in a token-cloud plot
-    output_dir: Path = field(default_factory=lambda: Path("exports"))   # $LAYER_EXPLORER_OUTPUT_DIR
-    preload: bool = False                  # load the default model in the background at start
+    token_points: int = _default("TOKEN_POINTS")
+    output_dir: Path = field(default_factory=lambda: Path("exports"))
+    preload: bool = _default("PRELOAD")
 
     @staticmethod
     def from_env() -> "UISettings":
-        """Defaults overridden by LAYER_EXPLORER_* environment variables."""
-        s = UISettings()
-        s.default_model = os.environ.get("LAYER_EXPLORER_MODEL", s.default_model)
-        s.default_text = os.environ.get("LAYER_EXPLORER_TEXT", s.default_text)
-        s.probe_seqlen = _env_int("LAYER_EXPLORER_PROBE_SEQLEN", s.probe_seqlen)
-        s.probe_samples = _env_int("LAYER_EXPLORER_PROBE_SAMPLES", s.probe_samples)
-        s.probe_max_tokens = _env_int("LAYER_EXPLORER_PROBE_MAX_TOKENS", s.probe_max_tokens)
-        s.ppl_seqlen = _env_int("LAYER_EXPLORER_PPL_SEQLEN", s.ppl_seqlen)
-        s.ppl_max_tokens = _env_int("LAYER_EXPLORER_PPL_TOKENS", s.ppl_max_tokens)
-        s.method_seqlen = _env_int("LAYER_EXPLORER_METHOD_SEQLEN", s.method_seqlen)
-        s.method_samples = _env_int("LAYER_EXPLORER_METHOD_SAMPLES", s.method_samples)
-        s.gen_tokens = _env_int("LAYER_EXPLORER_GEN_TOKENS", s.gen_tokens)
-        s.token_points = _env_int("LAYER_EXPLORER_TOKEN_POINTS", s.token_points)
-        s.output_dir = Path(os.environ.get(OUTPUT_DIR_ENV) or s.output_dir)
-        s.preload = os.environ.get("LAYER_EXPLORER_PRELOAD", "") not in ("", "0", "false")
-        return s
+        """Defaults overridden by the LAYER_EXPLORER_* variables of explorer/settings.py (a bad
+        value raises SettingError, one line)."""
+        return UISettings(
+            default_model=get("LAYER_EXPLORER_MODEL") or DEFAULT_MODEL,
+            default_text=get("LAYER_EXPLORER_TEXT"),
+            probe_seqlen=get("LAYER_EXPLORER_PROBE_SEQLEN"),
+            probe_samples=get("LAYER_EXPLORER_PROBE_SAMPLES"),
+            probe_max_tokens=get("LAYER_EXPLORER_PROBE_MAX_TOKENS"),
+            ppl_seqlen=get("LAYER_EXPLORER_PPL_SEQLEN"),
+            ppl_max_tokens=get("LAYER_EXPLORER_PPL_TOKENS"),
+            method_seqlen=get("LAYER_EXPLORER_METHOD_SEQLEN"),
+            method_samples=get("LAYER_EXPLORER_METHOD_SAMPLES"),
+            gen_tokens=get("LAYER_EXPLORER_GEN_TOKENS"),
+            token_points=get("LAYER_EXPLORER_TOKEN_POINTS"),
+            output_dir=get("LAYER_EXPLORER_OUTPUT_DIR") or Path("exports"),
+            preload=get("LAYER_EXPLORER_PRELOAD"),
+        )
