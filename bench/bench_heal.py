@@ -4,7 +4,7 @@ variant and the dense model, and what the healing cost.
 Targets (issues 12 and 23), each printed as rows of one run (the closed-form target, better than
 the best unhealed plan at 3, 6 and 9 removed in seconds and an export that reloads to 1e-4, is
 answered by `--table`, which heals every method's plan and reloads one closed-form export):
-  smol    SmolLM2-135M, 6 of 30 layers removed by the angular plan (one block, the setting ReplaceMe
+  smol    SmolLM2-135M-Instruct (Q4_1), 6 of 30 layers removed by the angular plan (one block, the setting ReplaceMe
           and Gromov et al. heal), every mode of `--smol-modes` side by side, healed on
           `--heal-text` (wiki): the best healed perplexity <= 1.15x dense on held-out wiki with
           <= 10 minutes for the whole `heal` call (`--seconds`, default 550, is the training

@@ -1,7 +1,7 @@
 """Self-contained recipes (issue 24): a recipe with a heal op replayed in a new process, from the
 fitted tensors saved next to it, against the same replay without them (which trains again).
 
-Setup (once, in this process): SmolLM2-135M, the angular plan removing 6 layers, healed layer-wise
+Setup (once, in this process): SmolLM2-135M-Instruct (Q4_1), the angular plan removing 6 layers, healed layer-wise
 (`--steps`, default 40, on 48 windows of 128 wiki calibration tokens), the recipe saved with
 `Recipe.save` (recipe.json + recipe.fitted.safetensors).
 

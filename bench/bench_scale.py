@@ -2,7 +2,7 @@
 memory, and a ~7B Llama-shape model larger than this machine's memory in fp32, streamed from disk.
 
 Rows:
-  - `default streamed vs in memory`: perplexity of SmolLM2-135M on the wiki text with the whole
+  - `default streamed vs in memory`: perplexity of SmolLM2-135M-Instruct (Q4_1) on the wiki text with the whole
     model in memory (batch-major, today's path) and loaded with offload="disk" (no layer in RAM,
     each read from the converted safetensors folder when the pass reaches it), timed alternately
     in one run; the values must be equal (the note gives the relative difference). The ratio is
@@ -143,7 +143,7 @@ def project_gpu(tokens: int, seqlen: int, peak_tflops: float = 989.0, mfu: float
 # -- the rows ---------------------------------------------------------------------------------
 
 def default_rows(quick: bool = True, lm=None) -> list[dict]:
-    """SmolLM2-135M: perplexity and probe, streamed from its safetensors folder vs in memory."""
+    """SmolLM2-135M-Instruct (Q4_1): perplexity and probe, streamed from its safetensors folder vs in memory."""
     from explorer import load_model
     from explorer.evaluate import perplexity
     from explorer.probe import probe

@@ -35,14 +35,14 @@ def start_marker(name: str) -> str:
     return f"<!-- generated: {name} parameters (python -m explorer.doc_tables) -->"
 
 
-def render(page: str, name: str, table: str) -> str:
-    """`page` with the block between `name`'s markers replaced by `table`."""
-    start = start_marker(name)
+def render(page: str, start: str, table: str) -> str:
+    """`page` with the block between the marker line `start` and the next end marker replaced by
+    `table` (bench/readme_figures.py renders the README's figures the same way)."""
     if start not in page:
         raise ValueError(f"no '{start}' marker in the page")
     head, rest = page.split(start, 1)
     if END not in rest:
-        raise ValueError(f"no '{END}' after the {name} marker")
+        raise ValueError(f"no '{END}' after '{start}'")
     return head + start + "\n" + table + "\n" + END + rest.split(END, 1)[1]
 
 
@@ -51,7 +51,7 @@ def stale(root: Path = ROOT) -> list[str]:
     out = []
     for name, (path, table) in _tables().items():
         page = (root / path).read_text(encoding="utf-8")
-        if render(page, name, table()) != page:
+        if render(page, start_marker(name), table()) != page:
             out.append(path)
     return out
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if bad else 0
     for name, (path, table) in _tables().items():
         page = (ROOT / path).read_text(encoding="utf-8")
-        new = render(page, name, table())
+        new = render(page, start_marker(name), table())
         if new != page:
             (ROOT / path).write_text(new, encoding="utf-8")
             print(f"updated {path}")

@@ -59,7 +59,7 @@ class LoadedModel:
     load_seconds: float
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # Where the decoder layers' weights live when they are not all on `device`
-    # (`explorer.stream.LayerWeights`: CPU RAM, or the folder's safetensors shards, the layers
+    # (`explorer.weights.LayerWeights`: CPU RAM, or the folder's safetensors shards, the layers
     # then empty on the meta device); None: the whole model is on `device`. Non-None makes every
     # pass layer-major (explorer/stream.py).
     weights: Any = field(default=None, repr=False)

@@ -8,8 +8,8 @@ the decoder layers (in run_backbone) capture these directly; `output_hidden_stat
 because its last entry comes after the final norm, which makes the last layer look unlike every
 other.
 
-Massive activations: many LLMs write a huge value into the first position of every window (norm
-~24k in SmolLM2 against ~140 elsewhere); left in, that one position dominates mean cosines and
+Massive activations: many LLMs write a huge value into the first position of every window (a
+norm a hundred times or more the other tokens'; docs/measures.md); left in, that one position dominates mean cosines and
 least-squares fits. `skip_first=True` (default) leaves it out of the recorded tokens.
 
 Example:

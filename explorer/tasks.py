@@ -175,7 +175,7 @@ def _local_tasks(path: Path) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _task_manager(include: tuple[str, ...], defaults: bool):
-    """lm-eval's task index (its ~15k built-in tasks take ~7 s to index: built once per process)."""
+    """lm-eval's task index (indexing its built-in tasks takes seconds: built once per process)."""
     _, _, TaskManager = _lm_eval()
     return TaskManager(include_path=list(include) or None, include_defaults=defaults)
 

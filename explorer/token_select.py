@@ -17,8 +17,8 @@ from .errors import ExplorerError
 
 def massive_tokens(states: torch.Tensor, ratio: float | None = 20.0) -> torch.Tensor:
     """(L+1, N, H) -> (N,) bool: tokens whose norm at some boundary exceeds `ratio` times that
-    boundary's median token norm (massive activations outside the first window position, e.g.
-    SmolLM2 writes a norm of ~24,000 after some "\\n\\n", against a median of ~155)."""
+    boundary's median token norm (massive activations outside the first window position: some models write norms hundreds of
+    times the median after a few tokens such as "\\n\\n"; docs/measures.md)."""
     if ratio is None:
         return torch.zeros(states.shape[1], dtype=torch.bool, device=states.device)
     norms = states.float().norm(dim=-1)                                # (L+1, N)

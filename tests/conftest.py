@@ -48,7 +48,7 @@ def sample_text() -> str:
 
 @pytest.fixture(scope="session")
 def smol():
-    """The real embedded default model, SmolLM2-135M, loaded once per test session."""
+    """The real embedded default model, SmolLM2-135M-Instruct (Q4_1), loaded once per test session."""
     from explorer import load_model
 
     return load_model("smollm2-135m")

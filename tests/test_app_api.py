@@ -1,4 +1,4 @@
-"""The web app through gradio_client, on the real default model (SmolLM2-135M): two sessions that
+"""The web app through gradio_client, on the real default model (SmolLM2-135M-Instruct (Q4_1)): two sessions that
 apply different plans at the same time each get their own, correct perplexity (the same number as
 explorer.perplexity run directly), see only their own history, and leave the shared model's weights
 bit-identical."""

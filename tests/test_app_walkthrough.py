@@ -1,5 +1,5 @@
 """The teacher's path through the app in a real headless Chromium, on the default model
-(SmolLM2-135M, 30 layers) with the test sizes: load, analyse, pick layers on the heatmap, ask a
+(SmolLM2-135M-Instruct (Q4_1), 30 layers) with the test sizes: load, analyse, pick layers on the heatmap, ask a
 method, apply and compare, export, learn. Each step asserts what the page shows for the points of
 issue 14 (numbers in brackets) and takes a screenshot into test-artifacts/; with
 LAYER_EXPLORER_SCREENSHOTS=1 they also refresh assets/ (the README's pictures).

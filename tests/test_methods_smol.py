@@ -1,4 +1,4 @@
-"""End to end on the real default model (SmolLM2-135M, 30 layers): the methods find its redundant
+"""End to end on the real default model (SmolLM2-135M-Instruct (Q4_1), 30 layers): the methods find its redundant
 middle layers and the result stays a usable model."""
 
 import math

@@ -120,7 +120,7 @@ def test_layer_major_needs_no_lock(tiny_factory):
 
 @pytest.mark.slow
 def test_default_model_streamed(smol, wiki):
-    """SmolLM2-135M: perplexity (dense and a drop variant) and the probe's similarity, layer-major
+    """SmolLM2-135M-Instruct (Q4_1): perplexity (dense and a drop variant) and the probe's similarity, layer-major
     from RAM and streamed from its safetensors folder, against the batch-major pass."""
     before = state_checksum(smol.model)
     kw = dict(seqlen=256, max_tokens=1024)

@@ -176,7 +176,7 @@ class Layerwise(HealMode):
                    "default.")
     trains = True
     default_steps = 400
-    # 512 x 128 calibration tokens: with 256 a few hundred steps already overfit (docs/healing.md)
+    # 512 x 128 calibration tokens: fewer windows overfit within a few hundred steps (docs/healing.md)
     params = with_defaults(COMMON_PARAMS, windows=512) + (
         Param("init", str, "closed-form", "start from the closed-form map, or from the layers "
               "as they are", choices=("closed-form", "none"),
@@ -189,8 +189,8 @@ class Layerwise(HealMode):
               label="Layers trained up to each cut"),
         Param("after", int, 3, "slots trained after each cut", min=0, max=1000,
               label="Layers trained after each cut"),
-        Param("lr", float, 1.5e-3, "Adam learning rate (cosine-decayed; 3e-3 diverged on "
-              "SmolLM2, docs/healing.md)", min=0, max=1,
+        Param("lr", float, 1.5e-3, "Adam learning rate (cosine-decayed; twice this diverged "
+              "in docs/healing.md's runs)", min=0, max=1,
               label="Learning rate"),
         Param("batch", int, 4, "windows per step", min=1, max=4096,
               label="Windows per step"),

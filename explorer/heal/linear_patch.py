@@ -84,8 +84,8 @@ def _base(m: int) -> torch.Tensor | None:
 
 def hadamard(n: int, seed: int = 0) -> tuple[torch.Tensor, bool]:
     """An orthonormal (n, n) float64 matrix that spreads every coordinate over all others: a
-    Hadamard matrix / sqrt(n) (Sylvester's doubling times a Paley base: SmolLM2's 576 = 36 x 16,
-    Gemma 3's 640 = 20 x 32), and whether it is one. Where no construction here applies, a seeded
+    Hadamard matrix / sqrt(n) (a Paley base doubled by Sylvester's construction: SmolLM2's 576 = 72 x 2^3,
+    Gemma 3's 640 = 80 x 2^3), and whether it is one. Where no construction here applies, a seeded
     random orthogonal matrix, which spreads outliers the same way in expectation (QuaRot and
     SpinQuant use both kinds)."""
     m = n
