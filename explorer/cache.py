@@ -19,9 +19,11 @@ Stores made with `model_bound=True` hold values computed from the resident model
 variants, token ids of its tokenizer, healing data); `explorer.session` calls
 `release_model_values()` whenever the resident model goes, which empties them.
 
-The stores of the package: "tokens" (tokens.py), "calibration texts" (calibration.py),
-"dense figures" and "dense states" (dense_cache.py), "heal data" (heal/data.py), "profiles"
-(profiles.py), and the app's "texts", "user texts", "probes", "variants" (ui/registry.py).
+The stores of the package (tests/test_cache.py finds every `Store(...)` in the source and checks
+this list): "tokens" (tokens.py), "calibration texts" (calibration.py), "dense figures" and
+"dense states" (dense_cache.py), "heal data" (heal/data.py), "fitted results" (fitted.py),
+"profiles" (profiles.py), "lm-eval task indexes" (tasks.py), and the app's "texts", "user texts",
+"probes", "variants" (ui/registry.py) and "stop tokens" (ui/stop.py).
 """
 
 from __future__ import annotations

@@ -218,7 +218,7 @@ class DenseCache:
             disk=Disk("dense-ppl", name=lambda key: key.digest(), enabled=lambda: self.disk))
         self._states: Store[tuple[torch.Tensor, dict[int, torch.Tensor]]] = Store(
             "dense states", budget_bytes=self.budget(), weigh=_states_bytes)
-        self._building: dict[DenseKey, threading.Lock] = {}
+        self._building: dict[DenseKey, tuple[threading.Lock, int]] = {}   # lock, its users
 
     # budget and disk are read late so that tests and the app can set the environment first
     def budget(self, device: torch.device | str = "cpu") -> int:
@@ -238,10 +238,21 @@ class DenseCache:
 
     @contextmanager
     def building(self, key: DenseKey) -> Iterator[None]:
+        """One builder per key at a time (the others wait, then find its result); the key's lock
+        is forgotten once nobody holds or waits for it, so keys do not pile up."""
         with self._lock:
-            lock = self._building.setdefault(key, threading.Lock())
-        with lock:
-            yield
+            lock, users = self._building.get(key, (threading.Lock(), 0))
+            self._building[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._building[key]
+                if users == 1:
+                    del self._building[key]
+                else:
+                    self._building[key] = (lock, users - 1)
 
     # figures
     def figure(self, key: DenseKey) -> dict | None:

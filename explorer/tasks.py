@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import functools
 import math
 import threading
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .cache import Store
 from .errors import ExplorerError, one_line
 from .load import LoadedModel, unreachable_hub_host
 from .progress import Event, Progress
@@ -173,11 +173,17 @@ def _local_tasks(path: Path) -> list[str]:
     return names
 
 
-@functools.lru_cache(maxsize=4)
+_TASK_INDEXES: Store[Any] = Store("lm-eval task indexes", size=4)
+
+
 def _task_manager(include: tuple[str, ...], defaults: bool):
-    """lm-eval's task index (indexing its built-in tasks takes seconds: built once per process)."""
-    _, _, TaskManager = _lm_eval()
-    return TaskManager(include_path=list(include) or None, include_defaults=defaults)
+    """lm-eval's task index (indexing its built-in tasks takes seconds: built once per process,
+    kept in the cache service)."""
+    def build():
+        _, _, TaskManager = _lm_eval()
+        return TaskManager(include_path=list(include) or None, include_defaults=defaults)
+
+    return _TASK_INDEXES.get_or_compute((include, defaults), build)
 
 
 def resolve_tasks(names: Sequence[str]) -> tuple[Any, list[str]]:

@@ -15,7 +15,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -215,10 +214,8 @@ TEXT_CASES = [
 def test_bad_text_api_and_cli(bad, capsys, case, key, error, fragment):
     lm = load_model(str(bad["good"]))
     source = _spec(bad, key)
-    start = time.perf_counter()
-    with pytest.raises(error) as info:
-        perplexity(lm, load_texts(source).for_evaluation()[0], seqlen=64)   # what eval reads
-    assert time.perf_counter() - start < 5       # refused up front, nothing read whole
+    with pytest.raises(error) as info:   # refused up front: tests/test_security.py checks that
+        perplexity(lm, load_texts(source).for_evaluation()[0], seqlen=64)   # no read goes past the limit
     assert fragment in str(info.value)
     line = cli_error(capsys, "eval", "--model", bad["good"], "--text", source, "--seqlen", "64")
     assert line == f"error: {info.value}"

@@ -187,6 +187,28 @@ def test_concurrent_sessions_share_one_dense_pass(tiny_factory, sample_text):
     for k in (3, 4):
         assert results[k].ppl == pytest.approx(
             perplexity(lm, sample_text, variant=variants[k], cache=False, **KW).ppl, rel=1e-6)
+    assert CACHE._building == {}                 # the builders' locks are not kept afterwards
+
+
+def test_building_is_one_at_a_time_and_forgets_its_lock():
+    order, key = [], object()
+    inside = threading.Event()
+
+    def builder(name: str) -> None:
+        with CACHE.building(key):
+            order.append(f"{name} in")
+            inside.set()
+            threading.Event().wait(0.05)
+            order.append(f"{name} out")
+
+    first = threading.Thread(target=builder, args=("a",))
+    first.start()
+    inside.wait()
+    second = threading.Thread(target=builder, args=("b",))
+    second.start()
+    first.join(), second.join()
+    assert order == ["a in", "a out", "b in", "b out"]      # never two builders at once
+    assert key not in CACHE._building
 
 
 def test_first_change_compares_slots():

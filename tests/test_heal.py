@@ -446,16 +446,26 @@ def test_keep_best_checks_are_spaced_out_when_they_cost_more_than_the_steps(stru
     time; an explicit check_every, or a step budget (a rerun lands on the same step), keeps the
     schedule length / 20."""
     import importlib
-    import time as _time
+    import types
 
     train_mod = importlib.import_module("explorer.heal.train")
+
+    # A virtual clock instead of the machine's, so that the schedule does not depend on how busy
+    # the CPU is: each reading costs 10 ms of virtual time (a step reads it two or three times),
+    # and a held-out check costs 200 ms more.
+    clock = types.SimpleNamespace(t=0.0)
+
+    def perf_counter() -> float:
+        clock.t += 0.01
+        return clock.t
 
     real = train_mod.held_out_ppl
 
     def slow(*args, **kwargs):
-        _time.sleep(0.2)
+        clock.t += 0.2
         return real(*args, **kwargs)
 
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=perf_counter))
     monkeypatch.setattr(train_mod, "held_out_ppl", slow)
     v = Variant.identity(structured).drop([2, 3])
     auto = heal(v, "layerwise", seconds=8, schedule_steps=60, init="none", **SMALL)

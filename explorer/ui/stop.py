@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..cache import Store
 from ..progress import CancelToken, Cancelled, Event, Progress, watched
 
 
@@ -33,7 +34,9 @@ class Stopped(Cancelled):
     """The user pressed Stop while this job was running."""
 
 
-_tokens: dict[str, CancelToken] = {}
+# One cancel token per browser session, in the cache service: dropped when the page closes
+# (`forget`), and bounded, so sessions whose page never said goodbye do not pile up.
+_tokens: Store[CancelToken] = Store("stop tokens", size=1024)
 _running: dict[str, int] = {}          # session -> handlers of long steps running now
 _guard = threading.Lock()
 
@@ -46,11 +49,8 @@ def _token(request: Any) -> CancelToken | None:
     key = _key(request)
     if not key:
         return None
-    with _guard:
-        if key not in _tokens:
-            _tokens[key] = CancelToken(lambda: Stopped("stopped: you pressed Stop (the model is "
-                                                       "back as it was)"))
-        return _tokens[key]
+    return _tokens.get_or_compute(key, lambda: CancelToken(lambda: Stopped(
+        "stopped: you pressed Stop (the model is back as it was)")))
 
 
 def bar(progress: Any) -> Progress | None:
