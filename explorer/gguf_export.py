@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ import torch
 from .embedded import EMBEDDED, embedded_gguf
 from .errors import ExplorerError, LayerError, one_line
 from .export import check_exportable, output_root, safe_output_path
+from .gguf_families import GGUFExportError, GGUFFamily, gguf_family
+from .gguf_tokenizer import build_tokenizer, copy_tokenizer
 from .load import LoadedModel, resolve
 from .progress import Event, Progress
 from .recipe import Recipe
@@ -47,82 +48,6 @@ from .variant import Variant
 
 QUANTS = ("f16", "q8_0")
 RECIPE_KEY = "layer_explorer.recipe"
-
-
-@dataclass(frozen=True)
-class GGUFFamily:
-    """Everything GGUF export knows about one model family, as llama.cpp writes it and
-    transformers' GGUF reader (`modeling_gguf_pytorch_utils`, `integrations/ggml.py`) undoes it."""
-
-    # llama.cpp's `general.architecture` (a value of gguf.MODEL_ARCH_NAMES): picks the tensor
-    # name map and the key prefix, and the reader picks its config class and tensor fix-ups by it.
-    arch: str
-    # q/k rows permuted per head into llama.cpp's interleaved rotary layout. The reader undoes
-    # this for arch "llama" only (LlamaTensorProcessor); every other arch keeps transformers' rows.
-    permute_qk: bool = False
-    # Added to every norm weight: Gemma computes x * (1 + w), llama.cpp stores 1 + w and the
-    # reader subtracts 1 from every "*norm.weight" (Gemma2TensorProcessor).
-    norm_offset: float = 0.0
-    # Tensors stored transposed, by GGUF leaf name: GPT-2's Conv1D holds (in, out), llama.cpp
-    # (out, in); the reader transposes these four back (GPT2TensorProcessor).
-    transposed: tuple[str, ...] = ()
-    # The family's norm: "rms" (RMSNorm, key attention.layer_norm_rms_epsilon) or "layer"
-    # (LayerNorm with a bias, key attention.layer_norm_epsilon).
-    norm: str = "rms"
-    # Rotary position embeddings (rope.* keys); False: learned positions (GPT-2's wpe).
-    rope: bool = True
-    # Local/global attention written as sliding_window (+ the local rope base and the per-layer
-    # pattern for "pattern"): None, "window" (Gemma2: the reader takes the window, its config
-    # rebuilds alternating layers) or "pattern" (Gemma3).
-    sliding: str | None = None
-    # Gemma2's attention and final logit soft-capping (llama.cpp needs both keys).
-    softcap: bool = False
-    # Config fields the reader cannot carry (it rebuilds them from the config class's defaults):
-    # compared with the variant's before anything is written, beyond the common ones.
-    checked: tuple[str, ...] = ()
-    # Non-empty: why transformers cannot read llama.cpp's file of this family back as the model
-    # runs; export refuses it in one line with this reason.
-    unreadable: str = ""
-
-
-_NO_READER = "transformers has no GGUF reader for llama.cpp's '{}'"
-_GEMMA_CHECKED = ("query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping")
-
-# transformers model_type -> its GGUF facts. A family without `unreadable` loads back through
-# transformers' own GGUF reader with the variant's logits (tests/test_gguf_export.py checks each).
-GGUF_FAMILIES: dict[str, GGUFFamily] = {
-    "llama": GGUFFamily("llama", permute_qk=True),
-    # llama.cpp converts Mistral as "llama"; transformers reads it back as Llama, the same
-    # computation while there is no sliding window (checked: Llama's config has none).
-    "mistral": GGUFFamily("llama", permute_qk=True),
-    "qwen2": GGUFFamily("qwen2"),
-    "qwen3": GGUFFamily("qwen3"),
-    "phi3": GGUFFamily("phi3"),      # qkv_proj -> attn_qkv, gate_up_proj -> ffn_up, both fused
-    "gemma2": GGUFFamily("gemma2", norm_offset=1.0, sliding="window", softcap=True,
-                         checked=_GEMMA_CHECKED),
-    "gemma3_text": GGUFFamily("gemma3", norm_offset=1.0, sliding="pattern",
-                              checked=_GEMMA_CHECKED),
-    "gpt2": GGUFFamily("gpt2", norm="layer", rope=False,
-                       transposed=("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
-                       checked=("n_inner", "scale_attn_by_inverse_layer_idx",
-                                "reorder_and_upcast_attn")),
-    # llama.cpp names these, but transformers cannot read its files of them back:
-    "mixtral": GGUFFamily("llama", unreadable="llama.cpp writes it as 'llama' with stacked "
-                          "experts, which transformers reads back as a dense Llama"),
-    "gemma": GGUFFamily("gemma", unreadable=_NO_READER.format("gemma")),
-    "cohere": GGUFFamily("command-r", unreadable=_NO_READER.format("command-r")),
-    "gpt_neox": GGUFFamily("gptneox", unreadable=_NO_READER.format("gptneox")),
-    "olmo": GGUFFamily("olmo", unreadable=_NO_READER.format("olmo")),
-    "olmo2": GGUFFamily("olmo2", unreadable=_NO_READER.format("olmo2")),
-    "granite": GGUFFamily("granite", unreadable=_NO_READER.format("granite")),
-    "smollm3": GGUFFamily("smollm3", unreadable=_NO_READER.format("smollm3")),
-}
-# model_type -> GGUF arch name, for the families export writes
-ARCHES = {mt: fam.arch for mt, fam in GGUF_FAMILIES.items() if not fam.unreadable}
-
-
-class GGUFExportError(ExplorerError):
-    """The variant cannot be written as GGUF (architecture, module or setting the format lacks)."""
 
 
 @dataclass(frozen=True)
@@ -152,24 +77,6 @@ def source_gguf(lm: LoadedModel) -> Path | None:
     except ExplorerError:      # loaded from the hub copy: no source file
         return None
     return Path(where) if kind == "gguf" else None
-
-
-def gguf_family(lm: LoadedModel) -> GGUFFamily:
-    """This model's GGUF facts, or a one-line refusal."""
-    mt = lm.config.model_type
-    fam = GGUF_FAMILIES.get(mt)
-    if fam is None or fam.unreadable:
-        why = f" ({fam.unreadable})" if fam is not None else ""
-        raise GGUFExportError(f"GGUF export supports {', '.join(sorted(ARCHES))} models; "
-                              f"this one is '{mt}'{why}: export a transformers folder instead "
-                              "(--format folder) and convert it with llama.cpp's "
-                              "convert_hf_to_gguf.py")
-    return fam
-
-
-def gguf_arch(lm: LoadedModel) -> str:
-    """The GGUF architecture name for this model, or a one-line refusal."""
-    return gguf_family(lm).arch
 
 
 def _check_standard_layers(variant: Variant) -> None:
@@ -316,84 +223,6 @@ def _hyperparameters(w: Any, cfg: Any, fam: GGUFFamily, num_layers: int) -> None
                 add(float(value))
 
 
-def _copy_tokenizer(w: Any, path: Path) -> int:
-    """Every tokenizer.* key of the source GGUF, value and type as they are; returns the count."""
-    from gguf import GGUFReader, GGUFValueType
-
-    reader = GGUFReader(str(path))
-    n = 0
-    for key, f in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
-        w.add_key_value(key, f.contents(), f.types[0], sub_type=sub)
-        n += 1
-    return n
-
-
-def _pre_tokenizer(state: dict) -> str:
-    """llama.cpp's pre-tokenizer name for a tokenizer.json's splitting rule (best match)."""
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
-
-    text = json.dumps(state.get("pre_tokenizer") or {})
-    for name in ("qwen2", "llama-bpe", "gpt-4o", "tekken"):
-        if json.dumps(GGUF_PRE_TOKENIZER_SPLITS[name])[1:-1] in text:
-            return name
-    return "default"        # GPT-2's split, the byte-level default
-
-
-def _build_tokenizer(w: Any, tok: Any) -> str:
-    """A byte-level BPE tokenizer.json as GGUF "gpt2" tokenizer metadata; returns its pre name."""
-    from gguf import TokenType
-
-    backend = getattr(tok, "backend_tokenizer", None)
-    state = json.loads(backend.to_str()) if backend is not None else {}
-    model = state.get("model") or {}
-    pre = json.dumps(state.get("pre_tokenizer") or {})
-    if model.get("type") != "BPE" or "ByteLevel" not in pre:
-        raise GGUFExportError("GGUF export can build byte-level BPE tokenizers only; this one is "
-                              f"{model.get('type', type(tok).__name__)}: load the model from its "
-                              ".gguf file (its tokenizer is then copied) or export a folder")
-    vocab = dict(model["vocab"])
-    added = {a["content"]: a for a in state.get("added_tokens", [])}
-    for content, a in added.items():
-        vocab[content] = a["id"]
-    size = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    types = [int(TokenType.UNUSED)] * size
-    for t, i in vocab.items():
-        tokens[i] = t
-        a = added.get(t)
-        types[i] = int(TokenType.NORMAL if a is None else
-                       TokenType.CONTROL if a.get("special") else TokenType.USER_DEFINED)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    name = _pre_tokenizer(state)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(name)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    if merges:
-        w.add_token_merges(merges)
-    else:   # a vocabulary of single bytes: readers then derive (no) merges from the scores
-        w.add_token_scores([0.0] * size)
-    for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
-                      ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
-        value = getattr(tok, attr, None)
-        if isinstance(value, int):
-            add(value)
-    w.add_add_bos_token(bool(getattr(tok, "add_bos_token", False)))
-    template = getattr(tok, "chat_template", None)
-    if isinstance(template, str) and template:
-        w.add_chat_template(template)
-    return name
-
-
-# -- checking what a reader rebuilds -----------------------------------------------------------
-
-# Config fields that must come back from the GGUF header as the variant has them.
-# (tie_word_embeddings is not among them: a reader infers it from the absence of output.weight,
-# which the writer leaves out exactly when the model ties its head.)
-# Per-family fields (Gemma's soft-capping, GPT-2's n_inner) are GGUFFamily.checked.
 _CHECKED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
             "num_key_value_heads", "vocab_size", "max_position_embeddings", "head_dim",
             "layer_types", "sliding_window", "use_sliding_window", "attention_bias", "mlp_bias",
@@ -458,9 +287,9 @@ def _write_metadata(w: Any, variant: Variant, fam: GGUFFamily, quant: str, recip
     with variant.applied() as model:
         _hyperparameters(w, model.config, fam, variant.num_layers)
     if source is not None:
-        tok_note = f"copied from {source.name} ({_copy_tokenizer(w, source)} keys)"
+        tok_note = f"copied from {source.name} ({copy_tokenizer(w, source)} keys)"
     else:
-        pre = _build_tokenizer(w, lm.tokenizer)
+        pre = build_tokenizer(w, lm.tokenizer)
         tok_note = f"built from tokenizer.json (pre-tokenizer '{pre}')"
         if pre == "default":
             notes.append("pre-tokenizer written as 'default' (GPT-2's split): llama.cpp may "

@@ -203,7 +203,7 @@ def check_closed_form(lm) -> str:
 
 def check_gguf(lm, out: Path) -> str:
     from explorer import Variant, export_gguf
-    from explorer.gguf_export import gguf_arch
+    from explorer.gguf_families import gguf_arch
 
     gguf_arch(lm)                               # a one-line refusal for the other families
     from transformers import AutoModelForCausalLM

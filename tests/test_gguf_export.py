@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from explorer import cli, load_model, perplexity
-from explorer.gguf_export import GGUF_FAMILIES, GGUFExportError, export_gguf
+from explorer.gguf_export import export_gguf
+from explorer.gguf_families import GGUF_FAMILIES, GGUFExportError
 from explorer.variant import Variant
 
 TOLERANCE = {"f16": 0.01, "q8_0": 0.02}      # relative perplexity change allowed
