@@ -23,7 +23,7 @@ from calibration), dense and variant side by side:
 
 Items are picked evenly over the text, so the check is deterministic. `cloze_items` also gives the
 words as multiple-choice items (one right word, distractors drawn from the other items) from which
-`explorer.tasks.write_local_task` writes an lm-eval task that runs offline.
+`explorer.task_index.write_local_task` writes an lm-eval task that runs offline.
 
 Example:
     >>> r = capability(lm, texts.evaluation, variant=v, source=texts.source)

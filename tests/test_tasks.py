@@ -12,7 +12,8 @@ import pytest
 
 from explorer import cli, export, load_model, load_texts
 from explorer.capability import cloze_items, multiple_choice
-from explorer.tasks import TaskError, evaluate_tasks, write_local_task
+from explorer.task_index import TaskError, write_local_task
+from explorer.tasks import evaluate_tasks
 from explorer.variant import Variant
 
 pytest.importorskip("lm_eval")

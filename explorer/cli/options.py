@@ -19,14 +19,8 @@ from ..heal.registry import MODES, check_budget, get_mode, heal, healing_text
 from ..load import LoadedModel
 from ..params import resolve
 from ..speed import SpeedError, measure_speed
-from ..tasks import (
-    TaskError,
-    check_limit,
-    evaluate_tasks,
-    load_check,
-    parse_task_list,
-    resolve_tasks,
-)
+from ..task_index import TaskError, check_limit, load_check, parse_task_list, resolve_tasks
+from ..tasks import evaluate_tasks
 from ..variant import Variant
 from .common import parse_params
 
