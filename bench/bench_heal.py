@@ -70,7 +70,7 @@ def reload_plain(folder: Path, like):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from explorer.arch import adapter_for
-    from explorer.load import LoadedModel
+    from explorer.model import LoadedModel
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=like.dtype).eval()
     model.requires_grad_(False)

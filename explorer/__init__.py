@@ -30,7 +30,7 @@ from .evaluate import PPLResult, generate, perplexity
 from .export import export
 from .heal import HealResult, heal
 from . import methods  # noqa: F401 (registers the methods and their recipe ops' replay)
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .loading import load_model
 from .probe import ProbeResult, probe
 from .recipe import Recipe, replay

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .passes import Batch, LayerCall, StartStates, check_boundaries, rows_of, skeleton_pass
 from .progress import Event, Progress
 from .tokens import auto_batch_size

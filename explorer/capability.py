@@ -42,7 +42,7 @@ import torch
 from .backbone import run_backbone
 from .errors import TextError
 from .evaluate import final_logits, evaluation_windows
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .progress import Event, Progress, scaled
 from .tokens import auto_batch_size, use_bos
 from .variant import Variant

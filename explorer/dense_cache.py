@@ -45,7 +45,7 @@ from typing import Iterator
 import torch
 
 from .cache import Disk, Store
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .settings import get
 from .variant import Variant
 

@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ExplorerError, TextError
-from .load import DTYPES, LoadedModel
+from explorer.model import DTYPES, LoadedModel
 from .progress import Event, Progress
 from .backbone import run_backbone
 from .dense_cache import CACHE, PrefixStates, checkpoints, dense_key, first_change

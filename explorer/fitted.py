@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from .cache import Store
 from .errors import LayerError, one_line
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .variant import NewLayer, Variant
 
 FORMAT = "layer-explorer-fitted/1"

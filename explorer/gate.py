@@ -34,7 +34,7 @@ import torch
 
 from .errors import ExplorerError
 from .evaluate import perplexity
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .progress import Event, Progress
 from .variant import Variant
 

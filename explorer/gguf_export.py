@@ -41,7 +41,8 @@ from .errors import ExplorerError, LayerError, one_line
 from .export import check_exportable, output_root, safe_output_path
 from .gguf_families import GGUFExportError, GGUFFamily, gguf_family
 from .gguf_tokenizer import build_tokenizer, copy_tokenizer
-from .load import LoadedModel, resolve
+from explorer.model import LoadedModel
+from explorer.spec import resolve
 from .progress import Event, Progress
 from .recipe import Recipe
 from .variant import Variant

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ExplorerError
-from .load import LoadedModel
+from explorer.model import LoadedModel
 
 
 class GGUFExportError(ExplorerError):

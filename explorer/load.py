@@ -1,118 +1,32 @@
-"""Stage 1, load: a causal LM and its tokenizer from an embedded name, a hub id, a folder or a GGUF file.
+"""Placing a model: its weights on a device in a dtype, whole or with its layers offloaded.
 
-`load_model` picks the device and dtype (CUDA + bf16 when there is a GPU, CPU + fp32 otherwise),
-never runs remote code unless asked, and converts a GGUF file once into a cached safetensors folder
-so that later loads are fast and the model can be exported (transformers refuses to save a model
-still marked as GGUF-quantized).
+`place_model` picks the device and dtype (CUDA + bf16 when there is a GPU, CPU + fp32 otherwise),
+never runs remote code unless asked, checks the memory a model needs before reading a weight,
+and finds the model's adapter on an empty meta model first. What a spec names (and the GGUF
+conversion) is `spec.py`'s; the entry users call, with the self-check, is `loading.load_model`.
 
 Example:
-    >>> lm = load_model("smollm2-135m")      # embedded default, no network
+    >>> lm = place_model("smollm2-135m")      # embedded default, no network
     >>> lm.num_layers, lm.device, lm.dtype
     (30, device(type='cpu'), torch.float32)
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
 from .arch import Architecture, adapter_for
-from .layer_config import snapshot
-from .embedded import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_gguf, file_digest
+from .embedded import DEFAULT_MODEL, EMBEDDED, embedded_gguf
 from .errors import ModelLoadError, one_line, named_line
-from .memory import (check_fits, check_layer_fits, check_writable, choose_offload,
-                     device_budget, estimate_model_bytes, parse_max_memory)
+from .memory import (check_layer_fits, check_writable, choose_offload, device_budget, estimate_model_bytes, parse_max_memory)
+from .model import DTYPES, LoadedModel
 from .progress import Event, Progress
-from .settings import get
-
-
-# Names users may give for a dtype (CLI --dtype, load_model, perplexity's compute_dtype).
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-@dataclass
-class LoadedModel:
-    """A loaded model with everything the later stages need. Never modified in place by a stage:
-    measuring a variant calls its slots' modules directly (explorer/backbone.py), without a lock;
-    only what needs a whole Hugging Face model (generation, lm-eval, export, speed) swaps the
-    variant's layers in, under `lock` (`Variant.applied()`)."""
-
-    model: nn.Module
-    tokenizer: Any
-    arch: Architecture
-    spec: str                    # what the user asked for ("smollm2-135m", "org/name", a path)
-    source: str                  # what was actually loaded (cached folder, hub id, path)
-    device: torch.device
-    dtype: torch.dtype
-    load_seconds: float
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    # Where the decoder layers' weights live when they are not all on `device`
-    # (`explorer.weights.LayerWeights`: CPU RAM, or the folder's safetensors shards, the layers
-    # then empty on the meta device); None: the whole model is on `device`. Non-None makes every
-    # pass layer-major (explorer/stream.py).
-    weights: Any = field(default=None, repr=False)
-    # The model's own layer list and sizes, captured at load. While a variant is applied (by any
-    # thread, under `lock`) the model holds the variant's layers; readers outside the lock must
-    # use these, or they would see another request's edit.
-    original_layers: nn.ModuleList = field(init=False, repr=False)
-    # every per-layer field of the config at load (explorer/layer_config.py): a variant's
-    # config is rewritten from these
-    layer_fields: dict[str, Any] = field(init=False, repr=False)
-    # the self-check at load (explorer/selfcheck.py); None: not run (a model built by hand)
-    self_check: Any = field(default=None, repr=False)
-    _num_parameters: int = field(init=False, repr=False)
-    _parameter_bytes: int = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        with self.lock:
-            self.original_layers = self.arch.layer_list(self.model)
-            self.layer_fields = snapshot(self.model.config)
-            params = list(self.model.parameters())
-            self._num_parameters = sum(p.numel() for p in params)
-            self._parameter_bytes = sum(p.numel() * p.element_size() for p in params)
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.original_layers)
-
-    @property
-    def num_parameters(self) -> int:
-        return self._num_parameters
-
-    def info(self) -> dict:
-        """A JSON-ready summary for the CLI and the UI."""
-        return {
-            "model": self.spec,
-            "source": self.source,
-            "model_type": self.config.model_type,
-            "adapter": self.arch.family,
-            "num_layers": self.num_layers,
-            "hidden_size": getattr(self.config, "hidden_size", None),
-            "parameters": self.num_parameters,
-            "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "memory_mb": round(self._parameter_bytes / 2**20, 1),
-            "offload": self.weights.kind if self.weights is not None else None,
-            "load_seconds": round(self.load_seconds, 2),
-            "found": self.arch.describe(),
-            "self_check": self.self_check.describe() if self.self_check else "not run",
-        }
+from .spec import explain_load_failure, gguf_to_folder, remote_code_allowed, resolve, unreachable_hub_host
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -137,76 +51,6 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}'; use one of: auto, " + ", ".join(DTYPES))
     return DTYPES[dtype]
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1] \
-        or spec.endswith((".gguf", ".safetensors", ".bin")) or spec.count("/") > 1
-
-
-def resolve(spec: str) -> tuple[str, str]:
-    """Classify a model spec: ("embedded", name), ("gguf", path), ("folder", path) or ("hub", id)."""
-    spec = (spec or "").strip()
-    if not spec:
-        raise ModelLoadError("no model given; try --model " + DEFAULT_MODEL)
-    if spec in EMBEDDED:
-        return "embedded", spec
-    path = Path(spec).expanduser()
-    if path.exists():
-        if path.is_file():
-            if path.suffix.lower() != ".gguf":
-                raise ModelLoadError(f"'{spec}' is a file but not a .gguf file; give a GGUF file or "
-                                     "a model folder")
-            return "gguf", str(path.resolve())
-        if not (path / "config.json").exists():
-            raise ModelLoadError(f"folder '{spec}' has no config.json: it does not hold a "
-                                 "transformers model")
-        return "folder", str(path.resolve())
-    if _looks_like_path(spec):
-        raise ModelLoadError(f"path '{spec}' does not exist")
-    return "hub", spec
-
-
-def _gguf_to_folder(gguf: Path, progress: Progress | None) -> Path:
-    """Convert a GGUF file once into a safetensors folder in the cache; return that folder.
-
-    transformers dequantizes GGUF to torch tensors on every load (slow) and refuses to save such a
-    model; the converted folder loads in seconds and exports like any other.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = cache_root() / "converted" / f"{gguf.stem}-{file_digest(gguf)}"
-    if (target / "config.json").exists():
-        return target
-    # Dequantizing to fp32 takes up to ~8x the file size (4-bit weights): refuse early, on CPU,
-    # where the conversion runs. Only when converting: a cached folder is checked like any other.
-    check_fits(gguf.stat().st_size * 8, torch.device("cpu"), gguf.name, torch.float32)
-    if progress:
-        progress(Event("load", 0.05, note=f"converting {gguf.name} to safetensors (once, then cached)"))
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     dtype=torch.float32)
-    except Exception as exc:  # corrupt, truncated or unsupported GGUF
-        raise ModelLoadError(f"could not read GGUF file '{gguf.name}' (corrupt, truncated or not "
-                             f"a supported GGUF model): {one_line(exc)}") from None
-    # The dequantized weights are plain fp32 tensors; drop the GGUF marking so it can be saved.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def place_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
@@ -261,16 +105,16 @@ def place_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
                 progress(Event("load", 0.05,
                                note=f"{spec} is not installed locally; trying {where} on the hub"))
         else:
-            where = str(_gguf_to_folder(embedded_gguf(where), progress))
+            where = str(gguf_to_folder(embedded_gguf(where), progress))
     elif kind == "gguf":
-        where = str(_gguf_to_folder(Path(where), progress))
+        where = str(gguf_to_folder(Path(where), progress))
     offline_host = unreachable_hub_host() if kind == "hub" else None
     hub_kwargs = {"local_files_only": True} if offline_host else {}
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code,
                                             **hub_kwargs)
     except Exception as exc:
-        msg = _explain_load_failure(spec, kind, exc, offline_host)
+        msg = explain_load_failure(spec, kind, exc, offline_host)
         if spec in EMBEDDED and kind == "hub":
             msg = (f"embedded model '{spec}' is not installed ({EMBEDDED[spec].install}) and its "
                    f"hub copy {where} could not be reached")
@@ -337,7 +181,7 @@ def place_model(spec: str = DEFAULT_MODEL, *, device: str | None = None,
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(_explain_load_failure(spec, kind, exc, offline_host)) from None
+        raise ModelLoadError(explain_load_failure(spec, kind, exc, offline_host)) from None
     if placement == "cpu":
         from .weights import RamWeights
 
@@ -422,55 +266,3 @@ def _gib(n: int) -> str:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
-
-
-def remote_code_allowed() -> bool:
-    """False when the operator turned remote code off for the whole process
-    (LAYER_EXPLORER_ALLOW_REMOTE_CODE=0, e.g. on a public Space): then no caller may enable it."""
-    return get("LAYER_EXPLORER_ALLOW_REMOTE_CODE")
-
-
-PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-
-
-def unreachable_hub_host() -> str | None:
-    """The hub's host name when this machine cannot even resolve it (no network), else None.
-
-    Then `load_model` asks transformers for the local cache only: a model downloaded earlier still
-    loads, and an unknown id fails at once instead of after huggingface_hub's ~30 s of retries.
-    Not checked behind a proxy (the proxy resolves names) or in offline mode (already fast).
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") \
-            or any(os.environ.get(v) for v in PROXY_VARS):
-        return None
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
-    try:
-        socket.getaddrinfo(host, 443)
-    except socket.gaierror:
-        return host
-    except (OSError, UnicodeError):   # anything else: let the hub client try and explain
-        return None
-    return None
-
-
-def _explain_load_failure(spec: str, kind: str, exc: Exception, offline_host: str | None = None
-                          ) -> str:
-    msg = one_line(exc)
-    if "trust_remote_code" in msg or "custom code" in msg:
-        return (f"'{spec}' needs its own Python code to load; allow it explicitly with "
-                "--trust-remote-code (only for repositories you trust)")
-    low = msg.lower()
-    if "no file named" in low and kind != "hub":
-        return (f"could not load '{spec}': the folder has no weights file (model.safetensors or "
-                "pytorch_model.bin)")
-    if "deserializ" in low or "incomplete metadata" in low or "header too" in low:
-        return f"could not load '{spec}': a weights file is corrupt or truncated ({msg})"
-    if kind == "hub" and offline_host:
-        return (f"could not load '{spec}' from the Hugging Face hub: {offline_host} cannot be "
-                "reached from this machine (no network?) and the model is not in the local "
-                "Hugging Face cache; use a local folder, a .gguf file or an embedded model ("
-                + ", ".join(EMBEDDED) + ")")
-    if kind == "hub":
-        return (f"could not load '{spec}' from the Hugging Face hub (unknown id, private, or no "
-                f"network): {msg}")
-    return f"could not load '{spec}': {msg}"

@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import time
 
-from .load import LoadedModel, place_model
+from explorer.model import LoadedModel
+from explorer.load import place_model
 from .progress import Event
 from .selfcheck import require
 

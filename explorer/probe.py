@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import LayerError, TextError
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .progress import Progress
 from .backbone import run_backbone, this_thread_only
 from .tokens import auto_batch_size, tokenize, use_bos, windows

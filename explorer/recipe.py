@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from . import fitted as _fitted
 from .errors import LayerError, one_line
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .variant import Variant
 
 FORMAT = "layer-explorer-recipe/1"

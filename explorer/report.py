@@ -40,7 +40,7 @@ from . import figures, manifold
 from .errors import ExplorerError, one_line
 from .evaluate import DEFAULT_PROMPTS, PPLResult, generate, perplexity
 from .layer_lists import format_layers
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .measure import MEASURES, adjacent, get_measure, similarity
 from .methods.layout import Layout
 from .probe import ProbeResult, probe

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 
 from . import cache
-from .load import LoadedModel, resolve
+from explorer.model import LoadedModel
+from explorer.spec import resolve
 from .loading import load_model
 from .progress import Progress
 

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ExplorerError
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .progress import Event, Progress
 from .backbone import this_thread_only
 from .memory import _fmt, available_bytes

@@ -50,7 +50,7 @@ import torch.nn as nn
 from .passes import Batch, StartStates, check_boundaries, rows_of, skeleton_pass
 from .layer_config import variant_config
 from .errors import LayerError, one_line
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .progress import Event, Progress
 from .settings import get
 from .tokens import auto_batch_size

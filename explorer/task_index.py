@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from .cache import Store
 from .errors import ExplorerError, one_line
-from .load import unreachable_hub_host
+from explorer.spec import unreachable_hub_host
 LM_EVAL_VERSION = "0.4.13"              # pinned in requirements.txt
 INSTALL = f"pip install lm-eval=={LM_EVAL_VERSION}"
 MAX_TASKS = 32                          # a typo'd glob must not queue hundreds of tasks

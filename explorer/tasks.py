@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .load import LoadedModel
+from explorer.model import LoadedModel
 from .progress import Event, Progress
 from .task_index import (TaskError, check_limit, hub_offline_if_unreachable, import_lm_eval,
                          installed_version, load_check, parse_task_list, resolve_tasks)

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from .errors import LayerError
-from .load import LoadedModel
+from explorer.model import LoadedModel
 
 
 @dataclass(eq=False)

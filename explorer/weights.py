@@ -20,7 +20,7 @@ import torch.nn as nn
 from .errors import ModelLoadError, one_line
 
 if TYPE_CHECKING:
-    from .load import LoadedModel
+    from explorer.model import LoadedModel
 
 
 class LayerWeights:

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from explorer import cli, load_model, load_texts, probe, session
-from explorer.load import LoadedModel
+from explorer.model import LoadedModel
 from explorer.measure import adjacent
 from explorer.profiles import ProfileStore, compare_models, profile_of, relative_depth
 

@@ -190,7 +190,7 @@ def test_unknown_hub_id_online_path_prints_one_line_and_no_token(tmp_path, monke
     the environment appears nowhere. Without network (CI) the hub's host does not resolve, so
     the local cache alone is asked and the answer comes at once, saying why; with network,
     huggingface_hub answers (its retry lines must not leak either)."""
-    from explorer.load import unreachable_hub_host
+    from explorer.spec import unreachable_hub_host
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)      # as in the child's environment
     proc = subprocess.run([sys.executable, "-m", "explorer", "eval", "--model",
@@ -214,7 +214,7 @@ def test_hub_model_in_the_local_cache_loads_without_network(tmp_path, tiny_facto
     on a machine whose hub host does not resolve, with no offline switch set."""
     import shutil
 
-    from explorer.load import unreachable_hub_host
+    from explorer.spec import unreachable_hub_host
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)      # as in the child's environment
     if not unreachable_hub_host():

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..errors import ExplorerError
 from ..heal.registry import MODES, check_budget, get_mode, heal, healing_text
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..params import resolve
 from ..speed import SpeedError, measure_speed
 from ..task_index import TaskError, check_limit, load_check, parse_task_list, resolve_tasks

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ..backbone import hooks, run_backbone
 from ..errors import LayerError, ParamError
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..params import Param
 from ..variant import Variant
 from .cuts import Cut, find_cuts, trainable_copy, with_slot

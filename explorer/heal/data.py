@@ -26,7 +26,7 @@ from ..cache import Store
 from ..calibration import text_digest
 from ..errors import TextError
 from ..evaluate import LOGIT_CHUNK, final_logits, token_nll
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..progress import Progress
 from ..probe import calibration_windows
 from ..tokens import tokenize

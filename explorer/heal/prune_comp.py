@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from ..backbone import run_backbone
 from ..errors import LayerError
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..params import Param
 from ..variant import Variant
 from .closed_form import ClosedForm, _norm_scale, apply_closed_form

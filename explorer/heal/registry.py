@@ -38,7 +38,7 @@ import torch
 from ..calibration import find_calibration, remember_text
 from ..components import Registry
 from ..errors import LayerError, ParamError, TextError
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..progress import Event, Progress
 from ..params import Param, markdown_table, resolve
 from ..fitted import record as record_fitted

@@ -24,7 +24,7 @@ from functools import partial
 import torch.nn as nn
 
 from ..errors import LayerError
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..params import Param
 from ..variant import PARTS, NewLayer, Variant
 from .layout import Layout

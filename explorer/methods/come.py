@@ -45,7 +45,7 @@ import torch.nn as nn
 from ..backbone import hooks, run_backbone
 from ..calibration import find_calibration
 from ..errors import ExplorerError, LayerError
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..measure import measure_param, most_similar, similarity
 from ..params import Param
 from ..fitted import record as record_fitted

@@ -38,7 +38,7 @@ from functools import partial
 import torch
 
 from ..errors import ParamError
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..params import Param
 from ..variant import Variant
 from .ppl_search import Candidate, PerplexitySearch

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..backbone import run_backbone
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..passes import LayerCall
 from ..progress import Event, Progress
 from ..variant import Variant

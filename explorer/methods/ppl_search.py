@@ -41,7 +41,7 @@ from ..dense_cache import CACHE, PrefixStates, checkpoints
 from ..errors import ExplorerError
 from ..evaluate import (BOUND_SLACK, LOGIT_CHUNK, WindowPass, final_logits, finish_pass,
                         run_windows)
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..progress import Progress
 from ..variant import Variant
 from .layout import Layout

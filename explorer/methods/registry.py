@@ -37,7 +37,7 @@ import torch
 from ..calibration import find_calibration, remember_text, text_digest  # noqa: F401 (re-exported)
 from ..components import Registry
 from ..errors import LayerError
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..progress import Event, Progress
 from ..params import Param, help_text, markdown_table, resolve
 from ..probe import ProbeResult, calibration_windows, probe

@@ -32,7 +32,7 @@ import numpy as np
 from .. import session
 from ..cache import Store
 from ..errors import ExplorerError, TextError
-from ..load import LoadedModel
+from explorer.model import LoadedModel
 from ..progress import Progress
 from ..probe import ProbeResult
 from ..recipe import replay
