@@ -144,7 +144,7 @@ def test_every_path_uses_the_variants_head(which, request, tmp_path):
     assert _plain_ppl(back, w) == pytest.approx(plain, rel=1e-5)
     assert sum(t.numel() for t in {id(t): t for t in back.parameters()}.values()) == \
         hv.num_parameters()
-    from explorer.speed import weights_bytes
+    from explorer.footprint import weights_bytes
 
     head_bytes = hv.head.weight.numel() * hv.head.weight.element_size()
     # deployed, an own head adds its bytes to a tied model and replaces an untied one's; in this

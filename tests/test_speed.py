@@ -10,7 +10,8 @@ import json
 import pytest
 
 from explorer import Variant, cli, measure_speed
-from explorer.speed import SpeedError, largest_batch, run_bytes
+from explorer.footprint import largest_batch, run_bytes
+from explorer.speed import SpeedError
 from tiny import state_checksum
 
 SMALL = dict(batches=(1, 2), prefill_tokens=32, decode_prompt=8, new_tokens=6, repeats=3)
