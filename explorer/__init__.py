@@ -26,7 +26,8 @@ Example:
 """
 
 from .errors import ExplorerError, LayerError, ModelLoadError, TextError
-from .evaluate import PPLResult, generate, perplexity
+from explorer.evaluate import PPLResult, perplexity
+from explorer.generate import generate
 from .export import export
 from .heal import HealResult, heal
 from . import methods  # noqa: F401 (registers the methods and their recipe ops' replay)

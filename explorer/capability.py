@@ -43,6 +43,7 @@ from .backbone import run_backbone
 from .errors import TextError
 from .evaluate import final_logits, evaluation_windows
 from explorer.model import LoadedModel
+from .generate import greedy_continuations
 from .progress import Event, Progress, scaled
 from .tokens import auto_batch_size, use_bos
 from .variant import Variant
@@ -234,45 +235,6 @@ def generation_prompts(lm: LoadedModel, text: str, num_prompts: int = 16,
     w = evaluation_windows(lm, text, prompt_tokens, max_tokens, bos)
     n = min(num_prompts, w.shape[0])
     return w[[int(k * w.shape[0] / n) for k in range(n)]]
-
-
-@torch.no_grad()
-def greedy_continuations(lm: LoadedModel, prompts: torch.Tensor, variant: Variant | None = None,
-                         new_tokens: int = 32) -> torch.Tensor:
-    """(N, new_tokens) greedy continuations of the (N, P) prompts with the KV cache, one batch
-    (the prompts have the same length: no padding). Every step takes the argmax, end-of-text
-    included, so each row has exactly `new_tokens` tokens."""
-    variant = variant or Variant.identity(lm)
-    ids = prompts.to(lm.device)
-    if lm.weights is not None and not lm.weights.runs_whole:
-        return _greedy_without_cache(lm, ids, variant, new_tokens)
-    out_tokens = []
-    with variant.applied() as model:
-        out = model(input_ids=ids, use_cache=True)
-        for step in range(new_tokens):
-            nxt = out.logits[:, -1].float().argmax(-1, keepdim=True)         # (N, 1)
-            out_tokens.append(nxt)
-            if step + 1 < new_tokens:
-                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
-    return torch.cat(out_tokens, dim=1).cpu()
-
-
-def _greedy_without_cache(lm: LoadedModel, ids: torch.Tensor, variant: Variant,
-                          new_tokens: int) -> torch.Tensor:
-    """`greedy_continuations` for a model whose layers stay on disk (it cannot run whole, so no
-    KV cache): each new token is one full pass over the prompt and the tokens so far, through
-    `run_backbone` (layer-major: one layer's weights at a time). new_tokens passes: slow on a big
-    model, but the same tokens."""
-    head = variant.head_module()
-    out_tokens = []
-    for _ in range(new_tokens):
-        batches = list(run_backbone(lm, ids, variant=variant, final_norm=True,
-                                    batch_size=ids.shape[0], label="greedy continuation"))
-        last = batches[0].hidden[:, -1]                                          # (N, H)
-        nxt = final_logits(lm, last, head=head).argmax(-1, keepdim=True)         # (N, 1)
-        out_tokens.append(nxt)
-        ids = torch.cat([ids, nxt.to(ids.device)], dim=1)
-    return torch.cat(out_tokens, dim=1).cpu()
 
 
 def agreement(dense: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:

@@ -550,25 +550,3 @@ def _missing(ref: PrefixStates | None, marks: list[int], variant: Variant,
 
 # The prompts the app and the HTML report continue: a fact, an explanation and code, three kinds
 # of text that removing layers tends to harm differently.
-DEFAULT_PROMPTS = (
-    "The capital of France is",
-    "Photosynthesis is the process by which",
-    "def fibonacci(n):",
-)
-
-
-@torch.no_grad()
-def generate(lm: LoadedModel, prompts: list[str], *, variant: Variant | None = None,
-             max_new_tokens: int = 32) -> list[str]:
-    """Greedy continuations of each prompt (perplexity alone can hide a loss of capability)."""
-    variant = variant or Variant.identity(lm)
-    tok = lm.tokenizer
-    outs = []
-    with variant.applied() as model:
-        for prompt in prompts:
-            ids = tok(prompt, return_tensors="pt").input_ids.to(lm.device)
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-            outs.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-    return outs

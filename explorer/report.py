@@ -38,7 +38,8 @@ import torch
 
 from . import figures, manifold
 from .errors import ExplorerError, one_line
-from .evaluate import DEFAULT_PROMPTS, PPLResult, generate, perplexity
+from explorer.generate import DEFAULT_PROMPTS, generate
+from explorer.evaluate import PPLResult, perplexity
 from .layer_lists import format_layers
 from explorer.model import LoadedModel
 from .measure import MEASURES, adjacent, get_measure, similarity

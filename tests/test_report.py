@@ -16,7 +16,8 @@ import pytest
 from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tiny import SAMPLE_TEXT
 
-from explorer.evaluate import generate, perplexity
+from explorer.generate import generate
+from explorer.evaluate import perplexity
 from explorer.recipe import Recipe, replay
 from explorer.report import (Healing, ReportSizes, Subject, build_report, plan_layers,
                              subject_of_recipe)

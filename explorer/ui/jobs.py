@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .. import measure, methods
 from ..capability import capability
-from ..evaluate import PPLResult, generate, perplexity
+from explorer.evaluate import PPLResult, perplexity
+from explorer.generate import generate
 from ..export import export
 from ..fitted import fitted_path
 from ..recipe import Recipe

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..embedded import DEFAULT_MODEL
-from ..evaluate import DEFAULT_PROMPTS
+from explorer.generate import DEFAULT_PROMPTS
 from ..settings import SETTINGS, get
 
 
