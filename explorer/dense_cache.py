@@ -70,8 +70,8 @@ def weights_fingerprint(lm: LoadedModel) -> str:
     """A digest of the model's weights and configuration, cheap enough to take on every call.
 
     Each weight tensor enters with its name, shape, dtype and a strided sample of 4096 of its
-    values (20 ms for SmolLM2; hashing all 540 MB took 1-3 s on the 2-core CPU), the configuration
-    as JSON. Another model, another checkpoint or any training changes it; a single edited value
+    values (a sample keeps it cheap; hashing every value of a model takes seconds), the
+    configuration as JSON. Another model, another checkpoint or any training changes it; a single edited value
     outside the sample does not (the loaded model is never edited in place, by design).
     The original layers are read (`lm.original_layers`), never the live list, which may hold
     another thread's variant; for the same reason the config's layer count and types are left out.

@@ -11,9 +11,9 @@ torch.no_grad), sized by a token budget per forward pass (BATCH_TOKENS); the voc
 projection and the cross-entropy run on chunks of positions, so the (batch x seqlen x vocab)
 logits tensor is never materialised whole (49k vocab x 8 x 512 in fp32 would be 800 MB).
 `compute_dtype="bfloat16"` runs the layers' matrix products under bf16 autocast (residual stream,
-norms, head and loss stay in fp32); the perplexity moves by ~1e-3 relative on SmolLM2. It only
-pays on CPUs with native bf16 (AVX512-BF16, AMX): on an AVX2-only CPU it was 2.5-5x *slower* than
-fp32 (bench/RESULTS.md), so the default keeps the model's own dtype, the exact figure. On CUDA
+norms, head and loss stay in fp32); the figure moves slightly (bench/RESULTS.md says how much).
+It only pays on CPUs with native bf16 (AVX512-BF16, AMX): elsewhere it is slower than fp32
+(bench/RESULTS.md), so the default keeps the model's own dtype, the exact figure. On CUDA
 the model is already loaded in bf16 (`load_model`).
 
 Cache (explorer/dense_cache.py, docs/search.md): the dense figure is computed once per model

@@ -11,8 +11,8 @@ starts at l = H - C and moves down: by I after an accepted merge, by 1 after a r
 l < L_low or the target layer count is reached. Near the target, m shrinks so the model never loses
 more than `remove` layers.
 
-Two modes, because the paper's walk often cannot reach a requested size (on SmolLM2's 30 layers at
-C=7, T=0.45 it accepts no merge at all: cosines -0.04..0.06):
+Two modes, because the paper's walk often cannot reach a requested size (on the default model at
+C=7, T=0.45 it accepts no merge at all: docs/methods.md):
   - "walk": the paper's procedure as published (C defaults to the published 7). If the walk ends
     before `remove` layers are gone, the method raises an error that says how far it got.
   - "target" (default; ours, not the paper's): C is scaled to the model's depth (the published C=7

@@ -12,8 +12,8 @@ re-scores everything on the edited model. What makes it affordable (docs/search.
   so such a candidate cannot win: the choice is the one a full evaluation of every candidate
   makes. Candidates are run in the order of their previous step's scores, so a strong one sets
   the bar early.
-- Bounds before the head: the vocabulary head costs as much as ~10 of SmolLM2's layers per
-  candidate. Each candidate first runs its layers on every window and gets a lower bound of its
+- Bounds before the head: on a small model the vocabulary head costs as much as several layers
+  per candidate. Each candidate first runs its layers on every window and gets a lower bound of its
   NLL from the logits of a few thousand likely tokens only (`BOUND_VOCAB`: the current model's
   most probable ones plus every target; a log-sum-exp over a subset is smaller than over the
   whole vocabulary); a candidate whose bound already exceeds the best total stops there. The
@@ -47,9 +47,8 @@ from ..variant import Variant
 from .layout import Layout
 
 
-# Tokens in the vocabulary of the lower bounds (plus every target of the windows). On SmolLM2
-# (49k tokens), SLEB's first step: 4096 -> 22 of 28 candidates stopped by the bound, for 8% of
-# the head's time each; 1024 -> 9; 256 -> 4 (bounds at 82-96% and 71-91% of the exact NLL).
+# Tokens in the vocabulary of the lower bounds (plus every target of the windows); how many
+# candidates each size stops, and how tight the bounds are: docs/search.md.
 BOUND_VOCAB = 4096
 # Final hidden states that candidates waiting for their full head may hold, at most (8 x 128
 # tokens of SmolLM2: 2.4 MB a candidate; of a 4096-wide model: 17 MB).

@@ -172,8 +172,7 @@ class Streamline(Method):
               "layer, trained (exportable); a closed-form linear map; or a trained SwiGLU block",
               choices=REPLACEMENTS,
               label="Replacement layer"),
-        Param("steps", int, 60, "optimiser steps for layer and ffn (60: < 1 min on CPU for "
-              "SmolLM2)", min=0,
+        Param("steps", int, 60, "optimiser steps for layer and ffn", min=0,
               label="Training steps"),
         Param("lr", float, 3e-4, "Adam learning rate, cosine-decayed", min=0,
               label="Learning rate"),
@@ -208,7 +207,7 @@ class Streamline(Method):
         H = ctx.lm.config.hidden_size
         tokens = ctx.input_ids.numel() - (ctx.input_ids.shape[0] if params["skip_first"] else 0)
         if params["replacement"] == "linear" and tokens < 4 * (H + 1):
-            # measured on SmolLM2 (H=576): 8 x 128 tokens -> ppl 1341, 32 x 128 -> ppl 36
+            # fewer tokens than unknowns overfit badly (docs/methods.md, LLM-Streamline)
             note += (f" Only {tokens} calibration tokens for {H + 1} unknowns per output: the "
                      "linear fit likely overfits; use more calibration samples.")
         return Plan(self.name, params, v, lay.removed(L), lay.merged(),
