@@ -42,12 +42,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .gather import Gather, SlotGathers
 from .passes import Batch, StartStates, check_boundaries, rows_of, skeleton_pass
 from .layer_config import variant_config
 from .errors import LayerError, one_line
@@ -172,7 +173,8 @@ def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: 
                     final_norm: bool = False, record=(), capture_call: bool = False,
                     batch_size: int | None = None, progress: Progress | None = None,
                     label: str = "forward", grad: bool = False,
-                    store: BoundaryStore | None = None) -> Iterator[Batch]:
+                    store: BoundaryStore | None = None,
+                    gather: Sequence[Gather] = ()) -> Iterator[Batch]:
     """`backbone.run_backbone`'s contract (same arguments, same `Batch`es, same values), computed
     layer by layer: every window goes through slot i before any goes through slot i+1.
 
@@ -188,6 +190,7 @@ def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: 
     variant = variant or Variant.identity(lm)
     L = variant.num_layers
     stop, wanted = check_boundaries(L, start, stop, final_norm, start_states, record)
+    taps = SlotGathers(gather, start, stop)
     B, T = ids.shape
     batch_size = batch_size or auto_batch_size(lm.device, T)
     batches = [slice(b0, min(B, b0 + batch_size)) for b0 in range(0, B, batch_size)]
@@ -200,9 +203,12 @@ def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: 
                                     need_calls=start < stop or capture_call)
             for i in range(start, stop):
                 module, where = _slot_module(lm, variant, i)
+                module = taps.module(i, module)
                 for k, rows in enumerate(batches):
                     x = store.get(i, k)
-                    store.put(i + 1, k, calls[rows.stop - rows.start][i].run(module, x))
+                    y = calls[rows.stop - rows.start][i].run(module, x)
+                    taps.feed(i, rows, x, y)
+                    store.put(i + 1, k, y)
                 if i not in wanted:
                     store.drop(i)
                 del module                 # a fetched copy's weights go with it

@@ -1,0 +1,120 @@
+"""Data-parallel ranks on torch.distributed: each rank takes a shard of the calibration windows,
+and the per-layer accumulators (`explorer.gather.Sums`) are added across ranks.
+
+Without an initialised process group (the usual case: one process) every function here is the
+identity: `shard` gives all windows, `reduce_sums` changes nothing. Under torchrun
+(`init_from_env`: gloo on CPUs, NCCL on GPUs) rank r of N takes windows
+[r W / N, (r + 1) W / N) and `reduce_sums` gathers every rank's float64 sums and adds them in
+rank order, the same on every rank, so a fit does not depend on who computed which windows
+beyond float64 rounding.
+
+What is done (issue 30): the closed-form and LinearPatch fits (`heal.closed_form.cut_gather`)
+shard and reduce through here. The command line does not start ranks yet (docs/scale.md).
+
+Example (two processes on one machine, gloo):
+    $ torchrun --nproc_per_node 2 my_script.py     # my_script calls ranks.init_from_env()
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from .errors import LayerError, one_line
+from .gather import Sums
+
+
+def world() -> tuple[int, int]:
+    """(this rank, number of ranks); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env() -> tuple[int, int]:
+    """Join the process group torchrun describes ($WORLD_SIZE, $RANK, $MASTER_ADDR...): NCCL
+    when this rank has a GPU, else gloo. One process (no $WORLD_SIZE, or 1): nothing to do."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return world()
+
+
+def shard(n: int) -> slice:
+    """This rank's windows of n: a contiguous block, the blocks in rank order."""
+    rank, size = world()
+    if size > n:
+        raise LayerError(f"{size} ranks but only {n} windows: every rank needs at least one "
+                         f"window (use at most {n} ranks, or more windows)")
+    return slice(rank * n // size, (rank + 1) * n // size)
+
+
+def rank_generator(seed: int) -> torch.Generator:
+    """A generator of its own for what one rank draws alone (derived from the run's seed and the
+    rank); what every rank must draw alike uses torch.Generator().manual_seed(seed)."""
+    rank, _ = world()
+    return torch.Generator().manual_seed(seed + 1_000_003 * rank)
+
+
+def _collective(fn, what: str):
+    try:
+        return fn()
+    except (RuntimeError, dist.DistBackendError) as exc:
+        raise LayerError(f"a rank stopped while the ranks were {what} ({one_line(exc)}); "
+                         "nothing of this step was kept") from None
+
+
+def agree(value: object, what: str) -> None:
+    """Every rank holds the same `value` (a fingerprint of the model, of the text), else one
+    line naming the first rank that differs."""
+    rank, size = world()
+    if size == 1:
+        return
+    got: list = [None] * size
+    _collective(lambda: dist.all_gather_object(got, value), f"comparing the {what}")
+    for r, v in enumerate(got):
+        if v != got[0]:
+            raise LayerError(f"the ranks disagree on the {what}: rank {r} has {v!r}, rank 0 "
+                             f"{got[0]!r} (start every rank with the same arguments)")
+
+
+def reduce_sums(sums: Sums) -> Sums:
+    """Add every rank's sums into `sums` (in place, float64, in rank order) and give every rank
+    all kept pieces; returns `sums`."""
+    rank, size = world()
+    if size == 1:
+        return sums
+    names = sorted(sums.sums)
+    agree(names, "accumulated statistics")
+    for name in names:
+        t = sums.sums[name].to(torch.float64).contiguous()
+        parts = [torch.empty_like(t) for _ in range(size)]
+        _collective(lambda: dist.all_gather(parts, t), f"adding '{name}'")
+        total = parts[0].clone()
+        for p in parts[1:]:                        # rank order: the same sum on every rank
+            total += p
+        sums.sums[name] = total
+    if sums.pieces:
+        got: list = [None] * size
+        mine = {n: {k: v.cpu() for k, v in d.items()} for n, d in sums.pieces.items()}
+        _collective(lambda: dist.all_gather_object(got, mine), "gathering kept states")
+        for other in got:
+            for n, d in other.items():
+                sums.pieces.setdefault(n, {}).update(d)
+    return sums
+
+
+def gather_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's rows (its `shard(n)`, (n_r, ...)) concatenated in window order, (n, ...) on
+    every rank: per-window figures (NLL sums) need no reduction, only collecting."""
+    rank, size = world()
+    if size == 1:
+        return t
+    got: list = [None] * size
+    _collective(lambda: dist.all_gather_object(got, t.detach().cpu()), "collecting window rows")
+    out = torch.cat(got)
+    if out.shape[0] != n:
+        raise LayerError(f"the ranks returned {out.shape[0]} windows of {n}")
+    return out.to(t.device)
