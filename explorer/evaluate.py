@@ -535,7 +535,7 @@ def sharded_windows(lm: LoadedModel, w: torch.Tensor, **kw) -> WindowPass:
     agree((lm.num_layers, lm.num_parameters, digest), "model and evaluation windows")
     p = run_windows(lm, w[shard(W)], **kw)
     p.nll = gather_rows(p.nll, W)
-    p.evaluated = gather_rows(p.evaluated, W)
+    p.evaluated = gather_rows(p.evaluated.to(torch.uint8), W).bool()
     return p
 
 

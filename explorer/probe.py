@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .errors import LayerError, TextError
 from .load import LoadedModel
 from .progress import Progress
+from .ranks import gather_rows, shard, world
 from .backbone import run_backbone
 from .gather import Gather, Sums, View
 from .tokens import auto_batch_size, tokenize, use_bos, windows
@@ -95,6 +96,9 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     layer_major: run layer by layer (explorer/stream.py; the same figures); None: when the model
     streams its layers.
     variant: the layers probed (default: the loaded model's own); nothing is swapped in.
+    Under ranks (`explorer.ranks`) each rank runs its shard of the windows and every rank gets
+    the whole result (the states collected in window order): every measure computed from it
+    (cosine, angular, CKA, NPIB, the manifold maps) is the one process's.
     """
     if input_ids is None:
         if text is None:
@@ -124,10 +128,11 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
 
     start = time.perf_counter()
     kept = keep.to(dev)
-    for batch in run_backbone(lm, input_ids, variant=variant, record=range(L + 1),
+    mine = shard(B)                  # ranks: this one's windows (all of them in one process)
+    for batch in run_backbone(lm, input_ids[mine], variant=variant, record=range(L + 1),
                               batch_size=batch_size, progress=progress, label="probing layers",
                               layer_major=layer_major):
-        b0, b1 = batch.rows.start, batch.rows.stop
+        b0, b1 = mine.start + batch.rows.start, mine.start + batch.rows.stop
         lo, hi = b0 * keep.numel(), b1 * keep.numel()
         sel = None
         if chosen is not None:
@@ -140,6 +145,12 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
             else:
                 states[slot, offset:offset + sel.numel()] = flat[(sel - lo).to(dev)]
             last[slot, b0:b1] = hidden[:, -1].float()
+    if world()[1] > 1:               # every rank gets every window's states, in window order
+        lo, hi = mine.start * keep.numel(), mine.stop * keep.numel()
+        if chosen is not None:
+            lo, hi = int((chosen < lo).sum()), int((chosen < hi).sum())
+        states = gather_rows(states[:, lo:hi].transpose(0, 1), N).transpose(0, 1).contiguous()
+        last = gather_rows(last[:, mine].transpose(0, 1), B).transpose(0, 1).contiguous()
     return ProbeResult(states=states, last=last, sample_of=sample_of.to(dev),
                        input_ids=input_ids.cpu(), skip_first=skip_first,
                        seconds=time.perf_counter() - start)

@@ -106,15 +106,24 @@ def reduce_sums(sums: Sums) -> Sums:
     return sums
 
 
-def gather_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Every rank's rows (its `shard(n)`, (n_r, ...)) concatenated in window order, (n, ...) on
-    every rank: per-window figures (NLL sums) need no reduction, only collecting."""
+def gather_rows(t: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Every rank's rows of `t` ((n_r, ...), its shard) concatenated in rank order, which is window
+    order, (sum n_r, ...) on every rank: per-window figures (NLL sums, probed states) need no
+    reduction, only collecting. n: the total expected (checked)."""
     rank, size = world()
     if size == 1:
         return t
-    got: list = [None] * size
-    _collective(lambda: dist.all_gather_object(got, t.detach().cpu()), "collecting window rows")
-    out = torch.cat(got)
-    if out.shape[0] != n:
-        raise LayerError(f"the ranks returned {out.shape[0]} windows of {n}")
+    dev = t.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    x = t.detach().to(dev).contiguous()
+    count = torch.tensor([x.shape[0]], dtype=torch.long, device=dev)
+    counts = [torch.zeros_like(count) for _ in range(size)]
+    _collective(lambda: dist.all_gather(counts, count), "collecting window rows")
+    most = int(max(int(c) for c in counts))
+    pad = torch.zeros((most - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=dev)
+    xp = torch.cat([x, pad])                       # all_gather needs equal shapes
+    parts = [torch.empty_like(xp) for _ in range(size)]
+    _collective(lambda: dist.all_gather(parts, xp), "collecting window rows")
+    out = torch.cat([p[:int(c)] for p, c in zip(parts, counts)])
+    if n is not None and out.shape[0] != n:
+        raise LayerError(f"the ranks returned {out.shape[0]} rows of {n}")
     return out.to(t.device)

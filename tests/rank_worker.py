@@ -29,11 +29,16 @@ def main(folder: str, out: str, suffix: str = "") -> None:
         return
     from explorer.evaluate import perplexity
 
+    from explorer.measure import similarity
+    from explorer.probe import probe
+
     nll = perplexity(lm, SAMPLE_TEXT, seqlen=32, max_tokens=640).window_nll
+    pr = probe(lm, SAMPLE_TEXT, seqlen=32, num_samples=7, max_tokens=150, batch_size=2)
+    sims = {m: similarity(pr, m) for m in ("cosine", "angular", "cka")}
     if rank == 0:
         k = r.details["fits"][0]["slot"]
         torch.save({"down": lm.arch.part(r.variant.layer(k), lm.arch.mlp_down).weight.clone(),
-                    "fits": r.details["fits"], "after": r.held_out_after, "ranks": size, "nll": nll}, out)
+                    "fits": r.details["fits"], "after": r.held_out_after, "ranks": size, "nll": nll, "sims": sims}, out)
 
 
 if __name__ == "__main__":

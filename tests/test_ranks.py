@@ -1,5 +1,5 @@
 """Data-parallel ranks (explorer/ranks.py): two gloo ranks, each on half of the windows, fit the
-same closed-form map and the same per-window NLLs as one process; ranks that disagree on the text, and more ranks than
+same closed-form map and the same per-window NLLs and similarity matrices as one process; ranks that disagree on the text, and more ranks than
 windows, are refused in one line."""
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def test_two_gloo_ranks_fit_the_one_process_map(tiny_factory, tmp_path):
     assert two["after"] == pytest.approx(one["after"], rel=1e-5)
     assert len(two["nll"]) == len(one["nll"]) == 20                 # per-window NLL, in order
     assert sum(two["nll"]) == pytest.approx(sum(one["nll"]), rel=1e-9)
+    for m, a in one["sims"].items():                               # probed on 4 + 3 windows
+        assert (two["sims"][m] - a).abs().max() <= 1e-6, m
     bad = _torchrun(2, folder, tmp_path / "bad.pt", " Another sentence.")
     assert "ranks disagree" in bad["error"] and "\n" not in bad["error"]
 
