@@ -53,3 +53,33 @@ def test_more_ranks_than_windows_is_one_line(monkeypatch):
     with pytest.raises(ExplorerError, match="4 ranks but only 3 windows") as info:
         ranks.shard(3)
     assert "\n" not in str(info.value)
+
+
+def test_torchrun_similarity_command_equals_one_process(tiny_factory, capsys):
+    """`torchrun --nproc_per_node 2 -m explorer similarity`: rank 0 alone prints, the matrix is
+    the one process's; a command that does not run as ranks yet is refused in one line."""
+    import json
+
+    from explorer.cli import main
+
+    folder = tiny_factory("llama", num_layers=6)
+    args = ["similarity", "--model", str(folder), "--samples", "5", "--seqlen", "32", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent),
+                                          os.environ.get("PYTHONPATH", "")])}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "-m", "explorer"]
+    done = subprocess.run(run + args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1                                          # rank 0 alone printed
+    two = json.loads(lines[0])
+    assert main(args) == 0
+    one = json.loads(capsys.readouterr().out)
+    diff = max(abs(a - b) for ra, rb in zip(one["matrix"], two["matrix"]) for a, b in zip(ra, rb))
+    assert diff <= 1e-6 and two["num_tokens"] == one["num_tokens"]
+    done = subprocess.run(run + ["compress", "--model", str(folder), "--method", "shortgpt",
+                                 "--remove", "1"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "error: 'compress' does not run as 2 ranks yet" in done.stderr
