@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from .errors import LayerError
 from .gather import Gather, SlotGathers
 from .load import LoadedModel
 from .passes import Batch, LayerCall, StartStates, check_boundaries, rows_of, skeleton_pass
@@ -74,7 +75,7 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
                  batch_size: int | None = None, progress: Progress | None = None,
                  label: str = "forward", grad: bool = False,
                  layer_major: bool | None = None,
-                 gather: Sequence[Gather] = ()) -> Iterator[Batch]:
+                 gather: Sequence[Gather] = (), checkpoint=None) -> Iterator[Batch]:
     """Run windows `ids` (B, T) through the variant's slots [start, stop), one batch at a time.
 
     variant: None = the loaded model as it is (identity).
@@ -94,17 +95,24 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
     gather: per-layer accumulators (`explorer.gather.Gather`) fed at their slots, batch by batch;
         each one's `sums` is complete once the pass is.
 
+    checkpoint: a `resume.LayerCheckpoint` (layer-major passes only): the pass saves each layer's
+        frontier and resumes from it (explorer/resume.py).
+
     No lock is taken and the model is not modified: several passes may run at once.
     """
     from .variant import Variant   # variant imports load; avoid a cycle at import time
 
-    if not grad and (layer_major or (layer_major is None and lm.weights is not None)):
+    if checkpoint is not None and (grad or layer_major is False):
+        raise LayerError("a pass that resumes runs layer by layer (layer_major, no grad)")
+    if not grad and (checkpoint is not None or layer_major
+                     or (layer_major is None and lm.weights is not None)):
         from .stream import run_layer_major
 
         return (yield from run_layer_major(
             lm, ids, variant=variant, start=start, start_states=start_states, stop=stop,
             final_norm=final_norm, record=record, capture_call=capture_call,
-            batch_size=batch_size, progress=progress, label=label, grad=grad, gather=gather))
+            batch_size=batch_size, progress=progress, label=label, grad=grad, gather=gather,
+            checkpoint=checkpoint))
     variant = variant or Variant.identity(lm)
     L = variant.num_layers
     stop, wanted = check_boundaries(L, start, stop, final_norm, start_states, record)

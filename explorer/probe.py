@@ -87,7 +87,7 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
           seqlen: int = 128, num_samples: int = 32, batch_size: int | None = None,
           skip_first: bool = True, max_tokens: int | None = None, seed: int = 0, bos: str = "auto",
           progress: Progress | None = None, layer_major: bool | None = None,
-          variant: "Variant | None" = None) -> ProbeResult:
+          variant: "Variant | None" = None, checkpoint=None) -> ProbeResult:
     """Run calibration text (or ready `input_ids` of shape (B, T)) through the model once.
 
     batch_size: windows per forward pass (None: `tokens.auto_batch_size`, from the device).
@@ -96,6 +96,8 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     layer_major: run layer by layer (explorer/stream.py; the same figures); None: when the model
     streams its layers.
     variant: the layers probed (default: the loaded model's own); nothing is swapped in.
+    checkpoint: a `resume.LayerCheckpoint`: the pass runs layer by layer, saves each layer and
+    resumes a killed run (explorer/resume.py).
     Under ranks (`explorer.ranks`) each rank runs its shard of the windows and every rank gets
     the whole result (the states collected in window order): every measure computed from it
     (cosine, angular, CKA, NPIB, the manifold maps) is the one process's.
@@ -131,7 +133,7 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     mine = shard(B)                  # ranks: this one's windows (all of them in one process)
     for batch in run_backbone(lm, input_ids[mine], variant=variant, record=range(L + 1),
                               batch_size=batch_size, progress=progress, label="probing layers",
-                              layer_major=layer_major):
+                              layer_major=layer_major, checkpoint=checkpoint):
         b0, b1 = mine.start + batch.rows.start, mine.start + batch.rows.stop
         lo, hi = b0 * keep.numel(), b1 * keep.numel()
         sel = None
