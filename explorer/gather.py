@@ -131,6 +131,27 @@ def _shallow(module: nn.Module) -> nn.Module:
     return c
 
 
+def _module_path(layer: nn.Module, path: str) -> str:
+    """Where the part reached by attribute `path` sits in the module tree: the same path, or,
+    in a wrapper that hands attribute lookups to the layer it wraps (LinearPatch's module), the
+    path through the wrapper's children."""
+    node = layer
+    for part in path.split("."):
+        node = node._modules.get(part) if isinstance(node, nn.Module) else None
+    if node is not None:
+        return path
+    node = layer
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if not isinstance(node, nn.Module):
+            raise LayerError(f"the layer has no part '{path}' to gather")
+    target = node
+    for name, m in layer.named_modules(remove_duplicate=False):
+        if m is target and name:
+            return name
+    raise LayerError(f"the layer has no part '{path}' to gather")
+
+
 def tapped(layer: nn.Module, parts: dict[str, str], inputs: Iterable[str], sink: dict
            ) -> nn.Module:
     """A private copy of `layer` (weights shared) whose parts record into `sink` when it runs."""
@@ -140,7 +161,7 @@ def tapped(layer: nn.Module, parts: dict[str, str], inputs: Iterable[str], sink:
     top = _shallow(layer)
     for name, path in parts.items():
         node = top
-        names = path.split(".")
+        names = _module_path(layer, path).split(".")
         for child in names[:-1]:
             sub = node._modules.get(child)
             if sub is None:

@@ -140,3 +140,29 @@ def test_gather_sums_equal_the_whole_set_at_once(tiny_lm, layer_major, batch_siz
     assert float(g.sums["xy"]) == pytest.approx(float((x * y).sum()), rel=1e-9)
     assert torch.allclose(g.sums["mm"], m.pow(2).sum(dim=(0, 1)), rtol=1e-9)
     assert torch.equal(g.sums.kept("y").double(), y)
+
+
+def test_a_wrapped_layer_is_tapped_through_its_wrapper(tiny_lm):
+    """LinearPatch's exact patch wraps a layer and hands attribute lookups to it: the MLP part is
+    still found and read, and the wrapper's output is unchanged by the tap."""
+    from explorer.gather import tapped
+    from explorer.heal.linear_patch import PatchedLayer
+
+    lm = tiny_lm
+    layer = lm.original_layers[1]
+    H = lm.config.hidden_size
+    wrapped = PatchedLayer(layer, torch.eye(H))
+    sink: dict = {}
+    seen = []
+    down = lm.arch.part(layer, lm.arch.mlp_down)
+    h = down.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        x = torch.randn(2, 5, H, generator=torch.Generator().manual_seed(0))
+        from explorer.passes import skeleton_pass
+
+        _, calls = skeleton_pass(lm, Variant.identity(lm), torch.zeros(2, 5, dtype=torch.long))
+        y = calls[1].run(tapped(wrapped, {"m": lm.arch.mlp_down}, (), sink), x)
+        y0 = calls[1].run(wrapped, x)
+    finally:
+        h.remove()
+    assert torch.equal(y, y0) and torch.equal(sink["m"], seen[0])
