@@ -17,8 +17,8 @@ matrices 1e-6, NLL sums 1e-9 relative, maps 1e-5, held-out 1e-4 relative), the a
 (target: 2 ranks <= 0.6 x 1 rank), and the resume row: a 30-layer layer-major probe killed after
 layer 15 and resumed (layers computed again, and whether the states equal an uninterrupted run).
 
-The layer-wise training itself is not data-parallel: each rank trains on every window (its
-closed-form start is fitted on shards), so its row shows that the ranks agree, not a speed-up.
+The layer-wise training is data-parallel: each rank takes half of every step's windows and the
+gradients are added (explorer/heal/train.py, sharded=True).
 
     python bench/bench_distributed.py            # prints the rows as JSON lines
     python -m explorer bench --only distributed
@@ -152,8 +152,8 @@ def run(quick: bool = True, lm=None) -> list[dict]:
     d = abs(two["held_out"] - one["held_out"]) / one["held_out"]
     rows.append(common.row(BENCH, "2 ranks vs 1: seeded layerwise held-out ppl", d, 1e-4,
                            "relative diff", higher_is_better=False,
-                           note=f"{one['held_out']:.4f} vs {two['held_out']:.4f}; training is "
-                           "not sharded (each rank trains on every window); target <= 1e-4"))
+                           note=f"{one['held_out']:.4f} vs {two['held_out']:.4f}; each rank "
+                           "trains on half of every step's windows; target <= 1e-4"))
     base = one["analysis_s"]
     rows.append(common.row(BENCH, "analysis: 2 ranks x 1 thread vs 1 rank x 1 thread",
                            two["analysis_s"], base, "s", higher_is_better=False,

@@ -8,8 +8,11 @@ identity: `shard` gives all windows, `reduce_sums` changes nothing. Under torchr
 rank order, the same on every rank, so a fit does not depend on who computed which windows
 beyond float64 rounding.
 
-What is done (issue 30): the closed-form and LinearPatch fits (`heal.closed_form.cut_gather`)
-shard and reduce through here. The command line does not start ranks yet (docs/scale.md).
+What goes through here (docs/scale.md): the closed-form and LinearPatch fits
+(`heal.closed_form.cut_gather`: sums), the probe (`gather_rows`: every window's states, so every
+similarity measure is one process's), perplexity (per-window NLLs), layer-wise healing's training
+(`sum_tensors`: gradients; `from_rank0`: the time budget). The command line joins the group for
+`similarity` and `eval` (explorer/cli/__init__.py); rank 0 alone prints.
 
 Example (two processes on one machine, gloo):
     $ torchrun --nproc_per_node 2 my_script.py     # my_script calls ranks.init_from_env()
@@ -127,3 +130,34 @@ def gather_rows(t: torch.Tensor, n: int | None = None) -> torch.Tensor:
     if n is not None and out.shape[0] != n:
         raise LayerError(f"the ranks returned {out.shape[0]} rows of {n}")
     return out.to(t.device)
+
+
+def from_rank0(value):
+    """Rank 0's `value` on every rank (a time budget's decision: ranks run at different speeds,
+    so rank 0 alone reads its clock)."""
+    rank, size = world()
+    if size == 1:
+        return value
+    box = [value]
+    _collective(lambda: dist.broadcast_object_list(box, src=0), "agreeing on the time budget")
+    return box[0]
+
+
+def sum_tensors(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every rank's tensors added (float64, rank order, so the sum does not depend on the rank
+    count beyond rounding), cast back to each tensor's dtype: the data-parallel gradient."""
+    rank, size = world()
+    if size == 1:
+        return ts
+    out = []
+    for t in ts:
+        x = t.detach().to(torch.float64).contiguous()
+        dev = x.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        x = x.to(dev)
+        parts = [torch.empty_like(x) for _ in range(size)]
+        _collective(lambda: dist.all_gather(parts, x), "adding gradients")
+        total = parts[0].clone()
+        for p in parts[1:]:
+            total += p
+        out.append(total.to(device=t.device, dtype=t.dtype))
+    return out

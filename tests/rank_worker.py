@@ -29,6 +29,11 @@ def main(folder: str, out: str, suffix: str = "") -> None:
         return
     from explorer.evaluate import perplexity
 
+    lw = heal(Variant.identity(lm).drop([2, 3]), "layerwise", steps=4, batch=4, keep_best=False,
+              calibration=text, seqlen=32, windows=12, held_out=2, seed=0)
+    trained = [t.clone() for k in range(lw.variant.num_layers)
+               for t in lw.variant.layer(k).state_dict().values()]
+
     from explorer.measure import similarity
     from explorer.probe import probe
 
@@ -38,7 +43,8 @@ def main(folder: str, out: str, suffix: str = "") -> None:
     if rank == 0:
         k = r.details["fits"][0]["slot"]
         torch.save({"down": lm.arch.part(r.variant.layer(k), lm.arch.mlp_down).weight.clone(),
-                    "fits": r.details["fits"], "after": r.held_out_after, "ranks": size, "nll": nll, "sims": sims}, out)
+                    "fits": r.details["fits"], "after": r.held_out_after, "ranks": size, "nll": nll, "sims": sims,
+                    "lw_after": lw.held_out_after, "lw": trained}, out)
 
 
 if __name__ == "__main__":

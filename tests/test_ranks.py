@@ -41,6 +41,9 @@ def test_two_gloo_ranks_fit_the_one_process_map(tiny_factory, tmp_path):
     assert sum(two["nll"]) == pytest.approx(sum(one["nll"]), rel=1e-9)
     for m, a in one["sims"].items():                               # probed on 4 + 3 windows
         assert (two["sims"][m] - a).abs().max() <= 1e-6, m
+    # layer-wise training: each rank its half of every step's windows, gradients added
+    assert two["lw_after"] == pytest.approx(one["lw_after"], rel=1e-5)
+    assert max(float((a - b).abs().max()) for a, b in zip(one["lw"], two["lw"])) <= 1e-5
     bad = _torchrun(2, folder, tmp_path / "bad.pt", " Another sentence.")
     assert "ranks disagree" in bad["error"] and "\n" not in bad["error"]
 
