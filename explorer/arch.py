@@ -198,6 +198,16 @@ class Architecture:
         except AttributeError:
             return None
 
+    def mlp_branch(self, layer: nn.Module) -> str | None:
+        """Dotted path of the module whose output is the MLP's contribution to the residual
+        stream (the layer's output is the stream before it plus that output): the norm after
+        the down projection where there is one (Gemma), else the down projection; None when the
+        layer has neither."""
+        for path in ("post_feedforward_layernorm", self.mlp_down):
+            if self.part(layer, path) is not None:
+                return path
+        return None
+
     # -- what the methods ask --------------------------------------------------------------
     @property
     def is_moe(self) -> bool:

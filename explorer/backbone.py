@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
+from .errors import LayerError
+from .gather import Gather, SlotGathers
 from explorer.model import LoadedModel
 from .passes import Batch, LayerCall, StartStates, check_boundaries, rows_of, skeleton_pass
 from .progress import Event, Progress
@@ -72,7 +74,8 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
                  final_norm: bool = False, record: Iterable[int] = (), capture_call: bool = False,
                  batch_size: int | None = None, progress: Progress | None = None,
                  label: str = "forward", grad: bool = False,
-                 layer_major: bool | None = None) -> Iterator[Batch]:
+                 layer_major: bool | None = None,
+                 gather: Sequence[Gather] = (), checkpoint=None) -> Iterator[Batch]:
     """Run windows `ids` (B, T) through the variant's slots [start, stop), one batch at a time.
 
     variant: None = the loaded model as it is (identity).
@@ -89,17 +92,27 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
         same values, one layer's weights on the device at a time). None: when the model streams
         its layers (`lm.weights`, load_model's offload) and grad is off.
 
+    gather: per-layer accumulators (`explorer.gather.Gather`) fed at their slots, batch by batch;
+        each one's `sums` is complete once the pass is.
+
+    checkpoint: a `resume.LayerCheckpoint` (layer-major passes only): the pass saves each layer's
+        frontier and resumes from it (explorer/resume.py).
+
     No lock is taken and the model is not modified: several passes may run at once.
     """
     from .variant import Variant   # variant imports load; avoid a cycle at import time
 
-    if not grad and (layer_major or (layer_major is None and lm.weights is not None)):
+    if checkpoint is not None and (grad or layer_major is False):
+        raise LayerError("a pass that resumes runs layer by layer (layer_major, no grad)")
+    if not grad and (checkpoint is not None or layer_major
+                     or (layer_major is None and lm.weights is not None)):
         from .stream import run_layer_major
 
         return (yield from run_layer_major(
             lm, ids, variant=variant, start=start, start_states=start_states, stop=stop,
             final_norm=final_norm, record=record, capture_call=capture_call,
-            batch_size=batch_size, progress=progress, label=label, grad=grad))
+            batch_size=batch_size, progress=progress, label=label, grad=grad, gather=gather,
+            checkpoint=checkpoint))
     variant = variant or Variant.identity(lm)
     L = variant.num_layers
     stop, wanted = check_boundaries(L, start, stop, final_norm, start_states, record)
@@ -108,7 +121,9 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
     # Weights in memory (or in CPU RAM that is the compute device): the modules, once. Layers
     # left on disk (training a streamed model): fetched for each batch, one at a time.
     resident = lm.weights is None or lm.weights.runs_whole
-    modules = {i: variant.loaded(i) for i in range(start, stop)} if resident else None
+    taps = SlotGathers(gather, start, stop)
+    modules = {i: taps.module(i, variant.loaded(i)) for i in range(start, stop)} \
+        if resident else None
     norm = lm.arch.norm(lm.model)
     calls: dict[int, dict[int, LayerCall]] = {}       # batch size -> slot -> how it is called
     need_calls = start < stop or (capture_call and start < L)
@@ -126,8 +141,10 @@ def run_backbone(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: int
             if start in wanted:
                 states[start] = h
             for i in range(start, stop):
-                module = modules[i] if modules is not None else variant.loaded(i)
-                h = calls[size][i].run(module, h)                           # (b, T, H)
+                module = modules[i] if modules is not None else \
+                    taps.module(i, variant.loaded(i))
+                x, h = h, calls[size][i].run(module, h)                     # (b, T, H)
+                taps.feed(i, rows, x, h)
                 if i + 1 in wanted:
                     states[i + 1] = h
             hidden = norm(h) if final_norm else h

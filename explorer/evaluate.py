@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from .errors import ExplorerError, TextError
 from explorer.model import DTYPES, LoadedModel
 from .progress import Event, Progress
+from .ranks import agree, gather_rows, shard, world
 from .backbone import run_backbone
 from .dense_cache import CACHE, PrefixStates, checkpoints, dense_key, first_change
 from .tokens import tokenize, use_bos, windows
@@ -489,6 +491,8 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
                          seconds=time.perf_counter() - t0,
                          window_nll=tuple((p.nll / p.predicted).tolist()), start=p.start)
 
+    if world()[1] > 1:                # ranks: each its shard of the windows, NLLs collected
+        return result(sharded_windows(lm, w, **kw))
     if not cache:
         return result(run_windows(lm, w, **kw))
     key = dense_key(lm, w, dt)
@@ -520,6 +524,19 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
         CACHE.store_states(key, PrefixStates(dense, w, {**(ref.states if ref else {}),
                                                         **p.states}))
     return result(p)
+
+
+def sharded_windows(lm: LoadedModel, w: torch.Tensor, **kw) -> WindowPass:
+    """`run_windows` on this rank's shard of windows `w` (W, T) (`explorer.ranks`), its
+    per-window NLL sums collected from every rank in window order: the pass of one process,
+    without the dense cache (each rank would key it by its own shard)."""
+    W = w.shape[0]
+    digest = hashlib.sha256(w.cpu().numpy().tobytes()).hexdigest()[:16]
+    agree((lm.num_layers, lm.num_parameters, digest), "model and evaluation windows")
+    p = run_windows(lm, w[shard(W)], **kw)
+    p.nll = gather_rows(p.nll, W)
+    p.evaluated = gather_rows(p.evaluated.to(torch.uint8), W).bool()
+    return p
 
 
 def _nearest_states(key, variant: Variant, w: torch.Tensor, marks: list[int],

@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
 from .errors import ExplorerError
 from .evaluate import perplexity
@@ -168,7 +167,6 @@ def quality_gate(lm: LoadedModel, method: str, max_ppl_ratio: float, *,
         report(f"{method} at {k} removed" + (f", healed ({heal})" if heal else ""))
         t0 = time.perf_counter()
         try:
-            torch.manual_seed(seed)
             plan = m.plan(ctx, k, **params)
             before = ppl(plan.variant)
             variant, figure = plan.variant, before.ppl

@@ -20,19 +20,19 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import LayerError, TextError
 from explorer.model import LoadedModel
 from .progress import Progress
-from .backbone import run_backbone, this_thread_only
+from .ranks import gather_rows, shard, world
+from .backbone import run_backbone
+from .gather import Gather, Sums, View
 from .tokens import auto_batch_size, tokenize, use_bos, windows
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
           seqlen: int = 128, num_samples: int = 32, batch_size: int | None = None,
           skip_first: bool = True, max_tokens: int | None = None, seed: int = 0, bos: str = "auto",
           progress: Progress | None = None, layer_major: bool | None = None,
-          variant: "Variant | None" = None) -> ProbeResult:
+          variant: "Variant | None" = None, checkpoint=None) -> ProbeResult:
     """Run calibration text (or ready `input_ids` of shape (B, T)) through the model once.
 
     batch_size: windows per forward pass (None: `tokens.auto_batch_size`, from the device).
@@ -96,6 +96,11 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
     layer_major: run layer by layer (explorer/stream.py; the same figures); None: when the model
     streams its layers.
     variant: the layers probed (default: the loaded model's own); nothing is swapped in.
+    checkpoint: a `resume.LayerCheckpoint`: the pass runs layer by layer, saves each layer and
+    resumes a killed run (explorer/resume.py).
+    Under ranks (`explorer.ranks`) each rank runs its shard of the windows and every rank gets
+    the whole result (the states collected in window order): every measure computed from it
+    (cosine, angular, CKA, NPIB, the manifold maps) is the one process's.
     """
     if input_ids is None:
         if text is None:
@@ -125,10 +130,11 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
 
     start = time.perf_counter()
     kept = keep.to(dev)
-    for batch in run_backbone(lm, input_ids, variant=variant, record=range(L + 1),
+    mine = shard(B)                  # ranks: this one's windows (all of them in one process)
+    for batch in run_backbone(lm, input_ids[mine], variant=variant, record=range(L + 1),
                               batch_size=batch_size, progress=progress, label="probing layers",
-                              layer_major=layer_major):
-        b0, b1 = batch.rows.start, batch.rows.stop
+                              layer_major=layer_major, checkpoint=checkpoint):
+        b0, b1 = mine.start + batch.rows.start, mine.start + batch.rows.stop
         lo, hi = b0 * keep.numel(), b1 * keep.numel()
         sel = None
         if chosen is not None:
@@ -141,6 +147,12 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
             else:
                 states[slot, offset:offset + sel.numel()] = flat[(sel - lo).to(dev)]
             last[slot, b0:b1] = hidden[:, -1].float()
+    if world()[1] > 1:               # every rank gets every window's states, in window order
+        lo, hi = mine.start * keep.numel(), mine.stop * keep.numel()
+        if chosen is not None:
+            lo, hi = int((chosen < lo).sum()), int((chosen < hi).sum())
+        states = gather_rows(states[:, lo:hi].transpose(0, 1), N).transpose(0, 1).contiguous()
+        last = gather_rows(last[:, mine].transpose(0, 1), B).transpose(0, 1).contiguous()
     return ProbeResult(states=states, last=last, sample_of=sample_of.to(dev),
                        input_ids=input_ids.cpu(), skip_first=skip_first,
                        seconds=time.perf_counter() - start)
@@ -164,24 +176,6 @@ class PartProfile:
     seconds: float
 
 
-class _Zeros(nn.Module):
-    """Stands in for a layer's MLP: adds nothing to the residual stream."""
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.zeros_like(x)
-
-
-def attention_only(layer: nn.Module, mlp_path: str) -> nn.Module:
-    """A copy of `layer`, sharing its weights, whose MLP (the module at `mlp_path`) outputs zeros:
-    it returns h_i, the stream after the attention block, as `Variant.drop_part(i, "mlp")` does,
-    without computing the MLP."""
-    shared = {id(t): t for t in list(layer.parameters()) + list(layer.buffers())}
-    out = copy.deepcopy(layer, memo=shared)
-    parent_path, _, name = mlp_path.rpartition(".")
-    setattr(out.get_submodule(parent_path) if parent_path else out, name, _Zeros())
-    return out
-
-
 @torch.no_grad()
 def part_influence(lm: LoadedModel, text: str | None = None, *,
                    input_ids: torch.Tensor | None = None, seqlen: int = 128,
@@ -191,9 +185,9 @@ def part_influence(lm: LoadedModel, text: str | None = None, *,
     """How much each layer's attention and MLP block change the residual stream (two (L,)
     profiles, `PartProfile`), on calibration text or ready `input_ids` (B, T).
 
-    One pass records x_0..x_L; each layer is also called, with the arguments the model gives it,
-    as a copy whose MLP outputs zeros, which yields h_i (the probe plus one attention block per
-    layer).
+    One pass with a per-layer accumulator at every slot (explorer/gather.py): slot i's input x_i,
+    its output x_{i+1} and its MLP branch's output m_i give h_i = x_{i+1} - m_i; no hook, no
+    second attention block.
     """
     if input_ids is None:
         if text is None:
@@ -206,36 +200,27 @@ def part_influence(lm: LoadedModel, text: str | None = None, *,
     if lm.arch.mlp_down is None:
         raise LayerError(f"the {lm.arch.family} adapter names no MLP projection: its layers "
                          "cannot be split into attention and MLP blocks")
-    layers = lm.original_layers
-    L = len(layers)
-    halves = [attention_only(layer, lm.arch.mlp_down.rpartition(".")[0]) for layer in layers]
-    mids: dict[int, torch.Tensor] = {}
+    L = lm.num_layers
 
-    def pre_hook(i: int):
-        def hook(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            out = halves[i](x, *args[1:], **rest)
-            mids[i] = out[0] if isinstance(out, tuple) else out          # (b, T, H)
-        return hook
+    def reduce(view: View, acc: Sums) -> None:
+        # h_i = x_{i+1} - (the MLP's contribution): the stream between the two blocks
+        x, y = view.x.float(), view.y.float()                            # (b, T', H)
+        h = y - view.parts["mlp"].float()
+        acc.add("attn", (1 - F.cosine_similarity(x, h, dim=-1)).sum())
+        acc.add("mlp", (1 - F.cosine_similarity(h, y, dim=-1)).sum())
 
-    sums = torch.zeros(2, L, dtype=torch.float64)
-    count = 0
+    paths = [lm.arch.mlp_branch(layer) for layer in lm.original_layers]
+    if None in paths:
+        raise LayerError(f"the {lm.arch.family} adapter names no MLP projection: its layers "
+                         "cannot be split into attention and MLP blocks")
+    gathers = [Gather(i, reduce, parts={"mlp": paths[i]}, first=first) for i in range(L)]
     start = time.perf_counter()
-    handles = [layer.register_forward_pre_hook(this_thread_only(pre_hook(i)), with_kwargs=True)
-               for i, layer in enumerate(layers)]
-    try:
-        for batch in run_backbone(lm, input_ids, record=range(L + 1), batch_size=batch_size,
-                                  progress=progress, label="attention and MLP blocks"):
-            for i in range(L):
-                x, h, y = (t[:, first:].float() for t in
-                           (batch.states[i], mids[i], batch.states[i + 1]))
-                sums[0, i] += (1 - F.cosine_similarity(x, h, dim=-1)).sum().item()
-                sums[1, i] += (1 - F.cosine_similarity(h, y, dim=-1)).sum().item()
-            count += batch.ids.shape[0] * (T - first)
-    finally:
-        for h in handles:
-            h.remove()
+    for _ in run_backbone(lm, input_ids, batch_size=batch_size, progress=progress,
+                          label="attention and MLP blocks", gather=gathers):
+        pass
+    sums = torch.tensor([[float(g.sums[k]) for g in gathers] for k in ("attn", "mlp")],
+                        dtype=torch.float64)
+    count = B * (T - first)
     means = sums / count
     return PartProfile(attn=means[0], mlp=means[1], tokens=count, skip_first=skip_first,
                        seconds=time.perf_counter() - start)

@@ -41,18 +41,20 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .gather import Gather, SlotGathers
 from .passes import Batch, StartStates, check_boundaries, rows_of, skeleton_pass
 from .layer_config import variant_config
 from .errors import LayerError, one_line
 from explorer.model import LoadedModel
 from .progress import Event, Progress
 from .settings import get
+from .resume import LayerCheckpoint, slot_digest
 from .tokens import auto_batch_size
 
 def state_budget() -> int:
@@ -162,13 +164,18 @@ def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: 
                     final_norm: bool = False, record=(), capture_call: bool = False,
                     batch_size: int | None = None, progress: Progress | None = None,
                     label: str = "forward", grad: bool = False,
-                    store: BoundaryStore | None = None) -> Iterator[Batch]:
+                    store: BoundaryStore | None = None,
+                    gather: Sequence[Gather] = (),
+                    checkpoint: LayerCheckpoint | None = None) -> Iterator[Batch]:
     """`backbone.run_backbone`'s contract (same arguments, same `Batch`es, same values), computed
     layer by layer: every window goes through slot i before any goes through slot i+1.
 
     All the work happens before the first batch is yielded; then each `Batch` carries its windows'
     recorded boundaries and the hidden states at `stop`. store: where boundary states live
-    (default: RAM within `state_budget()`, the rest in a temporary folder).
+    (default: RAM within `state_budget()`, the rest in a temporary folder). gather: per-layer
+    accumulators fed at their slots (explorer/gather.py). checkpoint: save the frontier boundary,
+    the recorded ones and the gathers' sums after each layer, and with `resume` start from the
+    saved boundary (explorer/resume.py).
     """
     from .variant import Variant
 
@@ -178,6 +185,7 @@ def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: 
     variant = variant or Variant.identity(lm)
     L = variant.num_layers
     stop, wanted = check_boundaries(L, start, stop, final_norm, start_states, record)
+    taps = SlotGathers(gather, start, stop)
     B, T = ids.shape
     batch_size = batch_size or auto_batch_size(lm.device, T)
     batches = [slice(b0, min(B, b0 + batch_size)) for b0 in range(0, B, batch_size)]
@@ -186,16 +194,28 @@ def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: 
                                    if lm.weights is not None else None)
     try:
         with torch.no_grad():
+            first = start
+            if checkpoint is not None:
+                first = _resume(checkpoint, lm, variant, ids, batches, start, stop, wanted,
+                                final_norm, gather, store)
             calls = _start_boundary(lm, variant, ids, batches, start, start_states, store,
-                                    need_calls=start < stop or capture_call)
-            for i in range(start, stop):
+                                    need_calls=start < stop or capture_call,
+                                    embed=first == start)
+            for i in range(first, stop):
                 module, where = _slot_module(lm, variant, i)
+                module = taps.module(i, module)
                 for k, rows in enumerate(batches):
                     x = store.get(i, k)
-                    store.put(i + 1, k, calls[rows.stop - rows.start][i].run(module, x))
+                    y = calls[rows.stop - rows.start][i].run(module, x)
+                    taps.feed(i, rows, x, y)
+                    store.put(i + 1, k, y)
                 if i not in wanted:
                     store.drop(i)
                 del module                 # a fetched copy's weights go with it
+                if checkpoint is not None:
+                    checkpoint.save(i + 1, {(b, k): store.get(b, k) for b in {i + 1, *wanted}
+                                            if b <= i + 1 for k in range(len(batches))},
+                                    [g.sums for g in gather], set(wanted))
                 if progress:
                     progress(Event(label, (i + 1 - start) / max(1, stop - start), step=i + 1,
                                    total=L, unit="layers", note=f"{B} windows, weights {where}"))
@@ -211,20 +231,47 @@ def run_layer_major(lm: LoadedModel, ids: torch.Tensor, *, variant=None, start: 
             store.close()
 
 
+def _resume(checkpoint: LayerCheckpoint, lm: LoadedModel, variant, ids: torch.Tensor,
+            batches: list[slice], start: int, stop: int, wanted: list[int], final_norm: bool,
+            gather: Sequence[Gather], store: BoundaryStore) -> int:
+    """The first slot to run: `start`, or the checkpoint's boundary with its states (the
+    frontier and the recorded boundaries before it) put in `store` and the gathers' sums
+    restored."""
+    from .dense_cache import weights_fingerprint, windows_digest
+
+    fingerprint = {
+        "model": weights_fingerprint(lm), "windows": windows_digest(ids),
+        "protocol": {"start": start, "stop": stop, "record": wanted, "final_norm": final_norm,
+                     "batches": [[r.start, r.stop] for r in batches], "dtype": str(lm.dtype),
+                     "gathers": [[g.slot, sorted(g.parts.items()), list(g.inputs), g.first,
+                                  getattr(g.reduce, "__qualname__", "")] for g in gather]}}
+    prefix = [slot_digest(variant, i) for i in range(variant.num_layers)]
+    k = checkpoint.start(fingerprint, prefix)
+    if k < 0 or not start < k <= stop:
+        return start
+    for b in {k, *(w for w in wanted if w < k)}:
+        for j in range(len(batches)):
+            store.put(b, j, checkpoint.states(b, j).to(lm.device))
+    for g, saved in zip(gather, checkpoint.sums()):
+        g.sums.merge(saved)
+    return k
+
+
 def _start_boundary(lm: LoadedModel, variant, ids: torch.Tensor, batches: list[slice],
                     start: int, start_states: StartStates | None, store: BoundaryStore,
-                    need_calls: bool) -> dict[int, dict]:
-    """Put boundary `start` of every batch in `store`; return, per batch size, how each slot is
-    called ({slot: LayerCall}), from one skeleton pass per size (embeddings: one per batch)."""
+                    need_calls: bool, embed: bool = True) -> dict[int, dict]:
+    """Put boundary `start` of every batch in `store` (embed=False: a resumed pass has its
+    states already); return, per batch size, how each slot is called ({slot: LayerCall}), from
+    one skeleton pass per size (embeddings: one per batch)."""
     calls: dict[int, dict] = {}
     for k, rows in enumerate(batches):
         size = rows.stop - rows.start
-        if start == 0 or (need_calls and size not in calls):
+        if (start == 0 and embed) or (need_calls and size not in calls):
             x0, got = skeleton_pass(lm, variant, ids[rows].to(lm.device))
             calls.setdefault(size, got)
-            if start == 0:
+            if start == 0 and embed:
                 store.put(0, k, x0)
-        if start > 0:
+        if start > 0 and embed:
             x = rows_of(start_states, rows).to(device=lm.device, dtype=lm.dtype)
             store.put(start, k, x)
     return calls

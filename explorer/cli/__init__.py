@@ -96,6 +96,22 @@ def quiet_libraries() -> None:
 
 
 
+# Commands that run as data-parallel ranks under torchrun (explorer/ranks.py, docs/scale.md):
+# they write nothing but their result, which rank 0 prints.
+RANKED = ("similarity", "eval")
+
+
+def _join_ranks(command: str) -> int:
+    """Join torchrun's process group when there is one; this process's rank (0 alone)."""
+    from ..ranks import init_from_env
+
+    rank, size = init_from_env()
+    if size > 1 and command not in RANKED:
+        raise ExplorerError(f"'{command}' does not run as {size} ranks yet (only "
+                            f"{', '.join(RANKED)} do): run it as one process")
+    return rank
+
+
 def main(argv: list[str] | None = None, stderr: TextIO | None = None) -> int:
     """Run one command; returns the exit status. `stderr`: where the error line goes (default
     sys.stderr; in-process tests pass their own stream so no other thread's redirect can take it)."""
@@ -107,6 +123,7 @@ def main(argv: list[str] | None = None, stderr: TextIO | None = None) -> int:
     if not (args.verbose or get("LAYER_EXPLORER_VERBOSE")):
         quiet_libraries()
     try:
+        rank = _join_ranks(args.command)
         result = COMMANDS[args.command].run(args)
     except ExplorerError as exc:
         # One line, secrets (HF tokens) redacted, whatever the message was built from.
@@ -115,6 +132,8 @@ def main(argv: list[str] | None = None, stderr: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=stderr)
         return 130
+    if rank != 0:                     # rank 0 alone prints (and writes) the result
+        return 0
     if isinstance(result, str):       # a command's own text (e.g. compress --help-params)
         print(result)
     elif args.json:

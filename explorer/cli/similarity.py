@@ -22,6 +22,12 @@ def add(sub) -> None:
                    help="BOS token in front of each window")
     p.add_argument("--keep-first", action="store_true",
                    help="also use the first position of each window (massive activations)")
+    p.add_argument("--checkpoint", default=None, metavar="FOLDER",
+                   help="run layer by layer and save each layer's states here, so that a killed "
+                   "run can go on with --resume (explorer/resume.py)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from the layer saved in --checkpoint (refused in one line when "
+                   "the model, text or settings changed)")
     p.add_argument("--models", default="", help="several models side by side (a,b,c): one "
                    "adjacent-layer profile each on relative depth 0..1, instead of --model's matrix")
 
@@ -29,8 +35,10 @@ def add(sub) -> None:
 def run(args) -> dict:
     import time
 
+    from ..errors import LayerError
     from ..measure import get_measure, similarity
     from ..probe import probe
+    from ..resume import LayerCheckpoint
     from ..text import load_texts
 
     info = get_measure(args.measure)
@@ -41,10 +49,13 @@ def run(args) -> dict:
                               seqlen=args.seqlen, samples=args.samples, bos=args.bos,
                               skip_first=not args.keep_first, params=params, device=args.device,
                               dtype=args.dtype).to_dict()
+    if args.resume and not args.checkpoint:
+        raise LayerError("--resume needs --checkpoint FOLDER (where the run saved its layers)")
     lm = load(args)
     texts = load_texts(args.text)
+    cp = LayerCheckpoint(args.checkpoint, resume=args.resume) if args.checkpoint else None
     pr = probe(lm, texts.calibration, seqlen=args.seqlen, num_samples=args.samples,
-               bos=args.bos, skip_first=not args.keep_first)
+               bos=args.bos, skip_first=not args.keep_first, checkpoint=cp)
     start = time.perf_counter()
     matrix = similarity(pr, args.measure, **params)
     return {"model": args.model, "measure": info.name, "title": info.title,

@@ -35,20 +35,29 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbone import hooks, run_backbone
+from ..backbone import run_backbone
 from ..errors import LayerError, ParamError
+from ..gather import Accumulator, Gather, Sums, View
 from explorer.model import LoadedModel
 from ..params import Param
+from ..ranks import reduce_sums, shard
 from ..variant import Variant
 from .cuts import Cut, find_cuts, trainable_copy, with_slot
 from .data import shared_prefix
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
+
+
+def mlp_output_path(lm: LoadedModel, layer: nn.Module) -> str:
+    """Dotted path of the module whose output is the MLP's contribution to the residual stream:
+    the norm after the down projection where there is one, else the down projection."""
+    mlp_output(lm, layer)                    # the one-line errors
+    return lm.arch.mlp_branch(layer)
 
 
 def mlp_output(lm: LoadedModel, layer: nn.Module) -> tuple[nn.Module, nn.Module | None]:
@@ -63,8 +72,8 @@ def mlp_output(lm: LoadedModel, layer: nn.Module) -> tuple[nn.Module, nn.Module 
                              "of one (use layerwise or distill)")
         raise LayerError(f"closed-form needs the layer's MLP down projection; the {arch.family} "
                          "family has none where expected (use layerwise or distill)")
-    post = arch.part(layer, "post_feedforward_layernorm")
-    return (post, post) if post is not None else (down, None)
+    out = arch.part(layer, arch.mlp_branch(layer))
+    return (out, None) if out is down else (out, out)
 
 
 def _norm_scale(norm: nn.Module, H: int, like: torch.Tensor) -> torch.Tensor:
@@ -115,22 +124,17 @@ def fold_map(lm: LoadedModel, layer: nn.Module, T: torch.Tensor) -> tuple[nn.Mod
     return new, post is None
 
 
-class NormalEquations:
-    """Running sums over tokens for min ||M T - R||^2: M^T M, M^T R, ||R||^2 and the token count."""
-
-    def __init__(self, H: int, device: torch.device):
-        self.mtm = torch.zeros(H, H, dtype=torch.float64, device=device)
-        self.mtr = torch.zeros(H, H, dtype=torch.float64, device=device)
-        self.rr = 0.0
-        self.n = 0
+class NormalEquations(Accumulator):
+    """Running sums over tokens for min ||M T - R||^2: M^T M, M^T R, ||R||^2 and the token count
+    (`Sums`, float64: fed batch by batch in any order, reduced across ranks)."""
 
     def add(self, M: torch.Tensor, R: torch.Tensor) -> None:
         """M, R: (n, H) rows of one batch."""
         M, R = M.double(), R.double()
-        self.mtm += M.T @ M
-        self.mtr += M.T @ R
-        self.rr += float((R * R).sum())
-        self.n += M.shape[0]
+        self.sums.add("mtm", M.T @ M)
+        self.sums.add("mtr", M.T @ R)
+        self.sums.add("rr", (R * R).sum())
+        self.sums.add("n", M.shape[0])
 
     def solve(self, ridge: float) -> torch.Tensor:
         """T (H, H) float64: (M^T M + lam I)^-1 M^T R with lam = ridge x mean diag(M^T M)."""
@@ -142,8 +146,8 @@ class NormalEquations:
     def error(self, T: torch.Tensor) -> float:
         """Mean squared error per token of M T - R (from the sums: no second pass)."""
         T = T.to(self.mtm)
-        sq = float((T * (self.mtm @ T)).sum()) - 2 * float((T * self.mtr).sum()) + self.rr
-        return max(sq, 0.0) / max(1, self.n)
+        sq = float((T * (self.mtm @ T)).sum()) - 2 * float((T * self.mtr).sum()) + float(self.rr)
+        return max(sq, 0.0) / max(1.0, float(self.n))
 
 
 def needed_boundaries(v: Variant) -> set[int]:
@@ -153,47 +157,58 @@ def needed_boundaries(v: Variant) -> set[int]:
             for b in (min(prefix, cut.slot), cut.dense_out)} - {0}
 
 
-def cut_rows(ctx: HealContext, v: Variant, cut: Cut
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The calibration windows through `v` up to slot `cut.slot`, a batch at a time: (M, O, D),
-    each (n, H) float32 on the model's device, n the batch's tokens (each window's first left out
-    when `ctx.first`): M the cut layer's MLP branch output, O the layer's output, D the dense
-    model's state there. The fits of the closed form and of LinearPatch read these."""
+def cut_gather(ctx: HealContext, v: Variant, cut: Cut, add: Callable[..., None],
+               sums: Sums) -> Sums:
+    """Run the calibration windows through `v` up to slot `cut.slot` and hand every batch to
+    `add(sums, M, O, D, rows)`: M, O, D each (n, H) float32 on the model's device, n the batch's
+    tokens (each window's first left out when `ctx.first`), M the cut layer's MLP branch output,
+    O the layer's output, D the dense model's state there. A per-layer accumulator
+    (`explorer.gather`): batches come in whatever order the executor runs them, and no lock is
+    taken. Under torchrun each rank runs its shard of the windows and the sums are added
+    across ranks (`explorer.ranks`). The fits of the closed form and of LinearPatch read these."""
     lm, k = ctx.lm, cut.slot
     data = ctx.data
     start = min(shared_prefix(v), k)           # slots before `start` are the dense model's own
     dense = data.dense_states(sorted({start, cut.dense_out} - {0}), ctx.progress)
     D_all = dense[cut.dense_out]                                        # (W, T, H) CPU
-    out_mod, _ = mlp_output(lm, v.layer(k))
     H = D_all.shape[-1]
-    cur: dict[str, torch.Tensor] = {}
-
-    def grab(module, args, output):
-        cur["M"] = output[0] if isinstance(output, tuple) else output
-
     first = ctx.first
     W = data.num_windows
-    with lm.lock, hooks((out_mod, grab)):
-        for b in run_backbone(lm, data.ids, variant=v, start=start, stop=k + 1,
-                              start_states=dense[start] if start > 0 else None):
-            M = cur.pop("M")[:, first:].reshape(-1, H).float()               # (n, H)
-            O = b.hidden[:, first:].reshape(-1, H).float()
-            D = D_all[b.rows, first:].reshape(-1, H).to(O.device)
-            yield M, O, D
-            ctx.report(b.rows.stop / W, f"slot {k}", step=b.rows.stop, total=W, unit="windows")
+    mine = shard(W)                  # this rank's windows (all of them in one process)
+    done = [0]
+
+    def reduce(view: View, acc: Sums) -> None:
+        rows = slice(mine.start + view.rows.start, mine.start + view.rows.stop)   # of all W
+        M = view.parts["M"].reshape(-1, H).float()                      # (n, H)
+        O = view.y.reshape(-1, H).float()
+        D = D_all[rows, first:].reshape(-1, H).to(O.device)
+        add(acc, M, O, D, rows)
+        done[0] += rows.stop - rows.start
+        ctx.report(done[0] / (mine.stop - mine.start), f"slot {k}", step=done[0],
+                   total=mine.stop - mine.start, unit="windows")
+
+    g = Gather(k, reduce, parts={"M": mlp_output_path(lm, v.layer(k))}, first=first, sums=sums)
+    for _ in run_backbone(lm, data.ids[mine], variant=v, start=start, stop=k + 1,
+                          start_states=dense[start][mine] if start > 0 else None, gather=[g]):
+        pass
+    return reduce_sums(sums)       # the ranks' sums added (nothing to do in one process)
 
 
 def capture(ctx: HealContext, v: Variant, cut: Cut, keep: bool = False):
     """Accumulate the normal equations of the cut at `cut.slot` of `v` over the calibration
-    windows; with keep=True also return the token rows (M, Y, D) (N, H) float32."""
-    eq = NormalEquations(ctx.lm.config.hidden_size, ctx.lm.device)
-    kept: list[tuple[torch.Tensor, ...]] = []
-    for M, O, D in cut_rows(ctx, v, cut):
+    windows; with keep=True also return the token rows (M, Y, D) (N, H) float32, in window
+    order."""
+    eq = NormalEquations()
+
+    def add(acc: Sums, M, O, D, rows: slice) -> None:
         Y = O - M
         eq.add(M, D - Y)
         if keep:
-            kept.append((M.cpu(), Y.cpu(), D.cpu()))
-    rows = tuple(torch.cat(parts) for parts in zip(*kept)) if keep else None
+            for name, t in (("M", M), ("Y", Y), ("D", D)):
+                acc.keep(name, rows, t.cpu())
+
+    cut_gather(ctx, v, cut, add, eq.sums)
+    rows = tuple(eq.sums.kept(n) for n in "MYD") if keep else None
     return eq, rows
 
 

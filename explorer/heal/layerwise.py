@@ -30,6 +30,7 @@ from ..backbone import run_backbone
 from ..errors import ParamError
 from ..params import Param
 from ..passes import LayerCall
+from ..ranks import shard
 from ..variant import Variant
 from .closed_form import ClosedForm, apply_closed_form, fit_notes
 from .closed_form import needed_boundaries as cf_boundaries
@@ -153,12 +154,15 @@ def train_groups(ctx: HealContext, v: Variant, params: dict, label: str,
         return out
 
     def loss_at(step: int) -> torch.Tensor:
-        idx = next(order)
-        return sum(g.loss(idx, ctx.first, device, params.get("loss", "mse"))
-                   for g in groups) / len(groups)
+        idx = next(order)                  # the step's windows, the same on every rank
+        mine = idx[shard(len(idx))]        # ranks: this one's share (all in one process)
+        share = len(mine) / len(idx)
+        return sum(g.loss(mine, ctx.first, device, params.get("loss", "mse"))
+                   for g in groups) / len(groups) * share
 
     with torch.enable_grad():
         done, total, history = train(ctx, tensors, loss_at, lr=params["lr"], label=label,
+                                     sharded=True,
                                      current=current, schedule_steps=params["schedule_steps"],
                                      hard_deadline=hard_deadline)
     return current(), done, total, history

@@ -38,9 +38,10 @@ import torch
 import torch.nn as nn
 
 from ..errors import LayerError
+from ..gather import Accumulator
 from ..params import Param
 from ..variant import Variant
-from .closed_form import MIN_TOKENS_PER_DIM, cut_rows, fold_map
+from .closed_form import MIN_TOKENS_PER_DIM, cut_gather, fold_map
 from .cuts import Cut, find_cuts, with_slot
 from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
 
@@ -130,34 +131,27 @@ class PatchedLayer(nn.Module):
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
-class PatchStats:
+class PatchStats(Accumulator):
     """Sums over the calibration tokens of one cut, float64: everything the patch, the fold and
     their errors need, from one pass. O: slot output, D: dense target, M: MLP contribution,
     Y = O - M; A = O Hn, B = D Hn (rotated)."""
-
-    def __init__(self, H: int, device: torch.device):
-        z = lambda: torch.zeros(H, H, dtype=torch.float64, device=device)   # noqa: E731
-        self.mtm, self.mto, self.mty, self.mtd, self.oto, self.otd = (z() for _ in range(6))
-        self.abs_a = torch.zeros(H, dtype=torch.float64, device=device)
-        self.abs_b = torch.zeros(H, dtype=torch.float64, device=device)
-        self.dd = self.dy = 0.0
-        self.n = 0
 
     def add(self, M: torch.Tensor, O: torch.Tensor, D: torch.Tensor, Hn: torch.Tensor) -> None:
         """M, O, D: (n, H) rows of one batch."""
         M, O, D = M.double(), O.double(), D.double()
         Y = O - M
-        self.mtm += M.T @ M
-        self.mto += M.T @ O
-        self.mty += M.T @ Y
-        self.mtd += M.T @ D
-        self.oto += O.T @ O
-        self.otd += O.T @ D
-        self.abs_a += (O @ Hn).abs().sum(0)
-        self.abs_b += (D @ Hn).abs().sum(0)
-        self.dd += float((D * D).sum())
-        self.dy += float(((D - Y) ** 2).sum())
-        self.n += M.shape[0]
+        add = self.sums.add
+        add("mtm", M.T @ M)
+        add("mto", M.T @ O)
+        add("mty", M.T @ Y)
+        add("mtd", M.T @ D)
+        add("oto", O.T @ O)
+        add("otd", O.T @ D)
+        add("abs_a", (O @ Hn).abs().sum(0))
+        add("abs_b", (D @ Hn).abs().sum(0))
+        add("dd", (D * D).sum())
+        add("dy", ((D - Y) ** 2).sum())
+        add("n", M.shape[0])
 
     def scale(self, Hn: torch.Tensor, how: str) -> torch.Tensor:
         """d (H,): the per-channel scale in the rotated basis."""
@@ -169,8 +163,9 @@ class PatchStats:
 
     def error_of_map(self, P: torch.Tensor) -> float:
         """Mean squared error per token of O P - D (P = I: the unhealed cut)."""
-        sq = float((P * (self.oto @ P)).sum()) - 2 * float((P * self.otd).sum()) + self.dd
-        return max(sq, 0.0) / max(1, self.n)
+        sq = float((P * (self.oto @ P)).sum()) - 2 * float((P * self.otd).sum()) \
+            + float(self.dd)
+        return max(sq, 0.0) / max(1.0, float(self.n))
 
     def fold(self, P: torch.Tensor, ridge: float) -> torch.Tensor:
         """T (H, H): argmin ||M T + Y - O P||^2 + lam ||T||^2, lam = ridge x mean diag(M^T M)."""
@@ -182,16 +177,15 @@ class PatchStats:
     def error_of_fold(self, T: torch.Tensor) -> float:
         """Mean squared error per token of M T + Y - D (the folded layer's output against D)."""
         sq = float((T * (self.mtm @ T)).sum()) - 2 * float((T * (self.mtd - self.mty)).sum()) \
-            + self.dy
-        return max(sq, 0.0) / max(1, self.n)
+            + float(self.dy)
+        return max(sq, 0.0) / max(1.0, float(self.n))
 
 
 def capture(ctx: HealContext, v: Variant, cut: Cut, Hn: torch.Tensor) -> PatchStats:
     """Run the calibration windows through `v` up to slot `cut.slot` and accumulate its stats."""
-    stats = PatchStats(ctx.lm.config.hidden_size, ctx.lm.device)
+    stats = PatchStats()
     Hn = Hn.to(ctx.lm.device)
-    for M, O, D in cut_rows(ctx, v, cut):
-        stats.add(M, O, D, Hn)
+    cut_gather(ctx, v, cut, lambda acc, M, O, D, rows: stats.add(M, O, D, Hn), stats.sums)
     return stats
 
 

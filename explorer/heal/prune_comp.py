@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from ..backbone import run_backbone
 from ..errors import LayerError
+from ..gather import Gather, Sums, View
 from explorer.model import LoadedModel
 from ..params import Param
 from ..variant import Variant
@@ -102,14 +103,18 @@ def magnitude_gap(ctx: HealContext, v: Variant, cut: Cut, carried: float) -> flo
     dense = data.dense_states(sorted({start, cut.dense_out} - {0}), ctx.progress)
     D = dense[cut.dense_out][:, first:]
     d_norm = float(D.double().norm(dim=-1).mean())
-    total, count = 0.0, 0
-    with ctx.lm.lock:
-        for b in run_backbone(ctx.lm, data.ids, variant=v, start=start, stop=k + 1,
-                              start_states=dense[start] if start > 0 else None):
-            o = b.hidden[:, first:].double().norm(dim=-1)
-            total += float(o.sum())
-            count += o.numel()
-            ctx.report(b.rows.stop / data.num_windows, f"slot {k}")
+
+    def reduce(view: View, acc: Sums) -> None:          # view.y: (b, T', H) slot k's output
+        o = view.y.double().norm(dim=-1)
+        acc.add("norm", o.sum())
+        acc.add("n", o.numel())
+        ctx.report(view.rows.stop / data.num_windows, f"slot {k}")
+
+    g = Gather(k, reduce, first=first)
+    for _ in run_backbone(ctx.lm, data.ids, variant=v, start=start, stop=k + 1,
+                          start_states=dense[start] if start > 0 else None, gather=[g]):
+        pass
+    total, count = float(g.sums["norm"]), float(g.sums["n"])
     return d_norm / max(carried * total / max(count, 1), 1e-30)
 
 

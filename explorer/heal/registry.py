@@ -33,14 +33,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
-from ..calibration import find_calibration, remember_text
+from ..calibration import find_calibration, remember_text, text_digest
 from ..components import Registry
 from ..errors import LayerError, ParamError, TextError
 from explorer.model import LoadedModel
 from ..progress import Event, Progress
 from ..params import Param, markdown_table, resolve
+from ..ranks import agree
 from ..fitted import record as record_fitted
 from ..recipe import register_op
 from ..variant import NewLayer, Variant
@@ -243,7 +243,8 @@ def heal(variant: Variant, mode: str = "closed-form", *, text: str | None = None
         raise TextError("the healing text is empty: give calibration text (wiki, news, mix or "
                         "a file of your own)")
     start = time.perf_counter()
-    torch.manual_seed(seed)
+    agree((lm.num_layers, lm.num_parameters, text_digest(calibration), p["seqlen"],
+           p["windows"], p["held_out"], seed), "model, healing text and settings")
     data = HealData.build(lm, calibration, seqlen=p["seqlen"], windows=p["windows"],
                           held_out=p["held_out"], owner=f"heal mode '{mode}'")
     ctx = HealContext(lm, variant, data, p, seed, steps, seconds, progress, stage=f"heal {mode}",

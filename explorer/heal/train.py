@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..params import Param
+from ..ranks import from_rank0, sum_tensors, world
 from ..variant import Variant
 from .data import held_out_ppl
 from .registry import HealContext
@@ -88,7 +89,7 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
           loss_at: Callable[[int], torch.Tensor | Backward],
           *, lr: float, label: str, current: Callable[[], Variant],
           schedule_steps: int | None = None, warmup: float = 0.05, hard_deadline: bool = True,
-          more: Sequence[tuple[list[torch.Tensor], float]] = ()
+          more: Sequence[tuple[list[torch.Tensor], float]] = (), sharded: bool = False
           ) -> tuple[int, int, list[dict]]:
     """Minimise loss_at(step) over `tensors`; returns (steps kept, schedule length, history).
 
@@ -101,6 +102,10 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
     marked "kept". ctx.stop_at (a replay) runs exactly that many steps and keeps them.
     more: further groups of tensors, each with its own peak learning rate (same schedule, its
     gradient clipped on its own); keep-best keeps and restores them with the rest.
+    sharded: under ranks (`explorer.ranks`), loss_at(step) is this rank's share of the step's
+    loss (its windows of the batch, weighted by their fraction): the gradients and the loss are
+    added across ranks, so every rank takes the one-process step. Not sharded: every rank
+    computes the whole step (the same result, no speed-up). Time budgets follow rank 0's clock.
     """
     budget_steps, seconds = ctx.steps, ctx.seconds
     replaying = ctx.stop_at is not None
@@ -125,7 +130,7 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
     step = 0
     try:
         while True:
-            elapsed = time.perf_counter() - t0
+            elapsed = from_rank0(time.perf_counter() - t0)      # ranks: rank 0's clock
             if total is None and step == PROBE_STEPS:
                 total = max(step + 1, int(seconds * step / max(elapsed, 1e-6)))
             if total is not None and step >= total:
@@ -150,6 +155,11 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
             else:
                 grads = dict(zip(map(id, tensors), torch.autograd.grad(loss, tensors)))
                 value = float(loss.detach())
+            if sharded and world()[1] > 1:    # data-parallel: each rank's share of the batch
+                summed = sum_tensors([grads[id(t)] for t in tensors] +
+                                     [torch.tensor(float(value))])
+                grads = {id(t): g for t, g in zip(tensors, summed)}
+                value = float(summed[-1])
             for t in tensors:
                 t.grad = grads[id(t)]
             for ts, _ in groups:

@@ -42,9 +42,10 @@ import copy
 import torch
 import torch.nn as nn
 
-from ..backbone import hooks, run_backbone
+from ..backbone import run_backbone
 from ..calibration import find_calibration
 from ..errors import ExplorerError, LayerError
+from ..gather import Gather, Sums, View
 from explorer.model import LoadedModel
 from ..measure import measure_param, most_similar, similarity
 from ..params import Param
@@ -99,26 +100,25 @@ def sensitivities(lm: LoadedModel, v: Variant, ids: torch.Tensor, slots: list[in
                   skip_first: bool = True) -> list[dict[str, torch.Tensor]]:
     """Per slot: {"groups": (nkv,) KV-group scores, "channels": (I,) FFN channel scores}.
 
-    One pass of the windows that stops after the last of `slots`; hooks on the slots' output
-    projections sum the squares of their inputs over tokens.
+    One pass of the windows that stops after the last of `slots`; per-layer accumulators at the
+    slots' output projections sum the squares of their inputs over tokens.
     """
     first = 1 if skip_first else 0
-    sq: dict[tuple[int, str], torch.Tensor] = {}
     parts = [layer_parts(lm, v.layer(s)) for s in slots]
+    arch = lm.arch
 
-    def hook(key):
-        def fn(module, args, output):
-            a = args[0][:, first:].float()                            # (b, T', D) projection input
-            s = a.pow(2).sum(dim=(0, 1))                               # (D,)
-            sq[key] = sq.get(key, 0) + s
-        return fn
+    def reduce(view: View, acc: Sums) -> None:     # view.parts: (b, T', D) projection inputs
+        for short in ("o", "down"):
+            acc.add(short, view.parts[short].float().pow(2).sum(dim=(0, 1)))        # (D,)
 
-    watched = [(p[name], hook((k, short))) for k, p in enumerate(parts)
-               for name, short in (("attn_o", "o"), ("mlp_down", "down"))]
-    # the model's lock is held while the hooks are on: no other run passes through these layers
-    with lm.lock, hooks(*watched):
-        for _ in run_backbone(lm, ids, variant=v, stop=max(slots) + 1, label="CoMe sensitivity"):
-            pass
+    # per-layer accumulators, no hook: the pass may run beside any other (explorer/gather.py)
+    gathers = [Gather(s, reduce, parts={"o": arch.attn_o, "down": arch.mlp_down},
+                      inputs=("o", "down"), first=first) for s in slots]
+    for _ in run_backbone(lm, ids, variant=v, stop=max(slots) + 1, label="CoMe sensitivity",
+                          gather=gathers):
+        pass
+    sq = {(k, short): g.sums[short].float() for k, g in enumerate(gathers)
+          for short in ("o", "down")}
     out = []
     for k, s in enumerate(slots):
         p = parts[k] if lm.weights is None else layer_parts(lm, v.loaded(s))   # weights present
@@ -204,7 +204,7 @@ def recover(ctx: PlanContext, before: Variant, slot: int, module: nn.Module, ste
     """Layer-wise distillation: train `module` towards the output of slots (slot, slot+1) of
     `before` (the variant just before this merge) on the calibration windows."""
     pairs = capture_block(ctx.lm, before, ctx.input_ids, slot, slot + 2)
-    fit_module(module, pairs, steps=steps, lr=lr, seed=ctx.seed, label="come recovery")
+    fit_module(module, pairs, steps=steps, lr=lr, label="come recovery")
 
 
 def merge_pair(ctx: PlanContext, v: Variant, lo: int, params: dict) -> tuple[Variant, str]:

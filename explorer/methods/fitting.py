@@ -58,15 +58,15 @@ def capture_block(lm: LoadedModel, variant: Variant, ids: torch.Tensor, start: i
 
 
 def fit_module(module: nn.Module, pairs: list[Pair], *, steps: int, lr: float,
-               skip_first: bool = True, seed: int = 0, progress: Progress | None = None,
+               skip_first: bool = True, progress: Progress | None = None,
                label: str = "fitting") -> list[float]:
     """Train `module` in place so that module(x) ~ y by MSE, cycling through the batches.
 
     The first position of each window is left out of the loss when `skip_first` (its massive
     activation would dominate). Adam, a cosine-decayed learning rate, gradient norm clipped at 1.
-    Returns the loss per step.
+    Returns the loss per step. Nothing is drawn at random (the batches are taken in order), so
+    the fit is deterministic without touching any random generator.
     """
-    torch.manual_seed(seed)
     params = [p for p in module.parameters()]
     for p in params:
         p.requires_grad_(True)

@@ -249,7 +249,6 @@ def compress(lm: LoadedModel, method: str, *, remove: int | None = None,
         from ..text import load_texts
 
         calibration, source = load_texts("wiki").calibration, "wiki"
-    torch.manual_seed(seed)
     ctx = PlanContext(lm, calibration, seqlen=seqlen, num_samples=num_samples, seed=seed,
                       progress=progress, calibration_source=source, stage=m.name)
     plan = m.plan(ctx, remove, **params)

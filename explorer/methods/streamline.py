@@ -149,7 +149,7 @@ def build_replacement(ctx: PlanContext, v: Variant, start: int, n: int, params: 
             ffn_from_layer(ctx.lm, v.loaded(start))
 
         fit_module(module, pairs, steps=int(params["steps"]), lr=float(params["lr"]),
-                   skip_first=params["skip_first"], seed=ctx.seed, progress=scaled(ctx.progress, 0.25, 0.95),
+                   skip_first=params["skip_first"], progress=scaled(ctx.progress, 0.25, 0.95),
                    label=f"streamline {kind}")
     return module, block_mse(module, pairs, params["skip_first"])
 

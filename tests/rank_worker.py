@@ -1,0 +1,51 @@
+"""One rank of the 2-rank gloo test (tests/test_ranks.py): heal a tiny model's cut in closed
+form on this rank's shard of the windows; rank 0 writes the fit. Run by torchrun or by the test's
+own spawn: python tests/rank_worker.py MODEL_FOLDER OUT_FILE [TEXT_SUFFIX]."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+
+def main(folder: str, out: str, suffix: str = "") -> None:
+    torch.set_num_threads(1)
+    from explorer import Variant, load_model
+    from explorer.heal import heal
+    from explorer.ranks import init_from_env, world
+    from tiny import SAMPLE_TEXT
+
+    init_from_env()
+    rank, size = world()
+    text = SAMPLE_TEXT + (suffix * rank)           # a suffix: the ranks disagree on the text
+    lm = load_model(folder)
+    try:
+        r = heal(Variant.identity(lm).drop([2, 3]), "closed-form", calibration=text, seqlen=32,
+                 windows=12, held_out=2, seed=0)
+    except Exception as exc:                      # the one-line message goes back to the test
+        if rank == 0:
+            torch.save({"error": str(exc)}, out)
+        return
+    from explorer.evaluate import perplexity
+
+    lw = heal(Variant.identity(lm).drop([2, 3]), "layerwise", steps=4, batch=4, keep_best=False,
+              calibration=text, seqlen=32, windows=12, held_out=2, seed=0)
+    trained = [t.clone() for k in range(lw.variant.num_layers)
+               for t in lw.variant.layer(k).state_dict().values()]
+
+    from explorer.measure import similarity
+    from explorer.probe import probe
+
+    nll = perplexity(lm, SAMPLE_TEXT, seqlen=32, max_tokens=640).window_nll
+    pr = probe(lm, SAMPLE_TEXT, seqlen=32, num_samples=7, max_tokens=150, batch_size=2)
+    sims = {m: similarity(pr, m) for m in ("cosine", "angular", "cka")}
+    if rank == 0:
+        k = r.details["fits"][0]["slot"]
+        torch.save({"down": lm.arch.part(r.variant.layer(k), lm.arch.mlp_down).weight.clone(),
+                    "fits": r.details["fits"], "after": r.held_out_after, "ranks": size, "nll": nll, "sims": sims,
+                    "lw_after": lw.held_out_after, "lw": trained}, out)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
