@@ -49,6 +49,7 @@ from .backbone import run_backbone
 from .errors import LayerError, TextError
 from .evaluate import LOGIT_CHUNK, NonFiniteError, final_logits
 from .load import LoadedModel
+from .params import Param, help_text, resolve
 from .progress import Cancelled, CancelToken, Event, Progress, watched
 from .tokens import auto_batch_size
 from .variant import Variant
@@ -56,6 +57,26 @@ from .variant import Variant
 METRICS = ("nll", "kl", "ppl")
 METRIC_TITLES = {"nll": "NLL increase (nats/token)", "kl": "KL to the dense model (nats/token)",
                  "ppl": "perplexity after removal"}
+
+# The map's parameters where it is asked for by name (`similarity --measure damage --param ...`,
+# the app's Analyse tab), declared once like a measure's.
+PARAMS = (
+    Param("max_block", int, 4, "measure every block of 1..max_block consecutive layers", min=1,
+          label="Largest block"),
+    Param("metric", str, "nll", "what the matrix shows: the NLL increase, the KL to the dense "
+          "model, or the perplexity after removal", choices=METRICS, label="Damage shown",
+          choice_labels=tuple(METRIC_TITLES.items())),
+)
+TITLE = "Measured damage (removal, not similarity)"
+
+
+def resolve_params(given: dict) -> dict:
+    """Every damage-map parameter from `given` or its default; a one-line ParamError else."""
+    return resolve(PARAMS, given, "damage")
+
+
+def params_help() -> str:
+    return help_text([("damage", TITLE, PARAMS)])
 
 
 @dataclass

@@ -95,3 +95,36 @@ def test_bad_input_is_one_line(tiny_lm, tiny_ids, sample_text):
         calibration_windows(tiny_lm, sample_text[:20], seqlen=128, num_samples=4)
     with pytest.raises(ExplorerError, match="at least one window"):
         damage_map(tiny_lm, tiny_ids[:, :1], max_block=1)
+
+
+def test_cli_similarity_measure_damage_json_and_csv(tiny_factory, sample_text, tmp_path, capsys):
+    import csv
+    import json
+
+    from explorer import load_model, load_texts
+    from explorer.cli import main
+
+    folder = str(tiny_factory("llama", num_layers=4))
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    table = tmp_path / "map.csv"
+    rc = main(["similarity", "--model", folder, "--text", str(text), "--measure", "damage",
+               "--param", "max_block=2", "--seqlen", "32", "--samples", "3", "--csv",
+               str(table), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["measure"] == "damage" and out["cells_done"] == 4 + 3
+    lm = load_model(folder)
+    ids = calibration_windows(lm, load_texts(str(text)).calibration, 32, 3)
+    ref = damage_map(lm, ids, max_block=2)
+    assert out["matrix"]["nll"][1][3] == pytest.approx(float(ref.nll[1, 3]), abs=1e-6)
+    assert out["adjacent"] == [out["matrix"]["nll"][i][i + 1] for i in range(4)]
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 7 and rows[0]["layers"] == "0"
+    row = next(r for r in rows if r["layers"] == "2-3")
+    assert (row["a"], row["b"]) == ("2", "4")
+    assert float(row["ppl"]) == pytest.approx(float(ref.ppl[2, 4]), rel=1e-6)
+    errors = __import__("io").StringIO()
+    assert main(["similarity", "--model", folder, "--text", str(text), "--measure", "damage",
+                 "--param", "max_block=9", "--seqlen", "32", "--json"], stderr=errors) != 0
+    assert "larger than the model (4 layers)" in errors.getvalue()
+    assert len(errors.getvalue().strip().splitlines()) == 1
