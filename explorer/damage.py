@@ -18,9 +18,11 @@ whole map of blocks up to n costs about n * L * L / 2 layer-passes.
 
 The perplexity follows the protocol of `evaluate.perplexity` (README.md, "Perplexity protocol"):
 the same windows give the same figure as `eval --drop a..b-1`, to float rounding
-(tests/test_damage.py). KL needs the dense distribution at every position: the dense model's
-final-norm states are kept (W, T, H) and its logits recomputed chunk by chunk next to the
-candidate's (one more head product per candidate; the (W*T, V) probabilities are never stored).
+(tests/test_damage.py). KL needs the dense distribution at every position: its log-probabilities
+(W, T-1, V) are kept when they fit `KL_CACHE_BYTES`, else recomputed chunk by chunk from the
+dense final-norm states next to each candidate's (one more head product per candidate). The head
+is a large part of each candidate's cost (49k x 576 for SmolLM2: about 8 of its 30 layers), so
+`kl=False` (the NLL alone) is cheaper still.
 
 Live fill-in and Stop: every finished candidate reports an `Event` (stage "damage map", step =
 candidates done, figure = its perplexity) and calls `on_cell(map)` with the map so far. A
@@ -178,16 +180,60 @@ def candidate_cells(num_layers: int, max_block: int,
     return [(a, a + n) for n in chosen for a in range(num_layers - n + 1)]
 
 
+# The dense log-probabilities KL needs, (W, T-1, V) float32, are kept when they fit in this many
+# bytes (16 windows of 128 tokens of SmolLM2's 49k vocabulary: 400 MB); beyond it they are
+# recomputed from the dense final-norm states for every candidate (one more head product each).
+KL_CACHE_BYTES = 2 ** 30
+
+
+class _DenseDistribution:
+    """The dense model's next-token log-probabilities on the windows, for KL: stored whole when
+    they fit `KL_CACHE_BYTES`, else recomputed chunk by chunk from its final-norm states."""
+
+    def __init__(self, lm: LoadedModel, W: int, T: int, head: torch.nn.Module) -> None:
+        self.lm, self.head = lm, head
+        V = head.weight.shape[0]
+        self.stored = W * (T - 1) * V * 4 <= KL_CACHE_BYTES
+        self.data: torch.Tensor | None = None    # (W, T-1, V) log-probs, or (W, T, H) states
+        self.shape = (W, T - 1, V)
+
+    def add(self, rows: slice, hidden: torch.Tensor) -> None:
+        """The dense pass's batch: final-norm states (b, T, H) of windows `rows`."""
+        if self.stored:
+            b, T, H = hidden.shape
+            h = hidden[:, :-1].reshape(-1, H)
+            logp = torch.cat([F.log_softmax(final_logits(self.lm, h[s:s + LOGIT_CHUNK],
+                                                         head=self.head), dim=-1)
+                              for s in range(0, h.shape[0], LOGIT_CHUNK)])
+            block = logp.view(b, T - 1, -1)
+        else:
+            block = hidden
+        if self.data is None:
+            self.data = torch.empty(self.shape if self.stored else
+                                    (self.shape[0],) + tuple(hidden.shape[1:]),
+                                    dtype=block.dtype, device=block.device)
+        self.data[rows] = block
+
+    def chunks(self, rows: slice) -> Callable[[int, int], torch.Tensor]:
+        """(s, e) -> (e - s, V) log-probs of flattened positions s..e-1 of windows `rows`."""
+        if self.stored:
+            flat = self.data[rows].reshape(-1, self.shape[2])              # (b*(T-1), V)
+            return lambda s, e: flat[s:e]
+        h = self.data[rows][:, :-1].reshape(-1, self.data.shape[-1])       # (b*(T-1), H)
+        return lambda s, e: F.log_softmax(final_logits(self.lm, h[s:e], head=self.head), dim=-1)
+
+
 @torch.no_grad()
 def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
                sizes: Iterable[int] | None = None, base: Variant | None = None,
-               batch_size: int | None = None, progress: Progress | None = None,
-               cancel: CancelToken | None = None,
+               kl: bool = True, batch_size: int | None = None,
+               progress: Progress | None = None, cancel: CancelToken | None = None,
                on_cell: Callable[[DamageMap], None] | None = None) -> DamageMap:
     """Measure the removal of every block of up to `max_block` layers of `base` (default: the
     loaded model) on windows `ids` (W, T).
 
     sizes: only blocks of these sizes (each <= max_block), e.g. (3,) for one off-diagonal.
+    kl: also measure the KL to `base` (False: NaN; the NLL alone costs less).
     progress: an Event per candidate (and the dense pass's per batch).
     cancel: checked before every candidate; once set the map returns `partial`.
     on_cell: called with the map after each candidate (live fill-in).
@@ -209,11 +255,11 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
     nan = torch.full((L + 1, L + 1), math.nan, dtype=torch.float64)
     t0 = time.perf_counter()
 
-    # the dense pass: the residual stream at every boundary a cut can start from (0..L-1, in the
-    # model's dtype on its device, (W, T, H) each), its final-norm states (for KL) and NLL
+    # the dense pass: the residual stream at every boundary a cut can start from (in the
+    # model's dtype on its device, (W, T, H) each), its distribution (for KL) and its NLL
     starts = sorted({a for a, _ in cells})
     states: dict[int, torch.Tensor] = {}
-    dense_final: torch.Tensor | None = None
+    dense = _DenseDistribution(lm, W, T, base.head_module()) if kl else None
     dense_sum = 0.0
     for batch in run_backbone(lm, ids, variant=base, record=starts, final_norm=True,
                               batch_size=batch_size, label="damage map: dense pass",
@@ -223,17 +269,15 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
                 states[k] = torch.empty((W,) + tuple(h.shape[1:]), dtype=h.dtype,
                                         device=h.device)
             states[k][batch.rows] = h
-        if dense_final is None:
-            dense_final = torch.empty((W,) + tuple(batch.hidden.shape[1:]),
-                                      dtype=batch.hidden.dtype, device=batch.hidden.device)
-        dense_final[batch.rows] = batch.hidden
+        if dense is not None:
+            dense.add(batch.rows, batch.hidden)
         nll, _ = _window_figures(lm, batch.hidden, None, batch.ids, base.head_module())
         dense_sum += float(nll.sum())
     dense_nll = dense_sum / (W * (T - 1))
-    ppl, inc, kl = nan.clone(), nan.clone(), nan.clone()
-    for m, v in ((ppl, math.exp(dense_nll)), (inc, 0.0), (kl, 0.0)):
+    ppl, inc, kls = nan.clone(), nan.clone(), nan.clone()
+    for m, v in ((ppl, math.exp(dense_nll)), (inc, 0.0), (kls, 0.0)):
         m.fill_diagonal_(v)
-    out = DamageMap(L, max_block, W, T, dense_nll, ppl, inc, kl, total=len(cells),
+    out = DamageMap(L, max_block, W, T, dense_nll, ppl, inc, kls, total=len(cells),
                     dense_seconds=time.perf_counter() - t0)
 
     for k, (a, b) in enumerate(cells):
@@ -242,7 +286,7 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
             break
         cut = base.drop(range(a, b))
         try:
-            w_nll, w_kl = _candidate(lm, ids, cut, a, states, dense_final, base, batch_size,
+            w_nll, w_kl = _candidate(lm, ids, cut, a, states, dense, batch_size,
                                      watched(None, cancel))
         except Cancelled:
             out.partial = True
@@ -252,10 +296,11 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
             raise NonFiniteError(f"removing layers {block_label(a, b)} made the model produce "
                                  "NaN or inf")
         for m, v in ((ppl, math.exp(min(mean_nll, 700.0))), (inc, mean_nll - dense_nll),
-                     (kl, float(w_kl.sum()) / (W * (T - 1)))):
+                     (kls, float(w_kl.sum()) / (W * (T - 1)) if kl else math.nan)):
             m[a, b] = m[b, a] = v
         out.window_nll[(a, b)] = (w_nll / (T - 1)).tolist()
-        out.window_kl[(a, b)] = (w_kl / (T - 1)).tolist()
+        if kl:
+            out.window_kl[(a, b)] = (w_kl / (T - 1)).tolist()
         out.done.append((a, b))
         out.seconds = time.perf_counter() - t0
         if progress:
@@ -269,9 +314,9 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
 
 
 def _candidate(lm: LoadedModel, ids: torch.Tensor, cut: Variant, a: int,
-               states: dict[int, torch.Tensor], dense_final: torch.Tensor, base: Variant,
+               states: dict[int, torch.Tensor], dense: _DenseDistribution | None,
                batch_size: int, report: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W,) NLL sums and (W,) KL sums of the variant `cut`, which equals `base` before slot a:
+    """(W,) NLL sums and (W,) KL sums of the variant `cut`, which equals the base before slot a:
     run from the dense states at boundary a."""
     W = ids.shape[0]
     nll = torch.zeros(W, dtype=torch.float64)
@@ -280,34 +325,31 @@ def _candidate(lm: LoadedModel, ids: torch.Tensor, cut: Variant, a: int,
     for batch in run_backbone(lm, ids, variant=cut, start=a, start_states=start_states,
                               final_norm=True, batch_size=batch_size, label="damage map",
                               progress=report):
-        n, k = _window_figures(lm, batch.hidden, dense_final[batch.rows], batch.ids,
-                               cut.head_module(), base.head_module())
+        ref = dense.chunks(batch.rows) if dense is not None else None
+        n, k = _window_figures(lm, batch.hidden, ref, batch.ids, cut.head_module())
         nll[batch.rows], kl[batch.rows] = n, k
     return nll, kl
 
 
-def _window_figures(lm: LoadedModel, hidden: torch.Tensor, dense: torch.Tensor | None,
-                    ids: torch.Tensor, head: torch.nn.Module,
-                    dense_head: torch.nn.Module | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def _window_figures(lm: LoadedModel, hidden: torch.Tensor,
+                    dense: Callable[[int, int], torch.Tensor] | None, ids: torch.Tensor,
+                    head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window NLL sums and KL(p_dense || p) sums, (b,) float64 each, CPU.
 
-    hidden, dense: (b, T, H) final-norm states of the variant and of the dense model (None: no
-    KL); position t predicts token t+1 (as `evaluate.window_nll_sums`, chunk by chunk so the
-    (b*T, V) logits never exist whole). head, dense_head: the two variants' vocabulary heads."""
+    hidden: (b, T, H) final-norm states of the variant; position t predicts token t+1 (as
+    `evaluate.window_nll_sums`, chunk by chunk so the (b*T, V) logits never exist whole).
+    dense: (s, e) -> the dense log-probs of flattened positions s..e-1 (None: no KL).
+    head: the variant's vocabulary head."""
     b, T, H = hidden.shape
     h = hidden[:, :-1].reshape(-1, H)                                    # (b*(T-1), H)
-    d = dense[:, :-1].reshape(-1, H) if dense is not None else None
     targets = ids[:, 1:].reshape(-1).to(h.device)
     nll = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
     kl = torch.zeros(targets.numel(), dtype=torch.float64, device=h.device)
     for s in range(0, h.shape[0], LOGIT_CHUNK):
-        logits = final_logits(lm, h[s:s + LOGIT_CHUNK], head=head)          # (n, V) fp32
-        nll[s:s + LOGIT_CHUNK] = F.cross_entropy(logits, targets[s:s + LOGIT_CHUNK],
-                                                 reduction="none")
-        if d is not None:
-            dense_logits = final_logits(lm, d[s:s + LOGIT_CHUNK], head=dense_head)  # (n, V)
-            ref = F.log_softmax(dense_logits, dim=-1)
-            own = F.log_softmax(logits, dim=-1)
-            kl[s:s + LOGIT_CHUNK] = (ref.exp() * (ref - own)).sum(-1).clamp_min(0.0)
+        e = s + LOGIT_CHUNK
+        logits = final_logits(lm, h[s:e], head=head)                      # (n, V) fp32
+        nll[s:e] = F.cross_entropy(logits, targets[s:e], reduction="none")
+        if dense is not None:
+            ref = dense(s, min(e, h.shape[0]))                             # (n, V)
+            kl[s:e] = (ref.exp() * (ref - F.log_softmax(logits, dim=-1))).sum(-1).clamp_min(0)
     return nll.view(b, T - 1).sum(1).cpu(), kl.view(b, T - 1).sum(1).cpu()

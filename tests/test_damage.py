@@ -128,3 +128,15 @@ def test_cli_similarity_measure_damage_json_and_csv(tiny_factory, sample_text, t
                  "--param", "max_block=9", "--seqlen", "32", "--json"], stderr=errors) != 0
     assert "larger than the model (4 layers)" in errors.getvalue()
     assert len(errors.getvalue().strip().splitlines()) == 1
+
+
+def test_kl_recomputed_when_the_dense_distribution_does_not_fit(tiny_lm, tiny_ids, tiny_map,
+                                                                monkeypatch):
+    import explorer.damage as D
+
+    monkeypatch.setattr(D, "KL_CACHE_BYTES", 0)
+    again = damage_map(tiny_lm, tiny_ids, max_block=1, batch_size=4)
+    assert torch.allclose(again.kl[:, :].diagonal(1), tiny_map.kl.diagonal(1), rtol=1e-5)
+    no_kl = damage_map(tiny_lm, tiny_ids, max_block=1, kl=False)
+    assert torch.isnan(no_kl.kl[0, 1]) and torch.equal(no_kl.ppl.diagonal(1),
+                                                       tiny_map.ppl.diagonal(1))

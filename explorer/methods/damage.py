@@ -61,7 +61,7 @@ class Damage(Method):
         ctx.report(0.02, "measuring the removal candidates")
         if params["mode"] == "block":
             dm = damage_map(ctx.lm, ids, max_block=max(removes), sizes=removes,
-                            progress=ctx.progress)
+                            kl=metric == "kl", progress=ctx.progress)
             out = {}
             for n in removes:
                 cells = dm.cells(n)
@@ -85,7 +85,7 @@ class Damage(Method):
         out = {}
         for step in range(max(removes)):
             ctx.report(step / max(removes), f"greedy removal {step + 1} of {max(removes)}")
-            dm = damage_map(ctx.lm, ids, max_block=1, base=v)
+            dm = damage_map(ctx.lm, ids, max_block=1, base=v, kl=metric == "kl")
             singles = [float(dm.matrix(metric)[i, i + 1]) for i in range(v.num_layers)]
             slot = min(range(len(singles)), key=lambda i: (singles[i], i))
             order.append(v.slots[slot])
