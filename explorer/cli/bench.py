@@ -8,7 +8,7 @@ import sys
 from ..errors import ExplorerError
 from .common import load
 
-BENCHES = ("perplexity", "probe", "variant", "measures", "speed", "selfcheck", "gpu")  # bench/bench_NAME.py
+BENCHES = ("perplexity", "probe", "variant", "measures", "damage", "speed", "selfcheck", "gpu")  # bench/bench_NAME.py
 
 
 
