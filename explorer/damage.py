@@ -235,7 +235,8 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
     sizes: only blocks of these sizes (each <= max_block), e.g. (3,) for one off-diagonal.
     kl: also measure the KL to `base` (False: NaN; the NLL alone costs less).
     progress: an Event per candidate (and the dense pass's per batch).
-    cancel: checked before every candidate; once set the map returns `partial`.
+    cancel: checked before every candidate; once set the map returns `partial`. A progress
+        that raises `Cancelled` (`progress.watched`, the app's Stop) does the same.
     on_cell: called with the map after each candidate (live fill-in).
     """
     base = base or Variant.identity(lm)
@@ -303,12 +304,16 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
             out.window_kl[(a, b)] = (w_kl / (T - 1)).tolist()
         out.done.append((a, b))
         out.seconds = time.perf_counter() - t0
-        if progress:
-            progress(Event("damage map", (k + 1) / len(cells), step=k + 1, total=len(cells),
-                           unit="candidates", figure=float(ppl[a, b]),
-                           seconds=out.seconds, note=f"without layers {block_label(a, b)}"))
         if on_cell:
             on_cell(out)
+        try:      # a Stop arrives through a watched progress: the cells done stay
+            if progress:
+                progress(Event("damage map", (k + 1) / len(cells), step=k + 1,
+                               total=len(cells), unit="candidates", figure=float(ppl[a, b]),
+                               seconds=out.seconds, note=f"without layers {block_label(a, b)}"))
+        except Cancelled:
+            out.partial = k + 1 < len(cells)
+            break
     out.seconds = time.perf_counter() - t0
     return out
 

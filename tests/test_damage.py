@@ -140,3 +140,20 @@ def test_kl_recomputed_when_the_dense_distribution_does_not_fit(tiny_lm, tiny_id
     no_kl = damage_map(tiny_lm, tiny_ids, max_block=1, kl=False)
     assert torch.isnan(no_kl.kl[0, 1]) and torch.equal(no_kl.ppl.diagonal(1),
                                                        tiny_map.ppl.diagonal(1))
+
+
+def test_stop_through_a_watched_progress_keeps_the_cells(tiny_lm, tiny_ids):
+    from explorer.progress import watched
+
+    token = CancelToken()
+    events = []
+
+    def bar(e):
+        events.append(e)
+        if e.stage == "damage map" and e.step == 3:
+            token.cancel()
+    part = damage_map(tiny_lm, tiny_ids, max_block=2, progress=watched(bar, token))
+    # the Stop pressed after the third candidate is seen at the fourth's report: four stay
+    assert part.partial and len(part.done) == 4
+    done = [e for e in events if e.stage == "damage map"]
+    assert [e.step for e in done] == [1, 2, 3] and done[0].total == 11 and done[0].figure > 0
