@@ -35,6 +35,32 @@ from .damage import DamageMap, block_label
 from .errors import ExplorerError
 from .measure import get_measure
 
+# What the app's Learn tab and the HTML report say about similarity against damage.
+LESSON = """A similarity heatmap says how alike two layer boundaries are. Every similarity-based
+method reads "alike" as "safe to remove", and that is an assumption, not a measurement. The damage
+map measures it: each candidate block is removed and the model is run without it, against the
+dense model (the NLL increase, or the KL between their next-token distributions). Three things
+make the two disagree.
+
+- **Massive activations.** A few tokens (often the first, or one after a line break) carry a
+  residual-stream norm hundreds of times the median. A layer that writes or cancels them barely
+  moves the cosine of the other tokens, yet removing it breaks every attention pattern that keys
+  on them.
+- **Late layers.** Near the output the stream's direction changes little while the distribution
+  over the vocabulary still does: the last layers look alike by cosine and are among the most
+  damaging to remove.
+- **Spikes.** A smooth similarity profile hides the single layer whose removal costs far more
+  than its neighbours' (in one measurement on SmolLM2-135M a middle layer ranked 27th of 30 by
+  measured damage while cosine called it the 10th most removable). The scatter of score against
+  damage shows such points far from the trend.
+
+The trust panel gives, for each similarity, its Spearman and Kendall rank correlation with the
+measured damage, and the measured rank of the block it would remove. "Rethinking Layer Relevance
+Beyond Cosine Similarity" (arXiv:2605.14075) argues that cosine is a poor proxy for the damage a
+removal does; "Calibration matters more than search" (arXiv:2604.24938) finds that what the
+candidates are measured on matters more than how cleverly they are searched. Measure before you
+trust a heatmap, on the model and the text at hand."""
+
 
 @dataclass(frozen=True)
 class TrustRow:

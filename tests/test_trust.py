@@ -99,3 +99,13 @@ def test_trust_table_of_real_similarities(setup):
     pts = scatter_points(dmap, cos, 2)
     assert len(pts) == 5 and pts[0]["label"] == "0-1" and pts[0]["cell"] == (0, 2)
     assert pts[0]["score"] == pytest.approx(float(cos[0, 2]))
+
+
+def test_learn_tab_teaches_similar_is_not_removable():
+    from explorer.ui.learn_tab import learn_markdown
+
+    text = learn_markdown()
+    assert "## Similar is not removable" in text
+    for paper in ("2605.14075", "2604.24938"):
+        assert f"(https://arxiv.org/abs/{paper})" in text
+    assert "Massive activations" in text and "Late layers" in text and "Spikes" in text
