@@ -19,7 +19,8 @@ from ..damage import METRIC_TITLES, METRICS, DamageMap
 from ..figures import damage_scatter, heatmap
 from ..measure import MEASURES, measure_title
 from ..trust import scatter_points, trust_table
-from . import analysis, jobs, stop
+from . import analysis, jobs, plan_tab, stop
+from .clickplot import ClickPlot
 from .common import Ctx, need_analysis, user_errors
 from .state import Session
 
@@ -57,7 +58,7 @@ def views(state: Session, dm: DamageMap, metric: str, measure: str, size: int):
     mi = MEASURES[measure]
     scatter = damage_scatter(scatter_points(dm, mats[measure], size, metric), mi.title,
                              mi.higher_is_similar, METRIC_TITLES[metric])
-    return status, fig, rows, scatter
+    return status, fig, rows, scatter.to_json()
 
 
 def _num(x: float) -> str:
@@ -86,7 +87,9 @@ def build(ctx: Ctx) -> dict:
                                   elem_id="lx-damage-measure")
             size = gr.Number(1, label="Scatter: block size", precision=0,
                              elem_id="lx-damage-size")
-        scatter = gr.Plot(label="Score against measured damage", elem_id="lx-damage-scatter")
+        scatter = ClickPlot(height=460, elem_id="lx-damage-scatter",
+                            placeholder="The scatter appears once the damage is measured; "
+                                        "click a point to put that block in the plan.")
     return dict(block=block, metric=metric, run_btn=run_btn, status=status, heat=heat,
                 table=table, measure=measure, size=size, scatter=scatter)
 
@@ -122,3 +125,6 @@ def wire(ctx: Ctx, d: dict) -> None:
                   show_progress_on=[d["status"]])
     for c in (d["metric"], d["measure"], d["size"]):
         c.change(redraw, inputs, outs, api_name=False)
+    # a click on a point selects its block in the plan, as a click on the heatmap's cell does
+    d["scatter"].select(plan_tab.on_cell, plan_tab.cell_inputs(ctx), plan_tab.cell_outputs(ctx),
+                        api_name="select_cell_damage", show_progress_on=[ctx.plan.status])
