@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from explorer import measure as M
 from explorer.damage import damage_map
