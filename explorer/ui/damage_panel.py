@@ -4,8 +4,11 @@ similarity's scores against the measured damage. Display only: every number come
 library.
 
 The map is measured on the windows the analysis probed (`ProbeEntry.probe.input_ids`), so its
-cells sit in the same (a, b) coordinates as the heatmap. A Stop ends it at the next candidate; the
-cells done are shown and the status says the map is partial (a partial map is not kept).
+cells sit in the same (a, b) coordinates as the heatmap. While it runs, the step's progress line
+counts the candidates and gives each one's perplexity; the map, the table and the scatter are
+drawn when it ends. A Stop ends it at the next candidate; the cells done are shown and the status
+says the map is partial (a partial map is not kept). A click on a point of the scatter puts its
+block in the plan (`plan_tab.on_cell`, as a click on the heatmap's cell).
 """
 
 from __future__ import annotations
@@ -106,8 +109,9 @@ def wire(ctx: Ctx, d: dict) -> None:
         n = controls.whole_number(block, *BLOCK_FIELD)
         dm = MAPS.get((a.key, n))
         if dm is None:
-            ids = analysis.entry(state, progress).probe.input_ids     # the analysis' windows
-            dm = jobs.damage_job(state.model, ids, n, stop.watch(progress, request))
+            shown = stop.watch(progress, request)
+            ids = analysis.entry(state, shown).probe.input_ids        # the analysis' windows
+            dm = jobs.damage_job(state.model, ids, n, shown)
             if not dm.partial:
                 MAPS.put((a.key, n), dm)
         return views(state, dm, metric, measure, size)
