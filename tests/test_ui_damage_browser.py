@@ -41,6 +41,8 @@ def test_click_a_scatter_point_selects_its_block(live_app):
         pg.click("#lx-damage-run")
         wait_text(pg, "#lx-damage-status", "Measured 30 removals", LONG)
         pg.wait_for_selector("#lx-damage-scatter .js-plotly-plot .nsewdrag", timeout=60_000)
+        pg.locator("#lx-damage-scatter").scroll_into_view_if_needed()
+        pg.wait_for_timeout(500)
         # the page position of the scatter's point for layer 7 (plotly's own data-to-pixel maps)
         x, y = pg.evaluate("""() => {
             const p = document.querySelector('#lx-damage-scatter .js-plotly-plot');
