@@ -43,17 +43,26 @@ def test_click_a_scatter_point_selects_its_block(live_app):
         pg.wait_for_selector("#lx-damage-scatter .js-plotly-plot .nsewdrag", timeout=60_000)
         pg.locator("#lx-damage-scatter").scroll_into_view_if_needed()
         pg.wait_for_timeout(500)
-        # the page position of the scatter's point for layer 7 (plotly's own data-to-pixel maps)
-        x, y = pg.evaluate("""() => {
+        # the page position of the point farthest from the others (points may overlap), by
+        # plotly's own data-to-pixel maps, and the layer it is labelled with
+        x, y, layer = pg.evaluate("""() => {
             const p = document.querySelector('#lx-damage-scatter .js-plotly-plot');
-            const k = p.data[0].text.indexOf('7');
             const fl = p._fullLayout, r = p.querySelector('.nsewdrag').getBoundingClientRect();
-            return [r.left + fl.xaxis.d2p(p.data[0].x[k]), r.top + fl.yaxis.d2p(p.data[0].y[k])];
+            const d = p.data[0];
+            const px = d.x.map((v, k) => [r.left + fl.xaxis.d2p(v), r.top + fl.yaxis.d2p(d.y[k])]);
+            let best = 0, far = -1;
+            px.forEach((a, k) => {
+                const near = Math.min(...px.filter((_, j) => j !== k)
+                    .map(b => Math.hypot(a[0] - b[0], a[1] - b[1])));
+                if (near > far) { far = near; best = k; }
+            });
+            return [px[best][0], px[best][1], d.text[best]];
         }""")
         pg.mouse.click(x, y)
         pg.wait_for_timeout(3000)            # the select round trip, before leaving the tab
         pg.get_by_role("tab", name="3 · Plan").click()
-        pg.wait_for_function("() => document.querySelector('#lx-drops textarea, #lx-drops input')"
-                             ".value === '7'", timeout=60_000)
+        pg.wait_for_timeout(3000)            # the tab's first render
+        pg.wait_for_function("(v) => document.querySelector('#lx-drops textarea, #lx-drops "
+                             "input')?.value === v", arg=layer, timeout=60_000)
         browser.close()
     assert not errors, errors
