@@ -43,7 +43,7 @@ def _rhos(rows) -> str:
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None, text: str | None = None,
         plans: bool | None = None, streamed: bool = True) -> list[dict]:
     from explorer import load_model
-    from explorer.damage import candidate_cells, damage_map
+    from explorer.damage import block_label, candidate_cells, damage_map
     from explorer.damage_estimate import taylor_map
     from explorer.evaluate import perplexity, run_windows
     from explorer.measure import MEASURES, all_similarities
@@ -111,7 +111,7 @@ def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None, text: st
 
     for name, m in sims.items():
         tr = trust_rows(dm, name, m, MEASURES[name].higher_is_similar)
-        picks = ", ".join(f"size {r.size}: pick {r.pick[0]}-{r.pick[1] - 1} ranks "
+        picks = ", ".join(f"size {r.size}: pick {block_label(*r.pick)} ranks "
                           f"{r.pick_rank}/{r.candidates}" for r in tr)
         rows.append(common.row(
             BENCH, f"trust: {name} vs measured damage", tr[0].spearman if tr else None, None,
