@@ -252,7 +252,8 @@ def gemma_rows(max_tokens: int, plans: tuple[str, ...] = GEMMA_PLANS,
 TABLE_BUDGETS = {"closed-form": {}, "layerwise": {"steps": 300},
                  "distill": {"steps": 100, "init_steps": 300}, "linearpatch": {},
                  "prunecomp": {"then": "closed-form"}, "tail-finetune": {"steps": 300}}
-TABLE_METHODS = ("tail", "shortgpt", "angular", "streamline", "sleb", "mka", "come", "laco")
+TABLE_METHODS = ("tail", "shortgpt", "angular", "streamline", "sleb", "mka", "come", "laco",
+                 "damage")
 
 
 def recorded_drops(path: Path) -> dict[tuple[str, int], list[int]]:

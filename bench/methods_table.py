@@ -26,9 +26,10 @@ from explorer.recipe import replay
 from explorer.methods.layout import Layout
 
 PREFIX_METHODS = ("mka", "come", "sleb")   # greedy, progressive: plan k = prefix of plan max(k)
-SHARED_SEARCH = ("blockpruner",)     # Method.plans: one search serves every k
+SHARED_SEARCH = ("blockpruner", "damage")   # Method.plans: one search serves every k
 ORDER = ("tail", "shortgpt", "angular", "laco:mode=walk", "laco", "streamline", "mka", "come",
-         "streamline:replacement=linear", "sleb", "blockpruner", "evopress")
+         "streamline:replacement=linear", "sleb", "blockpruner", "evopress", "damage",
+         "damage:mode=greedy")
 
 
 def merged_of(ops: list[dict], n: int) -> tuple[list[int], list[list[int]]]:

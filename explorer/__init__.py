@@ -7,6 +7,8 @@ The package follows the pipeline, one module per stage:
     text      -> explorer.text      load_texts(source)          disjoint calibration / evaluation
     probe     -> explorer.probe     probe(lm, text)             residual stream at every layer
     measure   -> explorer.measure   similarity(probe, measure)  layer-by-layer matrices
+                 explorer.damage    damage_map(lm, ids)         measured cost of each removal
+                 explorer.trust     trust_table(map, matrices)  how far each similarity predicts it
     plan      -> explorer.methods   compress(lm, method, ...)   which layers, with which method
     apply     -> explorer.variant   Variant                     layer edits without reloading
     heal      -> explorer.heal      heal(variant, mode)         repair a compressed variant
@@ -43,6 +45,7 @@ from .profiles import compare_models
 from .tasks import evaluate_tasks
 from .speed import measure_speed
 from .gate import quality_gate
+from .damage import DamageMap, damage_map
 
 __version__ = "0.1.0"
 
@@ -51,5 +54,5 @@ __all__ = [
     "perplexity", "export", "heal", "HealResult", "LoadedModel", "load_model", "ProbeResult",
     "probe", "Recipe", "replay", "Texts", "load_texts", "NewLayer", "Variant", "__version__",
     "capability", "export_gguf", "compare_models", "evaluate_tasks", "measure_speed",
-    "quality_gate",
+    "quality_gate", "DamageMap", "damage_map",
 ]

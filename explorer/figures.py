@@ -148,3 +148,24 @@ def heal_curve(points: list[tuple[int, float, float | None]], live: bool = False
     fig.update_yaxes(title_text="loss", secondary_y=False)
     fig.update_yaxes(title_text="held-out perplexity", secondary_y=True)
     return fig
+
+
+def damage_scatter(points: list[dict], measure_title: str, higher_is_similar: bool,
+                   damage_title: str) -> go.Figure:
+    """Score against measured damage, one point per candidate block (`trust.scatter_points`:
+    score, damage, label, cell), labelled by the layers removed. A similarity that predicted the
+    damage would lay its points on a falling curve (a distance: a rising one)."""
+    x = [p["score"] for p in points]
+    y = [p["damage"] for p in points]
+    labels = [p["label"] for p in points]
+    kind = "similarity" if higher_is_similar else "distance"
+    fig = go.Figure(go.Scatter(
+        x=x, y=y, mode="markers+text", text=labels, textposition="top center",
+        customdata=[list(p["cell"]) for p in points],
+        hovertemplate="layers %{text}<br>" + kind + " %{x:.4f}<br>damage %{y:.4f}<extra></extra>",
+        marker=dict(size=8, color="#3b6ea8")))
+    fig.update_layout(title=dict(text=f"{measure_title} against measured damage",
+                                 font=dict(size=15)),
+                      xaxis_title=f"{measure_title} ({kind}, as on the heatmap)",
+                      yaxis_title=damage_title, height=460, margin=MARGIN)
+    return fig

@@ -42,7 +42,9 @@ from explorer.generate import DEFAULT_PROMPTS, generate
 from explorer.evaluate import PPLResult, perplexity
 from .layer_lists import format_layers
 from explorer.model import LoadedModel
+from .damage import DamageMap, block_label, damage_map
 from .measure import MEASURES, adjacent, get_measure, similarity
+from .trust import trust_table
 from .methods.layout import Layout
 from .probe import ProbeResult, probe
 from .progress import Event, Progress, scaled
@@ -238,11 +240,15 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
                  sizes: ReportSizes = ReportSizes(),
                  measures: Sequence[str] = DEFAULT_MEASURES,
                  analysis: ReportAnalysis | None = None,
+                 damage: int | DamageMap | None = None,
                  progress: Progress | None = None) -> Report:
     """Measure what the report shows and write it as one HTML page.
 
     analysis: a ready analysis (the app's); None probes `texts`' calibration half with `sizes`.
     measures: the heatmaps, in order (each must be in `analysis.matrices` when one is given).
+    damage: a measured damage map of the analysis' windows (explorer.damage), or the largest
+        block to measure one with; the report then shows it and each similarity's rank
+        correlation with it (explorer.trust).
     Perplexity runs on the evaluation half of `texts` (the other half calibrates).
     """
     for name in measures:
@@ -318,6 +324,12 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
     page.figure(fig, measured_on, "Each point is a layer boundary placed so that distances "
                 "follow the measure's dissimilarities; boundaries that sit together change "
                 "little between them.")
+    if damage is not None:
+        if not isinstance(damage, DamageMap):
+            say(0.95, "damage map")
+            damage = damage_map(lm, pr.input_ids, max_block=int(damage),
+                                progress=scaled(progress, 0.95, 0.99))
+        page.damage(damage, analysis, measured_on)
     if subject.healing is not None:
         page.healing(subject.healing, model)
     if gens:
@@ -351,6 +363,10 @@ overflow-x: auto; font-size: 0.85em; } .warn { color: #b35900; font-weight: 600;
 
 def _e(x: Any) -> str:
     return html.escape(str(x))
+
+
+def _rho(x: float) -> str:
+    return "n/a" if x != x else f"{x:.3f}"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "",
@@ -439,6 +455,29 @@ class _Page:
         rows += [[f"step {k + 1}", _e(step_text(op))]
                  for k, op in enumerate(subject.variant.steps)]
         self.parts.append(_table([], rows))
+
+    def damage(self, dm: DamageMap, analysis: ReportAnalysis, measured_on: str) -> None:
+        """The measured damage map and each similarity's rank correlation with it."""
+        part = (f" <span class=warn>Partial: {len(dm.done)} of {dm.total} candidates "
+                "measured.</span>" if dm.partial else "")
+        self.h2("Measured damage", f"Each single layer and each block of up to {dm.max_block} "
+                f"layers removed and run on the analysis' {dm.windows} windows of {dm.seqlen} "
+                f"tokens, against the dense model (perplexity {dm.dense_ppl:.3f}); cell (a, b) "
+                f"is the model without layers a..b-1.{part} Similar is not removable: see "
+                '<a href="https://arxiv.org/abs/2605.14075">Rethinking Layer Relevance Beyond '
+                'Cosine Similarity</a> and <a href="https://arxiv.org/abs/2604.24938">'
+                "Calibration matters more than search</a>.")
+        fig = figures.heatmap(dm.matrix("nll").numpy(), f"NLL increase after removal: layer "
+                              f"boundaries x0..x{dm.num_layers}", higher_is_similar=False)
+        self.figure(fig, measured_on, "Bright = little damage. Blank cells were not measured.",
+                    width=HEATMAP_WIDTH)
+        rows = [[_e(get_measure(r.measure).title), str(r.size), _rho(r.spearman),
+                 _rho(r.kendall), _e(block_label(*r.pick)), f"{r.pick_rank} of {r.candidates}",
+                 _e(block_label(*r.best))]
+                for r in trust_table(dm, analysis.matrices)]
+        self.parts.append(_table(["similarity", "block size", "Spearman", "Kendall",
+                                  "its pick (layers)", "pick's measured rank",
+                                  "measured best"], rows, numbers=(1, 2, 3)))
 
     def healing(self, h: Healing, model: str) -> None:
         took = f"{h.seconds:.0f} s" if h.seconds >= 1 else "under a second"

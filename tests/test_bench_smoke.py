@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from bench import bench_gpu, bench_perplexity, bench_probe, bench_speed, bench_variant, common
+from bench import bench_damage, bench_gpu, bench_perplexity, bench_probe, bench_speed, bench_variant, common
 
 
 def _check_rows(rows: list[dict]) -> None:
@@ -28,6 +28,16 @@ def test_probe_bench_rows_on_tiny(tiny_lm, sample_text):
     rows = bench_probe.run(True, lm=tiny_lm, text=sample_text)
     _check_rows(rows)
     assert "states match: True" in rows[0]["note"]
+
+
+def test_damage_bench_rows_on_tiny(tiny_lm, sample_text):
+    rows = bench_damage.run(True, lm=tiny_lm, text=sample_text, plans=True)
+    _check_rows(rows)
+    names = [r["name"] for r in rows]
+    assert "map on a streamed model (layers from disk)" in names
+    assert any(n.startswith("damage plan, 3 removed") for n in names)
+    streamed = rows[names.index("map on a streamed model (layers from disk)")]
+    assert float(streamed["note"].rsplit(" ", 1)[1]) < 1e-5     # the same figures
 
 
 def test_variant_bench_rows_on_tiny(tiny_lm):

@@ -294,3 +294,22 @@ def test_download_report_button_in_chromium(live_app, tiny_factory):
     assert name.endswith("-report.html")
     assert page.count('class="plotly-graph-div"') == 4 and model not in page
     assert not errors, errors
+
+
+def test_report_with_the_damage_map(tiny_lm, texts):
+    from explorer.damage import damage_map
+    from explorer.probe import calibration_windows
+    from explorer.report import analyse
+    from explorer.trust import trust_rows
+
+    sizes = ReportSizes(probe_seqlen=32, probe_samples=4, probe_max_tokens=256, seqlen=32,
+                        max_tokens=256, gen_tokens=0)
+    a = analyse(tiny_lm, texts, ("cosine",), sizes)
+    r = build_report(tiny_lm, texts, Subject(Variant.identity(tiny_lm).drop([1])), sizes=sizes,
+                     measures=("cosine",), analysis=a, damage=2)
+    page = html.unescape(r.html)
+    assert r.figures == 4 and "Measured damage" in page and "Partial" not in page
+    dm = damage_map(tiny_lm, calibration_windows(tiny_lm, texts.calibration, 32, 4), max_block=2)
+    row = trust_rows(dm, "cosine", a.matrices["cosine"])[0]
+    assert f"<td class=num>1</td><td class=num>{row.spearman:.3f}</td>" in r.html
+    assert "arxiv.org/abs/2605.14075" in page and "/tmp/" not in page

@@ -8,7 +8,7 @@ import sys
 from ..errors import ExplorerError
 from .common import load
 
-BENCHES = ("perplexity", "probe", "variant", "measures", "speed", "selfcheck", "gpu",
+BENCHES = ("perplexity", "probe", "variant", "measures", "damage", "speed", "selfcheck", "gpu",
            "distributed")  # bench/bench_NAME.py
 
 

@@ -27,6 +27,10 @@ def add(sub) -> None:
     p.add_argument("--calib-samples", type=int, default=32, help="analysis windows")
     p.add_argument("--gen-tokens", type=int, default=24,
                    help="new tokens per greedy generation (0: none)")
+    p.add_argument("--damage", type=int, default=0, metavar="N",
+                   help="also measure the damage map of every block up to N layers on the "
+                        "analysis windows, and each similarity's rank correlation with it "
+                        "(0: none; one pass per candidate)")
     p.add_argument("--layer-map", default="mds", choices=list(LAYER_METHODS),
                    help="how the layer map places the boundaries")
 
@@ -56,7 +60,7 @@ def run(args) -> dict:
     for name, value, low in (("--seqlen", args.seqlen, 4), ("--calib-seqlen", args.calib_seqlen, 4),
                              ("--calib-samples", args.calib_samples, 1),
                              ("--gen-tokens", args.gen_tokens, 0),
-                             ("--max-tokens", args.max_tokens, 0)):
+                             ("--max-tokens", args.max_tokens, 0), ("--damage", args.damage, 0)):
         if value < low:
             raise ExplorerError(f"{name} must be at least {low} (got {value})")
     recipe = read_recipe(args.recipe) if args.recipe else None
@@ -67,7 +71,8 @@ def run(args) -> dict:
     sizes = ReportSizes(probe_seqlen=args.calib_seqlen, probe_samples=args.calib_samples,
                         seqlen=args.seqlen, max_tokens=args.max_tokens or None, bos=args.bos,
                         gen_tokens=args.gen_tokens, layer_map=args.layer_map)
-    report = build_report(lm, texts, subject, sizes=sizes, measures=measures)
+    report = build_report(lm, texts, subject, sizes=sizes, measures=measures,
+                          damage=args.damage or None)
     out = report.write(args.out, args.overwrite)
     return {**report.summary, "out": str(out), "bytes": len(report.html.encode())}
 

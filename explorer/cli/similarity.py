@@ -7,12 +7,15 @@ from .common import listing_parser, load, model_args, parse_params
 
 
 def add(sub) -> None:
+    from .. import damage
     from ..measure import MEASURES, measures_help
 
     p = listing_parser(sub, "similarity", "layer-by-layer similarity matrix of the residual "
-                        "stream (explorer.measure)", "measures", measures_help())
+                        "stream (explorer.measure), or the measured damage map (--measure "
+                        "damage: explorer.damage)", "measures",
+                       measures_help() + "\n" + damage.params_help())
     model_args(p)
-    p.add_argument("--measure", default="cosine", help=", ".join(MEASURES))
+    p.add_argument("--measure", default="cosine", help=", ".join([*MEASURES, "damage"]))
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="measure parameter, e.g. max_tokens=4096 (see below); repeatable")
     p.add_argument("--text", default="wiki", help="wiki, news, wikitext2 or a .txt path")
@@ -30,6 +33,8 @@ def add(sub) -> None:
                    "the model, text or settings changed)")
     p.add_argument("--models", default="", help="several models side by side (a,b,c): one "
                    "adjacent-layer profile each on relative depth 0..1, instead of --model's matrix")
+    p.add_argument("--csv", default=None, metavar="PATH",
+                   help="also write the matrix (damage: one row per measured cell) as CSV")
 
 
 def run(args) -> dict:
@@ -41,6 +46,8 @@ def run(args) -> dict:
     from ..resume import LayerCheckpoint
     from ..text import load_texts
 
+    if args.measure == "damage":
+        return _damage(args)
     info = get_measure(args.measure)
     params = info.resolve(parse_params(args.param))        # refused before the model loads
     if args.models:
@@ -58,6 +65,9 @@ def run(args) -> dict:
                bos=args.bos, skip_first=not args.keep_first, checkpoint=cp)
     start = time.perf_counter()
     matrix = similarity(pr, args.measure, **params)
+    if args.csv:
+        _write(args.csv, "\n".join(",".join(f"{v:.6g}" for v in row)
+                                    for row in matrix.tolist()) + "\n")
     return {"model": args.model, "measure": info.name, "title": info.title,
             "higher_is_similar": info.higher_is_similar, "paper": info.paper,
             "num_layers": pr.num_layers, "num_tokens": pr.num_tokens,
@@ -67,3 +77,39 @@ def run(args) -> dict:
             "probe_seconds": round(pr.seconds, 2),
             "measure_seconds": round(time.perf_counter() - start, 2)}
 
+
+
+def _damage(args) -> dict:
+    """`--measure damage`: the measured map on the calibration windows, progress on stderr."""
+    import sys
+
+    from ..damage import damage_map, resolve_params
+    from ..errors import ExplorerError
+    from ..probe import calibration_windows
+    from ..progress import printer
+    from ..text import load_texts
+
+    if args.models:
+        raise ExplorerError("--models compares similarity profiles; the damage map takes one "
+                            "--model")
+    params = resolve_params(parse_params(args.param))     # refused before the model loads
+    lm = load(args)
+    ids = calibration_windows(lm, load_texts(args.text).calibration, args.seqlen, args.samples,
+                              args.bos)
+    dm = damage_map(lm, ids, max_block=params["max_block"], progress=printer(sys.stderr))
+    if args.csv:
+        _write(args.csv, dm.to_csv())
+    out = {"model": args.model, "text": args.text, "metric": params["metric"], **dm.to_dict()}
+    out["adjacent"] = [out["matrix"][params["metric"]][i][i + 1] for i in range(dm.num_layers)]
+    return out
+
+
+def _write(path: str, text: str) -> None:
+    from pathlib import Path
+
+    from ..errors import ExplorerError
+
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        raise ExplorerError(f"cannot write the CSV file '{path}': {e.strerror}") from None

@@ -15,6 +15,7 @@ from .registry import (METHODS, Method, Plan, PlanContext, compress, get_method,
 from . import drop, tail, shortgpt, angular, mka, laco, streamline, come  # noqa: F401,E402
 from . import sleb, blockpruner  # noqa: F401,E402
 from . import evopress  # noqa: F401,E402
+from . import damage  # noqa: F401,E402
 
 __all__ = ["METHODS", "Method", "Plan", "PlanContext", "compress", "get_method",
            "layers_for_ratio", "list_methods", "methods_help", "methods_table", "register",

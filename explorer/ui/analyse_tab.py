@@ -8,7 +8,7 @@ import gradio as gr
 from ..embedded import EMBEDDED
 from ..measure import MEASURES, measure_title
 from ..profiles import parse_models
-from . import analysis, jobs, plots, stop
+from . import analysis, damage_panel, jobs, plots, stop
 from .clickplot import ClickPlot
 from .common import AnalyseParts, Ctx, log, user_errors
 from .learn_tab import CONVENTION, measure_help
@@ -94,6 +94,7 @@ def build(ctx: Ctx) -> AnalyseParts:
                                   elem_id="lx-measure-help")
             gr.Markdown(CONVENTION)
     profiles = gr.Plot(label="Adjacent-layer profiles")
+    damage = damage_panel.build(ctx)
     with gr.Row():
         with gr.Column(scale=3):
             layer_map = gr.Plot(label="Layer map", elem_id="lx-layer-map")
@@ -130,12 +131,13 @@ def build(ctx: Ctx) -> AnalyseParts:
                         layer_map=layer_map, map_method=map_method, tokens=tokens,
                         token_layers=token_layers, token_method=token_method, token_btn=token_btn,
                         models=models, models_btn=models_btn, models_line=models_line,
-                        models_plot=models_plot)
+                        models_plot=models_plot, damage=damage)
 
 
 def wire(ctx: Ctx) -> None:
     a, s = ctx.analyse, ctx.settings
     heats = [a.heat, ctx.plan.heat]
+    damage_panel.wire(ctx, a.damage)
 
     @user_errors
     def run_analysis(state: Session, seqlen: int, samples: int, map_method: str,

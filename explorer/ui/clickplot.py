@@ -4,7 +4,8 @@ Gradio 6.31's `gr.Plot` has no click event, so the figure is drawn by plotly.js 
 component. The component's value is the figure as JSON (a string from `fig.to_json()`);
 `js_on_load` draws it and redraws when the value changes, and a `plotly_click` listener sends the
 clicked cell back as `trigger('select', {index: [row, col], value: z})`, so a Python `.select`
-handler receives `evt.index == [y, x]` in the figure's own coordinates.
+handler receives `evt.index == [y, x]` in the figure's own coordinates. A clicked point whose
+`customdata` is a cell [a, b] (the damage panel's scatter of candidate blocks) sends that cell.
 
 The cell is read from the click's own pointer position (converted with the axes' pixel-to-data
 maps and rounded to the nearest cell), not from plotly's hover point: after a fast jump of the
@@ -45,6 +46,10 @@ _JS = """
 // one (the hover point may be stale), else from plotly's point.
 const pointed = (target, ev) => {
   const p = ev.points && ev.points[0];
+  // a point that carries its cell (customdata [a, b]: a scatter of candidate blocks) gives it
+  if (p && Array.isArray(p.customdata) && p.customdata.length === 2) {
+    return {index: p.customdata, value: p.y};
+  }
   const e = ev.event, fl = target._fullLayout;
   const area = target.querySelector('.nsewdrag');
   if (e && e.clientX !== undefined && fl && fl.xaxis && fl.yaxis && area) {

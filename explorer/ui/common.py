@@ -61,6 +61,7 @@ class AnalyseParts:
     models_btn: gr.Button
     models_line: gr.Markdown
     models_plot: gr.Plot
+    damage: dict                 # the damage panel's components (ui/damage_panel.py)
 
 
 @dataclass

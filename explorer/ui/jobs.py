@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .. import measure, methods
 from ..capability import capability
+from ..damage import DamageMap, damage_map
 from explorer.evaluate import PPLResult, perplexity
 from explorer.generate import generate
 from ..export import export
@@ -75,6 +76,15 @@ def similarity_job(pr: ProbeResult, name: str, progress: Progress | None = None)
         progress(Event("analysis", 0.0, note=f"computing {name} between every pair of layer "
                                              "boundaries"))
     return to_numpy(measure.similarity(pr, name))
+
+
+@gpu(duration=600)
+def damage_job(spec: str, ids: torch.Tensor, max_block: int,
+               progress: Progress | None = None) -> DamageMap:
+    """The measured damage map on the analysis' calibration windows `ids` (W, T); a Stop
+    (through `progress`) returns the cells done, marked partial."""
+    lm = REGISTRY.ensure_model(spec, progress)
+    return damage_map(lm, ids, max_block=max_block, progress=progress)
 
 
 @gpu(duration=120)

@@ -14,6 +14,7 @@ from ..heal import get_mode
 from ..measure import MEASURES
 from ..methods import get_method, list_methods
 from ..params import markdown_table
+from ..trust import LESSON
 
 CONVENTION = """**How to read the heatmaps.** A model with L layers has L+1 *boundaries*: x0 is the
 input of layer 0 (the token embeddings), xk is the output of layer k-1 and the input of layer k, and
@@ -89,6 +90,7 @@ def learn_markdown() -> str:
     for name, m in MEASURES.items():
         parts.append(f"\n### {m.title} <small>(`{name}`)</small>\nA {_kind(m)}.\n\n"
                      f"{m.description}{_paper(m)}\n")
+    parts.append("\n## Similar is not removable\n" + link_papers(LESSON) + "\n")
     parts.append("\n## Methods\n")
     for m in list_methods():
         params = markdown_table([(m.name, m.params)], owner_column=False) if m.params else ""

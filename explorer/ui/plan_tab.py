@@ -196,11 +196,23 @@ def build(ctx: Ctx) -> PlanParts:
                      status=status, table=table, ops=ops, apply_btn=apply_btn, gate=gate)
 
 
+def cell_inputs(ctx: Ctx) -> list:
+    """What `on_cell` reads, for every component whose click selects a block."""
+    p = ctx.plan
+    return [ctx.state, p.drops, p.merges, p.action, p.rule]
+
+
+def cell_outputs(ctx: Ctx) -> list:
+    """What `on_cell` (and every plan edit) updates."""
+    p = ctx.plan
+    return [ctx.state, p.drops, p.merges, p.table, ctx.analyse.heat, p.heat, p.status, p.ops]
+
+
 def wire(ctx: Ctx) -> None:
     p, s = ctx.plan, ctx.settings
-    outputs = [ctx.state, p.drops, p.merges, p.table, ctx.analyse.heat, p.heat, p.status, p.ops]
+    outputs = cell_outputs(ctx)
     for heat in (p.heat, ctx.analyse.heat):
-        heat.select(on_cell, [ctx.state, p.drops, p.merges, p.action, p.rule], outputs,
+        heat.select(on_cell, cell_inputs(ctx), outputs,
                     api_name="select_cell" if heat is p.heat else "select_cell_analyse",
                     show_progress_on=[p.status])
     inputs = [ctx.state, p.drops, p.merges, p.rule]

@@ -1,0 +1,134 @@
+"""The Analyse tab's damage panel: the measured damage map of the analysis' calibration windows
+(explorer.damage), how far each similarity can be trusted (explorer.trust) and a scatter of one
+similarity's scores against the measured damage. Display only: every number comes from the
+library.
+
+The map is measured on the windows the analysis probed (`ProbeEntry.probe.input_ids`), so its
+cells sit in the same (a, b) coordinates as the heatmap. While it runs, the step's progress line
+counts the candidates and gives each one's perplexity; the map, the table and the scatter are
+drawn when it ends. A Stop ends it at the next candidate; the cells done are shown and the status
+says the map is partial (a partial map is not kept). A click on a point of the scatter puts its
+block in the plan (`plan_tab.on_cell`, as a click on the heatmap's cell).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ..cache import Store
+from ..damage import METRIC_TITLES, METRICS, DamageMap
+from ..figures import damage_scatter, heatmap
+from ..measure import MEASURES, measure_title
+from ..trust import scatter_points, trust_table
+from . import analysis, jobs, plan_tab, stop
+from .clickplot import ClickPlot
+from .common import Ctx, need_analysis, user_errors
+from .state import Session
+
+# finished maps, by (probe key, largest block): a second look (another metric, another scatter)
+# costs nothing
+MAPS: Store = Store("damage maps", size=4, model_bound=True)
+
+BLOCK_FIELD = ("Largest block measured", 1, 8)
+TABLE_HEADERS = ["similarity", "block size", "Spearman", "Kendall", "its pick", "pick's rank",
+                 "measured best"]
+INTRO = ("**Measured damage.** Each candidate (every single layer and every block up to the "
+         "size below) is removed and run on the analysis' calibration windows; the map shows "
+         "what that costs against the dense model, in the heatmap's cells (cell (a, b) = without "
+         "layers a..b-1). It costs one pass per candidate from its cut onward: minutes on a CPU. "
+         "The table then says how well each similarity ranks the same candidates.")
+
+
+def views(state: Session, dm: DamageMap, metric: str, measure: str, size: int):
+    """Status line, damage heatmap, trust table and scatter of a map."""
+    L = dm.num_layers
+    mats = {name: analysis.matrix(state, name) for name in MEASURES}
+    rows = [[measure_title(r.measure), r.size, _num(r.spearman), _num(r.kendall),
+             f"{r.pick[0]}-{r.pick[1] - 1}" if r.size > 1 else str(r.pick[0]),
+             f"{r.pick_rank} of {r.candidates}",
+             f"{r.best[0]}-{r.best[1] - 1}" if r.size > 1 else str(r.best[0])]
+            for r in trust_table(dm, mats, metric=metric)]
+    part = (f" **Partial: stopped after {len(dm.done)} of {dm.total} candidates;** the cells "
+            "shown are measured, the blank ones not." if dm.partial else "")
+    status = (f"Measured {len(dm.done)} removals of up to {dm.max_block} layers on {dm.windows} "
+              f"windows x {dm.seqlen} tokens in {dm.seconds:.0f} s; dense perplexity "
+              f"{dm.dense_ppl:.2f}.{part}")
+    fig = heatmap(dm.matrix(metric).numpy(), f"{METRIC_TITLES[metric]}: layer boundaries "
+                  f"x0..x{L}", higher_is_similar=False)
+    size = max(1, min(int(size or 1), dm.max_block))
+    mi = MEASURES[measure]
+    scatter = damage_scatter(scatter_points(dm, mats[measure], size, metric), mi.title,
+                             mi.higher_is_similar, METRIC_TITLES[metric])
+    return status, fig, rows, scatter.to_json()
+
+
+def _num(x: float) -> str:
+    return "n/a" if x != x else f"{x:.3f}"
+
+
+def build(ctx: Ctx) -> dict:
+    with gr.Accordion("Measured damage: how far can each similarity be trusted?", open=False):
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=True):
+            block = gr.Number(2, label=BLOCK_FIELD[0], precision=0,
+                              info="{1} to {2} layers".format(*BLOCK_FIELD),
+                              elem_id="lx-damage-block")
+            metric = gr.Radio([(METRIC_TITLES[m], m) for m in METRICS], value="nll",
+                              label="Damage shown", elem_id="lx-damage-metric")
+            run_btn = gr.Button("Measure damage", elem_id="lx-damage-run")
+        status = gr.Markdown("", elem_id="lx-damage-status", elem_classes=["lx-step"])
+        heat = gr.Plot(label="Damage map", elem_id="lx-damage-map")
+        table = gr.Dataframe(headers=TABLE_HEADERS, value=[], interactive=False,
+                             label="Each similarity against the measured damage "
+                                   "(rank 1 = its pick is the measured best)",
+                             elem_id="lx-trust-table")
+        with gr.Row(equal_height=True):
+            measure = gr.Dropdown([(MEASURES[n].title, n) for n in MEASURES],
+                                  value=analysis.default_measure(), label="Scatter: similarity",
+                                  elem_id="lx-damage-measure")
+            size = gr.Number(1, label="Scatter: block size", precision=0,
+                             elem_id="lx-damage-size")
+        scatter = ClickPlot(height=460, elem_id="lx-damage-scatter",
+                            placeholder="The scatter appears once the damage is measured; "
+                                        "click a point to put that block in the plan.")
+    return dict(block=block, metric=metric, run_btn=run_btn, status=status, heat=heat,
+                table=table, measure=measure, size=size, scatter=scatter)
+
+
+def wire(ctx: Ctx, d: dict) -> None:
+    from . import controls
+
+    outs = [d["status"], d["heat"], d["table"], d["scatter"]]
+
+    @user_errors
+    def measure_damage(state: Session, block: Any, metric: str, measure: str, size: Any,
+                       request: gr.Request, progress=gr.Progress()):
+        a = need_analysis(state)
+        n = controls.whole_number(block, *BLOCK_FIELD)
+        dm = MAPS.get((a.key, n))
+        if dm is None:
+            shown = stop.watch(progress, request)
+            ids = analysis.entry(state, shown).probe.input_ids        # the analysis' windows
+            dm = jobs.damage_job(state.model, ids, n, shown)
+            if not dm.partial:
+                MAPS.put((a.key, n), dm)
+        return views(state, dm, metric, measure, size)
+
+    @user_errors
+    def redraw(state: Session, block: Any, metric: str, measure: str, size: Any):
+        a = need_analysis(state)
+        dm = MAPS.get((a.key, controls.whole_number(block, *BLOCK_FIELD)))
+        if dm is None:
+            return [gr.update()] * 4
+        return views(state, dm, metric, measure, size)
+
+    inputs = [ctx.state, d["block"], d["metric"], d["measure"], d["size"]]
+    ctx.long_step(d["run_btn"].click, measure_damage, inputs, outs, api_name="damage_map",
+                  show_progress_on=[d["status"]])
+    for c in (d["metric"], d["measure"], d["size"]):
+        c.change(redraw, inputs, outs, api_name=False)
+    # a click on a point selects its block in the plan, as a click on the heatmap's cell does
+    d["scatter"].select(plan_tab.on_cell, plan_tab.cell_inputs(ctx), plan_tab.cell_outputs(ctx),
+                        api_name="select_cell_damage", show_progress_on=[ctx.plan.status])

@@ -1,0 +1,68 @@
+"""The damage panel in a real headless Chromium on the default model: the map is measured on the
+analysis' windows, and a click on a point of the score-against-damage scatter puts that block in
+the plan (as a click on the heatmap's cell does)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from app_server import CHROMIUM, CHROMIUM_ARGS
+
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium"),
+              pytest.mark.usefixtures("clean_registry"), pytest.mark.slow]
+
+LONG = 400_000
+
+
+def wait_text(pg, selector: str, fragment: str, timeout: int = 60_000) -> None:
+    pg.wait_for_function(
+        "([s, f]) => (document.querySelector(s)?.innerText || '').includes(f)",
+        arg=[selector, fragment], timeout=timeout)
+
+
+def test_click_a_scatter_point_selects_its_block(live_app):
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(live_app.url)
+        pg.click("#lx-load")
+        wait_text(pg, "#lx-model-info", "134,515,008", LONG)
+        pg.get_by_role("tab", name="2 · Analyse").click()
+        pg.locator("#lx-samples input").fill("2")
+        pg.click("#lx-analyse")
+        wait_text(pg, "#lx-analysis-status", "Probed", LONG)
+        pg.get_by_text("Measured damage: how far can each similarity be trusted?").click()
+        pg.locator("#lx-damage-block input").fill("1")
+        pg.click("#lx-damage-run")
+        wait_text(pg, "#lx-damage-status", "Measured 30 removals", LONG)
+        pg.wait_for_selector("#lx-damage-scatter .js-plotly-plot .nsewdrag", timeout=60_000)
+        pg.locator("#lx-damage-scatter").scroll_into_view_if_needed()
+        pg.wait_for_timeout(500)
+        # the page position of the point farthest from the others (points may overlap), by
+        # plotly's own data-to-pixel maps, and the layer it is labelled with
+        x, y, layer = pg.evaluate("""() => {
+            const p = document.querySelector('#lx-damage-scatter .js-plotly-plot');
+            const fl = p._fullLayout, r = p.querySelector('.nsewdrag').getBoundingClientRect();
+            const d = p.data[0];
+            const px = d.x.map((v, k) => [r.left + fl.xaxis.d2p(v), r.top + fl.yaxis.d2p(d.y[k])]);
+            let best = 0, far = -1;
+            px.forEach((a, k) => {
+                const near = Math.min(...px.filter((_, j) => j !== k)
+                    .map(b => Math.hypot(a[0] - b[0], a[1] - b[1])));
+                if (near > far) { far = near; best = k; }
+            });
+            return [px[best][0], px[best][1], d.text[best]];
+        }""")
+        pg.mouse.click(x, y)
+        pg.wait_for_timeout(3000)            # the select round trip, before leaving the tab
+        pg.get_by_role("tab", name="3 · Plan").click()
+        pg.wait_for_timeout(3000)            # the tab's first render
+        pg.wait_for_function("(v) => document.querySelector('#lx-drops textarea, #lx-drops "
+                             "input')?.value === v", arg=layer, timeout=60_000)
+        browser.close()
+    assert not errors, errors
