@@ -206,6 +206,25 @@ def step_text(op: dict) -> str:
     return str(op.get("summary") or op.get("op"))
 
 
+def change_words(variant: Variant) -> str:
+    """The variant in words, original layer numbers, for the report's title: "drop layer 12;
+    merge layers 14-15; healed with Closed-form linear map ..." (not the recipe's op summaries,
+    which count slots)."""
+    from .heal import get_mode
+
+    removed, merged = plan_layers(variant)
+    parts = [f"drop layer{'s' if len(removed) > 1 else ''} "
+             f"{format_layers(removed).replace(',', ', ')}"] if removed else []
+    parts += [f"merge layers {format_layers(g)}" for g in merged]
+    for op in variant.steps:
+        if op.get("op") == "heal":
+            steps = op.get("steps")
+            parts.append(f"healed with {get_mode(op['mode']).title}" +
+                         (f" ({steps} steps)" if steps else ""))
+    return "; ".join(parts) or ("; ".join(step_text(op) for op in variant.steps) or
+                                "the original model")
+
+
 # -- analysis ------------------------------------------------------------------------------------
 def analyse(lm: LoadedModel, texts: Texts, measures: Sequence[str] = DEFAULT_MEASURES,
             sizes: ReportSizes = ReportSizes(), progress: Progress | None = None
@@ -286,7 +305,7 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
     measured_on = (f"{model}, {analysis.source} calibration half: {windows} windows of "
                    f"{window_len} tokens, {pr.num_tokens} tokens recorded per boundary")
     removed, merged = plan_layers(variant)
-    change = "; ".join(step_text(op) for op in variant.steps) or "the original model"
+    change = change_words(variant)
     title = f"{model}: {change}"
 
     page.header(title, model, lm, variant, texts.source)

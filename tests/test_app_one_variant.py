@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from app_server import CHROMIUM, CHROMIUM_ARGS
+from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from test_app_walkthrough import QUICK, TIMEOUT, VIEW, shot, tab, text, wait_text
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -55,6 +55,13 @@ def manual_plan(pg, drops: str, merges: str, expect: str) -> None:
     wait_text(pg, "#lx-plan-status", expect)
 
 
+def generations_done(pg, last_column: str) -> None:
+    """Until the generations after Apply or Heal are on the page (a step that changes the plan
+    is refused while they are written)."""
+    pg.wait_for_function("(c) => [...document.querySelectorAll('#lx-gens th')].map(t => "
+                         "t.innerText.trim()).at(-1) === c", arg=last_column, timeout=TIMEOUT)
+
+
 def toasts(pg) -> list[str]:
     return pg.evaluate("() => [...document.querySelectorAll('[data-testid=toast-body]')]"
                        ".map(t => t.innerText)")
@@ -63,7 +70,12 @@ def toasts(pg) -> list[str]:
 def save(pg, live_app, name: str) -> tuple[str, dict, set[str]]:
     """Save the model folder `name`: (the page's message, its recipe, the files written)."""
     tab(pg, "5 · Export")
-    fill(pg, "lx-name", name)
+    wait_text(pg, "#lx-cli", "python -m explorer", TIMEOUT)
+    for _ in range(10):               # opening the tab names the folder: type after it did
+        fill(pg, "lx-name", name)
+        pg.wait_for_timeout(700)
+        if pg.input_value("#lx-name textarea, #lx-name input") == name:
+            break
     pg.click("#lx-save")
     wait_text(pg, "#lx-export-saved", name, TIMEOUT)
     folder = live_app.exports / name
@@ -120,18 +132,21 @@ def test_2_apply_while_a_method_plans(page, live_app, monkeypatch):
     while time.monotonic() < deadline and not apply_in.is_set() and not refusal:
         refusal = next((t for t in toasts(pg) if "a plan is being computed" in t), "")
         pg.wait_for_timeout(200)
-    shot(pg, "one-variant-1-apply-refused", asset=False)
+    ARTIFACTS.mkdir(exist_ok=True)     # with the refusal's toast on the page
+    pg.screenshot(path=str(ARTIFACTS / "one-variant-1-apply-refused.png"), full_page=True)
     method_go.set()
     wait_text(pg, "#lx-plan-status", "Plan from ShortGPT (Block Influence)", TIMEOUT)
     apply_go.set()
     if apply_in.is_set():             # the old code measured the old plan: let it end
         wait_text(pg, "#lx-summary", "Protocol", TIMEOUT)
+        generations_done(pg, "variant")
     monkeypatch.undo()
 
     tab(pg, "3 · Plan")
     planned = text(pg, "#lx-plan-status")
     pg.click("#lx-apply")
     wait_text(pg, "#lx-summary", "Protocol", TIMEOUT)
+    generations_done(pg, "variant")
     summary = text(pg, "#lx-summary")
     shot(pg, "one-variant-2-method-applied", asset=False)
     message, recipe, _ = save(pg, live_app, "race")
@@ -152,11 +167,13 @@ def test_3_a_healed_plan_reentered_and_a_new_plan(page, live_app):
     manual_plan(pg, "12", "14-15", "Manual plan")
     pg.click("#lx-apply")
     wait_text(pg, "#lx-summary", "Protocol", TIMEOUT)
+    generations_done(pg, "variant")
     for name, value in SMALL_HEAL.items():
         fill(pg, f"lx-heal-closed-form-{name}", value)
     pg.click("#lx-heal")
     wait_text(pg, "#lx-heal-line", "Healed", TIMEOUT)
     wait_text(pg, "#lx-summary", "healed (", TIMEOUT)
+    generations_done(pg, "healed")
 
     manual_plan(pg, "12", "14-15", "Manual plan")        # the same plan, typed again
     tab(pg, "4 · Compare")

@@ -293,3 +293,15 @@ def test_download_report_button_in_chromium(live_app, tiny_factory):
     assert name.endswith("-report.html")
     assert page.count('class="plotly-graph-div"') == 4 and model not in page
     assert not errors, errors
+
+
+def test_the_title_says_the_change_in_original_layers(tiny_lm):
+    """Issue 32 [6]: the report's title reads "drop layer 4; merge layers 1-2", not the recipe's
+    op summaries ("merge(1-2; average); drop 3", in slot numbers)."""
+    from explorer.recipe import replay
+    from explorer.report import change_words
+    from explorer.ui.state import plan_from_text
+
+    v = replay(tiny_lm, plan_from_text(tiny_lm.num_layers, "4", "1-2").ops)
+    assert change_words(v) == "drop layer 4; merge layers 1-2"
+    assert change_words(replay(tiny_lm, [])) == "the original model"

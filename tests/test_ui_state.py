@@ -133,3 +133,100 @@ def test_stop_flags_are_per_session_and_cleared_by_the_next_job():
     stop.watch(None, a)(Event("probe", 0.1))      # a new job of a: the old Stop is cleared
     assert stop.watch(None, None) is None         # no session and no bar: nothing to report to
     stop.forget(a), stop.forget(b)
+
+
+# -- issue 32: one versioned state, one step at a time ------------------------------------------
+def _healed(base_ops: list[dict]):
+    from explorer.ui.state import Healed
+
+    return Healed(mode="closed-form", base_ops=base_ops, ops=base_ops + [{"op": "heal"}],
+                  summary="", held_out_before=2.0, held_out_after=1.5, steps=0, seconds=1.0)
+
+
+def test_the_version_follows_the_plan_and_its_healing():
+    from explorer.ui.common import variant_words
+    from explorer.ui.state import new_state
+
+    s = new_state().with_model("m", 6)
+    plan = plan_from_text(6, "2", "")
+    s1 = s.with_plan(plan)
+    assert s1.version == s.version + 1 and variant_words(s1) == "the unhealed variant"
+    s2 = s1.with_healing(_healed(plan.ops))
+    assert s2.version == s1.version + 1 and s2.ops() == plan.ops + [{"op": "heal"}]
+    assert variant_words(s2).startswith("the healed variant (Closed-form")
+    same = s2.with_plan(plan_from_text(6, "2", ""))          # the same plan typed again
+    assert same.version == s2.version and same.heal is not None
+    other = s2.with_plan(plan_from_text(6, "3", ""))
+    assert other.version == s2.version + 1 and other.heal is None and other.healed is None
+    assert other.ops() == plan_from_text(6, "3", "").ops
+    with pytest.raises(LayerError, match="another plan"):
+        other.with_healing(_healed(plan.ops))
+
+
+def test_a_step_pressed_while_another_runs_is_refused_in_one_line():
+    import threading
+
+    from explorer.ui import busy
+
+    class Request:
+        def __init__(self, session: str) -> None:
+            self.session_hash = session
+    Request.__name__ = "Request"
+
+    inside, release = threading.Event(), threading.Event()
+
+    @busy.claims("a plan is being computed", "ask a method")
+    def plan(request):
+        inside.set()
+        release.wait(10)
+        return "planned"
+
+    @busy.claims("the plan is being measured", "Apply")
+    def apply(request):
+        return "applied"
+
+    me, other = Request("me"), Request("other")
+    results = []
+    worker = threading.Thread(target=lambda: results.append(plan(me)))
+    worker.start()
+    assert inside.wait(10)
+    with pytest.raises(busy.Busy) as refused:
+        apply(me)
+    assert str(refused.value) == "a plan is being computed; Apply when it is ready"
+    assert apply(other) == "applied"                 # another visitor's session is not held
+    assert busy.running(me) == "a plan is being computed"
+    release.set()
+    worker.join(10)
+    assert results == ["planned"] and busy.running(me) is None
+    assert apply(me) == "applied"                    # free again once the step ended
+
+    @busy.claims("failing", "fail")
+    def fails(request):
+        raise ValueError("boom")
+    with pytest.raises(ValueError):
+        fails(me)
+    assert busy.running(me) is None                  # an error frees the session too
+
+
+def test_the_time_left_follows_the_recent_rate_not_the_fast_start():
+    """Issue 32 [7]: a fast first half (prefill calls) then a slow one (decode calls): the
+    estimate follows the slow rate, and never says less than the time really left."""
+    from explorer.progress import Event
+    from explorer.ui.stop import time_left
+
+    seen: dict = {}
+    # 0..10 s: to 50%; then 1% per 2 s (the remaining 50% take 100 s)
+    times = [(t, t / 20) for t in range(0, 11)] + [(10 + 2 * k, 0.5 + k / 100) for k in
+                                                   range(1, 41)]
+    said = [time_left(Event("speed", f), seen, now=float(t)) for t, f in times]
+    # the last: 90 s, 90%, 20 s left at the slow rate
+    assert said[-1] == " — about 20 s left", said[-1]
+    # at 50 s (70%), 60 s are left; a rate since the start would say about 21 s
+    assert said[times.index((50, 0.5 + 20 / 100))] == " — about 60 s left"
+
+
+def test_a_reversed_range_is_said_to_be_reversed():
+    """Issue 32 [12]: '20-19' is not 'cannot read': the range is reversed."""
+    with pytest.raises(LayerError, match=r"layer range '20-19' is reversed: write the lower "
+                                         r"layer first \(19-20\)"):
+        plan_from_text(30, "", "20-19")

@@ -8,7 +8,7 @@ import gradio as gr
 from ..embedded import EMBEDDED
 from ..measure import MEASURES, measure_title
 from ..profiles import parse_models
-from . import analysis, jobs, plots, stop
+from . import analysis, busy, jobs, plots, stop
 from .clickplot import ClickPlot
 from .common import AnalyseParts, Ctx, log, user_errors
 from .learn_tab import CONVENTION, measure_help
@@ -138,6 +138,7 @@ def wire(ctx: Ctx) -> None:
     heats = [a.heat, ctx.plan.heat]
 
     @user_errors
+    @busy.claims("the analysis is running", "run the analysis")
     def run_analysis(state: Session, seqlen: int, samples: int, map_method: str,
                      request: gr.Request, progress=gr.Progress()):
         return analyse(s, state, seqlen, samples, map_method, stop.watch(progress, request))

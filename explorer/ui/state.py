@@ -14,6 +14,13 @@ Every field of a session's state is declared here, and nowhere else:
                            plan changed since); its ops are the plan's plus one "heal" op
       history: Tried, ...  the variants applied or healed in this tab (the last HISTORY_LIMIT)
       exports, exported    folders this tab saved (Overwrite may replace only these), the last one
+      version              the number of the (plan, healing) pair: it goes up each time the plan's
+                           ops change or the plan is healed, and every figure, table, generation,
+                           export and report shown for the variant says which version it is of
+
+The Compare views, Export and the report are all derived from `plan` and `heal`: one variant is
+shown, saved and reported at a time. Two steps never change one session's state at once (the
+second is refused in one line, `busy.py`), so a result of an older version cannot be written back.
 
 The heavy values (probes, matrices, perplexities, variants) live in the process's caches
 (`registry.py`), found again from these keys; the plan's ops rebuild the variant on the shared
@@ -148,18 +155,27 @@ class Session:
     history: tuple[Tried, ...] = ()
     exports: tuple[str, ...] = ()
     exported: str | None = None
+    version: int = 0
 
     def with_model(self, spec: str, num_layers: int) -> "Session":
         """The state after loading `spec`: what belonged to another model is dropped."""
         if spec == self.model:
             return self
         return replace(self, model=spec, num_layers=num_layers, analysis=None, plan=SessionPlan(),
-                       healed=None, history=())
+                       healed=None, history=(), version=self.version + 1)
 
     def with_plan(self, plan: SessionPlan) -> "Session":
-        """The state with a new plan: a healing of the old one no longer applies."""
-        healed = self.healed if self.healed and self.healed.base_ops == plan.ops else None
-        return replace(self, plan=plan, healed=healed)
+        """The state with a new plan: a healing of the old one no longer applies. The same ops
+        typed again (or found by a method) keep the version and its healing."""
+        if plan.ops == self.plan.ops:
+            return replace(self, plan=plan)
+        return replace(self, plan=plan, healed=None, version=self.version + 1)
+
+    def with_healing(self, healed: "Healed") -> "Session":
+        """The state once the plan's variant is healed (a new version)."""
+        if healed.base_ops != self.plan.ops:
+            raise LayerError("this healing belongs to another plan")
+        return replace(self, healed=healed, version=self.version + 1)
 
     @property
     def heal(self) -> Healed | None:
