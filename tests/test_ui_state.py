@@ -230,3 +230,26 @@ def test_a_reversed_range_is_said_to_be_reversed():
     with pytest.raises(LayerError, match=r"layer range '20-19' is reversed: write the lower "
                                          r"layer first \(19-20\)"):
         plan_from_text(30, "", "20-19")
+
+
+def test_the_heal_line_lists_ranges_and_says_why(monkeypatch):
+    """Issue 32 [10], [4]: "Healed layers 9-11, 13, 16-18 and the merged layer 14-15 ..."; why
+    the layers beside a cut are healed; why another mode's 'before' differs."""
+    from dataclasses import replace as copy
+
+    from explorer.ui import heal_panel, jobs
+    from explorer.ui.state import new_state
+
+    state = new_state().with_model("m", 30).with_plan(plan_from_text(30, "12", "14-15"))
+    slots = [9, 10, 11, None, 13, 15, 16, 17]          # slot -> original layer (None: merged)
+    monkeypatch.setattr(jobs, "variant_facts_job", lambda spec, ops: {
+        "slots": list(range(9)) + slots, "origins": list(range(9)) + [9, 10, 11, 14, 13, 15, 16,
+                                                                      17]})
+    words = heal_panel.healed_layers(state, list(range(9, 17)))
+    assert words == "layers 9-11, 13, 15-17 and the merged layer 14-15"
+    h = copy(_healed(state.plan.ops), layers=words, held_out=8, seqlen=128, fitted=512)
+    line = heal_panel.line(h)
+    assert line.startswith("**Healed** layers 9-11, 13, 15-17 and the merged layer 14-15 with "
+                           "Closed-form")
+    assert "the layers beside each cut are fitted" in line
+    assert "follow the 512 windows fitted on" in line and "another 'before'" in line

@@ -116,3 +116,16 @@ def test_the_progress_bar_says_display_names():
 def test_the_model_tab_names_the_text_in_words(demo):
     texts = [t for where, t in page_texts(demo) if t.startswith("**Text:**")]
     assert texts == ["**Text:** Wikipedia (the default)."]
+
+
+def test_the_gate_box_leaves_the_refusal_to_the_gate(demo):
+    """Issue 32 [12]: a ratio of 0.5 gets the gate's own line, not gradio's "Value 0.5 is less
+    than minimum value 1." (the box sets no minimum; `check_gate` refuses with a reason)."""
+    from explorer.errors import ExplorerError
+    from explorer.gate import check_gate
+
+    box = next(c for c in demo.config["components"]
+               if c.get("props", {}).get("elem_id") == "lx-gate-ratio")
+    assert box["props"].get("minimum") is None
+    with pytest.raises(ExplorerError, match="must be a number greater than 1"):
+        check_gate(0.5)

@@ -10,7 +10,8 @@
 Shared plumbing: `state` (what a session keeps: `Session`, `SessionPlan`, ... all declared there),
 `common` (the build context `Ctx` with each tab's components, declared there, and the error
 wrapper), `registry` (the app's bounded caches; the resident model itself is `explorer.session`'s),
-`jobs` (the heavy steps, ZeroGPU-ready through `gpu`), `stop` (the Stop button's per-session
+`jobs` (the heavy steps, ZeroGPU-ready through `gpu`), `busy` (one step at a time changes a
+session's state; another is refused in one line), `stop` (the Stop button's per-session
 flag, checked at every progress report), `clickplot` (a Plotly heatmap whose clicks reach
 Python), `plots` (figures), `settings`.
 

@@ -19,6 +19,7 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..export import safe_output_path
 from ..layer_lists import format_layers
+from ..measure import MEASURES
 from ..report import DEFAULT_MEASURES, Healing, ReportAnalysis, ReportSizes
 from . import analysis, busy, jobs, stop
 from .common import Ctx, ExportParts, need_model, user_errors, variant_words
@@ -129,7 +130,7 @@ def report_file(settings, state: Session, progress=None) -> str:
     plan, healed = state.plan, state.heal
     measures, found = list(DEFAULT_MEASURES), None
     if state.analysis is not None:          # the heatmaps on screen, from the cache
-        measures = list(dict.fromkeys([state.analysis.measure, *DEFAULT_MEASURES]))
+        measures = list(dict.fromkeys([state.analysis.measure, *MEASURES]))   # all five
         e = analysis.entry(state, progress)
         found = ReportAnalysis(e.probe, REGISTRY.get_texts(state.analysis.key.text).source,
                                {m: analysis.matrix(state, m, progress) for m in measures},

@@ -113,6 +113,7 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
                     layers=healed_layers(state, r["healed_slots"]) +
                     (" and the vocabulary head" if r.get("healed_head") else ""),
                     held_out=int(r["params"]["held_out"]), seqlen=int(r["params"]["seqlen"]),
+                    fitted=int(r["params"].get("windows", 0)),
                     made_worse=bool(r["made_worse"]))
     state = measure(state.with_healing(healed))
     yield state, figure(healed), line(healed)
@@ -147,8 +148,10 @@ def line(healed: Healed) -> str:
             f"{healed.seconds:.0f} s): the removed layers are gone, so the layers beside each "
             f"cut are fitted to make up for them. Check during healing: perplexity "
             f"{healed.held_out_before:.2f} → {healed.held_out_after:.2f} on {healed.held_out} "
-            f"calibration windows of {healed.seqlen} tokens kept out of the fit; the table above "
-            f"measures the evaluation text.")
+            f"calibration windows of {healed.seqlen} tokens kept out of the fit (they follow "
+            f"the {healed.fitted or 'fitted'} windows fitted on, so a mode that fits more "
+            f"windows checks on other ones and starts from another 'before'); the table above "
+            f"measures the evaluation text, the same for every mode.")
     if healed.made_worse:
         text += (" **Healing made it worse** on text it was not fitted on: the unhealed variant "
                  "is better; try another mode or setting.")

@@ -118,7 +118,8 @@ class Healed:
     curve: tuple[tuple[int, float, float | None], ...] = ()   # (step, loss, held-out ppl)
     layers: str = ""              # the layers it changed, in original numbering, in words
     held_out: int = 0             # held-out calibration windows (the check's text) ...
-    seqlen: int = 0               # ... of this many tokens
+    seqlen: int = 0               # ... of this many tokens, after ...
+    fitted: int = 0               # ... the windows fitted on
     made_worse: bool = False      # the held-out perplexity rose
 
 
