@@ -82,7 +82,9 @@ class ReportAnalysis:
 
 @dataclass(frozen=True)
 class Healing:
-    """A healing's figures, as `explorer.heal.HealResult` (or the app's session) has them."""
+    """A healing's figures: the one record of a healing that the report and the app read (the
+    app's session keeps it in `ui.state.Healed`, beside the ops it replays). Made from a
+    `explorer.heal.HealResult` or its `to_dict()` (what the app's job returns)."""
 
     mode: str
     held_out_before: float           # perplexity on held-out calibration windows
@@ -90,14 +92,22 @@ class Healing:
     steps: int                       # optimiser steps (0: closed form)
     seconds: float
     curve: tuple[tuple[int, float, float | None], ...] = ()   # (step, loss, held-out ppl)
+    held_out: int = 0                # held-out calibration windows ...
+    seqlen: int = 0                  # ... of this many tokens, after ...
+    fitted: int = 0                  # ... the windows fitted on
 
     @staticmethod
     def of(result: Any) -> "Healing":
-        """From a `HealResult`."""
-        curve = tuple((h["step"], h["loss"], h.get("held_out_ppl")) for h in result.history)
-        return Healing(mode=result.mode, held_out_before=result.held_out_before,
-                       held_out_after=result.held_out_after, steps=result.steps,
-                       seconds=result.seconds, curve=curve)
+        """From a `HealResult` or its `to_dict()`."""
+        get = result.get if isinstance(result, dict) else \
+            (lambda k, default=None: getattr(result, k, default))
+        params = get("params") or {}
+        curve = tuple((h["step"], h["loss"], h.get("held_out_ppl")) for h in get("history"))
+        return Healing(mode=get("mode"), held_out_before=get("held_out_before"),
+                       held_out_after=get("held_out_after"), steps=get("steps"),
+                       seconds=get("seconds"), curve=curve,
+                       held_out=int(params.get("held_out", 0)),
+                       seqlen=int(params.get("seqlen", 0)), fitted=int(params.get("windows", 0)))
 
     @property
     def made_worse(self) -> bool:

@@ -227,7 +227,8 @@ def test_app_report_uses_the_session_analysis_and_healing(tiny_factory):
     path = export_tab.report_file(settings, state)
     page = open(path, encoding="utf-8").read()
     assert spec not in page and path.endswith("-report.html")
-    assert page.count('class="plotly-graph-div"') == 5       # cka, cosine, angular, profiles, map
+    # the five measures (issue 32 [12]: CKA and NPIB too), the session's first; profiles, map
+    assert page.count('class="plotly-graph-div"') == 7
     order = [page.index(t) for t in ("Linear CKA: layer", "Mean token cosine: layer",
                                      "Angular distance (last token): layer")]
     assert order == sorted(order)

@@ -136,11 +136,28 @@ def test_stop_flags_are_per_session_and_cleared_by_the_next_job():
 
 
 # -- issue 32: one versioned state, one step at a time ------------------------------------------
-def _healed(base_ops: list[dict]):
+def _healed(base_ops: list[dict], **record):
+    from explorer.report import Healing
     from explorer.ui.state import Healed
 
-    return Healed(mode="closed-form", base_ops=base_ops, ops=base_ops + [{"op": "heal"}],
-                  summary="", held_out_before=2.0, held_out_after=1.5, steps=0, seconds=1.0)
+    figures = dict(mode="closed-form", held_out_before=2.0, held_out_after=1.5, steps=0,
+                   seconds=1.0) | record
+    return Healed(record=Healing(**figures), base_ops=base_ops, ops=base_ops + [{"op": "heal"}])
+
+
+def test_one_healing_record_from_the_result_the_ui_and_the_report_read():
+    """Issue 33 (a): the session's healing holds `report.Healing`, made from the heal job's dict,
+    and the report gets that very record."""
+    from explorer.report import Healing
+
+    r = {"mode": "layerwise", "held_out_before": 9.0, "held_out_after": 7.0, "steps": 10,
+         "seconds": 3.0, "history": [{"step": 5, "loss": 0.5, "held_out_ppl": 8.0}],
+         "params": {"held_out": 8, "seqlen": 128, "windows": 512}}
+    rec = Healing.of(r)
+    assert rec == Healing("layerwise", 9.0, 7.0, 10, 3.0, ((5, 0.5, 8.0),), 8, 128, 512)
+    h = _healed([], **{k: getattr(rec, k) for k in ("mode", "held_out_before",
+                                                    "held_out_after", "steps", "seconds")})
+    assert h.mode == "layerwise" and h.steps == 10 and not h.made_worse
 
 
 def test_the_version_follows_the_plan_and_its_healing():
@@ -247,7 +264,7 @@ def test_the_heal_line_lists_ranges_and_says_why(monkeypatch):
                                                                       17]})
     words = heal_panel.healed_layers(state, list(range(9, 17)))
     assert words == "layers 9-11, 13, 15-17 and the merged layer 14-15"
-    h = copy(_healed(state.plan.ops), layers=words, held_out=8, seqlen=128, fitted=512)
+    h = copy(_healed(state.plan.ops, held_out=8, seqlen=128, fitted=512), layers=words)
     line = heal_panel.line(h)
     assert line.startswith("**Healed** layers 9-11, 13, 15-17 and the merged layer 14-15 with "
                            "Closed-form")

@@ -20,7 +20,7 @@ from ..errors import ExplorerError
 from ..export import safe_output_path
 from ..layer_lists import format_layers
 from ..measure import MEASURES
-from ..report import DEFAULT_MEASURES, Healing, ReportAnalysis, ReportSizes
+from ..report import DEFAULT_MEASURES, ReportAnalysis, ReportSizes
 from . import analysis, busy, jobs, stop
 from .common import Ctx, ExportParts, need_model, user_errors, variant_words
 from .registry import REGISTRY
@@ -135,8 +135,7 @@ def report_file(settings, state: Session, progress=None) -> str:
         found = ReportAnalysis(e.probe, REGISTRY.get_texts(state.analysis.key.text).source,
                                {m: analysis.matrix(state, m, progress) for m in measures},
                                e.adjacent)
-    healing = Healing(healed.mode, healed.held_out_before, healed.held_out_after, healed.steps,
-                      healed.seconds, healed.curve) if healed else None
+    healing = healed.record if healed else None
     s = settings
     sizes = ReportSizes(probe_seqlen=s.probe_seqlen, probe_samples=s.probe_samples,
                         probe_max_tokens=s.probe_max_tokens, seqlen=s.ppl_seqlen,

@@ -15,6 +15,7 @@ import math
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Iterator
 
 import gradio as gr
@@ -27,6 +28,7 @@ from ..progress import Event
 from . import busy, controls, jobs, plots, stop
 from .common import Ctx, HealParts, need_model, user_errors
 from .learn_tab import mode_title
+from ..report import Healing
 from .state import Healed, Session
 
 STEPS = Param("steps", int, None, "optimiser steps (empty: the mode's default; the time limit "
@@ -107,14 +109,10 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     out = box["out"]
     r = out["result"]
     curve = [(h["step"], h["loss"], h.get("held_out_ppl")) for h in r["history"]] or points
-    healed = Healed(mode=mode, base_ops=state.plan.ops, ops=out["ops"], summary=r["summary"],
-                    held_out_before=r["held_out_before"], held_out_after=r["held_out_after"],
-                    steps=r["steps"], seconds=r["seconds"], curve=thin(curve),
+    record = replace(Healing.of(r), curve=thin(curve))
+    healed = Healed(record=record, base_ops=state.plan.ops, ops=out["ops"],
                     layers=healed_layers(state, r["healed_slots"]) +
-                    (" and the vocabulary head" if r.get("healed_head") else ""),
-                    held_out=int(r["params"]["held_out"]), seqlen=int(r["params"]["seqlen"]),
-                    fitted=int(r["params"].get("windows", 0)),
-                    made_worse=bool(r["made_worse"]))
+                    (" and the vocabulary head" if r.get("healed_head") else ""))
     state = measure(state.with_healing(healed))
     yield state, figure(healed), line(healed)
 

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from ..errors import LayerError
 from ..layer_lists import format_groups, format_layers, parse_groups, parse_layers
+from ..report import Healing
 
 MERGE_RULES = {
     "average": "average: each linear weight becomes the mean of the block's weights",
@@ -105,22 +106,25 @@ class SessionPlan:
 
 @dataclass(frozen=True)
 class Healed:
-    """A healed variant of a plan: replayable ops and how the healing went."""
+    """A healed variant of the plan: the ops that replay it, and the healing's record
+    (`report.Healing`, the one record of a healing, which the report reads as it is)."""
 
-    mode: str
+    record: Healing               # mode, held-out figures, steps, seconds, curve, windows
     base_ops: list[dict]          # the plan's ops it healed
     ops: list[dict]               # base_ops + the "heal" op (`explorer.heal`)
-    summary: str                  # the heal op's own description
-    held_out_before: float        # perplexity on held-out calibration windows
-    held_out_after: float
-    steps: int                    # optimiser steps (0: closed form)
-    seconds: float
-    curve: tuple[tuple[int, float, float | None], ...] = ()   # (step, loss, held-out ppl)
     layers: str = ""              # the layers it changed, in original numbering, in words
-    held_out: int = 0             # held-out calibration windows (the check's text) ...
-    seqlen: int = 0               # ... of this many tokens, after ...
-    fitted: int = 0               # ... the windows fitted on
-    made_worse: bool = False      # the held-out perplexity rose
+
+    # the record's fields, read through (one record: nothing is copied)
+    mode = property(lambda self: self.record.mode)
+    steps = property(lambda self: self.record.steps)
+    seconds = property(lambda self: self.record.seconds)
+    held_out_before = property(lambda self: self.record.held_out_before)
+    held_out_after = property(lambda self: self.record.held_out_after)
+    curve = property(lambda self: self.record.curve)
+    held_out = property(lambda self: self.record.held_out)
+    seqlen = property(lambda self: self.record.seqlen)
+    fitted = property(lambda self: self.record.fitted)
+    made_worse = property(lambda self: self.record.made_worse)
 
 
 @dataclass(frozen=True)
