@@ -129,3 +129,16 @@ def test_the_gate_box_leaves_the_refusal_to_the_gate(demo):
     assert box["props"].get("minimum") is None
     with pytest.raises(ExplorerError, match="must be a number greater than 1"):
         check_gate(0.5)
+
+
+def test_plain_words_stay_words():
+    """Only snake_case names are said by their labels: 'windows' and 'ridge' stay English
+    ('calibration windows fitted on', not 'calibration *Fitted windows* fitted on')."""
+    from explorer.heal import get_mode
+    from explorer.ui.controls import human
+
+    params = get_mode("layerwise").params
+    assert human("calibration windows fitted on", params) == "calibration windows fitted on"
+    assert human("ridge term", get_mode("closed-form").params) == "ridge term"
+    assert human("every check_every steps", params) == "every *Check every* steps"
+    assert human("see `check_every`", params) == "see `check_every`"        # code stays code

@@ -63,12 +63,12 @@ def human(text: str, siblings: Sequence[Param] = ()) -> str:
     """`text` with the raw names a help line may hold said in words: a sibling parameter's
     name becomes its label ("every check_every steps" -> "every *Check every* steps"), a
     registry key its display name. Code spans (`...`) are left as they are."""
-    labels = {q.name: q.label for q in siblings if "_" in q.name or len(q.name) > 2}
+    labels = {q.name: q.label for q in siblings if "_" in q.name}   # a plain word is English
     words = registry_words()
 
     def say(m: re.Match) -> str:
         w = m.group(0)
-        if w in labels and ("_" in w or w != labels[w].lower()):
+        if w in labels:
             return f"*{labels[w]}*"
         return words.get(w, w)
     parts = re.split(r"(`[^`]*`)", text)
