@@ -172,6 +172,9 @@ def test_3_a_healed_plan_reentered_and_a_new_plan(page, live_app):
     for name, value in SMALL_HEAL.items():
         fill(pg, f"lx-heal-closed-form-{name}", value)
     pg.click("#lx-heal")
+    # issue 32 [3]: the closed form's progress reaches its line (the fit's windows, k/40): the
+    # healing's worker thread reports into this handler's gr.Progress
+    wait_text(pg, "#lx-heal-line", "/40 windows", TIMEOUT)
     wait_text(pg, "#lx-heal-line", "Healed", TIMEOUT)
     wait_text(pg, "#lx-summary", "healed (", TIMEOUT)
     generations_done(pg, "healed")
