@@ -133,7 +133,8 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, sizes, tmp_path):
     assert json.loads(config.read_text())["num_hidden_layers"] == 5
     c.predict("1-2", "", "average", api_name="/update_plan")
     saved = c.predict("mine/drop1", True, api_name="/save_folder")
-    assert "Saved the **4-layer** model as `mine/drop1`" in saved and "/" + "tmp" not in saved
+    assert "Saved the unhealed variant of plan v" in saved and "(**4 layers**) as `mine/drop1`" \
+        in saved and "/" + "tmp" not in saved
     assert json.loads(config.read_text())["num_hidden_layers"] == 4
     c.predict("1", "", "average", api_name="/update_plan")
     # still serving, and right
