@@ -42,7 +42,8 @@ def safe_output_path(name: str | os.PathLike, root: str | os.PathLike | None) ->
     base = Path(root).expanduser().resolve()
     target = (base / Path(name)).resolve()   # resolves "..", and symlinks to where they point
     if target == base or base not in target.parents:
-        raise ExplorerError(f"export path '{name}' must be a sub-folder of the output folder {base}")
+        raise ExplorerError(f"export path '{name}' must be a sub-folder of the output folder "
+                            f"({base})")
     return target
 
 

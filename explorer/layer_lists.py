@@ -29,7 +29,8 @@ def parse_layers(spec: str | None) -> list[int]:
                 a, b = part.split("-", 1)
                 lo, hi = int(a), int(b)
                 if hi < lo:
-                    raise ValueError
+                    raise LayerError(f"layer range '{part}' is reversed: write the lower layer "
+                                     f"first ({hi}-{lo})")
                 if hi - lo >= MAX_LAYER_RANGE:
                     raise LayerError(f"layer range '{part}' is too long (more than "
                                      f"{MAX_LAYER_RANGE} layers)")

@@ -243,6 +243,10 @@ def markdown_table(owners: Sequence[tuple[str, Sequence[Param]]], what: str = "m
         if not params:
             rows.append(lead + "| (none) | | | |")
         for p in params:
+            allowed = p.allowed()
+            if p.choices:           # the values to type, as code
+                allowed = allowed.replace(", ".join(repr(c) for c in p.choices),
+                                          ", ".join(f"`{c}`" for c in p.choices))
             rows.append(f"{lead}| {p.label} (`{p.name}`) | `{_show(p.default)}` | "
-                        f"{p.allowed()} | {p.help.replace('|', '/')} |")
+                        f"{allowed} | {p.help.replace('|', '/')} |")
     return "\n".join(rows)

@@ -85,7 +85,9 @@ class ReportAnalysis:
 
 @dataclass(frozen=True)
 class Healing:
-    """A healing's figures, as `explorer.heal.HealResult` (or the app's session) has them."""
+    """A healing's figures: the one record of a healing that the report and the app read (the
+    app's session keeps it in `ui.state.Healed`, beside the ops it replays). Made from a
+    `explorer.heal.HealResult` or its `to_dict()` (what the app's job returns)."""
 
     mode: str
     held_out_before: float           # perplexity on held-out calibration windows
@@ -93,14 +95,22 @@ class Healing:
     steps: int                       # optimiser steps (0: closed form)
     seconds: float
     curve: tuple[tuple[int, float, float | None], ...] = ()   # (step, loss, held-out ppl)
+    held_out: int = 0                # held-out calibration windows ...
+    seqlen: int = 0                  # ... of this many tokens, after ...
+    fitted: int = 0                  # ... the windows fitted on
 
     @staticmethod
     def of(result: Any) -> "Healing":
-        """From a `HealResult`."""
-        curve = tuple((h["step"], h["loss"], h.get("held_out_ppl")) for h in result.history)
-        return Healing(mode=result.mode, held_out_before=result.held_out_before,
-                       held_out_after=result.held_out_after, steps=result.steps,
-                       seconds=result.seconds, curve=curve)
+        """From a `HealResult` or its `to_dict()`."""
+        get = result.get if isinstance(result, dict) else \
+            (lambda k, default=None: getattr(result, k, default))
+        params = get("params") or {}
+        curve = tuple((h["step"], h["loss"], h.get("held_out_ppl")) for h in get("history"))
+        return Healing(mode=get("mode"), held_out_before=get("held_out_before"),
+                       held_out_after=get("held_out_after"), steps=get("steps"),
+                       seconds=get("seconds"), curve=curve,
+                       held_out=int(params.get("held_out", 0)),
+                       seqlen=int(params.get("seqlen", 0)), fitted=int(params.get("windows", 0)))
 
     @property
     def made_worse(self) -> bool:
@@ -209,6 +219,25 @@ def step_text(op: dict) -> str:
     return str(op.get("summary") or op.get("op"))
 
 
+def change_words(variant: Variant) -> str:
+    """The variant in words, original layer numbers, for the report's title: "drop layer 12;
+    merge layers 14-15; healed with Closed-form linear map ..." (not the recipe's op summaries,
+    which count slots)."""
+    from .heal import get_mode
+
+    removed, merged = plan_layers(variant)
+    parts = [f"drop layer{'s' if len(removed) > 1 else ''} "
+             f"{format_layers(removed).replace(',', ', ')}"] if removed else []
+    parts += [f"merge layers {format_layers(g)}" for g in merged]
+    for op in variant.steps:
+        if op.get("op") == "heal":
+            steps = op.get("steps")
+            parts.append(f"healed with {get_mode(op['mode']).title}" +
+                         (f" ({steps} steps)" if steps else ""))
+    return "; ".join(parts) or ("; ".join(step_text(op) for op in variant.steps) or
+                                "the original model")
+
+
 # -- analysis ------------------------------------------------------------------------------------
 def analyse(lm: LoadedModel, texts: Texts, measures: Sequence[str] = DEFAULT_MEASURES,
             sizes: ReportSizes = ReportSizes(), progress: Progress | None = None
@@ -293,7 +322,7 @@ def build_report(lm: LoadedModel, texts: Texts, subject: Subject, *,
     measured_on = (f"{model}, {analysis.source} calibration half: {windows} windows of "
                    f"{window_len} tokens, {pr.num_tokens} tokens recorded per boundary")
     removed, merged = plan_layers(variant)
-    change = "; ".join(step_text(op) for op in variant.steps) or "the original model"
+    change = change_words(variant)
     title = f"{model}: {change}"
 
     page.header(title, model, lm, variant, texts.source)

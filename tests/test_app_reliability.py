@@ -116,8 +116,9 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, sizes, tmp_path):
     # exports stay inside the output folder
     c.predict("1", "", "average", api_name="/update_plan")
     for name in ("../escape", "/tmp/absolute-escape-4259", "a/../../escape"):
-        assert "must be a sub-folder of the output folder" in error_of(
-            c, name, True, api_name="/save_folder")
+        said = error_of(c, name, True, api_name="/save_folder")
+        assert said.endswith(f"export path '{name}' must be a sub-folder of the export folder"), \
+            said                                    # issue 32 [5]: said once, not garbled
     assert not (exports.parent / "escape").exists()
     assert not Path("/tmp/absolute-escape-4259").exists()
     assert "Saved" in c.predict("mine/drop1", False, api_name="/save_folder")
@@ -132,7 +133,8 @@ def test_bad_inputs_give_errors_and_the_app_keeps_serving(app, sizes, tmp_path):
     assert json.loads(config.read_text())["num_hidden_layers"] == 5
     c.predict("1-2", "", "average", api_name="/update_plan")
     saved = c.predict("mine/drop1", True, api_name="/save_folder")
-    assert "Saved the **4-layer** model as `mine/drop1`" in saved and "/" + "tmp" not in saved
+    assert "Saved the unhealed variant of plan v" in saved and "(**4 layers**) as `mine/drop1`" \
+        in saved and "/" + "tmp" not in saved
     assert json.loads(config.read_text())["num_hidden_layers"] == 4
     c.predict("1", "", "average", api_name="/update_plan")
     # still serving, and right

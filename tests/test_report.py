@@ -228,7 +228,8 @@ def test_app_report_uses_the_session_analysis_and_healing(tiny_factory):
     path = export_tab.report_file(settings, state)
     page = open(path, encoding="utf-8").read()
     assert spec not in page and path.endswith("-report.html")
-    assert page.count('class="plotly-graph-div"') == 5       # cka, cosine, angular, profiles, map
+    # the five measures (issue 32 [12]: CKA and NPIB too), the session's first; profiles, map
+    assert page.count('class="plotly-graph-div"') == 7
     order = [page.index(t) for t in ("Linear CKA: layer", "Mean token cosine: layer",
                                      "Angular distance (last token): layer")]
     assert order == sorted(order)
@@ -313,3 +314,15 @@ def test_report_with_the_damage_map(tiny_lm, texts):
     row = trust_rows(dm, "cosine", a.matrices["cosine"])[0]
     assert f"<td class=num>1</td><td class=num>{row.spearman:.3f}</td>" in r.html
     assert "arxiv.org/abs/2605.14075" in page and "/tmp/" not in page
+
+
+def test_the_title_says_the_change_in_original_layers(tiny_lm):
+    """Issue 32 [6]: the report's title reads "drop layer 4; merge layers 1-2", not the recipe's
+    op summaries ("merge(1-2; average); drop 3", in slot numbers)."""
+    from explorer.recipe import replay
+    from explorer.report import change_words
+    from explorer.ui.state import plan_from_text
+
+    v = replay(tiny_lm, plan_from_text(tiny_lm.num_layers, "4", "1-2").ops)
+    assert change_words(v) == "drop layer 4; merge layers 1-2"
+    assert change_words(replay(tiny_lm, [])) == "the original model"

@@ -133,3 +133,140 @@ def test_stop_flags_are_per_session_and_cleared_by_the_next_job():
     stop.watch(None, a)(Event("probe", 0.1))      # a new job of a: the old Stop is cleared
     assert stop.watch(None, None) is None         # no session and no bar: nothing to report to
     stop.forget(a), stop.forget(b)
+
+
+# -- issue 32: one versioned state, one step at a time ------------------------------------------
+def _healed(base_ops: list[dict], **record):
+    from explorer.report import Healing
+    from explorer.ui.state import Healed
+
+    figures = dict(mode="closed-form", held_out_before=2.0, held_out_after=1.5, steps=0,
+                   seconds=1.0) | record
+    return Healed(record=Healing(**figures), base_ops=base_ops, ops=base_ops + [{"op": "heal"}])
+
+
+def test_one_healing_record_from_the_result_the_ui_and_the_report_read():
+    """Issue 33 (a): the session's healing holds `report.Healing`, made from the heal job's dict,
+    and the report gets that very record."""
+    from explorer.report import Healing
+
+    r = {"mode": "layerwise", "held_out_before": 9.0, "held_out_after": 7.0, "steps": 10,
+         "seconds": 3.0, "history": [{"step": 5, "loss": 0.5, "held_out_ppl": 8.0}],
+         "params": {"held_out": 8, "seqlen": 128, "windows": 512}}
+    rec = Healing.of(r)
+    assert rec == Healing("layerwise", 9.0, 7.0, 10, 3.0, ((5, 0.5, 8.0),), 8, 128, 512)
+    h = _healed([], **{k: getattr(rec, k) for k in ("mode", "held_out_before",
+                                                    "held_out_after", "steps", "seconds")})
+    assert h.mode == "layerwise" and h.steps == 10 and not h.made_worse
+
+
+def test_the_version_follows_the_plan_and_its_healing():
+    from explorer.ui.common import variant_words
+    from explorer.ui.state import new_state
+
+    s = new_state().with_model("m", 6)
+    plan = plan_from_text(6, "2", "")
+    s1 = s.with_plan(plan)
+    assert s1.version == s.version + 1 and variant_words(s1) == "the unhealed variant"
+    s2 = s1.with_healing(_healed(plan.ops))
+    assert s2.version == s1.version + 1 and s2.ops() == plan.ops + [{"op": "heal"}]
+    assert variant_words(s2).startswith("the healed variant (Closed-form")
+    same = s2.with_plan(plan_from_text(6, "2", ""))          # the same plan typed again
+    assert same.version == s2.version and same.heal is not None
+    other = s2.with_plan(plan_from_text(6, "3", ""))
+    assert other.version == s2.version + 1 and other.heal is None and other.healed is None
+    assert other.ops() == plan_from_text(6, "3", "").ops
+    with pytest.raises(LayerError, match="another plan"):
+        other.with_healing(_healed(plan.ops))
+
+
+def test_a_step_pressed_while_another_runs_is_refused_in_one_line():
+    import threading
+
+    from explorer.ui import busy
+
+    class Request:
+        def __init__(self, session: str) -> None:
+            self.session_hash = session
+    Request.__name__ = "Request"
+
+    inside, release = threading.Event(), threading.Event()
+
+    @busy.claims("a plan is being computed", "ask a method")
+    def plan(request):
+        inside.set()
+        release.wait(10)
+        return "planned"
+
+    @busy.claims("the plan is being measured", "Apply")
+    def apply(request):
+        return "applied"
+
+    me, other = Request("me"), Request("other")
+    results = []
+    worker = threading.Thread(target=lambda: results.append(plan(me)))
+    worker.start()
+    assert inside.wait(10)
+    with pytest.raises(busy.Busy) as refused:
+        apply(me)
+    assert str(refused.value) == "a plan is being computed; Apply when it is ready"
+    assert apply(other) == "applied"                 # another visitor's session is not held
+    assert busy.running(me) == "a plan is being computed"
+    release.set()
+    worker.join(10)
+    assert results == ["planned"] and busy.running(me) is None
+    assert apply(me) == "applied"                    # free again once the step ended
+
+    @busy.claims("failing", "fail")
+    def fails(request):
+        raise ValueError("boom")
+    with pytest.raises(ValueError):
+        fails(me)
+    assert busy.running(me) is None                  # an error frees the session too
+
+
+def test_the_time_left_follows_the_recent_rate_not_the_fast_start():
+    """Issue 32 [7]: a fast first half (prefill calls) then a slow one (decode calls): the
+    estimate follows the slow rate, and never says less than the time really left."""
+    from explorer.progress import Event
+    from explorer.ui.stop import time_left
+
+    seen: dict = {}
+    # 0..10 s: to 50%; then 1% per 2 s (the remaining 50% take 100 s)
+    times = [(t, t / 20) for t in range(0, 11)] + [(10 + 2 * k, 0.5 + k / 100) for k in
+                                                   range(1, 41)]
+    said = [time_left(Event("speed", f), seen, now=float(t)) for t, f in times]
+    # the last: 90 s, 90%, 20 s left at the slow rate
+    assert said[-1] == " — about 20 s left", said[-1]
+    # at 50 s (70%), 60 s are left; a rate since the start would say about 21 s
+    assert said[times.index((50, 0.5 + 20 / 100))] == " — about 60 s left"
+
+
+def test_a_reversed_range_is_said_to_be_reversed():
+    """Issue 32 [12]: '20-19' is not 'cannot read': the range is reversed."""
+    with pytest.raises(LayerError, match=r"layer range '20-19' is reversed: write the lower "
+                                         r"layer first \(19-20\)"):
+        plan_from_text(30, "", "20-19")
+
+
+def test_the_heal_line_lists_ranges_and_says_why(monkeypatch):
+    """Issue 32 [10], [4]: "Healed layers 9-11, 13, 16-18 and the merged layer 14-15 ..."; why
+    the layers beside a cut are healed; why another mode's 'before' differs."""
+    from dataclasses import replace as copy
+
+    from explorer.ui import heal_panel, jobs
+    from explorer.ui.state import new_state
+
+    state = new_state().with_model("m", 30).with_plan(plan_from_text(30, "12", "14-15"))
+    slots = [9, 10, 11, None, 13, 15, 16, 17]          # slot -> original layer (None: merged)
+    monkeypatch.setattr(jobs, "variant_facts_job", lambda spec, ops: {
+        "slots": list(range(9)) + slots, "origins": list(range(9)) + [9, 10, 11, 14, 13, 15, 16,
+                                                                      17]})
+    words = heal_panel.healed_layers(state, list(range(9, 17)))
+    assert words == "layers 9-11, 13, 15-17 and the merged layer 14-15"
+    h = copy(_healed(state.plan.ops, held_out=8, seqlen=128, fitted=512), layers=words)
+    line = heal_panel.line(h)
+    assert line.startswith("**Healed** layers 9-11, 13, 15-17 and the merged layer 14-15 with "
+                           "Closed-form")
+    assert "the layers beside each cut are fitted" in line
+    assert "follow the 512 windows fitted on" in line and "another 'before'" in line

@@ -188,7 +188,7 @@ class Distill(HealMode):
         Param("init_steps", int, None, "steps of the layer-wise start (default: init_share of "
               "the budget)", min=1, max=10_000_000, optional=True,
               label="Steps of the start"),
-        Param("init_loss", str, "mse", "the layer-wise start's loss (layerwise's `loss`: "
+        Param("init_loss", str, "mse", "the layer-wise start's loss (the layer-wise mode's `loss`: "
               "channel suits a stream with massive activations, as Gemma 3's)",
               choices=("mse", "channel", "cosine"), label="Loss of the start"),
         Param("train", str, "layers", "what is trained: whole layers, norm weights, or low-rank "

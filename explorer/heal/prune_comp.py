@@ -157,9 +157,11 @@ class PruneComp(HealMode):
                    "after the closed-form map or LinearPatch.")
     trains = False
     params = COMMON_PARAMS + (
-        Param("then", str, "alone", "alone: the compensation only; closed-form / linearpatch: "
-              "that mode's map first (its defaults), then the compensation",
-              choices=("alone", "closed-form", "linearpatch")),
+        Param("then", str, "alone", "the compensation alone, or after the closed-form map or "
+              "LinearPatch's patch (that mode's defaults)",
+              choices=("alone", "closed-form", "linearpatch"),
+              choice_labels=(("alone", "alone"), ("closed-form", "after the closed-form map"),
+                             ("linearpatch", "after LinearPatch"))),
     )
 
     def run(self, ctx: HealContext, params: dict) -> HealOutcome:

@@ -91,7 +91,7 @@ class EvoPress(Method):
         Param("samples", int, None, "calibration windows of the final selection (default: all)",
               min=1, optional=True),
         Param("starts", str, "angular,shortgpt", "methods whose plans are scored as starting "
-              "points, comma-separated (drop-only: angular, shortgpt, tail, sleb (slow))"),
+              "points, comma-separated (drop-only: `angular`, `shortgpt`, `tail`, `sleb` (slow))"),
         Param("seed", int, 0, "seed of the mutations: the same seed gives the same search",
               min=0),
         ABANDON,

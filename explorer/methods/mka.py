@@ -82,7 +82,7 @@ class MKA(Method):
               optional=True,
               label="Pairs to merge"),
         Param("measure_params", dict, {}, 'extra parameters of the measure, e.g. {"k": 5} for '
-              "npib",
+              "NPIB",
               label="Measure parameters"),
     )
 

@@ -10,7 +10,8 @@
 Shared plumbing: `state` (what a session keeps: `Session`, `SessionPlan`, ... all declared there),
 `common` (the build context `Ctx` with each tab's components, declared there, and the error
 wrapper), `registry` (the app's bounded caches; the resident model itself is `explorer.session`'s),
-`jobs` (the heavy steps, ZeroGPU-ready through `gpu`), `stop` (the Stop button's per-session
+`jobs` (the heavy steps, ZeroGPU-ready through `gpu`), `busy` (one step at a time changes a
+session's state; another is refused in one line), `stop` (the Stop button's per-session
 flag, checked at every progress report), `clickplot` (a Plotly heatmap whose clicks reach
 Python), `plots` (figures), `settings`.
 
@@ -27,7 +28,7 @@ import gradio as gr
 
 from .. import manifold
 from ..text import MAX_TEXT_BYTES
-from . import analyse_tab, compare_tab, export_tab, jobs, learn_tab, model_tab, plan_tab, stop
+from . import analyse_tab, busy, compare_tab, export_tab, jobs, learn_tab, model_tab, plan_tab, stop
 from .clickplot import enable_static_plotly
 from .common import STOP_LABEL, Ctx, log
 from .gpu import ZERO_GPU
@@ -105,6 +106,7 @@ def build_app(settings: UISettings | None = None, warm_up: bool = True) -> gr.Bl
 
         def page_closed(request: gr.Request) -> None:
             stop.forget(request)
+            busy.forget(request)
 
         # The flag ends a step here; under ZeroGPU the step runs in another process that cannot
         # see it, so there Stop also abandons the events on the page.

@@ -3,12 +3,14 @@ profiles, a 2-D map of the layers and token clouds of chosen layers."""
 
 from dataclasses import replace
 
+import time
+
 import gradio as gr
 
 from ..embedded import EMBEDDED
 from ..measure import MEASURES, measure_title
 from ..profiles import parse_models
-from . import analysis, damage_panel, jobs, plots, stop
+from . import analysis, busy, damage_panel, jobs, plots, stop
 from .clickplot import ClickPlot
 from .common import AnalyseParts, Ctx, log, user_errors
 from .learn_tab import CONVENTION, measure_help
@@ -21,20 +23,23 @@ WAITING = "Load a model (Model tab), then run the analysis."
 
 def analyse(settings, state: Session, seqlen: int, samples: int, map_method: str, progress=None):
     """Probe the calibration text; returns the heatmap, profiles and layer map."""
+    start = time.monotonic()
     state, fresh = analysis.run(state, seqlen, samples, settings.probe_max_tokens, progress)
     heat = analysis.heatmap_json(state, progress)
     key = state.analysis.key
     pr = analysis.entry(state).probe
     L = pr.num_layers
-    status = probe_status(pr, key.seqlen, key.samples, fresh)
     layer_map = _safe_map(state, map_method, progress)
+    profiles = analysis.profiles_figure(state)
+    status = probe_status(pr, key.seqlen, key.samples, fresh, time.monotonic() - start)
     picks = gr.update(choices=list(range(L + 1)), value=[0, L // 2, L])
-    return (state, status, heat, heat, analysis.profiles_figure(state), layer_map, picks)
+    return (state, status, heat, heat, profiles, layer_map, picks)
 
 
-def probe_status(pr, seqlen: int, asked: int, fresh: bool) -> str:
-    """What the analysis probed: windows and tokens, a request the text could not fill, and
-    whether the probe was computed now or reused."""
+def probe_status(pr, seqlen: int, asked: int, fresh: bool, total: float | None = None) -> str:
+    """What the analysis probed: windows and tokens, a request the text could not fill,
+    whether the probe was computed now or reused, and the whole analysis' time (`total`: the
+    probe, then the profiles, the heatmap and the layer map)."""
     skipped = ", first position of each window left out" if pr.skip_first else ""
     cut = ""
     if pr.num_samples < asked:
@@ -42,8 +47,10 @@ def probe_status(pr, seqlen: int, asked: int, fresh: bool) -> str:
                f"{pr.num_samples} windows of {seqlen} tokens, so all of them were used.")
     what = (f"{pr.num_samples} windows x {seqlen} tokens ({pr.num_tokens:,} recorded tokens per "
             f"boundary{skipped})")
-    done = f"Probed {what} in {pr.seconds:.1f} s." if fresh else \
-        f"Reused the earlier probe of {what}, which took {pr.seconds:.1f} s."
+    done = f"Probed {what} in {pr.seconds:.1f} s" if fresh else \
+        f"Reused the earlier probe of {what}, which took {pr.seconds:.1f} s"
+    done += (f"; the whole analysis (with the profiles, the heatmap and the layer map) took "
+             f"{total:.1f} s." if total is not None else ".")
     return f"{done}{cut} Click a cell (a, b) to select layers a..b-1."
 
 
@@ -140,6 +147,7 @@ def wire(ctx: Ctx) -> None:
     damage_panel.wire(ctx, a.damage)
 
     @user_errors
+    @busy.claims("the analysis is running", "run the analysis")
     def run_analysis(state: Session, seqlen: int, samples: int, map_method: str,
                      request: gr.Request, progress=gr.Progress()):
         return analyse(s, state, seqlen, samples, map_method, stop.watch(progress, request))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..errors import ExplorerError
-from . import controls, jobs, stop
+from . import busy, controls, jobs, stop
 from .common import ChecksParts, Ctx, need_model, user_errors
 from .state import Session
 
@@ -89,12 +89,14 @@ def wire(ctx: Ctx) -> None:
     c, s = ctx.compare.checks, ctx.settings
 
     @user_errors
+    @busy.claims("the accuracy check is running", "run a check", reads=True)
     def run_capability(state: Session, request: gr.Request, progress=gr.Progress()):
         report = jobs.capability_job(state.model, state.text, current_ops(state), s.ppl_seqlen,
                                      s.ppl_max_tokens, stop.watch(progress, request))
         return capability_markdown(report, healed=state.heal is not None)
 
     @user_errors
+    @busy.claims("the task check is running", "run a check", reads=True)
     def run_tasks(state: Session, tasks: str, limit: float | None, request: gr.Request,
                   progress=gr.Progress()):
         if not (tasks or "").strip():

@@ -19,6 +19,7 @@ import gradio as gr
 
 from ..errors import ExplorerError, one_line
 from . import stop
+from .learn_tab import mode_title
 from .settings import UISettings
 from .state import Analysis, Session
 
@@ -236,6 +237,16 @@ def user_errors(fn: Callable) -> Callable:
         except Exception as exc:
             raise _shown(exc, fn.__name__) from None
     return wrapper
+
+
+def variant_words(state: Session) -> str:
+    """Which variant the session's Export, Save and report write, as Compare shows it: "the
+    healed variant (Layer-wise distillation at the cuts, 10 steps)", "the unhealed variant"."""
+    h = state.heal
+    if h is None:
+        return "the unhealed variant"
+    steps = f", {h.steps} steps" if h.steps else ""
+    return f"the healed variant ({mode_title(h.mode)}{steps})"
 
 
 def need_model(state: Session) -> str:

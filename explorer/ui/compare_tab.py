@@ -15,14 +15,15 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..evaluate import PPLResult, nll_band
 from ..progress import Event
-from . import checks_panel, heal_panel, jobs, plots, speed_panel, stop
+from . import busy, checks_panel, heal_panel, jobs, plots, speed_panel, stop
 from .gpu import ZERO_GPU
-from .common import CompareParts, Ctx, need_model, user_errors
+from .common import CompareParts, Ctx, need_model, user_errors, variant_words
 from .learn_tab import method_title
 from .state import Session, Tried
 
 HISTORY_HEADERS = ["#", "change", "layers", "parameters", "ppl before", "ppl after"]
 WAITING = "Apply a plan (Plan tab) to compare it with the original model."
+MEASURING = "the plan is being measured"
 GENS_TITLE = ("#### Greedy generations ({n} new tokens per prompt)\nAfter the figures, each "
               "model continues each prompt (no sampling): perplexity alone can hide what "
               "removing layers changes.")
@@ -111,9 +112,13 @@ def _ppl(x: float, b: tuple[float, float] | None) -> str:
 
 
 def summary_markdown(state: Session, num_layers: int, num_parameters: int) -> str:
-    """The original, the variant and (once healed) the healed variant side by side."""
+    """The original, the variant and (once healed) the healed variant side by side, titled with
+    the plan's version (what Export saves is named the same way)."""
     v = latest(state, state.plan.ops)
     if v is None:
+        if state.plan.ops:
+            return (f"Plan v{state.version} ({state.plan.describe()}) is not measured yet: "
+                    f"press **Apply and compare** in the Plan tab.")
         return WAITING
     cols = [("variant", v)]
     if state.heal is not None and latest(state, state.heal.ops) is not None:
@@ -132,7 +137,8 @@ def summary_markdown(state: Session, num_layers: int, num_parameters: int) -> st
         speed = "\n| speed-up, measured (prefill / decode, batch 1) | ×1 | " + " | ".join(
             f"×{t.speedup_prefill:.2f} / ×{t.speedup_decode:.2f}" if t.speedup_decode else "—"
             for _, t in cols) + " |"
-    return (f"### {v.change}\n\n{head}\n{rule}\n{ppl}\n{layers}\n{params}{speed}\n\n"
+    return (f"### {v.change}\n\nPlan v{state.version}; Export saves "
+            f"{variant_words(state)}.\n\n{head}\n{rule}\n{ppl}\n{layers}\n{params}{speed}\n\n"
             f"*Protocol:* {v.protocol}; in brackets the 95% band over the windows. Method: "
             f"{method_title(v.method)}. Perplexity depends on the window: the app's short windows "
             f"keep it quick; the command line's default of 512 tokens gives each token more "
@@ -177,6 +183,30 @@ def generations_html(columns: list[tuple[str, list[str]]]) -> str:
             f"<tbody>{rows}</tbody></table>")
 
 
+def summary(state: Session) -> str:
+    """The summary of the session's variant (`summary_markdown` with the original's size)."""
+    need_model(state)
+    facts = jobs.variant_facts_job(state.model, [])
+    return summary_markdown(state, facts["layers_before"], facts["params_before"])
+
+
+def follows(ctx: Ctx) -> list:
+    """The Compare views a plan change refreshes (`follow` gives their values): the summary, the
+    heal line and figure, the generations and the two checks."""
+    c = ctx.compare
+    return [c.summary, c.heal.line, c.heal.curve, c.gens, c.checks.capability,
+            c.checks.task_scores]
+
+
+def follow(state: Session, before: Session) -> tuple:
+    """The values of `follows` after a plan change from `before` to `state`: nothing changes
+    when the version is the same (the same ops typed again); a new version clears every result
+    of the old one (the summary says whether the new plan was measured already)."""
+    if state.version == before.version:
+        return (gr.update(),) * 6
+    return summary(state) if state.model else WAITING, "", None, "", "", ""
+
+
 def build(ctx: Ctx) -> CompareParts:
     s = ctx.settings
     summary = gr.Markdown(WAITING, elem_id="lx-summary", elem_classes=["lx-step"])
@@ -202,40 +232,46 @@ def wire(ctx: Ctx) -> None:
 
     def views(state: Session) -> tuple:
         """summary, history table, history plot."""
-        need_model(state)
-        facts = jobs.variant_facts_job(state.model, [])
-        return (summary_markdown(state, facts["layers_before"], facts["params_before"]),
-                history_rows(state.history),
+        return (summary(state), history_rows(state.history),
                 plots.history(state.history, {h.method: method_title(h.method)
                                               for h in state.history}))
 
     @user_errors
+    @busy.claims(MEASURING, "Apply")
     def apply(state: Session, request: gr.Request, progress=gr.Progress()):
         state, result = apply_plan(s, state, stop.watch(progress, request))
         summary, rows, fig = views(state)
         return state, summary, result, rows, fig
 
     @user_errors
+    @busy.claims("the generations are being written", "generate", reads=True)
     def generate(state: Session, request: gr.Request, progress=gr.Progress()):
         return generations_html(generations(s, state, stop.watch(progress, request)))
 
-    def clear(state: Session):
+    @user_errors
+    @busy.claims("the history is being cleared", "clear the history")
+    def clear(state: Session, request: gr.Request):
         return replace(state, history=()), [], None
 
-    def to_compare(state: Session):
+    @user_errors
+    def to_compare(state: Session, request: gr.Request):
         """Open Compare for the new measurement: nothing of another variant stays on screen
-        (a healing is shown again only when it healed this very plan)."""
+        (a healing is shown again only when it healed this very plan). Refused at once, on the
+        Plan tab, while another step changes the state."""
+        busy.refuse_if_busy(request, "Apply")
+        need_model(state)
         h = state.heal
         return (gr.Tabs(selected="compare"), "Measuring the plan…",
                 heal_panel.line(h) if h else "", heal_panel.figure(h) if h else None,
                 "", "", "")
 
-    # switch to Compare at once (no queue), then measure there with the bar on the summary
+    # switch to Compare first (a refusal, while another step runs, shows as a toast on the Plan
+    # tab), then measure there with the bar on the summary
     shown = ctx.plan.apply_btn.click(
         to_compare, [ctx.state],
         [ctx.tabs, c.summary, c.heal.line, c.heal.curve, c.checks.capability,
-         c.checks.task_scores, c.gens], queue=False, api_name=False)
-    applied = ctx.long_step(shown.then, apply, [ctx.state],
+         c.checks.task_scores, c.gens], api_name=False, show_progress="hidden")
+    applied = ctx.long_step(shown.success, apply, [ctx.state],
                             [ctx.state, c.summary, c.details, c.hist, c.hist_plot],
                             api_name="apply", show_progress_on=[c.summary], last=False)
     ctx.long_step(applied.success, generate, [ctx.state], [c.gens], api_name="generate",

@@ -17,6 +17,7 @@ one-line message before any work starts.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Sequence
 
 import gradio as gr
@@ -34,9 +35,62 @@ def _as_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def control(p: Param, elem_id: str | None = None) -> gr.Component:
-    """One control for `p`, showing its default, its help and what it allows."""
-    info = f"{p.help} ({p.allowed()})"
+_WORDS: dict[str, str] = {}       # registry_words(), made once (the registries are fixed)
+
+
+def registry_words() -> dict[str, str]:
+    """Registry keys that are not words, and the display names said instead: measures ("bi" ->
+    "Block Influence (1 - cosine)"), methods ("shortgpt" -> "ShortGPT (Block Influence)") and
+    healing modes ("layerwise" -> "Layer-wise distillation at the cuts"), each up to its first
+    bracket or colon when that leaves a name."""
+    if _WORDS:
+        return _WORDS
+    from ..heal import list_modes
+    from ..measure import MEASURES
+    from ..methods import list_methods
+
+    def short(title: str) -> str:
+        return re.split(r" \(|: ", title)[0] or title
+    names = {k: short(m.title) for k, m in MEASURES.items()}
+    names |= {m.name: short(m.title) for m in list_methods()}
+    names |= {m.name: short(m.title) for m in list_modes()}
+    _WORDS.update({k: v for k, v in names.items() if k != v and k.lower() not in
+                   ("cosine", "angular") and "-" not in k})
+    return _WORDS
+
+
+def human(text: str, siblings: Sequence[Param] = ()) -> str:
+    """`text` with the raw names a help line may hold said in words: a sibling parameter's
+    name becomes its label ("every check_every steps" -> "every *Check every* steps"), a
+    registry key its display name. Code spans (`...`) are left as they are."""
+    labels = {q.name: q.label for q in siblings if "_" in q.name}   # a plain word is English
+    words = registry_words()
+
+    def say(m: re.Match) -> str:
+        w = m.group(0)
+        if w in labels:
+            return f"*{labels[w]}*"
+        return words.get(w, w)
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(part if part.startswith("`") else
+                   re.sub(r"(?<![\w'-])[a-z][a-z0-9_]*(?![\w'-])", say, part) for part in parts)
+
+
+def allowed(p: Param) -> str:
+    """What a control accepts, in words, where the control does not show it already (a menu
+    shows its choices, a checkbox its two states); "" when it does."""
+    if p.choices or p.type is bool:
+        return ""
+    text = p.allowed()
+    return text.removesuffix(" or none") + "; empty: none" if p.optional else text
+
+
+def control(p: Param, elem_id: str | None = None,
+            siblings: Sequence[Param] = ()) -> gr.Component:
+    """One control for `p`, showing its default, its help and what it allows; siblings: the
+    other parameters of its owner, whose names its help may mention (said by their labels)."""
+    rule = allowed(p)
+    info = human(p.help, siblings) + (f" ({rule})" if rule else "")
     common = dict(label=p.label, info=info, elem_id=elem_id)
     if p.type is bool:
         return gr.Checkbox(value=bool(p.default), **common)

@@ -19,10 +19,11 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..export import safe_output_path
 from ..layer_lists import format_layers
+from ..measure import MEASURES
+from ..report import DEFAULT_MEASURES, ReportAnalysis, ReportSizes
 from ..settings import get
-from ..report import DEFAULT_MEASURES, Healing, ReportAnalysis, ReportSizes
-from . import analysis, jobs, stop
-from .common import Ctx, ExportParts, need_model, user_errors
+from . import analysis, busy, jobs, stop
+from .common import Ctx, ExportParts, need_model, user_errors, variant_words
 from .registry import REGISTRY
 from .state import Session
 
@@ -130,13 +131,12 @@ def report_file(settings, state: Session, progress=None) -> str:
     plan, healed = state.plan, state.heal
     measures, found = list(DEFAULT_MEASURES), None
     if state.analysis is not None:          # the heatmaps on screen, from the cache
-        measures = list(dict.fromkeys([state.analysis.measure, *DEFAULT_MEASURES]))
+        measures = list(dict.fromkeys([state.analysis.measure, *MEASURES]))   # all five
         e = analysis.entry(state, progress)
         found = ReportAnalysis(e.probe, REGISTRY.get_texts(state.analysis.key.text).source,
                                {m: analysis.matrix(state, m, progress) for m in measures},
                                e.adjacent)
-    healing = Healing(healed.mode, healed.held_out_before, healed.held_out_after, healed.steps,
-                      healed.seconds, healed.curve) if healed else None
+    healing = healed.record if healed else None
     s = settings
     sizes = ReportSizes(probe_seqlen=s.probe_seqlen, probe_samples=s.probe_samples,
                         probe_max_tokens=s.probe_max_tokens, seqlen=s.ppl_seqlen,
@@ -168,11 +168,12 @@ def save_folder(settings, state: Session, name: str, overwrite: bool) -> tuple[S
         path, layers = jobs.export_job(state.model, fields[0], name, str(settings.output_dir),
                                        *fields[1:], overwrite)
     except ExplorerError as exc:       # said without the server's folders
-        raise ExplorerError(str(exc).replace(f"{root}/", "").replace(
-            str(root), "the export folder")) from None
+        said = str(exc).replace(f"the output folder ({root})", "the export folder")
+        raise ExplorerError(said.replace(f"{root}/", "").replace(str(root), "the export folder")) \
+            from None
     shown = Path(path).relative_to(root) if Path(path).is_relative_to(root) else Path(path).name
-    return state.saved(str(path)), (f"Saved the **{layers}-layer** model as `{shown}` in the "
-                                    "export folder.")
+    return state.saved(str(path)), (f"Saved {variant_words(state)} of plan v{state.version} "
+                                    f"(**{layers} layers**) as `{shown}` in the export folder.")
 
 
 def push(state: Session, repo_id: str, private: bool) -> str:
@@ -199,16 +200,19 @@ def push(state: Session, repo_id: str, private: bool) -> str:
 
 def build(ctx: Ctx) -> ExportParts:
     s = ctx.settings
-    gr.Markdown("Exports the **current plan** of the Plan tab (healed, when you healed it on "
-                "Compare). Model folders are written into the server's export folder.")
+    gr.Markdown("Exports the variant the Compare tab shows: the **current plan** of the Plan "
+                "tab, healed when you healed it on Compare (each message says which). Model "
+                "folders are written into the server's export folder.")
     with gr.Row():
         with gr.Column():
-            recipe = gr.DownloadButton("Download recipe (JSON)", value=None, interactive=False,
+            recipe = gr.DownloadButton("Download recipe", value=None, interactive=False,
                                        elem_id="lx-recipe")
-            gr.Markdown("The recipe is a few hundred bytes of JSON: `python -m explorer export "
-                        "--recipe` rebuilds the model from it.")
+            gr.Markdown("The recipe is a few hundred bytes of JSON (recipe.json): `python -m "
+                        "explorer export --recipe` rebuilds the model from it. A variant with "
+                        "fitted layers (a healed one) downloads as recipe.zip: the JSON and the "
+                        "fitted tensors, which the rebuild loads instead of fitting again.")
             report_btn = gr.Button("Download report (HTML)", elem_id="lx-report-btn")
-            report = gr.DownloadButton("Save the report again", value=None, visible=False,
+            report = gr.DownloadButton("Download the report again", value=None, visible=False,
                                        elem_id="lx-report")
             report_line = gr.Markdown("One HTML file to share, which opens offline: the "
                                       "heatmaps, the plan, perplexity before and after, the "
@@ -246,16 +250,21 @@ def wire(ctx: Ctx) -> None:
                                                                      interactive=bool(path))
 
     @user_errors
-    def save(state: Session, name: str, overwrite: bool, progress=gr.Progress()):
+    @busy.claims("the model folder is being saved", "save", reads=True)
+    def save(state: Session, name: str, overwrite: bool, request: gr.Request,
+             progress=gr.Progress()):
         progress(0.1, desc="writing the model folder")
         return save_folder(s, state, name, overwrite)
 
     @user_errors
+    @busy.claims("the report is being built", "build the report", reads=True)
     def make_report(state: Session, request: gr.Request, progress=gr.Progress()):
         path = report_file(s, state, stop.watch(progress, request))
         size = Path(path).stat().st_size / 1e6
         return (gr.DownloadButton(value=path, visible=True),
-                f"Report ready: **{Path(path).name}** ({size:.1f} MB, Plotly included).")
+                f"Report ready: **{Path(path).name}** ({size:.1f} MB, Plotly included), of "
+                f"{variant_words(state)} of plan v{state.version}. The button above downloads "
+                f"it again.")
 
     built = ctx.long_step(e.report_btn.click, make_report, [ctx.state],
                           [e.report, e.report_line], api_name="report",

@@ -13,7 +13,7 @@ import gradio as gr
 from ..errors import ExplorerError
 from ..gate import check_gate
 from ..methods import get_method
-from . import controls, jobs, stop
+from . import busy, controls, jobs, stop
 from .common import Ctx, need_model, user_errors
 from .state import Session
 
@@ -37,7 +37,7 @@ def tries_markdown(gate: dict) -> str:
 def build(ctx: Ctx) -> GateParts:
     with gr.Row(equal_height=True):
         ratio = gr.Number(1.5, label="…or remove as much as keeps perplexity within R × the "
-                          "original", minimum=1, step=0.1, elem_id="lx-gate-ratio", scale=2)
+                          "original", step=0.1, elem_id="lx-gate-ratio", scale=2)
         button = gr.Button("Plan within this perplexity", elem_id="lx-gate-plan", scale=1)
     line = gr.Markdown("", elem_id="lx-gate-line", elem_classes=["lx-step"])
     return GateParts(ratio=ratio, button=button, line=line)
@@ -50,6 +50,7 @@ def wire(ctx: Ctx, parts: GateParts, outputs: list, method_views: Callable) -> N
     names = [name for name, _, _ in p.param_controls]
 
     @user_errors
+    @busy.claims("a plan is being computed", "plan within a perplexity")
     def plan_within(state: Session, method: str, ratio: float | None, request: gr.Request,
                     progress=gr.Progress(), *raw):
         need_model(state)

@@ -10,6 +10,7 @@ perplexity), and the Stop token ends it at the next event like any other step.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import queue
 import threading
@@ -24,9 +25,10 @@ from ..heal import get_mode, list_modes
 from ..params import Param
 from ..layer_lists import format_layers
 from ..progress import Event
-from . import controls, jobs, plots, stop
+from . import busy, controls, jobs, plots, stop
 from .common import Ctx, HealParts, need_model, user_errors
 from .learn_tab import mode_title
+from ..report import Healing
 from .state import Healed, Session
 
 STEPS = Param("steps", int, None, "optimiser steps (empty: the mode's default; the time limit "
@@ -83,8 +85,12 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
         except BaseException as exc:  # re-raised in the handler's thread below
             box["error"] = exc
 
-    worker = threading.Thread(target=work, daemon=True, name="heal")
+    # the worker runs in a copy of this handler's context: gr.Progress finds its event through
+    # context variables, which a bare thread does not inherit (its reports would show nothing)
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                              name="heal")
     worker.start()
+    yield gr.update(), None, ""        # the last healing's line and figure leave the screen
     points: list = []
     shown = time.monotonic()
     while worker.is_alive() or not events.empty():
@@ -103,32 +109,32 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     out = box["out"]
     r = out["result"]
     curve = [(h["step"], h["loss"], h.get("held_out_ppl")) for h in r["history"]] or points
-    healed = Healed(mode=mode, base_ops=state.plan.ops, ops=out["ops"], summary=r["summary"],
-                    held_out_before=r["held_out_before"], held_out_after=r["held_out_after"],
-                    steps=r["steps"], seconds=r["seconds"], curve=thin(curve),
+    record = replace(Healing.of(r), curve=thin(curve))
+    healed = Healed(record=record, base_ops=state.plan.ops, ops=out["ops"],
                     layers=healed_layers(state, r["healed_slots"]) +
-                    (" and the vocabulary head" if r.get("healed_head") else ""),
-                    held_out=int(r["params"]["held_out"]), seqlen=int(r["params"]["seqlen"]),
-                    made_worse=bool(r["made_worse"]))
-    state = measure(replace(state, healed=healed))
+                    (" and the vocabulary head" if r.get("healed_head") else ""))
+    state = measure(state.with_healing(healed))
     yield state, figure(healed), line(healed)
 
 
 def healed_layers(state: Session, slots: list[int]) -> str:
-    """The slots a healing changed, in the original model's numbering: "layer 11 and the merged
-    layer 14-15" (slot numbers shift after every cut)."""
+    """The slots a healing changed, in the original model's numbering: "layers 9-11, 13 and the
+    merged layer 14-15" (slot numbers shift after every cut; plain layers are listed as ranges)."""
     need_model(state)
     facts = jobs.variant_facts_job(state.model, state.plan.ops)
-    words = []
+    plain, others = [], []
     for k in slots:
         s = facts["slots"][k]
         if s is not None:
-            words.append(f"layer {s}")
+            plain.append(s)
             continue
         origin = facts["origins"][k]
         group = next((g for g in state.plan.merged if origin in g), None)
-        words.append(f"the merged layer {format_layers(group)}" if group and len(group) > 1
-                     else f"the new layer at {origin}")
+        others.append(f"the merged layer {format_layers(group)}" if group and len(group) > 1
+                      else f"the new layer at {origin}")
+    words = [f"layer{'s' if len(plain) > 1 else ''} "
+             f"{format_layers(sorted(plain)).replace(',', ', ')}"] if plain else []
+    words += others
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
@@ -137,10 +143,13 @@ def line(healed: Healed) -> str:
     windows kept out of the fit (the table above measures the evaluation text)."""
     steps = f"{healed.steps} steps, " if healed.steps else ""
     text = (f"**Healed** {healed.layers} with {mode_title(healed.mode)} ({steps}"
-            f"{healed.seconds:.0f} s). Check during healing: perplexity "
+            f"{healed.seconds:.0f} s): the removed layers are gone, so the layers beside each "
+            f"cut are fitted to make up for them. Check during healing: perplexity "
             f"{healed.held_out_before:.2f} → {healed.held_out_after:.2f} on {healed.held_out} "
-            f"calibration windows of {healed.seqlen} tokens kept out of the fit; the table above "
-            f"measures the evaluation text.")
+            f"calibration windows of {healed.seqlen} tokens kept out of the fit (they follow "
+            f"the {healed.fitted or 'fitted'} windows fitted on, so a mode that fits more "
+            f"windows checks on other ones and starts from another 'before'); the table above "
+            f"measures the evaluation text, the same for every mode.")
     if healed.made_worse:
         text += (" **Healing made it worse** on text it was not fitted on: the unhealed variant "
                  "is better; try another mode or setting.")
@@ -169,16 +178,14 @@ def build(ctx: Ctx) -> HealParts:
                     with gr.Group(visible=m.name == first) as groups[m.name]:
                         for p in m.params:
                             slots.append((m.name, p, controls.control(
-                                p, elem_id=f"lx-heal-{m.name}-{p.name}")))
+                                p, elem_id=f"lx-heal-{m.name}-{p.name}", siblings=m.params)))
                 with gr.Group(visible=get_mode(first).trains) as budget:
                     steps = controls.control(STEPS, elem_id="lx-heal-steps")
                     seconds = controls.control(SECONDS, elem_id="lx-heal-seconds")
-                with gr.Row(equal_height=False):    # the button keeps its own height
-                    heal_btn = gr.Button("Heal", variant="primary", elem_id="lx-heal", scale=0,
-                                         min_width=160)
-                    line = gr.Markdown("", elem_id="lx-heal-line", elem_classes=["lx-step"])
-            with gr.Column(scale=3):
+                heal_btn = gr.Button("Heal", variant="primary", elem_id="lx-heal")
+            with gr.Column(scale=3):     # the result under its figure, as wide as the figure
                 curve = gr.Plot(label="Healing", elem_id="lx-heal-curve")
+                line = gr.Markdown("", elem_id="lx-heal-line", elem_classes=["lx-step"])
     return HealParts(mode=mode, param_groups=groups, param_controls=slots, budget=budget,
                      steps=steps, seconds=seconds, heal_btn=heal_btn, line=line, curve=curve)
 
@@ -193,6 +200,7 @@ def wire(ctx: Ctx, measure: Any, views: Any, outputs: list) -> Any:
 
     # request and progress come before *raw: Gradio fills only positional parameters
     @user_errors
+    @busy.claims("the variant is being healed", "Heal")
     def run(state: Session, mode: str, steps: Any, seconds: Any, request: gr.Request,
             progress=gr.Progress(), *raw):
         report = stop.watch(progress, request)

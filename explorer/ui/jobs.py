@@ -63,7 +63,7 @@ def analyse_job(spec: str, text_key: str, seqlen: int, samples: int, max_tokens:
     for k, name in enumerate(names):
         if progress:
             progress(Event("analysis", k / max(1, len(names)), note=f"adjacent-layer profile: "
-                                                                   f"{name}"))
+                           f"{measure.MEASURES[name].title}"))
         adjacent[name] = to_numpy(measure.adjacent(pr, name))
     return ProbeEntry(probe=_cpu_probe(pr) if ZERO_GPU else pr, adjacent=adjacent,
                       seconds=pr.seconds)
@@ -73,8 +73,8 @@ def analyse_job(spec: str, text_key: str, seqlen: int, samples: int, max_tokens:
 def similarity_job(pr: ProbeResult, name: str, progress: Progress | None = None) -> np.ndarray:
     """The (L+1, L+1) matrix of one measure over the layer boundaries."""
     if progress:
-        progress(Event("analysis", 0.0, note=f"computing {name} between every pair of layer "
-                                             "boundaries"))
+        progress(Event("analysis", 0.0, note=f"computing {measure.MEASURES[name].title} between "
+                                             "every pair of layer boundaries"))
     return to_numpy(measure.similarity(pr, name))
 
 

@@ -8,7 +8,7 @@ import gradio as gr
 from ..embedded import EMBEDDED, cache_root
 from ..errors import ExplorerError, TextError
 from ..text import MAX_TEXT_BYTES, read_text_file
-from . import compare_tab, jobs, stop
+from . import busy, compare_tab, jobs, stop
 from .common import Ctx, ModelParts, user_errors
 from .registry import REGISTRY
 from .state import Session
@@ -68,7 +68,9 @@ def info_markdown(info: dict) -> str:
 
 
 @user_errors
-def load(state: Session, choice: str, custom: str, progress=gr.Progress()):
+@busy.claims("a model is loading", "load a model")
+def load(state: Session, choice: str, custom: str, request: gr.Request,
+         progress=gr.Progress()):
     """Load the chosen model (the process keeps one; another session's model is replaced)."""
     spec = (custom or "").strip() or choice
     progress(0.0, desc=f"loading {spec}")
@@ -76,11 +78,13 @@ def load(state: Session, choice: str, custom: str, progress=gr.Progress()):
     new = state.with_model(lm["spec"], lm["num_layers"])
     fresh = new is not state or new.analysis is None
     heat = None if new is not state else gr.update()   # the old model's heatmaps no longer apply
-    return new, info_markdown(lm["info"]), heat, heat, READY if fresh else gr.update()
+    return (new, info_markdown(lm["info"]), heat, heat, READY if fresh else gr.update(),
+            *compare_tab.follow(new, state))
 
 
 @user_errors
-def set_text(state: Session, source: str, pasted: str, upload):
+@busy.claims("the text is being read", "change the text")
+def set_text(state: Session, source: str, pasted: str, upload, request: gr.Request):
     """Choose the text; own text is checked for size and kept on the server under a hash."""
     if source == "own":
         if upload:
@@ -134,7 +138,9 @@ def build(ctx: Ctx) -> ModelParts:
                                  type="filepath")
             text_btn = gr.Button("Use this text", elem_id="lx-use-text")
         with gr.Column(scale=1):
-            text_info = gr.Markdown(f"**Text:** {s.default_text} (default).")
+            shown = dict((k, name) for name, k in TEXT_CHOICES).get(s.default_text,
+                                                                     s.default_text)
+            text_info = gr.Markdown(f"**Text:** {shown.split(' (')[0]} (the default).")
             dense_line = gr.Markdown("", elem_id="lx-dense-line", elem_classes=["lx-step"])
     return ModelParts(choice=model, custom=custom, load_btn=load_btn, info=info, source=source,
                       own=own, pasted=pasted, upload=upload, text_btn=text_btn,
@@ -144,7 +150,8 @@ def build(ctx: Ctx) -> ModelParts:
 def wire(ctx: Ctx) -> None:
     m, a = ctx.model, ctx.analyse
     loaded = m.load_btn.click(load, [ctx.state, m.choice, m.custom],
-                              [ctx.state, m.info, a.heat, ctx.plan.heat, a.status],
+                              [ctx.state, m.info, a.heat, ctx.plan.heat, a.status] +
+                              compare_tab.follows(ctx),
                               api_name="load_model", show_progress_on=[m.info])
     m.source.change(lambda src: gr.Group(visible=src == "own"), [m.source], [m.own],
                     api_name=False, queue=False)

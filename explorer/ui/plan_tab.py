@@ -13,13 +13,14 @@ import gradio as gr
 from ..errors import ExplorerError, LayerError
 from ..layer_lists import format_layers
 from ..methods import get_method, list_methods
-from . import analysis, controls, gate_panel, jobs, stop
+from . import analysis, busy, compare_tab, controls, gate_panel, jobs, stop
 from .clickplot import ClickPlot
 from .common import Ctx, PlanParts, need_model, user_errors
 from .learn_tab import method_help, method_title
 from .state import MERGE_RULES, SessionPlan, Session, plan_fields, plan_from_text, toggle_block
 
 TABLE_HEADERS = ["change", "original layers", "detail"]
+PLANNING = "a plan is being computed"
 
 
 def plan_table(plan: SessionPlan) -> list[list[str]]:
@@ -52,29 +53,36 @@ def plan_status(state: Session) -> str:
             f"measure it.{fields}{notes}")
 
 
-def views(state: Session):
+def views(state: Session, before: Session):
     """Outputs shared by every plan change: state, the manual fields, table, both heatmaps,
-    status, ops."""
+    status, ops, then the Compare views (`compare_tab.follow`): a new version of the plan clears
+    what Compare showed of the old one."""
     heat = analysis.heatmap_json(state) if state.analysis else gr.update()
     drops, merges = plan_fields(state.plan)
     return (state, drops, merges, plan_table(state.plan), heat, heat, plan_status(state),
-            state.plan.ops)
+            state.plan.ops, *compare_tab.follow(state, before))
+
+
+EDITING = "the plan is being changed"
 
 
 @user_errors
-def update_plan(state: Session, drops: str, merges: str, rule: str):
+@busy.claims(EDITING, "change the plan")
+def update_plan(state: Session, drops: str, merges: str, rule: str, request: gr.Request):
     """Build a manual plan from the typed layers (original numbering)."""
     need_model(state)
-    return views(state.with_plan(plan_from_text(state.num_layers, drops, merges, rule)))
+    return views(state.with_plan(plan_from_text(state.num_layers, drops, merges, rule)), state)
 
 
 @user_errors
+@busy.claims(EDITING, "change the plan")
 def on_cell(state: Session, drops: str, merges: str, action: str, rule: str,
-            evt: gr.SelectData):
+            evt: gr.SelectData, request: gr.Request):
     """A click on heatmap cell (row a, column b) toggles the block of layers min..max-1."""
     need_model(state)
     a, b = (int(round(float(v))) for v in evt.index)
     a, b = min(a, b), max(a, b)
+    before = state
     if a == b:
         raise LayerError("a diagonal cell compares a boundary with itself; click a cell off the "
                          "diagonal: (a, b) selects layers a..b-1")
@@ -86,7 +94,7 @@ def on_cell(state: Session, drops: str, merges: str, action: str, rule: str,
     if state.analysis is not None:   # the dotted "last click" box only marks a block just added
         state = replace(state, analysis=replace(state.analysis,
                                                 selected=(a, b) if added else None))
-    return views(state)
+    return views(state, before)
 
 
 def plan_fields_of(state: Session) -> tuple[str, str]:
@@ -94,11 +102,13 @@ def plan_fields_of(state: Session) -> tuple[str, str]:
 
 
 @user_errors
-def clear_plan(state: Session):
+@busy.claims(EDITING, "clear the plan")
+def clear_plan(state: Session, request: gr.Request):
+    before = state
     state = state.with_plan(SessionPlan())
     if state.analysis is not None:
         state = replace(state, analysis=replace(state.analysis, selected=None))
-    return views(state)
+    return views(state, before)
 
 
 def ask_method(settings, state: Session, method: str, remove: int, ratio: float, raw: list,
@@ -131,10 +141,10 @@ def method_views(settings, state: Session, out: dict, size: dict):
                 layers_after=out["layers_after"], request=size,
                 calib=(settings.method_seqlen, settings.method_samples),
                 notes=notes if isinstance(notes, str) else (json.dumps(notes) if notes else ""))
-    state = state.with_plan(plan)
+    before, state = state, state.with_plan(plan)
     if state.analysis is not None:
         state = replace(state, analysis=replace(state.analysis, selected=None))
-    return views(state)
+    return views(state, before)
 
 
 def build(ctx: Ctx) -> PlanParts:
@@ -174,7 +184,7 @@ def build(ctx: Ctx) -> PlanParts:
                     with gr.Group(visible=m.name == first) as groups[m.name]:
                         for p in m.params:
                             slots.append((m.name, p, controls.control(
-                                p, elem_id=f"lx-param-{m.name}-{p.name}")))
+                                p, elem_id=f"lx-param-{m.name}-{p.name}", siblings=m.params)))
                 with gr.Row(equal_height=True):
                     method_btn = gr.Button("Plan with this method", elem_id="lx-method-plan")
                     method_line = gr.Markdown("", elem_id="lx-method-line",
@@ -205,7 +215,8 @@ def cell_inputs(ctx: Ctx) -> list:
 def cell_outputs(ctx: Ctx) -> list:
     """What `on_cell` (and every plan edit) updates."""
     p = ctx.plan
-    return [ctx.state, p.drops, p.merges, p.table, ctx.analyse.heat, p.heat, p.status, p.ops]
+    return [ctx.state, p.drops, p.merges, p.table, ctx.analyse.heat, p.heat, p.status,
+            p.ops] + compare_tab.follows(ctx)
 
 
 def wire(ctx: Ctx) -> None:
@@ -233,6 +244,7 @@ def wire(ctx: Ctx) -> None:
 
     # request and progress come before *raw: Gradio fills only positional parameters
     @user_errors
+    @busy.claims(PLANNING, "ask a method")
     def plan_with_method(state: Session, method: str, remove: int, ratio: float,
                          request: gr.Request, progress=gr.Progress(), *raw):
         mine = [value for name, value in zip(names, raw) if name == method]

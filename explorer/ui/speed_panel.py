@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import gradio as gr
 
 from ..errors import ExplorerError
-from . import jobs, plots, stop
+from . import busy, jobs, plots, stop
 from .common import Ctx, need_model, user_errors
 from .state import Session
 
@@ -73,6 +73,7 @@ def wire(ctx: Ctx, parts: SpeedParts, views, view_outputs: list) -> None:
     """views(state) -> the summary, history table and history plot (compare_tab.wire's)."""
 
     @user_errors
+    @busy.claims("the speed-up is being measured", "measure the speed")
     def measure(state: Session, request: gr.Request, progress=gr.Progress()):
         need_model(state)
         if not state.plan.ops:

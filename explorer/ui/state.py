@@ -14,6 +14,13 @@ Every field of a session's state is declared here, and nowhere else:
                            plan changed since); its ops are the plan's plus one "heal" op
       history: Tried, ...  the variants applied or healed in this tab (the last HISTORY_LIMIT)
       exports, exported    folders this tab saved (Overwrite may replace only these), the last one
+      version              the number of the (plan, healing) pair: it goes up each time the plan's
+                           ops change or the plan is healed, and every figure, table, generation,
+                           export and report shown for the variant says which version it is of
+
+The Compare views, Export and the report are all derived from `plan` and `heal`: one variant is
+shown, saved and reported at a time. Two steps never change one session's state at once (the
+second is refused in one line, `busy.py`), so a result of an older version cannot be written back.
 
 The heavy values (probes, matrices, perplexities, variants) live in the process's caches
 (`registry.py`), found again from these keys; the plan's ops rebuild the variant on the shared
@@ -30,6 +37,7 @@ from typing import Any, NamedTuple
 
 from ..errors import LayerError
 from ..layer_lists import format_groups, format_layers, parse_groups, parse_layers
+from ..report import Healing
 
 MERGE_RULES = {
     "average": "average: each linear weight becomes the mean of the block's weights",
@@ -98,21 +106,25 @@ class SessionPlan:
 
 @dataclass(frozen=True)
 class Healed:
-    """A healed variant of a plan: replayable ops and how the healing went."""
+    """A healed variant of the plan: the ops that replay it, and the healing's record
+    (`report.Healing`, the one record of a healing, which the report reads as it is)."""
 
-    mode: str
+    record: Healing               # mode, held-out figures, steps, seconds, curve, windows
     base_ops: list[dict]          # the plan's ops it healed
     ops: list[dict]               # base_ops + the "heal" op (`explorer.heal`)
-    summary: str                  # the heal op's own description
-    held_out_before: float        # perplexity on held-out calibration windows
-    held_out_after: float
-    steps: int                    # optimiser steps (0: closed form)
-    seconds: float
-    curve: tuple[tuple[int, float, float | None], ...] = ()   # (step, loss, held-out ppl)
     layers: str = ""              # the layers it changed, in original numbering, in words
-    held_out: int = 0             # held-out calibration windows (the check's text) ...
-    seqlen: int = 0               # ... of this many tokens
-    made_worse: bool = False      # the held-out perplexity rose
+
+    # the record's fields, read through (one record: nothing is copied)
+    mode = property(lambda self: self.record.mode)
+    steps = property(lambda self: self.record.steps)
+    seconds = property(lambda self: self.record.seconds)
+    held_out_before = property(lambda self: self.record.held_out_before)
+    held_out_after = property(lambda self: self.record.held_out_after)
+    curve = property(lambda self: self.record.curve)
+    held_out = property(lambda self: self.record.held_out)
+    seqlen = property(lambda self: self.record.seqlen)
+    fitted = property(lambda self: self.record.fitted)
+    made_worse = property(lambda self: self.record.made_worse)
 
 
 @dataclass(frozen=True)
@@ -148,18 +160,27 @@ class Session:
     history: tuple[Tried, ...] = ()
     exports: tuple[str, ...] = ()
     exported: str | None = None
+    version: int = 0
 
     def with_model(self, spec: str, num_layers: int) -> "Session":
         """The state after loading `spec`: what belonged to another model is dropped."""
         if spec == self.model:
             return self
         return replace(self, model=spec, num_layers=num_layers, analysis=None, plan=SessionPlan(),
-                       healed=None, history=())
+                       healed=None, history=(), version=self.version + 1)
 
     def with_plan(self, plan: SessionPlan) -> "Session":
-        """The state with a new plan: a healing of the old one no longer applies."""
-        healed = self.healed if self.healed and self.healed.base_ops == plan.ops else None
-        return replace(self, plan=plan, healed=healed)
+        """The state with a new plan: a healing of the old one no longer applies. The same ops
+        typed again (or found by a method) keep the version and its healing."""
+        if plan.ops == self.plan.ops:
+            return replace(self, plan=plan)
+        return replace(self, plan=plan, healed=None, version=self.version + 1)
+
+    def with_healing(self, healed: "Healed") -> "Session":
+        """The state once the plan's variant is healed (a new version)."""
+        if healed.base_ops != self.plan.ops:
+            raise LayerError("this healing belongs to another plan")
+        return replace(self, healed=healed, version=self.version + 1)
 
     @property
     def heal(self) -> Healed | None:

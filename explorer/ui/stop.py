@@ -20,6 +20,7 @@ background dense figure, say) leaves Stop active for the other.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import inspect
 import threading
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 from ..cache import Store
 from ..progress import CancelToken, Cancelled, Event, Progress, watched
+from .controls import human
 
 
 class Stopped(Cancelled):
@@ -58,21 +60,33 @@ def bar(progress: Any) -> Progress | None:
     if progress is None:
         return None
 
-    started: dict[str, tuple[float, float]] = {}    # stage -> (time, fraction) of its first event
+    seen: dict[str, list[tuple[float, float]]] = {}    # stage -> its (time, fraction) so far
 
-    def show(event: Event) -> None:
-        progress(event.fraction, desc=event.describe() + _time_left(event, started))
+    def show(event: Event) -> None:      # the pipeline's stage names said as display names
+        progress(event.fraction, desc=human(event.describe()) + time_left(event, seen))
     return show
 
 
-def _time_left(event: Event, started: dict[str, tuple[float, float]]) -> str:
-    """' — about 40 s left', from this stage's own rate since its first event (Gradio's own
-    estimate is the mean duration of earlier runs of the button, whatever their sizes)."""
-    now = time.monotonic()
-    t0, f0 = started.setdefault(event.stage, (now, event.fraction))
-    if not (f0 < event.fraction < 1 and now - t0 >= 2):
+RECENT = 1 / 3          # the rate is measured over this last part of the stage's time so far
+
+
+def time_left(event: Event, seen: dict[str, list[tuple[float, float]]],
+              now: float | None = None) -> str:
+    """' — about 40 s left', from this stage's own recent rate: the progress made over the last
+    third of its time so far (at least 2 s). Gradio's own estimate is the mean duration of
+    earlier runs of the button, whatever their sizes; a rate since the stage's start is fooled by
+    a fast first part (the speed measurement's prefill calls before its decode calls)."""
+    now = time.monotonic() if now is None else now
+    points = seen.setdefault(event.stage, [])
+    points.append((now, event.fraction))          # times only grow: bisect finds the window
+    t0 = points[0][0]
+    if not 0 < event.fraction < 1 or now - t0 < 2:
         return ""
-    rest = (now - t0) * (1 - event.fraction) / (event.fraction - f0)
+    since = now - max(2.0, (now - t0) * RECENT)
+    t1, f1 = points[bisect.bisect_left(points, (since, -1.0))]
+    if event.fraction <= f1 or now <= t1:
+        return ""
+    rest = (now - t1) * (1 - event.fraction) / (event.fraction - f1)
     return f" — about {rest:.0f} s left" if rest < 90 else f" — about {rest / 60:.0f} min left"
 
 
