@@ -156,6 +156,7 @@ def unsourced_paragraphs(page: str) -> list[str]:
     text = re.sub(r"```.*?```", "", text, flags=re.S)
     text = re.sub(r"\A---.*?---", "", text, flags=re.S)     # the Space's front matter
     text = re.sub(r"https?://\S+", "", text)                 # addresses are not figures
+    text = re.sub(r"Python \d+\.\d+", "", text)              # nor versions
     out = []
     for para in re.split(r"\n\s*\n", text):
         if para.lstrip().startswith(("|", "#", "!", "<!--")):

@@ -23,7 +23,8 @@ The stores of the package (tests/test_cache.py finds every `Store(...)` in the s
 this list): "tokens" (tokens.py), "calibration texts" (calibration.py), "dense figures" and
 "dense states" (dense_cache.py), "heal data" (heal/data.py), "fitted results" (fitted.py),
 "profiles" (profiles.py), "lm-eval task indexes" (tasks.py), and the app's "texts", "user texts",
-"probes", "variants" (ui/registry.py) and "stop tokens" (ui/stop.py).
+"probes", "variants" (ui/registry.py), "stop tokens" (ui/stop.py) and "damage maps"
+(ui/damage_panel.py).
 """
 
 from __future__ import annotations

@@ -258,7 +258,7 @@ LAYER_CASES = [
     ("repeated through a range", "1-2,2", "name the same layer twice"),
     ("drop every layer", "0-3", "dropping 4 of 4 layers would leave none"),
     ("not a layer list", "x", "cannot read layer list 'x'"),
-    ("reversed range", "3-1", "cannot read layer list '3-1'"),
+    ("reversed range", "3-1", "layer range '3-1' is reversed: write the lower layer first (1-3)"),
     ("absurd range", "0-99999999999", "is too long"),
 ]
 
