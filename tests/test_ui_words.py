@@ -21,7 +21,7 @@ ENGLISH = {"cosine", "angular", "average", "manual", "steps", "seconds", "window
            "calibration", "block", "blocks", "heal", "tokens", "window", "candidates", "loss",
            "stride", "trials", "passes", "batch", "after", "before", "then", "generations",
            "head", "fold", "ridge", "train", "span", "drop", "pairs", "parts", "scale", "starts",
-           "tail", "adjacent", "closed-form", "tail-finetune"}
+           "tail", "adjacent", "closed-form", "tail-finetune", "damage"}
 
 
 def raw_names() -> set[str]:
