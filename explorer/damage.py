@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from .backbone import run_backbone
 from .errors import LayerError, TextError
-from .evaluate import LOGIT_CHUNK, NonFiniteError, final_logits
+from .evaluate import LOGIT_CHUNK, NonFiniteError, final_logits, window_nll_sums
 from explorer.model import LoadedModel
 from .params import Param, help_text, resolve
 from .progress import Cancelled, CancelToken, Event, Progress, watched
@@ -346,6 +346,9 @@ def _window_figures(lm: LoadedModel, hidden: torch.Tensor,
     dense: (s, e) -> the dense log-probs of flattened positions s..e-1 (None: no KL).
     head: the variant's vocabulary head."""
     b, T, H = hidden.shape
+    if dense is None:                    # the NLL alone: evaluate's own sums
+        return (window_nll_sums(lm, hidden, ids.to(hidden.device), head=head).cpu(),
+                torch.zeros(b, dtype=torch.float64))
     h = hidden[:, :-1].reshape(-1, H)                                    # (b*(T-1), H)
     targets = ids[:, 1:].reshape(-1).to(h.device)
     nll = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
@@ -354,7 +357,6 @@ def _window_figures(lm: LoadedModel, hidden: torch.Tensor,
         e = s + LOGIT_CHUNK
         logits = final_logits(lm, h[s:e], head=head)                      # (n, V) fp32
         nll[s:e] = F.cross_entropy(logits, targets[s:e], reduction="none")
-        if dense is not None:
-            ref = dense(s, min(e, h.shape[0]))                             # (n, V)
-            kl[s:e] = (ref.exp() * (ref - F.log_softmax(logits, dim=-1))).sum(-1).clamp_min(0)
+        ref = dense(s, min(e, h.shape[0]))                                 # (n, V)
+        kl[s:e] = (ref.exp() * (ref - F.log_softmax(logits, dim=-1))).sum(-1).clamp_min(0)
     return nll.view(b, T - 1).sum(1).cpu(), kl.view(b, T - 1).sum(1).cpu()

@@ -91,14 +91,9 @@ def reduce_sums(sums: Sums) -> Sums:
         return sums
     names = sorted(sums.sums)
     agree(names, "accumulated statistics")
-    for name in names:
-        t = sums.sums[name].to(torch.float64).contiguous()
-        parts = [torch.empty_like(t) for _ in range(size)]
-        _collective(lambda: dist.all_gather(parts, t), f"adding '{name}'")
-        total = parts[0].clone()
-        for p in parts[1:]:                        # rank order: the same sum on every rank
-            total += p
-        sums.sums[name] = total
+    totals = sum_tensors([sums.sums[n].to(torch.float64) for n in names],
+                         "adding the accumulated statistics")
+    sums.sums.update(zip(names, totals))
     if sums.pieces:
         got: list = [None] * size
         mine = {n: {k: v.cpu() for k, v in d.items()} for n, d in sums.pieces.items()}
@@ -143,9 +138,11 @@ def from_rank0(value):
     return box[0]
 
 
-def sum_tensors(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+def sum_tensors(ts: list[torch.Tensor], what: str = "adding gradients") -> list[torch.Tensor]:
     """Every rank's tensors added (float64, rank order, so the sum does not depend on the rank
-    count beyond rounding), cast back to each tensor's dtype: the data-parallel gradient."""
+    count beyond rounding and is the same on every rank), cast back to each tensor's dtype: the
+    data-parallel gradient, and the accumulators' sums (`reduce_sums`). what: the step, for the
+    message when a rank stops."""
     rank, size = world()
     if size == 1:
         return ts
@@ -155,9 +152,9 @@ def sum_tensors(ts: list[torch.Tensor]) -> list[torch.Tensor]:
         dev = x.device if dist.get_backend() == "nccl" else torch.device("cpu")
         x = x.to(dev)
         parts = [torch.empty_like(x) for _ in range(size)]
-        _collective(lambda: dist.all_gather(parts, x), "adding gradients")
+        _collective(lambda: dist.all_gather(parts, x), what)
         total = parts[0].clone()
-        for p in parts[1:]:
+        for p in parts[1:]:                        # rank order: the same sum on every rank
             total += p
         out.append(total.to(device=t.device, dtype=t.dtype))
     return out

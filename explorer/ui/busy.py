@@ -18,12 +18,11 @@ steps never refuse this one's.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import threading
 from typing import Any, Callable
 
 from ..errors import ExplorerError
+from .stop import around, session_key
 
 _claims: dict[str, list[tuple[str, bool]]] = {}   # session -> (doing, reads only) of its steps
 _guard = threading.Lock()
@@ -33,19 +32,10 @@ class Busy(ExplorerError):
     """A step was pressed while another step of the same session was changing its state."""
 
 
-def _key(request: Any) -> str | None:
-    return getattr(request, "session_hash", None) or None
-
-
-def _request_of(args: tuple, kwargs: dict) -> Any:
-    return next((a for a in (*args, *kwargs.values())
-                 if type(a).__name__ == "Request" and _key(a)), None)
-
-
 def running(request: Any) -> str | None:
     """What this session's claiming step is doing now ("a plan is being computed"), or None."""
     with _guard:
-        held = _claims.get(_key(request) or "")
+        held = _claims.get(session_key(request) or "")
         return held[0][0] if held else None
 
 
@@ -59,13 +49,13 @@ def _refusal(key: str, action: str, reads: bool) -> str | None:
 def refuse_if_busy(request: Any, action: str, reads: bool = False) -> None:
     """Raise `Busy` in one line when a step of this session holds its state."""
     with _guard:
-        line = _refusal(_key(request) or "", action, reads)
+        line = _refusal(session_key(request) or "", action, reads)
     if line:
         raise Busy(line)
 
 
 def _claim(request: Any, doing: str, action: str, reads: bool) -> tuple[str, tuple] | None:
-    key = _key(request)
+    key = session_key(request)
     if not key:                 # a direct API call without a session: nothing to guard
         return None
     with _guard:
@@ -96,28 +86,11 @@ def claims(doing: str, action: str, reads: bool = False) -> Callable[[Callable],
     only reads the plan (it may run beside other readers, never beside a step that changes the
     state). Generators hold the claim until they end."""
     def wrap(fn: Callable) -> Callable:
-        if inspect.isgeneratorfunction(fn):
-            @functools.wraps(fn)
-            def stream(*args, **kwargs):
-                held = _claim(_request_of(args, kwargs), doing, action, reads)
-                try:
-                    yield from fn(*args, **kwargs)
-                finally:
-                    _release(held)
-            return stream
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            held = _claim(_request_of(args, kwargs), doing, action, reads)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _release(held)
-        return wrapper
+        return around(fn, lambda request: _claim(request, doing, action, reads), _release)
     return wrap
 
 
 def forget(request: Any) -> None:
     """Drop the session's claims when its page closes (demo.unload)."""
     with _guard:
-        _claims.pop(_key(request) or "", None)
+        _claims.pop(session_key(request) or "", None)

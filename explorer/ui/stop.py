@@ -43,12 +43,13 @@ _running: dict[str, int] = {}          # session -> handlers of long steps runni
 _guard = threading.Lock()
 
 
-def _key(request: Any) -> str | None:
+def session_key(request: Any) -> str | None:
+    """The browser session a gr.Request belongs to (None: a direct API call without one)."""
     return getattr(request, "session_hash", None) or None
 
 
 def _token(request: Any) -> CancelToken | None:
-    key = _key(request)
+    key = session_key(request)
     if not key:
         return None
     return _tokens.get_or_compute(key, lambda: CancelToken(lambda: Stopped(
@@ -116,18 +117,42 @@ def stop(request: Any) -> None:
 def running(request: Any) -> int:
     """How many tracked handlers of this session run now."""
     with _guard:
-        return _running.get(_key(request) or "", 0)
+        return _running.get(session_key(request) or "", 0)
 
 
 def _request_of(args: tuple, kwargs: dict) -> Any:
+    """The gr.Request among a handler's arguments, or None."""
     return next((a for a in (*args, *kwargs.values())
-                 if type(a).__name__ == "Request" and _key(a)), None)
+                 if type(a).__name__ == "Request" and session_key(a)), None)
+
+
+def around(fn: Callable, enter: Callable[[Any], Any], leave: Callable[[Any], None]) -> Callable:
+    """`fn` (a handler taking a gr.Request) with `enter(request)` before it runs and
+    `leave(what enter returned)` after it, however it ends; a generator is held until it ends."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            held = enter(_request_of(args, kwargs))
+            try:
+                yield from fn(*args, **kwargs)
+            finally:
+                leave(held)
+        return stream
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        held = enter(_request_of(args, kwargs))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            leave(held)
+    return wrapper
 
 
 def tracked(fn: Callable) -> Callable:
     """`fn` (a handler taking a gr.Request) counted in `running` while it runs, generators too."""
-    def enter(args: tuple, kwargs: dict) -> str | None:
-        key = _key(_request_of(args, kwargs))
+    def enter(request: Any) -> str | None:
+        key = session_key(request)
         if key:
             with _guard:
                 _running[key] = _running.get(key, 0) + 1
@@ -142,28 +167,11 @@ def tracked(fn: Callable) -> Callable:
                 else:
                     _running.pop(key, None)
 
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def stream(*args, **kwargs):
-            key = enter(args, kwargs)
-            try:
-                yield from fn(*args, **kwargs)
-            finally:
-                leave(key)
-        return stream
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        key = enter(args, kwargs)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            leave(key)
-    return wrapper
+    return around(fn, enter, leave)
 
 
 def forget(request: Any) -> None:
     """Drop the session's token when its page closes (demo.unload)."""
     with _guard:
-        _tokens.pop(_key(request) or "", None)
-        _running.pop(_key(request) or "", None)
+        _tokens.pop(session_key(request) or "", None)
+        _running.pop(session_key(request) or "", None)
