@@ -127,7 +127,8 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
     device_name, peak: the accelerator and its dense bf16 FLOP/s (None: no MFU row). The tests
     run this on the CPU with a tiny model and a made-up peak, to check the arithmetic.
     """
-    from explorer.evaluate import evaluation_windows, perplexity
+    from explorer.windows import evaluation_windows
+    from explorer.evaluate import perplexity
     from explorer.tokens import auto_batch_size
 
     try:

@@ -54,7 +54,8 @@ class Clock:
 
 def today(lm, text: str, kw: dict, variant) -> tuple[Clock, float]:
     """Before and after, full passes in text order (the loop before the dense cache)."""
-    from explorer.evaluate import evaluation_windows, run_windows
+    from explorer.windows import evaluation_windows
+    from explorer.evaluate import run_windows
 
     clock = Clock()
     w = evaluation_windows(lm, text, kw["seqlen"], kw["max_tokens"])

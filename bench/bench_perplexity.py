@@ -64,7 +64,8 @@ def compare(lm, text: str, *, seqlen: int, max_tokens: int, reps: int, source: s
     bf16: also time `compute_dtype="bfloat16"` once (after the interleaved rounds: on CPUs
     without native bf16 it is slow, so it is not repeated).
     """
-    from explorer.evaluate import evaluation_windows, perplexity
+    from explorer.windows import evaluation_windows
+    from explorer.evaluate import perplexity
 
     w = evaluation_windows(lm, text, seqlen, max_tokens)
 

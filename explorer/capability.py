@@ -41,7 +41,8 @@ import torch
 
 from .backbone import run_backbone
 from .errors import TextError
-from .evaluate import final_logits, evaluation_windows
+from explorer.nll import final_logits
+from explorer.windows import evaluation_windows
 from explorer.model import LoadedModel
 from .generate import greedy_continuations
 from .progress import Event, Progress, scaled

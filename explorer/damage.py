@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from .backbone import run_backbone
 from .errors import LayerError, TextError
-from .evaluate import LOGIT_CHUNK, NonFiniteError, final_logits, window_nll_sums
+from explorer.nll import LOGIT_CHUNK, NonFiniteError, final_logits, window_nll_sums
 from explorer.model import LoadedModel
 from .params import Param, help_text, resolve
 from .progress import Cancelled, CancelToken, Event, Progress, watched

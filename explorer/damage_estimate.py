@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from .backbone import run_backbone
 from .damage import candidate_cells, check_block
 from .errors import TextError
-from .evaluate import LOGIT_CHUNK, final_logits
+from explorer.nll import LOGIT_CHUNK, final_logits
 from explorer.model import LoadedModel
 from .progress import Event, Progress
 from .tokens import auto_batch_size

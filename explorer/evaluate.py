@@ -48,16 +48,15 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .errors import ExplorerError, TextError
-from explorer.model import DTYPES, LoadedModel
+from explorer.model import LoadedModel
 from .progress import Event, Progress
 from .ranks import agree, gather_rows, shard, world
 from .backbone import run_backbone
 from .dense_cache import CACHE, PrefixStates, checkpoints, dense_key, first_change
-from .tokens import tokenize, use_bos, windows
 from .variant import Variant
+from .nll import NonFiniteError, autocast, compute_dtype_of, window_nll_lower_bounds, window_nll_sums
+from .windows import evaluation_windows, nll_band, running_event, spread_order
 
 
 @dataclass(frozen=True)
@@ -101,190 +100,6 @@ class PPLResult:
         kw = {k: v for k, v in d.items() if k in PPLResult.__dataclass_fields__}
         kw["window_nll"] = tuple(kw.get("window_nll", ()))
         return PPLResult(**kw)
-
-
-class NonFiniteError(ExplorerError):
-    """The model produced NaN or inf (e.g. after an aggressive merge)."""
-
-
-# Positions per chunk of the vocabulary projection + cross-entropy (1024 x 49k fp32 logits: 200 MB);
-# on CPU chunks of 512-2048 ran at the same speed (the head is one GEMM per chunk either way), and
-# smaller chunks keep the peak memory of a batch low.
-LOGIT_CHUNK = 1024
-
-def final_logits(lm: LoadedModel, hidden: torch.Tensor,
-                 vocab: torch.Tensor | None = None, head: nn.Module | None = None
-                 ) -> torch.Tensor:
-    """Vocabulary logits from final-norm hidden states, with the family's logit rule (Granite's
-    scaling, Cohere's scale, Gemma's soft-capping: `Architecture.logits`).
-
-    hidden: (n, H) -> (n, V) float32, or (n, len(vocab)) for the token ids `vocab` only. Runs
-    outside autocast: a bf16 head would round logits of size ~20 to steps of ~0.1, which shows
-    in the NLL.
-    head: the variant's head (`Variant.head_module()`); None: the loaded model's. Every caller
-    that evaluates a variant passes its head.
-    """
-    head = head if head is not None else lm.arch.lm_head(lm.model)
-    with torch.autocast(hidden.device.type, enabled=False):
-        h = hidden.to(head.weight.dtype)
-        if vocab is None:
-            logits = head(h).float()
-        else:
-            bias = head.bias[vocab] if getattr(head, "bias", None) is not None else None
-            logits = F.linear(h, head.weight[vocab], bias).float()
-    return lm.arch.logits.apply(logits)
-
-
-def compute_dtype_of(model_dtype: torch.dtype,
-                     compute_dtype: str | torch.dtype | None) -> torch.dtype:
-    """The dtype the layers compute in: `compute_dtype`, or the model's own for None/"auto"."""
-    if compute_dtype in (None, "", "auto"):
-        dt = model_dtype
-    elif isinstance(compute_dtype, torch.dtype):
-        dt = compute_dtype
-    elif compute_dtype in DTYPES:
-        dt = DTYPES[compute_dtype]
-    else:
-        raise ExplorerError(f"unknown compute_dtype '{compute_dtype}'; use one of: auto, "
-                            + ", ".join(DTYPES))
-    if dt == torch.float32 and model_dtype != torch.float32:
-        raise ExplorerError(f"compute_dtype float32 needs a float32 model (this one is "
-                            f"{str(model_dtype).replace('torch.', '')}): load it in float32")
-    return dt
-
-
-def _autocast(device: torch.device, model_dtype: torch.dtype, dt: torch.dtype):
-    """An autocast context for compute dtype `dt`, or a disabled one when it is the model's."""
-    enabled = dt != model_dtype
-    return torch.autocast(device.type, dtype=dt if enabled else torch.bfloat16, enabled=enabled)
-
-
-def window_nll_sums(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
-                    chunk_tokens: int = LOGIT_CHUNK, vocab: torch.Tensor | None = None,
-                    head: nn.Module | None = None) -> torch.Tensor:
-    """Sum of token NLL of each window: (b,) float64.
-
-    hidden: (b, T, H) final-norm states of the windows `ids` (b, T); position t predicts t+1.
-    vocab: sorted token ids holding every target: the softmax runs over those tokens only, which
-        gives a lower bound of the NLL (`window_nll_lower_bounds`).
-    head: the variant's vocabulary head (`final_logits`; None: the loaded model's).
-    """
-    b, T, H = hidden.shape
-    h = hidden[:, :-1].reshape(-1, H)                                    # (b*(T-1), H)
-    targets = ids[:, 1:].reshape(-1)                                     # (b*(T-1),)
-    if vocab is not None:
-        targets = torch.searchsorted(vocab, targets.to(vocab.device))   # columns in the subset
-    per_token = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
-    for s in range(0, h.shape[0], chunk_tokens):
-        logits = final_logits(lm, h[s:s + chunk_tokens], vocab, head)    # (chunk, V) fp32
-        per_token[s:s + chunk_tokens] = F.cross_entropy(
-            logits, targets[s:s + chunk_tokens], reduction="none")
-    return per_token.view(b, T - 1).sum(dim=1)
-
-
-def window_nll_lower_bounds(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
-                            vocab: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
-    """A lower bound of each window's NLL sum, (b,) float64, from the logits of the token ids
-    `vocab` only (sorted, and holding every target of `ids`).
-
-    A token's NLL is logsumexp(z) - z_target over the whole vocabulary; the logsumexp over a
-    subset that contains the target is smaller, so this is a lower bound, and a tight one when
-    the subset holds most of the probability mass. Its cost is len(vocab) / V of the head's
-    (how tight it is on a real model: docs/search.md).
-    """
-    targets = ids[:, 1:].reshape(-1).to(vocab.device)
-    at = torch.searchsorted(vocab, targets).clamp(max=len(vocab) - 1)
-    if not bool((vocab[at] == targets).all()):
-        raise ExplorerError("the vocabulary of a lower bound must hold every target token")
-    return window_nll_sums(lm, hidden, ids, vocab=vocab, head=head)
-
-
-def token_nll(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
-              chunk_tokens: int = LOGIT_CHUNK, head: nn.Module | None = None
-              ) -> tuple[float, int]:
-    """Sum of token NLL and count of predicted tokens for a batch of windows (see
-    `window_nll_sums`)."""
-    sums = window_nll_sums(lm, hidden, ids, chunk_tokens, head=head)
-    return sums.sum().item(), ids.shape[0] * (ids.shape[1] - 1)
-
-
-def evaluation_windows(lm: LoadedModel, text: str, seqlen: int, max_tokens: int | None,
-                       bos: str = "auto") -> torch.Tensor:
-    """(W, seqlen [+1 with BOS]) windows of `text` under the protocol above: what `perplexity`
-    evaluates (the benchmarks give the same windows to their baselines)."""
-    ctx = getattr(lm.config, "max_position_embeddings", None)
-    with_bos = use_bos(lm.tokenizer, bos, lm.arch.needs_bos)
-    if ctx and seqlen + int(with_bos) > ctx:
-        raise TextError(f"seqlen {seqlen} is longer than the model's context of {ctx} tokens")
-    ids = tokenize(lm.tokenizer, text, max_tokens=max_tokens)
-    return windows(ids, seqlen, bos_id=lm.tokenizer.bos_token_id if with_bos else None)
-
-
-# -- the live figure -------------------------------------------------------------------------------
-
-def spread_order(n: int) -> list[int]:
-    """0..n-1 in an order that covers the range evenly from the start: the van der Corput
-    sequence 0, 1/2, 1/4, 3/4, 1/8, ... scaled to n, repeats skipped (8 -> [0, 4, 2, 6, 1, 5, 3,
-    7]). After m windows no gap between evaluated ones exceeds about 2n/m, so a running mean
-    settles early instead of following the text from its start."""
-    def radical_inverse(k: int) -> float:          # k's binary digits mirrored after the point
-        x, f = 0.0, 0.5
-        while k:
-            x += f * (k & 1)
-            k >>= 1
-            f /= 2
-        return x
-    order: list[int] = []
-    seen: set[int] = set()
-    k = 0
-    while len(order) < n:      # ends within 2n steps: 2^m >= n hits every 1/n-wide cell
-        i = int(radical_inverse(k) * n)
-        if i not in seen:
-            seen.add(i)
-            order.append(i)
-        k += 1
-    return order
-
-
-def nll_band(window_nll: Sequence[float], total: int, z: float = 1.96, finite: bool = True,
-             offset: float = 0.0) -> tuple[float, float]:
-    """(low, high) perplexity band from the mean NLL of k evaluated windows out of `total`:
-    exp(offset + mean +- z x s / sqrt(k)), s the windows' standard deviation. finite=True
-    multiplies the standard error by sqrt((total - k) / (total - 1)) (sampling without
-    replacement): the band is then about the final figure over all `total` windows and closes on
-    it. (nan, nan) for k < 2. With `offset` the values are per-window changes (see
-    `running_event`)."""
-    k = len(window_nll)
-    if k < 2:
-        return math.nan, math.nan
-    mean = sum(window_nll) / k
-    var = sum((y - mean) ** 2 for y in window_nll) / (k - 1)
-    se = math.sqrt(var / k)
-    if finite and total > 1:
-        se *= math.sqrt(max(0.0, (total - k) / (total - 1)))
-    mid = offset + mean
-    return math.exp(min(mid - z * se, 700.0)), math.exp(min(mid + z * se, 700.0))
-
-
-def running_event(window_nll: Sequence[float], total: int, label: str = "perplexity",
-                  control: Sequence[float] | None = None, control_mean: float = 0.0) -> Event:
-    """The progress event of a perplexity pass after len(window_nll) of `total` windows: the figure
-    so far and its 95% band (no band after one window, nor at the end, where it has closed on the
-    figure). Described: 'perplexity: 8/32 windows, 23.41 so far (95% band 22.8-24.1)'.
-
-    control: the same windows' NLL under a reference model (the dense one), and control_mean its
-    mean over all `total` windows: the figure is then estimated as control_mean + the mean change
-    over the windows run (a difference estimator: the change varies far less from window to
-    window than the NLL itself, so the estimate settles after a few windows)."""
-    k = len(window_nll)
-    if k == total or control is None:
-        values, offset = list(window_nll), 0.0
-    else:
-        values, offset = [a - b for a, b in zip(window_nll, control)], control_mean
-    ppl = math.exp(min(offset + sum(values) / max(1, k), 700.0))
-    band = nll_band(values, total, offset=offset) if 2 <= k < total else None
-    return Event(label, k / max(1, total), step=k, total=total, unit="windows", figure=ppl,
-                 band=band)
 
 
 # -- one pass over the windows ---------------------------------------------------------------------
@@ -389,7 +204,7 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                            progress=progress if _streams(lm, layer_major) else None,
                            label=label)
     try:
-        with _autocast(lm.device, lm.dtype, dt):
+        with autocast(lm.device, lm.dtype, dt):
             for batch in batches:
                 rows = perm[batch.rows]                               # window indices (b,)
                 for b, h in batch.states.items():                     # h: (b, T, H)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .backbone import run_backbone
-from .evaluate import final_logits
+from explorer.nll import final_logits
 from explorer.model import LoadedModel
 from .variant import Variant
 

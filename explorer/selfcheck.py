@@ -203,7 +203,7 @@ EXPORT_CHECK_FILE = "layer_explorer_check.json"
 def variant_logits(variant, ids: torch.Tensor) -> torch.Tensor:
     """The explorer's logits for `variant` on ids (b, T): (b, T, V) float32."""
     from .backbone import run_backbone
-    from .evaluate import final_logits
+    from explorer.nll import final_logits
 
     (batch,) = list(run_backbone(variant.lm, ids, variant=variant, final_norm=True,
                                  batch_size=ids.shape[0]))

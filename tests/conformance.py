@@ -109,7 +109,7 @@ def _reload(folder: Path):
 
 def check_eval(lm) -> str:
     from explorer import perplexity
-    from explorer.evaluate import evaluation_windows
+    from explorer.windows import evaluation_windows
 
     r = perplexity(lm, SAMPLE_TEXT, seqlen=SEQLEN, max_tokens=TOKENS)
     ids = evaluation_windows(lm, SAMPLE_TEXT, SEQLEN, TOKENS)

@@ -23,7 +23,7 @@ import torch
 from explorer import Variant, load_model, load_texts, perplexity
 from explorer.cli import main
 from explorer.errors import ExplorerError, LayerError, ModelLoadError, TextError
-from explorer.evaluate import NonFiniteError
+from explorer.nll import NonFiniteError
 from explorer.layer_lists import parse_layers
 from explorer.recipe import Recipe, merge_pairs
 from explorer.text import MAX_TEXT_BYTES, read_text_file, user_texts

@@ -10,7 +10,7 @@ import torch
 from explorer import TextError
 from explorer.capability import (capability, cloze_accuracy, cloze_batch, cloze_items,
                                  multiple_choice, next_token_accuracy)
-from explorer.evaluate import evaluation_windows
+from explorer.windows import evaluation_windows
 from explorer.variant import Variant
 
 

@@ -197,7 +197,7 @@ def test_perplexity_progress_reports_the_running_figure(tiny_lm, sample_text):
     import math
 
     from explorer import perplexity
-    from explorer.evaluate import spread_order
+    from explorer.windows import spread_order
 
     seen: list = []
     r = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=320, batch_size=3,

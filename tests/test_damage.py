@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from explorer import ExplorerError
 from explorer.damage import DamageMap, block_label, candidate_cells, damage_map
-from explorer.evaluate import evaluation_windows, perplexity
+from explorer.windows import evaluation_windows
+from explorer.evaluate import perplexity
 from explorer.probe import calibration_windows
 from explorer.progress import CancelToken
 from explorer.variant import Variant

@@ -9,7 +9,7 @@ import torch
 from explorer.backbone import run_backbone
 from explorer.damage import damage_map
 from explorer.damage_estimate import taylor_map
-from explorer.evaluate import window_nll_sums
+from explorer.nll import window_nll_sums
 from explorer.probe import calibration_windows
 from explorer.trust import trust_rows
 

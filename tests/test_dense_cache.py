@@ -15,7 +15,8 @@ import torch
 
 from explorer import Variant, load_model, perplexity
 from explorer.dense_cache import CACHE, checkpoints, first_change
-from explorer.evaluate import evaluation_windows, run_windows, spread_order
+from explorer.windows import evaluation_windows, spread_order
+from explorer.evaluate import run_windows
 
 KW = dict(seqlen=64, max_tokens=1024)     # 16 windows of 64 tokens
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from explorer import Variant, export, load_model, perplexity
-from explorer.evaluate import evaluation_windows, run_windows
+from explorer.windows import evaluation_windows
+from explorer.evaluate import run_windows
 from explorer.generate import generate
 from explorer.heal import heal
 from explorer.heal.data import held_out_ppl

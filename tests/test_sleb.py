@@ -74,7 +74,7 @@ def test_sleb_removes_the_planted_layer_first(planted, sample_text):
 def test_lower_bounds_lie_below_the_nll_and_meet_it_on_the_whole_vocabulary(planted,
                                                                             sample_text):
     from explorer.backbone import run_backbone
-    from explorer.evaluate import window_nll_lower_bounds, window_nll_sums
+    from explorer.nll import window_nll_lower_bounds, window_nll_sums
     from explorer.methods.ppl_search import likely_tokens
 
     ids = calibration_windows(planted, sample_text, SEQ, SAMPLES)

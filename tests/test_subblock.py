@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from explorer import LayerError, Recipe, Variant, export, load_model, perplexity
-from explorer.evaluate import evaluation_windows
+from explorer.windows import evaluation_windows
 
 SEQ, TOKENS = 64, 1024
 

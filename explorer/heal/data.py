@@ -25,7 +25,7 @@ from ..backbone import run_backbone
 from ..cache import Store
 from ..calibration import text_digest
 from ..errors import TextError
-from ..evaluate import LOGIT_CHUNK, final_logits, token_nll
+from explorer.nll import LOGIT_CHUNK, final_logits, token_nll
 from explorer.model import LoadedModel
 from ..progress import Progress
 from ..probe import calibration_windows

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..backbone import hooks, run_backbone
 from ..errors import ParamError
-from ..evaluate import final_logits
+from explorer.nll import final_logits
 from ..params import Param
 from ..variant import Variant, head_copy
 from .closed_form import ClosedForm, apply_closed_form, fit_notes

@@ -39,8 +39,8 @@ import torch
 
 from ..dense_cache import CACHE, PrefixStates, checkpoints
 from ..errors import ExplorerError
-from ..evaluate import (BOUND_SLACK, LOGIT_CHUNK, WindowPass, final_logits, finish_pass,
-                        run_windows)
+from explorer.evaluate import BOUND_SLACK, WindowPass, finish_pass, run_windows
+from explorer.nll import LOGIT_CHUNK, final_logits
 from explorer.model import LoadedModel
 from ..progress import Progress
 from ..variant import Variant

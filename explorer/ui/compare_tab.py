@@ -13,7 +13,8 @@ from dataclasses import replace
 import gradio as gr
 
 from ..errors import ExplorerError
-from ..evaluate import PPLResult, nll_band
+from explorer.evaluate import PPLResult
+from explorer.windows import nll_band
 from ..progress import Event
 from . import busy, checks_panel, heal_panel, jobs, plots, speed_panel, stop
 from .gpu import ZERO_GPU
