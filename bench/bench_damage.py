@@ -1,4 +1,4 @@
-"""The damage map (explorer/damage.py) and its cheaper estimates: what they cost, and how well the
+"""The damage map (explorer/measure/damage.py) and its cheaper estimates: what they cost, and how well the
 estimates and the similarities rank the candidates the map measured.
 
 Rows (each with its baseline, measured in the same run):
@@ -43,13 +43,13 @@ def _rhos(rows) -> str:
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None, text: str | None = None,
         plans: bool | None = None, streamed: bool = True) -> list[dict]:
     from explorer import load_model
-    from explorer.damage import block_label, candidate_cells, damage_map
-    from explorer.damage_estimate import taylor_map
-    from explorer.evaluate import perplexity, run_windows
-    from explorer.measure import MEASURES, all_similarities
-    from explorer.probe import calibration_windows, probe
-    from explorer.trust import trust_rows
-    from explorer.variant import Variant
+    from explorer.measure.damage import block_label, candidate_cells, damage_map
+    from explorer.measure.damage_estimate import taylor_map
+    from explorer.evaluate.perplexity import perplexity, run_windows
+    from explorer.measure.measures import MEASURES, all_similarities
+    from explorer.probe.probe import calibration_windows, probe
+    from explorer.measure.trust import trust_rows
+    from explorer.core.variant import Variant
 
     lm, text = common.model_and_calibration(model, lm, text)
     samples, max_block = (8, 2) if quick else (32, 4)
@@ -121,7 +121,7 @@ def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None, text: st
 
     if plans:
         from explorer import load_texts
-        from explorer.methods import PlanContext, get_method
+        from explorer.plan import PlanContext, get_method
 
         evaluation = load_texts("wiki").evaluation
         ctx = PlanContext(lm, text, seqlen=128, num_samples=32)

@@ -1,4 +1,4 @@
-"""Data-parallel ranks and runs that resume (explorer/ranks.py, explorer/resume.py, docs/scale.md),
+"""Data-parallel ranks and runs that resume (explorer/core/ranks.py, explorer/core/resume.py, docs/scale.md),
 on CPU with gloo, side by side in one run.
 
 Each configuration is one `torchrun` launch of this file as a worker (`--worker OUT`), which
@@ -48,11 +48,11 @@ def worker(out: str, heal_too: bool) -> None:
     import torch.distributed as dist
 
     from explorer import Variant, load_model, load_texts
-    from explorer.evaluate import perplexity
+    from explorer.evaluate.perplexity import perplexity
     from explorer.heal import heal
-    from explorer.measure import similarity
-    from explorer.probe import probe
-    from explorer.ranks import init_from_env, world
+    from explorer.measure.measures import similarity
+    from explorer.probe.probe import probe
+    from explorer.core.ranks import init_from_env, world
 
     init_from_env()
     rank, size = world()
@@ -95,8 +95,8 @@ def _launch(ranks: int, threads: int, heal_too: bool, folder: Path) -> dict:
 def _resume_row(lm) -> dict:
     """A 30-layer layer-major probe killed after layer 15, resumed from its checkpoint."""
     from explorer import load_texts
-    from explorer.probe import probe
-    from explorer.resume import LayerCheckpoint
+    from explorer.probe.probe import probe
+    from explorer.core.resume import LayerCheckpoint
 
     text = load_texts("wiki").calibration
     kw = dict(seqlen=128, num_samples=8, layer_major=True)

@@ -18,7 +18,7 @@ Text: the bundled wiki text; where gensim is missing (the GPU machines) its cach
 carried with LAYER_EXPLORER_CACHE, else the repository's own Markdown files stand in (`bench_text`).
 
 Ours is timed through `perplexity(lm, text)`, whose token ids are cached after the warm-up call
-(tokenizing 65k tokens took 0.1-0.4 s, as long as the GPU's forward pass; see explorer/tokens.py).
+(tokenizing 65k tokens took 0.1-0.4 s, as long as the GPU's forward pass; see explorer/core/tokens.py).
 
 MFU of the perplexity pass, as in nanoGPT's `estimate_mfu` (which follows the PaLM paper,
 arXiv 2204.02311, appendix B):
@@ -104,7 +104,7 @@ def random_model(folder: Path, model_type: str, device: str = "cuda", **shape):
 def bench_text() -> tuple[str, str, str]:
     """(evaluation, calibration, source): the wiki text, or the repo's Markdown without gensim."""
     from explorer import load_texts
-    from explorer.errors import TextError
+    from explorer.core.errors import TextError
 
     try:
         t = load_texts("wiki")
@@ -127,9 +127,9 @@ def mfu_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, reps: i
     device_name, peak: the accelerator and its dense bf16 FLOP/s (None: no MFU row). The tests
     run this on the CPU with a tiny model and a made-up peak, to check the arithmetic.
     """
-    from explorer.windows import evaluation_windows
-    from explorer.evaluate import perplexity
-    from explorer.tokens import auto_batch_size
+    from explorer.evaluate.windows import evaluation_windows
+    from explorer.evaluate.perplexity import perplexity
+    from explorer.core.tokens import auto_batch_size
 
     try:
         from . import bench_perplexity as bp
@@ -187,7 +187,7 @@ def streamed_rows(lm, text: str, label: str, *, seqlen: int, max_tokens: int, re
     window through it), perplexity timed alternately with the whole-model pass. Same figure;
     the ratio is whole-model time / streamed time (the cost of the host-to-device copies)."""
     from explorer import load_model
-    from explorer.evaluate import perplexity
+    from explorer.evaluate.perplexity import perplexity
 
     streamed = load_model(lm.source, device=str(lm.device), dtype=lm.dtype, offload="cpu")
     kw = dict(seqlen=seqlen, max_tokens=max_tokens, cache=False)

@@ -69,8 +69,8 @@ def reload_plain(folder: Path, like):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from explorer.arch import adapter_for
-    from explorer.model import LoadedModel
+    from explorer.load.arch import adapter_for
+    from explorer.core.model import LoadedModel
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=like.dtype).eval()
     model.requires_grad_(False)
@@ -108,8 +108,8 @@ def smol_rows(lm, seconds: float, max_tokens: int, remove: int = 6,
     on news (out of domain); the best export reloaded with transformers alone, on news."""
     from explorer import export, load_texts
     from explorer.heal import get_mode
-    from explorer.methods import compress
-    from explorer.recipe import Recipe
+    from explorer.plan import compress
+    from explorer.apply.recipe import Recipe
 
     wiki, news = load_texts("wiki"), load_texts("news")
     dense = _ppl(lm, wiki.evaluation, max_tokens=max_tokens)
@@ -194,9 +194,9 @@ def gemma_rows(max_tokens: int, plans: tuple[str, ...] = GEMMA_PLANS,
     step budget (GEMMA_BUDGETS: a step count means the same on any machine; the note gives the
     time)."""
     from explorer import load_model, load_texts
-    from explorer.embedded import EMBEDDED
-    from explorer.errors import ExplorerError
-    from explorer.methods import compress
+    from explorer.load.embedded import EMBEDDED
+    from explorer.core.errors import ExplorerError
+    from explorer.plan import compress
 
     if not EMBEDDED["gemma3-270m"].installed():
         return [_row(BENCH, "gemma3-270m 4-of-18: wiki ppl", None, None, "ppl",
@@ -279,8 +279,8 @@ def table(out: Path, methods: tuple[str, ...], removes: tuple[int, ...], modes: 
     import json
 
     from explorer import Variant, export, load_model, load_texts
-    from explorer.methods import compress
-    from explorer.recipe import Recipe
+    from explorer.plan import compress
+    from explorer.apply.recipe import Recipe
 
     done = load_cells(out) if resume else {}
     if not resume and out.exists():

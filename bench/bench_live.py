@@ -8,7 +8,7 @@ variant like ShortGPT's 6-layer plan (layers 12, 13, 14, 15, 17, 25 dropped; fir
   pass over the windows in text order; the running figure follows the text from its start.
 - Ours: the dense figure computed once per model and text (here: a later Apply, so it is read from
   the cache), the variant run from the dense states at its first change, windows in a spread order
-  (explorer/evaluate.py). A second row times the first Apply of a session, which still computes
+  (explorer/evaluate/perplexity.py). A second row times the first Apply of a session, which still computes
   the dense figure (recording the states on the way).
 - Ahead (issue 25): the app measures the dense figure in the background as soon as a model and a
   text are chosen (explorer/ui/compare_tab.dense_figure); here it runs just before the clock
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 
-from explorer.progress import Event
+from explorer.core.progress import Event
 
 try:
     from . import common
@@ -54,8 +54,8 @@ class Clock:
 
 def today(lm, text: str, kw: dict, variant) -> tuple[Clock, float]:
     """Before and after, full passes in text order (the loop before the dense cache)."""
-    from explorer.windows import evaluation_windows
-    from explorer.evaluate import run_windows
+    from explorer.evaluate.windows import evaluation_windows
+    from explorer.evaluate.perplexity import run_windows
 
     clock = Clock()
     w = evaluation_windows(lm, text, kw["seqlen"], kw["max_tokens"])
@@ -88,7 +88,7 @@ def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None) -> list[
     import math
 
     from explorer import Variant, load_texts
-    from explorer.dense_cache import CACHE
+    from explorer.core.dense_cache import CACHE
 
     lm, _ = common.model_and_calibration(model, lm, text="")
     text = load_texts("wiki").evaluation

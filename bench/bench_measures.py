@@ -1,7 +1,7 @@
 """Similarity measures: the cost of each (L+1) x (L+1) matrix next to the forward pass that made
 the states it reads.
 
-Ours: `explorer.measure.similarity(pr, name)` with default parameters, for every measure in the
+Ours: `explorer.measure.measures.similarity(pr, name)` with default parameters, for every measure in the
 registry, plus NPIB's adjacent profile (`adjacent(pr, "npib")`, L cells instead of all pairs).
 Baseline: the probe itself, one hooked forward pass over the same calibration windows
 (`pr.seconds`): a measure that costs a fraction of it adds little to an exploration session.
@@ -32,8 +32,8 @@ BENCH = "measures"
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None,
         text: str | None = None) -> list[dict]:
     """One row per measure: seconds for its matrix against seconds of the probe forward pass."""
-    from explorer.measure import MEASURES, adjacent, similarity
-    from explorer.probe import probe
+    from explorer.measure.measures import MEASURES, adjacent, similarity
+    from explorer.probe.probe import probe
 
     lm, text = common.model_and_calibration(model, lm, text)
     samples = 16 if quick else 32

@@ -1,4 +1,4 @@
-"""Perplexity: `explorer.evaluate.perplexity` against the plain loop of the Hugging Face guide.
+"""Perplexity: `explorer.evaluate.perplexity.perplexity` against the plain loop of the Hugging Face guide.
 
 Baseline: "Perplexity of fixed-length models" (huggingface.co/docs/transformers/perplexity), with
 stride = seqlen (non-overlapping windows): one window at a time through the whole model in the
@@ -17,7 +17,7 @@ few rows; at 512 tokens and more a single window already fills the CPU's matrix 
 sides spend ~75% of their time in the same fp32 products (a profile: aten::mm 74%, SDPA 16%).
 
 Our timing includes the call's whole path (`perplexity` takes text); its token ids come from
-`explorer.tokens`' cache of recent texts after the warm-up call, as in the app, where every Apply
+`explorer.core.tokens`' cache of recent texts after the warm-up call, as in the app, where every Apply
 evaluates the same text. The guide loop gets ready windows. Both report tokens/s = predicted tokens / wall seconds, and the two perplexities
 must agree to 1e-3 relative (the row's note says how far apart they are).
 
@@ -64,8 +64,8 @@ def compare(lm, text: str, *, seqlen: int, max_tokens: int, reps: int, source: s
     bf16: also time `compute_dtype="bfloat16"` once (after the interleaved rounds: on CPUs
     without native bf16 it is slow, so it is not repeated).
     """
-    from explorer.windows import evaluation_windows
-    from explorer.evaluate import perplexity
+    from explorer.evaluate.windows import evaluation_windows
+    from explorer.evaluate.perplexity import perplexity
 
     w = evaluation_windows(lm, text, seqlen, max_tokens)
 

@@ -1,6 +1,6 @@
 """Probe (+ similarity measures): one hooked pass against MKA's one-pass-per-layer procedure.
 
-Ours: `explorer.probe.probe` runs the calibration windows through the backbone once, in batches,
+Ours: `explorer.probe.probe.probe` runs the calibration windows through the backbone once, in batches,
 with forward hooks on every decoder layer that copy the residual stream x_0..x_L as it passes.
 Cost: one forward pass, ~2 x N_backbone FLOPs per token (Kaplan et al. 2020, arXiv 2001.08361).
 
@@ -9,7 +9,7 @@ forward pass of the model with `output_hidden_states=True`, keeping only hidden_
 That is L passes (each also computing the vocabulary logits), ~L x 2 x N FLOPs per token, so the
 expected ratio is about L (30 for SmolLM2) minus the share of fixed overheads.
 
-Measures (when `explorer.measure` is importable): `similarity(pr, m)` for the token-level measures
+Measures (when `explorer.measure.measures` is importable): `similarity(pr, m)` for the token-level measures
 against per-layer-pair Python loops over the same probe states (cosine via F.cosine_similarity
 per pair; linear CKA per pair), the way a first implementation often computes an L x L matrix.
 """
@@ -82,7 +82,7 @@ def loop_cka(states: torch.Tensor) -> torch.Tensor:
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None,
         text: str | None = None) -> list[dict]:
     """Probe (and measure) rows for `model` (or a ready `lm` with `text`)."""
-    from explorer.probe import calibration_windows, probe
+    from explorer.probe.probe import calibration_windows, probe
 
     lm, text = common.model_and_calibration(model, lm, text)
     seqlen, samples = (64, 4) if quick else (128, 32)
@@ -109,11 +109,11 @@ def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None,
                             f"{common.spread(times['mka'])}); states match: {same}")]
 
     try:
-        from explorer import measure
+        from explorer.measure import measures as measure
     except ImportError:
         rows.append(common.row(BENCH, "similarity measures", None, None, "s",
                                higher_is_better=False,
-                               note="explorer.measure is not there yet: measures not benched"))
+                               note="explorer.measure.measures is not there yet: measures not benched"))
         return rows
     states = pr.states.cpu()
     loops = {"cosine": loop_cosine, "cka": loop_cka}

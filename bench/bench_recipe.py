@@ -75,9 +75,9 @@ def _child(model: str, recipe: Path) -> dict:
 
 def run(quick: bool = True, steps: int = 40, model: str = common.DEFAULT_MODEL) -> list[dict]:
     from explorer import Recipe, load_model, load_texts
-    from explorer.fitted import fitted_path
+    from explorer.apply.fitted import fitted_path
     from explorer.heal import heal
-    from explorer.methods import compress
+    from explorer.plan import compress
 
     lm = load_model(model)
     wiki = load_texts("wiki").calibration

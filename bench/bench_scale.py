@@ -1,4 +1,4 @@
-"""Layer-major execution (explorer/stream.py, docs/scale.md): the default model streamed against in
+"""Layer-major execution (explorer/core/stream.py, docs/scale.md): the default model streamed against in
 memory, and a ~7B Llama-shape model larger than this machine's memory in fp32, streamed from disk.
 
 Rows:
@@ -145,9 +145,9 @@ def project_gpu(tokens: int, seqlen: int, peak_tflops: float = 989.0, mfu: float
 def default_rows(quick: bool = True, lm=None) -> list[dict]:
     """SmolLM2-135M-Instruct (Q4_1): perplexity and probe, streamed from its safetensors folder vs in memory."""
     from explorer import load_model
-    from explorer.evaluate import perplexity
-    from explorer.probe import probe
-    from explorer.text import load_texts
+    from explorer.evaluate.perplexity import perplexity
+    from explorer.probe.probe import probe
+    from explorer.probe.text import load_texts
 
     lm = lm or load_model("smollm2-135m")
     streamed = load_model(lm.source, offload="disk")
@@ -185,9 +185,9 @@ def _ratio_row(name: str, timed, tokens: int, value) -> dict:
 def big_rows(folder: Path, threads: int | None = None) -> list[dict]:
     """The ~7B model streamed from disk: probe 8 x 128 and a drop variant's perplexity."""
     from explorer import Variant, load_model
-    from explorer.evaluate import perplexity
-    from explorer.probe import probe
-    from explorer.stream import layer_bytes
+    from explorer.evaluate.perplexity import perplexity
+    from explorer.probe.probe import probe
+    from explorer.core.stream import layer_bytes
 
     if threads:
         torch.set_num_threads(threads)
@@ -263,7 +263,8 @@ def sessions_rows() -> list[dict]:
 
     from gradio_client import Client
 
-    from explorer import cache, ui
+    from explorer.core import cache
+    from explorer import ui
     from explorer.ui.settings import UISettings
 
     settings = UISettings.from_env()

@@ -5,7 +5,7 @@ work done without them, in the same run; the results must agree.
   twice in ABBA order; full: 6 of 30 on 8 x 128, the method's default, each side once). Ours runs
   each candidate from the current model's stored residual stream with exact early stops on
   lower bounds of its NLL, so that most candidates skip the 49k x 576 head
-  (explorer/methods/ppl_search.py); the baseline is the same search running every candidate from
+  (explorer/plan/ppl_search.py); the baseline is the same search running every candidate from
   the embeddings over every window, as a loop of plain perplexity calls does. The layers removed
   must be the same.
 - After: the perplexity of a variant that drops a middle layer (15 of 30), from the dense states
@@ -36,9 +36,9 @@ MIDDLE = 15
 
 
 def _sleb_rows(lm, calibration: str, quick: bool) -> list[dict]:
-    from explorer.methods.ppl_search import PerplexitySearch
-    from explorer.methods.sleb import sleb_search
-    from explorer.probe import calibration_windows
+    from explorer.plan.ppl_search import PerplexitySearch
+    from explorer.plan.sleb import sleb_search
+    from explorer.probe.probe import calibration_windows
 
     remove, windows = (1, 4) if quick else (6, 8)
     ids = calibration_windows(lm, calibration, 128, windows)
@@ -98,7 +98,7 @@ def _after_rows(lm, text: str, quick: bool) -> list[dict]:
 
 
 def _compress_rows(model: str, quick: bool) -> list[dict]:
-    from explorer.dense_cache import CACHE
+    from explorer.core.dense_cache import CACHE
 
     tokens, reps = (4096, 2) if quick else (16384, 3)
     cmd = [sys.executable, "-m", "explorer", "compress", "--model", model, "--method",

@@ -20,9 +20,9 @@ BENCH = "selfcheck"
 
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None) -> list[dict]:
     from explorer import load_model
-    from explorer.arch import adapter_for
-    from explorer.load import _empty_model
-    from explorer.selfcheck import self_check
+    from explorer.load.arch import adapter_for
+    from explorer.load.place import _empty_model
+    from explorer.load.selfcheck import self_check
 
     reps = 3 if quick else 5
     loads, checks, finds = [], [], []

@@ -2,7 +2,7 @@
 
 Ours: the variant (angular distance's plan at 6 removed, layers 13-18; any plan of 6 drops costs
 the same, since every layer of SmolLM2 has the same shape). Baseline: the dense model.
-Both are measured by `explorer.speed.measure_speed` in the same run: one warm-up call each, then
+Both are measured by `explorer.evaluate.speed.measure_speed` in the same run: one warm-up call each, then
 rounds in which dense and variant run back to back in alternating order; each figure is the median
 of the rounds, the note gives the spread of the paired ratios ((max - min) / median) and the
 fraction of the dense model's time spent outside its decoder layers (embedding, final norm, head,
@@ -26,7 +26,7 @@ REMOVE = 6
 
 def run(quick: bool = True, model: str = common.DEFAULT_MODEL, lm=None) -> list[dict]:
     from explorer import Variant, load_model
-    from explorer.speed import measure_speed
+    from explorer.evaluate.speed import measure_speed
 
     if lm is None:
         lm = load_model(model)

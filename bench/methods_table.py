@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from explorer import ExplorerError, Variant, load_model, load_texts, perplexity
-from explorer.methods import PlanContext, get_method
-from explorer.recipe import replay
-from explorer.methods.layout import Layout
+from explorer.plan import PlanContext, get_method
+from explorer.apply.recipe import replay
+from explorer.plan.layout import Layout
 
 PREFIX_METHODS = ("mka", "come", "sleb")   # greedy, progressive: plan k = prefix of plan max(k)
 SHARED_SEARCH = ("blockpruner", "damage")   # Method.plans: one search serves every k

@@ -135,7 +135,7 @@ def start_marker(name: str) -> str:
 
 
 def rendered(page: str) -> str:
-    from explorer.doc_tables import render
+    from explorer.cli.doc_tables import render
 
     for name, block in BLOCKS.items():
         page = render(page, start_marker(name), block.render())

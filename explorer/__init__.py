@@ -1,23 +1,20 @@
 """Layer Explorer: see which transformer layers repeat each other, merge or drop them, and measure
 what that does to the model.
 
-The package follows the pipeline, one module per stage:
+The package is the pipeline, one folder per stage in the order a variant travels, on a core
+that every stage stands on (docs/architecture.md has the map, module by module):
 
-    load      -> explorer.load      load_model(spec)            a LoadedModel (model + tokenizer)
-    text      -> explorer.text      load_texts(source)          disjoint calibration / evaluation
-    probe     -> explorer.probe     probe(lm, text)             residual stream at every layer
-    measure   -> explorer.measure   similarity(probe, measure)  layer-by-layer matrices
-                 explorer.damage    damage_map(lm, ids)         measured cost of each removal
-                 explorer.trust     trust_table(map, matrices)  how far each similarity predicts it
-    plan      -> explorer.methods   compress(lm, method, ...)   which layers, with which method
-    apply     -> explorer.variant   Variant                     layer edits without reloading
-    heal      -> explorer.heal      heal(variant, mode)         repair a compressed variant
-    evaluate  -> explorer.evaluate  perplexity(lm, text)        with the protocol stated
-    export    -> explorer.export    export(variant, folder)     a folder transformers loads
-    also      -> explorer.tasks     evaluate_tasks(lm, tasks)   lm-eval accuracy, dense vs variant
-                 explorer.capability, explorer.gguf_export, explorer.profiles (docs/evaluation.md)
-                 explorer.speed     measure_speed(lm, variant)  measured speed-up and memory
-                 explorer.gate      quality_gate(lm, method, R) largest cut within R x dense
+    load/      load_model(spec)              a checked LoadedModel (model + tokenizer + adapter)
+    probe/     load_texts(source), probe()   calibration text -> the residual stream at every layer
+    measure/   similarity(), damage_map()    layer-by-layer matrices; the measured cost of removals
+    plan/      compress(lm, method, ...)     which layers, with which method (one module each)
+    apply/     Recipe, replay()              the ops that make a variant, replayed bit for bit
+    heal/      heal(variant, mode)           repair a compressed variant (one module per mode)
+    evaluate/  perplexity(), measure_speed() perplexity with its protocol, generations, tasks, speed
+    export/    export(), export_gguf()       a folder transformers loads, or one GGUF file
+    report/    the HTML report               one self-contained page
+    core/      Variant, run_backbone, ...    the executor, weights, caches, params, progress, errors
+    cli/, ui/  the command line and the web app, which only call the stages
 
 Example:
     >>> import explorer as ex
@@ -27,25 +24,25 @@ Example:
     >>> ex.perplexity(lm, texts.evaluation, variant=v).ppl
 """
 
-from .errors import ExplorerError, LayerError, ModelLoadError, TextError
-from explorer.evaluate import PPLResult, perplexity
-from explorer.generate import generate
-from .export import export
-from .heal import HealResult, heal
-from . import methods  # noqa: F401 (registers the methods and their recipe ops' replay)
-from explorer.model import LoadedModel
-from .loading import load_model
-from .probe import ProbeResult, probe
-from .recipe import Recipe, replay
-from .text import Texts, load_texts
-from .variant import NewLayer, Variant
-from .capability import capability
-from .gguf_export import export_gguf
-from .profiles import compare_models
-from .tasks import evaluate_tasks
-from .speed import measure_speed
-from .gate import quality_gate
-from .damage import DamageMap, damage_map
+from explorer.core.errors import ExplorerError, LayerError, ModelLoadError, TextError
+from explorer.evaluate.perplexity import PPLResult, perplexity
+from explorer.evaluate.generate import generate
+from explorer.export.folder import export
+from explorer.heal import HealResult, heal
+import explorer.plan  # noqa: F401 (registers the methods and their recipe ops' replay)
+from explorer.core.model import LoadedModel
+from explorer.load.loader import load_model
+from explorer.probe.probe import ProbeResult, probe
+from explorer.apply.recipe import Recipe, replay
+from explorer.probe.text import Texts, load_texts
+from explorer.core.variant import NewLayer, Variant
+from explorer.evaluate.capability import capability
+from explorer.export.gguf import export_gguf
+from explorer.measure.profiles import compare_models
+from explorer.evaluate.tasks import evaluate_tasks
+from explorer.evaluate.speed import measure_speed
+from explorer.evaluate.gate import quality_gate
+from explorer.measure.damage import DamageMap, damage_map
 
 __version__ = "0.1.0"
 

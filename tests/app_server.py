@@ -1,7 +1,7 @@
 """The web app for the tests: launched in-process on 127.0.0.1 with small sizes, once per session
 (the `live_app` fixture in conftest.py).
 
-The app runs in the test process, so a test can reach its registry (`explorer.ui.registry.REGISTRY`)
+The app runs in the test process, so a test can reach its registry (`explorer.ui.caches.APP_CACHES`)
 and check the shared model directly.
 """
 

@@ -85,11 +85,11 @@ def app_url(live_app) -> str:
 def clean_registry():
     """No resident model when the module starts, and none left behind when it ends.
 
-    The process keeps one resident model (`explorer.session`), and the web app's caches
-    (`explorer.ui.registry.REGISTRY`) empty themselves when it is released, so releasing it
+    The process keeps one resident model (`explorer.core.session`), and the web app's caches
+    (`explorer.ui.caches.APP_CACHES`) empty themselves when it is released, so releasing it
     gives a module the state of a fresh process without leaking another module's model (or its
     memory) into it. Use with `pytestmark = pytest.mark.usefixtures("clean_registry")`."""
-    from explorer import session
+    from explorer.core import session
 
     session.release_model()
     yield

@@ -1,4 +1,4 @@
-"""One rank of the 2-rank gloo test (tests/test_ranks.py): heal a tiny model's cut in closed
+"""One rank of the 2-rank gloo test (tests/test_core_ranks.py): heal a tiny model's cut in closed
 form on this rank's shard of the windows; rank 0 writes the fit. Run by torchrun or by the test's
 own spawn: python tests/rank_worker.py MODEL_FOLDER OUT_FILE [TEXT_SUFFIX]."""
 
@@ -13,7 +13,7 @@ def main(folder: str, out: str, suffix: str = "") -> None:
     torch.set_num_threads(1)
     from explorer import Variant, load_model
     from explorer.heal import heal
-    from explorer.ranks import init_from_env, world
+    from explorer.core.ranks import init_from_env, world
     from tiny import SAMPLE_TEXT
 
     init_from_env()
@@ -27,15 +27,15 @@ def main(folder: str, out: str, suffix: str = "") -> None:
         if rank == 0:
             torch.save({"error": str(exc)}, out)
         return
-    from explorer.evaluate import perplexity
+    from explorer.evaluate.perplexity import perplexity
 
     lw = heal(Variant.identity(lm).drop([2, 3]), "layerwise", steps=4, batch=4, keep_best=False,
               calibration=text, seqlen=32, windows=12, held_out=2, seed=0)
     trained = [t.clone() for k in range(lw.variant.num_layers)
                for t in lw.variant.layer(k).state_dict().values()]
 
-    from explorer.measure import similarity
-    from explorer.probe import probe
+    from explorer.measure.measures import similarity
+    from explorer.probe.probe import probe
 
     nll = perplexity(lm, SAMPLE_TEXT, seqlen=32, max_tokens=640).window_nll
     pr = probe(lm, SAMPLE_TEXT, seqlen=32, num_samples=7, max_tokens=150, batch_size=2)

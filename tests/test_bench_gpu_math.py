@@ -79,7 +79,7 @@ def test_mfu_rows_on_cpu_with_a_made_up_peak(tiny_llama, sample_text):
 
 def test_bench_text_falls_back_to_the_repository_docs(monkeypatch):
     import explorer
-    from explorer.errors import TextError
+    from explorer.core.errors import TextError
 
     def no_gensim(source="wiki"):
         raise TextError("the bundled texts need gensim")
@@ -106,7 +106,7 @@ class Block:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 from bench import bench_gpu, bench_probe, bench_variant     # `python -c` in the root finds bench/
-import explorer.measure, explorer.cli, explorer.methods
+import explorer.measure.measures, explorer.cli, explorer.plan
 print(bench_gpu.bench_text()[2])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -82,7 +82,7 @@ def test_common_ratio_means_better():
 
 
 def _guide_ppl(lm, text: str, seqlen: int, max_tokens: int) -> float:
-    from explorer.windows import evaluation_windows
+    from explorer.evaluate.windows import evaluation_windows
 
     nll, _ = bench_perplexity.guide_loop(lm.model, evaluation_windows(lm, text, seqlen, max_tokens))
     return math.exp(nll)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from explorer import Variant, load_model
-from explorer.backbone import hooks
-from explorer.errors import ExplorerError, LayerError
+from explorer.core.backbone import hooks
+from explorer.core.errors import ExplorerError, LayerError
 from explorer.heal import MODES, heal
 from explorer.heal.closed_form import fold_map
 from explorer.heal.cuts import find_cuts, with_slot
@@ -130,7 +130,7 @@ def test_gemma_fold_leaves_zero_gain_channels_out(tiny_factory):
 def test_healing_that_hurts_keeps_the_start_and_says_so(structured):
     from explorer.heal.cuts import trainable_copy
     from explorer.heal.registry import MODES, HealMode, HealOutcome, register_mode
-    from explorer.recipe import Recipe, replay
+    from explorer.apply.recipe import Recipe, replay
 
     @register_mode
     class Hurt(HealMode):          # a mode that scales the MLP output before each cut by 30
@@ -191,7 +191,7 @@ def _scripted_checks(monkeypatch, reported):
 
 
 def test_keep_best_keeps_the_best_check_and_replays_to_the_same_weights(structured, monkeypatch):
-    from explorer.recipe import Recipe, replay
+    from explorer.apply.recipe import Recipe, replay
 
     lm = structured
     v = Variant.identity(lm).drop([2, 3])
@@ -220,7 +220,7 @@ def test_keep_best_starts_from_the_start(structured, monkeypatch):
     form): 0 steps kept, the trained tensors put back, and the replay of those 0 steps lands on
     the closed form again. The steps are real (lr=0.5 moves the tensors), so a keep-best that
     failed to restore them would leave tensors that differ from the closed form's."""
-    from explorer.recipe import Recipe, replay
+    from explorer.apply.recipe import Recipe, replay
 
     lm = structured
     v = Variant.identity(lm).drop([2, 3])
@@ -319,7 +319,7 @@ def test_export_reloads_with_plain_transformers_and_recipe_replays(tiny_lm, tmp_
     from transformers import AutoModelForCausalLM
 
     from explorer import export, perplexity
-    from explorer.recipe import Recipe, replay
+    from explorer.apply.recipe import Recipe, replay
 
     lm = tiny_lm
     r = heal(Variant.identity(lm).drop([2, 3]), "layerwise", steps=5, **SMALL)
@@ -383,8 +383,8 @@ def test_every_registered_heal_mode_has_a_case():
 
 @pytest.mark.parametrize("case", sorted(HEAL_CASES))
 def test_every_heal_mode_heals_and_its_recipe_replays_the_same_bits(tiny_lm, tmp_path, case):
-    from explorer import fitted
-    from explorer.recipe import Recipe
+    from explorer.apply import fitted
+    from explorer.apply.recipe import Recipe
 
     name, params = HEAL_CASES[case]
     lm = tiny_lm
@@ -419,7 +419,7 @@ def test_tail_finetune_trains_only_the_last_k_layers_after_a_tail_plan(structure
 
 def test_healing_text_by_name(structured, tmp_path):
     from explorer.heal.registry import healing_text
-    from explorer.text import load_texts
+    from explorer.probe.text import load_texts
 
     text, source = healing_text("news")
     assert source == "news" and text == load_texts("news").calibration

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from explorer import cli, load_model, load_texts, perplexity
-from explorer.export import RECIPE_FILE
+from explorer.export.folder import RECIPE_FILE
 
 
 @pytest.fixture()
@@ -49,7 +49,7 @@ def test_compress_heal_json_export_and_recipe(common, tmp_path, capsys, monkeypa
     # the healed layers from the tensors beside it, trains nothing, and writes the same weights
     from safetensors.torch import load_file
 
-    from explorer import fitted
+    from explorer.apply import fitted
     from explorer.heal import registry as heal_registry
 
     assert (dest / "layer_explorer_recipe.fitted.safetensors").is_file()

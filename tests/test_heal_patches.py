@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from explorer import Variant, load_model
-from explorer.backbone import hooks
+from explorer.core.backbone import hooks
 from explorer.heal.linear_patch import PatchedLayer, hadamard
 from test_heal import _plain_states
 from tiny import SAMPLE_TEXT
@@ -26,7 +26,7 @@ def _run(lm, v, mode, **kw):
     from explorer.heal import get_mode
     from explorer.heal.data import HealData
     from explorer.heal.registry import HealContext
-    from explorer.params import resolve
+    from explorer.core.params import resolve
 
     m = get_mode(mode)
     p = resolve(m.params, {"seqlen": 32, "windows": 24, "held_out": 4, **kw}, mode)
@@ -141,7 +141,7 @@ def test_prunecomp_and_linearpatch_export_plain(tiny_lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from explorer import export
-    from explorer.errors import LayerError
+    from explorer.core.errors import LayerError
 
     lm = tiny_lm
     v = Variant.identity(lm).drop([2, 3])

@@ -97,10 +97,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_inside_functions():
     # heal() imports the text stage inside the function; `from . import methods` is an edge to
-    # explorer.methods, not to the package it is written in
+    # explorer.plan, not to the package it is written in
     graph = import_graph()
-    assert "explorer.text" in graph["explorer.heal.registry"]
-    assert "explorer.methods" in graph["explorer"]
+    assert "explorer.probe.text" in graph["explorer.heal.registry"]
+    assert "explorer.plan" in graph["explorer"]
     assert "explorer" not in graph["explorer.ui.compare_tab"]
     # and a cycle made of such edges is found
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
@@ -113,13 +113,13 @@ def test_no_import_cycle_in_the_package():
 
 
 def test_the_ui_reaches_the_model_only_through_its_jobs():
-    """Only explorer/ui/jobs.py (and the registry it uses) may load or fetch the resident model:
+    """Only explorer/ui/jobs.py (and the caches it uses) may load or fetch the resident model:
     the tabs ask a job, so the same code runs in-process or in a ZeroGPU worker."""
     import re
 
     ui = Path(__file__).resolve().parents[1] / "explorer" / "ui"
     reach = re.compile(r"\b(ensure_model|model_for|get_model|load_model)\(")
     found = {p.name: reach.findall(p.read_text(encoding="utf-8"))
-             for p in ui.glob("*.py") if p.name not in ("jobs.py", "registry.py")}
+             for p in ui.glob("*.py") if p.name not in ("jobs.py", "caches.py")}
     assert not {name: calls for name, calls in found.items() if calls}
     assert reach.search((ui / "jobs.py").read_text(encoding="utf-8"))   # the pattern matches

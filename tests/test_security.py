@@ -23,10 +23,10 @@ import pytest
 
 from explorer import Variant, export, load_model
 from explorer.cli import main
-from explorer.errors import ExplorerError, LayerError, ModelLoadError, TextError, one_line
-from explorer.export import safe_output_path
-from explorer.recipe import Recipe
-from explorer.text import read_text_file
+from explorer.core.errors import ExplorerError, LayerError, ModelLoadError, TextError, one_line
+from explorer.export.folder import safe_output_path
+from explorer.apply.recipe import Recipe
+from explorer.probe.text import read_text_file
 
 FAKE_TOKEN = "hf_" + "QwErTy0123456789AbCdEfGhIjKlMnOpQ"
 
@@ -190,7 +190,7 @@ def test_unknown_hub_id_online_path_prints_one_line_and_no_token(tmp_path, monke
     the environment appears nowhere. Without network (CI) the hub's host does not resolve, so
     the local cache alone is asked and the answer comes at once, saying why; with network,
     huggingface_hub answers (its retry lines must not leak either)."""
-    from explorer.spec import unreachable_hub_host
+    from explorer.load.spec import unreachable_hub_host
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)      # as in the child's environment
     proc = subprocess.run([sys.executable, "-m", "explorer", "eval", "--model",
@@ -214,7 +214,7 @@ def test_hub_model_in_the_local_cache_loads_without_network(tmp_path, tiny_facto
     on a machine whose hub host does not resolve, with no offline switch set."""
     import shutil
 
-    from explorer.spec import unreachable_hub_host
+    from explorer.load.spec import unreachable_hub_host
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)      # as in the child's environment
     if not unreachable_hub_host():

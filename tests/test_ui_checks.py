@@ -3,9 +3,9 @@ report's own figures, and lm-eval's scores are laid out per task and metric with
 
 from __future__ import annotations
 
-from explorer.capability import capability
-from explorer.recipe import replay
-from explorer.tasks import TaskReport, TaskRun, TaskScore
+from explorer.evaluate.capability import capability
+from explorer.apply.recipe import replay
+from explorer.evaluate.tasks import TaskReport, TaskRun, TaskScore
 from explorer.ui.checks_panel import capability_markdown, tasks_markdown
 from tiny import SAMPLE_TEXT
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from explorer.errors import ParamError
-from explorer.methods import METHODS, Method, register
-from explorer.params import Param
+from explorer.core.errors import ParamError
+from explorer.plan import METHODS, Method, register
+from explorer.core.params import Param
 from explorer.ui import build_app, controls
 from explorer.ui.plan_tab import ask_method
 from explorer.ui.settings import UISettings

@@ -10,11 +10,12 @@ pytestmark = [pytest.mark.usefixtures("clean_registry"), pytest.mark.slow]
 
 
 def test_damage_panel_shows_the_library_figures(live_app):
-    from explorer import load_texts, session
-    from explorer.damage import damage_map
-    from explorer.measure import similarity
-    from explorer.probe import calibration_windows, probe
-    from explorer.trust import trust_rows
+    from explorer import load_texts
+    from explorer.core import session
+    from explorer.measure.damage import damage_map
+    from explorer.measure.measures import similarity
+    from explorer.probe.probe import calibration_windows, probe
+    from explorer.measure.trust import trust_rows
 
     c = gradio_client.Client(live_app.url, verbose=False)
     c.predict("smollm2-135m", "", api_name="/load_model")

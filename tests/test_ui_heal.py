@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from explorer.ui import heal_panel
-from explorer.ui.registry import REGISTRY
+from explorer.ui.caches import APP_CACHES
 from explorer.ui.settings import UISettings
 from explorer.ui.state import Session, plan_from_text
 from tiny import SAMPLE_TEXT
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("clean_registry")     # the tiny model goes
 
 def test_heal_stream_reports_a_curve_and_the_healed_ops(tiny_factory):
     spec = str(tiny_factory("llama", num_layers=6))
-    lm = REGISTRY.ensure_model(spec)
-    text = REGISTRY.add_user_text(SAMPLE_TEXT, name="sample")
+    lm = APP_CACHES.ensure_model(spec)
+    text = APP_CACHES.add_user_text(SAMPLE_TEXT, name="sample")
     state = Session(model=spec, num_layers=6, text=text).with_plan(plan_from_text(6, "2", ""))
     reports: list = []
     mode = heal_panel.get_mode("layerwise")
@@ -42,7 +42,7 @@ def test_heal_stream_reports_a_curve_and_the_healed_ops(tiny_factory):
     worse = not final.heal.held_out_after <= final.heal.held_out_before
     assert ("Healing made it worse" in line) == worse
     # the healed variant is kept: rebuilding it from its ops trains nothing again
-    assert REGISTRY.variant(lm, final.heal.ops).num_layers == 5
+    assert APP_CACHES.variant(lm, final.heal.ops).num_layers == 5
 
 
 def test_download_recipe_never_trains(tiny_factory, monkeypatch):
@@ -53,12 +53,12 @@ def test_download_recipe_never_trains(tiny_factory, monkeypatch):
     import zipfile
 
     from explorer import Recipe, Variant
-    from explorer import fitted as F
+    from explorer.apply import fitted as F
     from explorer.heal import heal, registry as heal_registry
     from explorer.ui import jobs
 
     spec = str(tiny_factory("llama", num_layers=6))
-    lm = REGISTRY.ensure_model(spec)
+    lm = APP_CACHES.ensure_model(spec)
     r = heal(Variant.identity(lm).drop([2]), "closed-form", calibration=SAMPLE_TEXT, seqlen=32,
              windows=24, held_out=4)
     ops = [dict(op) for op in r.variant.steps]
@@ -70,7 +70,7 @@ def test_download_recipe_never_trains(tiny_factory, monkeypatch):
     with zipfile.ZipFile(path) as z:
         assert sorted(z.namelist()) == ["recipe.fitted.safetensors", "recipe.json"]
         assert json.loads(z.read("recipe.json"))["ops"] == ops
-    REGISTRY.clear_model_caches()
+    APP_CACHES.clear_model_caches()
     F.RESULTS.clear()                       # the healed variant is no longer known
     path = jobs.recipe_job(spec, ops, "manual", {}, {})
     assert path.endswith("recipe.json") and Recipe.load(path).ops == ops
@@ -87,8 +87,8 @@ def test_download_after_a_heal_in_the_app_carries_the_healed_tensors(tiny_factor
     from tiny import same_weights
 
     spec = str(tiny_factory("llama", num_layers=6))
-    lm = REGISTRY.ensure_model(spec)
-    text = REGISTRY.add_user_text(SAMPLE_TEXT, name="sample")
+    lm = APP_CACHES.ensure_model(spec)
+    text = APP_CACHES.add_user_text(SAMPLE_TEXT, name="sample")
     plan = manual_plan(6, drops=[4], merges=[[1, 2]])
     assert "summary" not in plan.ops[-1]                       # the case this test is about
     out = jobs.heal_job(spec, text, plan.ops, "closed-form", None, None,
@@ -99,4 +99,4 @@ def test_download_after_a_heal_in_the_app_carries_the_healed_tensors(tiny_factor
         z.extractall(tmp := path[:-4])
     said: list[str] = []
     again = Recipe.load(f"{tmp}/recipe.json").build(lm, report=said.append)
-    assert said == [] and same_weights(again, REGISTRY.variant(lm, out["ops"]))   # nothing refitted
+    assert said == [] and same_weights(again, APP_CACHES.variant(lm, out["ops"]))   # nothing refitted

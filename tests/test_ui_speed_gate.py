@@ -9,7 +9,7 @@ import random
 import pytest
 
 from explorer.ui import compare_tab, gate_panel, jobs, plots, speed_panel
-from explorer.ui.registry import REGISTRY
+from explorer.ui.caches import APP_CACHES
 from explorer.ui.settings import UISettings
 from explorer.ui.state import Session, Tried, plan_from_text
 from tiny import SAMPLE_TEXT
@@ -44,8 +44,8 @@ def test_tradeoff_plot_marks_the_front():
 
 def test_speed_job_reaches_history_and_summary(tiny_factory):
     spec = str(tiny_factory("llama", num_layers=6))
-    lm = REGISTRY.ensure_model(spec)
-    text = REGISTRY.add_user_text(SAMPLE_TEXT, name="sample")
+    lm = APP_CACHES.ensure_model(spec)
+    text = APP_CACHES.add_user_text(SAMPLE_TEXT, name="sample")
     state = Session(model=spec, num_layers=6, text=text).with_plan(plan_from_text(6, "2,3", ""))
     settings = UISettings()
     settings.ppl_seqlen, settings.ppl_max_tokens = 64, 256
@@ -65,8 +65,8 @@ def test_gate_job_makes_the_session_plan(tiny_factory):
     from explorer.ui.plan_tab import method_views
 
     spec = str(tiny_factory("llama", num_layers=6))
-    REGISTRY.ensure_model(spec)
-    text = REGISTRY.add_user_text(SAMPLE_TEXT, name="sample")
+    APP_CACHES.ensure_model(spec)
+    text = APP_CACHES.add_user_text(SAMPLE_TEXT, name="sample")
     state = Session(model=spec, num_layers=6, text=text)
     out = jobs.gate_job(spec, text, "shortgpt", 1e9, 32, 8, 64, 256, {})
     assert out["gate"]["remove"] == 5 and out["layers_after"] == 1

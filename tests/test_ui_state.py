@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.errors import LayerError
-from explorer.recipe import replay
+from explorer.core.errors import LayerError
+from explorer.apply.recipe import replay
 from explorer.ui.state import SessionPlan, manual_plan, plan_fields, plan_from_text, toggle_block
 
 
@@ -82,10 +82,10 @@ def test_session_history_is_capped_and_state_is_small():
 def test_caches_are_bounded_computed_once_and_dropped_with_the_model():
     import threading
 
-    from explorer import session
-    from explorer.ui.registry import Registry
+    from explorer.core import session
+    from explorer.ui.caches import AppCaches
 
-    reg = Registry()
+    reg = AppCaches()
     calls, gate = [], threading.Event()
 
     def slow():
@@ -111,7 +111,7 @@ def test_caches_are_bounded_computed_once_and_dropped_with_the_model():
 def test_stop_flags_are_per_session_and_cleared_by_the_next_job():
     from types import SimpleNamespace
 
-    from explorer.progress import Cancelled, Event
+    from explorer.core.progress import Cancelled, Event
     from explorer.ui import stop
 
     a, b = SimpleNamespace(session_hash="sess-a"), SimpleNamespace(session_hash="sess-b")
@@ -137,7 +137,7 @@ def test_stop_flags_are_per_session_and_cleared_by_the_next_job():
 
 # -- issue 32: one versioned state, one step at a time ------------------------------------------
 def _healed(base_ops: list[dict], **record):
-    from explorer.report import Healing
+    from explorer.report.build import Healing
     from explorer.ui.state import Healed
 
     figures = dict(mode="closed-form", held_out_before=2.0, held_out_after=1.5, steps=0,
@@ -148,7 +148,7 @@ def _healed(base_ops: list[dict], **record):
 def test_one_healing_record_from_the_result_the_ui_and_the_report_read():
     """Issue 33 (a): the session's healing holds `report.Healing`, made from the heal job's dict,
     and the report gets that very record."""
-    from explorer.report import Healing
+    from explorer.report.build import Healing
 
     r = {"mode": "layerwise", "held_out_before": 9.0, "held_out_after": 7.0, "steps": 10,
          "seconds": 3.0, "history": [{"step": 5, "loss": 0.5, "held_out_ppl": 8.0}],
@@ -228,7 +228,7 @@ def test_a_step_pressed_while_another_runs_is_refused_in_one_line():
 def test_the_time_left_follows_the_recent_rate_not_the_fast_start():
     """Issue 32 [7]: a fast first half (prefill calls) then a slow one (decode calls): the
     estimate follows the slow rate, and never says less than the time really left."""
-    from explorer.progress import Event
+    from explorer.core.progress import Event
     from explorer.ui.stop import time_left
 
     seen: dict = {}

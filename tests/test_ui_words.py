@@ -10,8 +10,8 @@ import re
 import pytest
 
 from explorer.heal import list_modes
-from explorer.measure import MEASURES
-from explorer.methods import list_methods
+from explorer.measure.measures import MEASURES
+from explorer.plan import list_methods
 
 # registry keys that are also plain English, and so may be read as words
 ENGLISH = {"cosine", "angular", "average", "manual", "steps", "seconds", "windows", "measure",
@@ -89,8 +89,8 @@ def test_progress_notes_use_display_names(monkeypatch):
     class Probe:
         seconds = 0.0
     notes = []
-    monkeypatch.setattr(jobs.REGISTRY, "ensure_model", lambda spec, progress=None: None)
-    monkeypatch.setattr(jobs.REGISTRY, "get_texts", lambda key: type("T", (), {
+    monkeypatch.setattr(jobs.APP_CACHES, "ensure_model", lambda spec, progress=None: None)
+    monkeypatch.setattr(jobs.APP_CACHES, "get_texts", lambda key: type("T", (), {
         "calibration": ""})())
     monkeypatch.setattr(jobs, "probe", lambda *a, **k: Probe())
     monkeypatch.setattr(jobs.measure, "adjacent", lambda pr, name: [0.0])
@@ -102,7 +102,7 @@ def test_progress_notes_use_display_names(monkeypatch):
 def test_the_progress_bar_says_display_names():
     """A method's or a mode's stage ('shortgpt: probing', 'heal layerwise: step 3/10') reaches
     the bar in display names."""
-    from explorer.progress import Event
+    from explorer.core.progress import Event
     from explorer.ui import stop
 
     said = []
@@ -121,8 +121,8 @@ def test_the_model_tab_names_the_text_in_words(demo):
 def test_the_gate_box_leaves_the_refusal_to_the_gate(demo):
     """Issue 32 [12]: a ratio of 0.5 gets the gate's own line, not gradio's "Value 0.5 is less
     than minimum value 1." (the box sets no minimum; `check_gate` refuses with a reason)."""
-    from explorer.errors import ExplorerError
-    from explorer.gate import check_gate
+    from explorer.core.errors import ExplorerError
+    from explorer.evaluate.gate import check_gate
 
     box = next(c for c in demo.config["components"]
                if c.get("props", {}).get("elem_id") == "lx-gate-ratio")

@@ -47,7 +47,7 @@ CONFIGS = {
     "gpt_neox": dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
                      num_attention_heads=4, max_position_embeddings=512, bos_token_id=1,
                      eos_token_id=2),
-    # GGUF export (tests/test_gguf_export.py): a family llama.cpp writes but transformers cannot
+    # GGUF export (tests/test_export_gguf.py): a family llama.cpp writes but transformers cannot
     # read back (its experts)
     "mixtral": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
 }

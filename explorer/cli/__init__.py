@@ -27,10 +27,10 @@ import warnings
 from types import ModuleType
 from typing import TextIO
 
-from ..errors import ExplorerError, one_line
-from ..settings import get
-from . import bench, compress, eval, export, report, similarity
-from .common import parse_params
+from explorer.core.errors import ExplorerError, one_line
+from explorer.core.settings import get
+from explorer.cli import bench, compress, eval, export, report, similarity
+from explorer.cli.common import parse_params
 
 __all__ = ["COMMANDS", "build_parser", "main", "parse_params"]
 
@@ -96,14 +96,14 @@ def quiet_libraries() -> None:
 
 
 
-# Commands that run as data-parallel ranks under torchrun (explorer/ranks.py, docs/scale.md):
+# Commands that run as data-parallel ranks under torchrun (explorer/core/ranks.py, docs/scale.md):
 # they write nothing but their result, which rank 0 prints.
 RANKED = ("similarity", "eval")
 
 
 def _join_ranks(command: str) -> int:
     """Join torchrun's process group when there is one; this process's rank (0 alone)."""
-    from ..ranks import init_from_env
+    from explorer.core.ranks import init_from_env
 
     rank, size = init_from_env()
     if size > 1 and command not in RANKED:

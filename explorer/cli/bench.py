@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ExplorerError
-from .common import load
+from explorer.core.errors import ExplorerError
+from explorer.cli.common import load
 
 BENCHES = ("perplexity", "probe", "variant", "measures", "damage", "speed", "selfcheck", "gpu",
            "distributed")  # bench/bench_NAME.py

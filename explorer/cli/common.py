@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ExplorerError
-from ..progress import Event
+from explorer.core.errors import ExplorerError
+from explorer.core.progress import Event
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def text_args(p: argparse.ArgumentParser) -> None:
 
 
 def load(args):
-    from ..loading import load_model
+    from explorer.load.loader import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype,
                       trust_remote_code=args.trust_remote_code,
@@ -68,8 +68,8 @@ def load_progress(args):
 def ppl(lm, args, variant=None, texts=None, calibrated: bool = False):
     """Perplexity on --text: a user's file whole, or only its evaluation half when the command
     also calibrates on it (`calibrated`; the protocol line then says so)."""
-    from ..evaluate import perplexity
-    from ..text import load_texts
+    from explorer.evaluate.perplexity import perplexity
+    from explorer.probe.text import load_texts
 
     text, source = (texts or load_texts(args.text)).for_evaluation(calibrated)
     return perplexity(lm, text, variant=variant, seqlen=args.seqlen,
@@ -78,7 +78,7 @@ def ppl(lm, args, variant=None, texts=None, calibrated: bool = False):
 
 def parse_params(items: list[str], flag: str = "--param") -> dict[str, str]:
     """["T=0.3", "replacement=linear"] -> {"T": "0.3", ...}: text, which the declared parameters
-    (explorer.params) read as their own types."""
+    (explorer.core.params) read as their own types."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -99,7 +99,7 @@ def read_recipe(name: str):
     line saying why not."""
     from pathlib import Path
 
-    from ..recipe import Recipe
+    from explorer.apply.recipe import Recipe
 
     if not Path(name).is_file():
         raise ExplorerError(f"recipe file '{name}' does not exist")

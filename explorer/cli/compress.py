@@ -3,27 +3,18 @@ perplexity ratio (`--max-ppl-ratio`), run tasks, time it and export."""
 
 from __future__ import annotations
 
-from ..errors import ExplorerError
-from .common import listing_parser, load, model_args, parse_params, ppl, text_args
-from .options import (
-    add_heal_args,
-    add_speed_args,
-    add_task_args,
-    check_heal_args,
-    check_speed_args,
-    check_task_args,
-    cli_extras,
-    cli_speed,
-    heal_params,
-    heal_result,
-)
+from explorer.core.errors import ExplorerError
+from explorer.cli.common import listing_parser, load, model_args, parse_params, ppl, text_args
+from explorer.cli.options import (add_heal_args, add_speed_args, add_task_args, check_heal_args,
+                                  check_speed_args, check_task_args, cli_extras, cli_speed,
+                                  heal_params, heal_result)
 
 
 def add(sub) -> None:
-    from ..methods import METHODS, methods_help
+    from explorer.plan import METHODS, methods_help
 
     p = listing_parser(sub, "compress", "merge or prune layers with a method of the field "
-                        "(explorer.methods), then compare perplexity", "methods", methods_help())
+                        "(explorer.plan), then compare perplexity", "methods", methods_help())
     model_args(p)
     text_args(p)
     p.add_argument("--method", default=None, help=", ".join(METHODS) + " (required)")
@@ -34,7 +25,7 @@ def add(sub) -> None:
                    help="fraction of parameters to remove instead of --remove")
     p.add_argument("--max-ppl-ratio", default=None, metavar="R",
                    help="instead of --remove: the largest removal whose perplexity stays within "
-                        "R x dense (healed when --heal is given), e.g. 1.5 (explorer.gate)")
+                        "R x dense (healed when --heal is given), e.g. 1.5 (explorer.evaluate.gate)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="method parameter, e.g. T=0.3, replacement=linear or pairs=[[3,4]] (read "
                         "as the parameter's declared type); repeatable")
@@ -51,10 +42,10 @@ def add(sub) -> None:
 def run(args) -> dict | str:
     import time
 
-    from ..export import export
-    from ..methods import METHODS, compress, get_method
-    from ..recipe import Recipe
-    from ..text import load_texts
+    from explorer.export.folder import export
+    from explorer.plan import METHODS, compress, get_method
+    from explorer.apply.recipe import Recipe
+    from explorer.probe.text import load_texts
 
     if args.help_params:
         return _params_help(args)
@@ -66,7 +57,7 @@ def run(args) -> dict | str:
     check_heal_args(args)
     check_speed_args(args)
     if args.max_ppl_ratio is not None:
-        from ..gate import check_gate
+        from explorer.evaluate.gate import check_gate
         check_gate(args.max_ppl_ratio)
         if args.remove is not None or args.ratio is not None:
             raise ExplorerError("--max-ppl-ratio chooses the size itself: give it without "
@@ -74,7 +65,7 @@ def run(args) -> dict | str:
     lm = load(args)
     texts = load_texts(args.text)
     start = time.perf_counter()
-    if args.max_ppl_ratio is not None:    # the largest size within the gate (explorer/gate.py)
+    if args.max_ppl_ratio is not None:    # the largest size within the gate (explorer/evaluate/gate.py)
         plan, variant, result = _gated(lm, args, texts, params)
     else:
         plan = compress(lm, args.method, remove=args.remove, ratio=args.ratio,
@@ -89,7 +80,7 @@ def run(args) -> dict | str:
                   "num_layers": plan.variant.num_layers, "params": plan.params,
                   "protocol": after.protocol(), "notes": plan.notes,
                   "plan_seconds": round(plan_seconds, 2),
-                  # explorer/dense_cache.py: the dense figure reused, the boundary "after" ran
+                  # explorer/core/dense_cache.py: the dense figure reused, the boundary "after" ran
                   # from
                   "ppl_before_cached": before.cached, "ppl_after_start": after.start}
         variant = plan.variant
@@ -113,8 +104,8 @@ def run(args) -> dict | str:
 
 def _params_help(args) -> dict | str:
     """--help-params: the declared parameters of one method, or of all (text, or JSON rows)."""
-    from ..methods import get_method, list_methods
-    from ..params import describe, help_text
+    from explorer.plan import get_method, list_methods
+    from explorer.core.params import describe, help_text
 
     methods = [get_method(args.method)] if args.method else list_methods()
     if not args.json:
@@ -125,7 +116,7 @@ def _params_help(args) -> dict | str:
 
 def _gated(lm, args, texts, params: dict) -> tuple:
     """compress --max-ppl-ratio: (plan, final variant, the JSON entries) of `quality_gate`."""
-    from ..gate import quality_gate
+    from explorer.evaluate.gate import quality_gate
 
     text, source = texts.for_evaluation(True)
     g = quality_gate(lm, args.method, args.max_ppl_ratio, evaluation=text,

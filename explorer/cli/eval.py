@@ -3,16 +3,10 @@ plus lm-eval tasks, the capability check and measured speed when asked."""
 
 from __future__ import annotations
 
-from ..layer_lists import parse_layers
-from .common import load, model_args, ppl, text_args
-from .options import (
-    add_speed_args,
-    add_task_args,
-    check_speed_args,
-    check_task_args,
-    cli_extras,
-    cli_speed,
-)
+from explorer.core.layer_lists import parse_layers
+from explorer.cli.common import load, model_args, ppl, text_args
+from explorer.cli.options import (add_speed_args, add_task_args, check_speed_args, check_task_args,
+                                  cli_extras, cli_speed)
 
 
 def add(sub) -> None:
@@ -25,7 +19,7 @@ def add(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..variant import Variant
+    from explorer.core.variant import Variant
 
     check_task_args(args)                                   # refused before the model loads
     check_speed_args(args)

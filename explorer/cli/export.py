@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import ExplorerError
-from ..layer_lists import parse_layers
-from .common import load, model_args, read_recipe
+from explorer.core.errors import ExplorerError
+from explorer.core.layer_lists import parse_layers
+from explorer.cli.common import load, model_args, read_recipe
 
 
 def add(sub) -> None:
@@ -23,9 +23,9 @@ def add(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..export import export
-    from ..recipe import Recipe
-    from ..variant import Variant
+    from explorer.export.folder import export
+    from explorer.apply.recipe import Recipe
+    from explorer.core.variant import Variant
 
     lm = load(args)
     if args.recipe:
@@ -36,7 +36,7 @@ def run(args) -> dict:
             else Variant.identity(lm)
         recipe = Recipe.of(variant)
     if args.format == "gguf":
-        from ..gguf_export import export_gguf
+        from explorer.export.gguf import export_gguf
         return {"model": args.model, "ops": recipe.ops, **export_gguf(
             variant, args.out, quant=args.quant or "f16", recipe=recipe,
             overwrite=args.overwrite).to_dict()}
@@ -45,7 +45,7 @@ def run(args) -> dict:
     out = export(variant, args.out, recipe=recipe, overwrite=args.overwrite)
     import json
 
-    from ..selfcheck import EXPORT_CHECK_FILE
+    from explorer.load.selfcheck import EXPORT_CHECK_FILE
 
     check = out / EXPORT_CHECK_FILE
     return {"model": args.model, "num_layers": variant.num_layers, "out": str(out),

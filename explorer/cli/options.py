@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..errors import ExplorerError
-from ..heal.registry import MODES, check_budget, get_mode, heal, healing_text
-from explorer.model import LoadedModel
-from ..params import resolve
-from ..speed import SpeedError, measure_speed
-from ..task_index import TaskError, check_limit, load_check, parse_task_list, resolve_tasks
-from ..tasks import evaluate_tasks
-from ..variant import Variant
-from .common import parse_params
+from explorer.core.errors import ExplorerError
+from explorer.heal.registry import MODES, check_budget, get_mode, heal, healing_text
+from explorer.core.model import LoadedModel
+from explorer.core.params import resolve
+from explorer.evaluate.speed import SpeedError, measure_speed
+from explorer.evaluate.task_index import (TaskError, check_limit, load_check, parse_task_list,
+                                          resolve_tasks)
+from explorer.evaluate.tasks import evaluate_tasks
+from explorer.core.variant import Variant
+from explorer.cli.common import parse_params
 
 # -- lm-eval tasks and the capability check ---------------------------------------------------
 
@@ -56,8 +57,8 @@ def cli_extras(lm: LoadedModel, args, variant: Variant | None, calibrated: bool 
     if args.tasks:
         out["tasks"] = evaluate_tasks(lm, args.tasks, variant=variant, limit=args.limit).to_dict()
     if args.capability:
-        from ..capability import capability
-        from ..text import load_texts
+        from explorer.evaluate.capability import capability
+        from explorer.probe.text import load_texts
 
         text, source = load_texts(args.text).for_evaluation(calibrated)
         out["capability"] = capability(lm, text, variant=variant, bos=args.bos,
@@ -111,8 +112,8 @@ def heal_result(lm: LoadedModel, args, variant: Variant, texts, ppl: Callable[..
 
     ppl(variant) -> PPLResult on --text under the command's protocol.
     """
-    from ..evaluate import perplexity
-    from ..text import load_texts
+    from explorer.evaluate.perplexity import perplexity
+    from explorer.probe.text import load_texts
 
     if args.heal_text is not None:
         fit = {"text": args.heal_text}
@@ -142,7 +143,7 @@ def add_speed_args(p) -> None:
     """--speed and its sizes for `eval` and `compress`."""
     p.add_argument("--speed", action="store_true",
                    help="also measure prefill latency, decode tokens/s and memory of the dense "
-                        "and the compressed model, interleaved (explorer.speed)")
+                        "and the compressed model, interleaved (explorer.evaluate.speed)")
     p.add_argument("--speed-batches", default="1,8", help="batch sizes of --speed (e.g. 1,8)")
     p.add_argument("--speed-repeats", type=int, default=5, help="timed rounds of --speed")
     p.add_argument("--speed-new-tokens", type=int, default=128, help="tokens --speed decodes")

@@ -1,19 +1,19 @@
 """`report`: one self-contained HTML file of the analysis, the plan, perplexity before and after,
-the healing and greedy generations (explorer/report.py)."""
+the healing and greedy generations (explorer/report/build.py)."""
 
 from __future__ import annotations
 
-from ..errors import ExplorerError
-from ..layer_lists import parse_layers
-from .common import load, model_args, read_recipe, text_args
+from explorer.core.errors import ExplorerError
+from explorer.core.layer_lists import parse_layers
+from explorer.cli.common import load, model_args, read_recipe, text_args
 
 
 def add(sub) -> None:
-    from ..manifold import LAYER_METHODS
-    from ..measure import MEASURES
+    from explorer.measure.manifold import LAYER_METHODS
+    from explorer.measure.measures import MEASURES
 
     p = sub.add_parser("report", help="one self-contained HTML file of the analysis, the plan, "
-                       "perplexity before/after, healing and generations (explorer.report)")
+                       "perplexity before/after, healing and generations (explorer.report.build)")
     model_args(p)
     text_args(p)
     p.add_argument("--drop", default="", help="layers to drop, e.g. 3,7 or 10-12")
@@ -36,16 +36,11 @@ def add(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..measure import get_measure
-    from ..report import (
-        ReportSizes,
-        Subject,
-        build_report,
-        check_output,
-        subject_of_recipe,
-    )
-    from ..text import load_texts
-    from ..variant import Variant
+    from explorer.measure.measures import get_measure
+    from explorer.report.build import (ReportSizes, Subject, build_report, check_output,
+                                       subject_of_recipe)
+    from explorer.probe.text import load_texts
+    from explorer.core.variant import Variant
 
     # refused before the model loads: the output, the layer list's syntax, the measures, sizes
     check_output(args.out, args.overwrite)

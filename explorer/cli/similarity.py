@@ -3,16 +3,16 @@ adjacent-layer profiles side by side (`--models a,b,c`)."""
 
 from __future__ import annotations
 
-from .common import listing_parser, load, model_args, parse_params
+from explorer.cli.common import listing_parser, load, model_args, parse_params
 
 
 def add(sub) -> None:
-    from .. import damage
-    from ..measure import MEASURES, measures_help
+    from explorer.measure import damage
+    from explorer.measure.measures import MEASURES, measures_help
 
     p = listing_parser(sub, "similarity", "layer-by-layer similarity matrix of the residual "
-                        "stream (explorer.measure), or the measured damage map (--measure "
-                        "damage: explorer.damage)", "measures",
+                        "stream (explorer.measure.measures), or the measured damage map (--measure "
+                        "damage: explorer.measure.damage)", "measures",
                        measures_help() + "\n" + damage.params_help())
     model_args(p)
     p.add_argument("--measure", default="cosine", help=", ".join([*MEASURES, "damage"]))
@@ -27,7 +27,7 @@ def add(sub) -> None:
                    help="also use the first position of each window (massive activations)")
     p.add_argument("--checkpoint", default=None, metavar="FOLDER",
                    help="run layer by layer and save each layer's states here, so that a killed "
-                   "run can go on with --resume (explorer/resume.py)")
+                   "run can go on with --resume (explorer/core/resume.py)")
     p.add_argument("--resume", action="store_true",
                    help="go on from the layer saved in --checkpoint (refused in one line when "
                    "the model, text or settings changed)")
@@ -40,18 +40,18 @@ def add(sub) -> None:
 def run(args) -> dict:
     import time
 
-    from ..errors import LayerError
-    from ..measure import get_measure, similarity
-    from ..probe import probe
-    from ..resume import LayerCheckpoint
-    from ..text import load_texts
+    from explorer.core.errors import LayerError
+    from explorer.measure.measures import get_measure, similarity
+    from explorer.probe.probe import probe
+    from explorer.core.resume import LayerCheckpoint
+    from explorer.probe.text import load_texts
 
     if args.measure == "damage":
         return _damage(args)
     info = get_measure(args.measure)
     params = info.resolve(parse_params(args.param))        # refused before the model loads
     if args.models:
-        from ..profiles import compare_models
+        from explorer.measure.profiles import compare_models
         return compare_models(args.models, measure=args.measure, text=args.text,
                               seqlen=args.seqlen, samples=args.samples, bos=args.bos,
                               skip_first=not args.keep_first, params=params, device=args.device,
@@ -83,11 +83,11 @@ def _damage(args) -> dict:
     """`--measure damage`: the measured map on the calibration windows, progress on stderr."""
     import sys
 
-    from ..damage import damage_map, resolve_params
-    from ..errors import ExplorerError
-    from ..probe import calibration_windows
-    from ..progress import printer
-    from ..text import load_texts
+    from explorer.measure.damage import damage_map, resolve_params
+    from explorer.core.errors import ExplorerError
+    from explorer.probe.probe import calibration_windows
+    from explorer.core.progress import printer
+    from explorer.probe.text import load_texts
 
     if args.models:
         raise ExplorerError("--models compares similarity profiles; the damage map takes one "
@@ -107,7 +107,7 @@ def _damage(args) -> dict:
 def _write(path: str, text: str) -> None:
     from pathlib import Path
 
-    from ..errors import ExplorerError
+    from explorer.core.errors import ExplorerError
 
     try:
         Path(path).write_text(text)

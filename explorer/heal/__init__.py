@@ -10,10 +10,10 @@ Example:
     >>> perplexity(lm, texts.evaluation, variant=r.variant)
 """
 
-from .registry import (COMMON_PARAMS, MODES, HealContext, HealMode, HealOutcome, HealResult,
-                       get_mode, heal, list_modes, register_mode)
+from explorer.heal.registry import (COMMON_PARAMS, MODES, HealContext, HealMode, HealOutcome,
+                                    HealResult, get_mode, heal, list_modes, register_mode)
 # importing the modules registers the modes, in this order
-from . import closed_form, linear_patch, prune_comp, layerwise, distill, tail_finetune  # noqa: F401,E402,E501
+from explorer.heal import closed_form, linear_patch, prune_comp, layerwise, distill, tail_finetune  # noqa: F401,E402,E501
 
 __all__ = ["COMMON_PARAMS", "MODES", "HealContext", "HealMode", "HealOutcome", "HealResult",
            "get_mode", "heal", "list_modes", "register_mode"]

@@ -41,16 +41,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbone import run_backbone
-from ..errors import LayerError, ParamError
-from ..gather import Accumulator, Gather, Sums, View
-from explorer.model import LoadedModel
-from ..params import Param
-from ..ranks import reduce_sums, shard
-from ..variant import Variant
-from .cuts import Cut, find_cuts, trainable_copy, with_slot
-from .data import shared_prefix
-from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
+from explorer.core.backbone import run_backbone
+from explorer.core.errors import LayerError, ParamError
+from explorer.core.gather import Accumulator, Gather, Sums, View
+from explorer.core.model import LoadedModel
+from explorer.core.params import Param
+from explorer.core.ranks import reduce_sums, shard
+from explorer.core.variant import Variant
+from explorer.heal.cuts import Cut, find_cuts, trainable_copy, with_slot
+from explorer.heal.data import shared_prefix
+from explorer.heal.registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
 
 
 def mlp_output_path(lm: LoadedModel, layer: nn.Module) -> str:
@@ -163,9 +163,9 @@ def cut_gather(ctx: HealContext, v: Variant, cut: Cut, add: Callable[..., None],
     `add(sums, M, O, D, rows)`: M, O, D each (n, H) float32 on the model's device, n the batch's
     tokens (each window's first left out when `ctx.first`), M the cut layer's MLP branch output,
     O the layer's output, D the dense model's state there. A per-layer accumulator
-    (`explorer.gather`): batches come in whatever order the executor runs them, and no lock is
+    (`explorer.core.gather`): batches come in whatever order the executor runs them, and no lock is
     taken. Under torchrun each rank runs its shard of the windows and the sums are added
-    across ranks (`explorer.ranks`). The fits of the closed form and of LinearPatch read these."""
+    across ranks (`explorer.core.ranks`). The fits of the closed form and of LinearPatch read these."""
     lm, k = ctx.lm, cut.slot
     data = ctx.data
     start = min(shared_prefix(v), k)           # slots before `start` are the dense model's own
@@ -335,3 +335,7 @@ def fit_notes(fits: list[dict]) -> str:
                      + ("" if f["exact_fold"] else " (fold approximate: norm after the MLP)")
                      for f in fits)
 
+
+# The closed form's declared defaults, for the modes that start from it (layer-wise,
+# distillation, Prune&Comp, tail fine-tuning).
+CLOSED_FORM_DEFAULTS = {p.name: p.default for p in ClosedForm.params}

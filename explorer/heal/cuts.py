@@ -24,8 +24,8 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..errors import LayerError
-from ..variant import NewLayer, Variant
+from explorer.core.errors import LayerError
+from explorer.core.variant import NewLayer, Variant
 
 
 @dataclass(frozen=True)

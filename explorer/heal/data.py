@@ -2,7 +2,7 @@
 model's states and next-token distributions on them (computed once, cached), and a held-out
 perplexity to watch while training.
 
-All forward passes go through `explorer.backbone.run_backbone`. States are kept on the CPU in
+All forward passes go through `explorer.core.backbone.run_backbone`. States are kept on the CPU in
 float32, (W, T, H) per boundary: 256 windows x 128 tokens x 576 floats = 75 MB for SmolLM2.
 
 Example:
@@ -21,19 +21,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbone import run_backbone
-from ..cache import Store
-from ..calibration import text_digest
-from ..errors import TextError
-from explorer.nll import LOGIT_CHUNK, final_logits, token_nll
-from explorer.model import LoadedModel
-from ..progress import Progress
-from ..probe import calibration_windows
-from ..tokens import tokenize
-from ..variant import Variant
+from explorer.core.backbone import run_backbone
+from explorer.core.cache import Store
+from explorer.apply.calibration import text_digest
+from explorer.core.errors import TextError
+from explorer.evaluate.nll import LOGIT_CHUNK, final_logits, token_nll
+from explorer.core.model import LoadedModel
+from explorer.core.progress import Progress
+from explorer.probe.probe import calibration_windows
+from explorer.core.tokens import tokenize
+from explorer.core.variant import Variant
 
 
-class _Store:
+class DenseAnswers:
     """The cached tensors of one (model, text, settings): no reference to the model itself, so a
     cache keyed weakly by the model lets it go."""
 
@@ -72,7 +72,7 @@ class HealData:
     """Calibration windows and caches of the dense model's answers on them."""
 
     lm: LoadedModel
-    store: _Store
+    store: DenseAnswers
 
     @property
     def ids(self) -> torch.Tensor:
@@ -91,10 +91,10 @@ class HealData:
         and reused when the same model, text and settings come again: trying a second mode after
         a first pays no dense pass."""
         key = (id(lm.model), text_digest(text), seqlen, windows, held_out)
-        last = LAST.get(key)                      # (weakref to the model, _Store)
+        last = LAST.get(key)                      # (weakref to the model, DenseAnswers)
         if last is None or last[0]() is not lm.model:
             fit, val = split_windows(lm, text, seqlen, windows, held_out, owner)
-            last = (weakref.ref(lm.model), _Store(fit, val))
+            last = (weakref.ref(lm.model), DenseAnswers(fit, val))
             LAST.put(key, last)
         return HealData(lm, last[1])
 

@@ -29,25 +29,24 @@ import math
 import torch
 import torch.nn as nn
 
-from ..backbone import hooks, run_backbone
-from ..errors import ParamError
-from explorer.nll import final_logits
-from ..params import Param
-from ..variant import Variant, head_copy
-from .closed_form import ClosedForm, apply_closed_form, fit_notes
-from .closed_form import needed_boundaries as cf_boundaries
-from .cuts import trainable_copy, with_slot
-from .data import shared_prefix, topk_kl
-from .layerwise import Layerwise, batches, train_groups, trained_groups
-from .layerwise import needed_boundaries as lw_boundaries
-from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
-    with_defaults
-from .train import KEEP_BEST_PARAMS, Backward, train
+from explorer.core.backbone import hooks, run_backbone
+from explorer.core.errors import ParamError
+from explorer.evaluate.nll import final_logits
+from explorer.core.params import Param
+from explorer.core.variant import Variant, head_copy
+from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, ClosedForm, apply_closed_form, fit_notes
+from explorer.heal.closed_form import needed_boundaries as cf_boundaries
+from explorer.heal.cuts import trainable_copy, with_slot
+from explorer.heal.data import shared_prefix, topk_kl
+from explorer.heal.layerwise import Layerwise, batches, train_groups, trained_groups
+from explorer.heal.layerwise import needed_boundaries as lw_boundaries
+from explorer.heal.registry import (COMMON_PARAMS, HealContext, HealMode, HealOutcome,
+                                    register_mode, with_defaults)
+from explorer.heal.train import KEEP_BEST_PARAMS, Backward, train
 
-LR = {"layers": 5e-5, "norms": 1e-3, "lora": 5e-4}
+DEFAULT_LR_BY_PART = {"layers": 5e-5, "norms": 1e-3, "lora": 5e-4}
 HEAD_ELEMENTS = 1 << 25      # logits per chunk of the head (128 MB in float32)
-CF = {p.name: p.default for p in ClosedForm.params}
-LW = {p.name: p.default for p in Layerwise.params}
+LAYERWISE_DEFAULTS = {p.name: p.default for p in Layerwise.params}
 
 
 class LoRA:
@@ -235,10 +234,10 @@ class Distill(HealMode):
         if params["init"] != "none":
             need |= cf_boundaries(v)
         if params["init"] == "layerwise":
-            need |= lw_boundaries(v, LW["before"], LW["after"])
+            need |= lw_boundaries(v, LAYERWISE_DEFAULTS["before"], LAYERWISE_DEFAULTS["after"])
         ctx.data.dense_states(sorted(need - {0}), ctx.progress)    # one dense pass for all
         if params["init"] != "none":
-            v, fits = apply_closed_form(ctx, v, CF, "cf")
+            v, fits = apply_closed_form(ctx, v, CLOSED_FORM_DEFAULTS, "cf")
             details["fits"] = fits
             notes = fit_notes(fits) + ". "
         if params["init"] == "layerwise" and (params["init_share"] > 0 or params["init_steps"]):
@@ -263,7 +262,7 @@ class Distill(HealMode):
         steps = fixed or (None if ctx.steps is None else max(1, round(ctx.steps * share)))
         seconds = None if fixed or ctx.seconds is None else ctx.seconds * share
         # no keep-best choice inside the start: the distillation's own keep-best starts from it
-        lw = {**LW, "loss": params["init_loss"], "schedule_steps": None}
+        lw = {**LAYERWISE_DEFAULTS, "loss": params["init_loss"], "schedule_steps": None}
         sub = HealContext(ctx.lm, ctx.variant, ctx.data, {**ctx.params, **lw, "keep_best": False},
                           ctx.seed, steps, seconds, ctx.progress, ctx.held_out_ppl)
         v, done, _, hist = train_groups(sub, v, lw, "distill: layer-wise start",
@@ -277,7 +276,7 @@ class Distill(HealMode):
         lm, data = ctx.lm, ctx.data
         slots = trained_slots(ctx.variant, params)      # around the cuts heal was given
         what = params["train"]
-        lr = params["lr"] if params["lr"] is not None else LR[what]
+        lr = params["lr"] if params["lr"] is not None else DEFAULT_LR_BY_PART[what]
         modules = {j: trainable_copy(v.loaded(j), owns(what)) for j in slots}
         if what == "layers":
             tensors = [p for m in modules.values() for p in m.parameters()]

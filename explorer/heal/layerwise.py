@@ -26,27 +26,20 @@ from __future__ import annotations
 
 import torch
 
-from ..backbone import run_backbone
-from ..errors import ParamError
-from ..params import Param
-from ..passes import LayerCall
-from ..ranks import shard
-from ..variant import Variant
-from .closed_form import ClosedForm, apply_closed_form, fit_notes
-from .closed_form import needed_boundaries as cf_boundaries
-from .cuts import dense_boundary, find_cuts, trainable_copy, with_slot
-from .data import shared_prefix
-from .registry import (
-    COMMON_PARAMS,
-    HealContext,
-    HealMode,
-    HealOutcome,
-    register_mode,
-    with_defaults,
-)
-from .train import KEEP_BEST_PARAMS, train
+from explorer.core.backbone import run_backbone
+from explorer.core.errors import ParamError
+from explorer.core.params import Param
+from explorer.core.passes import LayerCall
+from explorer.core.ranks import shard
+from explorer.core.variant import Variant
+from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, ClosedForm, apply_closed_form, fit_notes
+from explorer.heal.closed_form import needed_boundaries as cf_boundaries
+from explorer.heal.cuts import dense_boundary, find_cuts, trainable_copy, with_slot
+from explorer.heal.data import shared_prefix
+from explorer.heal.registry import (COMMON_PARAMS, HealContext, HealMode, HealOutcome,
+                                    register_mode, with_defaults)
+from explorer.heal.train import KEEP_BEST_PARAMS, train
 
-CF = {p.name: p.default for p in ClosedForm.params}
 
 
 def trained_groups(v: Variant, before: int, after: int) -> list[tuple[int, int]]:
@@ -222,7 +215,7 @@ class Layerwise(HealMode):
             need |= cf_boundaries(v)
         ctx.data.dense_states(sorted(need), ctx.progress)          # one dense pass for all
         if params["init"] == "closed-form":
-            v, fits = apply_closed_form(ctx, v, {**CF, "ridge": CF["ridge"]}, "cf")
+            v, fits = apply_closed_form(ctx, v, CLOSED_FORM_DEFAULTS, "cf")
             notes = fit_notes(fits) + ". "
         v, done, total, history = train_groups(ctx, v, params, "layerwise")
         notes += f"{done} steps, final loss {history[-1]['loss']:.4g}" if history else ""

@@ -37,13 +37,13 @@ import time
 import torch
 import torch.nn as nn
 
-from ..errors import LayerError
-from ..gather import Accumulator
-from ..params import Param
-from ..variant import Variant
-from .closed_form import MIN_TOKENS_PER_DIM, cut_gather, fold_map
-from .cuts import Cut, find_cuts, with_slot
-from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
+from explorer.core.errors import LayerError
+from explorer.core.gather import Accumulator
+from explorer.core.params import Param
+from explorer.core.variant import Variant
+from explorer.heal.closed_form import MIN_TOKENS_PER_DIM, cut_gather, fold_map
+from explorer.heal.cuts import Cut, find_cuts, with_slot
+from explorer.heal.registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
 
 
 def _is_prime(q: int) -> bool:

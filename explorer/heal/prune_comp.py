@@ -33,18 +33,17 @@ import time
 import torch
 import torch.nn as nn
 
-from ..backbone import run_backbone
-from ..errors import LayerError
-from ..gather import Gather, Sums, View
-from explorer.model import LoadedModel
-from ..params import Param
-from ..variant import Variant
-from .closed_form import ClosedForm, _norm_scale, apply_closed_form
-from .cuts import Cut, find_cuts, trainable_copy, with_slot
-from .data import shared_prefix
-from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
+from explorer.core.backbone import run_backbone
+from explorer.core.errors import LayerError
+from explorer.core.gather import Gather, Sums, View
+from explorer.core.model import LoadedModel
+from explorer.core.params import Param
+from explorer.core.variant import Variant
+from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, ClosedForm, _norm_scale, apply_closed_form
+from explorer.heal.cuts import Cut, find_cuts, trainable_copy, with_slot
+from explorer.heal.data import shared_prefix
+from explorer.heal.registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode
 
-CF = {p.name: p.default for p in ClosedForm.params}
 
 
 def stream_writers(lm: LoadedModel, layer: nn.Module) -> list[str]:
@@ -168,9 +167,9 @@ class PruneComp(HealMode):
         t0 = time.perf_counter()
         v, details = ctx.variant, {}
         if params["then"] == "closed-form":
-            v, details["fits"] = apply_closed_form(ctx, v, CF, "cf")
+            v, details["fits"] = apply_closed_form(ctx, v, CLOSED_FORM_DEFAULTS, "cf")
         elif params["then"] == "linearpatch":
-            from .linear_patch import LinearPatch
+            from explorer.heal.linear_patch import LinearPatch
 
             lp = LinearPatch()
             out = lp.run(ctx, {**{p.name: p.default for p in lp.params}, **{

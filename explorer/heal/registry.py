@@ -1,11 +1,11 @@
 """The heal stage: repair a compressed variant so that it behaves like the dense model again.
 
 A healing mode is a small `HealMode` subclass in its own module under `explorer/heal/`, registered
-with `@register_mode`. It declares its parameters (`explorer.params.Param`) and whether it trains
+with `@register_mode`. It declares its parameters (`explorer.core.params.Param`) and whether it trains
 (then it takes a budget in steps and/or seconds); `run(ctx, params)` returns the healed variant.
 `heal(variant, mode, ...)` validates everything, builds the calibration data, runs the mode,
 measures a held-out perplexity before and after, and records the healing as one recipe step
-(`{"op": "heal", ...}`) that `explorer.recipe.replay` redoes.
+(`{"op": "heal", ...}`) that `explorer.apply.recipe.replay` redoes.
 
 Whatever a mode does, the loaded model is never written: a healed layer is a `NewLayer` whose module
 is a copy owning new tensors only for what was changed (docs/healing.md).
@@ -34,18 +34,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from ..calibration import find_calibration, remember_text, text_digest
-from ..components import Registry
-from ..errors import LayerError, ParamError, TextError
-from explorer.model import LoadedModel
-from ..progress import Event, Progress
-from ..params import Param, markdown_table, resolve
-from ..ranks import agree
-from ..fitted import record as record_fitted
-from ..recipe import register_op
-from ..variant import NewLayer, Variant
-from .cuts import find_cuts
-from .data import HealData, held_out_ppl
+from explorer.apply.calibration import find_calibration, remember_text, text_digest
+from explorer.core.registry import Registry
+from explorer.core.errors import LayerError, ParamError, TextError
+from explorer.core.model import LoadedModel
+from explorer.core.progress import Event, Progress
+from explorer.core.params import Param, markdown_table, resolve
+from explorer.core.ranks import agree
+from explorer.apply.fitted import record as record_fitted
+from explorer.apply.recipe import register_op
+from explorer.core.variant import NewLayer, Variant
+from explorer.heal.cuts import find_cuts
+from explorer.heal.data import HealData, held_out_ppl
 
 COMMON_PARAMS: tuple[Param, ...] = (
     Param("seqlen", int, 128, "tokens per calibration window", min=8, max=8192,
@@ -290,7 +290,7 @@ def healing_text(source: str) -> tuple[str, str | None]:
     """(text to fit on, builtin source name or None) for a healing text given by name: a builtin
     source's calibration half ("wiki", "news", "mix", "wikitext2"), or a user's .txt file whole
     (its source None: a recipe fitted on it replays only in the session that has it)."""
-    from ..text import BUILTIN_SOURCES, load_texts
+    from explorer.probe.text import BUILTIN_SOURCES, load_texts
 
     t = load_texts(source)
     if t.source in BUILTIN_SOURCES:

@@ -30,15 +30,14 @@ Example:
 
 from __future__ import annotations
 
-from ..errors import ParamError
-from ..params import Param
-from .closed_form import ClosedForm, apply_closed_form, fit_notes
-from .distill import Distill
-from .registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode, \
-    with_defaults
-from .train import KEEP_BEST_PARAMS
+from explorer.core.errors import ParamError
+from explorer.core.params import Param
+from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, ClosedForm, apply_closed_form, fit_notes
+from explorer.heal.distill import Distill
+from explorer.heal.registry import (COMMON_PARAMS, HealContext, HealMode, HealOutcome,
+                                    register_mode, with_defaults)
+from explorer.heal.train import KEEP_BEST_PARAMS
 
-CF = {p.name: p.default for p in ClosedForm.params}
 
 
 @register_mode
@@ -84,7 +83,7 @@ class TailFinetune(HealMode):
                              f"the variant has only {n}: use k <= {n}")
         v, notes, details = ctx.variant, "", {}
         if params["init"] == "closed-form":
-            v, details["fits"] = apply_closed_form(ctx, v, CF, "cf")
+            v, details["fits"] = apply_closed_form(ctx, v, CLOSED_FORM_DEFAULTS, "cf")
             notes = fit_notes(details["fits"]) + ". "
         dp = {**params, "span": "tail", "train": "layers", "rank": 1}
         what = f"last {params['k']}" + (" + head" if params["head"] else "")

@@ -31,11 +31,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..params import Param
-from ..ranks import from_rank0, sum_tensors, world
-from ..variant import Variant
-from .data import held_out_ppl
-from .registry import HealContext
+from explorer.core.params import Param
+from explorer.core.ranks import from_rank0, sum_tensors, world
+from explorer.core.variant import Variant
+from explorer.heal.data import held_out_ppl
+from explorer.heal.registry import HealContext
 
 PROBE_STEPS = 3            # steps timed before a time budget fixes the schedule's length
 MONITOR_SECONDS = 20.0     # without keep-best: held-out perplexity at most this often (and at
@@ -102,7 +102,7 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
     marked "kept". ctx.stop_at (a replay) runs exactly that many steps and keeps them.
     more: further groups of tensors, each with its own peak learning rate (same schedule, its
     gradient clipped on its own); keep-best keeps and restores them with the rest.
-    sharded: under ranks (`explorer.ranks`), loss_at(step) is this rank's share of the step's
+    sharded: under ranks (`explorer.core.ranks`), loss_at(step) is this rank's share of the step's
     loss (its windows of the batch, weighted by their fraction): the gradients and the loss are
     added across ranks, so every rank takes the one-process step. Not sharded: every rank
     computes the whole step (the same result, no speed-up). Time budgets follow rank 0's clock.

@@ -1,15 +1,15 @@
 """The web app: one module per tab, each only calling the explorer API.
 
-    model_tab    load a model, choose the text             (explorer.load, explorer.text)
-    analyse_tab  probe, heatmaps, profiles, maps, tokens    (explorer.probe, .measure, .manifold)
-    plan_tab     click or type layers, or ask a method      (explorer.variant, explorer.methods)
-    compare_tab  perplexity before/after, generations       (explorer.evaluate)
-    export_tab   recipe, model folder, hub, command line    (explorer.recipe, explorer.export)
+    model_tab    load a model, choose the text             (explorer.load.place, explorer.probe.text)
+    analyse_tab  probe, heatmaps, profiles, maps, tokens    (explorer.probe.probe, .measure, .manifold)
+    plan_tab     click or type layers, or ask a method      (explorer.core.variant, explorer.plan)
+    compare_tab  perplexity before/after, generations       (explorer.evaluate.perplexity)
+    export_tab   recipe, model folder, hub, command line    (explorer.apply.recipe, explorer.export.folder)
     learn_tab    what each measure and method does          (MEASURES / Method descriptions)
 
 Shared plumbing: `state` (what a session keeps: `Session`, `SessionPlan`, ... all declared there),
 `common` (the build context `Ctx` with each tab's components, declared there, and the error
-wrapper), `registry` (the app's bounded caches; the resident model itself is `explorer.session`'s),
+wrapper), `registry` (the app's bounded caches; the resident model itself is `explorer.core.session`'s),
 `jobs` (the heavy steps, ZeroGPU-ready through `gpu`), `busy` (one step at a time changes a
 session's state; another is refused in one line), `stop` (the Stop button's per-session
 flag, checked at every progress report), `clickplot` (a Plotly heatmap whose clicks reach
@@ -26,14 +26,15 @@ import threading
 
 import gradio as gr
 
-from .. import manifold
-from ..text import MAX_TEXT_BYTES
-from . import analyse_tab, busy, compare_tab, export_tab, jobs, learn_tab, model_tab, plan_tab, stop
-from .clickplot import enable_static_plotly
-from .common import STOP_LABEL, Ctx, log
-from .gpu import ZERO_GPU
-from .settings import UISettings
-from .state import new_state
+from explorer.measure import manifold
+from explorer.probe.text import MAX_TEXT_BYTES
+from explorer.ui import (analyse_tab, busy, compare_tab, export_tab, jobs, learn_tab, model_tab,
+                         plan_tab, stop)
+from explorer.ui.clickplot import enable_static_plotly
+from explorer.ui.common import STOP_LABEL, Ctx, log
+from explorer.ui.gpu import ZERO_GPU
+from explorer.ui.settings import UISettings
+from explorer.ui.state import new_state
 
 TITLE = "Layer Explorer"
 HEADER = ("# Layer Explorer\nSee which transformer layers repeat each other, drop or merge "

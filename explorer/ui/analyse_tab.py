@@ -7,14 +7,14 @@ import time
 
 import gradio as gr
 
-from ..embedded import EMBEDDED
-from ..measure import MEASURES, measure_title
-from ..profiles import parse_models
-from . import analysis, busy, damage_panel, jobs, plots, stop
-from .clickplot import ClickPlot
-from .common import AnalyseParts, Ctx, log, user_errors
-from .learn_tab import CONVENTION, measure_help
-from .state import Session
+from explorer.load.embedded import EMBEDDED
+from explorer.measure.measures import MEASURES, measure_title
+from explorer.measure.profiles import parse_models
+from explorer.ui import analysis, busy, damage_panel, jobs, plots, stop
+from explorer.ui.clickplot import ClickPlot
+from explorer.ui.common import AnalyseParts, Ctx, log, user_errors
+from explorer.ui.learn_tab import CONVENTION, measure_help
+from explorer.ui.state import Session
 
 MAP_METHODS = [("MDS", "mds"), ("UMAP", "umap")]
 TOKEN_METHODS = [(words, name) for name, words in analysis.TOKEN_METHODS.items()]

@@ -12,21 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from .. import manifold
-from ..errors import ExplorerError
-from ..measure import MEASURES, Measure
-from ..progress import Event
-from . import controls, jobs, plots
-from .common import need_analysis, need_model
-from .registry import REGISTRY, ProbeEntry
-from .state import Analysis, ProbeKey, Session
+from explorer.measure import manifold
+from explorer.core.errors import ExplorerError
+from explorer.measure.measures import MEASURES, Measure
+from explorer.core.progress import Event
+from explorer.ui import controls, jobs, plots
+from explorer.ui.common import need_analysis, need_model
+from explorer.ui.caches import APP_CACHES, ProbeEntry
+from explorer.ui.state import Analysis, ProbeKey, Session
 
 
 def entry(state: Session, progress: Any = None) -> ProbeEntry:
     """The registry entry of the session's probe, probing again if it is not cached."""
     need_model(state)
     key = need_analysis(state).key
-    return REGISTRY.probe(key, lambda: jobs.analyse_job(*key, progress=progress))
+    return APP_CACHES.probe(key, lambda: jobs.analyse_job(*key, progress=progress))
 
 
 # The token clouds' embeddings, in words
@@ -54,7 +54,7 @@ def run(state: Session, seqlen: Any, samples: Any, max_tokens: int,
     def compute() -> ProbeEntry:
         computed.append(True)
         return jobs.analyse_job(*key, progress=progress)
-    REGISTRY.probe(key, compute)
+    APP_CACHES.probe(key, compute)
     return state, bool(computed)
 
 
@@ -70,7 +70,7 @@ def info(name: str) -> Measure:
 
 
 def matrix(state: Session, name: str, progress: Any = None) -> np.ndarray:
-    return REGISTRY.similarity(entry(state, progress), name,
+    return APP_CACHES.similarity(entry(state, progress), name,
                                lambda pr: jobs.similarity_job(pr, name, progress))
 
 

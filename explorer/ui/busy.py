@@ -21,8 +21,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from ..errors import ExplorerError
-from .stop import around, session_key
+from explorer.core.errors import ExplorerError
+from explorer.ui.stop import around, session_key
 
 _claims: dict[str, list[tuple[str, bool]]] = {}   # session -> (doing, reads only) of its steps
 _guard = threading.Lock()

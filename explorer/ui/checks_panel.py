@@ -1,16 +1,16 @@
 """More checks on the Compare tab: a capability check that needs no download
-(`explorer.capability`: next-token accuracy and a last-word cloze on the evaluation text) and
-zero-shot tasks through lm-evaluation-harness (`explorer.tasks`), the original model and the
+(`explorer.evaluate.capability`: next-token accuracy and a last-word cloze on the evaluation text) and
+zero-shot tasks through lm-evaluation-harness (`explorer.evaluate.tasks`), the original model and the
 current variant (healed when it was healed) side by side."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from ..errors import ExplorerError
-from . import busy, controls, jobs, stop
-from .common import ChecksParts, Ctx, need_model, user_errors
-from .state import Session
+from explorer.core.errors import ExplorerError
+from explorer.ui import busy, controls, jobs, stop
+from explorer.ui.common import ChecksParts, Ctx, need_model, user_errors
+from explorer.ui.state import Session
 
 TASK_EXAMPLES = "arc_easy, hellaswag, piqa, winogrande (from the hub), or a local task .yaml"
 

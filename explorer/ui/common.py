@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from ..errors import ExplorerError, one_line
-from . import stop
-from .learn_tab import mode_title
-from .settings import UISettings
-from .state import Analysis, Session
+from explorer.core.errors import ExplorerError, one_line
+from explorer.ui import stop
+from explorer.ui.learn_tab import mode_title
+from explorer.ui.settings import UISettings
+from explorer.ui.state import Analysis, Session
 
 log = logging.getLogger("explorer.ui")
 STOP_LABEL = "■ Stop the running step"
@@ -141,7 +141,7 @@ class ExportParts:
     push_btn: gr.Button
     push_md: gr.Markdown
     cli: gr.Code
-    report_btn: gr.Button        # builds the HTML report (explorer.report)
+    report_btn: gr.Button        # builds the HTML report (explorer.report.build)
     report: gr.DownloadButton    # the built report, downloaded at once
     report_line: gr.Markdown     # the report's step line
 

@@ -4,7 +4,7 @@ session's history of variants (perplexity against layers removed, healed and not
 
 Apply switches to this tab at once and shows its progress on the summary line; the generations
 follow the figures, with their own line. The original model's figure is computed once per model
-and text (`explorer.evaluate`'s dense cache), so each later Apply measures the variant only.
+and text (`explorer.evaluate.perplexity`'s dense cache), so each later Apply measures the variant only.
 """
 
 import html
@@ -12,15 +12,15 @@ from dataclasses import replace
 
 import gradio as gr
 
-from ..errors import ExplorerError
-from explorer.evaluate import PPLResult
-from explorer.windows import nll_band
-from ..progress import Event
-from . import busy, checks_panel, heal_panel, jobs, plots, speed_panel, stop
-from .gpu import ZERO_GPU
-from .common import CompareParts, Ctx, need_model, user_errors, variant_words
-from .learn_tab import method_title
-from .state import Session, Tried
+from explorer.core.errors import ExplorerError
+from explorer.evaluate.perplexity import PPLResult
+from explorer.evaluate.windows import nll_band
+from explorer.core.progress import Event
+from explorer.ui import busy, checks_panel, heal_panel, jobs, plots, speed_panel, stop
+from explorer.ui.gpu import ZERO_GPU
+from explorer.ui.common import CompareParts, Ctx, need_model, user_errors, variant_words
+from explorer.ui.learn_tab import method_title
+from explorer.ui.state import Session, Tried
 
 HISTORY_HEADERS = ["#", "change", "layers", "parameters", "ppl before", "ppl after"]
 WAITING = "Apply a plan (Plan tab) to compare it with the original model."

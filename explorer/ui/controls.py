@@ -1,4 +1,4 @@
-"""Controls generated from declared parameters (`explorer.params.Param`): no control is written by
+"""Controls generated from declared parameters (`explorer.core.params.Param`): no control is written by
 hand for a method, a measure or a healing mode, so a new parameter appears in the app by itself.
 
 Each control shows the parameter's `label` (its `name` is the CLI's) and its choices' words.
@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from ..errors import ParamError
-from ..layer_lists import format_layers
-from ..params import Param, resolve
+from explorer.core.errors import ParamError
+from explorer.core.layer_lists import format_layers
+from explorer.core.params import Param, resolve
 
 
 def _as_text(value: Any) -> str:
@@ -45,9 +45,9 @@ def registry_words() -> dict[str, str]:
     bracket or colon when that leaves a name."""
     if _WORDS:
         return _WORDS
-    from ..heal import list_modes
-    from ..measure import MEASURES
-    from ..methods import list_methods
+    from explorer.heal import list_modes
+    from explorer.measure.measures import MEASURES
+    from explorer.plan import list_methods
 
     def short(title: str) -> str:
         return re.split(r" \(|: ", title)[0] or title

@@ -1,5 +1,5 @@
 """The Analyse tab's damage panel: the measured damage map of the analysis' calibration windows
-(explorer.damage), how far each similarity can be trusted (explorer.trust) and a scatter of one
+(explorer.measure.damage), how far each similarity can be trusted (explorer.measure.trust) and a scatter of one
 similarity's scores against the measured damage. Display only: every number comes from the
 library.
 
@@ -17,15 +17,15 @@ from typing import Any
 
 import gradio as gr
 
-from ..cache import Store
-from ..damage import METRIC_TITLES, METRICS, DamageMap
-from ..figures import damage_scatter, heatmap
-from ..measure import MEASURES, measure_title
-from ..trust import scatter_points, trust_table
-from . import analysis, jobs, plan_tab, stop
-from .clickplot import ClickPlot
-from .common import Ctx, need_analysis, user_errors
-from .state import Session
+from explorer.core.cache import Store
+from explorer.measure.damage import METRIC_TITLES, METRICS, DamageMap
+from explorer.report.figures import damage_scatter, heatmap
+from explorer.measure.measures import MEASURES, measure_title
+from explorer.measure.trust import scatter_points, trust_table
+from explorer.ui import analysis, jobs, plan_tab, stop
+from explorer.ui.clickplot import ClickPlot
+from explorer.ui.common import Ctx, need_analysis, user_errors
+from explorer.ui.state import Session
 
 # finished maps, by (probe key, largest block): a second look (another metric, another scatter)
 # costs nothing
@@ -98,7 +98,7 @@ def build(ctx: Ctx) -> dict:
 
 
 def wire(ctx: Ctx, d: dict) -> None:
-    from . import controls
+    from explorer.ui import controls
 
     outs = [d["status"], d["heat"], d["table"], d["scatter"]]
 

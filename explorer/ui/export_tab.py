@@ -1,5 +1,5 @@
 """Tab 5, Export: the recipe as JSON, the variant as a transformers folder (confined to the output
-folder), a self-contained HTML report (`explorer.report`), an optional push to the Hugging Face
+folder), a self-contained HTML report (`explorer.report.build`), an optional push to the Hugging Face
 hub, and the equivalent command line.
 
 Opening the tab writes the current plan's recipe, so "Download recipe" downloads at the first
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..errors import ExplorerError
-from ..export import safe_output_path
-from ..layer_lists import format_layers
-from ..measure import MEASURES
-from ..report import DEFAULT_MEASURES, ReportAnalysis, ReportSizes
-from ..settings import get
-from . import analysis, busy, jobs, stop
-from .common import Ctx, ExportParts, need_model, user_errors, variant_words
-from .registry import REGISTRY
-from .state import Session
+from explorer.core.errors import ExplorerError
+from explorer.export.folder import safe_output_path
+from explorer.core.layer_lists import format_layers
+from explorer.measure.measures import MEASURES
+from explorer.report.build import DEFAULT_MEASURES, ReportAnalysis, ReportSizes
+from explorer.core.settings import get
+from explorer.ui import analysis, busy, jobs, stop
+from explorer.ui.common import Ctx, ExportParts, need_model, user_errors, variant_words
+from explorer.ui.caches import APP_CACHES
+from explorer.ui.state import Session
 
 HUB_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
@@ -133,7 +133,7 @@ def report_file(settings, state: Session, progress=None) -> str:
     if state.analysis is not None:          # the heatmaps on screen, from the cache
         measures = list(dict.fromkeys([state.analysis.measure, *MEASURES]))   # all five
         e = analysis.entry(state, progress)
-        found = ReportAnalysis(e.probe, REGISTRY.get_texts(state.analysis.key.text).source,
+        found = ReportAnalysis(e.probe, APP_CACHES.get_texts(state.analysis.key.text).source,
                                {m: analysis.matrix(state, m, progress) for m in measures},
                                e.adjacent)
     healing = healed.record if healed else None

@@ -1,5 +1,5 @@
 """On the Plan tab: "remove as much as keeps perplexity within R x the original". The chosen method
-is planned at growing sizes (`explorer.gate.quality_gate`: 1, then doubling, then bisection) and the
+is planned at growing sizes (`explorer.evaluate.gate.quality_gate`: 1, then doubling, then bisection) and the
 largest plan whose perplexity stays within the gate becomes the session's plan; the line lists
 every size tried with its figure. Unhealed: heal the result on the Compare tab."""
 
@@ -10,12 +10,12 @@ from typing import Callable
 
 import gradio as gr
 
-from ..errors import ExplorerError
-from ..gate import check_gate
-from ..methods import get_method
-from . import busy, controls, jobs, stop
-from .common import Ctx, need_model, user_errors
-from .state import Session
+from explorer.core.errors import ExplorerError
+from explorer.evaluate.gate import check_gate
+from explorer.plan import get_method
+from explorer.ui import busy, controls, jobs, stop
+from explorer.ui.common import Ctx, need_model, user_errors
+from explorer.ui.state import Session
 
 
 @dataclass

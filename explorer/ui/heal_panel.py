@@ -20,16 +20,16 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from ..errors import ExplorerError
-from ..heal import get_mode, list_modes
-from ..params import Param
-from ..layer_lists import format_layers
-from ..progress import Event
-from . import busy, controls, jobs, plots, stop
-from .common import Ctx, HealParts, need_model, user_errors
-from .learn_tab import mode_title
-from ..report import Healing
-from .state import Healed, Session
+from explorer.core.errors import ExplorerError
+from explorer.heal import get_mode, list_modes
+from explorer.core.params import Param
+from explorer.core.layer_lists import format_layers
+from explorer.core.progress import Event
+from explorer.ui import busy, controls, jobs, plots, stop
+from explorer.ui.common import Ctx, HealParts, need_model, user_errors
+from explorer.ui.learn_tab import mode_title
+from explorer.report.build import Healing
+from explorer.ui.state import Healed, Session
 
 STEPS = Param("steps", int, None, "optimiser steps (empty: the mode's default; the time limit "
               "ends it sooner)", min=1, optional=True,

@@ -19,24 +19,25 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from .. import measure, methods
-from ..capability import capability
-from ..damage import DamageMap, damage_map
-from explorer.evaluate import PPLResult, perplexity
-from explorer.generate import generate
-from ..export import export
-from ..fitted import fitted_path
-from ..recipe import Recipe
-from ..heal import heal
-from ..gate import quality_gate
-from ..profiles import compare_models
-from ..progress import Event, Progress, scaled
-from ..report import Healing, ReportAnalysis, ReportSizes, Subject, build_report
-from ..speed import measure_speed
-from ..tasks import evaluate_tasks
-from ..probe import ProbeResult, probe
-from .gpu import ZERO_GPU, gpu
-from .registry import REGISTRY, ProbeEntry
+from explorer.measure import measures as measure
+from explorer import plan as methods
+from explorer.evaluate.capability import capability
+from explorer.measure.damage import DamageMap, damage_map
+from explorer.evaluate.perplexity import PPLResult, perplexity
+from explorer.evaluate.generate import generate
+from explorer.export.folder import export
+from explorer.apply.fitted import fitted_path
+from explorer.apply.recipe import Recipe
+from explorer.heal import heal
+from explorer.evaluate.gate import quality_gate
+from explorer.measure.profiles import compare_models
+from explorer.core.progress import Event, Progress, scaled
+from explorer.report.build import Healing, ReportAnalysis, ReportSizes, Subject, build_report
+from explorer.evaluate.speed import measure_speed
+from explorer.evaluate.tasks import evaluate_tasks
+from explorer.probe.probe import ProbeResult, probe
+from explorer.ui.gpu import ZERO_GPU, gpu
+from explorer.ui.caches import APP_CACHES, ProbeEntry
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -54,8 +55,8 @@ def _cpu_probe(pr: ProbeResult) -> ProbeResult:
 def analyse_job(spec: str, text_key: str, seqlen: int, samples: int, max_tokens: int,
                 progress: Progress | None = None) -> ProbeEntry:
     """Probe the calibration text and compute every adjacent-layer profile."""
-    lm = REGISTRY.ensure_model(spec, progress)
-    texts = REGISTRY.get_texts(text_key)
+    lm = APP_CACHES.ensure_model(spec, progress)
+    texts = APP_CACHES.get_texts(text_key)
     pr = probe(lm, texts.calibration, seqlen=seqlen, num_samples=samples, max_tokens=max_tokens,
                progress=progress)
     adjacent = {}
@@ -83,7 +84,7 @@ def damage_job(spec: str, ids: torch.Tensor, max_block: int,
                progress: Progress | None = None) -> DamageMap:
     """The measured damage map on the analysis' calibration windows `ids` (W, T); a Stop
     (through `progress`) returns the cells done, marked partial."""
-    lm = REGISTRY.ensure_model(spec, progress)
+    lm = APP_CACHES.ensure_model(spec, progress)
     return damage_map(lm, ids, max_block=max_block, progress=progress)
 
 
@@ -93,17 +94,17 @@ def ppl_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_tokens: 
     """Perplexity of the variant built from `ops` (the original model for no ops); `label` names
     the model in the progress events' stage ("original model: perplexity")."""
     progress = scaled(progress, 0.0, 1.0, label) if label else progress
-    lm = REGISTRY.ensure_model(spec, progress)
-    texts = REGISTRY.get_texts(text_key)
-    variant = REGISTRY.variant(lm, ops)
+    lm = APP_CACHES.ensure_model(spec, progress)
+    texts = APP_CACHES.get_texts(text_key)
+    variant = APP_CACHES.variant(lm, ops)
     return perplexity(lm, texts.evaluation, variant=variant, seqlen=seqlen, max_tokens=max_tokens,
                       source=texts.source, progress=progress)
 
 
 @gpu(duration=60)
 def generate_job(spec: str, ops: list[dict], prompts: list[str], max_new_tokens: int) -> list[str]:
-    lm = REGISTRY.ensure_model(spec)
-    return generate(lm, prompts, variant=REGISTRY.variant(lm, ops), max_new_tokens=max_new_tokens)
+    lm = APP_CACHES.ensure_model(spec)
+    return generate(lm, prompts, variant=APP_CACHES.variant(lm, ops), max_new_tokens=max_new_tokens)
 
 
 def _plain(x: Any) -> Any:
@@ -123,8 +124,8 @@ def _plain(x: Any) -> Any:
 def compress_job(spec: str, text_key: str, method: str, remove: int | None, ratio: float | None,
                  seqlen: int, samples: int, params: dict, progress: Progress | None = None) -> dict:
     """Ask a method for a plan; returns its recipe ops and what it removes or merges."""
-    lm = REGISTRY.ensure_model(spec, progress)
-    texts = REGISTRY.get_texts(text_key)
+    lm = APP_CACHES.ensure_model(spec, progress)
+    texts = APP_CACHES.get_texts(text_key)
     size = {"remove": int(remove) if remove else None, "ratio": float(ratio) if ratio else None}
     # a builtin source lets recipes with fitted layers be replayed in another process
     builtin = texts.source if text_key == texts.source else None
@@ -138,7 +139,7 @@ def _plan_out(plan: methods.Plan) -> dict:
     """A plan as the Plan tab keeps it: recipe ops and what it removes or merges."""
     ops = [dict(op) for op in plan.recipe().ops]
     if not ZERO_GPU:  # same process: keep the built variant so applying it costs nothing
-        REGISTRY.remember_variant(plan.variant, ops)
+        APP_CACHES.remember_variant(plan.variant, ops)
     return {"method": plan.method, "params": _plain(dict(plan.params or {})), "ops": _plain(ops),
             "removed": [int(i) for i in (plan.removed or [])],
             "merged": [[int(i) for i in g] for g in (plan.merged or [])],
@@ -150,9 +151,9 @@ def _plan_out(plan: methods.Plan) -> dict:
 def gate_job(spec: str, text_key: str, method: str, max_ratio: float, seqlen: int, samples: int,
              ppl_seqlen: int, ppl_max_tokens: int, params: dict, progress: Progress | None = None) -> dict:
     """The largest plan of `method` whose perplexity stays within max_ratio x the original's
-    (explorer.gate, unhealed); returns `compress_job`'s dict plus the gate's tries."""
-    lm = REGISTRY.ensure_model(spec, progress)
-    texts = REGISTRY.get_texts(text_key)
+    (explorer.evaluate.gate, unhealed); returns `compress_job`'s dict plus the gate's tries."""
+    lm = APP_CACHES.ensure_model(spec, progress)
+    texts = APP_CACHES.get_texts(text_key)
     builtin = texts.source if text_key == texts.source else None
     g = quality_gate(lm, method, max_ratio, evaluation=texts.evaluation,
                      evaluation_source=texts.source, calibration=texts.calibration,
@@ -164,9 +165,9 @@ def gate_job(spec: str, text_key: str, method: str, max_ratio: float, seqlen: in
 @gpu(duration=300)
 def speed_job(spec: str, ops: list[dict], sizes: dict, progress: Progress | None = None) -> dict:
     """Measured speed and memory of the original model and of the variant of `ops`
-    (explorer.speed), interleaved; `sizes` are measure_speed's keyword arguments."""
-    lm = REGISTRY.ensure_model(spec, progress)
-    return measure_speed(lm, REGISTRY.variant(lm, ops), progress=progress, **sizes).to_dict()
+    (explorer.evaluate.speed), interleaved; `sizes` are measure_speed's keyword arguments."""
+    lm = APP_CACHES.ensure_model(spec, progress)
+    return measure_speed(lm, APP_CACHES.variant(lm, ops), progress=progress, **sizes).to_dict()
 
 
 @gpu(duration=600)
@@ -174,14 +175,14 @@ def heal_job(spec: str, text_key: str, ops: list[dict], mode: str, steps: int | 
              seconds: float | None, params: dict, progress: Progress | None = None) -> dict:
     """Heal the variant of `ops` on the session's calibration text; returns the healed variant's
     ops (`ops` plus the heal op) and the result's figures (`HealResult.to_dict()`)."""
-    lm = REGISTRY.ensure_model(spec, progress)
-    texts = REGISTRY.get_texts(text_key)
+    lm = APP_CACHES.ensure_model(spec, progress)
+    texts = APP_CACHES.get_texts(text_key)
     builtin = texts.source if text_key == texts.source else None
-    r = heal(REGISTRY.variant(lm, ops), mode, calibration=texts.calibration,
+    r = heal(APP_CACHES.variant(lm, ops), mode, calibration=texts.calibration,
              calibration_source=builtin, steps=steps, seconds=seconds, progress=progress, **params)
     new_ops = [dict(op) for op in ops] + [dict(r.variant.steps[-1])]
     if not ZERO_GPU:  # same process: keep the healed variant, whose replay would train again
-        REGISTRY.remember_variant(r.variant, new_ops)
+        APP_CACHES.remember_variant(r.variant, new_ops)
     return {"ops": _plain(new_ops), "result": _plain(r.to_dict())}
 
 
@@ -189,9 +190,9 @@ def heal_job(spec: str, text_key: str, ops: list[dict], mode: str, steps: int | 
 def capability_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_tokens: int,
                    progress: Progress | None = None) -> dict:
     """Next-token and cloze accuracy of the original model and of the variant of `ops`."""
-    lm = REGISTRY.ensure_model(spec, progress)
-    texts = REGISTRY.get_texts(text_key)
-    report = capability(lm, texts.evaluation, variant=REGISTRY.variant(lm, ops), seqlen=seqlen,
+    lm = APP_CACHES.ensure_model(spec, progress)
+    texts = APP_CACHES.get_texts(text_key)
+    report = capability(lm, texts.evaluation, variant=APP_CACHES.variant(lm, ops), seqlen=seqlen,
                         max_tokens=max_tokens, source=texts.source, progress=progress)
     return report.to_dict()
 
@@ -200,8 +201,8 @@ def capability_job(spec: str, text_key: str, ops: list[dict], seqlen: int, max_t
 def tasks_job(spec: str, ops: list[dict], tasks: str, limit: int | None,
               progress: Progress | None = None) -> dict:
     """lm-eval accuracy of the original model and of the variant of `ops`."""
-    lm = REGISTRY.ensure_model(spec, progress)
-    return evaluate_tasks(lm, tasks, variant=REGISTRY.variant(lm, ops), limit=limit,
+    lm = APP_CACHES.ensure_model(spec, progress)
+    return evaluate_tasks(lm, tasks, variant=APP_CACHES.variant(lm, ops), limit=limit,
                           progress=progress).to_dict()
 
 
@@ -214,7 +215,7 @@ def profiles_job(models: list[str], measure: str, text: str, seqlen: int, sample
 
 def load_job(spec: str, progress: Progress | None = None) -> dict:
     """Load the model (or keep the resident one): its name, size and the Model tab's facts."""
-    lm = REGISTRY.ensure_model(spec, progress)
+    lm = APP_CACHES.ensure_model(spec, progress)
     return {"spec": lm.spec, "num_layers": lm.num_layers, "num_parameters": lm.num_parameters,
             "info": lm.info()}
 
@@ -223,8 +224,8 @@ def variant_facts_job(spec: str, ops: list[dict]) -> dict:
     """Layers, parameters and description of the original model and of the variant of `ops`,
     and each slot's origin (an original layer index, or None for a new layer; `origins` the
     original index each slot stands at)."""
-    lm = REGISTRY.ensure_model(spec)
-    v = REGISTRY.variant(lm, ops)
+    lm = APP_CACHES.ensure_model(spec)
+    v = APP_CACHES.variant(lm, ops)
     return {"layers_before": lm.num_layers, "layers_after": v.num_layers,
             "params_before": lm.num_parameters, "params_after": v.num_parameters(),
             "change": v.describe(),
@@ -235,9 +236,9 @@ def variant_facts_job(spec: str, ops: list[dict]) -> dict:
 def recipe_job(spec: str, ops: list[dict], method: str, params: dict, results: dict) -> str:
     """Write the recipe of `ops` for download; returns the file's path. Never builds the variant
     (a recipe with a heal op would train): the fitted ops' results come from the variants this
-    process holds (`explorer.fitted`). With such tensors the download is a .zip of recipe.json
+    process holds (`explorer.apply.fitted`). With such tensors the download is a .zip of recipe.json
     and recipe.fitted.safetensors; without, recipe.json alone (a replay then fits them again)."""
-    lm = REGISTRY.ensure_model(spec)
+    lm = APP_CACHES.ensure_model(spec)
     recipe = Recipe(model=lm.spec, num_layers=lm.num_layers, ops=[dict(op) for op in ops],
                     method=method, params=dict(params or {}), results=dict(results or {}))
     folder = Path(tempfile.gettempdir()) / "layer-explorer-recipes" / uuid.uuid4().hex[:12]
@@ -258,8 +259,8 @@ def export_job(spec: str, ops: list[dict], name: str, root: str, method: str, pa
                results: dict, overwrite: bool) -> tuple[str, int]:
     """Save the variant of `ops` as a transformers folder (with its recipe and fitted tensors);
     returns (the folder, its layer count)."""
-    lm = REGISTRY.ensure_model(spec)
-    variant = REGISTRY.variant(lm, ops)
+    lm = APP_CACHES.ensure_model(spec)
+    variant = APP_CACHES.variant(lm, ops)
     recipe = Recipe.of(variant, method=method, params=params, results=results)
     recipe.ops = [dict(op) for op in ops]  # the ops exactly as planned (and healed)
     path = export(variant, name, root=root, recipe=recipe, overwrite=overwrite)
@@ -271,12 +272,12 @@ def report_job(spec: str, text_key: str, ops: list[dict], base_ops: list[dict] |
                method: str, params: dict, healing: Healing | None,
                analysis: ReportAnalysis | None, measures: list[str], sizes: ReportSizes,
                progress: Progress | None = None) -> str:
-    """The HTML report (`explorer.report`) of the variant of `ops`. base_ops: the unhealed
+    """The HTML report (`explorer.report.build`) of the variant of `ops`. base_ops: the unhealed
     variant's ops when `ops` ends with the healing `healing`; analysis: the session's (None:
     the report probes the text itself with `sizes`)."""
-    lm = REGISTRY.ensure_model(spec, progress)
-    texts = REGISTRY.get_texts(text_key)
-    unhealed = REGISTRY.variant(lm, base_ops) if healing is not None else None
-    subject = Subject(REGISTRY.variant(lm, ops), method, params, unhealed, healing)
+    lm = APP_CACHES.ensure_model(spec, progress)
+    texts = APP_CACHES.get_texts(text_key)
+    unhealed = APP_CACHES.variant(lm, base_ops) if healing is not None else None
+    subject = Subject(APP_CACHES.variant(lm, ops), method, params, unhealed, healing)
     return build_report(lm, texts, subject, sizes=sizes, measures=measures, analysis=analysis,
                         progress=progress).html

@@ -9,12 +9,12 @@ import re
 
 import gradio as gr
 
-from ..errors import ExplorerError
-from ..heal import get_mode
-from ..measure import MEASURES
-from ..methods import get_method, list_methods
-from ..params import markdown_table
-from ..trust import LESSON
+from explorer.core.errors import ExplorerError
+from explorer.heal import get_mode
+from explorer.measure.measures import MEASURES
+from explorer.plan import get_method, list_methods
+from explorer.core.params import markdown_table
+from explorer.measure.trust import LESSON
 
 CONVENTION = """**How to read the heatmaps.** A model with L layers has L+1 *boundaries*: x0 is the
 input of layer 0 (the token embeddings), xk is the output of layer k-1 and the input of layer k, and

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..embedded import EMBEDDED, cache_root
-from ..errors import ExplorerError, TextError
-from ..text import MAX_TEXT_BYTES, read_text_file
-from . import busy, compare_tab, jobs, stop
-from .common import Ctx, ModelParts, user_errors
-from .registry import REGISTRY
-from .state import Session
+from explorer.load.embedded import EMBEDDED, cache_root
+from explorer.core.errors import ExplorerError, TextError
+from explorer.probe.text import MAX_TEXT_BYTES, read_text_file
+from explorer.ui import busy, compare_tab, jobs, stop
+from explorer.ui.common import Ctx, ModelParts, user_errors
+from explorer.ui.caches import APP_CACHES
+from explorer.ui.state import Session
 
 TEXT_CHOICES = [
     ("Wikipedia (107 articles, offline)", "wiki"),
@@ -96,12 +96,12 @@ def set_text(state: Session, source: str, pasted: str, upload, request: gr.Reque
             text, name = pasted or "", "pasted text"
         if not text.strip():
             raise TextError("paste some text or upload a .txt file first")
-        key = REGISTRY.add_user_text(text, name=name)
+        key = APP_CACHES.add_user_text(text, name=name)
     elif source in ("wiki", "news", "wikitext2"):
         key = source
     else:
         raise ExplorerError(f"unknown text source '{source}'")
-    texts = REGISTRY.get_texts(key)
+    texts = APP_CACHES.get_texts(key)
     state = replace(state, text=key, text_label=texts.source, analysis=None)
     return state, (f"**Text:** {texts.source}: {len(texts.calibration):,} characters for "
                    f"calibration, {len(texts.evaluation):,} for evaluation (disjoint documents).")

@@ -10,14 +10,15 @@ from dataclasses import replace
 
 import gradio as gr
 
-from ..errors import ExplorerError, LayerError
-from ..layer_lists import format_layers
-from ..methods import get_method, list_methods
-from . import analysis, busy, compare_tab, controls, gate_panel, jobs, stop
-from .clickplot import ClickPlot
-from .common import Ctx, PlanParts, need_model, user_errors
-from .learn_tab import method_help, method_title
-from .state import MERGE_RULES, SessionPlan, Session, plan_fields, plan_from_text, toggle_block
+from explorer.core.errors import ExplorerError, LayerError
+from explorer.core.layer_lists import format_layers
+from explorer.plan import get_method, list_methods
+from explorer.ui import analysis, busy, compare_tab, controls, gate_panel, jobs, stop
+from explorer.ui.clickplot import ClickPlot
+from explorer.ui.common import Ctx, PlanParts, need_model, user_errors
+from explorer.ui.learn_tab import method_help, method_title
+from explorer.ui.state import (MERGE_RULES, SessionPlan, Session, plan_fields, plan_from_text,
+                               toggle_block)
 
 TABLE_HEADERS = ["change", "original layers", "detail"]
 PLANNING = "a plan is being computed"

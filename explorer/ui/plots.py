@@ -1,6 +1,6 @@
 """Plotly figures that only the app draws (token clouds, the session's history, models side by
 side). Display only: every number comes from the explorer API. The figures the HTML report shares
-with the app (heatmaps, profiles, layer map, healing curve) live in `explorer.figures`; they are
+with the app (heatmaps, profiles, layer map, healing curve) live in `explorer.report.figures`; they are
 imported here so that the tabs find every figure under `plots`.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..figures import MARGIN as _MARGIN
-from ..figures import heal_curve, heatmap, layer_map, profiles
+from explorer.report.figures import MARGIN as _MARGIN
+from explorer.report.figures import heal_curve, heatmap, layer_map, profiles
 
 __all__ = ["heal_curve", "heatmap", "history", "layer_map", "profiles", "profiles_overlay",
            "token_clouds"]
@@ -42,7 +42,7 @@ METHOD_PALETTE = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd2
 
 
 def method_color(method: str) -> str:
-    from ..methods import list_methods     # the live registry: a new method gets a colour too
+    from explorer.plan import list_methods     # the live registry: a new method gets a colour too
 
     names = [m.name for m in list_methods()]
     k = names.index(method) if method in names else len(names) + sum(map(ord, method))
@@ -125,7 +125,7 @@ def heal_before_after(before: float, after: float, mode: str) -> go.Figure:
 
 
 def profiles_overlay(profiles: list[dict], measure: str, higher_is_similar: bool) -> go.Figure:
-    """Several models' adjacent-layer profiles on relative depth 0..1 (`explorer.profiles`)."""
+    """Several models' adjacent-layer profiles on relative depth 0..1 (`explorer.measure.profiles`)."""
     fig = go.Figure()
     for p in profiles:
         fig.add_trace(go.Scatter(

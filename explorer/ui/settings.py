@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..embedded import DEFAULT_MODEL
-from explorer.generate import DEFAULT_PROMPTS
-from ..settings import SETTINGS, get
+from explorer.load.embedded import DEFAULT_MODEL
+from explorer.evaluate.generate import DEFAULT_PROMPTS
+from explorer.core.settings import SETTINGS, get
 
 
 def _default(name: str):
@@ -21,7 +21,7 @@ def _default(name: str):
 @dataclass
 class UISettings:
     """The app's sizes and defaults; each field's meaning and default is declared once, in
-    explorer/settings.py (the variable named in capitals after LAYER_EXPLORER_)."""
+    explorer/core/settings.py (the variable named in capitals after LAYER_EXPLORER_)."""
 
     default_model: str = DEFAULT_MODEL
     default_text: str = _default("TEXT")
@@ -40,7 +40,7 @@ class UISettings:
 
     @staticmethod
     def from_env() -> "UISettings":
-        """Defaults overridden by the LAYER_EXPLORER_* variables of explorer/settings.py (a bad
+        """Defaults overridden by the LAYER_EXPLORER_* variables of explorer/core/settings.py (a bad
         value raises SettingError, one line)."""
         return UISettings(
             default_model=get("LAYER_EXPLORER_MODEL") or DEFAULT_MODEL,

@@ -1,5 +1,5 @@
 """On the Compare tab: what the cut buys, measured. "Measure speed-up" times the original model and
-the variant in turn on this machine (`explorer.speed.measure_speed`, small sizes so it takes
+the variant in turn on this machine (`explorer.evaluate.speed.measure_speed`, small sizes so it takes
 seconds), records the speed-ups on the session's history (the summary table gains a speed-up row)
 and draws perplexity against measured speed-up with the best trade-offs marked."""
 
@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
-from ..errors import ExplorerError
-from . import busy, jobs, plots, stop
-from .common import Ctx, need_model, user_errors
-from .state import Session
+from explorer.core.errors import ExplorerError
+from explorer.ui import busy, jobs, plots, stop
+from explorer.ui.common import Ctx, need_model, user_errors
+from explorer.ui.state import Session
 
 # Small sizes for the app: batch 1 (a user's chat), a 256-token prompt, 32 decoded tokens, 3 rounds.
 SIZES = {"batches": [1], "prefill_tokens": 256, "decode_prompt": 32, "new_tokens": 32,

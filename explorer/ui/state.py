@@ -35,9 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from ..errors import LayerError
-from ..layer_lists import format_groups, format_layers, parse_groups, parse_layers
-from ..report import Healing
+from explorer.core.errors import LayerError
+from explorer.core.layer_lists import format_groups, format_layers, parse_groups, parse_layers
+from explorer.report.build import Healing
 
 MERGE_RULES = {
     "average": "average: each linear weight becomes the mean of the block's weights",
@@ -72,7 +72,7 @@ class SessionPlan:
 
     method: str = "manual"
     params: dict[str, Any] = field(default_factory=dict)   # the method's full parameter set
-    ops: list[dict] = field(default_factory=list)          # recipe ops (`explorer.recipe`)
+    ops: list[dict] = field(default_factory=list)          # recipe ops (`explorer.apply.recipe`)
     removed: list[int] = field(default_factory=list)       # original layers dropped
     merged: list[list[int]] = field(default_factory=list)  # original layers merged (or replaced)
     notes: str = ""                                        # the method's own remarks
@@ -144,7 +144,7 @@ class Tried:
     healed: str = ""             # the healing mode, for a healed variant
     band_before: tuple[float, float] | None = None   # 95% band of each figure over the windows
     band_after: tuple[float, float] | None = None
-    speedup_prefill: float | None = None   # measured speed-ups (explorer.speed; ui/speed_panel)
+    speedup_prefill: float | None = None   # measured speed-ups (explorer.evaluate.speed; ui/speed_panel)
     speedup_decode: float | None = None
 
 

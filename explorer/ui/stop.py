@@ -2,7 +2,7 @@
 
 Gradio's `cancels=` only abandons an event on the page: a handler already running in a worker
 thread goes on, and it holds the resident model's lock, so every later request would wait for it.
-Each browser session therefore has a `CancelToken` (`explorer.progress`). The long handlers wrap
+Each browser session therefore has a `CancelToken` (`explorer.core.progress`). The long handlers wrap
 their gr.Progress in `watch(progress, request)`: a pipeline `Progress` that checks the session's
 token at each event (per batch of windows in the probe and the perplexity, per training step) and
 raises `Stopped` there, then shows the event on the step's bar as `event.describe()`. The
@@ -27,9 +27,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..cache import Store
-from ..progress import CancelToken, Cancelled, Event, Progress, watched
-from .controls import human
+from explorer.core.cache import Store
+from explorer.core.progress import CancelToken, Cancelled, Event, Progress, watched
+from explorer.ui.controls import human
 
 
 class Stopped(Cancelled):

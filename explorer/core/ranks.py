@@ -1,0 +1,160 @@
+"""Data-parallel ranks on torch.distributed: each rank takes a shard of the calibration windows,
+and the per-layer accumulators (`explorer.core.gather.Sums`) are added across ranks.
+
+Without an initialised process group (the usual case: one process) every function here is the
+identity: `shard` gives all windows, `reduce_sums` changes nothing. Under torchrun
+(`init_from_env`: gloo on CPUs, NCCL on GPUs) rank r of N takes windows
+[r W / N, (r + 1) W / N) and `reduce_sums` gathers every rank's float64 sums and adds them in
+rank order, the same on every rank, so a fit does not depend on who computed which windows
+beyond float64 rounding.
+
+What goes through here (docs/scale.md): the closed-form and LinearPatch fits
+(`heal.closed_form.cut_gather`: sums), the probe (`gather_rows`: every window's states, so every
+similarity measure is one process's), perplexity (per-window NLLs), layer-wise healing's training
+(`sum_tensors`: gradients; `from_rank0`: the time budget). The command line joins the group for
+`similarity` and `eval` (explorer/cli/__init__.py); rank 0 alone prints.
+
+Example (two processes on one machine, gloo):
+    $ torchrun --nproc_per_node 2 my_script.py     # my_script calls ranks.init_from_env()
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from explorer.core.errors import LayerError, one_line
+from explorer.core.gather import Sums
+
+
+def world() -> tuple[int, int]:
+    """(this rank, number of ranks); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env() -> tuple[int, int]:
+    """Join the process group torchrun describes ($WORLD_SIZE, $RANK, $MASTER_ADDR...): NCCL
+    when this rank has a GPU, else gloo. One process (no $WORLD_SIZE, or 1): nothing to do."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return world()
+
+
+def shard(n: int) -> slice:
+    """This rank's windows of n: a contiguous block, the blocks in rank order."""
+    rank, size = world()
+    if size > n:
+        raise LayerError(f"{size} ranks but only {n} windows: every rank needs at least one "
+                         f"window (use at most {n} ranks, or more windows)")
+    return slice(rank * n // size, (rank + 1) * n // size)
+
+
+def rank_generator(seed: int) -> torch.Generator:
+    """A generator of its own for what one rank draws alone (derived from the run's seed and the
+    rank); what every rank must draw alike uses torch.Generator().manual_seed(seed)."""
+    rank, _ = world()
+    return torch.Generator().manual_seed(seed + 1_000_003 * rank)
+
+
+def _collective(fn, what: str):
+    try:
+        return fn()
+    except (RuntimeError, dist.DistBackendError) as exc:
+        raise LayerError(f"a rank stopped while the ranks were {what} ({one_line(exc)}); "
+                         "nothing of this step was kept") from None
+
+
+def agree(value: object, what: str) -> None:
+    """Every rank holds the same `value` (a fingerprint of the model, of the text), else one
+    line naming the first rank that differs."""
+    rank, size = world()
+    if size == 1:
+        return
+    got: list = [None] * size
+    _collective(lambda: dist.all_gather_object(got, value), f"comparing the {what}")
+    for r, v in enumerate(got):
+        if v != got[0]:
+            raise LayerError(f"the ranks disagree on the {what}: rank {r} has {v!r}, rank 0 "
+                             f"{got[0]!r} (start every rank with the same arguments)")
+
+
+def reduce_sums(sums: Sums) -> Sums:
+    """Add every rank's sums into `sums` (in place, float64, in rank order) and give every rank
+    all kept pieces; returns `sums`."""
+    rank, size = world()
+    if size == 1:
+        return sums
+    names = sorted(sums.sums)
+    agree(names, "accumulated statistics")
+    totals = sum_tensors([sums.sums[n].to(torch.float64) for n in names],
+                         "adding the accumulated statistics")
+    sums.sums.update(zip(names, totals))
+    if sums.pieces:
+        got: list = [None] * size
+        mine = {n: {k: v.cpu() for k, v in d.items()} for n, d in sums.pieces.items()}
+        _collective(lambda: dist.all_gather_object(got, mine), "gathering kept states")
+        for other in got:
+            for n, d in other.items():
+                sums.pieces.setdefault(n, {}).update(d)
+    return sums
+
+
+def gather_rows(t: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Every rank's rows of `t` ((n_r, ...), its shard) concatenated in rank order, which is window
+    order, (sum n_r, ...) on every rank: per-window figures (NLL sums, probed states) need no
+    reduction, only collecting. n: the total expected (checked)."""
+    rank, size = world()
+    if size == 1:
+        return t
+    dev = t.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    x = t.detach().to(dev).contiguous()
+    count = torch.tensor([x.shape[0]], dtype=torch.long, device=dev)
+    counts = [torch.zeros_like(count) for _ in range(size)]
+    _collective(lambda: dist.all_gather(counts, count), "collecting window rows")
+    most = int(max(int(c) for c in counts))
+    pad = torch.zeros((most - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=dev)
+    xp = torch.cat([x, pad])                       # all_gather needs equal shapes
+    parts = [torch.empty_like(xp) for _ in range(size)]
+    _collective(lambda: dist.all_gather(parts, xp), "collecting window rows")
+    out = torch.cat([p[:int(c)] for p, c in zip(parts, counts)])
+    if n is not None and out.shape[0] != n:
+        raise LayerError(f"the ranks returned {out.shape[0]} rows of {n}")
+    return out.to(t.device)
+
+
+def from_rank0(value):
+    """Rank 0's `value` on every rank (a time budget's decision: ranks run at different speeds,
+    so rank 0 alone reads its clock)."""
+    rank, size = world()
+    if size == 1:
+        return value
+    box = [value]
+    _collective(lambda: dist.broadcast_object_list(box, src=0), "agreeing on the time budget")
+    return box[0]
+
+
+def sum_tensors(ts: list[torch.Tensor], what: str = "adding gradients") -> list[torch.Tensor]:
+    """Every rank's tensors added (float64, rank order, so the sum does not depend on the rank
+    count beyond rounding and is the same on every rank), cast back to each tensor's dtype: the
+    data-parallel gradient, and the accumulators' sums (`reduce_sums`). what: the step, for the
+    message when a rank stops."""
+    rank, size = world()
+    if size == 1:
+        return ts
+    out = []
+    for t in ts:
+        x = t.detach().to(torch.float64).contiguous()
+        dev = x.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        x = x.to(dev)
+        parts = [torch.empty_like(x) for _ in range(size)]
+        _collective(lambda: dist.all_gather(parts, x), what)
+        total = parts[0].clone()
+        for p in parts[1:]:                        # rank order: the same sum on every rank
+            total += p
+        out.append(total.to(device=t.device, dtype=t.dtype))
+    return out

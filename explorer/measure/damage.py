@@ -1,0 +1,362 @@
+"""The damage map: what removing each single layer and each contiguous block really costs.
+
+The similarity heatmaps (explorer/measure/measures.py) say how alike two layer boundaries are; every
+similarity-based method assumes that alike means safe to remove. The damage map measures it: for
+every block of up to `max_block` consecutive layers, the model without that block is run on the
+calibration windows and compared with the dense model, in the heatmaps' cell coordinates:
+
+    cell (a, b), a < b  =  remove layers a..b-1  (the b - a layers of the block)
+    ppl   exp(mean NLL) of the cut model on the windows
+    nll   its mean NLL minus the dense model's (the NLL increase, nats per predicted token)
+    kl    mean over predicted tokens of KL(p_dense || p_cut), nats
+
+Each candidate runs only from its cut onward: one dense pass records the residual stream at
+every boundary (W, T, H), and the candidate without layers a..b-1 starts at boundary a with the
+dense states there (the layers before the cut are the dense model's, so their output is already
+known). Removing a block at depth a therefore costs L - (b - a) - a layers plus the head, and the
+whole map of blocks up to n costs about n * L * L / 2 layer-passes.
+
+The perplexity follows the protocol of `evaluate.perplexity` (README.md, "Perplexity protocol"):
+the same windows give the same figure as `eval --drop a..b-1`, to float rounding
+(tests/test_measure_damage.py). KL needs the dense distribution at every position: its log-probabilities
+(W, T-1, V) are kept when they fit `KL_CACHE_BYTES`, else recomputed chunk by chunk from the
+dense final-norm states next to each candidate's (one more head product per candidate). The head
+is a large part of each candidate's cost (49k x 576 for SmolLM2: about 8 of its 30 layers), so
+`kl=False` (the NLL alone) is cheaper still.
+
+Live fill-in and Stop: every finished candidate reports an `Event` (stage "damage map", step =
+candidates done, figure = its perplexity) and calls `on_cell(map)` with the map so far. A
+`CancelToken` ends the work at the next candidate: the cells done are kept and the map is marked
+`partial` (a Stop inside a candidate's pass drops only that candidate).
+
+Example:
+    >>> dm = damage_map(lm, ids, max_block=4)       # ids: (W, T) calibration windows
+    >>> dm.matrix("nll")                            # (L+1, L+1), NaN where not measured
+    >>> dm.cell(10, 13)                             # {'ppl': ..., 'nll': ..., 'kl': ...}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from explorer.core.backbone import run_backbone
+from explorer.core.errors import LayerError, TextError
+from explorer.evaluate.nll import LOGIT_CHUNK, NonFiniteError, final_logits, window_nll_sums
+from explorer.core.model import LoadedModel
+from explorer.core.params import Param, help_text, resolve
+from explorer.core.progress import Cancelled, CancelToken, Event, Progress, watched
+from explorer.core.tokens import auto_batch_size
+from explorer.core.variant import Variant
+
+METRICS = ("nll", "kl", "ppl")
+METRIC_TITLES = {"nll": "NLL increase (nats/token)", "kl": "KL to the dense model (nats/token)",
+                 "ppl": "perplexity after removal"}
+
+# The map's parameters where it is asked for by name (`similarity --measure damage --param ...`,
+# the app's Analyse tab), declared once like a measure's.
+PARAMS = (
+    Param("max_block", int, 4, "measure every block of 1..max_block consecutive layers", min=1,
+          label="Largest block"),
+    Param("metric", str, "nll", "what the matrix shows: the NLL increase, the KL to the dense "
+          "model, or the perplexity after removal", choices=METRICS, label="Damage shown",
+          choice_labels=tuple(METRIC_TITLES.items())),
+)
+TITLE = "Measured damage (removal, not similarity)"
+
+
+def resolve_params(given: dict) -> dict:
+    """Every damage-map parameter from `given` or its default; a one-line ParamError else."""
+    return resolve(PARAMS, given, "damage")
+
+
+def params_help() -> str:
+    return help_text([("damage", TITLE, PARAMS)])
+
+
+@dataclass
+class DamageMap:
+    """Measured cost of removing each block (a, b) = layers a..b-1 of `base`, on windows (W, T).
+
+    The matrices are (L+1, L+1) float64, symmetric, NaN where no candidate was measured; the
+    diagonal holds the dense model (ppl = dense_ppl, nll and kl 0).
+    """
+
+    num_layers: int
+    max_block: int
+    windows: int                    # W
+    seqlen: int                     # T (BOS included)
+    dense_nll: float                # mean NLL per predicted token of the base model
+    ppl: torch.Tensor               # (L+1, L+1)
+    nll: torch.Tensor               # (L+1, L+1) NLL increase over the base model
+    kl: torch.Tensor                # (L+1, L+1) mean KL(p_base || p_cut)
+    window_nll: dict[tuple[int, int], list[float]] = field(default_factory=dict)  # (W,) each
+    window_kl: dict[tuple[int, int], list[float]] = field(default_factory=dict)   # (W,) each
+    done: list[tuple[int, int]] = field(default_factory=list)   # cells measured, in order
+    total: int = 0                  # cells asked for
+    partial: bool = False           # stopped before every cell was measured
+    seconds: float = 0.0            # wall time, dense pass included
+    dense_seconds: float = 0.0
+
+    @property
+    def dense_ppl(self) -> float:
+        return math.exp(self.dense_nll)
+
+    @property
+    def tokens(self) -> int:
+        """Predicted tokens per candidate: W x (T - 1)."""
+        return self.windows * (self.seqlen - 1)
+
+    def matrix(self, metric: str = "nll") -> torch.Tensor:
+        """(L+1, L+1) of one metric: 'nll' (increase), 'kl' or 'ppl'."""
+        if metric not in METRICS:
+            raise LayerError(f"unknown damage metric '{metric}'; use one of: {', '.join(METRICS)}")
+        return getattr(self, metric)
+
+    def cell(self, a: int, b: int) -> dict[str, float]:
+        return {m: float(self.matrix(m)[a, b]) for m in METRICS}
+
+    def cells(self, size: int | None = None) -> list[tuple[int, int]]:
+        """The measured cells, blocks of `size` layers only when given, in (a, b) order."""
+        return sorted(c for c in self.done if size is None or c[1] - c[0] == size)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every measured cell with its figures, and the three matrices."""
+        def rows(m: torch.Tensor) -> list[list[float | None]]:
+            return [[None if math.isnan(v) else round(v, 6) for v in r] for r in m.tolist()]
+        return {"measure": "damage", "num_layers": self.num_layers, "max_block": self.max_block,
+                "windows": self.windows, "seqlen": self.seqlen, "tokens": self.tokens,
+                "dense_ppl": round(self.dense_ppl, 6), "dense_nll": round(self.dense_nll, 8),
+                "partial": self.partial, "cells_done": len(self.done), "cells_total": self.total,
+                "seconds": round(self.seconds, 2),
+                "cells": [dict(a=a, b=b, layers=block_label(a, b),
+                               **{m: round(v, 8) for m, v in self.cell(a, b).items()})
+                          for a, b in self.cells()],
+                "matrix": {m: rows(self.matrix(m)) for m in METRICS}}
+
+    def to_csv(self) -> str:
+        """One row per measured cell: a, b, layers, ppl, nll (increase), kl."""
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["a", "b", "layers", "ppl", "nll_increase", "kl"])
+        for a, b in self.cells():
+            c = self.cell(a, b)
+            w.writerow([a, b, block_label(a, b), f"{c['ppl']:.8g}", f"{c['nll']:.8g}",
+                        f"{c['kl']:.8g}"])
+        return out.getvalue()
+
+
+def block_label(a: int, b: int) -> str:
+    """Cell (a, b) for people: the layers removed, '7' or '10-12'."""
+    return str(a) if b == a + 1 else f"{a}-{b - 1}"
+
+
+def check_block(max_block: int, num_layers: int) -> int:
+    """`max_block` as an int in 1..L-1, or one line saying why not."""
+    if isinstance(max_block, bool) or not isinstance(max_block, int) or max_block < 1:
+        raise LayerError(f"the damage map's block size must be a whole number >= 1 "
+                         f"(got {max_block!r})")
+    if max_block > num_layers:
+        raise LayerError(f"block size {max_block} is larger than the model ({num_layers} "
+                         "layers)")
+    if max_block == num_layers:
+        raise LayerError(f"block size {max_block} would remove every layer of the model; use at "
+                         f"most {num_layers - 1}")
+    return max_block
+
+
+def candidate_cells(num_layers: int, max_block: int,
+                    sizes: Iterable[int] | None = None) -> list[tuple[int, int]]:
+    """Cells (a, b) of every block of 1..max_block layers (or of the given sizes), singles first,
+    then by depth: the order the map fills in."""
+    chosen = range(1, max_block + 1) if sizes is None else sorted(set(sizes))
+    return [(a, a + n) for n in chosen for a in range(num_layers - n + 1)]
+
+
+# The dense log-probabilities KL needs, (W, T-1, V) float32, are kept when they fit in this many
+# bytes (16 windows of 128 tokens of SmolLM2's 49k vocabulary: 400 MB); beyond it they are
+# recomputed from the dense final-norm states for every candidate (one more head product each).
+KL_CACHE_BYTES = 2 ** 30
+
+
+class _DenseDistribution:
+    """The dense model's next-token log-probabilities on the windows, for KL: stored whole when
+    they fit `KL_CACHE_BYTES`, else recomputed chunk by chunk from its final-norm states."""
+
+    def __init__(self, lm: LoadedModel, W: int, T: int, head: torch.nn.Module) -> None:
+        self.lm, self.head = lm, head
+        V = head.weight.shape[0]
+        self.stored = W * (T - 1) * V * 4 <= KL_CACHE_BYTES
+        self.data: torch.Tensor | None = None    # (W, T-1, V) log-probs, or (W, T, H) states
+        self.shape = (W, T - 1, V)
+
+    def add(self, rows: slice, hidden: torch.Tensor) -> None:
+        """The dense pass's batch: final-norm states (b, T, H) of windows `rows`."""
+        if self.stored:
+            b, T, H = hidden.shape
+            h = hidden[:, :-1].reshape(-1, H)
+            logp = torch.cat([F.log_softmax(final_logits(self.lm, h[s:s + LOGIT_CHUNK],
+                                                         head=self.head), dim=-1)
+                              for s in range(0, h.shape[0], LOGIT_CHUNK)])
+            block = logp.view(b, T - 1, -1)
+        else:
+            block = hidden
+        if self.data is None:
+            self.data = torch.empty(self.shape if self.stored else
+                                    (self.shape[0],) + tuple(hidden.shape[1:]),
+                                    dtype=block.dtype, device=block.device)
+        self.data[rows] = block
+
+    def chunks(self, rows: slice) -> Callable[[int, int], torch.Tensor]:
+        """(s, e) -> (e - s, V) log-probs of flattened positions s..e-1 of windows `rows`."""
+        if self.stored:
+            flat = self.data[rows].reshape(-1, self.shape[2])              # (b*(T-1), V)
+            return lambda s, e: flat[s:e]
+        h = self.data[rows][:, :-1].reshape(-1, self.data.shape[-1])       # (b*(T-1), H)
+        return lambda s, e: F.log_softmax(final_logits(self.lm, h[s:e], head=self.head), dim=-1)
+
+
+@torch.no_grad()
+def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
+               sizes: Iterable[int] | None = None, base: Variant | None = None,
+               kl: bool = True, batch_size: int | None = None,
+               progress: Progress | None = None, cancel: CancelToken | None = None,
+               on_cell: Callable[[DamageMap], None] | None = None) -> DamageMap:
+    """Measure the removal of every block of up to `max_block` layers of `base` (default: the
+    loaded model) on windows `ids` (W, T).
+
+    sizes: only blocks of these sizes (each <= max_block), e.g. (3,) for one off-diagonal.
+    kl: also measure the KL to `base` (False: NaN; the NLL alone costs less).
+    progress: an Event per candidate (and the dense pass's per batch).
+    cancel: checked before every candidate; once set the map returns `partial`. A progress
+        that raises `Cancelled` (`progress.watched`, the app's Stop) does the same.
+    on_cell: called with the map after each candidate (live fill-in).
+    """
+    base = base or Variant.identity(lm)
+    L = base.num_layers
+    check_block(max_block, L)
+    if sizes is not None:
+        for n in sizes:
+            check_block(n, L)
+            if n > max_block:
+                raise LayerError(f"block size {n} is larger than max_block {max_block}")
+    if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
+        raise TextError(f"the damage map needs at least one window of 2 tokens (got windows of "
+                        f"shape {tuple(ids.shape)}): give more text or a smaller seqlen")
+    W, T = ids.shape
+    batch_size = batch_size or auto_batch_size(lm.device, T)
+    cells = candidate_cells(L, max_block, sizes)
+    nan = torch.full((L + 1, L + 1), math.nan, dtype=torch.float64)
+    t0 = time.perf_counter()
+
+    # the dense pass: the residual stream at every boundary a cut can start from (in the
+    # model's dtype on its device, (W, T, H) each), its distribution (for KL) and its NLL
+    starts = sorted({a for a, _ in cells})
+    states: dict[int, torch.Tensor] = {}
+    dense = _DenseDistribution(lm, W, T, base.head_module()) if kl else None
+    dense_sum = 0.0
+    for batch in run_backbone(lm, ids, variant=base, record=starts, final_norm=True,
+                              batch_size=batch_size, label="damage map: dense pass",
+                              progress=watched(progress, cancel)):
+        for k, h in batch.states.items():                                  # (b, T, H)
+            if k not in states:
+                states[k] = torch.empty((W,) + tuple(h.shape[1:]), dtype=h.dtype,
+                                        device=h.device)
+            states[k][batch.rows] = h
+        if dense is not None:
+            dense.add(batch.rows, batch.hidden)
+        nll, _ = _window_figures(lm, batch.hidden, None, batch.ids, base.head_module())
+        dense_sum += float(nll.sum())
+    dense_nll = dense_sum / (W * (T - 1))
+    ppl, inc, kls = nan.clone(), nan.clone(), nan.clone()
+    for m, v in ((ppl, math.exp(dense_nll)), (inc, 0.0), (kls, 0.0)):
+        m.fill_diagonal_(v)
+    out = DamageMap(L, max_block, W, T, dense_nll, ppl, inc, kls, total=len(cells),
+                    dense_seconds=time.perf_counter() - t0)
+
+    for k, (a, b) in enumerate(cells):
+        if cancel is not None and cancel.cancelled:
+            out.partial = True
+            break
+        cut = base.drop(range(a, b))
+        try:
+            w_nll, w_kl = _candidate(lm, ids, cut, a, states, dense, batch_size,
+                                     watched(None, cancel))
+        except Cancelled:
+            out.partial = True
+            break
+        mean_nll = float(w_nll.sum()) / (W * (T - 1))
+        if not math.isfinite(mean_nll):
+            raise NonFiniteError(f"removing layers {block_label(a, b)} made the model produce "
+                                 "NaN or inf")
+        for m, v in ((ppl, math.exp(min(mean_nll, 700.0))), (inc, mean_nll - dense_nll),
+                     (kls, float(w_kl.sum()) / (W * (T - 1)) if kl else math.nan)):
+            m[a, b] = m[b, a] = v
+        out.window_nll[(a, b)] = (w_nll / (T - 1)).tolist()
+        if kl:
+            out.window_kl[(a, b)] = (w_kl / (T - 1)).tolist()
+        out.done.append((a, b))
+        out.seconds = time.perf_counter() - t0
+        if on_cell:
+            on_cell(out)
+        try:      # a Stop arrives through a watched progress: the cells done stay
+            if progress:
+                progress(Event("damage map", (k + 1) / len(cells), step=k + 1,
+                               total=len(cells), unit="candidates", figure=float(ppl[a, b]),
+                               seconds=out.seconds, note=f"without layers {block_label(a, b)}"))
+        except Cancelled:
+            out.partial = k + 1 < len(cells)
+            break
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _candidate(lm: LoadedModel, ids: torch.Tensor, cut: Variant, a: int,
+               states: dict[int, torch.Tensor], dense: _DenseDistribution | None,
+               batch_size: int, report: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W,) NLL sums and (W,) KL sums of the variant `cut`, which equals the base before slot a:
+    run from the dense states at boundary a."""
+    W = ids.shape[0]
+    nll = torch.zeros(W, dtype=torch.float64)
+    kl = torch.zeros(W, dtype=torch.float64)
+    start_states = states[a] if a > 0 else None
+    for batch in run_backbone(lm, ids, variant=cut, start=a, start_states=start_states,
+                              final_norm=True, batch_size=batch_size, label="damage map",
+                              progress=report):
+        ref = dense.chunks(batch.rows) if dense is not None else None
+        n, k = _window_figures(lm, batch.hidden, ref, batch.ids, cut.head_module())
+        nll[batch.rows], kl[batch.rows] = n, k
+    return nll, kl
+
+
+def _window_figures(lm: LoadedModel, hidden: torch.Tensor,
+                    dense: Callable[[int, int], torch.Tensor] | None, ids: torch.Tensor,
+                    head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window NLL sums and KL(p_dense || p) sums, (b,) float64 each, CPU.
+
+    hidden: (b, T, H) final-norm states of the variant; position t predicts token t+1 (as
+    `evaluate.nll.window_nll_sums`, chunk by chunk so the (b*T, V) logits never exist whole).
+    dense: (s, e) -> the dense log-probs of flattened positions s..e-1 (None: no KL).
+    head: the variant's vocabulary head."""
+    b, T, H = hidden.shape
+    if dense is None:                    # the NLL alone: evaluate's own sums
+        return (window_nll_sums(lm, hidden, ids.to(hidden.device), head=head).cpu(),
+                torch.zeros(b, dtype=torch.float64))
+    h = hidden[:, :-1].reshape(-1, H)                                    # (b*(T-1), H)
+    targets = ids[:, 1:].reshape(-1).to(h.device)
+    nll = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
+    kl = torch.zeros(targets.numel(), dtype=torch.float64, device=h.device)
+    for s in range(0, h.shape[0], LOGIT_CHUNK):
+        e = s + LOGIT_CHUNK
+        logits = final_logits(lm, h[s:e], head=head)                      # (n, V) fp32
+        nll[s:e] = F.cross_entropy(logits, targets[s:e], reduction="none")
+        ref = dense(s, min(e, h.shape[0]))                                 # (n, V)
+        kl[s:e] = (ref.exp() * (ref - F.log_softmax(logits, dim=-1))).sum(-1).clamp_min(0)
+    return nll.view(b, T - 1).sum(1).cpu(), kl.view(b, T - 1).sum(1).cpu()

@@ -1,0 +1,88 @@
+"""Data-parallel ranks (explorer/core/ranks.py): two gloo ranks, each on half of the windows, fit the
+same closed-form map and the same per-window NLLs and similarity matrices as one process; ranks that disagree on the text, and more ranks than
+windows, are refused in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from explorer.core.errors import ExplorerError
+
+WORKER = Path(__file__).with_name("rank_worker.py")
+
+
+def _torchrun(n: int, folder, out, *extra) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent), str(WORKER.parent),
+                                          os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+           "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
+           str(WORKER), str(folder), str(out), *extra]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.load(out)
+
+
+def test_two_gloo_ranks_fit_the_one_process_map(tiny_factory, tmp_path):
+    folder = tiny_factory("llama", num_layers=6)
+    one = _torchrun(1, folder, tmp_path / "one.pt")
+    two = _torchrun(2, folder, tmp_path / "two.pt")
+    assert (one["ranks"], two["ranks"]) == (1, 2)
+    assert (two["down"] - one["down"]).abs().max() <= 1e-5 * one["down"].abs().max()
+    assert two["fits"][0]["mse_after"] == pytest.approx(one["fits"][0]["mse_after"], rel=1e-6)
+    assert two["after"] == pytest.approx(one["after"], rel=1e-5)
+    assert len(two["nll"]) == len(one["nll"]) == 20                 # per-window NLL, in order
+    assert sum(two["nll"]) == pytest.approx(sum(one["nll"]), rel=1e-9)
+    for m, a in one["sims"].items():                               # probed on 4 + 3 windows
+        assert (two["sims"][m] - a).abs().max() <= 1e-6, m
+    # layer-wise training: each rank its half of every step's windows, gradients added
+    assert two["lw_after"] == pytest.approx(one["lw_after"], rel=1e-5)
+    assert max(float((a - b).abs().max()) for a, b in zip(one["lw"], two["lw"])) <= 1e-5
+    bad = _torchrun(2, folder, tmp_path / "bad.pt", " Another sentence.")
+    assert "ranks disagree" in bad["error"] and "\n" not in bad["error"]
+
+
+def test_more_ranks_than_windows_is_one_line(monkeypatch):
+    from explorer.core import ranks
+
+    monkeypatch.setattr(ranks, "world", lambda: (1, 4))
+    assert ranks.shard(9) == slice(2, 4)
+    with pytest.raises(ExplorerError, match="4 ranks but only 3 windows") as info:
+        ranks.shard(3)
+    assert "\n" not in str(info.value)
+
+
+def test_torchrun_similarity_command_equals_one_process(tiny_factory, capsys):
+    """`torchrun --nproc_per_node 2 -m explorer similarity`: rank 0 alone prints, the matrix is
+    the one process's; a command that does not run as ranks yet is refused in one line."""
+    import json
+
+    from explorer.cli import main
+
+    folder = tiny_factory("llama", num_layers=6)
+    args = ["similarity", "--model", str(folder), "--samples", "5", "--seqlen", "32", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent),
+                                          os.environ.get("PYTHONPATH", "")])}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "-m", "explorer"]
+    done = subprocess.run(run + args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1                                          # rank 0 alone printed
+    two = json.loads(lines[0])
+    assert main(args) == 0
+    one = json.loads(capsys.readouterr().out)
+    diff = max(abs(a - b) for ra, rb in zip(one["matrix"], two["matrix"]) for a, b in zip(ra, rb))
+    assert diff <= 1e-6 and two["num_tokens"] == one["num_tokens"]
+    done = subprocess.run(run + ["compress", "--model", str(folder), "--method", "shortgpt",
+                                 "--remove", "1"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "error: 'compress' does not run as 2 ranks yet" in done.stderr

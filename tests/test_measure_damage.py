@@ -1,0 +1,160 @@
+"""The damage map against independent computations: each cell equals the perplexity of a really
+dropped variant through the normal eval path (same windows, same protocol), KL against a plain
+full-vocabulary computation, Stop keeps the cells done, bad input gets one line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from explorer import ExplorerError
+from explorer.measure.damage import DamageMap, block_label, candidate_cells, damage_map
+from explorer.evaluate.windows import evaluation_windows
+from explorer.evaluate.perplexity import perplexity
+from explorer.probe.probe import calibration_windows
+from explorer.core.progress import CancelToken
+from explorer.core.variant import Variant
+
+
+@pytest.fixture(scope="module")
+def tiny_ids(tiny_lm, sample_text):
+    return calibration_windows(tiny_lm, sample_text, seqlen=32, num_samples=6)
+
+
+@pytest.fixture(scope="module")
+def tiny_map(tiny_lm, tiny_ids):
+    return damage_map(tiny_lm, tiny_ids, max_block=3, batch_size=4)
+
+
+def test_cells_equal_eval_of_the_dropped_variant(tiny_lm, tiny_ids, tiny_map, sample_text):
+    # the eval path's windows of the same text are the calibration windows the map ran on
+    w = evaluation_windows(tiny_lm, sample_text, 32, 32 * 6)
+    assert torch.equal(w, tiny_ids)
+    dense = perplexity(tiny_lm, sample_text, seqlen=32, max_tokens=32 * 6, cache=False)
+    assert tiny_map.dense_ppl == pytest.approx(dense.ppl, rel=1e-6)
+    for a, b in [(0, 1), (2, 3), (5, 6), (1, 4), (3, 5)]:
+        v = Variant.identity(tiny_lm).drop(range(a, b))
+        r = perplexity(tiny_lm, sample_text, variant=v, seqlen=32, max_tokens=32 * 6)
+        assert tiny_map.ppl[a, b] == pytest.approx(r.ppl, rel=1e-6), (a, b)
+        assert tiny_map.ppl[b, a] == tiny_map.ppl[a, b]
+        assert tiny_map.nll[a, b] == pytest.approx(r.nll - dense.nll, abs=1e-6)
+
+
+def test_kl_matches_a_full_forward_pass(tiny_lm, tiny_ids, tiny_map):
+    """KL(p_dense || p_cut) from the models' own full forward passes (HF logits, no backbone)."""
+    a, b = 2, 4
+    with torch.no_grad():
+        dense = tiny_lm.model(tiny_ids).logits[:, :-1].float()
+        with Variant.identity(tiny_lm).drop(range(a, b)).applied() as m:
+            cut = m(tiny_ids).logits[:, :-1].float()
+    p, q = F.log_softmax(dense, -1), F.log_softmax(cut, -1)
+    ref = (p.exp() * (p - q)).sum(-1).mean().item()
+    assert tiny_map.kl[a, b] == pytest.approx(ref, rel=1e-4)
+    assert tiny_map.kl[a, b] > 0
+
+
+def test_layout_json_csv(tiny_map):
+    L = 6
+    assert tiny_map.done == candidate_cells(L, 3)
+    assert len(tiny_map.done) == 6 + 5 + 4 and not tiny_map.partial
+    nll = tiny_map.matrix("nll")
+    assert nll.shape == (L + 1, L + 1) and torch.allclose(nll, nll.T, equal_nan=True)
+    assert math.isnan(float(nll[0, 4])) and float(nll[2, 2]) == 0.0     # block of 4: not asked
+    d = tiny_map.to_dict()
+    assert d["cells_done"] == d["cells_total"] == 15 and len(d["cells"]) == 15
+    assert d["matrix"]["nll"][0][4] is None
+    lines = tiny_map.to_csv().splitlines()
+    assert lines[0] == "a,b,layers,ppl,nll_increase,kl" and len(lines) == 16
+    assert lines[1].startswith("0,1,0,") and block_label(1, 4) == "1-3"
+    assert all(len(v) == tiny_map.windows for v in tiny_map.window_nll.values())
+
+
+def test_stop_keeps_cells_done_and_marks_partial(tiny_lm, tiny_ids, tiny_map):
+    token = CancelToken()
+    seen: list[int] = []
+
+    def on_cell(m: DamageMap) -> None:
+        seen.append(len(m.done))
+        if len(m.done) == 4:
+            token.cancel()
+    part = damage_map(tiny_lm, tiny_ids, max_block=3, cancel=token, on_cell=on_cell)
+    assert part.partial and seen == [1, 2, 3, 4] and len(part.done) == 4
+    assert part.to_dict()["partial"] is True
+    for a, b in part.done:
+        assert float(part.ppl[a, b]) == pytest.approx(float(tiny_map.ppl[a, b]), rel=1e-9)
+
+
+def test_bad_input_is_one_line(tiny_lm, tiny_ids, sample_text):
+    for bad, words in [(7, "larger than the model"), (6, "every layer"), (0, ">= 1")]:
+        with pytest.raises(ExplorerError, match=words) as e:
+            damage_map(tiny_lm, tiny_ids, max_block=bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ExplorerError, match="fewer than one window") as e:
+        calibration_windows(tiny_lm, sample_text[:20], seqlen=128, num_samples=4)
+    with pytest.raises(ExplorerError, match="at least one window"):
+        damage_map(tiny_lm, tiny_ids[:, :1], max_block=1)
+
+
+def test_cli_similarity_measure_damage_json_and_csv(tiny_factory, sample_text, tmp_path, capsys):
+    import csv
+    import json
+
+    from explorer import load_model, load_texts
+    from explorer.cli import main
+
+    folder = str(tiny_factory("llama", num_layers=4))
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    table = tmp_path / "map.csv"
+    rc = main(["similarity", "--model", folder, "--text", str(text), "--measure", "damage",
+               "--param", "max_block=2", "--seqlen", "32", "--samples", "3", "--csv",
+               str(table), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["measure"] == "damage" and out["cells_done"] == 4 + 3
+    lm = load_model(folder)
+    ids = calibration_windows(lm, load_texts(str(text)).calibration, 32, 3)
+    ref = damage_map(lm, ids, max_block=2)
+    assert out["matrix"]["nll"][1][3] == pytest.approx(float(ref.nll[1, 3]), abs=1e-6)
+    assert out["adjacent"] == [out["matrix"]["nll"][i][i + 1] for i in range(4)]
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 7 and rows[0]["layers"] == "0"
+    row = next(r for r in rows if r["layers"] == "2-3")
+    assert (row["a"], row["b"]) == ("2", "4")
+    assert float(row["ppl"]) == pytest.approx(float(ref.ppl[2, 4]), rel=1e-6)
+    errors = __import__("io").StringIO()
+    assert main(["similarity", "--model", folder, "--text", str(text), "--measure", "damage",
+                 "--param", "max_block=9", "--seqlen", "32", "--json"], stderr=errors) != 0
+    assert "larger than the model (4 layers)" in errors.getvalue()
+    assert len(errors.getvalue().strip().splitlines()) == 1
+
+
+def test_kl_recomputed_when_the_dense_distribution_does_not_fit(tiny_lm, tiny_ids, tiny_map,
+                                                                monkeypatch):
+    import explorer.measure.damage as D
+
+    monkeypatch.setattr(D, "KL_CACHE_BYTES", 0)
+    again = damage_map(tiny_lm, tiny_ids, max_block=1, batch_size=4)
+    assert torch.allclose(again.kl[:, :].diagonal(1), tiny_map.kl.diagonal(1), rtol=1e-5)
+    no_kl = damage_map(tiny_lm, tiny_ids, max_block=1, kl=False)
+    assert torch.isnan(no_kl.kl[0, 1]) and torch.equal(no_kl.ppl.diagonal(1),
+                                                       tiny_map.ppl.diagonal(1))
+
+
+def test_stop_through_a_watched_progress_keeps_the_cells(tiny_lm, tiny_ids):
+    from explorer.core.progress import watched
+
+    token = CancelToken()
+    events = []
+
+    def bar(e):
+        events.append(e)
+        if e.stage == "damage map" and e.step == 3:
+            token.cancel()
+    part = damage_map(tiny_lm, tiny_ids, max_block=2, progress=watched(bar, token))
+    # the Stop pressed after the third candidate is seen at the fourth's report: four stay
+    assert part.partial and len(part.done) == 4
+    done = [e for e in events if e.stage == "damage map"]
+    assert [e.step for e in done] == [1, 2, 3] and done[0].total == 11 and done[0].figure > 0
