@@ -23,20 +23,12 @@ from pathlib import Path
 from explorer import ExplorerError, Variant, load_model, load_texts, perplexity
 from explorer.plan import PlanContext, get_method
 from explorer.apply.recipe import replay
-from explorer.plan.layout import Layout
 
 PREFIX_METHODS = ("mka", "come", "sleb")   # greedy, progressive: plan k = prefix of plan max(k)
 SHARED_SEARCH = ("blockpruner", "damage")   # Method.plans: one search serves every k
 ORDER = ("tail", "shortgpt", "angular", "laco:mode=walk", "laco", "streamline", "mka", "come",
          "streamline:replacement=linear", "sleb", "blockpruner", "evopress", "damage",
          "damage:mode=greedy")
-
-
-def merged_of(ops: list[dict], n: int) -> tuple[list[int], list[list[int]]]:
-    lay = Layout.identity(n)
-    for op in ops:
-        lay = lay.merge(op["layers"]) if op["op"] != "drop" else lay.drop(op["layers"])
-    return lay.removed(n), lay.merged()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             ops = plan.recipe().ops
             for k in sorted(todo):
                 v = plan.variant if k == max(todo) else replay(lm, ops[:k])
-                removed, merged = merged_of(ops[:k], lm.num_layers)
+                removed, merged = v.removed(), v.merged()
                 record(name, k, v, removed, merged, plan_s * k / max(todo),
                        plan.notes if k == max(todo) else f"first {k} steps of the plan above")
             continue

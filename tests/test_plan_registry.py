@@ -8,7 +8,6 @@ import torch
 
 from explorer import ExplorerError, LayerError, Variant
 from explorer.plan import METHODS, PlanContext, compress, get_method, layers_for_ratio, list_methods
-from explorer.plan.layout import Layout
 from explorer.probe.probe import ProbeResult
 
 
@@ -71,13 +70,6 @@ def test_layers_for_ratio_counts_parameters(tiny_lm):
     for bad in (0, 1, -0.1, 1.5):
         with pytest.raises(LayerError):
             layers_for_ratio(tiny_lm, bad)
-
-
-def test_layout_tracks_original_indices():
-    lay = Layout.identity(8).merge([2, 3]).drop([0]).merge([3, 4])   # 0 dropped, (2,3), (5,6)
-    assert lay.groups == ((1,), (2, 3), (4,), (5, 6), (7,))
-    assert lay.removed(8) == [0, 3, 6] and lay.merged() == [[2, 3], [5, 6]]
-    assert lay.slot_of(6) == 3
 
 
 def rotation_probe(lm, angles: list[float], tokens: int = 12, samples: int = 3) -> ProbeResult:

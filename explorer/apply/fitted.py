@@ -116,7 +116,8 @@ def _describe(before: Variant, after: Variant) -> tuple[list[dict], dict[int, Ne
         else:
             n = len(new)
             new[n] = s
-            slots.append({"new": n, "like": s.like, "label": s.label,
+            slots.append({"new": n, "like": s.like, "stands_for": list(s.stands_for),
+                          "label": s.label,
                           "parts_dropped": list(s.parts_dropped)})
     return slots, new
 
@@ -169,7 +170,9 @@ def _restore(lm: LoadedModel, before: Variant, op: dict, entry: Entry) -> Varian
                 slots.append(live[n])
             else:
                 module = _build(lm, int(d["like"]), entry.tensors.get(n, {}), d.get("class"))
-                slots.append(NewLayer(module, like=int(d["like"]), label=str(d["label"]),
+                # "stands_for" since the origin map moved onto Variant; older files: "like" alone
+                group = tuple(int(o) for o in d.get("stands_for", [d["like"]]))
+                slots.append(NewLayer(module, stands_for=group, label=str(d["label"]),
                                       parts_dropped=tuple(d.get("parts_dropped", ()))))
     if entry.head == "new":
         head = entry.head_ref() if entry.head_ref is not None else None

@@ -15,12 +15,19 @@ afterwards, and applying costs microseconds instead of a reload.
 The loaded model is shared (by the web app's sessions, by threads), so `applied()` holds the
 model's lock for as long as the variant is in place.
 
+Each slot knows the original layers it stands for (`groups`), so methods edit a variant with its
+*current* slot indices and still report removed and merged layers in *original* indices, the ones
+the heatmaps show; this origin map is the only one.
+
 Example:
     >>> v = Variant.identity(lm).drop([14])           # 29 layers, original layer 14 removed
     >>> with v.applied() as model:
     ...     out = model(input_ids)
     >>> v.describe()
     'drop 14'
+    >>> w = Variant.identity(lm).merge([2, 3], [0.5, 0.5]).drop([4])   # slots 0 1 (2,3) 5 6 ...
+    >>> w.groups[:4], w.removed()[:2], w.merged()
+    (((0,), (1,), (2, 3), (5,)), [3, 4], [[2, 3]])
 """
 
 from __future__ import annotations
@@ -43,9 +50,16 @@ class NewLayer:
     """A layer that is not in the original model: a merge result or a trained replacement."""
 
     module: nn.Module
-    like: int        # original layer whose attention type (sliding/full) and position it takes
+    stands_for: tuple[int, ...]   # the original layers it replaces, ascending: one for a trained
+                                  # stand-in or a part drop, the block for a merge
     label: str       # short description, e.g. "merge(12,13; a=0.62)"
     parts_dropped: tuple[str, ...] = ()   # sub-blocks zeroed by `Variant.drop_part` ("attn", "mlp")
+
+    @property
+    def like(self) -> int:
+        """The original layer whose attention type (sliding/full) and position it takes: the first
+        one it stands for."""
+        return self.stands_for[0]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
@@ -127,10 +141,36 @@ class Variant:
                         p.data.zero_()
         return fetched
 
+    # -- the origin map: which original layers each slot stands for ----------------------------
+    @property
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """Per slot, the original layers it stands for: (i,) for original layer i, the merged
+        block for a merge, the replaced layer(s) for a trained stand-in."""
+        return tuple(s.stands_for if isinstance(s, NewLayer) else (s,) for s in self.slots)
+
     def origin(self, i: int) -> int:
-        """The original layer index that slot i stands for (for NewLayer: its `like`)."""
+        """The original layer whose place slot i takes (the first it stands for)."""
         s = self.slots[self.check_index(i)]
         return s.like if isinstance(s, NewLayer) else s
+
+    def slot_of(self, original: int) -> int:
+        """The slot that stands for this original layer; LayerError if none does (it was dropped)."""
+        for i, group in enumerate(self.groups):
+            if original in group:
+                return i
+        if not 0 <= original < self.lm.num_layers:
+            raise LayerError(f"layer {original} is out of range: the model has "
+                             f"{self.lm.num_layers} layers (0..{self.lm.num_layers - 1})")
+        raise LayerError(f"original layer {original} is not in this variant (it was dropped)")
+
+    def removed(self) -> list[int]:
+        """Original layers that no longer head a slot: dropped, or merged into the layer before."""
+        heads = {g[0] for g in self.groups}
+        return [i for i in range(self.lm.num_layers) if i not in heads]
+
+    def merged(self) -> list[list[int]]:
+        """The blocks of original layers that one slot stands for (merges, block stand-ins)."""
+        return [list(g) for g in self.groups if len(g) > 1]
 
     def new_layers(self) -> list[NewLayer]:
         return [s for s in self.slots if isinstance(s, NewLayer)]
@@ -194,7 +234,9 @@ class Variant:
         step: the recipe entry for this edit (default: {"op": "replace", "layers": ...}).
         """
         idx = sorted(self.check_indices(indices))
-        new = NewLayer(module=module, like=self.origin(idx[0]), label=label)
+        groups = self.groups
+        new = NewLayer(module=module, stands_for=tuple(sorted(o for i in idx for o in groups[i])),
+                       label=label)
         slots = list(self.slots)
         slots[idx[0]] = new
         slots = tuple(s for i, s in enumerate(slots) if i not in idx[1:])
@@ -269,8 +311,8 @@ class Variant:
                              "projection: its sub-blocks cannot be dropped")
         with self.lm.lock:   # no run's hooks are on the layer while it is copied
             module = without_part(self.layer(i), path)
-        new = NewLayer(module, like=self.origin(i), label=f"{self.layer_labels()[i]}-{part}",
-                       parts_dropped=(part,))
+        new = NewLayer(module, stands_for=self.groups[i],
+                       label=f"{self.layer_labels()[i]}-{part}", parts_dropped=(part,))
         slots = self.slots[:i] + (new,) + self.slots[i + 1:]
         return dataclasses.replace(self, slots=slots, steps=self.steps + (step,))
 

@@ -52,7 +52,6 @@ def dense_boundary(v: Variant, b: int) -> int:
 
 def find_cuts(v: Variant) -> list[Cut]:
     """The cuts of a variant, in slot order; LayerError if it has none or is out of order."""
-    L = v.lm.num_layers
     origins = [v.origin(i) for i in range(v.num_layers)]
     if any(b <= a for a, b in zip(origins, origins[1:])):
         raise LayerError("healing needs the layers in their original order (this variant repeats "
@@ -89,5 +88,5 @@ def with_slot(v: Variant, k: int, module: nn.Module, tag: str) -> Variant:
     """The variant with slot k swapped for `module` (labelled "<old label>+<tag>"), same steps
     and head: `heal` records one step for the whole healing."""
     slots = list(v.slots)
-    slots[k] = NewLayer(module=module, like=v.origin(k), label=f"{v.layer_labels()[k]}+{tag}")
+    slots[k] = NewLayer(module=module, stands_for=v.groups[k], label=f"{v.layer_labels()[k]}+{tag}")
     return dataclasses.replace(v, slots=tuple(slots))

@@ -27,7 +27,6 @@ from explorer.core.errors import LayerError
 from explorer.core.model import LoadedModel
 from explorer.core.params import Param
 from explorer.core.variant import PARTS, NewLayer, Variant
-from explorer.plan.layout import Layout
 from explorer.plan.ppl_search import Candidate, PerplexitySearch, Scored, SearchResult
 from explorer.plan.registry import Method, Plan, PlanContext, Report, register
 from explorer.plan.sleb import EARLY_STOP, SAMPLES, calibration_ids
@@ -116,20 +115,19 @@ class BlockPruner(Method):
 
     def _plan(self, ctx: PlanContext, params: dict, remove: int, r: SearchResult,
               ids) -> Plan:
-        L = ctx.lm.num_layers
         worth = removed_parameters(r.variant) / layer_parameters(ctx.lm)
         if round(worth) != remove:
             raise LayerError(f"blockpruner could remove only {worth:.2f} layers' worth of "
                              f"{params['parts']} blocks, not {remove}: choose parts=both or a "
                              "smaller remove")
-        both = r.layout.removed(L)
+        both = r.variant.removed()
         listing = ", ".join(f"{p} {i}" for p, i in r.order)
         notes = (f"Dropped {listing} in this order ({worth:.2f} layers' worth of parameters"
                  + (f"; layers {both} lost both blocks" if both else "")
                  + f"; calibration perplexity {r.ppl:.4g} on {ids.shape[0]} x {ids.shape[1]} "
                  "tokens). A dropped block exports as a zeroed projection that keeps its FLOPs."
                  + r.estimate_note())
-        return Plan(self.name, params, r.variant, both, [], r.scores, notes)
+        return Plan(self.name, params, r.variant, r.scores, notes)
 
 
 def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] = list(PARTS),
@@ -150,7 +148,7 @@ def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] =
     per_layer = layer_parameters(lm)
     budget = remove * per_layer
     report(0.0, f"storing the residual stream of {search.ids.shape[0]} calibration windows")
-    current, layout = Variant.identity(lm), Layout.identity(L)
+    current = Variant.identity(lm)
     if follow is None:
         search.set_current(current)
     stale = follow is not None             # search's states are not those of `current`
@@ -162,7 +160,7 @@ def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] =
         room = budget - removed
         cands = []
         for j in range(current.num_layers):
-            orig = layout.groups[j][0]
+            orig = current.origin(j)
             slot = current.slots[j]
             other = slot.parts_dropped if isinstance(slot, NewLayer) else ()
             for part in kinds:
@@ -200,12 +198,10 @@ def blockpruner_search(search: PerplexitySearch, remove: int, kinds: list[str] =
         part, orig = key
         gone.append(key)
         removed += sizes[key]
-        if chosen.num_layers < current.num_layers:      # both blocks of the layer gone
-            layout = layout.drop([layout.slot_of(orig)])
         current = chosen
         report(min(0.99, removed / budget), f"dropped {part} {orig}, calibration ppl",
                figure=ppls[-1])
     first = {s.key: s.ppl for s in steps[0]} if steps else {}
     scores = {f"{k} ppl when dropped": [first.get((k, i)) for i in range(L)] for k in kinds}
-    return SearchResult(current, layout, gone, ppls[-1] if ppls else float("nan"), scores, steps,
+    return SearchResult(current, gone, ppls[-1] if ppls else float("nan"), scores, steps,
                         ppls)

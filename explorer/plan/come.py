@@ -53,7 +53,6 @@ from explorer.apply.fitted import record as record_fitted
 from explorer.apply.recipe import register_op
 from explorer.core.variant import Variant
 from explorer.plan.fitting import capture_block, fit_module
-from explorer.plan.layout import Layout
 from explorer.plan.registry import Method, Plan, PlanContext, register
 
 _PARTS = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down")
@@ -256,9 +255,8 @@ class CoMe(Method):
     examples = ({}, {"recover_steps": 2})
 
     def run(self, ctx: PlanContext, remove: int, params: dict) -> Plan:
-        L = ctx.lm.num_layers
         layer_parts(ctx.lm, Variant.identity(ctx.lm).layer(0))      # refuse early
-        v, lay = Variant.identity(ctx.lm), Layout.identity(L)
+        v = Variant.identity(ctx.lm)
         scores: dict[str, list[float]] = {}
         for step in range(remove):
             ctx.report(step / remove, "probing", step=step, total=remove, unit="merges")
@@ -271,11 +269,10 @@ class CoMe(Method):
             ctx.report((step + 0.5) / remove, f"merging slots {lo}, {lo + 1}", step=step,
                        total=remove, unit="merges")
             v, _ = merge_pair(ctx, v, lo, params)
-            lay = lay.merge([lo, lo + 1])
-        return Plan(self.name, params, v, lay.removed(L), lay.merged(), scores,
+        return Plan(self.name, params, v, scores,
                     f"CoMe made {remove} concatenation merge(s) of adjacent layers"
                     f"{' with recovery' if params['recover_steps'] else ''}: "
-                    f"{', '.join('+'.join(map(str, g)) for g in lay.merged())}.")
+                    f"{', '.join('+'.join(map(str, g)) for g in v.merged())}.")
 
 
 @register_op("come", fitted=lambda op: isinstance(op.get("recover_steps"), int)

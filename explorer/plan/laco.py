@@ -41,7 +41,6 @@ from explorer.core.backbone import run_backbone
 from explorer.core.errors import LayerError
 from explorer.core.params import Param
 from explorer.core.variant import Variant
-from explorer.plan.layout import Layout
 from explorer.plan.registry import Method, Plan, PlanContext, register
 
 
@@ -74,10 +73,9 @@ def scaled_c(num_layers: int) -> int:
 
 @dataclass
 class _Walk:
-    """The state of the walk: the current variant, its layout, and what was tried."""
+    """The state of the walk: the current variant and what was tried."""
 
     v: Variant
-    lay: Layout
     tried: list[float]
     accepted: int = 0
     forced: int = 0
@@ -139,7 +137,7 @@ class LaCo(Method):
         target = n0 - remove
         ctx.report(0.02, "final representations of the original model")
         ref = final_states(ctx, Variant.identity(ctx.lm), ids)    # (B, T-1, H)
-        w = _Walk(Variant.identity(ctx.lm), Layout.identity(n0), [])
+        w = _Walk(Variant.identity(ctx.lm), [])
         while True:
             best = self._pass(ctx, w, ids, ref, C, I, min(H, w.v.num_layers - 1), low, T, rule,
                               target, remove)
@@ -149,7 +147,7 @@ class LaCo(Method):
                 break                                          # no candidate left to try
             if best[0] is not None:                            # the pass accepted nothing
                 _, cand, idx = best
-                w.v, w.lay, w.forced = cand, w.lay.merge(idx), w.forced + 1
+                w.v, w.forced = cand, w.forced + 1
                 if w.v.num_layers == target:
                     break
         got = n0 - w.v.num_layers
@@ -165,8 +163,7 @@ class LaCo(Method):
                                  f"{remove} layers: {detail}; lower T or C, or use mode=target")
             raise LayerError(f"laco: no merge candidate left between L={low} and H={H} after "
                              f"removing {got} of {remove} layers; lower L or raise H")
-        return Plan(self.name, params, w.v, w.lay.removed(n0), w.lay.merged(),
-                    {"cosine of tried merges": w.tried},
+        return Plan(self.name, params, w.v, {"cosine of tried merges": w.tried},
                     f"LaCo ({mode} mode, C={C}) {detail}, removing {got} layers.")
 
     @staticmethod
@@ -185,7 +182,7 @@ class LaCo(Method):
                 l -= 1
                 continue
             idx = list(range(l, l + m + 1))
-            origs = [w.lay.groups[i][0] for i in idx]
+            origs = [w.v.origin(i) for i in idx]
             cand = w.v.merge(idx, rdsc_weights(m, rule), label=f"laco({origs[0]}..{origs[-1]})",
                              extra={"method": "laco", "rule": rule})
             sim = mean_cosine(final_states(ctx, cand, ids), ref)
@@ -193,7 +190,7 @@ class LaCo(Method):
             ctx.report(1 - (w.v.num_layers - target) / max(1, remove),
                        f"merge {origs[0]}..{origs[-1]} -> cosine {sim:.3f}")
             if sim > T:
-                w.v, w.lay, w.accepted = cand, w.lay.merge(idx), w.accepted + 1
+                w.v, w.accepted = cand, w.accepted + 1
                 best = (None, None, None)
                 l -= I
             else:

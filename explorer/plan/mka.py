@@ -32,7 +32,6 @@ from explorer.measure.measures import (adjacent, get_measure, measure_param, mea
                                        similarity)
 from explorer.core.params import Param
 from explorer.core.variant import Variant
-from explorer.plan.layout import Layout
 from explorer.plan.registry import Method, Plan, PlanContext, register
 
 
@@ -97,8 +96,7 @@ class MKA(Method):
         pairs = params["pairs"]
         if pairs is not None and len(pairs) != remove:
             raise LayerError(f"mka: {len(pairs)} pairs given but remove={remove}")
-        L = ctx.lm.num_layers
-        v, lay = Variant.identity(ctx.lm), Layout.identity(L)
+        v = Variant.identity(ctx.lm)
         scores: dict[str, list[float]] = {}
         weights = []
         for step in range(remove):
@@ -119,32 +117,31 @@ class MKA(Method):
                 scores[f"{measure} (outputs of l, l+1)"] = [float(sim[i + 1, i + 2])
                                                             for i in range(n - 1)]
             if pairs is not None:
-                lo, hi = self._user_pair(lay, pairs[step])
+                lo, hi = self._user_pair(v, pairs[step])
             else:
                 cands = [(i, i + 1) for i in range(n - 1)] if params["adjacent"] else \
                     [(i, j) for i in range(n) for j in range(i + 1, n)]
                 lo, hi = max(cands, key=lambda c: (pair_similarity(sim, *c, higher), -c[0]))
             a = pair_similarity(sim, lo, hi, higher) if params["weight_rule"] == "paper" \
                 else code_weight(sim, lo, hi, higher)
-            origs = (list(lay.groups[lo]), list(lay.groups[hi]))
+            origs = (v.groups[lo], v.groups[hi])
             label = f"mka({'+'.join(map(str, origs[0]))},{'+'.join(map(str, origs[1]))}; a={a:.3f})"
             v = v.merge([lo, hi], [a, 1.0 - a], label=label,
                         extra={"method": "mka", "similarity": round(pair_similarity(
                             sim, lo, hi, higher), 6)})
-            lay = lay.merge([lo, hi])
             weights.append(round(a, 4))
-        return Plan(self.name, params, v, lay.removed(L), lay.merged(), scores,
+        return Plan(self.name, params, v, scores,
                     f"MKA merged {remove} pair(s) by {measure_title(measure)} with the "
                     f"{params['weight_rule']} "
                     f"weight rule (a = {', '.join(map(str, weights))}).")
 
     @staticmethod
-    def _user_pair(lay: Layout, pair) -> tuple[int, int]:
+    def _user_pair(v: Variant, pair) -> tuple[int, int]:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise LayerError(f"mka pairs must be [l, m] lists of two layer indices (got {pair!r})")
         try:
-            a, b = lay.slot_of(int(pair[0])), lay.slot_of(int(pair[1]))
-        except (KeyError, ValueError, TypeError):
+            a, b = v.slot_of(int(pair[0])), v.slot_of(int(pair[1]))
+        except (ValueError, TypeError):
             raise LayerError(f"mka pair {pair!r} names a layer that is not in the model") from None
         if a == b:
             raise LayerError(f"mka pair {pair!r}: both layers are already merged into one")

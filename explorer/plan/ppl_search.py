@@ -44,7 +44,6 @@ from explorer.evaluate.nll import LOGIT_CHUNK, final_logits
 from explorer.core.model import LoadedModel
 from explorer.core.progress import Progress
 from explorer.core.variant import Variant
-from explorer.plan.layout import Layout
 
 
 # Tokens in the vocabulary of the lower bounds (plus every target of the windows); how many
@@ -82,8 +81,7 @@ class Scored:
 class SearchResult:
     """What a greedy search removed and what it measured."""
 
-    variant: Variant
-    layout: Layout                        # original layers behind each remaining slot
+    variant: Variant                      # the result (its `groups`: the originals behind each slot)
     order: list                           # what was removed, in order (layer indices or blocks)
     ppl: float                            # calibration perplexity of the result
     scores: dict[str, list[float | None]]  # first step: each candidate's ppl, per layer

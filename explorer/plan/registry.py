@@ -43,7 +43,6 @@ from explorer.core.params import Param, help_text, markdown_table, resolve
 from explorer.probe.probe import ProbeResult, calibration_windows, probe
 from explorer.apply.recipe import Recipe
 from explorer.core.variant import Variant
-from explorer.plan.layout import Layout
 
 
 @dataclass
@@ -53,8 +52,6 @@ class Plan:
     method: str
     params: dict                       # the full parameter set used (defaults filled in)
     variant: Variant                   # the result; the loaded model itself is untouched
-    removed: list[int]                 # original layer indices dropped or merged away
-    merged: list[list[int]]            # groups of original indices merged into one layer
     scores: dict[str, list[float]]     # what the method ranked by, for display; may be empty
     notes: str                         # one or two sentences for the UI
 
@@ -64,6 +61,16 @@ class Plan:
     @property
     def num_layers(self) -> int:
         return self.variant.num_layers
+
+    @property
+    def removed(self) -> list[int]:
+        """Original layer indices dropped or merged away (`Variant.removed`)."""
+        return self.variant.removed()
+
+    @property
+    def merged(self) -> list[list[int]]:
+        """Blocks of original indices that one layer now stands for (`Variant.merged`)."""
+        return self.variant.merged()
 
 
 # `PlanContext.report`: report(fraction, note="", **event fields), what a search loop is handed.
@@ -168,10 +175,8 @@ class Method:
     def drop_plan(self, ctx: PlanContext, params: dict, layers: Sequence[int],
                   scores: dict[str, list[float]], notes: str) -> Plan:
         """The plan of a method that only deletes `layers` (original indices) of the model."""
-        layers = sorted(layers)
-        L = ctx.lm.num_layers
-        return Plan(self.name, params, Variant.identity(ctx.lm).drop(layers),
-                    Layout.identity(L).drop(layers).removed(L), [], scores, notes)
+        return Plan(self.name, params, Variant.identity(ctx.lm).drop(sorted(layers)), scores,
+                    notes)
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -24,7 +24,6 @@ from functools import partial
 from explorer.core.errors import LayerError
 from explorer.core.params import Param
 from explorer.core.variant import Variant
-from explorer.plan.layout import Layout
 from explorer.plan.ppl_search import Candidate, PerplexitySearch, Scored, SearchResult
 from explorer.plan.registry import Method, Plan, PlanContext, Report, register
 
@@ -77,7 +76,7 @@ class SLEB(Method):
         ids = calibration_ids(ctx, params["samples"])
         search = PerplexitySearch(ctx.lm, ids, abandon=params["early_stop"])
         r = sleb_search(search, remove, early, late, ctx.report)
-        return Plan(self.name, params, r.variant, r.layout.removed(L), [], r.scores,
+        return Plan(self.name, params, r.variant, r.scores,
                     f"Removed layers {r.order} in this order (calibration perplexity "
                     f"{r.ppl:.4g} on {ids.shape[0]} x {ids.shape[1]} tokens)."
                     + r.estimate_note())
@@ -91,7 +90,7 @@ def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int
     L = lm.num_layers
     report = report or (lambda *a, **k: None)
     report(0.0, f"storing the residual stream of {search.ids.shape[0]} calibration windows")
-    current, layout = Variant.identity(lm), Layout.identity(L)
+    current = Variant.identity(lm)
     search.set_current(current)
     steps: list[list[Scored]] = []
     order: list[int] = []
@@ -100,7 +99,7 @@ def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int
         if step:
             search.set_current(current)
         slots = range(early, current.num_layers - late)
-        cands = [Candidate(("layer", layout.groups[j][0]), f"layer {layout.groups[j][0]}",
+        cands = [Candidate(("layer", current.origin(j)), f"layer {current.origin(j)}",
                            partial(current.drop, [j])) for j in slots]
 
         def progress(k: int, label: str) -> None:
@@ -112,8 +111,8 @@ def sleb_search(search: PerplexitySearch, remove: int, early: int = 1, late: int
         ppls.append(best.ppl)
         orig = best.key[1]
         order.append(orig)
-        current, layout = best.variant, layout.drop([layout.slot_of(orig)])
+        current = best.variant
         report((step + 1) / remove, f"removed layer {orig}, calibration ppl", figure=best.ppl)
     first = {s.key[1]: s.ppl for s in steps[0]}
-    return SearchResult(current, layout, order, best.ppl,
+    return SearchResult(current, order, best.ppl,
                         {"ppl when dropped": [first.get(i) for i in range(L)]}, steps, ppls)

@@ -40,7 +40,6 @@ from explorer.core.progress import scaled
 from explorer.apply.recipe import register_op
 from explorer.core.variant import Variant
 from explorer.plan.fitting import Pair, block_mse, capture_block, fit_module
-from explorer.plan.layout import Layout
 from explorer.plan.registry import Method, Plan, PlanContext, register
 
 REPLACEMENTS = ("layer", "linear", "ffn")
@@ -201,7 +200,6 @@ class Streamline(Method):
               "calibration": ctx.calibration_ref()}
         v = v0.replace(layers, module, label, step=op)
         record_fitted(v0, v)
-        lay = Layout.identity(L).merge(layers)
         note = (f"Replaced layers {j}-{j + n - 1} ({params['measure']} {cells[j]:.3f}) by a "
                 f"{params['replacement']} stand-in, calibration MSE {mse:.4g}.")
         H = ctx.lm.config.hidden_size
@@ -210,8 +208,7 @@ class Streamline(Method):
             # fewer tokens than unknowns overfit badly (docs/methods.md, LLM-Streamline)
             note += (f" Only {tokens} calibration tokens for {H + 1} unknowns per output: the "
                      "linear fit likely overfits; use more calibration samples.")
-        return Plan(self.name, params, v, lay.removed(L), lay.merged(),
-                    {f"{params['measure']}(x_j, x_j+{n})": cells}, note)
+        return Plan(self.name, params, v, {f"{params['measure']}(x_j, x_j+{n})": cells}, note)
 
 
 @register_op("streamline", fitted=True)

@@ -38,7 +38,6 @@ from explorer.core.layer_lists import format_layers
 from explorer.core.model import LoadedModel
 from explorer.measure.damage import DamageMap, damage_map
 from explorer.measure.measures import MEASURES, adjacent, get_measure, similarity
-from explorer.plan.layout import Layout
 from explorer.probe.probe import ProbeResult, probe
 from explorer.core.progress import Event, Progress, scaled
 from explorer.apply.recipe import Recipe, replay
@@ -188,18 +187,10 @@ def subject_of_recipe(lm: LoadedModel, recipe: Recipe) -> Subject:
 
 
 def plan_layers(variant: Variant) -> tuple[list[int], list[list[int]]]:
-    """(original layers dropped, groups of original layers made into one) by the variant's
-    steps: what the heatmaps draw. A drop removes its slots' layers; any other op that names
-    several slots (merge, come, streamline) makes them one; the rest keep the layout."""
-    lay, dropped = Layout.identity(variant.lm.num_layers), []
-    for op in variant.steps:
-        slots = op.get("layers") or []
-        if op.get("op") == "drop":
-            dropped += [o for s in slots for o in lay.groups[s]]
-            lay = lay.drop(slots)
-        elif len(slots) > 1:
-            lay = lay.merge(slots)
-    return sorted(dropped), lay.merged()
+    """(original layers dropped, groups of original layers made into one): what the heatmaps
+    draw, read from the variant's origin map."""
+    kept = {o for g in variant.groups for o in g}
+    return [i for i in range(variant.lm.num_layers) if i not in kept], variant.merged()
 
 
 def change_words(variant: Variant) -> str:

@@ -13,11 +13,12 @@ import gradio as gr
 from explorer.core.errors import ExplorerError, LayerError
 from explorer.core.layer_lists import format_layers
 from explorer.plan import get_method, list_methods
+from explorer.plan.manual import MERGE_RULES
 from explorer.ui import analysis, busy, compare_tab, controls, gate_panel, jobs, stop
 from explorer.ui.clickplot import ClickPlot
 from explorer.ui.common import Ctx, PlanParts, need_model, user_errors
 from explorer.ui.learn_tab import method_help, method_title
-from explorer.ui.state import (MERGE_RULES, SessionPlan, Session, plan_fields, plan_from_text,
+from explorer.ui.state import (SessionPlan, Session, plan_fields, plan_from_text,
                                toggle_block)
 
 TABLE_HEADERS = ["change", "original layers", "detail"]

@@ -37,12 +37,9 @@ from typing import Any, NamedTuple
 
 from explorer.core.errors import LayerError
 from explorer.core.layer_lists import format_groups, format_layers, parse_groups, parse_layers
+from explorer.plan.manual import manual_ops
 from explorer.report.build import Healing
 
-MERGE_RULES = {
-    "average": "average: each linear weight becomes the mean of the block's weights",
-    "laco": "LaCo (RDSC): first layer + the sum of the other layers' differences from it",
-}
 HISTORY_LIMIT = 100  # variants kept per session: session state must stay small
 EXPORTS_LIMIT = 100  # folders remembered per session
 
@@ -202,43 +199,13 @@ def new_state(text: str = "wiki") -> Session:
     return Session(text=text, text_label=text)
 
 
-def merge_weights(n: int, rule: str) -> list[float]:
-    """Weights of the n layers of a merged block (see MERGE_RULES)."""
-    if rule == "average":
-        return [1.0 / n] * n
-    if rule == "laco":
-        return [1.0 - (n - 1)] + [1.0] * (n - 1)
-    raise LayerError(f"unknown merge rule '{rule}'; use one of {', '.join(MERGE_RULES)}")
-
-
 def manual_plan(num_layers: int, drops: list[int], merges: list[list[int]],
                 rule: str = "average") -> SessionPlan:
     """A plan that merges each block, then drops the given layers.
 
-    All indices are original layer indices; they are translated into the slot indices each recipe
-    op expects (a merge removes slots, which shifts the layers after it).
+    All indices are original layer indices (`plan.manual.manual_ops` turns them into recipe ops).
     """
-    seen: set[int] = set()
-    for i in list(drops) + [i for g in merges for i in g]:
-        if not 0 <= i < num_layers:
-            raise LayerError(f"layer {i} is out of range: the model has {num_layers} layers "
-                             f"(0..{num_layers - 1})")
-        if i in seen:
-            raise LayerError(f"layer {i} is named twice (in the drops or the merge blocks)")
-        seen.add(i)
-    if any(len(g) < 2 for g in merges):
-        raise LayerError("a merge block needs at least two layers")
-    if len(drops) + sum(len(g) - 1 for g in merges) >= num_layers:
-        raise LayerError("this plan would leave no layer")
-    current = list(range(num_layers))          # slot -> original layer
-    ops = []
-    for g in sorted(merges):
-        slots = [current.index(i) for i in g]
-        ops.append({"op": "merge", "layers": slots, "weights": merge_weights(len(g), rule),
-                    "summary": f"merge({format_layers(g)}; {rule})"})
-        current = [i for i in current if i not in g[1:]]
-    if drops:
-        ops.append({"op": "drop", "layers": sorted(current.index(i) for i in drops)})
+    ops = manual_ops(num_layers, drops, merges, rule)
     return SessionPlan(params={"merge_rule": rule} if merges else {}, ops=ops, removed=sorted(drops),
                 merged=sorted(merges))
 
