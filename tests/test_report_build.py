@@ -19,7 +19,7 @@ from tiny import SAMPLE_TEXT
 from explorer.evaluate.generate import generate
 from explorer.evaluate.perplexity import perplexity
 from explorer.apply.recipe import Recipe, replay
-from explorer.report.build import (Healing, ReportSizes, Subject, build_report, plan_layers,
+from explorer.report.build import (ReportSizes, Subject, build_report, plan_layers,
                                    subject_of_recipe)
 from explorer.probe.text import user_texts
 from explorer.core.variant import Variant
@@ -45,7 +45,7 @@ def healed(tiny_lm):
 @pytest.fixture(scope="module")
 def healed_report(tiny_lm, texts, healed):
     base = Variant.identity(tiny_lm).drop([2, 3])
-    subject = Subject(healed.variant, unhealed=base, healing=Healing.of(healed))
+    subject = Subject(healed.variant, unhealed=base, healing=healed)
     return build_report(tiny_lm, texts, subject, sizes=SIZES)
 
 

@@ -137,27 +137,39 @@ def test_stop_flags_are_per_session_and_cleared_by_the_next_job():
 
 # -- issue 32: one versioned state, one step at a time ------------------------------------------
 def _healed(base_ops: list[dict], **record):
-    from explorer.report.build import Healing
+    from explorer.heal.registry import HealResult
     from explorer.ui.state import Healed
 
-    figures = dict(mode="closed-form", held_out_before=2.0, held_out_after=1.5, steps=0,
-                   seconds=1.0) | record
-    return Healed(record=Healing(**figures), base_ops=base_ops, ops=base_ops + [{"op": "heal"}])
+    windows = {k: record.pop(k) for k in ("held_out", "seqlen", "windows") if k in record}
+    figures = dict(mode="closed-form", params=windows, cuts=[], healed_slots=[1],
+                   healed_head=False, steps=0, seconds=1.0, held_out_before=2.0,
+                   held_out_after=1.5, history=[], details={}, notes="") | record
+    return Healed(record=HealResult.from_dict(figures), base_ops=base_ops,
+                  ops=base_ops + [{"op": "heal"}])
 
 
-def test_one_healing_record_from_the_result_the_ui_and_the_report_read():
-    """Issue 33 (a): the session's healing holds `report.Healing`, made from the heal job's dict,
-    and the report gets that very record."""
-    from explorer.report.build import Healing
+def test_one_healing_record_from_the_result_the_ui_and_the_report_read(tiny_lm):
+    """Issue 33: a healing has one record, `HealResult`. The heal job's dict (`to_dict`, JSON)
+    comes back through `from_dict` as the same record without its variant, which the app's
+    session keeps and the report reads."""
+    import json
 
-    r = {"mode": "layerwise", "held_out_before": 9.0, "held_out_after": 7.0, "steps": 10,
-         "seconds": 3.0, "history": [{"step": 5, "loss": 0.5, "held_out_ppl": 8.0}],
-         "params": {"held_out": 8, "seqlen": 128, "windows": 512}}
-    rec = Healing.of(r)
-    assert rec == Healing("layerwise", 9.0, 7.0, 10, 3.0, ((5, 0.5, 8.0),), 8, 128, 512)
-    h = _healed([], **{k: getattr(rec, k) for k in ("mode", "held_out_before",
-                                                    "held_out_after", "steps", "seconds")})
-    assert h.mode == "layerwise" and h.steps == 10 and not h.made_worse
+    from explorer import Variant
+    from explorer.heal import heal
+    from explorer.heal.registry import HealResult
+
+    r = heal(Variant.identity(tiny_lm).drop([2]), "closed-form", windows=20, seqlen=16,
+             held_out=2)
+    d = json.loads(json.dumps(r.to_dict()))               # what the app's job hands over
+    back = HealResult.from_dict(d)
+    assert back.variant is None and r.variant is not None
+    for name in ("mode", "held_out_before", "held_out_after", "steps", "cuts", "healed_slots",
+                 "curve", "held_out", "seqlen", "fitted", "made_worse"):
+        assert getattr(back, name) == getattr(r, name), name
+    assert (back.held_out, back.seqlen, back.fitted) == (2, 16, 20)
+    h = _healed([], **{k: d[k] for k in ("mode", "held_out_before", "held_out_after", "steps",
+                                         "seconds")})
+    assert h.mode == "closed-form" and h.steps == 0 and h.made_worse == r.made_worse
 
 
 def test_the_version_follows_the_plan_and_its_healing():
@@ -264,7 +276,7 @@ def test_the_heal_line_lists_ranges_and_says_why(monkeypatch):
                                                                       17]})
     words = heal_panel.healed_layers(state, list(range(9, 17)))
     assert words == "layers 9-11, 13, 15-17 and the merged layer 14-15"
-    h = copy(_healed(state.plan.ops, held_out=8, seqlen=128, fitted=512), layers=words)
+    h = copy(_healed(state.plan.ops, held_out=8, seqlen=128, windows=512), layers=words)
     line = heal_panel.line(h)
     assert line.startswith("**Healed** layers 9-11, 13, 15-17 and the merged layer 14-15 with "
                            "Closed-form")

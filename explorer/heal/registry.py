@@ -101,7 +101,10 @@ class HealContext:
 
 @dataclass
 class HealOutcome:
-    """What `HealMode.run` returns; `heal` wraps it into a `HealResult`."""
+    """What `HealMode.run` hands back to `heal`: the mode's own part of the work. Not a record
+    of a healing: `heal` measures around it (cuts, held-out perplexity before and after, the
+    keep-or-not decision) and makes the one record, a `HealResult`; nothing outside heal/ sees
+    this."""
 
     variant: Variant                    # the healed variant (steps as given; heal adds its own)
     steps: int                          # optimiser steps done (0 for closed form)
@@ -115,11 +118,14 @@ class HealOutcome:
 
 @dataclass
 class HealResult:
-    """A healed variant and how it got there."""
+    """The one record of a healing: the healed variant and how it got there. The report, the
+    command line's JSON and the app all read it. `variant` is None where the record travels
+    without tensors (`to_dict()` and back with `from_dict`: the app's session state, a report
+    rebuilt from a job's result)."""
 
     mode: str
     params: dict
-    variant: Variant
+    variant: Variant | None
     cuts: list[str]                     # where the variant departed from the dense model
     healed_slots: list[int]             # slots that now hold healed layers
     healed_head: bool                   # the variant now has its own, trained vocabulary head
@@ -139,12 +145,41 @@ class HealResult:
         (and `heal` returned it: kept_start)."""
         return not self.held_out_after <= self.held_out_before
 
+    @property
+    def curve(self) -> tuple[tuple[int, float, float | None], ...]:
+        """(step, loss, held-out perplexity) per recorded training step (empty: closed form)."""
+        return tuple((h["step"], h["loss"], h.get("held_out_ppl")) for h in self.history)
+
+    @property
+    def held_out(self) -> int:
+        """Held-out calibration windows the before/after figures were measured on ..."""
+        return int(self.params.get("held_out", 0))
+
+    @property
+    def seqlen(self) -> int:
+        """... of this many tokens ..."""
+        return int(self.params.get("seqlen", 0))
+
+    @property
+    def fitted(self) -> int:
+        """... after the windows fitted on."""
+        return int(self.params.get("windows", 0))
+
     def to_dict(self) -> dict:
+        """The record without the variant (JSON-ready), plus the variant's layer count and
+        summary when it has one."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "variant"}
-        d["num_layers"] = self.variant.num_layers
         d["made_worse"] = self.made_worse
-        d["summary"] = self.variant.steps[-1]["summary"]
+        if self.variant is not None:
+            d["num_layers"] = self.variant.num_layers
+            d["summary"] = self.variant.steps[-1]["summary"]
         return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "HealResult":
+        """The record of a `to_dict()`, without its variant."""
+        names = {f.name for f in dataclasses.fields(HealResult)} - {"variant"}
+        return HealResult(variant=None, **{k: v for k, v in d.items() if k in names})
 
 
 class HealMode:

@@ -43,6 +43,7 @@ from explorer.core.progress import Event, Progress, scaled
 from explorer.apply.recipe import Recipe, replay
 from explorer.probe.text import Texts
 from explorer.core.variant import Variant
+from explorer.heal.registry import HealResult
 from explorer.report.html import HEATMAP_WIDTH, Page, step_text
 
 DEFAULT_MEASURES = ("cosine", "angular")   # the drop methods' measures: ShortGPT's and Gromov's
@@ -74,40 +75,6 @@ class ReportAnalysis:
     adjacent: dict[str, np.ndarray]               # measure -> (L,) adjacent-layer profile
 
 
-@dataclass(frozen=True)
-class Healing:
-    """A healing's figures: the one record of a healing that the report and the app read (the
-    app's session keeps it in `ui.state.Healed`, beside the ops it replays). Made from a
-    `explorer.heal.HealResult` or its `to_dict()` (what the app's job returns)."""
-
-    mode: str
-    held_out_before: float           # perplexity on held-out calibration windows
-    held_out_after: float
-    steps: int                       # optimiser steps (0: closed form)
-    seconds: float
-    curve: tuple[tuple[int, float, float | None], ...] = ()   # (step, loss, held-out ppl)
-    held_out: int = 0                # held-out calibration windows ...
-    seqlen: int = 0                  # ... of this many tokens, after ...
-    fitted: int = 0                  # ... the windows fitted on
-
-    @staticmethod
-    def of(result: Any) -> "Healing":
-        """From a `HealResult` or its `to_dict()`."""
-        get = result.get if isinstance(result, dict) else \
-            (lambda k, default=None: getattr(result, k, default))
-        params = get("params") or {}
-        curve = tuple((h["step"], h["loss"], h.get("held_out_ppl")) for h in get("history"))
-        return Healing(mode=get("mode"), held_out_before=get("held_out_before"),
-                       held_out_after=get("held_out_after"), steps=get("steps"),
-                       seconds=get("seconds"), curve=curve,
-                       held_out=int(params.get("held_out", 0)),
-                       seqlen=int(params.get("seqlen", 0)), fitted=int(params.get("windows", 0)))
-
-    @property
-    def made_worse(self) -> bool:
-        return not self.held_out_after <= self.held_out_before
-
-
 @dataclass
 class Subject:
     """What the report is about: a variant, how it was planned, and its healing if the last step
@@ -117,7 +84,7 @@ class Subject:
     method: str = "manual"
     params: dict = field(default_factory=dict)
     unhealed: Variant | None = None
-    healing: Healing | None = None
+    healing: HealResult | None = None
 
 
 @dataclass
@@ -182,7 +149,7 @@ def subject_of_recipe(lm: LoadedModel, recipe: Recipe) -> Subject:
     if ops and ops[-1].get("op") == "heal":
         unhealed = replay(lm, ops[:-1])
         r = replay_heal(unhealed, ops[-1])
-        return Subject(r.variant, recipe.method, recipe.params, unhealed, Healing.of(r))
+        return Subject(r.variant, recipe.method, recipe.params, unhealed, r)
     return Subject(replay(lm, ops), recipe.method, recipe.params)
 
 

@@ -25,7 +25,8 @@ from explorer.core.variant import Variant
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from explorer.report.build import Healing, ReportAnalysis, ReportSizes, Subject
+    from explorer.heal.registry import HealResult
+    from explorer.report.build import ReportAnalysis, ReportSizes, Subject
 
 HEADROOM = 90                              # px above a figure for its title and "measured on" line
 HEATMAP_WIDTH = 820                        # px: the square map, its axes and colour bar together
@@ -175,7 +176,7 @@ class Page:
                                   "its pick (layers)", "pick's measured rank",
                                   "measured best"], rows, numbers=(1, 2, 3)))
 
-    def healing(self, h: Healing, model: str) -> None:
+    def healing(self, h: HealResult, model: str) -> None:
         took = f"{h.seconds:.0f} s" if h.seconds >= 1 else "under a second"
         self.h2("Healing", f"Healed with <b>{escape(h.mode)}</b> in {took}. The held-out figure "
                 "is the perplexity on calibration windows the healing never fitted on (short "

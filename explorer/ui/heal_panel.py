@@ -28,7 +28,7 @@ from explorer.core.progress import Event
 from explorer.ui import busy, controls, jobs, plots, stop
 from explorer.ui.common import Ctx, HealParts, need_model, user_errors
 from explorer.ui.learn_tab import mode_title
-from explorer.report.build import Healing
+from explorer.heal.registry import HealResult
 from explorer.ui.state import Healed, Session
 
 STEPS = Param("steps", int, None, "optimiser steps (empty: the mode's default; the time limit "
@@ -108,8 +108,9 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
         raise box["error"]
     out = box["out"]
     r = out["result"]
-    curve = [(h["step"], h["loss"], h.get("held_out_ppl")) for h in r["history"]] or points
-    record = replace(Healing.of(r), curve=thin(curve))
+    history = r["history"] or [{"step": s, "loss": loss, "held_out_ppl": ppl}
+                               for s, loss, ppl in points]
+    record = replace(HealResult.from_dict(r), history=list(thin(history)))
     healed = Healed(record=record, base_ops=state.plan.ops, ops=out["ops"],
                     layers=healed_layers(state, r["healed_slots"]) +
                     (" and the vocabulary head" if r.get("healed_head") else ""))

@@ -32,7 +32,8 @@ from explorer.heal import heal
 from explorer.evaluate.gate import quality_gate
 from explorer.measure.profiles import compare_models
 from explorer.core.progress import Event, Progress, scaled
-from explorer.report.build import Healing, ReportAnalysis, ReportSizes, Subject, build_report
+from explorer.heal.registry import HealResult
+from explorer.report.build import ReportAnalysis, ReportSizes, Subject, build_report
 from explorer.evaluate.speed import measure_speed
 from explorer.evaluate.tasks import evaluate_tasks
 from explorer.probe.probe import ProbeResult, probe
@@ -269,7 +270,7 @@ def export_job(spec: str, ops: list[dict], name: str, root: str, method: str, pa
 
 @gpu(duration=300)
 def report_job(spec: str, text_key: str, ops: list[dict], base_ops: list[dict] | None,
-               method: str, params: dict, healing: Healing | None,
+               method: str, params: dict, healing: HealResult | None,
                analysis: ReportAnalysis | None, measures: list[str], sizes: ReportSizes,
                progress: Progress | None = None) -> str:
     """The HTML report (`explorer.report.build`) of the variant of `ops`. base_ops: the unhealed

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from explorer.core.errors import LayerError
 from explorer.core.layer_lists import format_groups, format_layers, parse_groups, parse_layers
 from explorer.plan.manual import manual_ops
-from explorer.report.build import Healing
+from explorer.heal.registry import HealResult
 
 HISTORY_LIMIT = 100  # variants kept per session: session state must stay small
 EXPORTS_LIMIT = 100  # folders remembered per session
@@ -104,9 +104,10 @@ class SessionPlan:
 @dataclass(frozen=True)
 class Healed:
     """A healed variant of the plan: the ops that replay it, and the healing's record
-    (`report.Healing`, the one record of a healing, which the report reads as it is)."""
+    (`explorer.heal.HealResult` without its variant: the one record of a healing, which the
+    report reads as it is)."""
 
-    record: Healing               # mode, held-out figures, steps, seconds, curve, windows
+    record: HealResult            # mode, held-out figures, steps, seconds, curve, windows
     base_ops: list[dict]          # the plan's ops it healed
     ops: list[dict]               # base_ops + the "heal" op (`explorer.heal`)
     layers: str = ""              # the layers it changed, in original numbering, in words
