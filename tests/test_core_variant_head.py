@@ -18,7 +18,7 @@ from explorer.evaluate.perplexity import run_windows
 from explorer.evaluate.generate import generate
 from explorer.heal import heal
 from explorer.heal.data import held_out_ppl
-from explorer.core.variant import head_copy
+from explorer.core.new_layers import head_copy
 from tiny import SAMPLE_TEXT, kl_to_dense, state_checksum
 
 SMALL = dict(calibration=SAMPLE_TEXT, seqlen=32, windows=24, held_out=4)

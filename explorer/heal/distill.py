@@ -33,8 +33,9 @@ from explorer.core.backbone import hooks, run_backbone
 from explorer.core.errors import ParamError
 from explorer.evaluate.nll import final_logits
 from explorer.core.params import Param
-from explorer.core.variant import Variant, head_copy
-from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, ClosedForm, apply_closed_form, fit_notes
+from explorer.core.new_layers import head_copy
+from explorer.core.variant import Variant
+from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, apply_closed_form, fit_notes
 from explorer.heal.closed_form import needed_boundaries as cf_boundaries
 from explorer.heal.cuts import trainable_copy, with_slot
 from explorer.heal.data import shared_prefix, topk_kl

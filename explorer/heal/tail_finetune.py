@@ -10,7 +10,7 @@ is the paper's plain next-token cross-entropy on the healing text. `init="closed
 ReplaceMe's map at the cuts first. The final norm is not trained.
 
 The head is trained as the variant's head slot (`Variant.head`): a copy owning its weight
-(`variant.head_copy`), so the loaded model's head, which SmolLM2 and Gemma tie to the input
+(`core.new_layers.head_copy`), so the loaded model's head, which SmolLM2 and Gemma tie to the input
 embedding, stays bit-identical; the export writes it as an untied `lm_head.weight`.
 
 Memory: the head is V x H values (SmolLM2: 49152 x 576 = 28M, 113 MB in float32; Gemma 3 270M:
