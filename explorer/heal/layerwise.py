@@ -32,7 +32,7 @@ from explorer.core.params import Param
 from explorer.core.passes import LayerCall
 from explorer.core.ranks import shard
 from explorer.core.variant import Variant
-from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, ClosedForm, apply_closed_form, fit_notes
+from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, apply_closed_form, fit_notes
 from explorer.heal.closed_form import needed_boundaries as cf_boundaries
 from explorer.heal.cuts import dense_boundary, find_cuts, trainable_copy, with_slot
 from explorer.heal.data import shared_prefix

@@ -39,7 +39,7 @@ from explorer.core.gather import Gather, Sums, View
 from explorer.core.model import LoadedModel
 from explorer.core.params import Param
 from explorer.core.variant import Variant
-from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, ClosedForm, _norm_scale, apply_closed_form
+from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, _norm_scale, apply_closed_form
 from explorer.heal.cuts import Cut, find_cuts, trainable_copy, with_slot
 from explorer.heal.data import shared_prefix
 from explorer.heal.registry import COMMON_PARAMS, HealContext, HealMode, HealOutcome, register_mode

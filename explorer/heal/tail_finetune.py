@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from explorer.core.errors import ParamError
 from explorer.core.params import Param
-from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, ClosedForm, apply_closed_form, fit_notes
+from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, apply_closed_form, fit_notes
 from explorer.heal.distill import Distill
 from explorer.heal.registry import (COMMON_PARAMS, HealContext, HealMode, HealOutcome,
                                     register_mode, with_defaults)

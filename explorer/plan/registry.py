@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from explorer.apply.calibration import find_calibration, remember_text, text_digest  # noqa: F401 (re-exported)
+from explorer.apply.calibration import remember_text
 from explorer.core.registry import Registry
 from explorer.core.errors import LayerError
 from explorer.core.model import LoadedModel
