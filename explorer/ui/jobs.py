@@ -271,13 +271,14 @@ def export_job(spec: str, ops: list[dict], name: str, root: str, method: str, pa
 def report_job(spec: str, text_key: str, ops: list[dict], base_ops: list[dict] | None,
                method: str, params: dict, healing: Healing | None,
                analysis: ReportAnalysis | None, measures: list[str], sizes: ReportSizes,
-               progress: Progress | None = None) -> str:
+               progress: Progress | None = None, damage: DamageMap | None = None) -> str:
     """The HTML report (`explorer.report.build`) of the variant of `ops`. base_ops: the unhealed
     variant's ops when `ops` ends with the healing `healing`; analysis: the session's (None:
-    the report probes the text itself with `sizes`)."""
+    the report probes the text itself with `sizes`); damage: the map measured on that
+    analysis' windows, shown in the report."""
     lm = APP_CACHES.ensure_model(spec, progress)
     texts = APP_CACHES.get_texts(text_key)
     unhealed = APP_CACHES.variant(lm, base_ops) if healing is not None else None
     subject = Subject(APP_CACHES.variant(lm, ops), method, params, unhealed, healing)
     return build_report(lm, texts, subject, sizes=sizes, measures=measures, analysis=analysis,
-                        progress=progress).html
+                        damage=damage, progress=progress).html
