@@ -30,7 +30,7 @@ from explorer.apply.fitted import fitted_path
 from explorer.apply.recipe import Recipe
 from explorer.heal import heal
 from explorer.evaluate.gate import quality_gate
-from explorer.measure.profiles import compare_models
+from explorer.measure.profiles import compare_models, profile_of
 from explorer.core.progress import Event, Progress, scaled
 from explorer.report.build import Healing, ReportAnalysis, ReportSizes, Subject, build_report
 from explorer.evaluate.speed import measure_speed
@@ -211,6 +211,15 @@ def profiles_job(models: list[str], measure: str, text: str, seqlen: int, sample
     """Adjacent-layer profiles of several models on relative depth (each loaded in turn)."""
     return compare_models(models, measure=measure, text=text, seqlen=seqlen, samples=samples,
                           progress=progress).to_dict()
+
+
+def session_profile_job(spec: str, entry: ProbeEntry, measure: str, text_key: str,
+                        progress: Progress | None = None) -> dict:
+    """The adjacent-layer profile of the session's model from its analysis' probe (`entry`),
+    as `profiles_job` gives one; the model is loaded back when another one replaced it."""
+    lm = APP_CACHES.ensure_model(spec, progress)
+    return profile_of(entry.probe, spec, lm.config.model_type, measure,
+                      APP_CACHES.get_texts(text_key).source, entry.seconds).to_dict()
 
 
 def load_job(spec: str, progress: Progress | None = None) -> dict:
