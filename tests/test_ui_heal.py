@@ -100,3 +100,32 @@ def test_download_after_a_heal_in_the_app_carries_the_healed_tensors(tiny_factor
     said: list[str] = []
     again = Recipe.load(f"{tmp}/recipe.json").build(lm, report=said.append)
     assert said == [] and same_weights(again, APP_CACHES.variant(lm, out["ops"]))   # nothing refitted
+
+
+def test_closed_form_progress_counts_maps_and_windows(tiny_factory):
+    """Issue 32 [2], [3]: the closed form's bar says which map of how many, the windows gathered
+    for it (k/n) and its solve, on one fraction that only grows (so the time left comes from
+    this run's rate), then the held-out check after healing."""
+    spec = str(tiny_factory("llama", num_layers=6))
+    APP_CACHES.ensure_model(spec)
+    text = APP_CACHES.add_user_text(SAMPLE_TEXT, name="sample")
+    state = Session(model=spec, num_layers=6, text=text).with_plan(plan_from_text(6, "1,3", ""))
+    events: list = []
+    mode = heal_panel.get_mode("closed-form")
+    raw = {p.name: p.default for p in mode.params} | {"seqlen": 16, "windows": 24, "held_out": 2}
+    *_, (final, _, line) = heal_panel.heal_stream(
+        UISettings(), state, "closed-form", None, None, [raw[p.name] for p in mode.params],
+        events.append, lambda st: st)
+    assert final.heal is not None and "Healed" in line
+    heal = [e for e in events if e.stage == "heal closed-form"]
+    said = [e.describe() for e in heal]
+    assert said[0] == "heal closed-form: held-out perplexity before healing"
+    assert [s for s in said if "24/24 windows" in s] == [
+        "heal closed-form: map 1/2, slot 0, 24/24 windows",
+        "heal closed-form: map 2/2, slot 1, 24/24 windows"]
+    assert any(s.startswith("heal closed-form: map 2/2, solving the map at slot 1") for s in said)
+    assert said[-2] == "heal closed-form: held-out perplexity after healing"
+    fractions = [e.fraction for e in heal]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    first_map = [e.fraction for e in heal if "map 1/2" in (e.note or "")]
+    assert max(first_map) == pytest.approx(0.5)          # the first map is half of the work
