@@ -4,6 +4,8 @@ point per optimiser step (from the healing's history)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from explorer.ui import heal_panel
@@ -35,6 +37,10 @@ def test_heal_stream_reports_a_curve_and_the_healed_ops(tiny_factory):
     # the live curve takes the training events' own fields, the same figures as the history
     live = [p for p in map(heal_panel.live_point, reports) if p is not None]
     assert [p[0] for p in live] == [1, 2, 3, 4, 5]
+    # issue 32 [2]: the held-out checks are said on the bar, at their step of the total
+    checks = [e.describe() for e in reports if e.note == "checking the held-out windows"]
+    assert checks and all(re.search(r"^layerwise: checking the held-out windows, step "
+                                    r"[1-5]/5", c) for c in checks), checks
     history = final.heal.curve
     assert [p[1] for p in live] == [p[1] for p in history]
     assert "Healed" in line
