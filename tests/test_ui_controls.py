@@ -68,12 +68,13 @@ def test_controls_read_back_through_the_declaration():
     # empty boxes: the defaults
     assert controls.read(PARAMS, [None, "cosine", True, "", " 7 "], "example")["budget"] == 7
     assert controls.read(PARAMS, [None, "cosine", True, "", ""], "example")["alpha"] == 0.5
-    with pytest.raises(ParamError, match=r"example: alpha must be a number in \[0, 1\] \(got 2\)"):
+    with pytest.raises(ParamError, match=r"example: Alpha must be a number in \[0, 1\] \(got 2\)"):
         controls.read(PARAMS, [2, "bi", True, "", None], "example")
 
 
 def test_a_bad_value_is_refused_before_any_work(example_method):
     """Issue 14 point 13: a bad measure name fails at once, not after the probe."""
     state = Session(model="not-loaded-either", num_layers=30)
-    with pytest.raises(ParamError, match="example-ui: measure must be one of 'cosine', 'bi'"):
+    with pytest.raises(ParamError,
+                       match=r"example-ui: Measure must be one of cosine, bi \(got 'cka'\)$"):
         ask_method(UISettings(), state, "example-ui", 4, 0, [0.5, "cka", True, "", None])

@@ -4,6 +4,8 @@ point per optimiser step (from the healing's history)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from explorer.ui import heal_panel
@@ -35,6 +37,10 @@ def test_heal_stream_reports_a_curve_and_the_healed_ops(tiny_factory):
     # the live curve takes the training events' own fields, the same figures as the history
     live = [p for p in map(heal_panel.live_point, reports) if p is not None]
     assert [p[0] for p in live] == [1, 2, 3, 4, 5]
+    # issue 32 [2]: the held-out checks are said on the bar, at their step of the total
+    checks = [e.describe() for e in reports if e.note == "checking the held-out windows"]
+    assert checks and all(re.search(r"^layerwise: checking the held-out windows, step "
+                                    r"[1-5]/5", c) for c in checks), checks
     history = final.heal.curve
     assert [p[1] for p in live] == [p[1] for p in history]
     assert "Healed" in line
@@ -100,3 +106,32 @@ def test_download_after_a_heal_in_the_app_carries_the_healed_tensors(tiny_factor
     said: list[str] = []
     again = Recipe.load(f"{tmp}/recipe.json").build(lm, report=said.append)
     assert said == [] and same_weights(again, APP_CACHES.variant(lm, out["ops"]))   # nothing refitted
+
+
+def test_closed_form_progress_counts_maps_and_windows(tiny_factory):
+    """Issue 32 [2], [3]: the closed form's bar says which map of how many, the windows gathered
+    for it (k/n) and its solve, on one fraction that only grows (so the time left comes from
+    this run's rate), then the held-out check after healing."""
+    spec = str(tiny_factory("llama", num_layers=6))
+    APP_CACHES.ensure_model(spec)
+    text = APP_CACHES.add_user_text(SAMPLE_TEXT, name="sample")
+    state = Session(model=spec, num_layers=6, text=text).with_plan(plan_from_text(6, "1,3", ""))
+    events: list = []
+    mode = heal_panel.get_mode("closed-form")
+    raw = {p.name: p.default for p in mode.params} | {"seqlen": 16, "windows": 24, "held_out": 2}
+    *_, (final, _, line) = heal_panel.heal_stream(
+        UISettings(), state, "closed-form", None, None, [raw[p.name] for p in mode.params],
+        events.append, lambda st: st)
+    assert final.heal is not None and "Healed" in line
+    heal = [e for e in events if e.stage == "heal closed-form"]
+    said = [e.describe() for e in heal]
+    assert said[0] == "heal closed-form: held-out perplexity before healing"
+    assert [s for s in said if "24/24 windows" in s] == [
+        "heal closed-form: map 1/2, slot 0, 24/24 windows",
+        "heal closed-form: map 2/2, slot 1, 24/24 windows"]
+    assert any(s.startswith("heal closed-form: map 2/2, solving the map at slot 1") for s in said)
+    assert said[-2] == "heal closed-form: held-out perplexity after healing"
+    fractions = [e.fraction for e in heal]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    first_map = [e.fraction for e in heal if "map 1/2" in (e.note or "")]
+    assert max(first_map) == pytest.approx(0.5)          # the first map is half of the work

@@ -5,6 +5,7 @@ beats, and the Plan tab's gate makes the gate's plan the session's plan."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -74,3 +75,31 @@ def test_gate_job_makes_the_session_plan(tiny_factory):
     assert new.plan.ops == out["ops"] and new.plan.method == "shortgpt"
     line = gate_panel.tries_markdown(out["gate"])
     assert line.startswith("**5 layers removed**") and "1: " in line and "5: " in line
+
+
+def test_speed_progress_counts_every_call_and_weighs_them_by_tokens(tiny_factory):
+    """Issue 32 [2], [7]: the speed measurement's bar says 'k/n calls' for every call, the
+    memory runs at the end included (they used to run after the bar said 100%), and its
+    fraction counts the tokens each call runs, so a decode call of batch 4 moves the bar 4 times
+    as far as one of batch 1 and the time left is not read off the short calls first."""
+    spec = str(tiny_factory("llama", num_layers=6))
+    APP_CACHES.ensure_model(spec)
+    ops = plan_from_text(6, "2,3", "").ops
+    events = []
+    sizes = dict(batches=[1, 4], prefill_tokens=16, decode_prompt=4, new_tokens=4, repeats=2)
+    jobs.speed_job(spec, ops, sizes, events.append)
+    speed = [e for e in events if e.stage == "speed"]
+    calls = 2 * 2 * 2 * (1 + 2 + 1) + 2            # cases x models x calls, then the memory runs
+    assert [e.step for e in speed] == list(range(1, calls + 1))
+    assert {e.total for e in speed} == {calls} and speed[-1].fraction == pytest.approx(1.0)
+    assert speed[-1].describe().startswith(f"speed: memory of decode batch 4, variant, "
+                                           f"{calls}/{calls} calls")
+    # the fraction: tokens run so far over all the tokens, read back from each call's note
+    def tokens(note: str) -> int:
+        kind, batch = re.search(r"(prefill|decode) batch (\d+)", note).groups()
+        return int(batch) * (16 if kind == "prefill" else 4 + 4)
+    run = [tokens(e.note) for e in speed]
+    total = sum(run)
+    assert [e.fraction for e in speed] == pytest.approx(
+        [sum(run[:k + 1]) / total for k in range(len(run))])
+    assert set(run) == {16, 64, 8, 32}        # prefill 1, 4; decode 1, 4 (prompt + new tokens)

@@ -373,7 +373,8 @@ def test_4_plan_with_a_method(page, walk, caplog, capfd):
     pg.locator("#lx-param-laco-T input").fill("5")
     capfd.readouterr()
     pg.click("#lx-method-plan")
-    toast(pg, "laco: T must be a number in [-1, 1] (got 5")
+    # issue 32 [6]: in words, the method and the field by their names on the page
+    toast(pg, "LaCo: Acceptance threshold (T) must be a number in [-1, 1] (got 5")
     assert "Plan from ShortGPT" in text(pg, "#lx-plan-status")
     stop_idle(pg)
     assert table_rows(pg, "lx-plan-table") == rows_before
@@ -381,7 +382,8 @@ def test_4_plan_with_a_method(page, walk, caplog, capfd):
     assert pg.locator("#lx-plan-status").get_by_text("Error").count() == 0
     # [17] the server logs one line for it, no traceback
     assert "Traceback" not in capfd.readouterr().err
-    assert any("laco: T must be" in r.getMessage() for r in caplog.records)
+    assert any("LaCo: Acceptance threshold (T) must be" in r.getMessage()
+               for r in caplog.records)
 
     # [6] "Update plan" now edits the method's plan instead of bringing back the old manual one
     pg.click("#lx-update-plan")

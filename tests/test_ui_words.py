@@ -142,3 +142,50 @@ def test_plain_words_stay_words():
     assert human("ridge term", get_mode("closed-form").params) == "ridge term"
     assert human("every check_every steps", params) == "every *Check every* steps"
     assert human("see `check_every`", params) == "see `check_every`"        # code stays code
+
+
+def bad_value(p):
+    """A value `p` refuses, or None where every text is allowed."""
+    if p.choices:
+        return "nope"
+    return {int: "abc", float: "abc", bool: "maybe", list: "{", dict: "["}.get(p.type)
+
+
+def test_errors_in_toasts_use_display_names():
+    """Issue 32 [6]: the one line a toast shows for a refused value or a method's own error says
+    the method, the mode and the field in words ("LaCo: Acceptance threshold (T) must be ...",
+    not "laco: T must be ..."); the app's own check of the controls and the library's errors
+    (raised with the registry's keys: "heal mode 'layerwise': check_every must be ...") alike."""
+    from explorer.core.errors import ExplorerError
+    from explorer.core.params import resolve
+    from explorer.plan import get_method
+    from explorer.ui import controls
+    from explorer.ui.common import _shown
+
+    def toast(call) -> str:
+        with pytest.raises(ExplorerError) as refused:
+            call()
+        return _shown(refused.value, "test").message
+
+    laco = get_method("laco")
+    raw = [("abc" if p.name == "T" else p.default) for p in laco.params]
+    line = toast(lambda: controls.read(laco.params, raw, laco.name))
+    assert line.startswith("LaCo: Acceptance threshold (T) must be a number"), line
+    mka = get_method("mka")
+    raw = [("nope" if p.name == "weight_rule" else p.default) for p in mka.params]
+    line = toast(lambda: controls.read(mka.params, raw, mka.name))
+    assert line.startswith("MKA: Weight rule must be one of ") and "'" not in line.split("(got")[0]
+
+    names, lines = raw_names(), []
+    owners = [(m, m.name) for m in list_methods()] + [(m, f"heal mode '{m.name}'")
+                                                     for m in list_modes()]
+    for owner, key in owners:
+        for p in owner.params:
+            if bad_value(p) is not None:
+                lines.append(toast(lambda: resolve(owner.params, {p.name: bad_value(p)}, key)))
+                lines.append(toast(lambda: controls.read(
+                    owner.params, [bad_value(q) if q is p else q.default for q in owner.params],
+                    owner.name)))
+    assert len(lines) > 40
+    bad = [(line, found(line, names)) for line in lines if found(line, names)]
+    assert not bad, bad

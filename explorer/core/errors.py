@@ -62,4 +62,12 @@ def named_line(exc: BaseException, limit: int = 160) -> str:
 
 
 class ParamError(ExplorerError):
-    """A parameter of a method, measure or healing mode has a wrong name, type or value."""
+    """A parameter of a method, measure or healing mode has a wrong name, type or value.
+
+    A refused value also carries what it was refused for (`param`: the declared `Param`,
+    `owner`: its owner's key, `given`: the value), so an edge can say it in its own words (the
+    app: labels and display names instead of the CLI's names)."""
+
+    param = None
+    owner: str = ""
+    given = None

@@ -113,7 +113,9 @@ class Param:
         given = value
 
         def bad() -> ParamError:
-            return ParamError(f"{owner}: {self.name} must be {self.allowed()} (got {given!r})")
+            error = ParamError(f"{owner}: {self.name} must be {self.allowed()} (got {given!r})")
+            error.param, error.owner, error.given = self, owner, given
+            return error
 
         if value is None or (isinstance(value, str) and self.optional
                              and value.strip().lower() in NONE_WORDS):

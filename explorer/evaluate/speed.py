@@ -177,14 +177,26 @@ def measure_speed(lm: LoadedModel, variant: Variant | None = None, *,
                   torch.randint(0, vocab, (b, decode_prompt), generator=gen).to(lm.device))
               for b in batches}
     cases = [("prefill", b) for b in batches] + [("decode", b) for b in batches]
-    steps = len(cases) * len(models) * (warmup + repeats + 1)
-    done = [0]
+
+    def cost(kind: str, b: int) -> int:       # tokens one call runs: the progress' weights
+        return b * (prefill_tokens if kind == "prefill" else decode_prompt + new_tokens)
+    # every case's calls per model (warm-up, timed rounds, the profiled pass), then the largest
+    # decode run once per model for the memory figures
+    calls = len(cases) * len(models) * (warmup + repeats + 1) + len(models)
+    work = sum(cost(*c) for c in cases) * len(models) * (warmup + repeats + 1) + \
+        len(models) * cost("decode", batches[-1])
+    done = [0, 0]                              # calls, tokens
     t_start = time.perf_counter()
 
-    def report(msg: str) -> None:
+    def report(msg: str, kind: str, b: int) -> None:
+        """One call done: the fraction counts tokens run (a decode call of batch 8 weighs 8
+        times one of batch 1), so an estimate from the rate so far is not fooled by the short
+        calls that come first."""
         done[0] += 1
+        done[1] += cost(kind, b)
         if progress:
-            progress(Event("speed", done[0] / steps, note=msg))
+            progress(Event("speed", done[1] / work, step=done[0], total=calls, unit="calls",
+                           note=msg))
 
     def run_once(v: Variant, kind: str, b: int, timed: list[float] | None,
                  layer_time: list[float] | None = None) -> object:
@@ -211,12 +223,12 @@ def measure_speed(lm: LoadedModel, variant: Variant | None = None, *,
             for _ in range(warmup):
                 for name, v in models:
                     run_once(v, kind, b, None)
-                    report(f"warm-up, {kind} batch {b}, {name}")
+                    report(f"warm-up, {kind} batch {b}, {name}", kind, b)
             for r in range(repeats):
                 order = models if r % 2 == 0 else models[::-1]
                 for name, v in order:
                     run_once(v, kind, b, times[name])
-                    report(f"{kind} batch {b}, round {r + 1}/{repeats}, {name}")
+                    report(f"{kind} batch {b}, round {r + 1}/{repeats}, {name}", kind, b)
             outside = {}
             for name, v in models:           # the profiled pass: time inside the layers
                 timed: list[float] = []
@@ -224,7 +236,7 @@ def measure_speed(lm: LoadedModel, variant: Variant | None = None, *,
                 run_once(v, kind, b, timed, inside)
                 outside[name] = max(0.0, 1.0 - inside[0] / timed[0]) if timed[0] > 0 \
                     else float("nan")
-                report(f"{kind} batch {b}, time inside the layers, {name}")
+                report(f"{kind} batch {b}, time inside the layers, {name}", kind, b)
             dense_t = Timing(tuple(times["dense"]))
             var_t = Timing(tuple(times["variant"])) if compressed else None
             ratios = tuple(d / v for d, v in zip(times["dense"], times["variant"])) \
@@ -239,6 +251,7 @@ def measure_speed(lm: LoadedModel, variant: Variant | None = None, *,
         for name, v in models:               # the largest decode run: KV cache and peak memory
             with PeakSampler(lm.device) as peak:
                 cache = run_once(v, "decode", big, None)
+            report(f"memory of decode batch {big}, {name}", "decode", big)
             memory[name] = MemoryFigures(weights_bytes=weights_bytes(v),
                                          kv_cache_bytes=cache_bytes(cache),
                                          peak_bytes=peak.peak)

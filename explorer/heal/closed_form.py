@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -236,6 +237,7 @@ def heal_cut(ctx: HealContext, v: Variant, cut: Cut, params: dict
     None when there is nothing to fold into (the layer's MLP was dropped)."""
     cosine = params["objective"] == "cosine"
     eq, rows = capture(ctx, v, cut, keep=cosine)
+    ctx.report(1.0, f"solving the map at slot {cut.slot}")
     if not float(eq.mtm.diagonal().sum()) > 0:
         return None, {"slot": cut.slot, "skipped": "the layer's MLP outputs nothing to map"}
     T = eq.solve(params["ridge"])
@@ -263,8 +265,18 @@ def apply_closed_form(ctx: HealContext, v: Variant, params: dict, label: str
                          f"({MIN_TOKENS_PER_DIM} x the hidden size), but {W} windows of {T} give "
                          f"{W * per_window}: use windows >= {-(-need // per_window)} at seqlen {T}")
     fits = []
-    for cut in fitted_cuts(v, params.get("follow", 0)):
-        module, info = heal_cut(ctx, v, cut, params)
+    cuts = fitted_cuts(v, params.get("follow", 0))
+    whole = ctx.progress
+    for i, cut in enumerate(cuts):
+        # each map's events (its dense states, its windows, its solve) as part i of n, said so
+        ctx.progress = None if whole is None else (
+            lambda e, i=i: whole(replace(e.within(i / len(cuts), (i + 1) / len(cuts)),
+                                         note=f"map {i + 1}/{len(cuts)}" +
+                                         (f", {e.note}" if e.note else ""))))
+        try:
+            module, info = heal_cut(ctx, v, cut, params)
+        finally:
+            ctx.progress = whole
         fits.append(info)
         if module is not None:
             v = with_slot(v, cut.slot, module, label)

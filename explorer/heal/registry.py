@@ -287,6 +287,7 @@ def heal(variant: Variant, mode: str = "closed-form", *, text: str | None = None
     ctx.report(0.0, "held-out perplexity before healing")
     before = ctx.held_out_ppl = held_out_ppl(lm, variant, data.held_out)
     out = m.run(ctx, p)
+    ctx.report(1.0, "held-out perplexity after healing")
     after = held_out_ppl(lm, out.variant, data.held_out)
     healed = [k for k, (old, new) in enumerate(zip(variant.slots, out.variant.slots))
               if isinstance(new, NewLayer) and new is not old]

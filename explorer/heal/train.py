@@ -177,7 +177,11 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
                 check = every is not None and step % every == 0
             else:
                 check = now - last_monitor >= max(MONITOR_SECONDS, MONITOR_RATIO * monitor_cost)
+            done = max(step / total if total else 0.0,
+                       (now - t0) / seconds if seconds else 0.0)
             if check:
+                ctx.report(done, "checking the held-out windows", stage=label, step=step,
+                           total=total, unit="steps", seconds=now - t0)
                 ppl = ctx.held_out_ppl = held_out_ppl(ctx.lm, current(), ctx.data.held_out)
                 entry["held_out_ppl"] = ppl
                 if best is not None:
@@ -191,8 +195,6 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
                     every = max(every, math.ceil(MONITOR_RATIO * monitor_cost / per_step))
                 checks_cost += monitor_cost
             history.append(entry)
-            done = max(step / total if total else 0.0,
-                       (now - t0) / seconds if seconds else 0.0)
             ctx.report(done, stage=label, step=step, total=total, unit="steps", loss=value,
                        held_out=ppl, seconds=now - t0)
     finally:
@@ -202,6 +204,8 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
     kept = step
     if history:
         if "held_out_ppl" not in history[-1]:
+            ctx.report(1.0, "checking the held-out windows", stage=label, step=step,
+                       total=total, unit="steps")
             history[-1]["held_out_ppl"] = held_out_ppl(ctx.lm, current(), ctx.data.held_out)
         if best is not None:
             best.offer(step, history[-1]["held_out_ppl"])

@@ -8,7 +8,7 @@ import time
 import gradio as gr
 
 from explorer.load.embedded import EMBEDDED
-from explorer.measure.measures import MEASURES, measure_title
+from explorer.measure.measures import MEASURES
 from explorer.measure.profiles import parse_models
 from explorer.ui import analysis, busy, damage_panel, jobs, plots, stop
 from explorer.ui.clickplot import ClickPlot
@@ -52,6 +52,29 @@ def probe_status(pr, seqlen: int, asked: int, fresh: bool, total: float | None =
     done += (f"; the whole analysis (with the profiles, the heatmap and the layer map) took "
              f"{total:.1f} s." if total is not None else ".")
     return f"{done}{cut} Click a cell (a, b) to select layers a..b-1."
+
+
+def models_figure(settings, state: Session, models: str, measure: str, progress=None):
+    """Adjacent-layer profiles of several models side by side. The session's own model, once
+    analysed on the same text, is drawn from its analysis (no second probe), and the others are
+    probed with the analysis' sizes; it is loaded back last, so it stays the resident model."""
+    specs = parse_models(models)
+    text = state.text if not state.text.startswith("user:") else "wiki"
+    mine = state.analysis if state.analysis is not None and state.model in specs and \
+        text == state.text else None
+    seqlen, samples = (mine.key.seqlen, mine.key.samples) if mine else \
+        (settings.probe_seqlen, settings.probe_samples)
+    others = [m for m in specs if m != state.model] + \
+        ([state.model] if state.model in specs and mine is None else [])
+    info = analysis.info(measure)
+    # the analysis' probe is read first: another model's load empties the model's caches
+    own = [jobs.session_profile_job(state.model, analysis.entry(state, progress), info.name,
+                                    text, progress)] if mine else []
+    profiles = jobs.profiles_job(others, info.name, text, seqlen, samples,
+                                 progress)["profiles"] if others else []
+    if own and others:
+        jobs.load_job(state.model, progress)          # the session's model resident again
+    return plots.profiles_overlay(profiles + own, info.title, info.higher_is_similar)
 
 
 def _safe_map(state: Session, method: str, progress):
@@ -169,15 +192,7 @@ def wire(ctx: Ctx) -> None:
     @user_errors
     def compare_models(state: Session, models: str, measure: str, request: gr.Request,
                        progress=gr.Progress()):
-        """Profiles of several models; the session's own model is loaded last, so it stays."""
-        specs = parse_models(models)
-        if state.model in specs:
-            specs = [m for m in specs if m != state.model] + [state.model]
-        out = jobs.profiles_job(specs, measure, state.text if not state.text.startswith("user:")
-                                else "wiki", s.probe_seqlen, s.probe_samples,
-                                stop.watch(progress, request))
-        return plots.profiles_overlay(out["profiles"], measure_title(out["measure"]),
-                                      out["higher_is_similar"])
+        return models_figure(s, state, models, measure, stop.watch(progress, request))
 
     ctx.long_step(a.models_btn.click, compare_models, [ctx.state, a.models, a.measure],
                   [a.models_plot], api_name="compare_models", show_progress_on=[a.models_line])

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from explorer.core.errors import ExplorerError, one_line
-from explorer.ui import stop
+from explorer.ui import controls, stop
 from explorer.ui.learn_tab import mode_title
 from explorer.ui.settings import UISettings
 from explorer.ui.state import Analysis, Session
@@ -204,7 +204,7 @@ def _shown(exc: Exception, where: str) -> gr.Error:
         return gr.Error(str(exc), title="Stopped", visible=False, print_exception=False)
     if isinstance(exc, ExplorerError):
         log.warning("refused in %s: %s", where, one_line(exc))
-        return gr.Error(str(exc), print_exception=False)
+        return gr.Error(controls.refusal(exc), print_exception=False)
     log.exception("unexpected error in %s", where)
     return gr.Error(f"unexpected error ({type(exc).__name__}): {one_line(exc)}",
                     print_exception=False)

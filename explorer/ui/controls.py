@@ -59,21 +59,39 @@ def registry_words() -> dict[str, str]:
     return _WORDS
 
 
-def human(text: str, siblings: Sequence[Param] = ()) -> str:
-    """`text` with the raw names a help line may hold said in words: a sibling parameter's
-    name becomes its label ("every check_every steps" -> "every *Check every* steps"), a
-    registry key its display name. Code spans (`...`) are left as they are."""
-    labels = {q.name: q.label for q in siblings if "_" in q.name}   # a plain word is English
+_LABELS: dict[str, str] = {}      # every method's and mode's snake_case parameter -> its label
+
+
+def human(text: str, siblings: Sequence[Param] = (), mark: bool = True) -> str:
+    """`text` (a help line, an error a toast shows, a progress note) in the app's words: registry
+    keys by their display names, quoted or not ("heal mode 'layerwise'" -> "heal mode Layer-wise
+    distillation at the cuts", "laco: ..." -> "LaCo: ..."), snake_case parameter names by their
+    labels ("every check_every steps" -> "every *Check every* steps"): a sibling's (the other
+    parameters of the same owner) first, else any method's or mode's. A plain word ("windows")
+    stays English; code spans (`...`) stay as they are. mark: labels in *emphasis* (Markdown);
+    False for plain text (a toast, a progress bar)."""
+    if not _LABELS:
+        from explorer.heal import list_modes
+        from explorer.plan import list_methods
+
+        for owner in [*list_methods(), *list_modes()]:
+            for q in owner.params:
+                if "_" in q.name:
+                    _LABELS.setdefault(q.name, q.label)
     words = registry_words()
+    labels = _LABELS | {q.name: q.label for q in siblings if "_" in q.name}
 
     def say(m: re.Match) -> str:
-        w = m.group(0)
+        w = m.group(2)
         if w in labels:
-            return f"*{labels[w]}*"
-        return words.get(w, w)
+            return f"*{labels[w]}*" if mark else labels[w]
+        if w in words:
+            return words[w]
+        return m.group(0)
     parts = re.split(r"(`[^`]*`)", text)
     return "".join(part if part.startswith("`") else
-                   re.sub(r"(?<![\w'-])[a-z][a-z0-9_]*(?![\w'-])", say, part) for part in parts)
+                   re.sub(r"(?<![\w-])(')?([a-z][a-z0-9_]*)(?(1)'|(?![\w-]))", say, part)
+                   for part in parts)
 
 
 def allowed(p: Param) -> str:
@@ -109,7 +127,9 @@ def read(params: Sequence[Param], raw: Sequence[Any], owner: str) -> dict:
     """The validated parameters from the controls' values (in `params` order).
 
     Empty boxes mean "the default" for a parameter that cannot be None; a ParamError names the
-    parameter, what is allowed and what was given."""
+    owner by its display name and the control by its label, what is allowed (choices by their
+    words) and what was given: "LaCo: Acceptance threshold (T) must be a number in [0, 1]
+    (got 'abc')"."""
     given = {}
     for p, value in zip(params, raw):
         if value is None or (isinstance(value, str) and not value.strip() and p.type is not str):
@@ -117,7 +137,22 @@ def read(params: Sequence[Param], raw: Sequence[Any], owner: str) -> dict:
                 continue          # left empty: the default
             value = None
         given[p.name] = value
-    return resolve(params, given, owner)
+    try:
+        return resolve(params, given, owner)
+    except ParamError as exc:
+        raise ParamError(refusal(exc)) from None
+
+
+def refusal(exc: Exception) -> str:
+    """The one line the app shows for `exc`: a refused parameter value said with its owner's
+    display name, its label and the allowed values' words ("LaCo: Acceptance threshold (T) must
+    be a number in [0, 1] (got 'abc')"), any other message through `human`."""
+    p = getattr(exc, "param", None)
+    if p is None:
+        return human(str(exc), mark=False)
+    rule = ("one of " + ", ".join(p.choice_label(c) for c in p.choices)) if p.choices \
+        else allowed(p) or p.allowed()
+    return f"{human(exc.owner, mark=False)}: {p.label} must be {rule} (got {exc.given!r})"
 
 
 def whole_number(value: Any, label: str, lo: int, hi: int | None = None) -> int:

@@ -22,7 +22,7 @@ from explorer.core.layer_lists import format_layers
 from explorer.measure.measures import MEASURES
 from explorer.report.build import DEFAULT_MEASURES, ReportAnalysis, ReportSizes
 from explorer.core.settings import get
-from explorer.ui import analysis, busy, jobs, stop
+from explorer.ui import analysis, busy, damage_panel, jobs, stop
 from explorer.ui.common import Ctx, ExportParts, need_model, user_errors, variant_words
 from explorer.ui.caches import APP_CACHES
 from explorer.ui.state import Session
@@ -123,10 +123,20 @@ def recipe_file(state: Session) -> str:
     return jobs.recipe_job(state.model, *_recipe_fields(state))
 
 
+def session_damage(state: Session):
+    """The damage map the Analyse tab measured on the session's analysis (the one with the
+    largest blocks when several were), or None."""
+    if state.analysis is None:
+        return None
+    maps = [(n, dm) for (key, n), dm in damage_panel.MAPS.items() if key == state.analysis.key]
+    return max(maps, key=lambda item: item[0])[1] if maps else None
+
+
 def report_file(settings, state: Session, progress=None) -> str:
     """The HTML report of the session's analysis and current variant (healed when the plan was
     healed), written into a fresh temporary folder; returns its path. Without an analysis the
-    report probes the text with the app's analysis sizes."""
+    report probes the text with the app's analysis sizes. The damage map measured on the
+    analysis (Analyse tab) is in it when there is one."""
     need_model(state)
     plan, healed = state.plan, state.heal
     measures, found = list(DEFAULT_MEASURES), None
@@ -143,7 +153,8 @@ def report_file(settings, state: Session, progress=None) -> str:
                         max_tokens=s.ppl_max_tokens, gen_tokens=s.gen_tokens,
                         prompts=tuple(s.prompts))
     page = jobs.report_job(state.model, state.text, state.ops(), plan.ops, plan.method,
-                           plan.params, healing, found, measures, sizes, progress)
+                           plan.params, healing, found, measures, sizes, progress,
+                           damage=session_damage(state) if found is not None else None)
     folder = Path(tempfile.gettempdir()) / "layer-explorer-reports" / uuid.uuid4().hex[:12]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{default_name(state)}-report.html"

@@ -67,7 +67,7 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     if not state.plan.ops:
         raise ExplorerError("nothing to heal: plan and apply a change in the Plan tab first")
     m = get_mode(mode)
-    params = controls.read(m.params, raw, f"heal mode '{mode}'")
+    params = controls.read(m.params, raw, mode)
     budget = controls.read((STEPS, SECONDS), [steps, seconds], "heal budget") if m.trains \
         else {"steps": None, "seconds": None}
     events: queue.Queue = queue.Queue()

@@ -30,7 +30,7 @@ from explorer.apply.fitted import fitted_path
 from explorer.apply.recipe import Recipe
 from explorer.heal import heal
 from explorer.evaluate.gate import quality_gate
-from explorer.measure.profiles import compare_models
+from explorer.measure.profiles import compare_models, profile_of
 from explorer.core.progress import Event, Progress, scaled
 from explorer.heal.registry import HealResult
 from explorer.report.build import ReportAnalysis, ReportSizes, Subject, build_report
@@ -214,6 +214,15 @@ def profiles_job(models: list[str], measure: str, text: str, seqlen: int, sample
                           progress=progress).to_dict()
 
 
+def session_profile_job(spec: str, entry: ProbeEntry, measure: str, text_key: str,
+                        progress: Progress | None = None) -> dict:
+    """The adjacent-layer profile of the session's model from its analysis' probe (`entry`),
+    as `profiles_job` gives one; the model is loaded back when another one replaced it."""
+    lm = APP_CACHES.ensure_model(spec, progress)
+    return profile_of(entry.probe, spec, lm.config.model_type, measure,
+                      APP_CACHES.get_texts(text_key).source, entry.seconds).to_dict()
+
+
 def load_job(spec: str, progress: Progress | None = None) -> dict:
     """Load the model (or keep the resident one): its name, size and the Model tab's facts."""
     lm = APP_CACHES.ensure_model(spec, progress)
@@ -272,13 +281,14 @@ def export_job(spec: str, ops: list[dict], name: str, root: str, method: str, pa
 def report_job(spec: str, text_key: str, ops: list[dict], base_ops: list[dict] | None,
                method: str, params: dict, healing: HealResult | None,
                analysis: ReportAnalysis | None, measures: list[str], sizes: ReportSizes,
-               progress: Progress | None = None) -> str:
+               progress: Progress | None = None, damage: DamageMap | None = None) -> str:
     """The HTML report (`explorer.report.build`) of the variant of `ops`. base_ops: the unhealed
     variant's ops when `ops` ends with the healing `healing`; analysis: the session's (None:
-    the report probes the text itself with `sizes`)."""
+    the report probes the text itself with `sizes`); damage: the map measured on that
+    analysis' windows, shown in the report."""
     lm = APP_CACHES.ensure_model(spec, progress)
     texts = APP_CACHES.get_texts(text_key)
     unhealed = APP_CACHES.variant(lm, base_ops) if healing is not None else None
     subject = Subject(APP_CACHES.variant(lm, ops), method, params, unhealed, healing)
     return build_report(lm, texts, subject, sizes=sizes, measures=measures, analysis=analysis,
-                        progress=progress).html
+                        damage=damage, progress=progress).html

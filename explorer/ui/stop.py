@@ -64,7 +64,7 @@ def bar(progress: Any) -> Progress | None:
     seen: dict[str, list[tuple[float, float]]] = {}    # stage -> its (time, fraction) so far
 
     def show(event: Event) -> None:      # the pipeline's stage names said as display names
-        progress(event.fraction, desc=human(event.describe()) + time_left(event, seen))
+        progress(event.fraction, desc=human(event.describe(), mark=False) + time_left(event, seen))
     return show
 
 
