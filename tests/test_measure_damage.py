@@ -158,3 +158,32 @@ def test_stop_through_a_watched_progress_keeps_the_cells(tiny_lm, tiny_ids):
     assert part.partial and len(part.done) == 4
     done = [e for e in events if e.stage == "damage map"]
     assert [e.step for e in done] == [1, 2, 3] and done[0].total == 11 and done[0].figure > 0
+
+
+def test_each_candidate_runs_only_from_its_cut(tiny_lm, tiny_ids):
+    """Layer forwards counted by hooks on the model's own layers: the dense pass runs all L, and
+    the candidate without layers a..b-1 runs only the L - b layers after its cut (the layers
+    before it come from the dense states), not the L - (b - a) of a full pass."""
+    L, W = tiny_lm.num_layers, tiny_ids.shape[0]
+    calls = [0]
+    hooks = [layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+             for layer in tiny_lm.original_layers]
+    per_cell: dict[tuple[int, int], int] = {}
+    marks: list[int] = []            # the count when each candidate finished
+
+    def on_cell(m: DamageMap) -> None:
+        per_cell[m.done[-1]] = calls[0] - (marks[-1] if marks else L)
+        marks.append(calls[0])
+    try:
+        dense_only = damage_map(tiny_lm, tiny_ids, max_block=1, sizes=(), batch_size=W, kl=False)
+        assert calls[0] == L and dense_only.done == []          # the dense pass alone
+        calls[0] = 0
+        dm = damage_map(tiny_lm, tiny_ids, max_block=3, batch_size=W, kl=False, on_cell=on_cell)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert dm.done == candidate_cells(L, 3)
+    # one batch of W windows: each layer forward is one call
+    assert per_cell == {(a, b): L - b for a, b in dm.done}
+    assert calls[0] == L + sum(L - b for _, b in dm.done)
+    assert per_cell[(0, 1)] == L - 1 and per_cell[(3, 4)] == L - 4 and per_cell[(3, 6)] == 0
