@@ -187,3 +187,46 @@ def test_each_candidate_runs_only_from_its_cut(tiny_lm, tiny_ids):
     assert per_cell == {(a, b): L - b for a, b in dm.done}
     assert calls[0] == L + sum(L - b for _, b in dm.done)
     assert per_cell[(0, 1)] == L - 1 and per_cell[(3, 4)] == L - 4 and per_cell[(3, 6)] == 0
+
+
+def test_cli_ctrl_c_prints_the_cells_done_marked_partial(tiny_factory, sample_text, tmp_path,
+                                                          capsys, monkeypatch):
+    """A real SIGINT, raised as the CLI writes the second candidate's progress line: the map ends
+    at the next candidate and its two cells are printed, marked partial, with one stderr line
+    saying so; a text too short for one window is refused in one line."""
+    import io
+    import json
+    import signal
+    import sys
+
+    from explorer.cli import main
+
+    folder = str(tiny_factory("llama", num_layers=4))
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+
+    class Presses(io.StringIO):           # stderr that presses Ctrl-C at the second candidate
+        def write(self, s: str) -> int:
+            if "2/7 candidates" in s:
+                signal.raise_signal(signal.SIGINT)
+            return super().write(s)
+    err = Presses()
+    monkeypatch.setattr(sys, "stderr", err)
+    before = signal.getsignal(signal.SIGINT)
+    rc = main(["similarity", "--model", folder, "--text", str(text), "--measure", "damage",
+               "--param", "max_block=2", "--seqlen", "32", "--samples", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["partial"] is True
+    assert (out["cells_done"], out["cells_total"]) == (2, 7)
+    assert [(c["a"], c["b"]) for c in out["cells"]] == [(0, 1), (1, 2)]
+    assert out["matrix"]["nll"][2][3] is None and out["matrix"]["nll"][0][1] is not None
+    assert "stopped: partial: 2 of 7 candidates" in err.getvalue()
+    assert signal.getsignal(signal.SIGINT) is before          # Ctrl-C is itself again
+
+    short = tmp_path / "short.txt"
+    short.write_text(sample_text[:400])           # a text, but not one window of 1024 tokens
+    errors = io.StringIO()
+    assert main(["similarity", "--model", folder, "--text", str(short), "--measure", "damage",
+                 "--seqlen", "1024", "--json"], stderr=errors) == 2
+    line = errors.getvalue().strip()
+    assert len(line.splitlines()) == 1 and "fewer than one window" in line, line

@@ -41,7 +41,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 import torch
@@ -126,6 +126,18 @@ class DamageMap:
     def cells(self, size: int | None = None) -> list[tuple[int, int]]:
         """The measured cells, blocks of `size` layers only when given, in (a, b) order."""
         return sorted(c for c in self.done if size is None or c[1] - c[0] == size)
+
+    def snapshot(self) -> "DamageMap":
+        """A copy that later candidates do not change (for a live view drawn in another thread
+        while the map fills in)."""
+        return replace(self, ppl=self.ppl.clone(), nll=self.nll.clone(), kl=self.kl.clone(),
+                       window_nll=dict(self.window_nll), window_kl=dict(self.window_kl),
+                       done=list(self.done))
+
+    @property
+    def progress_note(self) -> str:
+        """'k of n candidates': how far the map got."""
+        return f"{len(self.done)} of {self.total} candidates"
 
     def to_dict(self) -> dict:
         """JSON-ready: every measured cell with its figures, and the three matrices."""
