@@ -57,8 +57,13 @@ from explorer.core.tokens import auto_batch_size
 from explorer.core.variant import Variant
 
 METRICS = ("nll", "kl", "ppl")
-METRIC_TITLES = {"nll": "NLL increase (nats/token)", "kl": "KL to the dense model (nats/token)",
-                 "ppl": "perplexity after removal"}
+# what each metric is, in words (one source: the app's labels, the plots' titles, the plan's
+# explanations), and the titles with their units
+METRIC_NAMES = {"nll": "NLL increase", "kl": "KL to the dense model",
+                "ppl": "perplexity after removal"}
+METRIC_UNITS = {"nll": "nats/token", "kl": "nats/token", "ppl": ""}
+METRIC_TITLES = {m: f"{name} ({METRIC_UNITS[m]})" if METRIC_UNITS[m] else name
+                 for m, name in METRIC_NAMES.items()}
 
 # The map's parameters where it is asked for by name (`similarity --measure damage --param ...`,
 # the app's Analyse tab), declared once like a measure's.
