@@ -15,7 +15,8 @@ def add(sub) -> None:
 
     p = listing_parser(sub, "similarity", "layer-by-layer similarity matrix of the residual "
                         "stream (explorer.measure.measures), or the measured damage map (--measure "
-                        "damage: explorer.measure.damage)", "measures",
+                        "damage: explorer.measure.damage; Ctrl-C stops it at the next candidate and prints the "
+                        "cells done, marked partial)", "measures",
                        measures_help() + "\n" + damage.params_help())
     model_args(p)
     p.add_argument("--measure", default="cosine", help=", ".join([*MEASURES, "damage"]))
