@@ -16,12 +16,22 @@ Rows (each with its baseline, measured in the same run):
   trust          each similarity's Spearman against the measured NLL increase, per block size
                  (ours = the Spearman of single layers; no baseline).
   plan (full mode): the `damage` plan's perplexity at 3, 6 and 9 removed on held-out
-                 wiki (4096 tokens, seqlen 512), against the angular plan's.
+                 wiki (4096 tokens, seqlen 512), unhealed, against the angular plan's. The
+                 methods table (docs/methods.md) takes its damage rows from
+                 `python bench/methods_table.py --methods damage,damage:mode=greedy --max-tokens
+                 4096 --resume` (--resume keeps the other methods' rows) and the healed ones from
+                 `python bench/bench_heal.py --table --resume --methods damage,damage:mode=greedy`
+                 (which rebuilds the recorded drops, searching nothing again).
 
 Quick mode (the `python -m explorer bench` default): 8 windows of 128 tokens, blocks up to 2,
 no plans. Figures taken on a shared machine are slower than on idle cores: say so.
 
-Run: `python bench/bench_damage.py [--full]` (the plans run in full mode).
+Run: `python bench/bench_damage.py [--full]` (the plans run in full mode). Expected cost on 2 idle
+cores, by arithmetic (docs/measures.md, "Protocol and cost"): the full map is about 75 TFLOP, some
+65 full forward passes of its 4064 tokens; at the idle perplexity speed of RESULTS.md (about 375
+tokens/s at seqlen 128, i.e. ~100 GFLOP/s) that is about 12 minutes, not 3 (the 180 s target
+needs about 4x less work than an exact fp32 map does). The full mode runs it about 2.5 times
+over (in memory, streamed, a quarter of the windows) plus the plans: about 35-45 minutes in all.
 """
 
 from __future__ import annotations

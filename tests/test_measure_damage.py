@@ -158,3 +158,75 @@ def test_stop_through_a_watched_progress_keeps_the_cells(tiny_lm, tiny_ids):
     assert part.partial and len(part.done) == 4
     done = [e for e in events if e.stage == "damage map"]
     assert [e.step for e in done] == [1, 2, 3] and done[0].total == 11 and done[0].figure > 0
+
+
+def test_each_candidate_runs_only_from_its_cut(tiny_lm, tiny_ids):
+    """Layer forwards counted by hooks on the model's own layers: the dense pass runs all L, and
+    the candidate without layers a..b-1 runs only the L - b layers after its cut (the layers
+    before it come from the dense states), not the L - (b - a) of a full pass."""
+    L, W = tiny_lm.num_layers, tiny_ids.shape[0]
+    calls = [0]
+    hooks = [layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+             for layer in tiny_lm.original_layers]
+    per_cell: dict[tuple[int, int], int] = {}
+    marks: list[int] = []            # the count when each candidate finished
+
+    def on_cell(m: DamageMap) -> None:
+        per_cell[m.done[-1]] = calls[0] - (marks[-1] if marks else L)
+        marks.append(calls[0])
+    try:
+        dense_only = damage_map(tiny_lm, tiny_ids, max_block=1, sizes=(), batch_size=W, kl=False)
+        assert calls[0] == L and dense_only.done == []          # the dense pass alone
+        calls[0] = 0
+        dm = damage_map(tiny_lm, tiny_ids, max_block=3, batch_size=W, kl=False, on_cell=on_cell)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert dm.done == candidate_cells(L, 3)
+    # one batch of W windows: each layer forward is one call
+    assert per_cell == {(a, b): L - b for a, b in dm.done}
+    assert calls[0] == L + sum(L - b for _, b in dm.done)
+    assert per_cell[(0, 1)] == L - 1 and per_cell[(3, 4)] == L - 4 and per_cell[(3, 6)] == 0
+
+
+def test_cli_ctrl_c_prints_the_cells_done_marked_partial(tiny_factory, sample_text, tmp_path,
+                                                          capsys, monkeypatch):
+    """A real SIGINT, raised as the CLI writes the second candidate's progress line: the map ends
+    at the next candidate and its two cells are printed, marked partial, with one stderr line
+    saying so; a text too short for one window is refused in one line."""
+    import io
+    import json
+    import signal
+    import sys
+
+    from explorer.cli import main
+
+    folder = str(tiny_factory("llama", num_layers=4))
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+
+    class Presses(io.StringIO):           # stderr that presses Ctrl-C at the second candidate
+        def write(self, s: str) -> int:
+            if "2/7 candidates" in s:
+                signal.raise_signal(signal.SIGINT)
+            return super().write(s)
+    err = Presses()
+    monkeypatch.setattr(sys, "stderr", err)
+    before = signal.getsignal(signal.SIGINT)
+    rc = main(["similarity", "--model", folder, "--text", str(text), "--measure", "damage",
+               "--param", "max_block=2", "--seqlen", "32", "--samples", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["partial"] is True
+    assert (out["cells_done"], out["cells_total"]) == (2, 7)
+    assert [(c["a"], c["b"]) for c in out["cells"]] == [(0, 1), (1, 2)]
+    assert out["matrix"]["nll"][2][3] is None and out["matrix"]["nll"][0][1] is not None
+    assert "stopped: partial: 2 of 7 candidates" in err.getvalue()
+    assert signal.getsignal(signal.SIGINT) is before          # Ctrl-C is itself again
+
+    short = tmp_path / "short.txt"
+    short.write_text(sample_text[:400])           # a text, but not one window of 1024 tokens
+    errors = io.StringIO()
+    assert main(["similarity", "--model", folder, "--text", str(short), "--measure", "damage",
+                 "--seqlen", "1024", "--json"], stderr=errors) == 2
+    line = errors.getvalue().strip()
+    assert len(line.splitlines()) == 1 and "fewer than one window" in line, line

@@ -38,3 +38,17 @@ def test_greedy_measures_again_after_each_removal(tiny_lm, ctx):
     costs = plan.scores["kl of each removal"]
     assert costs[0] == pytest.approx(float(first.kl[l1, l1 + 1]))
     assert costs[1] == pytest.approx(float(second.kl[s2, s2 + 1]))
+
+
+def test_notes_name_the_measured_damage_as_the_map_does(tiny_lm, ctx):
+    """The plan's notes quote the damage it measured, in the map's own words and units."""
+    from explorer.measure.damage import METRIC_NAMES
+
+    dm = damage_map(tiny_lm, ctx.input_ids[:2], max_block=2)
+    plan = get_method("damage").plan(ctx, 2, samples=2)
+    least = min(float(dm.nll[c]) for c in dm.cells(2))
+    assert f"measured {METRIC_NAMES['nll']} was {least:.4f} nats/token" in plan.notes
+    greedy = get_method("damage").plan(ctx, 1, mode="greedy", metric="kl", samples=2)
+    assert f"least measured {METRIC_NAMES['kl']} among the layers left" in greedy.notes
+    labels = dict(next(p for p in get_method("damage").params if p.name == "metric").choice_labels)
+    assert labels == {"nll": METRIC_NAMES["nll"], "kl": METRIC_NAMES["kl"]}

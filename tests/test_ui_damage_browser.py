@@ -1,6 +1,7 @@
 """The damage panel in a real headless Chromium on the default model: the map is measured on the
-analysis' windows, and a click on a point of the score-against-damage scatter puts that block in
-the plan (as a click on the heatmap's cell does)."""
+analysis' windows, a click on a point of the score-against-damage scatter puts that block in
+the plan (as a click on the heatmap's cell does), and the map fills in while it runs, a Stop
+leaving the cells done on screen marked partial."""
 
 from __future__ import annotations
 
@@ -23,20 +24,26 @@ def wait_text(pg, selector: str, fragment: str, timeout: int = 60_000) -> None:
         arg=[selector, fragment], timeout=timeout)
 
 
+def analysed_page(pw, url: str):
+    """A page with the default model loaded and analysed on 2 windows, the damage panel open."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(url)
+    pg.click("#lx-load")
+    wait_text(pg, "#lx-model-info", "134,515,008", LONG)
+    pg.get_by_role("tab", name="2 · Analyse").click()
+    pg.locator("#lx-samples input").fill("2")
+    pg.click("#lx-analyse")
+    wait_text(pg, "#lx-analysis-status", "Probed", LONG)
+    pg.get_by_text("Measured damage: how far can each similarity be trusted?").click()
+    return browser, pg, errors
+
+
 def test_click_a_scatter_point_selects_its_block(live_app):
     with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(live_app.url)
-        pg.click("#lx-load")
-        wait_text(pg, "#lx-model-info", "134,515,008", LONG)
-        pg.get_by_role("tab", name="2 · Analyse").click()
-        pg.locator("#lx-samples input").fill("2")
-        pg.click("#lx-analyse")
-        wait_text(pg, "#lx-analysis-status", "Probed", LONG)
-        pg.get_by_text("Measured damage: how far can each similarity be trusted?").click()
+        browser, pg, errors = analysed_page(pw, live_app.url)
         pg.locator("#lx-damage-block input").fill("1")
         pg.click("#lx-damage-run")
         wait_text(pg, "#lx-damage-status", "Measured 30 removals", LONG)
@@ -64,5 +71,36 @@ def test_click_a_scatter_point_selects_its_block(live_app):
         pg.wait_for_timeout(3000)            # the tab's first render
         pg.wait_for_function("(v) => document.querySelector('#lx-drops textarea, #lx-drops "
                              "input')?.value === v", arg=layer, timeout=60_000)
+        browser.close()
+    assert not errors, errors
+
+
+def test_the_map_fills_in_and_stop_leaves_it_partial(live_app):
+    with playwright.sync_playwright() as pw:
+        browser, pg, errors = analysed_page(pw, live_app.url)
+        pg.locator("#lx-damage-block input").fill("3")          # 30 + 29 + 28 = 87 candidates
+        pg.click("#lx-damage-run")
+        # live: the status counts the candidates done and the map is drawn before the end
+        wait_text(pg, "#lx-damage-status", "Measuring:", LONG)
+        pg.wait_for_function("() => /of 87 candidates so far/.test(document.querySelector("
+                             "'#lx-damage-map .js-plotly-plot')?._fullLayout?.title?.text "
+                             "|| '')", timeout=60_000)
+        pg.click("#lx-stop")
+        wait_text(pg, "#lx-damage-status", "Stopped, partial:", LONG)
+        status = pg.locator("#lx-damage-status").inner_text()
+        k = int(status.split("Stopped, partial: ")[1].split(" of 87")[0])
+        assert 0 < k < 87, status
+        pg.wait_for_function("(t) => (document.querySelector('#lx-damage-map .js-plotly-plot')"
+                             "?._fullLayout?.title?.text || '').includes(t)",
+                             arg=f"(partial: {k} of 87 candidates)", timeout=60_000)
+        # the cells done stay on the heatmap: k measured cells above the diagonal, the rest blank
+        shown = pg.evaluate("""() => {
+            const z = document.querySelector('#lx-damage-map .js-plotly-plot')._fullData[0].z;
+            let n = 0;
+            Array.from(z).forEach((row, a) => Array.from(row).forEach((v, b) => {
+                if (b > a && v !== null && !Number.isNaN(v)) n++; }));
+            return n;
+        }""")
+        assert shown == k
         browser.close()
     assert not errors, errors

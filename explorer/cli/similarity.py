@@ -3,6 +3,9 @@ adjacent-layer profiles side by side (`--models a,b,c`)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from explorer.cli.common import listing_parser, load, model_args, parse_params
 
 
@@ -12,7 +15,8 @@ def add(sub) -> None:
 
     p = listing_parser(sub, "similarity", "layer-by-layer similarity matrix of the residual "
                         "stream (explorer.measure.measures), or the measured damage map (--measure "
-                        "damage: explorer.measure.damage)", "measures",
+                        "damage: explorer.measure.damage; Ctrl-C stops it at the next candidate and prints the "
+                        "cells done, marked partial)", "measures",
                        measures_help() + "\n" + damage.params_help())
     model_args(p)
     p.add_argument("--measure", default="cosine", help=", ".join([*MEASURES, "damage"]))
@@ -86,7 +90,7 @@ def _damage(args) -> dict:
     from explorer.measure.damage import damage_map, resolve_params
     from explorer.core.errors import ExplorerError
     from explorer.probe.probe import calibration_windows
-    from explorer.core.progress import printer
+    from explorer.core.progress import CancelToken, printer
     from explorer.probe.text import load_texts
 
     if args.models:
@@ -96,12 +100,42 @@ def _damage(args) -> dict:
     lm = load(args)
     ids = calibration_windows(lm, load_texts(args.text).calibration, args.seqlen, args.samples,
                               args.bos)
-    dm = damage_map(lm, ids, max_block=params["max_block"], progress=printer(sys.stderr))
+    token = CancelToken()
+    with _interrupt_stops(token):
+        dm = damage_map(lm, ids, max_block=params["max_block"], progress=printer(sys.stderr),
+                        cancel=token)
+    if dm.partial:
+        print(f"\nstopped: partial: {dm.progress_note} (the cells done are in the output)",
+              file=sys.stderr)
     if args.csv:
         _write(args.csv, dm.to_csv())
     out = {"model": args.model, "text": args.text, "metric": params["metric"], **dm.to_dict()}
     out["adjacent"] = [out["matrix"][params["metric"]][i][i + 1] for i in range(dm.num_layers)]
     return out
+
+
+@contextmanager
+def _interrupt_stops(token) -> Iterator[None]:
+    """While the map runs, a first Ctrl-C (SIGINT) cancels `token`: the map ends at its next
+    candidate and its cells done are printed, marked partial. A second one interrupts as usual.
+    Outside the main thread (no signal handlers there) nothing changes."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum, frame) -> None:
+        token.cancel()
+        print("\nstopping at the next candidate (Ctrl-C again to quit)", file=sys.stderr)
+        signal.signal(signal.SIGINT, previous)
+    previous = signal.signal(signal.SIGINT, first) or signal.default_int_handler
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _write(path: str, text: str) -> None:

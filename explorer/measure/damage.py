@@ -41,7 +41,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 import torch
@@ -57,8 +57,13 @@ from explorer.core.tokens import auto_batch_size
 from explorer.core.variant import Variant
 
 METRICS = ("nll", "kl", "ppl")
-METRIC_TITLES = {"nll": "NLL increase (nats/token)", "kl": "KL to the dense model (nats/token)",
-                 "ppl": "perplexity after removal"}
+# what each metric is, in words (one source: the app's labels, the plots' titles, the plan's
+# explanations), and the titles with their units
+METRIC_NAMES = {"nll": "NLL increase", "kl": "KL to the dense model",
+                "ppl": "perplexity after removal"}
+METRIC_UNITS = {"nll": "nats/token", "kl": "nats/token", "ppl": ""}
+METRIC_TITLES = {m: f"{name} ({METRIC_UNITS[m]})" if METRIC_UNITS[m] else name
+                 for m, name in METRIC_NAMES.items()}
 
 # The map's parameters where it is asked for by name (`similarity --measure damage --param ...`,
 # the app's Analyse tab), declared once like a measure's.
@@ -126,6 +131,18 @@ class DamageMap:
     def cells(self, size: int | None = None) -> list[tuple[int, int]]:
         """The measured cells, blocks of `size` layers only when given, in (a, b) order."""
         return sorted(c for c in self.done if size is None or c[1] - c[0] == size)
+
+    def snapshot(self) -> "DamageMap":
+        """A copy that later candidates do not change (for a live view drawn in another thread
+        while the map fills in)."""
+        return replace(self, ppl=self.ppl.clone(), nll=self.nll.clone(), kl=self.kl.clone(),
+                       window_nll=dict(self.window_nll), window_kl=dict(self.window_kl),
+                       done=list(self.done))
+
+    @property
+    def progress_note(self) -> str:
+        """'k of n candidates': how far the map got."""
+        return f"{len(self.done)} of {self.total} candidates"
 
     def to_dict(self) -> dict:
         """JSON-ready: every measured cell with its figures, and the three matrices."""

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from explorer.measure.damage import block_label, damage_map
+from explorer.measure.damage import METRIC_NAMES, METRIC_UNITS, block_label, damage_map
 from explorer.core.layer_lists import format_layers
 from explorer.core.params import Param
 from explorer.core.variant import Variant
@@ -46,7 +46,7 @@ class Damage(Method):
                                            ("greedy", "greedy, one layer at a time"))),
         Param("metric", str, "nll", "what counts as damage: the NLL increase or the KL to the "
               "model before the removal", choices=("nll", "kl"), label="Damage",
-              choice_labels=(("nll", "NLL increase"), ("kl", "KL to the dense model"))),
+              choice_labels=tuple((m, METRIC_NAMES[m]) for m in ("nll", "kl"))),
         Param("samples", int, 8, "calibration windows each candidate is measured on (the first "
               "ones)", min=1, label="Windows measured"),
     )
@@ -71,7 +71,7 @@ class Damage(Method):
                 out[n] = self.drop_plan(
                     ctx, params, range(a, b), {f"{metric} of block from layer": scores},
                     f"Dropped layers {block_label(a, b)}: their removal's measured "
-                    f"{_words(metric)} was {scores[k]:.4f} nats per token, the least of "
+                    f"{METRIC_NAMES[metric]} was {scores[k]:.4f} {METRIC_UNITS[metric]}, the least of "
                     f"{len(cells)} blocks of {n} measured on {dm.windows} calibration windows.")
             return out
         return self._greedy(ctx, ids, removes, params)
@@ -97,10 +97,7 @@ class Damage(Method):
                     ctx, params, order[:n], {f"{metric} of each removal": cost[:n]},
                     f"Dropped layers {format_layers(sorted(order[:n]))} one at a time (in the "
                     f"order {', '.join(map(str, order[:n]))}), each the one of least measured "
-                    f"{_words(metric)} among the layers left, on {dm.windows} calibration "
-                    "windows.")
+                    f"{METRIC_NAMES[metric]} among the layers left (measured against the model "
+                    f"before that removal), on {dm.windows} calibration windows.")
         return out
 
-
-def _words(metric: str) -> str:
-    return {"nll": "NLL increase", "kl": "KL to the model before the removal"}[metric]

@@ -5,15 +5,21 @@ library.
 
 The map is measured on the windows the analysis probed (`ProbeEntry.probe.input_ids`), so its
 cells sit in the same (a, b) coordinates as the heatmap. While it runs, the step's progress line
-counts the candidates and gives each one's perplexity; the map, the table and the scatter are
-drawn when it ends. A Stop ends it at the next candidate; the cells done are shown and the status
-says the map is partial (a partial map is not kept). A click on a point of the scatter puts its
+counts the candidates and gives each one's perplexity, and the map, the table and the scatter fill
+in as candidates finish (`measure_stream` yields the map so far, at most every `STREAM_SECONDS`).
+A Stop ends it at the next candidate; the cells done stay shown and the status and the map's
+title say "partial: k of n candidates" (a partial map is not kept). A click on a point of the scatter puts its
 block in the plan (`plan_tab.on_cell`, as a click on the heatmap's cell).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextvars
+import math
+import queue
+import threading
+import time
+from typing import Any, Iterator
 
 import gradio as gr
 
@@ -41,8 +47,10 @@ INTRO = ("**Measured damage.** Each candidate (every single layer and every bloc
          "The table then says how well each similarity ranks the same candidates.")
 
 
-def views(state: Session, dm: DamageMap, metric: str, measure: str, size: int):
-    """Status line, damage heatmap, trust table and scatter of a map."""
+def views(state: Session, dm: DamageMap, metric: str, measure: str, size: int,
+          live: bool = False):
+    """Status line, damage heatmap, trust table and scatter of a map (`live`: one still filling
+    in, its blank cells still to come)."""
     L = dm.num_layers
     mats = {name: analysis.matrix(state, name) for name in MEASURES}
     rows = [[measure_title(r.measure), r.size, _num(r.spearman), _num(r.kendall),
@@ -50,18 +58,78 @@ def views(state: Session, dm: DamageMap, metric: str, measure: str, size: int):
              f"{r.pick_rank} of {r.candidates}",
              f"{r.best[0]}-{r.best[1] - 1}" if r.size > 1 else str(r.best[0])]
             for r in trust_table(dm, mats, metric=metric)]
-    part = (f" **Partial: stopped after {len(dm.done)} of {dm.total} candidates;** the cells "
-            "shown are measured, the blank ones not." if dm.partial else "")
-    status = (f"Measured {len(dm.done)} removals of up to {dm.max_block} layers on {dm.windows} "
-              f"windows x {dm.seqlen} tokens in {dm.seconds:.0f} s; dense perplexity "
-              f"{dm.dense_ppl:.2f}.{part}")
+    where = f"{dm.windows} windows x {dm.seqlen} tokens"
+    if live:
+        status = (f"Measuring: {dm.progress_note} done on {where} ({dm.seconds:.0f} s so far); "
+                  f"dense perplexity {dm.dense_ppl:.2f}. The blank cells are still to come.")
+        note = f" ({dm.progress_note} so far)"
+    else:
+        part = (f" **Stopped, partial: {dm.progress_note};** the cells shown are measured, the "
+                "blank ones not." if dm.partial else "")
+        status = (f"Measured {len(dm.done)} removals of up to {dm.max_block} layers on {where} "
+                  f"in {dm.seconds:.0f} s; dense perplexity {dm.dense_ppl:.2f}.{part}")
+        note = f" (partial: {dm.progress_note})" if dm.partial else ""
     fig = heatmap(dm.matrix(metric).numpy(), f"{METRIC_TITLES[metric]}: layer boundaries "
-                  f"x0..x{L}", higher_is_similar=False)
+                  f"x0..x{L}{note}", higher_is_similar=False)
     size = max(1, min(int(size or 1), dm.max_block))
     mi = MEASURES[measure]
     scatter = damage_scatter(scatter_points(dm, mats[measure], size, metric), mi.title,
                              mi.higher_is_similar, METRIC_TITLES[metric])
     return status, fig, rows, scatter.to_json()
+
+
+# the live map is redrawn at most this often (each redraw sends the whole figure to the page)
+STREAM_SECONDS = 1.0
+
+
+def measure_stream(state: Session, block: Any, metric: str, measure: str, size: Any,
+                   report: Any = None, every: float = STREAM_SECONDS) -> Iterator[tuple]:
+    """The damage map of the session's analysis as it fills in: yields `views` of the map so far
+    after finished candidates (at most every `every` seconds, 0: after each), then of the whole
+    map, or of the cells done when a Stop (through `report`, the step's watched progress) ended it.
+
+    A finished map is kept in `MAPS` and shown again at once; a partial one is not kept."""
+    from explorer.ui import controls
+
+    a = need_analysis(state)
+    n = controls.whole_number(block, *BLOCK_FIELD)
+    dm = MAPS.get((a.key, n))
+    if dm is not None:
+        yield views(state, dm, metric, measure, size)
+        return
+    ids = analysis.entry(state, report).probe.input_ids            # the analysis' windows
+    maps: queue.Queue = queue.Queue()
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["out"] = jobs.damage_job(state.model, ids, n, report,
+                                         on_cell=lambda m: maps.put(m.snapshot()))
+        except BaseException as exc:  # re-raised in the handler's thread below
+            box["error"] = exc
+
+    # a copy of this handler's context, so that gr.Progress finds its event from the worker
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                              name="damage-map")
+    worker.start()
+    shown, pending = -math.inf, None
+    while worker.is_alive() or not maps.empty():
+        worker.join(0.1)
+        while not maps.empty():
+            pending = maps.get()
+            if every <= 0:
+                yield views(state, pending, metric, measure, size, live=True)
+                pending = None
+        if pending is not None and time.monotonic() - shown >= every:
+            shown = time.monotonic()
+            yield views(state, pending, metric, measure, size, live=True)
+            pending = None
+    if "error" in box:
+        raise box["error"]
+    dm = box["out"]
+    if not dm.partial:
+        MAPS.put((a.key, n), dm)
+    yield views(state, dm, metric, measure, size)
 
 
 def _num(x: float) -> str:
@@ -105,16 +173,8 @@ def wire(ctx: Ctx, d: dict) -> None:
     @user_errors
     def measure_damage(state: Session, block: Any, metric: str, measure: str, size: Any,
                        request: gr.Request, progress=gr.Progress()):
-        a = need_analysis(state)
-        n = controls.whole_number(block, *BLOCK_FIELD)
-        dm = MAPS.get((a.key, n))
-        if dm is None:
-            shown = stop.watch(progress, request)
-            ids = analysis.entry(state, shown).probe.input_ids        # the analysis' windows
-            dm = jobs.damage_job(state.model, ids, n, shown)
-            if not dm.partial:
-                MAPS.put((a.key, n), dm)
-        return views(state, dm, metric, measure, size)
+        yield from measure_stream(state, block, metric, measure, size,
+                                  stop.watch(progress, request))
 
     @user_errors
     def redraw(state: Session, block: Any, metric: str, measure: str, size: Any):

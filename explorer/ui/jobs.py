@@ -9,7 +9,7 @@ same code runs in-process or inside a ZeroGPU worker (`gpu.gpu`). `progress` is 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -82,11 +82,13 @@ def similarity_job(pr: ProbeResult, name: str, progress: Progress | None = None)
 
 @gpu(duration=600)
 def damage_job(spec: str, ids: torch.Tensor, max_block: int,
-               progress: Progress | None = None) -> DamageMap:
+               progress: Progress | None = None,
+               on_cell: Callable[[DamageMap], None] | None = None) -> DamageMap:
     """The measured damage map on the analysis' calibration windows `ids` (W, T); a Stop
-    (through `progress`) returns the cells done, marked partial."""
+    (through `progress`) returns the cells done, marked partial; `on_cell` sees the map after
+    each candidate (live fill-in)."""
     lm = APP_CACHES.ensure_model(spec, progress)
-    return damage_map(lm, ids, max_block=max_block, progress=progress)
+    return damage_map(lm, ids, max_block=max_block, progress=progress, on_cell=on_cell)
 
 
 @gpu(duration=120)
