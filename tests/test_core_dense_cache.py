@@ -296,3 +296,35 @@ def test_a_second_compress_reuses_the_dense_figure(tiny_lm, sample_text, tmp_pat
     assert second["ppl_before"] == first["ppl_before"]
     assert second["ppl_after"] == pytest.approx(first["ppl_after"], rel=1e-6)
     assert second["ppl_after_start"] == first["ppl_after_start"] == min(first["removed"])
+
+
+def test_healing_answers_are_the_one_service_keyed_by_fingerprint(tiny_factory, sample_text):
+    """heal/data's dense targets live in dense_cache under a fingerprint: the same weights in
+    another LoadedModel reuse them; another text, split or model does not; the states equal an
+    independent pass of transformers' model."""
+    from explorer.heal.data import HealData
+
+    folder = tiny_factory("llama", num_layers=4)
+    lm = load_model(str(folder))
+    kw = dict(seqlen=32, windows=6, held_out=2, owner="test")
+    data = HealData.build(lm, sample_text, **kw)
+    x2 = data.dense_states([2])[2]
+    with torch.no_grad():
+        hs = lm.model(input_ids=data.ids, output_hidden_states=True).hidden_states
+    assert (x2 - hs[2].float()).abs().max() <= 1e-5
+    again = HealData.build(load_model(str(folder)), sample_text, **kw)   # another object
+    assert again.store is data.store and again.dense_states([2])[2] is x2
+    assert data.store.key.weights == CACHE._answers.get(data.store.key).key.weights
+    others = {
+        "text": HealData.build(lm, sample_text[::-1], **kw),
+        "split": HealData.build(lm, sample_text, **{**kw, "windows": 5, "held_out": 3}),
+        "weights": HealData.build(load_model(str(tiny_factory("llama", num_layers=4, seed=1))),
+                                  sample_text, **kw),
+    }
+    for what, d in others.items():
+        assert d.store is not data.store and d.store.key != data.store.key, what
+        assert not d.store.states, what
+    # the split's windows are the same tokens: only the protocol tells the two keys apart
+    split = others["split"].store.key
+    assert split.windows == data.store.key.windows and split.protocol != data.store.key.protocol
+    assert split.digest() != data.store.key.digest()

@@ -21,7 +21,7 @@ variants, token ids of its tokenizer, healing data); `explorer.core.session` cal
 
 The stores of the package (tests/test_core_cache.py finds every `Store(...)` in the source and checks
 this list): "tokens" (tokens.py), "calibration texts" (calibration.py), "dense figures" and
-"dense states" (dense_cache.py), "heal data" (heal/data.py), "fitted results" (fitted.py),
+"dense states" and "dense answers" (dense_cache.py), "fitted results" (fitted.py),
 "profiles" (profiles.py), "lm-eval task indexes" (tasks.py), and the app's "texts", "user texts",
 "probes", "variants" (ui/caches.py), "stop tokens" (ui/stop.py) and "damage maps"
 (ui/damage_panel.py).

@@ -1,9 +1,13 @@
 """Cached residual-stream states and dense perplexity figures, so that measuring a variant only
 pays for the layers it changed.
 
-Two things are cached, both keyed by what determines them: the model's weights (a fingerprint),
-the evaluation windows (their token ids, which fix the text, the window length, the BOS rule and
-the token cap), the dtypes and the device.
+This is the one dense-state service of the process: every cached answer of the dense model is
+keyed by a `DenseKey`, the fingerprint of what determines it: the model's weights
+(`weights_fingerprint`), the windows (their token ids, which fix the text, the window length, the
+BOS rule and the token cap), the dtypes, the device and the protocol (what was computed from them:
+perplexity's figure and states, or healing's fit/held-out split). The variant prefix is the dense
+model's (slots 0..L-1 unchanged); `PrefixStates` carries another variant's prefix with its states.
+Three things are cached:
 
 - The dense "before" figure: a small dict (a `PPLResult`'s fields), kept in this process for every
   caller (CLI, API, every app session) and on disk under the cache folder, so that a second
@@ -15,6 +19,9 @@ the token cap), the dtypes and the device.
   are the reference's starts its pass at the largest stored boundary b <= k with the stored
   states: slots before b are not run. Slots b..k-1 are the reference's own layers, so the result
   is the full pass's, to floating-point rounding (docs/search.md).
+- `DenseAnswers`: healing's dense targets (heal/data.py's `HealData`) on its calibration windows:
+  float32 CPU states per boundary and the top-k next-token distributions, filled on demand
+  (`DenseCache.answers`; the last set is kept, dropped when the resident model goes).
 
 Memory: one boundary of W windows of T tokens holds W x T x H values of the model's dtype (16k
 tokens x 576 x 4 bytes = 38 MB for SmolLM2). `checkpoints` keeps every boundary when they fit in
@@ -52,6 +59,7 @@ from explorer.core.variant import Variant
 DEFAULT_BUDGET_MB = {"cpu": 512, "cuda": 2048}
 MAX_FIGURES = 256                            # figures kept in memory (a few hundred bytes each)
 SAMPLE_PER_TENSOR = 4096                     # values per weight tensor that enter the fingerprint
+PPL = "ppl"                                  # perplexity's protocol: figures and PrefixStates
 
 
 def default_budget(device: torch.device | str) -> int:
@@ -119,23 +127,36 @@ class DenseKey:
     dtype: str            # the model's dtype
     compute: str          # the compute dtype (autocast), or the model's own
     device: str           # device type: numerics differ between CPU and CUDA kernels
+    protocol: str = PPL   # what is computed on the windows (PPL, or healing's split: heal_key)
 
     def digest(self) -> str:
         """A file name for the on-disk figure (library versions included: their numerics)."""
         import transformers
 
-        text = "|".join((self.weights, self.windows, self.dtype, self.compute, self.device,
-                         torch.__version__, transformers.__version__))
+        parts = (self.weights, self.windows, self.dtype, self.compute, self.device,
+                 torch.__version__, transformers.__version__)
+        if self.protocol != PPL:          # perplexity's files keep the names they always had
+            parts += (self.protocol,)
+        text = "|".join(parts)
         return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 def dense_key(lm: LoadedModel, ids: torch.Tensor,
-              compute_dtype: torch.dtype | None = None) -> DenseKey:
-    """The cache key of the dense model evaluated on windows `ids` (W, T)."""
+              compute_dtype: torch.dtype | None = None, protocol: str = PPL) -> DenseKey:
+    """The cache key of the dense model evaluated on windows `ids` (W, T) (protocol: what is
+    computed on them; perplexity's by default)."""
     compute = compute_dtype or lm.dtype
     return DenseKey(weights_fingerprint(lm), windows_digest(ids),
                     str(lm.dtype).replace("torch.", ""), str(compute).replace("torch.", ""),
-                    lm.device.type)
+                    lm.device.type, protocol)
+
+
+def heal_key(lm: LoadedModel, fit: torch.Tensor, held_out: torch.Tensor) -> DenseKey:
+    """The key of healing's dense answers on windows `fit` (W, T) and `held_out` (V, T): the
+    windows of both, the split between them in the protocol."""
+    return dense_key(lm, torch.cat([fit, held_out]),
+                     protocol=f"heal: {fit.shape[0]} fit + {held_out.shape[0]} held-out windows, "
+                              "float32 states on the CPU, top-k distributions")
 
 
 # -- prefix states ---------------------------------------------------------------------------------
@@ -197,6 +218,20 @@ class PrefixStates:
         return b, self.states[b]
 
 
+class DenseAnswers:
+    """Healing's dense answers on its windows (one `heal_key`): `ids` (W, T) fitted on,
+    `held_out` (V, T) watched, `states` boundary -> (W, T, H) float32 CPU, `topk` (indices,
+    log-probs) (W, T, k), filled by `explorer.heal.data.HealData` under `lock` (two sessions
+    healing at once compute each thing once). No reference to the model: it never keeps one
+    alive."""
+
+    def __init__(self, key: DenseKey, ids: torch.Tensor, held_out: torch.Tensor) -> None:
+        self.key, self.ids, self.held_out = key, ids, held_out
+        self.states: dict[int, torch.Tensor] = {}
+        self.topk: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.lock = threading.RLock()
+
+
 # -- the process-wide cache ------------------------------------------------------------------------
 
 class DenseCache:
@@ -218,6 +253,8 @@ class DenseCache:
             disk=Disk("dense-ppl", name=lambda key: key.digest(), enabled=lambda: self.disk))
         self._states: Store[tuple[torch.Tensor, dict[int, torch.Tensor]]] = Store(
             "dense states", budget_bytes=self.budget(), weigh=_states_bytes)
+        # healing's answers (tens of MB): the last set, emptied when the resident model goes
+        self._answers: Store[DenseAnswers] = Store("dense answers", size=1, model_bound=True)
         self._building: dict[DenseKey, tuple[threading.Lock, int]] = {}   # lock, its users
 
     # budget and disk are read late so that tests and the app can set the environment first
@@ -282,6 +319,12 @@ class DenseCache:
                 return False
             return self._states.put(key, (ref.ids, dict(ref.states)))
 
+    # healing's answers
+    def answers(self, key: DenseKey, ids: torch.Tensor, held_out: torch.Tensor) -> DenseAnswers:
+        """Healing's answers for `key` (made by `heal_key` from `ids` and `held_out`): the kept
+        set when the key matches, else a new empty one (which replaces it)."""
+        return self._answers.get_or_compute(key, lambda: DenseAnswers(key, ids, held_out))
+
     @property
     def nbytes(self) -> int:
         """Bytes of states held now."""
@@ -337,6 +380,7 @@ class DenseCache:
 
         self._figures.clear(disk=disk)
         self._states.clear()
+        self._answers.clear()
         if disk:
             shutil.rmtree(_states_dir(), ignore_errors=True)
 

@@ -2,6 +2,11 @@
 model's states and next-token distributions on them (computed once, cached), and a held-out
 perplexity to watch while training.
 
+The dense answers live in the one dense-state service (`explorer.core.dense_cache`: `DenseAnswers`
+under a `heal_key`, the fingerprint of the weights, the windows and the fit/held-out split), so
+the same model and windows reach the same answers whichever `LoadedModel` object holds them,
+and a changed model or text never does.
+
 All forward passes go through `explorer.core.backbone.run_backbone`. States are kept on the CPU in
 float32, (W, T, H) per boundary: 256 windows x 128 tokens x 576 floats = 75 MB for SmolLM2.
 
@@ -14,16 +19,13 @@ Example:
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from explorer.core.backbone import run_backbone
-from explorer.core.cache import Store
-from explorer.apply.calibration import text_digest
+from explorer.core.dense_cache import CACHE, DenseAnswers, heal_key
 from explorer.core.errors import TextError
 from explorer.evaluate.nll import LOGIT_CHUNK, final_logits, token_nll
 from explorer.core.model import LoadedModel
@@ -31,23 +33,6 @@ from explorer.core.progress import Progress
 from explorer.probe.probe import calibration_windows
 from explorer.core.tokens import tokenize
 from explorer.core.variant import Variant
-
-
-class DenseAnswers:
-    """The cached tensors of one (model, text, settings): no reference to the model itself, so a
-    cache keyed weakly by the model lets it go."""
-
-    def __init__(self, ids: torch.Tensor, held_out: torch.Tensor):
-        self.ids, self.held_out = ids, held_out
-        self.states: dict[int, torch.Tensor] = {}
-        self.topk: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.lock = threading.RLock()     # two app sessions healing at once compute things once
-
-
-# The last data built (dense states are tens of MB): one entry, keyed by the model's id and the
-# settings, holding a weak reference to the model (a new model at the same address never hits it)
-# and no strong one (the entry never keeps a model alive); emptied when the resident model goes.
-LAST: Store = Store("heal data", size=1, model_bound=True)
 
 
 def split_windows(lm: LoadedModel, text: str, seqlen: int, windows: int, held_out: int,
@@ -90,13 +75,8 @@ class HealData:
         """The data for these settings. The last set built is kept (dense states are tens of MB)
         and reused when the same model, text and settings come again: trying a second mode after
         a first pays no dense pass."""
-        key = (id(lm.model), text_digest(text), seqlen, windows, held_out)
-        last = LAST.get(key)                      # (weakref to the model, DenseAnswers)
-        if last is None or last[0]() is not lm.model:
-            fit, val = split_windows(lm, text, seqlen, windows, held_out, owner)
-            last = (weakref.ref(lm.model), DenseAnswers(fit, val))
-            LAST.put(key, last)
-        return HealData(lm, last[1])
+        fit, val = split_windows(lm, text, seqlen, windows, held_out, owner)
+        return HealData(lm, CACHE.answers(heal_key(lm, fit, val), fit, val))
 
     @property
     def num_windows(self) -> int:
