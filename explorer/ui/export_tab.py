@@ -210,7 +210,6 @@ def push(state: Session, repo_id: str, private: bool) -> str:
 
 
 def build(ctx: Ctx) -> ExportParts:
-    s = ctx.settings
     gr.Markdown("Exports the variant the Compare tab shows: the **current plan** of the Plan "
                 "tab, healed when you healed it on Compare (each message says which). Model "
                 "folders are written into the server's export folder.")
