@@ -237,7 +237,7 @@ def _resume(checkpoint: LayerCheckpoint, lm: LoadedModel, variant, ids: torch.Te
     """The first slot to run: `start`, or the checkpoint's boundary with its states (the
     frontier and the recorded boundaries before it) put in `store` and the gathers' sums
     restored."""
-    from explorer.core.dense_cache import weights_fingerprint, windows_digest
+    from explorer.core.dense_key import weights_fingerprint, windows_digest
 
     fingerprint = {
         "model": weights_fingerprint(lm), "windows": windows_digest(ids),

@@ -53,7 +53,8 @@ from explorer.core.model import LoadedModel
 from explorer.core.progress import Event, Progress
 from explorer.core.ranks import agree, gather_rows, shard, world
 from explorer.core.backbone import run_backbone
-from explorer.core.dense_cache import CACHE, PrefixStates, checkpoints, dense_key, first_change
+from explorer.core.dense_cache import CACHE, PrefixStates, checkpoints, first_change
+from explorer.core.dense_key import dense_key
 from explorer.core.variant import Variant
 from explorer.evaluate.nll import (NonFiniteError, autocast, compute_dtype_of,
                                    window_nll_lower_bounds, window_nll_sums)

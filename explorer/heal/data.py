@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from explorer.core.backbone import run_backbone
-from explorer.core.dense_cache import CACHE, DenseAnswers, heal_key
+from explorer.core.dense_cache import CACHE, DenseAnswers
+from explorer.core.dense_key import heal_key
 from explorer.core.errors import TextError
 from explorer.evaluate.nll import LOGIT_CHUNK, final_logits, token_nll
 from explorer.core.model import LoadedModel
