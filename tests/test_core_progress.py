@@ -43,8 +43,10 @@ def test_training_events_carry_the_loss_the_history_records(tiny_lm, sample_text
     events: list[Event] = []
     r = heal(Variant.identity(tiny_lm).drop([2]), "layerwise", calibration=sample_text, steps=4,
              seqlen=16, windows=4, held_out=1, init="none", progress=events.append)
-    steps = [e for e in events if e.unit == "steps"]
+    steps = [e for e in events if e.unit == "steps" and e.loss is not None]   # training steps
     assert [e.step for e in steps] == [1, 2, 3, 4] and {e.total for e in steps} == {4}
+    checks = [e for e in events if e.note == "checking the held-out windows"]
+    assert checks and all(e.loss is None and e.total == 4 for e in checks)   # said on the bar
     assert [e.loss for e in steps] == [h["loss"] for h in r.history]
     assert {e.stage for e in steps} == {"layerwise"}
     assert [e.fraction for e in steps] == pytest.approx([0.25, 0.5, 0.75, 1.0])
