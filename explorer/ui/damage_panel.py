@@ -14,11 +14,6 @@ block in the plan (`plan_tab.on_cell`, as a click on the heatmap's cell).
 
 from __future__ import annotations
 
-import contextvars
-import math
-import queue
-import threading
-import time
 from typing import Any, Iterator
 
 import gradio as gr
@@ -32,6 +27,7 @@ from explorer.ui import analysis, jobs, plan_tab, stop
 from explorer.ui.clickplot import ClickPlot
 from explorer.ui.common import Ctx, need_analysis, user_errors
 from explorer.ui.state import Session
+from explorer.ui.worker import STREAM_SECONDS, streamed
 
 # finished maps, by (probe key, largest block): a second look (another metric, another scatter)
 # costs nothing
@@ -78,10 +74,6 @@ def views(state: Session, dm: DamageMap, metric: str, measure: str, size: int,
     return status, fig, rows, scatter.to_json()
 
 
-# the live map is redrawn at most this often (each redraw sends the whole figure to the page)
-STREAM_SECONDS = 1.0
-
-
 def measure_stream(state: Session, block: Any, metric: str, measure: str, size: Any,
                    report: Any = None, every: float = STREAM_SECONDS) -> Iterator[tuple]:
     """The damage map of the session's analysis as it fills in: yields `views` of the map so far
@@ -98,35 +90,19 @@ def measure_stream(state: Session, block: Any, metric: str, measure: str, size: 
         yield views(state, dm, metric, measure, size)
         return
     ids = analysis.entry(state, report).probe.input_ids            # the analysis' windows
-    maps: queue.Queue = queue.Queue()
-    box: dict = {}
 
-    def work() -> None:
+    def job(put) -> DamageMap:
+        return jobs.damage_job(state.model, ids, n, report, on_cell=lambda m: put(m.snapshot()))
+
+    maps = streamed(job, "damage-map", every)
+    while True:
         try:
-            box["out"] = jobs.damage_job(state.model, ids, n, report,
-                                         on_cell=lambda m: maps.put(m.snapshot()))
-        except BaseException as exc:  # re-raised in the handler's thread below
-            box["error"] = exc
-
-    # a copy of this handler's context, so that gr.Progress finds its event from the worker
-    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
-                              name="damage-map")
-    worker.start()
-    shown, pending = -math.inf, None
-    while worker.is_alive() or not maps.empty():
-        worker.join(0.1)
-        while not maps.empty():
-            pending = maps.get()
-            if every <= 0:
-                yield views(state, pending, metric, measure, size, live=True)
-                pending = None
-        if pending is not None and time.monotonic() - shown >= every:
-            shown = time.monotonic()
-            yield views(state, pending, metric, measure, size, live=True)
-            pending = None
-    if "error" in box:
-        raise box["error"]
-    dm = box["out"]
+            batch = next(maps)
+        except StopIteration as done:
+            dm = done.value
+            break
+        for m in (batch if every <= 0 else batch[-1:]):     # 0: every map; else the latest
+            yield views(state, m, metric, measure, size, live=True)
     if not dm.partial:
         MAPS.put((a.key, n), dm)
     yield views(state, dm, metric, measure, size)

@@ -10,11 +10,7 @@ perplexity), and the Stop token ends it at the next event like any other step.
 
 from __future__ import annotations
 
-import contextvars
 import math
-import queue
-import threading
-import time
 from dataclasses import replace
 from typing import Any, Iterator
 
@@ -30,6 +26,7 @@ from explorer.ui.common import Ctx, HealParts, need_model, user_errors
 from explorer.ui.learn_tab import mode_title
 from explorer.heal.registry import HealResult
 from explorer.ui.state import Healed, Session
+from explorer.ui.worker import streamed
 
 STEPS = Param("steps", int, None, "optimiser steps (empty: the mode's default; the time limit "
               "ends it sooner)", min=1, optional=True,
@@ -38,7 +35,6 @@ SECONDS = Param("seconds", float, None, "time limit in seconds (empty: none)", m
                 optional=True,
                 label="Time limit (seconds)")
 CURVE_POINTS = 200       # points of the curve kept in the session
-STREAM_SECONDS = 1.0     # the live curve is redrawn at most this often
 
 def live_point(event: Event) -> tuple[int, float, float | None] | None:
     """(step, loss, held-out perplexity) of a training step's event, or None for other events
@@ -70,43 +66,26 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
     params = controls.read(m.params, raw, mode)
     budget = controls.read((STEPS, SECONDS), [steps, seconds], "heal budget") if m.trains \
         else {"steps": None, "seconds": None}
-    events: queue.Queue = queue.Queue()
-    box: dict = {}
+    def job(put) -> dict:
+        def relay(event: Event) -> None:      # called in the worker thread
+            if report is not None:
+                report(event)
+            p = live_point(event)
+            if p is not None:
+                put(p)
+        return jobs.heal_job(state.model, state.text, state.plan.ops, mode, budget["steps"],
+                             budget["seconds"], params, relay)
 
-    def relay(event: Event) -> None:      # called in the worker thread
-        if report is not None:
-            report(event)
-        events.put(event)
-
-    def work() -> None:
-        try:
-            box["out"] = jobs.heal_job(state.model, state.text, state.plan.ops, mode,
-                                       budget["steps"], budget["seconds"], params, relay)
-        except BaseException as exc:  # re-raised in the handler's thread below
-            box["error"] = exc
-
-    # the worker runs in a copy of this handler's context: gr.Progress finds its event through
-    # context variables, which a bare thread does not inherit (its reports would show nothing)
-    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
-                              name="heal")
-    worker.start()
+    run = streamed(job, "heal")
     yield gr.update(), None, ""        # the last healing's line and figure leave the screen
     points: list = []
-    shown = time.monotonic()
-    while worker.is_alive() or not events.empty():
-        worker.join(0.25)
-        new = False
-        while not events.empty():
-            p = live_point(events.get())
-            if p is not None:
-                points.append(p)
-                new = True
-        if new and time.monotonic() - shown >= STREAM_SECONDS:
-            shown = time.monotonic()
-            yield gr.update(), plots.heal_curve(points, live=True), gr.update()
-    if "error" in box:
-        raise box["error"]
-    out = box["out"]
+    while True:
+        try:
+            points += next(run)
+        except StopIteration as done:
+            out = done.value
+            break
+        yield gr.update(), plots.heal_curve(points, live=True), gr.update()
     r = out["result"]
     history = r["history"] or [{"step": s, "loss": loss, "held_out_ppl": ppl}
                                for s, loss, ppl in points]
