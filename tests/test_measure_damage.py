@@ -230,3 +230,41 @@ def test_cli_ctrl_c_prints_the_cells_done_marked_partial(tiny_factory, sample_te
                  "--seqlen", "1024", "--json"], stderr=errors) == 2
     line = errors.getvalue().strip()
     assert len(line.splitlines()) == 1 and "fewer than one window" in line, line
+
+
+def test_two_gloo_ranks_measure_the_one_process_map(tiny_factory, sample_text, tmp_path, capsys):
+    """`torchrun --nproc_per_node 2 -m explorer similarity --measure damage`: each rank runs every
+    candidate on its shard of the windows (2 + 3 of 5), the per-window sums are collected in
+    window order, and rank 0 alone prints the one-process map."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from explorer.cli import main
+
+    folder = str(tiny_factory("llama", num_layers=5))
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    args = ["similarity", "--model", folder, "--text", str(text), "--measure", "damage",
+            "--param", "max_block=2", "--seqlen", "32", "--samples", "5", "--json"]
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "-m", "explorer"]
+    done = subprocess.run(run + args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1                                          # rank 0 alone printed
+    two = json.loads(lines[0])
+    assert main(args) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert two["cells_done"] == one["cells_done"] == 5 + 4
+    for metric in ("nll", "kl", "ppl"):
+        for ra, rb in zip(one["matrix"][metric], two["matrix"][metric]):
+            for a, b in zip(ra, rb):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert b == pytest.approx(a, rel=1e-6, abs=2e-6), metric   # 6 decimals

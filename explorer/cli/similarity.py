@@ -91,6 +91,7 @@ def _damage(args) -> dict:
     from explorer.core.errors import ExplorerError
     from explorer.probe.probe import calibration_windows
     from explorer.core.progress import CancelToken, printer
+    from explorer.core.ranks import world
     from explorer.probe.text import load_texts
 
     if args.models:
@@ -101,9 +102,10 @@ def _damage(args) -> dict:
     ids = calibration_windows(lm, load_texts(args.text).calibration, args.seqlen, args.samples,
                               args.bos)
     token = CancelToken()
+    lead = world()[0] == 0           # ranks: rank 0 alone prints progress (and decides a Stop)
     with _interrupt_stops(token):
-        dm = damage_map(lm, ids, max_block=params["max_block"], progress=printer(sys.stderr),
-                        cancel=token)
+        dm = damage_map(lm, ids, max_block=params["max_block"],
+                        progress=printer(sys.stderr) if lead else None, cancel=token)
     if dm.partial:
         print(f"\nstopped: partial: {dm.progress_note} (the cells done are in the output)",
               file=sys.stderr)

@@ -29,6 +29,11 @@ candidates done, figure = its perplexity) and calls `on_cell(map)` with the map 
 `CancelToken` ends the work at the next candidate: the cells done are kept and the map is marked
 `partial` (a Stop inside a candidate's pass drops only that candidate).
 
+Ranks (torchrun, explorer/core/ranks.py): each rank runs the dense pass and every candidate on its
+shard of the windows; the per-window NLL and KL sums are collected in window order
+(`ranks.gather_rows`), so every rank holds the one-process map. Rank 0 decides a Stop, at
+candidate boundaries (`ranks.from_rank0`), so the ranks end on the same candidate.
+
 Example:
     >>> dm = damage_map(lm, ids, max_block=4)       # ids: (W, T) calibration windows
     >>> dm.matrix("nll")                            # (L+1, L+1), NaN where not measured
@@ -47,6 +52,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from explorer.core import ranks
 from explorer.core.backbone import run_backbone
 from explorer.core.errors import LayerError, TextError
 from explorer.evaluate.nll import LOGIT_CHUNK, NonFiniteError, final_logits, window_nll_sums
@@ -270,6 +276,8 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
     W, T = ids.shape
     batch_size = batch_size or auto_batch_size(lm.device, T)
     cells = candidate_cells(L, max_block, sizes)
+    mine = ids[ranks.shard(W)]       # ranks: this one's windows (all of them in one process)
+    together = ranks.world()[1] > 1
     nan = torch.full((L + 1, L + 1), math.nan, dtype=torch.float64)
     t0 = time.perf_counter()
 
@@ -277,21 +285,22 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
     # model's dtype on its device, (W, T, H) each), its distribution (for KL) and its NLL
     starts = sorted({a for a, _ in cells})
     states: dict[int, torch.Tensor] = {}
-    dense = _DenseDistribution(lm, W, T, base.head_module()) if kl else None
-    dense_sum = 0.0
-    for batch in run_backbone(lm, ids, variant=base, record=starts, final_norm=True,
+    Wm = mine.shape[0]
+    dense = _DenseDistribution(lm, Wm, T, base.head_module()) if kl else None
+    dense_w = torch.zeros(Wm, dtype=torch.float64)                    # per-window NLL sums
+    for batch in run_backbone(lm, mine, variant=base, record=starts, final_norm=True,
                               batch_size=batch_size, label="damage map: dense pass",
-                              progress=watched(progress, cancel)):
+                              progress=watched(progress, None if together else cancel)):
         for k, h in batch.states.items():                                  # (b, T, H)
             if k not in states:
-                states[k] = torch.empty((W,) + tuple(h.shape[1:]), dtype=h.dtype,
+                states[k] = torch.empty((Wm,) + tuple(h.shape[1:]), dtype=h.dtype,
                                         device=h.device)
             states[k][batch.rows] = h
         if dense is not None:
             dense.add(batch.rows, batch.hidden)
-        nll, _ = _window_figures(lm, batch.hidden, None, batch.ids, base.head_module())
-        dense_sum += float(nll.sum())
-    dense_nll = dense_sum / (W * (T - 1))
+        dense_w[batch.rows], _ = _window_figures(lm, batch.hidden, None, batch.ids,
+                                                 base.head_module())
+    dense_nll = float(ranks.gather_rows(dense_w, W).sum()) / (W * (T - 1))
     ppl, inc, kls = nan.clone(), nan.clone(), nan.clone()
     for m, v in ((ppl, math.exp(dense_nll)), (inc, 0.0), (kls, 0.0)):
         m.fill_diagonal_(v)
@@ -299,16 +308,17 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
                     dense_seconds=time.perf_counter() - t0)
 
     for k, (a, b) in enumerate(cells):
-        if cancel is not None and cancel.cancelled:
+        if ranks.from_rank0(cancel is not None and cancel.cancelled):
             out.partial = True
             break
         cut = base.drop(range(a, b))
-        try:
-            w_nll, w_kl = _candidate(lm, ids, cut, a, states, dense, batch_size,
-                                     watched(None, cancel))
+        try:       # ranks: a Stop only between candidates, where rank 0 decides it for all
+            w_nll, w_kl = _candidate(lm, mine, cut, a, states, dense, batch_size,
+                                     watched(None, None if together else cancel))
         except Cancelled:
             out.partial = True
             break
+        w_nll, w_kl = ranks.gather_rows(torch.stack([w_nll, w_kl], 1), W).unbind(1)
         mean_nll = float(w_nll.sum()) / (W * (T - 1))
         if not math.isfinite(mean_nll):
             raise NonFiniteError(f"removing layers {block_label(a, b)} made the model produce "
@@ -328,7 +338,10 @@ def damage_map(lm: LoadedModel, ids: torch.Tensor, *, max_block: int = 4,
                 progress(Event("damage map", (k + 1) / len(cells), step=k + 1,
                                total=len(cells), unit="candidates", figure=float(ppl[a, b]),
                                seconds=out.seconds, note=f"without layers {block_label(a, b)}"))
+            stopped = False
         except Cancelled:
+            stopped = True
+        if ranks.from_rank0(stopped):
             out.partial = k + 1 < len(cells)
             break
     out.seconds = time.perf_counter() - t0
