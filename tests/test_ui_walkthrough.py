@@ -477,6 +477,15 @@ def test_6_heal_and_check(page, walk):
     label = pg.locator("#lx-heal-closed-form-held_out label, "
                        "#lx-heal-closed-form-held_out [data-testid=block-info]").first
     assert label.inner_text().strip().startswith("Held-out windows")       # issue 25 [5]
+    # issue 32 [11]: before a healing no empty figure stands beside the fields, which fill the
+    # page's width (three to a row)
+    assert not pg.locator("#lx-heal-curve").is_visible()
+    button = pg.locator("#lx-heal").bounding_box()
+    summary = pg.locator("#lx-summary").bounding_box()
+    assert button["width"] > 0.9 * summary["width"]
+    fields = [pg.locator(f"#lx-heal-closed-form-{n}").bounding_box()
+              for n in ("seqlen", "windows", "held_out")]
+    assert len({round(f["y"]) for f in fields}) == 1 and fields[0]["x"] < fields[2]["x"]
     pg.click("#lx-heal")
     wait_text(pg, "#lx-heal-line", "Healed", TIMEOUT)
     line = text(pg, "#lx-heal-line")
@@ -485,6 +494,10 @@ def test_6_heal_and_check(page, walk):
     pg.wait_for_function("() => document.querySelector('#lx-heal-curve .js-plotly-plot')"
                          "?.data?.[0]?.type === 'bar'", timeout=QUICK)          # [7]
     bars = plot(pg, "lx-heal-curve")
+    # issue 32 [11]: the result under the fields and the button, as wide as the page
+    for part in ("#lx-heal-line", "#lx-heal-curve"):
+        box = pg.locator(part).bounding_box()
+        assert box["y"] > button["y"] + button["height"] and box["width"] > 0.9 * button["width"]
     assert len(bars["data"][0]["y"]) == 2 and "no training curve" not in \
         bars["layout"]["title"]["text"]
     wait_text(pg, "#lx-summary", "healed (closed-form)", TIMEOUT)
