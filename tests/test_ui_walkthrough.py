@@ -529,8 +529,12 @@ def test_7_export(page, walk):
     lines = [line for line in cli.splitlines() if line.strip()]
     assert len(lines) > 3 and max(len(line) for line in lines) <= 100    # [14] not one long line
     assert "--recipe recipe.json" in cli
+    # issue 32 [9]: the button names the file the command line speaks of (healed: the zip)
+    assert "Download recipe saves recipe.zip" in cli
+    wait_text(pg, "#lx-recipe", "Download recipe (recipe.zip)")
     with pg.expect_download(timeout=QUICK) as download:                  # [14] one click
         pg.click("#lx-recipe")
+    assert download.value.suggested_filename == "recipe.zip"
     # the healed recipe comes with its healed layers' tensors: recipe.json and them, zipped
     import zipfile
 
