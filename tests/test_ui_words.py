@@ -207,7 +207,7 @@ def test_lacos_own_errors_say_its_fields_in_words(tiny_lm, sample_text):
               r"'to the target size \(ours\)'"),
              (dict(remove=3, C=2, L=4, H=5),
               r"^LaCo: no merge candidate left between the lowest layer \(L\) 4 and the highest "
-              r"layer \(H\) 5 after removing 1 of 3 layers; lower the lowest layer \(L\) or raise "
+              r"layer \(H\) 5 after removing 0 of 3 layers; lower the lowest layer \(L\) or raise "
               r"the highest layer \(H\)$"),
              (dict(remove=1, L=5, H=3),
               r"^LaCo: the lowest layer \(L\) must be at most the highest layer \(H\), and the "
