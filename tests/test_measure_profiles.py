@@ -66,3 +66,32 @@ def test_cli_models_and_bad_input(two_models, capsys):
     assert relative_depth(1) == [0.0] and relative_depth(3) == [0.0, 0.5, 1.0]
     with pytest.raises(Exception, match="no model given"):
         compare_models(" , ")
+
+
+def test_a_failing_model_is_named_and_the_others_said_fine(two_models):
+    """Issue 32 [12]: "a, nonexistent-model-xyz, b": the one error names the model that failed
+    with its own reason, and says the others were fine; their profiles are kept, so asking
+    again without the failed one loads and probes nothing."""
+    from explorer.core.errors import ModelLoadError
+
+    a, b, text = two_models
+    store = ProfileStore()
+    with pytest.raises(ModelLoadError) as caught:
+        compare_models(f"{a}, nonexistent-model-xyz, {b}", measure="cosine", text=text,
+                       seqlen=32, samples=4, store=store)
+    said = str(caught.value)
+    assert said.startswith("'nonexistent-model-xyz' failed: could not load "
+                           "'nonexistent-model-xyz'"), said
+    assert said.endswith(f"; {a}, {b} were fine (their profiles are kept)"), said
+    assert "\n" not in said
+    again = compare_models([a, b], measure="cosine", text=text, seqlen=32, samples=4,
+                           store=store)
+    assert again.reused == [a, b]
+    # two failures: both named, each with its own reason; one model alone: its own error
+    with pytest.raises(ModelLoadError) as caught:
+        compare_models(["/nonexistent/one", "/nonexistent/two"], text=text, store=store)
+    assert str(caught.value) == ("'/nonexistent/one' failed: path '/nonexistent/one' does not "
+                                 "exist; '/nonexistent/two' failed: path '/nonexistent/two' does "
+                                 "not exist; no model could be compared")
+    with pytest.raises(ModelLoadError, match=r"^path '/nonexistent/one' does not exist$"):
+        compare_models("/nonexistent/one", text=text, store=store)

@@ -89,5 +89,5 @@ def test_laco_asked_for_six_removes_six_or_says_why(tiny_factory, sample_text, t
                     stderr=errors)
     err = errors.getvalue()
     assert code == 2 and err.count("\n") == 1 and capsys.readouterr().out == ""
-    assert err.startswith("error: laco: the paper's walk (C=7) ended after removing 0 of 6 "
-                          "layers: accepted 0 of ")
+    assert err.startswith("error: LaCo: the paper's walk (7 layers per merge) ended after "
+                          "removing 0 of 6 layers: accepted 0 of ")

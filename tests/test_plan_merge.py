@@ -89,8 +89,9 @@ def test_laco_rdsc_rule_on_layers_with_weights_1_2_4(constant_layers, sample_tex
 
 def test_laco_threshold_and_walk(tiny_lm, sample_text):
     # the paper's walk: l = H-C = 2, 1, 0 all rejected -> it cannot reach the size and says why
-    with pytest.raises(LayerError, match=r"laco: the paper's walk \(C=3\) ended after removing 0 "
-                       r"of 2 layers: accepted 0 of 3 merges at T=1.0 .*use mode=target"):
+    with pytest.raises(LayerError, match=r"LaCo: the paper's walk \(3 layers per merge\) ended "
+                       r"after removing 0 of 2 layers: accepted 0 of 3 merges at an acceptance "
+                       r"threshold \(T\) of 1.0 .*\(mode=target\)$"):
         compress(tiny_lm, "laco", remove=2, C=3, T=1.0, mode="walk", calibration=sample_text, **KW)
     plan = compress(tiny_lm, "laco", remove=3, C=2, T=-1.0, mode="walk", calibration=sample_text,
                     **KW)

@@ -46,3 +46,30 @@ def test_the_analysed_model_is_not_probed_again(tiny_factory, monkeypatch):
     assert [len(t.x) for t in fig.data] == [4, 6]
     assert list(fig.data[1].y) == pytest.approx(want)
     assert session.current_model().spec == mine          # the session's model is back
+
+
+def test_a_failing_model_is_named_and_the_session_model_stays(tiny_factory):
+    """Issue 32 [12]: "other, nonexistent-model-xyz" in Models side by side, offline as a user
+    with a mistyped id would be: the toast's line names the model that failed, says the other
+    was fine and the session's model drawn from its analysis; the session's model is resident
+    again."""
+    from explorer.core import session
+    from explorer.core.errors import ModelLoadError
+    from explorer.ui import analyse_tab, analysis
+    from explorer.ui.caches import APP_CACHES
+    from explorer.ui.settings import UISettings
+    from explorer.ui.state import Session
+
+    mine = str(tiny_factory("llama", num_layers=6))
+    other = str(tiny_factory("llama", num_layers=4))
+    APP_CACHES.ensure_model(mine)
+    state, _ = analysis.run(Session(model=mine, num_layers=6, text="wiki"), 32, 4, 256)
+    with pytest.raises(ModelLoadError) as caught:
+        analyse_tab.models_figure(UISettings(), state, f"{mine}, nonexistent-model-xyz, {other}",
+                                  "cosine")
+    said = str(caught.value)
+    assert said.startswith("'nonexistent-model-xyz' failed: could not load "
+                           "'nonexistent-model-xyz'"), said
+    assert said.endswith(f"; {other} was fine (its profile is kept); {mine} is drawn from its "
+                         f"analysis"), said
+    assert session.current_model().spec == mine

@@ -477,6 +477,15 @@ def test_6_heal_and_check(page, walk):
     label = pg.locator("#lx-heal-closed-form-held_out label, "
                        "#lx-heal-closed-form-held_out [data-testid=block-info]").first
     assert label.inner_text().strip().startswith("Held-out windows")       # issue 25 [5]
+    # issue 32 [11]: before a healing no empty figure stands beside the fields, which fill the
+    # page's width (three to a row)
+    assert not pg.locator("#lx-heal-curve").is_visible()
+    button = pg.locator("#lx-heal").bounding_box()
+    summary = pg.locator("#lx-summary").bounding_box()
+    assert button["width"] > 0.9 * summary["width"]
+    fields = [pg.locator(f"#lx-heal-closed-form-{n}").bounding_box()
+              for n in ("seqlen", "windows", "held_out")]
+    assert len({round(f["y"]) for f in fields}) == 1 and fields[0]["x"] < fields[2]["x"]
     pg.click("#lx-heal")
     wait_text(pg, "#lx-heal-line", "Healed", TIMEOUT)
     line = text(pg, "#lx-heal-line")
@@ -485,6 +494,10 @@ def test_6_heal_and_check(page, walk):
     pg.wait_for_function("() => document.querySelector('#lx-heal-curve .js-plotly-plot')"
                          "?.data?.[0]?.type === 'bar'", timeout=QUICK)          # [7]
     bars = plot(pg, "lx-heal-curve")
+    # issue 32 [11]: the result under the fields and the button, as wide as the page
+    for part in ("#lx-heal-line", "#lx-heal-curve"):
+        box = pg.locator(part).bounding_box()
+        assert box["y"] > button["y"] + button["height"] and box["width"] > 0.9 * button["width"]
     assert len(bars["data"][0]["y"]) == 2 and "no training curve" not in \
         bars["layout"]["title"]["text"]
     wait_text(pg, "#lx-summary", "healed (closed-form)", TIMEOUT)
@@ -516,8 +529,12 @@ def test_7_export(page, walk):
     lines = [line for line in cli.splitlines() if line.strip()]
     assert len(lines) > 3 and max(len(line) for line in lines) <= 100    # [14] not one long line
     assert "--recipe recipe.json" in cli
+    # issue 32 [9]: the button names the file the command line speaks of (healed: the zip)
+    assert "Download recipe saves recipe.zip" in cli
+    wait_text(pg, "#lx-recipe", "Download recipe (recipe.zip)")
     with pg.expect_download(timeout=QUICK) as download:                  # [14] one click
         pg.click("#lx-recipe")
+    assert download.value.suggested_filename == "recipe.zip"
     # the healed recipe comes with its healed layers' tensors: recipe.json and them, zipped
     import zipfile
 

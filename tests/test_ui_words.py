@@ -189,3 +189,32 @@ def test_errors_in_toasts_use_display_names():
     assert len(lines) > 40
     bad = [(line, found(line, names)) for line in lines if found(line, names)]
     assert not bad, bad
+
+
+def test_lacos_own_errors_say_its_fields_in_words(tiny_lm, sample_text):
+    """LaCo's errors while it runs (a walk that falls short, no candidate left, L above H) name
+    its fields by their labels ("acceptance threshold (T)"), never a bare letter (L=, H, T=), in
+    the toast and on the command line alike."""
+    from explorer.plan import compress
+    from explorer.core.errors import LayerError
+    from explorer.ui.common import _shown
+
+    kw = dict(calibration=sample_text, seqlen=32, num_samples=4)
+    cases = [(dict(remove=2, C=3, T=1.0, mode="walk"),
+              r"^LaCo: the paper's walk \(3 layers per merge\) ended after removing 0 of 2 "
+              r"layers: accepted 0 of 3 merges at an acceptance threshold \(T\) of 1\.0 .*; lower "
+              r"the acceptance threshold \(T\) or the layers per merge \(C\), or choose the walk "
+              r"'to the target size \(ours\)'"),
+             (dict(remove=3, C=2, L=4, H=5),
+              r"^LaCo: no merge candidate left between the lowest layer \(L\) 4 and the highest "
+              r"layer \(H\) 5 after removing 0 of 3 layers; lower the lowest layer \(L\) or raise "
+              r"the highest layer \(H\)$"),
+             (dict(remove=1, L=5, H=3),
+              r"^LaCo: the lowest layer \(L\) must be at most the highest layer \(H\), and the "
+              r"highest layer \(H\) below 6, the model's layer count \(got 5 and 3\)$")]
+    for params, said in cases:
+        with pytest.raises(LayerError) as refused:
+            compress(tiny_lm, "laco", **params, **kw)
+        line = _shown(refused.value, "test").message
+        assert re.match(said, line), line
+        assert not re.search(r"\b[CHILT]\b", re.sub(r"\([CHILT]\)", "", line)), line

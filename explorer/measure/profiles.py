@@ -123,6 +123,24 @@ def parse_models(spec: str | Sequence[str]) -> list[str]:
     return models
 
 
+def failed_models(failed: list[tuple[str, ExplorerError]], fine: list[str]) -> ExplorerError:
+    """One line naming each model that failed, with its own error, and the models that were
+    fine (their profiles are kept, so asking again without the failed ones loads nothing):
+    "'nonexistent-model-xyz' failed: could not load ...; gemma3-270m was fine (its profile is
+    kept)". The error is of the first failure's class when all failed alike."""
+    if len(failed) == 1 and not fine:
+        return failed[0][1]                # the one model asked for: its own error says it
+    said = "; ".join(f"'{spec}' failed: {exc}" for spec, exc in failed)
+    if fine:
+        many = len(fine) > 1
+        said += (f"; {', '.join(fine)} {'were' if many else 'was'} fine ("
+                 f"{'their profiles are' if many else 'its profile is'} kept)")
+    elif len(failed) > 1:
+        said += "; no model could be compared"
+    kinds = {type(exc) for _, exc in failed}
+    return (kinds.pop() if len(kinds) == 1 else ExplorerError)(said)
+
+
 def compare_models(models: str | Sequence[str], *, measure: str = "cosine", text: str = "wiki",
                    seqlen: int = 128, samples: int = 32, bos: str = "auto",
                    skip_first: bool = True, params: dict | None = None,
@@ -148,6 +166,7 @@ def compare_models(models: str | Sequence[str], *, measure: str = "cosine", text
     texts = None
     out: list[LayerProfile] = []
     reused: list[str] = []
+    failed: list[tuple[str, ExplorerError]] = []
     for k, spec in enumerate(specs):
         key = (spec, device or "auto", str(dtype or "auto"), info.name, text, seqlen, samples, bos,
                skip_first, tuple(sorted(full.items())))
@@ -163,15 +182,21 @@ def compare_models(models: str | Sequence[str], *, measure: str = "cosine", text
             progress(Event("profiles", lo, step=k, total=len(specs), unit="models",
                            note=f"loading {spec}"))
         start = time.perf_counter()
-        lm = get_model(spec, device=device, dtype=dtype)
-        texts = texts or load_texts(text)
-        pr = probe(lm, texts.calibration, seqlen=seqlen, num_samples=samples, bos=bos,
-                   skip_first=skip_first, progress=scaled(progress, lo, hi, spec))
+        texts = texts or load_texts(text)      # a bad text is no model's fault: raised as is
+        try:
+            lm = get_model(spec, device=device, dtype=dtype)
+            pr = probe(lm, texts.calibration, seqlen=seqlen, num_samples=samples, bos=bos,
+                       skip_first=skip_first, progress=scaled(progress, lo, hi, spec))
+        except ExplorerError as exc:     # the next models are still tried: one error names all
+            failed.append((spec, exc))
+            continue
         prof = profile_of(pr, spec, lm.config.model_type, info.name, texts.source,
                           time.perf_counter() - start, **full)
         del pr, lm                       # keep the floats, not the states or the model
         store.put(key, prof)
         out.append(prof)
+    if failed:
+        raise failed_models(failed, [p.model for p in out])
     if progress:
         progress(Event("profiles", 1.0, step=len(out), total=len(specs), unit="models"))
     return ProfileComparison(measure=info.name, higher_is_similar=info.higher_is_similar,

@@ -131,8 +131,11 @@ class LaCo(Method):
         C = params["C"] or (PUBLISHED_C if mode == "walk" else scaled_c(n0))
         H = n0 - 1 if params["H"] is None else params["H"]
         low, I, rule = params["L"], params["I"], params["rule"]
+        said = self.words()
         if not low <= H < n0:
-            raise LayerError(f"laco needs 0 <= L <= H < {n0} (got L={low}, H={H})")
+            raise LayerError(f"LaCo: the {said['L']} must be at most the {said['H']}, and the "
+                             f"{said['H']} below {n0}, the model's layer count (got {low} and "
+                             f"{H})")
         ids = ctx.input_ids[: params["num_sentences"]]
         target = n0 - remove
         ctx.report(0.02, "final representations of the original model")
@@ -151,20 +154,33 @@ class LaCo(Method):
                 if w.v.num_layers == target:
                     break
         got = n0 - w.v.num_layers
-        detail = f"accepted {w.accepted} of {len(w.tried)} merges at T={T}"
+        detail = f"accepted {w.accepted} of {len(w.tried)} merges at an {said['T']} of {T}"
         if w.tried:
             detail += f" (cosines {min(w.tried):.3f}..{max(w.tried):.3f})"
         if w.forced:
-            detail += (f"; {w.forced} pass(es) had no merge above T, so their best candidate was "
-                       "accepted")
+            detail += (f"; {w.forced} pass(es) had no merge above the threshold, so their best "
+                       "candidate was accepted")
         if got != remove:
             if mode == "walk":
-                raise LayerError(f"laco: the paper's walk (C={C}) ended after removing {got} of "
-                                 f"{remove} layers: {detail}; lower T or C, or use mode=target")
-            raise LayerError(f"laco: no merge candidate left between L={low} and H={H} after "
-                             f"removing {got} of {remove} layers; lower L or raise H")
+                raise LayerError(f"LaCo: the paper's walk ({C} layers per merge) ended after "
+                                 f"removing {got} of {remove} layers: {detail}; lower the "
+                                 f"{said['T']} or the {said['C']}, or choose the "
+                                 f"{said['mode']} '{said['target']}' (mode=target)")
+            raise LayerError(f"LaCo: no merge candidate left between the {said['L']} {low} and "
+                             f"the {said['H']} {H} after removing {got} of {remove} layers; "
+                             f"lower the {said['L']} or raise the {said['H']}")
         return Plan(self.name, params, w.v, {"cosine of tried merges": w.tried},
-                    f"LaCo ({mode} mode, C={C}) {detail}, removing {got} layers.")
+                    f"LaCo, walk {said[mode]}, {C} layers per merge: {detail}, removing "
+                    f"{got} layers.")
+
+    @classmethod
+    def words(cls) -> dict[str, str]:
+        """What its errors and notes call the parameters and the modes: the declared labels
+        ("Acceptance threshold (T)") and choice labels ("to the target size (ours)"), in lower
+        case where they stand inside a sentence."""
+        out = {p.name: p.label[0].lower() + p.label[1:] for p in cls.params}
+        mode = next(p for p in cls.params if p.name == "mode")
+        return out | dict(mode.choice_labels)
 
     @staticmethod
     def _pass(ctx: PlanContext, w: _Walk, ids: torch.Tensor, ref: torch.Tensor, C: int, I: int,

@@ -7,6 +7,7 @@ import time
 
 import gradio as gr
 
+from explorer.core.errors import ExplorerError
 from explorer.load.embedded import EMBEDDED
 from explorer.measure.measures import MEASURES
 from explorer.measure.profiles import parse_models
@@ -70,10 +71,14 @@ def models_figure(settings, state: Session, models: str, measure: str, progress=
     # the analysis' probe is read first: another model's load empties the model's caches
     own = [jobs.session_profile_job(state.model, analysis.entry(state, progress), info.name,
                                     text, progress)] if mine else []
-    profiles = jobs.profiles_job(others, info.name, text, seqlen, samples,
-                                 progress)["profiles"] if others else []
-    if own and others:
-        jobs.load_job(state.model, progress)          # the session's model resident again
+    try:
+        profiles = jobs.profiles_job(others, info.name, text, seqlen, samples,
+                                     progress)["profiles"] if others else []
+    except ExplorerError as exc:      # it names the models that failed and the ones that did not
+        raise type(exc)(f"{exc}; {state.model} is drawn from its analysis") if own else exc
+    finally:
+        if own and others:
+            jobs.load_job(state.model, progress)      # the session's model resident again
     return plots.profiles_overlay(profiles + own, info.title, info.higher_is_similar)
 
 

@@ -205,7 +205,8 @@ def follow(state: Session, before: Session) -> tuple:
     of the old one (the summary says whether the new plan was measured already)."""
     if state.version == before.version:
         return (gr.update(),) * 6
-    return summary(state) if state.model else WAITING, "", None, "", "", ""
+    return (summary(state) if state.model else WAITING, "", heal_panel.curve_view(None), "",
+            "", "")
 
 
 def build(ctx: Ctx) -> CompareParts:
@@ -263,7 +264,8 @@ def wire(ctx: Ctx) -> None:
         need_model(state)
         h = state.heal
         return (gr.Tabs(selected="compare"), "Measuring the plan…",
-                heal_panel.line(h) if h else "", heal_panel.figure(h) if h else None,
+                heal_panel.line(h) if h else "",
+                heal_panel.curve_view(heal_panel.figure(h) if h else None),
                 "", "", "")
 
     # switch to Compare first (a refusal, while another step runs, shows as a toast on the Plan

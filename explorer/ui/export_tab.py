@@ -118,6 +118,12 @@ def command_line(settings, state: Session, name: str) -> str:
                      "--out", out))
 
 
+def recipe_label(path: str | None) -> str:
+    """The recipe button names the file it downloads: "Download recipe (recipe.zip)" for a
+    healed variant's JSON and tensors, "Download recipe (recipe.json)" for the JSON alone."""
+    return f"Download recipe ({Path(path).name})" if path else "Download recipe"
+
+
 def recipe_file(state: Session) -> str:
     """The recipe to download (never trains: see `jobs.recipe_job`)."""
     return jobs.recipe_job(state.model, *_recipe_fields(state))
@@ -256,8 +262,8 @@ def wire(ctx: Ctx) -> None:
         """The tab opened: a fresh name, the commands, and the recipe ready to download."""
         name = default_name(state) if not name else name
         path = recipe_file(state) if state.model else None
-        return name, command_line(s, state, name), gr.DownloadButton(value=path,
-                                                                     interactive=bool(path))
+        return name, command_line(s, state, name), gr.DownloadButton(
+            recipe_label(path), value=path, interactive=bool(path))
 
     @user_errors
     @busy.claims("the model folder is being saved", "save", reads=True)

@@ -35,6 +35,8 @@ SECONDS = Param("seconds", float, None, "time limit in seconds (empty: none)", m
                 optional=True,
                 label="Time limit (seconds)")
 CURVE_POINTS = 200       # points of the curve kept in the session
+FIELDS_PER_ROW = 3       # a mode's fields side by side, so they fill the page's width
+
 
 def live_point(event: Event) -> tuple[int, float, float | None] | None:
     """(step, loss, held-out perplexity) of a training step's event, or None for other events
@@ -77,7 +79,7 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
                              budget["seconds"], params, relay)
 
     run = streamed(job, "heal")
-    yield gr.update(), None, ""        # the last healing's line and figure leave the screen
+    yield gr.update(), curve_view(None), ""   # the last healing's line and figure go
     points: list = []
     while True:
         try:
@@ -85,7 +87,7 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
         except StopIteration as done:
             out = done.value
             break
-        yield gr.update(), plots.heal_curve(points, live=True), gr.update()
+        yield gr.update(), curve_view(plots.heal_curve(points, live=True)), gr.update()
     r = out["result"]
     history = r["history"] or [{"step": s, "loss": loss, "held_out_ppl": ppl}
                                for s, loss, ppl in points]
@@ -94,7 +96,7 @@ def heal_stream(settings, state: Session, mode: str, steps: Any, seconds: Any, r
                     layers=healed_layers(state, r["healed_slots"]) +
                     (" and the vocabulary head" if r.get("healed_head") else ""))
     state = measure(state.with_healing(healed))
-    yield state, figure(healed), line(healed)
+    yield state, curve_view(figure(healed)), line(healed)
 
 
 def healed_layers(state: Session, slots: list[int]) -> str:
@@ -144,28 +146,40 @@ def figure(healed: Healed):
     return plots.heal_before_after(healed.held_out_before, healed.held_out_after, healed.mode)
 
 
+def curve_view(fig) -> dict:
+    """The heal figure's update: shown with a figure, hidden without one (no empty box)."""
+    return gr.update(value=fig, visible=fig is not None)
+
+
+def rows(items: list, per_row: int = FIELDS_PER_ROW) -> list[list]:
+    """`items` in rows of `per_row` (the last row may be shorter)."""
+    return [items[k:k + per_row] for k in range(0, len(items), per_row)]
+
+
 def build(ctx: Ctx) -> HealParts:
+    """The mode and its fields across the page, rows of three, the Heal button under them, then
+    the result as wide as the page: its line and its figure (hidden until a healing ran)."""
     modes = list_modes()
     first = modes[0].name
     with gr.Accordion("Heal the variant: fit or train the layers around the cuts to behave like "
                       "the original again", open=True):
-        with gr.Row():
-            with gr.Column(scale=2):
-                mode = gr.Dropdown([(m.title, m.name) for m in modes], value=first,
-                                   label="Healing mode", elem_id="lx-heal-mode")
-                groups, slots = {}, []
-                for m in modes:
-                    with gr.Group(visible=m.name == first) as groups[m.name]:
-                        for p in m.params:
+        mode = gr.Dropdown([(m.title, m.name) for m in modes], value=first,
+                           label="Healing mode", elem_id="lx-heal-mode")
+        groups, slots = {}, []
+        for m in modes:
+            with gr.Group(visible=m.name == first) as groups[m.name]:
+                for row in rows(list(m.params)):
+                    with gr.Row(equal_height=True):
+                        for p in row:
                             slots.append((m.name, p, controls.control(
                                 p, elem_id=f"lx-heal-{m.name}-{p.name}", siblings=m.params)))
-                with gr.Group(visible=get_mode(first).trains) as budget:
-                    steps = controls.control(STEPS, elem_id="lx-heal-steps")
-                    seconds = controls.control(SECONDS, elem_id="lx-heal-seconds")
-                heal_btn = gr.Button("Heal", variant="primary", elem_id="lx-heal")
-            with gr.Column(scale=3):     # the result under its figure, as wide as the figure
-                curve = gr.Plot(label="Healing", elem_id="lx-heal-curve")
-                line = gr.Markdown("", elem_id="lx-heal-line", elem_classes=["lx-step"])
+        with gr.Group(visible=get_mode(first).trains) as budget:
+            with gr.Row(equal_height=True):
+                steps = controls.control(STEPS, elem_id="lx-heal-steps")
+                seconds = controls.control(SECONDS, elem_id="lx-heal-seconds")
+        heal_btn = gr.Button("Heal", variant="primary", elem_id="lx-heal")
+        line = gr.Markdown("", elem_id="lx-heal-line", elem_classes=["lx-step"])
+        curve = gr.Plot(label="Healing", elem_id="lx-heal-curve", visible=False)
     return HealParts(mode=mode, param_groups=groups, param_controls=slots, budget=budget,
                      steps=steps, seconds=seconds, heal_btn=heal_btn, line=line, curve=curve)
 
