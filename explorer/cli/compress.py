@@ -19,8 +19,9 @@ def add(sub) -> None:
     from explorer.plan import METHODS, methods_help
 
     p = listing_parser(sub, "compress", "merge or prune layers with a method of the field "
-                        "(explorer.plan), then compare perplexity; under `torchrun --nproc_per_node N` "
-                        "it runs as N data-parallel ranks (docs/scale.md)", "methods", methods_help())
+                        "(explorer.plan), then compare perplexity; under `torchrun "
+                        "--nproc_per_node N` it runs as N data-parallel ranks (docs/scale.md)",
+                        "methods", methods_help())
     model_args(p)
     text_args(p)
     p.add_argument("--method", default=None, help=", ".join(METHODS) + " (required)")

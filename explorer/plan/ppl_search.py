@@ -140,7 +140,7 @@ class PerplexitySearch:
         marks = []
         if self.cache:
             W, T = self.ids.shape
-            W = -(-W // world()[1])                   # the largest shard: the same marks on every rank
+            W = -(-W // world()[1])       # the largest shard: the same marks on every rank
             per_boundary = (W * T * self.lm.config.hidden_size
                             * torch.finfo(self.lm.dtype).bits // 8)
             marks = checkpoints(L, per_boundary, CACHE.budget(self.lm.device))
