@@ -97,8 +97,8 @@ def quiet_libraries() -> None:
 
 
 # Commands that run as data-parallel ranks under torchrun (explorer/core/ranks.py, docs/scale.md):
-# they write nothing but their result, which rank 0 prints.
-RANKED = ("similarity", "eval")
+# rank 0 alone prints their result and writes their files (compress --out).
+RANKED = ("similarity", "eval", "compress")
 
 
 def _join_ranks(command: str) -> int:

@@ -58,9 +58,11 @@ def load(args):
 
 def load_progress(args):
     """Print load_model's offload decision (one line on stderr): the user sees why a pass is
-    slower than usual."""
+    slower than usual. Under ranks rank 0 alone prints."""
+    from explorer.core.ranks import world
+
     def progress(event: Event) -> None:
-        if "one at a time" in event.note:
+        if "one at a time" in event.note and world()[0] == 0:
             print(event.describe(), file=sys.stderr)
     return progress
 

@@ -1,5 +1,10 @@
 """`compress`: plan with a method of the field, compare perplexity, and optionally heal, gate by a
-perplexity ratio (`--max-ppl-ratio`), run tasks, time it and export."""
+perplexity ratio (`--max-ppl-ratio`), run tasks, time it and export.
+
+Ranks (`torchrun --nproc_per_node N -m explorer compress ...`, docs/scale.md): every method runs;
+the probe, the perplexities and the searches' candidate scores are computed on each rank's shard
+of the windows and combined, every other step runs whole on every rank, and rank 0 alone prints
+and exports (`--out`: one folder, one recipe). `--heal` is refused as ranks."""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ def add(sub) -> None:
     from explorer.plan import METHODS, methods_help
 
     p = listing_parser(sub, "compress", "merge or prune layers with a method of the field "
-                        "(explorer.plan), then compare perplexity", "methods", methods_help())
+                        "(explorer.plan), then compare perplexity; under `torchrun "
+                        "--nproc_per_node N` it runs as N data-parallel ranks (docs/scale.md)",
+                        "methods", methods_help())
     model_args(p)
     text_args(p)
     p.add_argument("--method", default=None, help=", ".join(METHODS) + " (required)")
@@ -45,6 +52,7 @@ def run(args) -> dict | str:
     from explorer.export.folder import export
     from explorer.plan import METHODS, compress, get_method
     from explorer.apply.recipe import Recipe
+    from explorer.core.ranks import world
     from explorer.probe.text import load_texts
 
     if args.help_params:
@@ -56,6 +64,10 @@ def run(args) -> dict | str:
     check_task_args(args)
     check_heal_args(args)
     check_speed_args(args)
+    rank, size = world()
+    if size > 1 and args.heal:
+        raise ExplorerError(f"compress --heal does not run as {size} ranks yet: leave out "
+                            "--heal, or run it as one process")
     if args.max_ppl_ratio is not None:
         from explorer.evaluate.gate import check_gate
         check_gate(args.max_ppl_ratio)
@@ -91,7 +103,7 @@ def run(args) -> dict | str:
             result.update(healed)
     result.update(cli_extras(lm, args, plan.variant, calibrated=True))
     result.update(cli_speed(lm, args, variant))
-    if args.out:
+    if args.out and rank == 0:            # ranks: rank 0 alone writes the export and its recipe
         recipe = Recipe.of(variant, plan.method, plan.params,
                            results={k: result[k] for k in ("ppl_before", "ppl_after", "protocol",
                                                           "ppl_healed", "tasks", "capability",

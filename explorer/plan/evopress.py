@@ -20,7 +20,9 @@ docs/search.md): children run from the parent's stored residual stream at the fi
 change, and stop early on exact lower bounds, so the sets kept at each stage are those a full
 evaluation of every child would keep. The draws come from `seed` only, so a search replays exactly;
 a time budget (`seconds`) ends it after a whole generation, and the plan records the generations it
-ran as `generations` (with `seconds` cleared), so its parameters replay the same search.
+ran as `generations` (with `seconds` cleared), so its parameters replay the same search. Under
+ranks (torchrun) every child is scored across the ranks' windows, and rank 0 decides each
+generation's children and when the time budget is spent, so every rank runs the same generations.
 
 Example:
     >>> plan = compress(lm, "evopress", remove=6, generations=16)
@@ -40,6 +42,7 @@ import torch
 from explorer.core.errors import ParamError
 from explorer.core.model import LoadedModel
 from explorer.core.params import Param
+from explorer.core.ranks import from_rank0
 from explorer.core.variant import Variant
 from explorer.plan.ppl_search import Candidate, PerplexitySearch
 from explorer.plan.registry import Method, Plan, PlanContext, Report, get_method, register
@@ -205,6 +208,7 @@ def evopress_search(lm: LoadedModel, first_ids: torch.Tensor, final_ids: torch.T
             child = mutate(parent, L, rng)
             if child != parent and child not in beaten and child not in children:
                 children.append(child)
+        children = from_rank0(children)    # ranks: rank 0's draws (the same seed gives the same)
         if not children:
             break                          # every neighbour tried: the parent is a local optimum
         label = f"generation {g + 1}/{generations}"
@@ -228,7 +232,7 @@ def evopress_search(lm: LoadedModel, first_ids: torch.Tensor, final_ids: torch.T
                        "calibration ppl", figure=parent_ppl)
             beaten.update(s.key for s in scored if s.key != parent)
         result.generations = g + 1
-        if seconds is not None and time.perf_counter() - t0 >= seconds:
-            break
+        if seconds is not None and from_rank0(time.perf_counter() - t0 >= seconds):
+            break                          # ranks: rank 0's clock decides for every rank
     result.removed, result.nll, result.ppl = parent, parent_total, parent_ppl
     return result

@@ -21,6 +21,12 @@ re-scores everything on the edited model. What makes it affordable (docs/search.
   is under the best total so far). Still exact, and most candidates of a step stop.
   A stopped candidate's score is a lower bound or the perplexity over the windows it ran: an
   estimate, used to order the next step.
+- Ranks (torchrun, explorer/core/ranks.py, docs/scale.md): each rank runs every candidate on its
+  shard of the windows; the per-window NLLs (bounds or exact) are collected in window order, so
+  every total and every decision is taken on the whole set of windows, the same on every rank,
+  and the search picks what one process picks. The stops within a pass (after a batch, or
+  midway through the full head) would need a collective per batch, so under ranks they are off:
+  a candidate stops only on the bound test after its layers, decided on the collected bounds.
 
 Example:
     >>> search = PerplexitySearch(lm, ids)                    # ids: (W, T) calibration windows
@@ -31,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence
@@ -39,6 +46,7 @@ import torch
 
 from explorer.core.dense_cache import CACHE, PrefixStates, checkpoints
 from explorer.core.errors import ExplorerError
+from explorer.core.ranks import agree, from_rank0, gather_rows, shard, sum_tensors, world
 from explorer.evaluate.perplexity import BOUND_SLACK, WindowPass, finish_pass, run_windows
 from explorer.evaluate.nll import LOGIT_CHUNK, final_logits
 from explorer.core.model import LoadedModel
@@ -100,12 +108,21 @@ class PerplexitySearch:
     """Scores candidate variants on calibration windows `ids` (W, T), from the current model's
     stored states (cache=True) and with early stops (abandon=True); cache=False, abandon=False
     runs every candidate from the embeddings over every window, as a plain perplexity loop would.
+
+    Under ranks every rank builds the same search on the same `ids`: it runs its shard
+    (`self.mine`) and takes every decision on the windows of all ranks (module docstring).
     """
 
     def __init__(self, lm: LoadedModel, ids: torch.Tensor, *, cache: bool = True,
                  abandon: bool = True, bound_vocab: int | None = BOUND_VOCAB,
                  batch_size: int | None = None, progress: Progress | None = None) -> None:
         self.lm, self.ids = lm, ids.cpu()
+        self.ranked = world()[1] > 1
+        self.mine = shard(ids.shape[0])        # this rank's windows (all of them in one process)
+        self.local = self.ids[self.mine]
+        if self.ranked:
+            digest = hashlib.sha256(self.ids.numpy().tobytes()).hexdigest()[:16]
+            agree((lm.num_layers, lm.num_parameters, digest), "model and calibration windows")
         self.cache, self.abandon = cache, abandon
         self.bound_size = bound_vocab if abandon else None     # None: no bounds
         self.batch_size, self.progress = batch_size, progress
@@ -123,6 +140,7 @@ class PerplexitySearch:
         marks = []
         if self.cache:
             W, T = self.ids.shape
+            W = -(-W // world()[1])       # the largest shard: the same marks on every rank
             per_boundary = (W * T * self.lm.config.hidden_size
                             * torch.finfo(self.lm.dtype).bits // 8)
             marks = checkpoints(L, per_boundary, CACHE.budget(self.lm.device))
@@ -130,7 +148,7 @@ class PerplexitySearch:
             marks = [*marks, L]                  # the last boundary, for the likely tokens
         if not marks:
             return
-        p = run_windows(self.lm, self.ids, variant=variant,
+        p = run_windows(self.lm, self.local, variant=variant,
                         reference=self.reference if self.cache else None, record=marks,
                         batch_size=self.batch_size)
         if self.bound_size:
@@ -139,7 +157,18 @@ class PerplexitySearch:
         if self.cache:
             kept = {b: s for b, s in (self.reference.states.items() if self.reference else ())
                     if b < p.start}                    # the unchanged prefix stays valid
-            self.reference = PrefixStates(variant, self.ids, {**kept, **p.states})
+            self.reference = PrefixStates(variant, self.local, {**kept, **p.states})
+
+    def _collected(self, p: WindowPass) -> WindowPass:
+        """`p` (this rank's shard) as the pass over every window: its per-window NLLs (bounds or
+        exact) collected from every rank in window order; `p` itself in one process."""
+        if not self.ranked:
+            return p
+        W = self.ids.shape[0]
+        nll = gather_rows(p.nll, W)
+        evaluated = gather_rows(p.evaluated.to(torch.uint8), W).bool()
+        return WindowPass(nll=nll, evaluated=evaluated, predicted=p.predicted, start=p.start,
+                          seconds=p.seconds, abandoned=p.abandoned, head=p.head)
 
     def step(self, candidates: Sequence[Candidate],
              report: Callable[[int, str], None] | None = None, *, keep: int = 1,
@@ -166,7 +195,7 @@ class PerplexitySearch:
         best: Scored | None = None
         best_variant: Variant | None = None
         scored: dict[Hashable, Scored] = {}
-        waiting: list[tuple[WindowPass, Candidate, Variant]] = []
+        waiting: list[tuple[WindowPass, WindowPass, Candidate, Variant]] = []   # (mine, whole, ...)
         finished: list[float] = []              # complete totals, ascending
 
         def bar() -> float | None:
@@ -191,27 +220,44 @@ class PerplexitySearch:
                 best, best_variant = s, variant
 
         def finish_lowest() -> None:
-            waiting.sort(key=lambda w: w[0].total)
-            p, cand, variant = waiting.pop(0)
+            waiting.sort(key=lambda w: w[1].total)
+            p, whole, cand, variant = waiting.pop(0)
             limit = bar()
-            if limit is not None and p.total > limit * (1 + BOUND_SLACK):
-                p.abandoned, p.waiting = True, []      # its bound lost to a later finisher
-            take(finish_pass(self.lm, p, limit), cand, variant)
+            if limit is not None and whole.total > limit * (1 + BOUND_SLACK):
+                whole.abandoned, p.waiting = True, []  # its bound lost to a later finisher
+                take(whole, cand, variant)
+                return
+            # ranks: every window's exact NLL (a stop midway would need a collective per batch)
+            take(self._collected(finish_pass(self.lm, p, None if self.ranked else limit)),
+                 cand, variant)
 
         for k, cand in enumerate(order):
             if report:
                 report(k, cand.label)
             variant = cand.build()
-            p = run_windows(self.lm, self.ids, variant=variant,
+            above = bar()
+            if self.ranked and above is not None:
+                # no stop within this rank's pass: bounds on every window (or the exact NLL),
+                # the bound test below on the collected bounds
+                above = math.inf if self.bound is not None else None
+            p = run_windows(self.lm, self.local, variant=variant,
                             reference=self.reference if self.cache else None,
-                            abandon_above=bar(), bound=self.bound,
+                            abandon_above=above, bound=self.bound,
                             defer=True, batch_size=self.batch_size)
+            whole = self._collected(p)
             if p.waiting:
-                waiting.append((p, cand, variant))
-                while sum(_waiting_bytes(w[0]) for w in waiting) > DEFER_BYTES:
+                limit = bar()
+                if self.ranked and limit is not None and \
+                        whole.total > limit * (1 + BOUND_SLACK):
+                    whole.abandoned, p.waiting = True, []     # the summed bounds lost
+                    take(whole, cand, variant)
+                    continue
+                waiting.append((p, whole, cand, variant))
+                # rank 0's memory decides, so every rank finishes the same candidates
+                while from_rank0(sum(_waiting_bytes(w[0]) for w in waiting) > DEFER_BYTES):
                     finish_lowest()
             else:
-                take(p, cand, variant)
+                take(whole, cand, variant)
         while waiting:
             finish_lowest()
         self.hint = {key: s.total / max(1, s.windows) for key, s in scored.items()}
@@ -231,6 +277,8 @@ def likely_tokens(lm: LoadedModel, states: torch.Tensor, ids: torch.Tensor, size
     """Sorted token ids: the `size` tokens with the most probability mass summed over every
     position of windows `ids` (W, T), given the residual stream `states` (W, T, H) at the last
     boundary, plus every target token of the windows (a lower bound needs each target).
+    Under ranks `states` are this rank's shard of `ids`: the mass is added across ranks (float64,
+    rank order), so every rank holds the same tokens.
     head: the searched variant's vocabulary head (None: the loaded model's)."""
     H = states.shape[-1]
     with torch.no_grad():
@@ -240,5 +288,6 @@ def likely_tokens(lm: LoadedModel, states: torch.Tensor, ids: torch.Tensor, size
             p = torch.softmax(final_logits(lm, h[s:s + LOGIT_CHUNK], head=head),
                               dim=-1).sum(dim=0)                                         # (V,)
             mass = p if mass is None else mass + p
+    mass = sum_tensors([mass], "adding the likely tokens' mass")[0]   # ranks: every rank's shard
     top = torch.topk(mass, min(size, mass.numel())).indices
     return torch.unique(torch.cat([top, ids[:, 1:].reshape(-1).to(top.device)]))
