@@ -3,8 +3,8 @@
 Every command takes --json and then prints exactly one JSON object on stdout. Errors caused by input
 print one line, "error: ...", on stderr and exit with status 2.
 
-One module per command (`eval.py`, `export.py`, `similarity.py`, `compress.py`, `report.py`,
-`bench.py`), each with `add(sub)` (declare its arguments) and `run(args)` (the JSON object as a
+One module per command (`eval.py`, `export.py`, `similarity.py`, `compress.py`, `heal.py`,
+`report.py`, `bench.py`), each with `add(sub)` (declare its arguments) and `run(args)` (the JSON object as a
 dict; a `str` is printed as it is); `common.py` holds the options every command shares and
 `options.py` the option groups several commands add (tasks, healing, speed). Adding a command: a
 module like those, listed in `COMMANDS`. Method and measure lists and their parameters come from
@@ -29,7 +29,7 @@ from typing import TextIO
 
 from explorer.core.errors import ExplorerError, one_line
 from explorer.core.settings import get
-from explorer.cli import bench, compress, eval, export, report, similarity
+from explorer.cli import bench, compress, eval, export, heal, report, similarity
 from explorer.cli.common import parse_params
 
 __all__ = ["COMMANDS", "build_parser", "main", "parse_params"]
@@ -39,6 +39,7 @@ COMMANDS: dict[str, ModuleType] = {
     "export": export,
     "similarity": similarity,
     "compress": compress,
+    "heal": heal,
     "report": report,
     "bench": bench,
 }
@@ -97,8 +98,8 @@ def quiet_libraries() -> None:
 
 
 # Commands that run as data-parallel ranks under torchrun (explorer/core/ranks.py, docs/scale.md):
-# rank 0 alone prints their result and writes their files (compress --out).
-RANKED = ("similarity", "eval", "compress")
+# rank 0 alone prints their result and writes their files (compress --out, heal --out).
+RANKED = ("similarity", "eval", "compress", "heal")
 
 
 def _join_ranks(command: str) -> int:

@@ -158,3 +158,20 @@ def sum_tensors(ts: list[torch.Tensor], what: str = "adding gradients") -> list[
             total += p
         out.append(total.to(device=t.device, dtype=t.dtype))
     return out
+
+
+def step_share(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A training step's windows `idx` (the same on every rank): (this rank's share of them, its
+    fraction of the step's tokens). Every window of a healing run has the same length, so the
+    fraction of windows is the fraction of tokens; a rank's mean loss times it, summed over the
+    ranks (`sum_tensors`), is the whole step's mean loss, and its gradient the whole step's.
+    One process: (idx, 1.0)."""
+    rank, size = world()
+    if size == 1:
+        return idx, 1.0
+    if len(idx) < size:
+        raise LayerError(f"{size} ranks but only {len(idx)} windows per training step: every "
+                         f"rank needs at least one (set batch to at least {size}, or use fewer "
+                         "ranks)")
+    mine = idx[shard(len(idx))]
+    return mine, len(mine) / len(idx)

@@ -33,6 +33,7 @@ from explorer.core.backbone import hooks, run_backbone
 from explorer.core.errors import ParamError
 from explorer.evaluate.nll import final_logits
 from explorer.core.params import Param
+from explorer.core.ranks import step_share
 from explorer.core.new_layers import head_copy
 from explorer.core.variant import Variant
 from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, apply_closed_form, fit_notes
@@ -140,6 +141,15 @@ def _chunked_head(lm, flat: torch.Tensor, head: nn.Module | None, loss_of
                 acc += gp
             total += float(loss.detach())
     return total, grad, tuple(zip(trained, sums))
+
+
+def scaled(loss: Backward, share: float) -> Backward:
+    """A rank's mean loss over its windows as its share of the step's mean (`share`: its
+    fraction of the step's tokens, `explorer.core.ranks.step_share`); 1.0 leaves it as it is."""
+    if share == 1.0:
+        return loss
+    return Backward(loss.value * share, loss.output, loss.grad * share,
+                    tuple((t, g * share) for t, g in loss.known))
 
 
 def trained_slots(v: Variant, params: dict) -> list[int]:
@@ -302,14 +312,14 @@ class Distill(HealMode):
         order = batches(data.num_windows, params["batch"], ctx.seed + 1)
 
         def loss_at(step: int) -> Backward:
-            idx = next(order)
+            idx, share = step_share(next(order))   # ranks: this one's windows of the step
             ids = data.ids[idx]
             for b in run_backbone(lm, ids, variant=cur, start=s0, final_norm=True, grad=True,
                                   start_states=x0[idx] if x0 is not None else None,
                                   batch_size=ids.shape[0]):
                 if ce:
-                    return head_ce(lm, b.hidden, ids, head)
-                return head_kl(lm, b.hidden, top_idx[idx], top_lp[idx], head)
+                    return scaled(head_ce(lm, b.hidden, ids, head), share)
+                return scaled(head_kl(lm, b.hidden, top_idx[idx], top_lp[idx], head), share)
             raise RuntimeError("no batch")   # pragma: no cover
 
         sub = HealContext(lm, cur, data, ctx.params, ctx.seed, steps, seconds, ctx.progress,
@@ -317,7 +327,8 @@ class Distill(HealMode):
         with (lora.hooked() if what == "lora" else contextlib.nullcontext()), torch.enable_grad():
             done, total, history = train(sub, tensors, loss_at, lr=lr,
                                          label=label or f"distill ({what})", current=lambda: cur,
-                                         schedule_steps=params["schedule_steps"], more=more)
+                                         schedule_steps=params["schedule_steps"], more=more,
+                                         sharded=True)
         ctx.held_out_ppl = sub.held_out_ppl
         if what == "lora":
             lora.merge()

@@ -30,7 +30,7 @@ from explorer.core.backbone import run_backbone
 from explorer.core.errors import ParamError
 from explorer.core.params import Param
 from explorer.core.passes import LayerCall
-from explorer.core.ranks import shard
+from explorer.core.ranks import step_share
 from explorer.core.variant import Variant
 from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, apply_closed_form, fit_notes
 from explorer.heal.closed_form import needed_boundaries as cf_boundaries
@@ -148,8 +148,7 @@ def train_groups(ctx: HealContext, v: Variant, params: dict, label: str,
 
     def loss_at(step: int) -> torch.Tensor:
         idx = next(order)                  # the step's windows, the same on every rank
-        mine = idx[shard(len(idx))]        # ranks: this one's share (all in one process)
-        share = len(mine) / len(idx)
+        mine, share = step_share(idx)      # ranks: this one's share (all in one process)
         return sum(g.loss(mine, ctx.first, device, params.get("loss", "mse"))
                    for g in groups) / len(groups) * share
 

@@ -38,6 +38,7 @@ from explorer.core.errors import LayerError
 from explorer.core.gather import Gather, Sums, View
 from explorer.core.model import LoadedModel
 from explorer.core.params import Param
+from explorer.core.ranks import reduce_sums, shard
 from explorer.core.variant import Variant
 from explorer.heal.closed_form import CLOSED_FORM_DEFAULTS, _norm_scale, apply_closed_form
 from explorer.heal.cuts import Cut, find_cuts, trainable_copy, with_slot
@@ -107,13 +108,15 @@ def magnitude_gap(ctx: HealContext, v: Variant, cut: Cut, carried: float) -> flo
         o = view.y.double().norm(dim=-1)
         acc.add("norm", o.sum())
         acc.add("n", o.numel())
-        ctx.report(view.rows.stop / data.num_windows, f"slot {k}")
+        ctx.report(view.rows.stop / (mine.stop - mine.start), f"slot {k}")
 
+    mine = shard(data.num_windows)       # ranks: this one's windows, the sums added after
     g = Gather(k, reduce, first=first)
-    for _ in run_backbone(ctx.lm, data.ids, variant=v, start=start, stop=k + 1,
-                          start_states=dense[start] if start > 0 else None, gather=[g]):
+    for _ in run_backbone(ctx.lm, data.ids[mine], variant=v, start=start, stop=k + 1,
+                          start_states=dense[start][mine] if start > 0 else None, gather=[g]):
         pass
-    total, count = float(g.sums["norm"]), float(g.sums["n"])
+    sums = reduce_sums(g.sums)
+    total, count = float(sums["norm"]), float(sums["n"])
     return d_norm / max(carried * total / max(count, 1), 1e-30)
 
 
