@@ -4,13 +4,11 @@ windows, are refused in one line."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from rank_launch import torchrun
 
 from explorer.core.errors import ExplorerError
 
@@ -18,13 +16,7 @@ WORKER = Path(__file__).with_name("rank_worker.py")
 
 
 def _torchrun(n: int, folder, out, *extra) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent), str(WORKER.parent),
-                                          os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-           "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
-           str(WORKER), str(folder), str(out), *extra]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(n, str(WORKER), str(folder), str(out), *extra)
     assert done.returncode == 0, done.stderr[-2000:]
     return torch.load(out)
 
@@ -67,12 +59,7 @@ def test_torchrun_similarity_command_equals_one_process(tiny_factory, capsys):
 
     folder = tiny_factory("llama", num_layers=6)
     args = ["similarity", "--model", str(folder), "--samples", "5", "--seqlen", "32", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent),
-                                          os.environ.get("PYTHONPATH", "")])}
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "-m", "explorer"]
-    done = subprocess.run(run + args, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(2, "-m", "explorer", *args)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == 1                                          # rank 0 alone printed
@@ -81,8 +68,7 @@ def test_torchrun_similarity_command_equals_one_process(tiny_factory, capsys):
     one = json.loads(capsys.readouterr().out)
     diff = max(abs(a - b) for ra, rb in zip(one["matrix"], two["matrix"]) for a, b in zip(ra, rb))
     assert diff <= 1e-6 and two["num_tokens"] == one["num_tokens"]
-    done = subprocess.run(run + ["export", "--model", str(folder), "--drop", "1", "--out",
-                                 str(folder.parent / "never")], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = torchrun(2, "-m", "explorer", "export", "--model", str(folder), "--drop", "1",
+                    "--out", str(folder.parent / "never"))
     assert done.returncode != 0
     assert "error: 'export' does not run as 2 ranks yet" in done.stderr

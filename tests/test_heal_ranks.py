@@ -8,26 +8,19 @@ alone)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from rank_launch import torchrun as launch
+
 from explorer import cli
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def torchrun(n: int, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --nproc_per_node n -m explorer ARGS`, one thread a rank."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "-m", "explorer", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    """`torchrun --nproc_per_node n -m explorer ARGS`."""
+    return launch(n, "-m", "explorer", *args, timeout=timeout)
 
 
 @pytest.fixture()

@@ -237,10 +237,8 @@ def test_two_gloo_ranks_measure_the_one_process_map(tiny_factory, sample_text, t
     candidate on its shard of the windows (2 + 3 of 5), the per-window sums are collected in
     window order, and rank 0 alone prints the one-process map."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+
+    from rank_launch import torchrun
 
     from explorer.cli import main
 
@@ -249,12 +247,7 @@ def test_two_gloo_ranks_measure_the_one_process_map(tiny_factory, sample_text, t
     text.write_text(sample_text)
     args = ["similarity", "--model", folder, "--text", str(text), "--measure", "damage",
             "--param", "max_block=2", "--seqlen", "32", "--samples", "5", "--json"]
-    root = Path(__file__).parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "-m", "explorer"]
-    done = subprocess.run(run + args, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun(2, "-m", "explorer", *args)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == 1                                          # rank 0 alone printed

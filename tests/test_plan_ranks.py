@@ -6,27 +6,18 @@ picks with the same figures (SLEB, BlockPruner, EvoPress, angular's plan), and t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from rank_launch import torchrun
 
 WORKER = Path(__file__).with_name("search_rank_worker.py")
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent), str(WORKER.parent),
-                                           os.environ.get("PYTHONPATH", "")])}
-
-
 def _torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", *args]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    done = torchrun(n, *args, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
