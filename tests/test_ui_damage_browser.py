@@ -36,7 +36,8 @@ def analysed_page(pw, url: str):
     pg.get_by_role("tab", name="2 · Analyse").click()
     pg.locator("#lx-samples input").fill("2")
     pg.click("#lx-analyse")
-    wait_text(pg, "#lx-analysis-status", "Probed", LONG)
+    # "Probed ..." on the first page, "Reused the earlier probe ..." on a later one (same windows)
+    wait_text(pg, "#lx-analysis-status", "recorded tokens per boundary", LONG)
     pg.get_by_text("Measured damage: how far can each similarity be trusted?").click()
     return browser, pg, errors
 
