@@ -123,6 +123,24 @@ def test_in_process_replay_reuses_the_live_variant(tiny_lm):
     assert said == [] and all(a is b for a, b in zip(again.slots, r.variant.slots))
 
 
+def test_the_same_healing_done_again_and_dropped_leaves_the_first_savable(tiny_lm, tmp_path):
+    """Issue 32: the app keeps its healed variant; a second healing of the same plan (a library
+    call, another session) that is then dropped must not hide the first one's tensors, or the
+    app's recipe would come without them (recipe.json alone instead of recipe.zip)."""
+    import gc
+
+    base = Variant.identity(tiny_lm).drop([1, 2])
+    kept = heal(base, "closed-form", **SMALL)
+    again = heal(base, "closed-form", **SMALL)
+    assert again.variant.steps == kept.variant.steps       # the same steps: one key
+    del again
+    gc.collect()
+    path = tmp_path / "recipe.json"
+    assert Recipe.of(kept.variant).save(path, tiny_lm) == []            # nothing missing
+    F.RESULTS.clear()
+    assert same_weights(Recipe.load(path).build(tiny_lm), kept.variant)
+
+
 @pytest.mark.parametrize("replacement", ["layer", "linear", "ffn"])
 def test_streamline_and_come_results_are_saved(tiny_lm, tmp_path, replacement):
     lm = tiny_lm

@@ -106,6 +106,18 @@ def test_download_after_a_heal_in_the_app_carries_the_healed_tensors(tiny_factor
     said: list[str] = []
     again = Recipe.load(f"{tmp}/recipe.json").build(lm, report=said.append)
     assert said == [] and same_weights(again, APP_CACHES.variant(lm, out["ops"]))   # nothing refitted
+    # issue 32: browsing more plans than the variants cache holds (other tabs, other sessions)
+    # does not drop the healing: the download still carries its tensors
+    import gc
+
+    from explorer.ui.caches import SIZES
+
+    del again                               # only the app's own variant holds the healing now
+    gc.collect()
+    for k in range(SIZES["variants"] + 2):
+        APP_CACHES.variant(lm, manual_plan(6, drops=[k % 6], merges=[] if k < 6 else [[4, 5]]).ops)
+    gc.collect()
+    assert jobs.recipe_job(spec, out["ops"], "manual", {}, {}).endswith(".zip")
 
 
 def test_closed_form_progress_counts_maps_and_windows(tiny_factory):

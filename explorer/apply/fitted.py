@@ -51,8 +51,9 @@ MODULES: dict[str, Callable[[LoadedModel, dict[str, torch.Tensor]], nn.Module]] 
 # op name -> predicate(op) -> whether that op's result is fitted from data (register_op(fitted=))
 FITTED_OPS: dict[str, Callable[[dict], bool]] = {}
 
-# The results of fitted ops made in this process, by (op_key, id(model)): weak references to the
-# new layers, so the store never keeps a variant alive.
+# The results of fitted ops made in this process, by (op_key, id(model)): a list of entries (one
+# per variant made with those steps, oldest first) holding weak references to the new layers, so
+# the store never keeps a variant alive.
 RESULTS: Store = Store("fitted results", size=256, model_bound=True)
 
 
@@ -126,19 +127,26 @@ def record(before: Variant, after: Variant) -> None:
     """Note the result of the fitted op that made `after` from `before` (its last step)."""
     slots, new = _describe(before, after)
     head = _head_of(before, after)
-    RESULTS.put((op_key(after.steps), id(after.lm.model)),
-                Entry(slots, layers={n: weakref.ref(s) for n, s in new.items()},
-                      model=weakref.ref(after.lm.model), head=head,
-                      head_ref=weakref.ref(after.head) if head == "new" else None))
+    entry = Entry(slots, layers={n: weakref.ref(s) for n, s in new.items()},
+                  model=weakref.ref(after.lm.model), head=head,
+                  head_ref=weakref.ref(after.head) if head == "new" else None)
+    key = (op_key(after.steps), id(after.lm.model))
+    with RESULTS.lock:       # keep the earlier results of these steps that are still alive
+        RESULTS.put(key, [e for e in RESULTS.get(key, []) if _alive(e, after.lm)] + [entry])
+
+
+def _alive(entry: Entry, lm: LoadedModel) -> bool:
+    return entry.model is not None and entry.model() is lm.model and \
+        entry.live_layers() is not None
 
 
 def recorded(lm: LoadedModel, steps: list[dict] | tuple[dict, ...]) -> Entry | None:
-    """The entry recorded in this process for these steps on this model, if its layers live."""
-    entry = RESULTS.get((op_key(steps), id(lm.model)))
-    if entry is None or entry.model is None or entry.model() is not lm.model or \
-            entry.live_layers() is None:
-        return None
-    return entry
+    """The newest entry recorded in this process for these steps on this model whose layers
+    live. Several variants can hold results of the same steps (the app's healed variant, and
+    the same healing done again by a library call that drops it soon after): the one alive is
+    the one to save."""
+    found = [e for e in RESULTS.get((op_key(steps), id(lm.model)), []) if _alive(e, lm)]
+    return found[-1] if found else None
 
 
 def restore(lm: LoadedModel, before: Variant, op: dict, entry: Entry) -> Variant:

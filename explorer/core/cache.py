@@ -23,7 +23,7 @@ The stores of the package (tests/test_core_cache.py finds every `Store(...)` in 
 this list): "tokens" (tokens.py), "calibration texts" (calibration.py), "dense figures" and
 "dense states" and "dense answers" (dense_cache.py), "fitted results" (fitted.py),
 "profiles" (profiles.py), "lm-eval task indexes" (tasks.py), and the app's "texts", "user texts",
-"probes", "variants" (ui/caches.py), "stop tokens" (ui/stop.py) and "damage maps"
+"probes", "variants", "fitted variants" (ui/caches.py), "stop tokens" (ui/stop.py) and "damage maps"
 (ui/damage_panel.py).
 """
 

@@ -12,6 +12,10 @@ cache service (`explorer.core.cache`, where they are listed, sized and cleared w
     probes      a probe of the calibration text with its adjacent-layer profiles and the similarity
                 matrices asked so far (`ProbeEntry`), by `ProbeKey`
     variants    variants rebuilt from recipe ops, by (model, ops) (a merged layer costs memory)
+    fitted      variants with fitted layers (a healing, streamline's or CoMe's fits), by (model,
+                ops): kept apart from `variants`, so that browsing other plans never drops the
+                healing a session shows (its replay would train again, and its recipe would come
+                without the fitted tensors: `explorer.apply.fitted` holds them weakly)
 
 `Store.get_or_compute` computes a missing entry once even when several sessions ask for it at the
 same moment (the others wait for it), outside the store's lock, and drops a result that belongs to
@@ -35,13 +39,14 @@ from explorer.core.errors import ExplorerError, TextError
 from explorer.core.model import LoadedModel
 from explorer.core.progress import Progress
 from explorer.probe.probe import ProbeResult
+from explorer.apply.fitted import is_fitted
 from explorer.apply.recipe import replay
 from explorer.probe.text import Texts, load_texts, user_texts
 from explorer.core.variant import Variant
 from explorer.ui.state import ProbeKey, Session
 
 # Entries each cache keeps (least recently used go first).
-SIZES = {"texts": 4, "user_texts": 8, "probes": 4, "variants": 8}
+SIZES = {"texts": 4, "user_texts": 8, "probes": 4, "variants": 8, "fitted": 8}
 
 
 @dataclass
@@ -64,6 +69,8 @@ class AppCaches:
         self.probes: Store[ProbeEntry] = Store("probes", size=SIZES["probes"], model_bound=True)
         self.variants: Store[Variant] = Store("variants", size=SIZES["variants"],
                                               model_bound=True)
+        self.fitted: Store[Variant] = Store("fitted variants", size=SIZES["fitted"],
+                                            model_bound=True)
         session.on_release(self.clear_model_caches)
 
     # -- model ------------------------------------------------------------------------------
@@ -77,6 +84,7 @@ class AppCaches:
         process's stores are also emptied by `explorer.core.cache.release_model_values`)."""
         self.probes.clear()
         self.variants.clear()
+        self.fitted.clear()
 
     @staticmethod
     def ensure_model(spec: str, progress: Progress | None = None) -> LoadedModel:
@@ -130,11 +138,17 @@ class AppCaches:
         """The variant described by recipe `ops` (cached: merges and fits are not redone)."""
         if not ops:
             return Variant.identity(lm)
-        found = self.variants.get_or_compute((lm.spec, self.ops_key(ops)), lambda: replay(lm, ops))
+        found = self._store(ops).get_or_compute((lm.spec, self.ops_key(ops)),
+                                                lambda: replay(lm, ops))
         return found if found.lm is lm else replay(lm, ops)
 
+    def _store(self, ops: list[dict]) -> Store[Variant]:
+        return self.fitted if any(is_fitted(op) for op in ops) else self.variants
+
     def remember_variant(self, v: Variant, ops: list[dict]) -> None:
-        self.variants.put((v.lm.spec, self.ops_key(ops)), v)
+        """Keep a variant built elsewhere (a method's plan, a healing) under its recipe `ops`; one
+        with fitted ops goes to the store of fitted variants."""
+        self._store(ops).put((v.lm.spec, self.ops_key(ops)), v)
 
 
 APP_CACHES = AppCaches()
