@@ -180,6 +180,36 @@ def test_a_probe_cut_by_the_text_says_so_and_a_reuse_is_not_called_fresh():
     assert reused.startswith("Reused the earlier probe") and "asked" not in reused
 
 
+def test_the_analysis_time_covers_its_whole_wall_time(tiny_factory, monkeypatch, clean_registry):
+    """Issue 32 [12]: "in 19.8 s" was the probe alone against 36 s of wall time. The status
+    names the probe's own time and the whole analysis' time, which includes what follows the
+    probe (here a layer map made slow on purpose) and is at most the call's own wall time."""
+    import re
+    import time
+
+    from explorer.ui import analysis, analyse_tab
+    from explorer.ui.caches import APP_CACHES
+    from explorer.ui.settings import UISettings
+    from explorer.ui.state import Session
+    from tiny import SAMPLE_TEXT
+
+    spec = str(tiny_factory("llama", num_layers=4))
+    APP_CACHES.ensure_model(spec)
+    state = Session(model=spec, num_layers=4, text=APP_CACHES.add_user_text(SAMPLE_TEXT))
+    slow = analysis.layer_map_figure
+
+    def slow_map(*a, **k):
+        time.sleep(1.5)
+        return slow(*a, **k)
+    monkeypatch.setattr(analysis, "layer_map_figure", slow_map)
+    t0 = time.monotonic()
+    status = analyse_tab.analyse(UISettings(), state, 16, 4, "mds")[1]
+    wall = time.monotonic() - t0
+    probe_s, total = (float(x) for x in re.search(
+        r"Probed .* in ([\d.]+) s; the whole analysis .* took ([\d.]+) s", status).groups())
+    assert total >= probe_s + 1.5 and total <= wall + 0.05
+
+
 def test_the_model_table_shows_no_server_path(tmp_path):
     from explorer.ui.model_tab import info_markdown
 

@@ -548,6 +548,8 @@ def test_7_export(page, walk):
         tab(pg, name)
         no_server_path(pg, walk, name)                                     # issue 25 [19]
     tab(pg, "5 · Export")
+    # the healed variant is still the one offered after Save and a visit to every tab
+    wait_text(pg, "#lx-recipe", "Download recipe (recipe.zip)")
     shot(pg, "walkthrough-7-export")
 
 
