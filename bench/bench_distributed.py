@@ -9,7 +9,10 @@ loads the default model, and then, timed between barriers so the slowest rank co
   - the dense perplexity's per-window NLL sums (wiki evaluation half, 4096 tokens);
   - a closed-form heal of layers 20-21 dropped (40 windows of 128), the fitted down projection
     kept;
-  - a seeded layer-wise heal (20 steps) of the same cut, its held-out perplexity kept.
+  - a seeded layer-wise heal (20 steps) of the same cut, its held-out perplexity kept;
+  - SLEB's search for 2 layers to remove (its default 8 calibration windows of 128), timed: under
+    ranks each candidate runs on each rank's share of the windows and the stops within a pass are
+    off (docs/scale.md), so this row says what the ranks buy against what those stops saved.
 
 Configurations: 1 rank x 1 thread (the baseline), 2 ranks x 1 thread, 1 process x 2 threads
 (analysis only). Rows: the largest difference of each figure between 2 ranks and 1 (targets:
@@ -41,9 +44,10 @@ from bench import common  # noqa: E402
 
 BENCH = "distributed"
 DROP = [20, 21]
+SLEB_REMOVE = 2
 
 
-def worker(out: str, heal_too: bool) -> None:
+def worker(out: str, heal_too: bool, search: bool = False) -> None:
     """One rank: the figures and timings above, written by rank 0 to `out`."""
     import torch.distributed as dist
 
@@ -75,17 +79,27 @@ def worker(out: str, heal_too: bool) -> None:
         got["map"] = lm.arch.part(cf.variant.layer(k), lm.arch.mlp_down).weight.detach().clone()
         lw = heal(Variant.identity(lm).drop(DROP), "layerwise", steps=20, **kw)
         got["held_out"] = lw.held_out_after
+    if search:
+        from explorer.plan import compress
+
+        barrier()
+        t0 = time.perf_counter()
+        plan = compress(lm, "sleb", remove=SLEB_REMOVE, calibration=texts.calibration)
+        barrier()
+        got["sleb_s"] = time.perf_counter() - t0
+        got["sleb_removed"] = sorted(plan.removed)
     if rank == 0:
         torch.save(got, out)
 
 
 def _launch(ranks: int, threads: int, heal_too: bool, folder: Path) -> dict:
+    """One torchrun launch of the worker; `heal_too` adds the heal rows and the SLEB search."""
     out = folder / f"r{ranks}t{threads}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
            "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", __file__, "--worker",
-           str(out)] + (["--heal"] if heal_too else [])
+           str(out)] + (["--heal", "--search"] if heal_too else [])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun {ranks}x{threads} failed: {done.stderr[-1500:]}")
@@ -162,13 +176,20 @@ def run(quick: bool = True, lm=None) -> list[dict]:
     rows.append(common.row(BENCH, "analysis: 1 process x 2 threads vs 1 x 1",
                            threads["analysis_s"], base, "s", higher_is_better=False,
                            note=f"{threads['analysis_s'] / base:.2f}x the 1-thread time"))
+    rows.append(common.row(BENCH, f"SLEB search (remove {SLEB_REMOVE}): 2 ranks x 1 thread vs 1",
+                           two["sleb_s"], one["sleb_s"], "s", higher_is_better=False,
+                           note=f"{two['sleb_s'] / one['sleb_s']:.2f}x the 1-rank time; removed "
+                           f"{two['sleb_removed']} vs {one['sleb_removed']} (the same plan "
+                           "expected); 8 x 128 calibration windows; under ranks the stops "
+                           "within a candidate's pass are off"))
     rows.append(_resume_row(lm if lm is not None else load_model(common.DEFAULT_MODEL)))
     return rows
 
 
 if __name__ == "__main__":
     if "--worker" in sys.argv:
-        worker(sys.argv[sys.argv.index("--worker") + 1], "--heal" in sys.argv)
+        worker(sys.argv[sys.argv.index("--worker") + 1], "--heal" in sys.argv,
+               "--search" in sys.argv)
     else:
         for r in run():
             print(json.dumps(r))
