@@ -31,8 +31,19 @@ def test_two_gloo_ranks_fit_the_one_process_map(tiny_factory, tmp_path):
     assert two["after"] == pytest.approx(one["after"], rel=1e-5)
     assert len(two["nll"]) == len(one["nll"]) == 20                 # per-window NLL, in order
     assert sum(two["nll"]) == pytest.approx(sum(one["nll"]), rel=1e-9)
+    assert set(one["sims"]) >= {"cosine", "bi", "angular", "cka", "npib"}
     for m, a in one["sims"].items():                               # probed on 4 + 3 windows
+        assert a.shape == (7, 7) and not a.isnan().any(), m
         assert (two["sims"][m] - a).abs().max() <= 1e-6, m
+    # the measures' work is shared: each rank ran a part of every split, the parts disjoint
+    # and together every item (token chunks, CKA rows, NPIB's boundaries and cells)
+    (alone,), (r0, r1) = one["shares"], two["shares"]
+    assert len(alone) == len(r0) == len(r1) >= 8
+    for (n, all_items), (n0, a), (n1, b) in zip(alone, r0, r1):
+        assert n == n0 == n1 and all_items == list(range(n))
+        assert sorted(a + b) == all_items
+        if n > 1:
+            assert a and b, (n, a, b)
     # layer-wise training: each rank its half of every step's windows, gradients added
     assert two["lw_after"] == pytest.approx(one["lw_after"], rel=1e-5)
     assert max(float((a - b).abs().max()) for a, b in zip(one["lw"], two["lw"])) <= 1e-5
