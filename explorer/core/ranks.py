@@ -9,8 +9,9 @@ rank order, the same on every rank, so a fit does not depend on who computed whi
 beyond float64 rounding.
 
 What goes through here (docs/scale.md): the closed-form and LinearPatch fits
-(`heal.closed_form.cut_gather`: sums), the probe (`gather_rows`: every window's states, so every
-similarity measure is one process's), perplexity (per-window NLLs), layer-wise healing's training
+(`heal.closed_form.cut_gather`: sums), the probe (`fill_rows`: every window's states on every
+rank), the similarity measures (`share_items`, `gather_items`, `most`: each rank computes its
+share of a measure's items, combined in item order, so a matrix is one process's), perplexity (per-window NLLs), layer-wise healing's training
 (`sum_tensors`: gradients; `from_rank0`: the time budget). The command line joins the group for
 `similarity` and `eval` (explorer/cli/__init__.py); rank 0 alone prints.
 

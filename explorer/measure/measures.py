@@ -15,7 +15,10 @@ Measures (see docs/measures.md for formulas and how to read each heatmap):
     npib     MKA's normalised mutual information of manifold embeddings (explorer.measure.npib)
 
 Computation happens on the device of `pr.states` (the GPU when the probe ran there); results come
-back on the CPU. Token-level measures accept `max_tokens` (a seeded random subset of the recorded
+back on the CPU. Under ranks (`explorer.core.ranks`) every rank calls a measure on the same
+probe and computes its share of the measure's chunks of tokens or rows (`ranks.share_items`);
+the parts are combined in the one-process order, so the matrix is one process's bit for bit
+(docs/measures.md, "Under ranks"). Token-level measures accept `max_tokens` (a seeded random subset of the recorded
 tokens, the same for every layer) to bound time and memory on long calibration text.
 
 One registry, `MEASURES` (name -> `Measure`), holds what the CLI, the app, the methods and the docs

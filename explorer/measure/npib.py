@@ -35,7 +35,9 @@ clipped to 0. NPIB is then "the share of the information the estimator can measu
 layers share" (for n = 256 points and k = 3 the scale is psi(256) - psi(3) - 1/3 = 4.3 nats).
 
 Everything is vectorised torch on the device of the probe; the loop over layer pairs runs in
-chunks of pairs on (pairs, n, n) distance blocks, so memory is O(n^2) per chunk.
+chunks of pairs on (pairs, n, n) distance blocks, so memory is O(n^2) per chunk. Under ranks each
+rank embeds its share of the boundaries and estimates its share of the chunks of cells; both are
+collected in order (`ranks.gather_items`), so the matrix is one process's.
 
 Example:
     >>> from explorer.measure.npib import npib_matrix, ksg_mi
