@@ -39,12 +39,50 @@ def main(folder: str, out: str, suffix: str = "") -> None:
 
     nll = perplexity(lm, SAMPLE_TEXT, seqlen=32, max_tokens=640).window_nll
     pr = probe(lm, SAMPLE_TEXT, seqlen=32, num_samples=7, max_tokens=150, batch_size=2)
-    sims = {m: similarity(pr, m) for m in ("cosine", "angular", "cka")}
+    shares = _count_shares()              # each measure's items, and the ones this rank ran
+    sims = {m: similarity(pr, m) for m in ("cosine", "bi", "angular", "cka", "npib")}
+    from explorer.measure.measures import cka_matrix
+    sims["cka features"] = cka_matrix(pr.states[:, :, :16])   # (L+2) 16 <= N: per-row items
+    sims["npib pooled"] = similarity(pr, "npib", points="pooled")
+    shares = _all_ranks(shares)
     if rank == 0:
         k = r.details["fits"][0]["slot"]
         torch.save({"down": lm.arch.part(r.variant.layer(k), lm.arch.mlp_down).weight.clone(),
                     "fits": r.details["fits"], "after": r.held_out_after, "ranks": size, "nll": nll, "sims": sims,
-                    "lw_after": lw.held_out_after, "lw": trained}, out)
+                    "lw_after": lw.held_out_after, "lw": trained, "shares": shares}, out)
+
+
+def _count_shares() -> list:
+    """Record, for every `share_items` call of the measures, (items, this rank's items); the
+    measures' chunks made small (the same in one process and under ranks)."""
+    from explorer.core import ranks
+    from explorer.measure import measures, npib
+
+    seen: list = []
+    chunk = measures._chunk             # small chunks, so that a tiny model's work has many
+    measures._chunk = lambda L1, width, budget=0: chunk(L1, width, 2 ** 12)
+    npib.CELL_BUDGET = 2 ** 17
+
+    def counting(costs):
+        mine = ranks.share_items(costs)
+        seen.append((len(costs), mine))
+        return mine
+
+    measures.share_items = npib.share_items = counting
+    return seen
+
+
+def _all_ranks(value: list) -> list:
+    """Every rank's `value`, in rank order (one process: [value])."""
+    from explorer.core.ranks import world
+
+    if world()[1] == 1:
+        return [value]
+    import torch.distributed as dist
+
+    got: list = [None] * world()[1]
+    dist.all_gather_object(got, value)
+    return got
 
 
 if __name__ == "__main__":

@@ -31,8 +31,19 @@ def test_two_gloo_ranks_fit_the_one_process_map(tiny_factory, tmp_path):
     assert two["after"] == pytest.approx(one["after"], rel=1e-5)
     assert len(two["nll"]) == len(one["nll"]) == 20                 # per-window NLL, in order
     assert sum(two["nll"]) == pytest.approx(sum(one["nll"]), rel=1e-9)
+    assert set(one["sims"]) >= {"cosine", "bi", "angular", "cka", "npib"}
     for m, a in one["sims"].items():                               # probed on 4 + 3 windows
+        assert a.shape == (7, 7) and not a.isnan().any(), m
         assert (two["sims"][m] - a).abs().max() <= 1e-6, m
+    # the measures' work is shared: each rank ran a part of every split, the parts disjoint
+    # and together every item (token chunks, CKA rows, NPIB's boundaries and cells)
+    (alone,), (r0, r1) = one["shares"], two["shares"]
+    assert len(alone) == len(r0) == len(r1) >= 8
+    for (n, all_items), (n0, a), (n1, b) in zip(alone, r0, r1):
+        assert n == n0 == n1 and all_items == list(range(n))
+        assert sorted(a + b) == all_items
+        if n > 1:
+            assert a and b, (n, a, b)
     # layer-wise training: each rank its half of every step's windows, gradients added
     assert two["lw_after"] == pytest.approx(one["lw_after"], rel=1e-5)
     assert max(float((a - b).abs().max()) for a, b in zip(one["lw"], two["lw"])) <= 1e-5
@@ -72,3 +83,25 @@ def test_torchrun_similarity_command_equals_one_process(tiny_factory, capsys):
                     "--out", str(folder.parent / "never"))
     assert done.returncode != 0
     assert "error: 'export' does not run as 2 ranks yet" in done.stderr
+
+
+def test_share_items_splits_by_cost_into_disjoint_runs(monkeypatch):
+    """Each rank's share of a measure's items: contiguous runs in item order, disjoint, covering
+    every item, balanced by cost (a costly first item counts for several cheap ones)."""
+    from explorer.core import ranks
+
+    costs = [8.0, 4.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]       # total 20
+    got = []
+    for r in range(3):
+        monkeypatch.setattr(ranks, "world", lambda r=r: (r, 3))
+        got.append(ranks.share_items(costs))
+    # item midpoints 4 | 10, 13 | 14.5, 15.5, ... of thirds 6.67 and 13.33
+    assert got == [[0], [1, 2], [3, 4, 5, 6, 7, 8]]
+    assert [sum(costs[i] for i in g) for g in got] == [8.0, 6.0, 6.0]
+    monkeypatch.setattr(ranks, "world", lambda: (0, 1))        # one process: every item, as is
+    assert ranks.share_items(costs) == list(range(9))
+    parts = {i: torch.full((2,), float(i)) for i in range(3)}
+    assert [float(t[0]) for t in ranks.gather_items(parts, 3)] == [0.0, 1.0, 2.0]
+    with pytest.raises(ExplorerError, match="items"):
+        ranks.gather_items({0: torch.zeros(1)}, 2)
+    assert ranks.shard_bounds(7) == [0, 7]

@@ -9,8 +9,9 @@ rank order, the same on every rank, so a fit does not depend on who computed whi
 beyond float64 rounding.
 
 What goes through here (docs/scale.md): the closed-form and LinearPatch fits
-(`heal.closed_form.cut_gather`: sums), the probe (`gather_rows`: every window's states, so every
-similarity measure is one process's), perplexity (per-window NLLs), layer-wise healing's training
+(`heal.closed_form.cut_gather`: sums), the probe (`fill_rows`: every window's states on every
+rank), the similarity measures (`share_items`, `gather_items`, `most`: each rank computes its
+share of a measure's items, combined in item order, so a matrix is one process's), perplexity (per-window NLLs), layer-wise healing's training
 (`sum_tensors`: gradients; `from_rank0`: the time budget). The command line joins the group for
 `similarity` and `eval` (explorer/cli/__init__.py); rank 0 alone prints.
 
@@ -21,6 +22,7 @@ Example (two processes on one machine, gloo):
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -175,3 +177,79 @@ def step_share(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
                          "ranks)")
     mine = idx[shard(len(idx))]
     return mine, len(mine) / len(idx)
+
+
+# -- a computation's work shared out (the similarity measures: explorer/measure/) -----------------
+
+def shard_bounds(n: int) -> list[int]:
+    """The window blocks of every rank as n's cut points [0, ..., n]: rank r's `shard(n)` is
+    [bounds[r], bounds[r + 1]). One process: [0, n]."""
+    _, size = world()
+    return [r * n // size for r in range(size + 1)]
+
+
+def fill_rows(t: torch.Tensor, bounds: Sequence[int], what: str = "collecting window rows") -> None:
+    """`t` (n, ...), contiguous, of which rank r has filled rows [bounds[r], bounds[r + 1]):
+    every rank's rows copied into `t` on every rank, in place (one broadcast per rank, no copy of
+    the rest): what `gather_rows` gives, without its padding, concatenation and transposes. One
+    process: nothing to do."""
+    _, size = world()
+    if size == 1:
+        return
+    if len(bounds) != size + 1 or not t.is_contiguous():
+        raise LayerError(f"fill_rows needs a contiguous tensor and {size + 1} bounds")
+    for r in range(size):
+        block = t[bounds[r]:bounds[r + 1]]
+        if block.numel():
+            if dist.get_backend() == "nccl" or block.device.type == "cpu":
+                _collective(lambda: dist.broadcast(block, src=r), what)
+            else:                                  # gloo and a GPU tensor: through the CPU
+                host = block.cpu()
+                _collective(lambda: dist.broadcast(host, src=r), what)
+                block.copy_(host)
+
+
+def share_items(costs: Sequence[float]) -> list[int]:
+    """This rank's items of a computation cut into len(costs) independent items (a measure's
+    chunks of tokens, its layers, its chunks of cells), each with its cost: contiguous runs in
+    item order, an item going to the rank whose share of the total cost holds its midpoint, the
+    same split on every rank. One process: every item."""
+    rank, size = world()
+    if size == 1:
+        return list(range(len(costs)))
+    total = float(sum(costs)) or 1.0
+    mine, done = [], 0.0
+    for i, c in enumerate(costs):
+        if min(size - 1, int((done + c / 2) / total * size)) == rank:
+            mine.append(i)
+        done += c
+    return mine
+
+
+def gather_items(mine: dict[int, torch.Tensor], n: int, device: torch.device | str = "cpu",
+                 what: str = "collecting the measures' parts") -> list[torch.Tensor]:
+    """Every rank's items ({item: tensor}, from `share_items`) collected: the n tensors in item
+    order, on every rank, on `device` (small tensors: they travel pickled). The caller combines them
+    in the one-process order (a sum item after item), so the result is the one process's bit
+    for bit. One process: `mine`'s tensors, in order."""
+    rank, size = world()
+    if size > 1:
+        got: list = [None] * size
+        local = {i: t.detach().cpu() for i, t in mine.items()}
+        _collective(lambda: dist.all_gather_object(got, local), what)
+        mine = {i: t for other in got for i, t in other.items()}
+    mine = {i: t.to(device) for i, t in mine.items()}
+    if sorted(mine) != list(range(n)):
+        raise LayerError(f"the ranks computed items {sorted(mine)[:8]}... of {n}")
+    return [mine[i] for i in range(n)]
+
+
+def most(value: float, what: str = "agreeing on convergence") -> float:
+    """The largest of every rank's `value`, on every rank (an iteration that stops when every
+    rank's part has converged, as the one process's whole does). One process: `value`."""
+    _, size = world()
+    if size == 1:
+        return value
+    got: list = [None] * size
+    _collective(lambda: dist.all_gather_object(got, float(value)), what)
+    return max(got)

@@ -15,7 +15,10 @@ Measures (see docs/measures.md for formulas and how to read each heatmap):
     npib     MKA's normalised mutual information of manifold embeddings (explorer.measure.npib)
 
 Computation happens on the device of `pr.states` (the GPU when the probe ran there); results come
-back on the CPU. Token-level measures accept `max_tokens` (a seeded random subset of the recorded
+back on the CPU. Under ranks (`explorer.core.ranks`) every rank calls a measure on the same
+probe and computes its share of the measure's chunks of tokens or rows (`ranks.share_items`);
+the parts are combined in the one-process order, so the matrix is one process's bit for bit
+(docs/measures.md, "Under ranks"). Token-level measures accept `max_tokens` (a seeded random subset of the recorded
 tokens, the same for every layer) to bound time and memory on long calibration text.
 
 One registry, `MEASURES` (name -> `Measure`), holds what the CLI, the app, the methods and the docs
@@ -45,6 +48,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from explorer.core.ranks import gather_items, share_items
 from explorer.core.registry import Registry
 from explorer.core.errors import ExplorerError
 from explorer.measure.npib import POINTS, npib_matrix
@@ -157,9 +161,13 @@ def cosine_matrix(states: torch.Tensor) -> torch.Tensor:
     L1, N, H = states.shape
     acc = torch.zeros(L1, L1, dtype=torch.float64, device=states.device)
     step = _chunk(L1, H)
-    for lo in range(0, N, step):
-        u = _unit(states[:, lo:lo + step].float()).reshape(L1, -1)   # (L+1, n*H)
-        acc += (u @ u.T).double()
+    los = range(0, N, step)
+    parts = {}
+    for i in share_items([min(step, N - lo) for lo in los]):     # ranks: this one's chunks
+        u = _unit(states[:, los[i]:los[i] + step].float()).reshape(L1, -1)   # (L+1, n*H)
+        parts[i] = (u @ u.T).double()
+    for part in gather_items(parts, len(los), acc.device):       # chunk order: one sum
+        acc += part
     m = acc / N
     m.fill_diagonal_(1.0)
     return _symmetric(m)
@@ -189,20 +197,25 @@ def cka_matrix(states: torch.Tensor) -> torch.Tensor:
     x = states.float()
     x = x - x.mean(dim=1, keepdim=True)                        # centre every layer over tokens
     hsic = torch.zeros(L1, L1, dtype=torch.float64, device=x.device)
+    parts = {}
     if (L1 + 1) * H <= N:          # feature cross-covariances are cheaper
-        for a in range(L1):
+        for a in share_items([L1 - a for a in range(L1)]):     # ranks: this one's rows
             c = torch.einsum("nh,bng->bhg", x[a], x[a:])       # (L+1-a, H, H)
-            row = c.double().pow(2).sum(dim=(1, 2))                # (L+1-a,)
+            parts[a] = c.double().pow(2).sum(dim=(1, 2))           # (L+1-a,)
+        for a, row in enumerate(gather_items(parts, L1, hsic.device)):
             hsic[a, a:] = row
             hsic[a:, a] = row
     else:                            # row blocks of the Gram matrices, upper triangle only
         step = _chunk(L1, N)
-        for lo in range(0, N, step):
-            hi = min(N, lo + step)
+        los = range(0, N, step)
+        for i in share_items([min(step, N - lo) * (N - lo) for lo in los]):   # ranks: a share
+            lo, hi = los[i], min(N, los[i] + step)
             rows = torch.matmul(x[:, lo:hi], x[:, lo:].transpose(1, 2))  # (L+1, m, N-lo)
             diag = rows[:, :, :hi - lo].reshape(L1, -1)                  # block on the diagonal
             upper = rows[:, :, hi - lo:].reshape(L1, -1)                 # right of it: counts twice
-            hsic += (diag @ diag.T).double() + 2 * (upper @ upper.T).double()
+            parts[i] = (diag @ diag.T).double() + 2 * (upper @ upper.T).double()
+        for part in gather_items(parts, len(los), hsic.device):      # chunk order: one sum
+            hsic += part
     norm = hsic.diagonal().clamp_min(1e-300).sqrt()           # (L+1,) ||X_a^T X_a||_F
     m = hsic / (norm[:, None] * norm[None, :])
     m.fill_diagonal_(1.0)

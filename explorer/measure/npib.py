@@ -35,7 +35,9 @@ clipped to 0. NPIB is then "the share of the information the estimator can measu
 layers share" (for n = 256 points and k = 3 the scale is psi(256) - psi(3) - 1/3 = 4.3 nats).
 
 Everything is vectorised torch on the device of the probe; the loop over layer pairs runs in
-chunks of pairs on (pairs, n, n) distance blocks, so memory is O(n^2) per chunk.
+chunks of pairs on (pairs, n, n) distance blocks, so memory is O(n^2) per chunk. Under ranks each
+rank embeds its share of the boundaries and estimates its share of the chunks of cells; both are
+collected in order (`ranks.gather_items`), so the matrix is one process's.
 
 Example:
     >>> from explorer.measure.npib import npib_matrix, ksg_mi
@@ -51,10 +53,12 @@ import math
 import torch
 
 from explorer.core.errors import ExplorerError
+from explorer.core.ranks import gather_items, most, share_items
 from explorer.probe.token_select import massive_tokens, select_tokens
 from explorer.probe.probe import ProbeResult
 
 POINTS = ("tokens", "pooled", "last")
+CELL_BUDGET = 2 ** 22      # distance entries in one chunk of cells (pairs x n x n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,9 +72,13 @@ def _median_offdiagonal(dist: torch.Tensor) -> torch.Tensor:
 
 
 def top_eigenpairs(sym: torch.Tensor, m: int, tol: float = 1e-9,
-                   max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+                   max_iter: int = 300, shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The m largest eigenpairs of a batch of symmetric PSD matrices (G, n, n), descending:
     values (G, m), vectors (G, n, m).
+
+    shared: the batch is this rank's share of one the ranks split (`ranks.share_items`); the
+    iteration then stops when every rank's matrices have converged, as the whole batch does in one
+    process, so each matrix's pairs are the one process's.
 
     A full eigendecomposition costs O(n^3) per cloud and is slow on a CPU; we only need the top
     d+1 pairs, so we run block (subspace) iteration on A^4 with a few extra vectors and finish with
@@ -94,17 +102,20 @@ def top_eigenpairs(sym: torch.Tensor, m: int, tol: float = 1e-9,
             w, v = torch.linalg.eigh(ritz)
             w, vec = w.flip(-1)[:, :m], q @ v.flip(-1)[:, :, :m]       # (G, m), (G, n, m)
             resid = (sym @ vec - vec * w[:, None, :]).norm(dim=1)      # (G, m)
-            if float(resid.max()) < tol:
+            worst = float(resid.max()) if resid.numel() else 0.0
+            if (most(worst) if shared else worst) < tol:
                 break
     return w, vec
 
 
 def diffusion_map(points: torch.Tensor, d: int = 2, sigma: float | str | None = "median",
-                  alpha: float = 0.5) -> torch.Tensor:
+                  alpha: float = 0.5, shared: bool = False) -> torch.Tensor:
     """Diffusion-map coordinates of one cloud (n, D) or a batch of clouds (G, n, D) -> (..., n, d).
 
     sigma: kernel scale; "median" (or None) uses each cloud's median pairwise distance, a number
     fixes it (MKA's code uses 8, which suits no particular model). Coordinates are standardised.
+    shared: the batch is this rank's share of the ranks' clouds (`top_eigenpairs`); every rank
+    must then call it, with its own share.
     """
     single = points.dim() == 2
     x = points[None] if single else points
@@ -137,7 +148,7 @@ def diffusion_map(points: torch.Tensor, d: int = 2, sigma: float | str | None = 
     kern = kern / (q[:, :, None] * q[:, None, :]).pow(alpha)
     r = kern.sum(-1)                                                   # (G, n)
     sym = kern / (r[:, :, None] * r[:, None, :]).sqrt()
-    evals, evecs = top_eigenpairs(sym, d + 1)                          # (G, d+1), (G, n, d+1)
+    evals, evecs = top_eigenpairs(sym, d + 1, shared=shared)           # (G, d+1), (G, n, d+1)
     evals, evecs = evals[:, 1:], evecs[:, :, 1:]                       # skip the trivial 1
     coords = evecs / r.sqrt()[:, :, None] * evals[:, None, :]          # Markov right eigvecs
     coords = coords - coords.mean(dim=1, keepdim=True)
@@ -258,7 +269,11 @@ def npib_matrix(pr: ProbeResult, *, points: str = "tokens", num_points: int = 25
     cloud = calibration_points(pr, points, num_points, seed, max_norm_ratio)   # (L+1, n, H)
     L1, n, _ = cloud.shape
     _check_k(n, k)
-    emb = diffusion_map(cloud, d=d, sigma=sigma, alpha=alpha)           # (L+1, n, d)
+    # ranks: each embeds its share of the boundaries, then every rank holds every embedding
+    mine = share_items([1.0] * L1)                                      # a contiguous run
+    part = diffusion_map(cloud[mine[0]:mine[-1] + 1] if mine else cloud[:0], d=d, sigma=sigma,
+                         alpha=alpha, shared=True)                      # (|mine|, n, d)
+    emb = torch.stack(gather_items(dict(zip(mine, part)), L1, cloud.device))   # (L+1, n, d)
     dist = torch.stack([chebyshev(emb[a]) for a in range(L1)])          # (L+1, n, n)
     if pairs is None:
         pairs = [(a, b) for a in range(L1) for b in range(a + 1, L1)]
@@ -267,14 +282,15 @@ def npib_matrix(pr: ProbeResult, *, points: str = "tokens", num_points: int = 25
             raise ExplorerError(f"pair ({a}, {b}) is outside boundaries 0..{L1 - 1}")
     # the normalisers I(Y_a; Y_a) are estimated with the same code, batched with the pairs
     cells = [(a, a) for a in range(L1)] + [(a, b) for a, b in pairs if a != b]
-    mi = torch.empty(len(cells), dtype=torch.float64, device=dist.device)
-    step = max(1, 2 ** 22 // (n * n))
-    for lo in range(0, len(cells), step):
-        chunk = cells[lo:lo + step]
+    step = max(1, CELL_BUDGET // (n * n))
+    los = range(0, len(cells), step)
+    parts = {}
+    for i in share_items([len(cells[lo:lo + step]) for lo in los]):    # ranks: a share of chunks
+        chunk = cells[los[i]:los[i] + step]
         ia = torch.tensor([c[0] for c in chunk], device=dist.device)
         ib = torch.tensor([c[1] for c in chunk], device=dist.device)
-        mi[lo:lo + len(chunk)] = ksg_from_distances(dist[ia], dist[ib], k)
-    mi = mi.cpu()
+        parts[i] = ksg_from_distances(dist[ia], dist[ib], k)
+    mi = torch.cat(gather_items(parts, len(los)))                       # (cells,) float64, CPU
     self_info = mi[:L1].clamp_min(1e-12).tolist()                        # (L+1,) I(Y_a; Y_a)
     out = torch.full((L1, L1), math.nan, dtype=torch.float64)
     for (a, b), value in zip(cells[L1:], mi[L1:].tolist()):

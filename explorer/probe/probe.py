@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from explorer.core.errors import LayerError, TextError
 from explorer.core.model import LoadedModel
 from explorer.core.progress import Progress
-from explorer.core.ranks import gather_rows, shard, world
+from explorer.core.ranks import fill_rows, shard, shard_bounds, world
 from explorer.core.backbone import run_backbone
 from explorer.core.gather import Gather, Sums, View
 from explorer.core.tokens import auto_batch_size, tokenize, use_bos, windows
@@ -148,11 +148,13 @@ def probe(lm: LoadedModel, text: str | None = None, *, input_ids: torch.Tensor |
                 states[slot, offset:offset + sel.numel()] = flat[(sel - lo).to(dev)]
             last[slot, b0:b1] = hidden[:, -1].float()
     if world()[1] > 1:               # every rank gets every window's states, in window order
-        lo, hi = mine.start * keep.numel(), mine.stop * keep.numel()
+        wins = shard_bounds(B)       # every rank's windows, and so its rows of states and last
+        rows = [w * keep.numel() for w in wins]
         if chosen is not None:
-            lo, hi = int((chosen < lo).sum()), int((chosen < hi).sum())
-        states = gather_rows(states[:, lo:hi].transpose(0, 1), N).transpose(0, 1).contiguous()
-        last = gather_rows(last[:, mine].transpose(0, 1), B).transpose(0, 1).contiguous()
+            rows = [int((chosen < r).sum()) for r in rows]
+        for slot in range(L + 1):    # in place: each slot's rows of a rank are one block
+            fill_rows(states[slot], rows, "collecting the probed states")
+            fill_rows(last[slot], wins, "collecting the probed states")
     return ProbeResult(states=states, last=last, sample_of=sample_of.to(dev),
                        input_ids=input_ids.cpu(), skip_first=skip_first,
                        seconds=time.perf_counter() - start)
