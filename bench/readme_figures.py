@@ -54,7 +54,7 @@ METHOD_ROWS = (   # (row in methods_table.jsonl, label in the README)
     ("sleb", "SLEB (perplexity-guided, one layer at a time)"),
     ("blockpruner", "BlockPruner (attention/MLP blocks, perplexity-guided)"),
     ("evopress:seconds=3300", "EvoPress (drop sets searched whole; docs/search.md)"),
-    ("damage", "measured damage (least damaging layers, greedy; docs/measures.md)"),
+    ("damage", "measured damage (the least damaging block; docs/methods.md)"),
 )
 HEALED_ROWS = (("shortgpt", "ShortGPT"), ("angular", "angular distance"),
                ("streamline", "LLM-Streamline"), ("sleb", "SLEB"), ("mka", "MKA (NPIB)"),
