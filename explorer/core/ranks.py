@@ -21,12 +21,15 @@ Example (two processes on one machine, gloo):
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from explorer.core.errors import LayerError, one_line
 from explorer.core.gather import Sums
+from explorer.core.settings import get
 
 
 def world() -> tuple[int, int]:
@@ -41,7 +44,8 @@ def init_from_env() -> tuple[int, int]:
     when this rank has a GPU, else gloo. One process (no $WORLD_SIZE, or 1): nothing to do."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        wait = timedelta(seconds=get("LAYER_EXPLORER_RANK_TIMEOUT"))
+        dist.init_process_group(backend, timeout=wait)
     return world()
 
 
@@ -61,12 +65,24 @@ def rank_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + 1_000_003 * rank)
 
 
+class RankStopped(LayerError):
+    """Another rank stopped (it died, or it did not reach a collective within
+    LAYER_EXPLORER_RANK_TIMEOUT seconds): this rank stops too, with one line."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The backend's reason, short: gloo's "[.../pair.cc:537] Read error [addr]: Connection reset
+    by peer. This is typically caused by..." -> "Read error [addr]: Connection reset by peer"."""
+    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", one_line(exc))
+    return text.split(". ")[0].rstrip(".")[:160]
+
+
 def _collective(fn, what: str):
     try:
         return fn()
     except (RuntimeError, dist.DistBackendError) as exc:
-        raise LayerError(f"a rank stopped while the ranks were {what} ({one_line(exc)}); "
-                         "nothing of this step was kept") from None
+        raise RankStopped(f"a rank stopped while the ranks were {what} ({_reason(exc)}): "
+                          "this rank stops too, nothing of this step was kept") from None
 
 
 def agree(value: object, what: str) -> None:

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from explorer.core.errors import LayerError, one_line
+from explorer.core.settings import get
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -58,6 +59,7 @@ class LayerCheckpoint:
         self.fingerprint: dict | None = None
         self.prefix: list[str] = []
         self.saves = 0                     # layers checkpointed by this pass (for the tests)
+        self.resumed_at: int | None = None  # the boundary this pass went on from, if it resumed
 
     # -- starting ----------------------------------------------------------------------------
     def start(self, fingerprint: dict, prefix: list[str]) -> int:
@@ -82,6 +84,7 @@ class LayerCheckpoint:
         if manifest["prefix"] != prefix[:k]:
             raise LayerError(f"the checkpoint in {self.folder} was made with other layers before "
                              f"boundary {k}: not resuming; start without --resume")
+        self.resumed_at = k
         return k
 
     def _clear(self) -> None:
@@ -131,3 +134,5 @@ class LayerCheckpoint:
             raise LayerError(f"could not write the checkpoint in {self.folder}: "
                              f"{one_line(exc)}") from None
         self.saves += 1
+        if get("LAYER_EXPLORER_TEST_EXIT_AFTER_LAYER") == boundary:
+            os._exit(3)                    # test hook: a process that dies after this layer
