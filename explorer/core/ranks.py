@@ -45,7 +45,11 @@ def init_from_env() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         wait = timedelta(seconds=get("LAYER_EXPLORER_RANK_TIMEOUT"))
-        dist.init_process_group(backend, timeout=wait)
+        try:
+            dist.init_process_group(backend, timeout=wait)
+        except (RuntimeError, ValueError, dist.DistBackendError) as exc:
+            raise RankStopped(f"could not join the group of {os.environ['WORLD_SIZE']} ranks "
+                              f"({_reason(exc)}): start every rank again") from None
     return world()
 
 

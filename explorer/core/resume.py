@@ -9,8 +9,11 @@ refused in one line (`--resume` asked) or replaced (not asked).
 
 Files (one folder per pass): `manifest.json` ({"fingerprint", "boundary", "prefix"}, replaced
 atomically after the states it names are written), `b{boundary}-{batch}.pt` (the states, (b, T, H)),
-`sums.pt` (the gathers' sums). Under ranks only rank 0 writes (`explorer.core.ranks`); each rank
-checkpoints its own shard of the windows in a folder named for its rank.
+`sums.pt` (the gathers' sums). Under ranks (`explorer.core.ranks`) each rank checkpoints its own
+shard of the windows in a folder of its own, `rank-{r}-of-{N}/`.
+
+A rank that dies leaves its folder usable (the manifest names only states already written); the
+test hook LAYER_EXPLORER_TEST_EXIT_AFTER_LAYER=k makes a process exit right after saving layer k.
 
 Example:
     >>> cp = LayerCheckpoint("runs/probe-70b", resume=True)
