@@ -57,7 +57,7 @@ def test_eval_killed_after_a_layer_resumes_there(tiny_factory, sample_text, tmp_
     text.write_text(sample_text)
     cp = tmp_path / "cp"
     args = ["eval", "--model", str(tiny_factory("llama", num_layers=6)), "--text", str(text),
-            "--seqlen", "32", "--max-tokens", "320", "--drop", "4", "--json"]
+            "--seqlen", "24", "--max-tokens", "240", "--drop", "4", "--json"]
     killed = subprocess.run([sys.executable, "-m", "explorer", *args, "--checkpoint", str(cp)],
                             env=_env(**{HOOK: "3"}), capture_output=True, text=True,
                             timeout=120)
