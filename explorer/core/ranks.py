@@ -12,7 +12,11 @@ What goes through here (docs/scale.md): the closed-form and LinearPatch fits
 (`heal.closed_form.cut_gather`: sums), the probe (`gather_rows`: every window's states, so every
 similarity measure is one process's), perplexity (per-window NLLs), layer-wise healing's training
 (`sum_tensors`: gradients; `from_rank0`: the time budget). The command line joins the group for
-`similarity` and `eval` (explorer/cli/__init__.py); rank 0 alone prints.
+`similarity`, `eval`, `compress` and `heal` (explorer/cli/__init__.py: RANKED); rank 0 alone
+prints and writes files.
+
+A rank that dies (or hangs past LAYER_EXPLORER_RANK_TIMEOUT seconds) makes the others' next
+collective raise `RankStopped`, one line; checkpoints stay usable (explorer/core/resume.py).
 
 Example (two processes on one machine, gloo):
     $ torchrun --nproc_per_node 2 my_script.py     # my_script calls ranks.init_from_env()
