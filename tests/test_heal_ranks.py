@@ -103,3 +103,39 @@ def test_heal_command_bad_input_is_one_line(base, capsys):
     assert cli.main(base + ["--mode", "closed-form", "--out", "x.txt"]) == 2
     err = capsys.readouterr().err
     assert "ending in .json" in err and err.count("\n") == 1
+
+
+def test_two_ranks_compress_and_heal_as_one_process(tiny_factory, sample_text, tmp_path, capsys):
+    """`compress --heal` as 2 ranks (MKA, which merges by a similarity measure, and the closed form): the same layers
+    removed, the one process's healed figures (1e-4) and exported weights (1e-5 of each tensor's
+    size), and one export, rank 0's."""
+    text = tmp_path / "text.txt"
+    text.write_text(sample_text)
+    args = ["compress", "--model", str(tiny_factory("llama", num_layers=6)), "--method",
+            "mka", "--remove", "2", "--text", str(text), "--calib-seqlen", "32",
+            "--calib-samples", "6", "--seqlen", "32", "--max-tokens", "320",
+            "--heal", "closed-form", "--heal-text", str(text), "--heal-param", "seqlen=32",
+            "--heal-param", "windows=12", "--heal-param", "held_out=2", "--json"]
+    capsys.readouterr()
+    assert cli.main(args + ["--out", str(tmp_path / "one")]) == 0
+    one = json.loads(capsys.readouterr().out)
+    done = torchrun(2, args + ["--out", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1                                  # rank 0 alone printed
+    two = json.loads(lines[0])
+    assert two["removed"] == one["removed"] and len(one["removed"]) == 2
+    assert two["ppl_after"] == pytest.approx(one["ppl_after"], rel=1e-9)
+    for key in ("held_out_before", "held_out_after"):
+        assert two["heal"][key] == pytest.approx(one["heal"][key], rel=1e-4), key
+    assert two["heal"]["held_out_after"] != pytest.approx(two["heal"]["held_out_before"],
+                                                          rel=1e-6)          # it healed
+    assert two["ppl_healed"] == pytest.approx(one["ppl_healed"], rel=1e-4)
+    assert two["out_of_domain"]["ppl_healed"] == pytest.approx(
+        one["out_of_domain"]["ppl_healed"], rel=1e-4)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one").iterdir())
+    shards = sorted(p.name for p in (tmp_path / "one").glob("*.safetensors"))
+    assert shards
+    for name in shards:
+        assert max_diff(tmp_path / "one" / name, tmp_path / "two" / name, relative=True) <= 1e-5

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from explorer.core.errors import ExplorerError
 from explorer.core.progress import Event
@@ -67,15 +69,58 @@ def load_progress(args):
     return progress
 
 
-def ppl(lm, args, variant=None, texts=None, calibrated: bool = False):
+def ppl(lm, args, variant=None, texts=None, calibrated: bool = False, checkpoint=None):
     """Perplexity on --text: a user's file whole, or only its evaluation half when the command
-    also calibrates on it (`calibrated`; the protocol line then says so)."""
+    also calibrates on it (`calibrated`; the protocol line then says so). checkpoint: a
+    `LayerCheckpoint` (`layer_checkpoint`): the pass saves each layer and can resume."""
     from explorer.evaluate.perplexity import perplexity
     from explorer.probe.text import load_texts
 
     text, source = (texts or load_texts(args.text)).for_evaluation(calibrated)
     return perplexity(lm, text, variant=variant, seqlen=args.seqlen,
-                      max_tokens=args.max_tokens or None, bos=args.bos, source=source)
+                      max_tokens=args.max_tokens or None, bos=args.bos, source=source,
+                      checkpoint=checkpoint)
+
+
+def checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """--checkpoint FOLDER and --resume: a layer-major pass that saves each layer and goes on
+    from the last one saved (explorer/core/resume.py)."""
+    p.add_argument("--checkpoint", default=None, metavar="FOLDER",
+                   help="run layer by layer and save each layer's states here, so that a killed "
+                   "run can go on with --resume (explorer/core/resume.py)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from the layer saved in --checkpoint (refused in one line when "
+                   "the model, text or settings changed)")
+
+
+def layer_checkpoint(args, name: str | None = None):
+    """The `LayerCheckpoint` of --checkpoint (in its subfolder `name`: one per pass of a command
+    that makes several), or None without --checkpoint."""
+    from pathlib import Path
+
+    from explorer.core.resume import LayerCheckpoint
+
+    if args.resume and not args.checkpoint:
+        raise ExplorerError("--resume needs --checkpoint FOLDER (where the run saved its layers)")
+    if not args.checkpoint:
+        return None
+    folder = Path(args.checkpoint) / name if name else Path(args.checkpoint)
+    return LayerCheckpoint(folder, resume=args.resume)
+
+
+@contextmanager
+def resumable(args) -> Iterator[None]:
+    """A rank that stopped (`ranks.RankStopped`) while this command checkpoints: the line says
+    that the checkpoint stays usable and how to go on."""
+    from explorer.core.ranks import RankStopped
+
+    try:
+        yield
+    except RankStopped as exc:
+        if not getattr(args, "checkpoint", None):
+            raise
+        raise RankStopped(f"{exc}; the checkpoint in {args.checkpoint} stays usable: run the "
+                          "same command again with --resume") from None
 
 
 def parse_params(items: list[str], flag: str = "--param") -> dict[str, str]:

@@ -4,7 +4,9 @@ perplexity ratio (`--max-ppl-ratio`), run tasks, time it and export.
 Ranks (`torchrun --nproc_per_node N -m explorer compress ...`, docs/scale.md): every method runs;
 the probe, the perplexities and the searches' candidate scores are computed on each rank's shard
 of the windows and combined, every other step runs whole on every rank, and rank 0 alone prints
-and exports (`--out`: one folder, one recipe). `--heal` is refused as ranks."""
+and exports (`--out`: one folder, one recipe). `--heal` runs every healing mode as ranks, as the
+`heal` command does (the fits add their sums across ranks, the training modes split each step's
+windows and add the gradients); the healed export is rank 0's alone."""
 
 from __future__ import annotations
 
@@ -65,9 +67,6 @@ def run(args) -> dict | str:
     check_heal_args(args)
     check_speed_args(args)
     rank, size = world()
-    if size > 1 and args.heal:
-        raise ExplorerError(f"compress --heal does not run as {size} ranks yet: leave out "
-                            "--heal, or run it as one process")
     if args.max_ppl_ratio is not None:
         from explorer.evaluate.gate import check_gate
         check_gate(args.max_ppl_ratio)

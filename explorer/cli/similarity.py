@@ -6,7 +6,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from explorer.cli.common import listing_parser, load, model_args, parse_params
+from explorer.cli.common import (checkpoint_args, layer_checkpoint, listing_parser, load,
+                                 model_args, parse_params, resumable)
 
 
 def add(sub) -> None:
@@ -29,12 +30,7 @@ def add(sub) -> None:
                    help="BOS token in front of each window")
     p.add_argument("--keep-first", action="store_true",
                    help="also use the first position of each window (massive activations)")
-    p.add_argument("--checkpoint", default=None, metavar="FOLDER",
-                   help="run layer by layer and save each layer's states here, so that a killed "
-                   "run can go on with --resume (explorer/core/resume.py)")
-    p.add_argument("--resume", action="store_true",
-                   help="go on from the layer saved in --checkpoint (refused in one line when "
-                   "the model, text or settings changed)")
+    checkpoint_args(p)
     p.add_argument("--models", default="", help="several models side by side (a,b,c): one "
                    "adjacent-layer profile each on relative depth 0..1, instead of --model's matrix")
     p.add_argument("--csv", default=None, metavar="PATH",
@@ -44,10 +40,8 @@ def add(sub) -> None:
 def run(args) -> dict:
     import time
 
-    from explorer.core.errors import LayerError
     from explorer.measure.measures import get_measure, similarity
     from explorer.probe.probe import probe
-    from explorer.core.resume import LayerCheckpoint
     from explorer.probe.text import load_texts
 
     if args.measure == "damage":
@@ -60,13 +54,12 @@ def run(args) -> dict:
                               seqlen=args.seqlen, samples=args.samples, bos=args.bos,
                               skip_first=not args.keep_first, params=params, device=args.device,
                               dtype=args.dtype).to_dict()
-    if args.resume and not args.checkpoint:
-        raise LayerError("--resume needs --checkpoint FOLDER (where the run saved its layers)")
+    cp = layer_checkpoint(args)
     lm = load(args)
     texts = load_texts(args.text)
-    cp = LayerCheckpoint(args.checkpoint, resume=args.resume) if args.checkpoint else None
-    pr = probe(lm, texts.calibration, seqlen=args.seqlen, num_samples=args.samples,
-               bos=args.bos, skip_first=not args.keep_first, checkpoint=cp)
+    with resumable(args):
+        pr = probe(lm, texts.calibration, seqlen=args.seqlen, num_samples=args.samples,
+                   bos=args.bos, skip_first=not args.keep_first, checkpoint=cp)
     start = time.perf_counter()
     matrix = similarity(pr, args.measure, **params)
     if args.csv:

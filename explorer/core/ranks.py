@@ -11,9 +11,14 @@ beyond float64 rounding.
 What goes through here (docs/scale.md): the closed-form and LinearPatch fits
 (`heal.closed_form.cut_gather`: sums), the probe (`fill_rows`: every window's states on every
 rank), the similarity measures (`share_items`, `gather_items`, `most`: each rank computes its
-share of a measure's items, combined in item order, so a matrix is one process's), perplexity (per-window NLLs), layer-wise healing's training
+share of a measure's items, combined in item order, so a matrix is one process's), perplexity
+(per-window NLLs), layer-wise healing's training
 (`sum_tensors`: gradients; `from_rank0`: the time budget). The command line joins the group for
-`similarity` and `eval` (explorer/cli/__init__.py); rank 0 alone prints.
+`similarity`, `eval`, `compress` and `heal` (explorer/cli/__init__.py: RANKED); rank 0 alone
+prints and writes files.
+
+A rank that dies (or hangs past LAYER_EXPLORER_RANK_TIMEOUT seconds) makes the others' next
+collective raise `RankStopped`, one line; checkpoints stay usable (explorer/core/resume.py).
 
 Example (two processes on one machine, gloo):
     $ torchrun --nproc_per_node 2 my_script.py     # my_script calls ranks.init_from_env()
@@ -22,6 +27,8 @@ Example (two processes on one machine, gloo):
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from typing import Sequence
 
 import torch
@@ -29,6 +36,7 @@ import torch.distributed as dist
 
 from explorer.core.errors import LayerError, one_line
 from explorer.core.gather import Sums
+from explorer.core.settings import get
 
 
 def world() -> tuple[int, int]:
@@ -43,7 +51,12 @@ def init_from_env() -> tuple[int, int]:
     when this rank has a GPU, else gloo. One process (no $WORLD_SIZE, or 1): nothing to do."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        wait = timedelta(seconds=get("LAYER_EXPLORER_RANK_TIMEOUT"))
+        try:
+            dist.init_process_group(backend, timeout=wait)
+        except (RuntimeError, ValueError, dist.DistBackendError) as exc:
+            raise RankStopped(f"could not join the group of {os.environ['WORLD_SIZE']} ranks "
+                              f"({_reason(exc)}): start every rank again") from None
     return world()
 
 
@@ -63,12 +76,24 @@ def rank_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + 1_000_003 * rank)
 
 
+class RankStopped(LayerError):
+    """Another rank stopped (it died, or it did not reach a collective within
+    LAYER_EXPLORER_RANK_TIMEOUT seconds): this rank stops too, with one line."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The backend's reason, short: gloo's "[.../pair.cc:537] Read error [addr]: Connection reset
+    by peer. This is typically caused by..." -> "Read error [addr]: Connection reset by peer"."""
+    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", one_line(exc))
+    return text.split(". ")[0].rstrip(".")[:160]
+
+
 def _collective(fn, what: str):
     try:
         return fn()
     except (RuntimeError, dist.DistBackendError) as exc:
-        raise LayerError(f"a rank stopped while the ranks were {what} ({one_line(exc)}); "
-                         "nothing of this step was kept") from None
+        raise RankStopped(f"a rank stopped while the ranks were {what} ({_reason(exc)}): "
+                          "this rank stops too, nothing of this step was kept") from None
 
 
 def agree(value: object, what: str) -> None:

@@ -9,8 +9,11 @@ refused in one line (`--resume` asked) or replaced (not asked).
 
 Files (one folder per pass): `manifest.json` ({"fingerprint", "boundary", "prefix"}, replaced
 atomically after the states it names are written), `b{boundary}-{batch}.pt` (the states, (b, T, H)),
-`sums.pt` (the gathers' sums). Under ranks only rank 0 writes (`explorer.core.ranks`); each rank
-checkpoints its own shard of the windows in a folder named for its rank.
+`sums.pt` (the gathers' sums). Under ranks (`explorer.core.ranks`) each rank checkpoints its own
+shard of the windows in a folder of its own, `rank-{r}-of-{N}/`.
+
+A rank that dies leaves its folder usable (the manifest names only states already written); the
+test hook LAYER_EXPLORER_TEST_EXIT_AFTER_LAYER=k makes a process exit right after saving layer k.
 
 Example:
     >>> cp = LayerCheckpoint("runs/probe-70b", resume=True)
@@ -28,6 +31,7 @@ from typing import Sequence
 import torch
 
 from explorer.core.errors import LayerError, one_line
+from explorer.core.settings import get
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -58,6 +62,7 @@ class LayerCheckpoint:
         self.fingerprint: dict | None = None
         self.prefix: list[str] = []
         self.saves = 0                     # layers checkpointed by this pass (for the tests)
+        self.resumed_at: int | None = None  # the boundary this pass went on from, if it resumed
 
     # -- starting ----------------------------------------------------------------------------
     def start(self, fingerprint: dict, prefix: list[str]) -> int:
@@ -82,6 +87,7 @@ class LayerCheckpoint:
         if manifest["prefix"] != prefix[:k]:
             raise LayerError(f"the checkpoint in {self.folder} was made with other layers before "
                              f"boundary {k}: not resuming; start without --resume")
+        self.resumed_at = k
         return k
 
     def _clear(self) -> None:
@@ -131,3 +137,5 @@ class LayerCheckpoint:
             raise LayerError(f"could not write the checkpoint in {self.folder}: "
                              f"{one_line(exc)}") from None
         self.saves += 1
+        if get("LAYER_EXPLORER_TEST_EXIT_AFTER_LAYER") == boundary:
+            os._exit(3)                    # test hook: a process that dies after this layer

@@ -128,6 +128,13 @@ SETTINGS: dict[str, Setting] = _declare(
             "first)", "library"),
     Setting("LAYER_EXPLORER_STREAM_STATE_MB", "MiB", 1024 * 2**20,
             "boundary states a layer-major pass keeps in RAM before it spills to disk", "library"),
+    # -- ranks and runs that resume (docs/scale.md) ------------------------------------------
+    Setting("LAYER_EXPLORER_RANK_TIMEOUT", "int", 1800,
+            "seconds a rank waits at a collective for the others before it stops with one line "
+            "(a rank that died)", "library"),
+    Setting("LAYER_EXPLORER_TEST_EXIT_AFTER_LAYER", "int", None,
+            "test hook: the process exits (os._exit) right after its checkpoint holds this layer "
+            "(tests of a run that dies and resumes; never set it otherwise)", "library"),
     # -- the command line ----------------------------------------------------------------------
     Setting("LAYER_EXPLORER_VERBOSE", "switch", False,
             "1 keeps the warnings of transformers and other libraries (as --verbose)", "cli"),

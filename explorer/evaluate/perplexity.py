@@ -152,7 +152,7 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                 abandon_above: float | None = None, bound: torch.Tensor | None = None,
                 defer: bool = False, progress: Progress | None = None,
                 label: str = "perplexity", control: Sequence[float] | None = None,
-                layer_major: bool | None = None) -> WindowPass:
+                layer_major: bool | None = None, checkpoint=None) -> WindowPass:
     """Per-window NLL of `variant` on windows `ids` (W, T): the one evaluation loop.
 
     reference: stored states of a variant that shares a prefix with this one (dense_cache): the
@@ -174,8 +174,12 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
         dense figure plus the mean change so far (`running_event`).
     layer_major: run the layers one at a time over every window (explorer/core/stream.py; the same
         figures, no early stop before the last layer); None: when the model streams its layers.
+    checkpoint: a `resume.LayerCheckpoint`: the pass runs layer by layer, saves each layer and
+        goes on from the saved one when resuming (explorer/core/resume.py).
     """
     variant = variant or Variant.identity(lm)
+    if checkpoint is not None:          # a pass that saves its layers runs layer by layer
+        layer_major = True
     W, T = ids.shape
     perm = torch.as_tensor(spread_order(W) if order is None else list(order), dtype=torch.long)
     start, ref_states = 0, None
@@ -204,7 +208,7 @@ def run_windows(lm: LoadedModel, ids: torch.Tensor, *, variant: Variant | None =
                            final_norm=True, record=record, batch_size=batch_size,
                            layer_major=layer_major,
                            progress=progress if _streams(lm, layer_major) else None,
-                           label=label)
+                           label=label, checkpoint=checkpoint)
     try:
         with autocast(lm.device, lm.dtype, dt):
             for batch in batches:
@@ -273,7 +277,7 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
                max_tokens: int | None = 16384, batch_size: int | None = None, bos: str = "auto",
                source: str = "text", progress: Progress | None = None,
                compute_dtype: str | torch.dtype | None = None, cache: bool = True,
-               layer_major: bool | None = None) -> PPLResult:
+               layer_major: bool | None = None, checkpoint=None) -> PPLResult:
     """Perplexity of the model (or of `variant`) on `text` under the protocol above.
 
     max_tokens: evaluate at most this many text tokens (None: the whole text).
@@ -288,13 +292,16 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
     layer_major: run layer by layer (explorer/core/stream.py): the same figure with one layer's
         weights on the device at a time; None: when the model streams its layers (load_model's
         offload).
+    checkpoint: a `resume.LayerCheckpoint` (the `eval` command's --checkpoint): the pass runs
+        layer by layer, saves each layer's frontier and, resuming, goes on from the saved layer;
+        the dense cache is bypassed (a resumed pass must run the pass it saved).
     """
     w = evaluation_windows(lm, text, seqlen, max_tokens, bos)
     variant = variant or Variant.identity(lm)
     dt = compute_dtype_of(lm.dtype, compute_dtype)
     t0 = time.perf_counter()
     kw = dict(variant=variant, batch_size=batch_size, compute_dtype=dt, progress=progress,
-              layer_major=layer_major)
+              layer_major=layer_major, checkpoint=checkpoint)
 
     def result(p: WindowPass) -> PPLResult:
         W = w.shape[0]
@@ -310,7 +317,7 @@ def perplexity(lm: LoadedModel, text: str, *, variant: Variant | None = None, se
 
     if world()[1] > 1:                # ranks: each its shard of the windows, NLLs collected
         return result(sharded_windows(lm, w, **kw))
-    if not cache:
+    if not cache or checkpoint is not None:
         return result(run_windows(lm, w, **kw))
     key = dense_key(lm, w, dt)
     marks = dense_checkpoints(lm, w)
