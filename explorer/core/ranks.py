@@ -61,12 +61,20 @@ def init_from_env() -> tuple[int, int]:
 
 
 def shard(n: int) -> slice:
-    """This rank's windows of n: a contiguous block, the blocks in rank order."""
+    """This rank's windows of n: a contiguous block, the blocks in rank order (`shard_bounds`)."""
     rank, size = world()
     if size > n:
         raise LayerError(f"{size} ranks but only {n} windows: every rank needs at least one "
                          f"window (use at most {n} ranks, or more windows)")
-    return slice(rank * n // size, (rank + 1) * n // size)
+    bounds = shard_bounds(n)
+    return slice(bounds[rank], bounds[rank + 1])
+
+
+def shard_bounds(n: int) -> list[int]:
+    """The window blocks of every rank as n's cut points [0, ..., n]: rank r's `shard(n)` is
+    [bounds[r], bounds[r + 1]). One process: [0, n]."""
+    _, size = world()
+    return [r * n // size for r in range(size + 1)]
 
 
 def rank_generator(seed: int) -> torch.Generator:
@@ -205,13 +213,6 @@ def step_share(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 # -- a computation's work shared out (the similarity measures: explorer/measure/) -----------------
-
-def shard_bounds(n: int) -> list[int]:
-    """The window blocks of every rank as n's cut points [0, ..., n]: rank r's `shard(n)` is
-    [bounds[r], bounds[r + 1]). One process: [0, n]."""
-    _, size = world()
-    return [r * n // size for r in range(size + 1)]
-
 
 def fill_rows(t: torch.Tensor, bounds: Sequence[int], what: str = "collecting window rows") -> None:
     """`t` (n, ...), contiguous, of which rank r has filled rows [bounds[r], bounds[r + 1]):
