@@ -19,6 +19,36 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+TOASTS_JS = "() => [...document.querySelectorAll('[data-testid=toast-text]')].map(t => t.innerText)"
+
+
+def toasts(pg) -> list[str]:
+    """The messages of the toasts on the page (without their title and close button)."""
+    return pg.evaluate(TOASTS_JS)
+
+
+def wait_text(pg, selector: str, fragment: str, timeout: int = 30_000,
+              errors_end_it: bool = False) -> None:
+    """Until the text of `selector` holds `fragment` (checked every 250 ms, not on animation
+    frames, which a busy headless page may deliver late). With `errors_end_it`, an error toast
+    that appears meanwhile ends the wait at once. Either way, a failed wait says what the
+    element showed instead and which toasts were up, so a timeout in CI can be read."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    before = pg.locator(".toast-body.error").count()
+    try:
+        pg.wait_for_function(
+            """([s, f, stop, before]) => (document.querySelector(s)?.innerText || '').includes(f)
+               || (stop && document.querySelectorAll('.toast-body.error').length > before)""",
+            arg=[selector, fragment, errors_end_it, before], timeout=timeout, polling=250)
+    except PlaywrightTimeout:
+        pass
+    shown = pg.evaluate("(s) => document.querySelector(s)?.innerText ?? null", selector)
+    if shown is None or fragment not in shown:
+        raise AssertionError(f"{selector} never showed {fragment!r} (waited up to {timeout} ms); "
+                             f"it shows {shown!r}; toasts on the page: {toasts(pg)}")
+
+
 def small_settings(tmp: Path):
     """Settings that keep every step to seconds on a CPU: 4 windows x 32 tokens of probe, a
     perplexity on 128 tokens (2 windows of 64), 4 generated tokens for one prompt."""

@@ -9,19 +9,13 @@ import shutil
 
 import pytest
 
-from app_server import CHROMIUM, CHROMIUM_ARGS
+from app_server import CHROMIUM, CHROMIUM_ARGS, wait_text
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium"),
               pytest.mark.usefixtures("clean_registry"), pytest.mark.slow]
 
 LONG = 400_000
-
-
-def wait_text(pg, selector: str, fragment: str, timeout: int = 60_000) -> None:
-    pg.wait_for_function(
-        "([s, f]) => (document.querySelector(s)?.innerText || '').includes(f)",
-        arg=[selector, fragment], timeout=timeout)
 
 
 def analysed_page(pw, url: str):
@@ -38,16 +32,26 @@ def analysed_page(pw, url: str):
     pg.click("#lx-analyse")
     # "Probed ..." on the first page, "Reused the earlier probe ..." on a later one (same windows)
     wait_text(pg, "#lx-analysis-status", "recorded tokens per boundary", LONG)
+    pg.wait_for_selector("#lx-stop[disabled]", timeout=LONG)     # nothing of it still runs
     pg.get_by_text("Measured damage: how far can each similarity be trusted?").click()
     return browser, pg, errors
+
+
+def measure(pg, block: str) -> None:
+    """Ask the damage map of blocks up to `block` layers: the field is typed, left (so the page
+    holds the value, not only the input) and read back before the button is pressed."""
+    field = pg.locator("#lx-damage-block input")
+    field.fill(block)
+    field.press("Tab")
+    assert field.input_value() == block
+    pg.click("#lx-damage-run")
 
 
 def test_click_a_scatter_point_selects_its_block(live_app):
     with playwright.sync_playwright() as pw:
         browser, pg, errors = analysed_page(pw, live_app.url)
-        pg.locator("#lx-damage-block input").fill("1")
-        pg.click("#lx-damage-run")
-        wait_text(pg, "#lx-damage-status", "Measured 30 removals", LONG)
+        measure(pg, "1")
+        wait_text(pg, "#lx-damage-status", "Measured 30 removals", LONG, errors_end_it=True)
         pg.wait_for_selector("#lx-damage-scatter .js-plotly-plot .nsewdrag", timeout=60_000)
         pg.locator("#lx-damage-scatter").scroll_into_view_if_needed()
         pg.wait_for_timeout(500)
@@ -93,15 +97,14 @@ def test_the_map_fills_in_and_stop_leaves_it_partial(live_app, monkeypatch):
     monkeypatch.setattr(D, "_candidate", paced)
     with playwright.sync_playwright() as pw:
         browser, pg, errors = analysed_page(pw, live_app.url)
-        pg.locator("#lx-damage-block input").fill("3")          # 30 + 29 + 28 = 87 candidates
-        pg.click("#lx-damage-run")
+        measure(pg, "3")                                         # 30 + 29 + 28 = 87 candidates
         # live: the status counts the candidates done and the map is drawn before the end
-        wait_text(pg, "#lx-damage-status", "Measuring:", LONG)
+        wait_text(pg, "#lx-damage-status", "Measuring:", LONG, errors_end_it=True)
         pg.wait_for_function("() => /of 87 candidates so far/.test(document.querySelector("
                              "'#lx-damage-map .js-plotly-plot')?._fullLayout?.title?.text "
                              "|| '')", timeout=60_000)
         pg.click("#lx-stop")
-        wait_text(pg, "#lx-damage-status", "Stopped, partial:", LONG)
+        wait_text(pg, "#lx-damage-status", "Stopped, partial:", LONG, errors_end_it=True)
         status = pg.locator("#lx-damage-status").inner_text()
         k = int(status.split("Stopped, partial: ")[1].split(" of 87")[0])
         assert 0 < k < 87, status

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from test_ui_walkthrough import QUICK, TIMEOUT, VIEW, shot, tab, text, wait_text
+from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, toasts, wait_text
+from test_ui_walkthrough import QUICK, TIMEOUT, VIEW, shot, tab, text
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium"),
@@ -60,12 +60,6 @@ def generations_done(pg, last_column: str) -> None:
     is refused while they are written)."""
     pg.wait_for_function("(c) => [...document.querySelectorAll('#lx-gens th')].map(t => "
                          "t.innerText.trim()).at(-1) === c", arg=last_column, timeout=TIMEOUT)
-
-
-def toasts(pg) -> list[str]:
-    """The messages of the toasts on the page (without their title and close button)."""
-    return pg.evaluate("() => [...document.querySelectorAll('[data-testid=toast-text]')]"
-                       ".map(t => t.innerText)")
 
 
 def save(pg, live_app, name: str) -> tuple[str, dict, set[str]]:

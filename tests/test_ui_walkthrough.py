@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
+from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, wait_text
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium"),
@@ -98,12 +98,6 @@ def text(pg, selector: str) -> str:
 
 def field(pg, elem_id: str) -> str:
     return pg.input_value(f"#{elem_id} textarea, #{elem_id} input")
-
-
-def wait_text(pg, selector: str, fragment: str, timeout: int = QUICK) -> None:
-    pg.wait_for_function(
-        "([s, f]) => (document.querySelector(s)?.innerText || '').includes(f)",
-        arg=[selector, fragment], timeout=timeout)
 
 
 def wait_field(pg, elem_id: str, value: str, timeout: int = QUICK) -> None:
