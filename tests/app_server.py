@@ -49,6 +49,20 @@ def wait_text(pg, selector: str, fragment: str, timeout: int = 30_000,
                              f"it shows {shown!r}; toasts on the page: {toasts(pg)}")
 
 
+def fill_field(pg, selector: str, value: str, tries: int = 20) -> None:
+    """Type `value` into the input `selector` and leave it, until it holds for 250 ms: a component
+    the page mounts late (in an accordion just opened, a tab just shown) can be given its
+    initial value again after the first typing, on a loaded machine."""
+    field = pg.locator(selector)
+    for _ in range(tries):
+        field.fill(value)
+        field.press("Tab")
+        pg.wait_for_timeout(250)
+        if field.input_value() == value:
+            return
+    raise AssertionError(f"{selector} would not keep {value!r}: it shows {field.input_value()!r}")
+
+
 def small_settings(tmp: Path):
     """Settings that keep every step to seconds on a CPU: 4 windows x 32 tokens of probe, a
     perplexity on 128 tokens (2 windows of 64), 4 generated tokens for one prompt."""

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from app_server import CHROMIUM, CHROMIUM_ARGS, wait_text
+from app_server import CHROMIUM, CHROMIUM_ARGS, fill_field, wait_text
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium"),
@@ -28,22 +28,18 @@ def analysed_page(pw, url: str):
     pg.click("#lx-load")
     wait_text(pg, "#lx-model-info", "134,515,008", LONG)
     pg.get_by_role("tab", name="2 · Analyse").click()
-    pg.locator("#lx-samples input").fill("2")
+    fill_field(pg, "#lx-samples input", "2")
     pg.click("#lx-analyse")
     # "Probed ..." on the first page, "Reused the earlier probe ..." on a later one (same windows)
-    wait_text(pg, "#lx-analysis-status", "recorded tokens per boundary", LONG)
+    wait_text(pg, "#lx-analysis-status", "2 windows x 32 tokens", LONG)
     pg.wait_for_selector("#lx-stop[disabled]", timeout=LONG)     # nothing of it still runs
     pg.get_by_text("Measured damage: how far can each similarity be trusted?").click()
     return browser, pg, errors
 
 
 def measure(pg, block: str) -> None:
-    """Ask the damage map of blocks up to `block` layers: the field is typed, left (so the page
-    holds the value, not only the input) and read back before the button is pressed."""
-    field = pg.locator("#lx-damage-block input")
-    field.fill(block)
-    field.press("Tab")
-    assert field.input_value() == block
+    """Ask the damage map of blocks up to `block` layers (the field typed until it holds)."""
+    fill_field(pg, "#lx-damage-block input", block)
     pg.click("#lx-damage-run")
 
 
