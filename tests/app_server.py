@@ -50,9 +50,9 @@ def wait_text(pg, selector: str, fragment: str, timeout: int = 30_000,
 
 
 def fill_field(pg, selector: str, value: str, tries: int = 20) -> None:
-    """Type `value` into the input `selector` and leave it, until it holds for 250 ms: a component
-    the page mounts late (in an accordion just opened, a tab just shown) can be given its
-    initial value again after the first typing, on a loaded machine."""
+    """Type `value` into the input `selector` and leave it, until it holds for 250 ms. Seen once
+    in CI: a field in an accordion just opened read its initial value again right after the
+    typing (probably mounted late), and the step then ran with the wrong value."""
     field = pg.locator(selector)
     for _ in range(tries):
         field.fill(value)

@@ -20,6 +20,7 @@ def main(folder: str, out: str, suffix: str = "") -> None:
     rank, size = world()
     text = SAMPLE_TEXT + (suffix * rank)           # a suffix: the ranks disagree on the text
     lm = load_model(folder)
+    passes = _count_heal_passes()           # the windows of each of healing's dense passes
     try:
         r = heal(Variant.identity(lm).drop([2, 3]), "closed-form", calibration=text, seqlen=32,
                  windows=12, held_out=2, seed=0)
@@ -29,6 +30,7 @@ def main(folder: str, out: str, suffix: str = "") -> None:
         return
     from explorer.evaluate.perplexity import perplexity
 
+    passes = _all_ranks(list(passes))
     lw = heal(Variant.identity(lm).drop([2, 3]), "layerwise", steps=4, batch=4, keep_best=False,
               calibration=text, seqlen=32, windows=12, held_out=2, seed=0)
     trained = [t.clone() for k in range(lw.variant.num_layers)
@@ -49,7 +51,24 @@ def main(folder: str, out: str, suffix: str = "") -> None:
         k = r.details["fits"][0]["slot"]
         torch.save({"down": lm.arch.part(r.variant.layer(k), lm.arch.mlp_down).weight.clone(),
                     "fits": r.details["fits"], "after": r.held_out_after, "ranks": size, "nll": nll, "sims": sims,
-                    "lw_after": lw.held_out_after, "lw": trained, "shares": shares}, out)
+                    "lw_after": lw.held_out_after, "lw": trained, "shares": shares,
+                    "passes": passes}, out)
+
+
+def _count_heal_passes() -> list:
+    """Record the number of windows of every pass healing's data runs (explorer/heal/data.py:
+    the dense states, the held-out figures)."""
+    from explorer.heal import data
+
+    seen: list = []
+    run = data.run_backbone
+
+    def counting(lm, ids, **kw):
+        seen.append(int(ids.shape[0]))
+        return run(lm, ids, **kw)
+
+    data.run_backbone = counting
+    return seen
 
 
 def _count_shares() -> list:

@@ -1,6 +1,7 @@
 """Data-parallel ranks (explorer/core/ranks.py): two gloo ranks, each on half of the windows, fit the
-same closed-form map and the same per-window NLLs and similarity matrices as one process; ranks that disagree on the text, and more ranks than
-windows, are refused in one line."""
+same closed-form map and the same per-window NLLs and similarity matrices as one process, and
+healing's dense passes are split between them; ranks that disagree on the text, and more ranks
+than windows, are refused in one line."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def test_two_gloo_ranks_fit_the_one_process_map(tiny_factory, tmp_path):
         assert sorted(a + b) == all_items
         if n > 1:
             assert a and b, (n, a, b)
+    # healing's dense states and held-out figures: each rank ran its part of every pass
+    (alone,), (p0, p1) = one["passes"], two["passes"]
+    assert len(alone) == len(p0) == len(p1) >= 3 and 12 in alone and 2 in alone
+    assert all(n0 + n1 == n and n0 and n1 for n, n0, n1 in zip(alone, p0, p1)), (alone, p0, p1)
     # layer-wise training: each rank its half of every step's windows, gradients added
     assert two["lw_after"] == pytest.approx(one["lw_after"], rel=1e-5)
     assert max(float((a - b).abs().max()) for a, b in zip(one["lw"], two["lw"])) <= 1e-5

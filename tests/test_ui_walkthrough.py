@@ -364,7 +364,9 @@ def test_4_plan_with_a_method(page, walk, caplog, capfd):
     # [5] [13] a bad parameter is refused at once with one message; the plan stays on screen
     pg.locator("#lx-method input").click()
     pg.get_by_role("option", name=re.compile("^LaCo")).click()
-    pg.locator("#lx-param-laco-T input").fill("5")
+    laco_t = pg.locator("#lx-param-laco-T input")
+    default_t = laco_t.input_value()
+    laco_t.fill("5")
     capfd.readouterr()
     pg.click("#lx-method-plan")
     # issue 32 [6]: in words, the method and the field by their names on the page
@@ -378,6 +380,7 @@ def test_4_plan_with_a_method(page, walk, caplog, capfd):
     assert "Traceback" not in capfd.readouterr().err
     assert any("LaCo: Acceptance threshold (T) must be" in r.getMessage()
                for r in caplog.records)
+    laco_t.fill(default_t)             # the screenshot below shows a value LaCo accepts
 
     # [6] "Update plan" now edits the method's plan instead of bringing back the old manual one
     pg.click("#lx-update-plan")

@@ -224,15 +224,18 @@ def fill_rows(t: torch.Tensor, bounds: Sequence[int], what: str = "collecting wi
         return
     if len(bounds) != size + 1 or not t.is_contiguous():
         raise LayerError(f"fill_rows needs a contiguous tensor and {size + 1} bounds")
+    # the backend's own device: NCCL moves CUDA tensors, gloo CPU ones; a block elsewhere
+    # travels through a copy there
+    wire = "cuda" if dist.get_backend() == "nccl" else "cpu"
     for r in range(size):
         block = t[bounds[r]:bounds[r + 1]]
         if block.numel():
-            if dist.get_backend() == "nccl" or block.device.type == "cpu":
+            if block.device.type == wire:
                 _collective(lambda: dist.broadcast(block, src=r), what)
-            else:                                  # gloo and a GPU tensor: through the CPU
-                host = block.cpu()
-                _collective(lambda: dist.broadcast(host, src=r), what)
-                block.copy_(host)
+            else:
+                moved = block.to(wire)
+                _collective(lambda: dist.broadcast(moved, src=r), what)
+                block.copy_(moved)
 
 
 def share_items(costs: Sequence[float]) -> list[int]:

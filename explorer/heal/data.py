@@ -10,6 +10,12 @@ and a changed model or text never does.
 All forward passes go through `explorer.core.backbone.run_backbone`. States are kept on the CPU in
 float32, (W, T, H) per boundary: 256 windows x 128 tokens x 576 floats = 75 MB for SmolLM2.
 
+Under torchrun (`explorer.core.ranks`) every pass here is shared out: each rank runs its shard of
+the windows, and the dense states and top-k answers are copied into every rank's tensors in place
+(`ranks.fill_rows`), the held-out figure's per-window NLL sums collected in window order
+(`ranks.gather_rows`). Every rank then holds what one process would, the training steps index
+any window, and the passes take 1/N of the time.
+
 Example:
     >>> data = HealData.build(lm, load_texts("wiki").calibration, seqlen=128, windows=128,
     ...                       held_out=8, owner="example")
@@ -28,7 +34,8 @@ from explorer.core.backbone import run_backbone
 from explorer.core.dense_cache import CACHE, DenseAnswers
 from explorer.core.dense_key import heal_key
 from explorer.core.errors import TextError
-from explorer.evaluate.nll import LOGIT_CHUNK, final_logits, token_nll
+from explorer.core.ranks import fill_rows, gather_rows, shard, shard_bounds, world
+from explorer.evaluate.nll import LOGIT_CHUNK, final_logits, window_nll_sums
 from explorer.core.model import LoadedModel
 from explorer.core.progress import Progress
 from explorer.probe.probe import calibration_windows
@@ -119,20 +126,27 @@ class HealData:
     def _dense_topk(self, k: int, progress: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
         st = self.store
         if st.topk is None or st.topk[0].shape[-1] != k:
-            idx, lp = [], []
+            W, T = self.ids.shape
+            mine = shard(W)                        # ranks: this one's windows
+            idx = torch.empty((W, T, k), dtype=torch.long)
+            lp = torch.empty((W, T, k), dtype=torch.float32)
             start = max(st.states, default=0)      # continue from the deepest cached state
-            for b in run_backbone(self.lm, self.ids, start=start, final_norm=True,
-                                  start_states=st.states.get(start), progress=progress,
-                                  label="dense next-token distributions"):
+            x = st.states.get(start)
+            for b in run_backbone(self.lm, self.ids[mine], start=start, final_norm=True,
+                                  start_states=x[mine] if x is not None else None,
+                                  progress=progress, label="dense next-token distributions"):
                 flat = b.hidden.reshape(-1, b.hidden.shape[-1])                 # (b*T, H)
                 ti, tv = [], []
                 for s in range(0, flat.shape[0], LOGIT_CHUNK):   # (chunk, V) logits at a time
                     top = F.log_softmax(final_logits(self.lm, flat[s:s + LOGIT_CHUNK]), -1).topk(k)
                     ti.append(top.indices.cpu())
                     tv.append(top.values.float().cpu())
-                idx.append(torch.cat(ti).view(*b.hidden.shape[:2], k))
-                lp.append(torch.cat(tv).view(*b.hidden.shape[:2], k))
-            st.topk = (torch.cat(idx), torch.cat(lp))
+                rows = slice(mine.start + b.rows.start, mine.start + b.rows.stop)   # of all W
+                idx[rows] = torch.cat(ti).view(*b.hidden.shape[:2], k)
+                lp[rows] = torch.cat(tv).view(*b.hidden.shape[:2], k)
+            for t in (idx, lp):
+                fill_rows(t, shard_bounds(W), "collecting the dense next-token distributions")
+            st.topk = (idx, lp)
         return st.topk
 
 
@@ -148,14 +162,24 @@ def variant_states(lm: LoadedModel, v: Variant, ids: torch.Tensor, boundaries: l
                    progress: Progress | None = None, label: str = "states", start: int = 0,
                    start_states: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
     """Residual stream of `v` at `boundaries` (all >= start) for windows `ids`, running from
-    boundary `start` with the given states there: {b: (W, T, H) float32 CPU}."""
-    out: dict[int, list[torch.Tensor]] = {b: [] for b in boundaries}
-    for batch in run_backbone(lm, ids, variant=v, start=start, start_states=start_states,
+    boundary `start` with the given states there: {b: (W, T, H) float32 CPU}. Under ranks each
+    rank runs its shard of the windows and every rank ends with all of them."""
+    W = ids.shape[0]
+    mine = shard(W)
+    out: dict[int, torch.Tensor] = {}
+    for batch in run_backbone(lm, ids[mine], variant=v, start=start,
+                              start_states=start_states[mine] if start_states is not None else None,
                               stop=max(boundaries), record=boundaries, progress=progress,
                               label=label):
+        rows = slice(mine.start + batch.rows.start, mine.start + batch.rows.stop)   # of all W
         for b in boundaries:
-            out[b].append(batch.states[b].float().cpu())
-    return {b: torch.cat(parts) for b, parts in out.items()}
+            h = batch.states[b]                                              # (b, T, H)
+            if b not in out:
+                out[b] = torch.empty((W, *h.shape[1:]), dtype=torch.float32)
+            out[b][rows] = h.float().cpu()
+    for b in boundaries:
+        fill_rows(out[b], shard_bounds(W), f"collecting the {label}")
+    return out
 
 
 def topk_kl(logits: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor,
@@ -181,10 +205,13 @@ def topk_kl(logits: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor,
 
 @torch.no_grad()
 def held_out_ppl(lm: LoadedModel, v: Variant, ids: torch.Tensor) -> float:
-    """Perplexity of `v` on windows `ids` (position t predicts t+1), for progress reports."""
-    total, count = 0.0, 0
-    for b in run_backbone(lm, ids, variant=v, final_norm=True):
-        nll, n = token_nll(lm, b.hidden, b.ids, head=v.head_module())
-        total += nll
-        count += n
-    return math.exp(min(total / count, 700.0))
+    """Perplexity of `v` on windows `ids` (V, T) (position t predicts t+1), for progress reports:
+    each window's NLL sum (under ranks, each rank's shard, collected), added in window order."""
+    V, T = ids.shape
+    whole = V < world()[1]          # fewer held-out windows than ranks: each rank runs them all
+    mine = slice(0, V) if whole else shard(V)
+    nll = torch.empty(mine.stop - mine.start, dtype=torch.float64)
+    for b in run_backbone(lm, ids[mine], variant=v, final_norm=True):
+        nll[b.rows] = window_nll_sums(lm, b.hidden, b.ids, head=v.head_module()).cpu()
+    total = float((nll if whole else gather_rows(nll, V)).sum())
+    return math.exp(min(total / (V * (T - 1)), 700.0))

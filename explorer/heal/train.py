@@ -177,6 +177,9 @@ def train(ctx: HealContext, tensors: list[torch.Tensor],
                 check = every is not None and step % every == 0
             else:
                 check = now - last_monitor >= max(MONITOR_SECONDS, MONITOR_RATIO * monitor_cost)
+            # ranks: the held-out figure is one pass shared out (heal/data.py), so every rank
+            # checks when rank 0 does (its clock and its check spacing decide)
+            check = from_rank0(check)
             done = max(step / total if total else 0.0,
                        (now - t0) / seconds if seconds else 0.0)
             if check:
