@@ -166,6 +166,10 @@ def test_history_lines_join_only_one_methods_sizes_with_fixed_colours():
     assert again["angular"].marker.color == traces["angular"].marker.color
     assert again["manual plans"].marker.color == traces["manual plans"].marker.color
     assert again["sleb"].marker.color != traces["angular"].marker.color
+    # no variant yet (a new session, or after Clear history): the frame says what fills it
+    empty = plots.history([])
+    assert not empty.data and "Each plan you Apply" in empty.layout.annotations[0].text
+    assert not fig.layout.annotations
 
 
 # -- sizes, paths, files ------------------------------------------------------------------------

@@ -18,9 +18,12 @@ whole map of blocks up to n costs about n * L * L / 2 layer-passes.
 
 The perplexity follows the protocol of `evaluate.perplexity` (README.md, "Perplexity protocol"):
 the same windows give the same figure as `eval --drop a..b-1`, to float rounding
-(tests/test_measure_damage.py). KL needs the dense distribution at every position: its log-probabilities
-(W, T-1, V) are kept when they fit `KL_CACHE_BYTES`, else recomputed chunk by chunk from the
-dense final-norm states next to each candidate's (one more head product per candidate). The head
+(tests/test_measure_damage.py). KL needs the dense distribution at every position: its
+probabilities (W, T-1, V) and each position's sum of p log p are kept when they fit
+`KL_CACHE_BYTES`, else recomputed chunk by chunk from the dense final-norm states next to each
+candidate's (one more head product per candidate). A candidate's KL is then one row-wise dot
+product of p with its own log-probabilities (KL = sum p log p - sum p log q), next to the
+log-softmax its NLL needs anyway: no second log-softmax, no exp per candidate. The head
 is a large part of each candidate's cost (49k x 576 for SmolLM2: about 8 of its 30 layers), so
 `kl=False` (the NLL alone) is cheaper still.
 
@@ -210,25 +213,37 @@ KL_CACHE_BYTES = 2 ** 30
 
 
 class _DenseDistribution:
-    """The dense model's next-token log-probabilities on the windows, for KL: stored whole when
-    they fit `KL_CACHE_BYTES`, else recomputed chunk by chunk from its final-norm states."""
+    """The dense model's next-token distribution on the windows, for KL: its probabilities p and
+    each position's sum of p log p, stored whole when they fit `KL_CACHE_BYTES`, else recomputed
+    chunk by chunk from its final-norm states.
+
+    Kept as probabilities (not log-probabilities) so that a candidate's KL costs one product
+    over the vocabulary: KL(p || q) = sum p log p - sum p log q, the first sum the dense model's
+    own, once per position."""
 
     def __init__(self, lm: LoadedModel, W: int, T: int, head: torch.nn.Module) -> None:
         self.lm, self.head = lm, head
         V = head.weight.shape[0]
         self.stored = W * (T - 1) * V * 4 <= KL_CACHE_BYTES
-        self.data: torch.Tensor | None = None    # (W, T-1, V) log-probs, or (W, T, H) states
+        self.data: torch.Tensor | None = None    # (W, T-1, V) probabilities, or (W, T, H) states
+        self.neg_entropy = torch.zeros((W, T - 1), dtype=torch.float64)   # sum p log p
         self.shape = (W, T - 1, V)
+
+    def _distribution(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p (n, V) float32, sum p log p (n,) float64) of final-norm states h (n, H)."""
+        logp = F.log_softmax(final_logits(self.lm, h, head=self.head), dim=-1)
+        p = logp.exp()
+        return p, (p * logp).sum(-1, dtype=torch.float64)
 
     def add(self, rows: slice, hidden: torch.Tensor) -> None:
         """The dense pass's batch: final-norm states (b, T, H) of windows `rows`."""
+        b, T, H = hidden.shape
         if self.stored:
-            b, T, H = hidden.shape
             h = hidden[:, :-1].reshape(-1, H)
-            logp = torch.cat([F.log_softmax(final_logits(self.lm, h[s:s + LOGIT_CHUNK],
-                                                         head=self.head), dim=-1)
-                              for s in range(0, h.shape[0], LOGIT_CHUNK)])
-            block = logp.view(b, T - 1, -1)
+            parts = [self._distribution(h[s:s + LOGIT_CHUNK])
+                     for s in range(0, h.shape[0], LOGIT_CHUNK)]
+            block = torch.cat([p for p, _ in parts]).view(b, T - 1, -1)
+            self.neg_entropy[rows] = torch.cat([n for _, n in parts]).view(b, T - 1).cpu()
         else:
             block = hidden
         if self.data is None:
@@ -237,13 +252,15 @@ class _DenseDistribution:
                                     dtype=block.dtype, device=block.device)
         self.data[rows] = block
 
-    def chunks(self, rows: slice) -> Callable[[int, int], torch.Tensor]:
-        """(s, e) -> (e - s, V) log-probs of flattened positions s..e-1 of windows `rows`."""
+    def chunks(self, rows: slice) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
+        """(s, e) -> (p (e - s, V), sum p log p (e - s,)) of flattened positions s..e-1 of
+        windows `rows`."""
         if self.stored:
             flat = self.data[rows].reshape(-1, self.shape[2])              # (b*(T-1), V)
-            return lambda s, e: flat[s:e]
+            ne = self.neg_entropy[rows].reshape(-1)
+            return lambda s, e: (flat[s:e], ne[s:e])
         h = self.data[rows][:, :-1].reshape(-1, self.data.shape[-1])       # (b*(T-1), H)
-        return lambda s, e: F.log_softmax(final_logits(self.lm, h[s:e], head=self.head), dim=-1)
+        return lambda s, e: self._distribution(h[s:e])
 
 
 @torch.no_grad()
@@ -367,13 +384,14 @@ def _candidate(lm: LoadedModel, ids: torch.Tensor, cut: Variant, a: int,
 
 
 def _window_figures(lm: LoadedModel, hidden: torch.Tensor,
-                    dense: Callable[[int, int], torch.Tensor] | None, ids: torch.Tensor,
-                    head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+                    dense: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None,
+                    ids: torch.Tensor, head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window NLL sums and KL(p_dense || p) sums, (b,) float64 each, CPU.
 
     hidden: (b, T, H) final-norm states of the variant; position t predicts token t+1 (as
     `evaluate.nll.window_nll_sums`, chunk by chunk so the (b*T, V) logits never exist whole).
-    dense: (s, e) -> the dense log-probs of flattened positions s..e-1 (None: no KL).
+    dense: (s, e) -> the dense probabilities (n, V) and sum p log p (n,) of flattened positions
+        s..e-1 (None: no KL).
     head: the variant's vocabulary head."""
     b, T, H = hidden.shape
     if dense is None:                    # the NLL alone: evaluate's own sums
@@ -384,9 +402,29 @@ def _window_figures(lm: LoadedModel, hidden: torch.Tensor,
     nll = torch.empty(targets.numel(), dtype=torch.float64, device=h.device)
     kl = torch.zeros(targets.numel(), dtype=torch.float64, device=h.device)
     for s in range(0, h.shape[0], LOGIT_CHUNK):
-        e = s + LOGIT_CHUNK
-        logits = final_logits(lm, h[s:e], head=head)                      # (n, V) fp32
-        nll[s:e] = F.cross_entropy(logits, targets[s:e], reduction="none")
-        ref = dense(s, min(e, h.shape[0]))                                 # (n, V)
-        kl[s:e] = (ref.exp() * (ref - F.log_softmax(logits, dim=-1))).sum(-1).clamp_min(0)
+        e = min(s + LOGIT_CHUNK, h.shape[0])
+        logq = F.log_softmax(final_logits(lm, h[s:e], head=head), dim=-1)  # (n, V) fp32
+        # -log q(target): what F.cross_entropy computes from the same log_softmax, bit for bit
+        nll[s:e] = -logq.gather(1, targets[s:e, None]).squeeze(1)
+        p, neg_entropy = dense(s, e)                                       # (n, V), (n,)
+        # KL = sum p log p - sum p log q: one row-wise dot product over the vocabulary
+        kl[s:e] = (neg_entropy.to(kl.device) - _row_dots(p, logq)).clamp_min(0)
     return nll.view(b, T - 1).sum(1).cpu(), kl.view(b, T - 1).sum(1).cpu()
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """sum_v a[i, v] b[i, v] of every row, (n,) float64, for (n, V) float32 a and b with unit
+    column stride: float32 products summed in blocks of `block` columns, the blocks' sums added
+    in float64. One float32 dot product over a 49k vocabulary drifts by about 2e-4 nats here,
+    enough to swamp the KL of a harmless layer; the blocked sums err like the elementwise
+    formula (about 1e-6) at a tenth of its cost."""
+    n, V = a.shape
+    m = V - V % block
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:                          # (n, m/block, block)
+        return t.as_strided((n, m // block, block), (t.stride(0), block, 1))
+
+    out = torch.einsum("nkv,nkv->nk", blocks(a), blocks(b)).double().sum(-1)
+    if m < V:
+        out += (a[:, m:] * b[:, m:]).sum(-1, dtype=torch.float64)
+    return out

@@ -220,7 +220,8 @@ def build(ctx: Ctx) -> CompareParts:
     gens = gr.HTML("", elem_id="lx-gens")
     checks = checks_panel.build(ctx)
     speed = speed_panel.build(ctx)
-    hist_plot = gr.Plot(label="Perplexity against layers removed", elem_id="lx-history-plot")
+    hist_plot = gr.Plot(plots.history([]), label="Perplexity against layers removed",
+                        elem_id="lx-history-plot")
     hist = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Variants tried in this session",
                         interactive=False, wrap=True, elem_id="lx-history")
     clear_btn = gr.Button("Clear history")

@@ -102,6 +102,9 @@ def history(entries: Iterable, titles: dict[str, str] | None = None) -> go.Figur
         fig.add_trace(go.Scatter(x=[0], y=[entries[-1].ppl_before], mode="markers",
                                  name="original", marker=dict(size=10, color=COLORS["original"]),
                                  hovertemplate="original model: ppl %{y:.2f}<extra></extra>"))
+    else:                              # an empty frame would say nothing: say what fills it
+        fig.add_annotation(text=EMPTY_HISTORY, showarrow=False, xref="paper", yref="paper",
+                           x=0.5, y=0.5, font=dict(size=14, color="gray"))
     top = max([e.removed for e in entries] + [1])
     fig.update_layout(title="Perplexity against layers removed (this session)", height=380,
                       margin=_MARGIN, xaxis=dict(title="layers removed", tickmode="linear",
@@ -109,6 +112,10 @@ def history(entries: Iterable, titles: dict[str, str] | None = None) -> go.Figur
                                                  range=[-0.5, top + 0.5]),
                       yaxis_title="perplexity (log scale)", yaxis_type="log")
     return fig
+
+
+EMPTY_HISTORY = ("No variant measured yet in this session.<br>Each plan you Apply adds its "
+                 "perplexity here, against the layers it removes.")
 
 
 def heal_before_after(before: float, after: float, mode: str) -> go.Figure:
