@@ -30,7 +30,8 @@ Run: `python bench/bench_damage.py [--full]` (the plans run in full mode). Expec
 cores, by arithmetic (docs/measures.md, "Protocol and cost"): the full map is about 75 TFLOP, some
 65 full forward passes of its 4064 tokens; at the idle perplexity speed of RESULTS.md (about 375
 tokens/s at seqlen 128, i.e. ~100 GFLOP/s) that is about 12 minutes, not 3 (the 180 s target
-needs about 4x less work than an exact fp32 map does). The full mode runs it about 2.5 times
+needs about 4x less work than an exact fp32 map does). Measured on idle cores (RESULTS.md,
+session 14): 562 s. The full mode runs it about 2.5 times
 over (in memory, streamed, a quarter of the windows) plus the plans: about 35-45 minutes in all.
 """
 

@@ -9,7 +9,8 @@ loads the default model, and then, timed between barriers so the slowest rank co
   - the dense perplexity's per-window NLL sums (wiki evaluation half, 4096 tokens);
   - a closed-form heal of layers 20-21 dropped (40 windows of 128), the fitted down projection
     kept;
-  - a seeded layer-wise heal (20 steps) of the same cut, its held-out perplexity kept;
+  - a seeded layer-wise heal (20 steps) of the same cut, its held-out perplexity kept (both
+    heals timed: under ranks their dense states and held-out figures are shared out too);
   - SLEB's search for 2 layers to remove (its default 8 calibration windows of 128), timed: under
     ranks each candidate runs on each rank's share of the windows and the stops within a pass are
     off (docs/scale.md), so this row says what the ranks buy against what those stops saved.
@@ -74,10 +75,17 @@ def worker(out: str, heal_too: bool, search: bool = False) -> None:
     if heal_too:
         got["nll"] = perplexity(lm, texts.evaluation, seqlen=128, max_tokens=4096).window_nll
         kw = dict(calibration=texts.calibration, seqlen=128, windows=40, held_out=4, seed=0)
+        barrier()
+        t0 = time.perf_counter()
         cf = heal(Variant.identity(lm).drop(DROP), "closed-form", **kw)
+        barrier()
+        got["closed_form_s"] = time.perf_counter() - t0     # its dense states and held-out too
         k = cf.details["fits"][0]["slot"]
         got["map"] = lm.arch.part(cf.variant.layer(k), lm.arch.mlp_down).weight.detach().clone()
+        t0 = time.perf_counter()
         lw = heal(Variant.identity(lm).drop(DROP), "layerwise", steps=20, **kw)
+        barrier()
+        got["layerwise_s"] = time.perf_counter() - t0       # the dense states cached by then
         got["held_out"] = lw.held_out_after
     if search:
         from explorer.plan import compress
@@ -176,6 +184,13 @@ def run(quick: bool = True, lm=None) -> list[dict]:
     rows.append(common.row(BENCH, "analysis: 1 process x 2 threads vs 1 x 1",
                            threads["analysis_s"], base, "s", higher_is_better=False,
                            note=f"{threads['analysis_s'] / base:.2f}x the 1-thread time"))
+    for key, what in (("closed_form_s", "closed-form heal (its dense pass, fit and held-out "
+                       "figures)"), ("layerwise_s", "layer-wise heal, 20 steps (dense states "
+                                     "cached)")):
+        rows.append(common.row(BENCH, f"{what}: 2 ranks x 1 thread vs 1", two[key], one[key],
+                               "s", higher_is_better=False,
+                               note=f"{two[key] / one[key]:.2f}x the 1-rank time; layers {DROP} "
+                               "dropped, 40 + 4 held-out windows of 128"))
     rows.append(common.row(BENCH, f"SLEB search (remove {SLEB_REMOVE}): 2 ranks x 1 thread vs 1",
                            two["sleb_s"], one["sleb_s"], "s", higher_is_better=False,
                            note=f"{two['sleb_s'] / one['sleb_s']:.2f}x the 1-rank time; removed "
