@@ -443,7 +443,9 @@ def test_5_stop_and_apply(page):
     assert box and box["x"] + box["width"] <= width
     assert "Greedy generations" in pg.inner_text("body")
     # [10] manual plans are points, not a line; whole layers on the x axis
-    pg.wait_for_selector("#lx-history-plot .js-plotly-plot", timeout=QUICK)
+    # the plot is there from the start (empty, saying what fills it): wait for the variant's point
+    pg.wait_for_function("() => (document.querySelector('#lx-history-plot .js-plotly-plot')?.data"
+                         " || []).some(t => t.name === 'manual plans')", timeout=QUICK)
     hist = plot(pg, "lx-history-plot")
     manual = [t for t in hist["data"] if t["name"] == "manual plans"]
     assert manual and manual[0]["mode"] == "markers" and manual[0]["x"] == [2]
