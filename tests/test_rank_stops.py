@@ -41,6 +41,7 @@ def test_a_rank_that_dies_stops_the_other_in_one_line_and_resume_finishes(tiny_f
     assert r0.returncode == r1.returncode == 0, r0.stderr[-2000:] + r1.stderr[-2000:]
     assert r1.stdout == ""                                     # rank 0 alone printed
     resumed = json.loads(r0.stdout)
+    assert resumed["resumed_at_layer"] == 6                    # rank 0 had saved every layer
     assert cli.main(args) == 0                                 # one process, uninterrupted
     whole = json.loads(capsys.readouterr().out)
     assert resumed["num_tokens"] == whole["num_tokens"]

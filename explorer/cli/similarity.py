@@ -72,7 +72,9 @@ def run(args) -> dict:
             "matrix": [[round(v, 6) for v in row] for row in matrix.tolist()],
             "adjacent": [round(v, 6) for v in matrix.diagonal(1).tolist()],
             "probe_seconds": round(pr.seconds, 2),
-            "measure_seconds": round(time.perf_counter() - start, 2)}
+            "measure_seconds": round(time.perf_counter() - start, 2),
+            # the boundary the probe went on from (rank 0's, under ranks); None: from the start
+            **({"resumed_at_layer": cp.resumed_at} if cp is not None else {})}
 
 
 
