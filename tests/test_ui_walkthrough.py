@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, wait_text
+from app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, fill_field, wait_text
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium"),
@@ -472,7 +472,7 @@ def test_6_heal_and_check(page, walk):
     # closed form accepts); the declared defaults for the screenshots
     small = {} if SCREENSHOTS else {"seqlen": "128", "windows": "40", "held_out": "2"}
     for name, value in small.items():
-        pg.locator(f"#lx-heal-closed-form-{name} input").fill(value)
+        fill_field(pg, f"#lx-heal-closed-form-{name} input", value)     # or the fit is another
     label = pg.locator("#lx-heal-closed-form-held_out label, "
                        "#lx-heal-closed-form-held_out [data-testid=block-info]").first
     assert label.inner_text().strip().startswith("Held-out windows")       # issue 25 [5]
