@@ -19,12 +19,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-TOASTS_JS = "() => [...document.querySelectorAll('[data-testid=toast-text]')].map(t => t.innerText)"
-
-
 def toasts(pg) -> list[str]:
     """The messages of the toasts on the page (without their title and close button)."""
-    return pg.evaluate(TOASTS_JS)
+    return pg.evaluate("() => [...document.querySelectorAll('[data-testid=toast-text]')]"
+                       ".map(t => t.innerText)")
 
 
 def wait_text(pg, selector: str, fragment: str, timeout: int = 30_000,
@@ -50,8 +48,8 @@ def wait_text(pg, selector: str, fragment: str, timeout: int = 30_000,
 
 
 def fill_field(pg, selector: str, value: str, tries: int = 20) -> None:
-    """Type `value` into the input `selector` and leave it, until it holds for 250 ms. Seen once
-    in CI: a field in an accordion just opened read its initial value again right after the
+    """Type `value` into the input `selector` and leave it, until it holds for 250 ms. Seen in CI
+    (twice): a field in an accordion just opened read its initial value again right after the
     typing (probably mounted late), and the step then ran with the wrong value."""
     field = pg.locator(selector)
     for _ in range(tries):

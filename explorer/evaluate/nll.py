@@ -108,12 +108,3 @@ def window_nll_lower_bounds(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Te
     if not bool((vocab[at] == targets).all()):
         raise ExplorerError("the vocabulary of a lower bound must hold every target token")
     return window_nll_sums(lm, hidden, ids, vocab=vocab, head=head)
-
-
-def token_nll(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor,
-              chunk_tokens: int = LOGIT_CHUNK, head: nn.Module | None = None
-              ) -> tuple[float, int]:
-    """Sum of token NLL and count of predicted tokens for a batch of windows (see
-    `window_nll_sums`)."""
-    sums = window_nll_sums(lm, hidden, ids, chunk_tokens, head=head)
-    return sums.sum().item(), ids.shape[0] * (ids.shape[1] - 1)
