@@ -172,6 +172,20 @@ def test_history_lines_join_only_one_methods_sizes_with_fixed_colours():
     assert not fig.layout.annotations
 
 
+def test_the_empty_plots_of_a_new_page_say_what_fills_them():
+    import json
+
+    from explorer.ui import build_app
+
+    demo = build_app(warm_up=False)
+    shown = {b.label: json.loads(b.value["plot"]) for b in demo.blocks.values()
+             if getattr(b, "label", None) in ("Token clouds", "Perplexity against layers removed")}
+    words = {label: " ".join(a["text"] for a in fig["layout"].get("annotations", []))
+             for label, fig in shown.items()}
+    assert "press Embed tokens" in words["Token clouds"]
+    assert "Each plan you Apply" in words["Perplexity against layers removed"]
+
+
 # -- sizes, paths, files ------------------------------------------------------------------------
 def test_a_probe_cut_by_the_text_says_so_and_a_reuse_is_not_called_fresh():
     from explorer.ui.analyse_tab import probe_status

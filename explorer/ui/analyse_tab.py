@@ -140,7 +140,7 @@ def build(ctx: Ctx) -> AnalyseParts:
                         "boundary is labelled; hover for the others).")
     with gr.Row():
         with gr.Column(scale=3):
-            tokens = gr.Plot(label="Token clouds")
+            tokens = gr.Plot(plots.say(None, plots.EMPTY_TOKENS), label="Token clouds")
         with gr.Column(scale=1):
             token_layers = gr.Dropdown([], multiselect=True, label="Boundaries (up to 4)")
             token_method = gr.Radio(TOKEN_METHODS, value="pca", label="Embedding")

@@ -103,8 +103,7 @@ def history(entries: Iterable, titles: dict[str, str] | None = None) -> go.Figur
                                  name="original", marker=dict(size=10, color=COLORS["original"]),
                                  hovertemplate="original model: ppl %{y:.2f}<extra></extra>"))
     else:                              # an empty frame would say nothing: say what fills it
-        fig.add_annotation(text=EMPTY_HISTORY, showarrow=False, xref="paper", yref="paper",
-                           x=0.5, y=0.5, font=dict(size=14, color="gray"))
+        say(fig, EMPTY_HISTORY)
     top = max([e.removed for e in entries] + [1])
     fig.update_layout(title="Perplexity against layers removed (this session)", height=380,
                       margin=_MARGIN, xaxis=dict(title="layers removed", tickmode="linear",
@@ -116,6 +115,19 @@ def history(entries: Iterable, titles: dict[str, str] | None = None) -> go.Figur
 
 EMPTY_HISTORY = ("No variant measured yet in this session.<br>Each plan you Apply adds its "
                  "perplexity here, against the layers it removes.")
+EMPTY_TOKENS = ("No token cloud yet.<br>Pick up to 4 boundaries on the right and press Embed "
+                "tokens: each cloud is one boundary's recorded tokens in 2-D.")
+
+
+def say(fig: go.Figure | None, text: str) -> go.Figure:
+    """`fig` (None: a blank one) with `text` in grey across its middle: what an empty plot is
+    waiting for."""
+    if fig is None:
+        fig = go.Figure()
+        fig.update_layout(xaxis_visible=False, yaxis_visible=False, height=380, margin=_MARGIN)
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font=dict(size=14, color="gray"))
+    return fig
 
 
 def heal_before_after(before: float, after: float, mode: str) -> go.Figure:
